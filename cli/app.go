@@ -1,0 +1,329 @@
+// Package cli is ferry's command line. cmd/ferry is a thin main around
+// [Main]; an application that registers its own job or migration classes
+// builds its own main the same way, passing [Options].
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/term"
+
+	"github.com/ferrymigrate/ferry/config"
+	"github.com/ferrymigrate/ferry/worker"
+)
+
+// Options extend the stock binary.
+type Options struct {
+	// Register adds your own classes next to the built-in ones.
+	Register func(*Registries)
+	// Version is printed by --version and sent in heartbeats.
+	Version string
+}
+
+// Registries hold every class ferry can run, by their Sidekiq/GitLab names.
+type Registries struct {
+	Workers *worker.Registry
+	// Extra registries (batched and legacy migrations) are added by the
+	// packages that own them through RegistryHooks.
+	ext map[string]any
+}
+
+// Ext returns an extension registry by name, creating it with mk once.
+func (r *Registries) Ext(name string, mk func() any) any {
+	if r.ext == nil {
+		r.ext = map[string]any{}
+	}
+	if v, ok := r.ext[name]; ok {
+		return v
+	}
+	v := mk()
+	r.ext[name] = v
+	return v
+}
+
+// App is the state shared by subcommands: configuration, logger and lazily
+// opened connections.
+type App struct {
+	Cfg     config.Config
+	Log     *zap.Logger
+	Out     io.Writer
+	Err     io.Writer
+	Reg     *Registries
+	Version string
+
+	configPath  string
+	redisURL    string
+	databaseURL string
+	logLevel    string
+
+	once  sync.Mutex
+	rdb   *redis.Client
+	pool  *pgxpool.Pool
+	extra []func()
+}
+
+// ExitError carries an exit code: 1 = the answer is no / it failed,
+// 2 = bad usage or input.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("exit status %d", e.Code)
+	}
+	return e.Err.Error()
+}
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// Usage wraps err as bad input (exit 2).
+func Usage(err error) error { return &ExitError{Code: 2, Err: err} }
+
+// Usagef is Usage with formatting.
+func Usagef(format string, a ...any) error { return Usage(fmt.Errorf(format, a...)) }
+
+// No is a "the answer is no" exit (1) with an optional message.
+func No(err error) error { return &ExitError{Code: 1, Err: err} }
+
+// errSilent is an exit whose message was already printed.
+var errSilent = errors.New("")
+
+// Main runs the ferry command line and returns the process exit code.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer, opts Options) int {
+	app := &App{Out: stdout, Err: stderr, Version: opts.Version}
+	if app.Version == "" {
+		app.Version = "dev"
+	}
+	app.Reg = &Registries{Workers: worker.NewRegistry()}
+	registerBuiltins(app.Reg)
+	if opts.Register != nil {
+		opts.Register(app.Reg)
+	}
+	root := app.rootCmd()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	app.Close()
+	if err == nil {
+		return 0
+	}
+	var ee *ExitError
+	code := 1
+	if errors.As(err, &ee) {
+		code = ee.Code
+	} else if isCobraUsage(err) || errors.Is(err, config.ErrInvalid) {
+		code = 2
+	}
+	if msg := err.Error(); msg != "" {
+		fmt.Fprintln(stderr, "ferry: "+msg)
+	}
+	return code
+}
+
+// builtins lets packages add built-in classes and subcommands without
+// cli importing every package from one file.
+var builtins []func(*Registries)
+
+func registerBuiltins(r *Registries) {
+	for _, f := range builtins {
+		f(r)
+	}
+}
+
+func (a *App) rootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "ferry",
+		Short: "Run Sidekiq jobs and background data migrations through an upgrade",
+		Long: `ferry is a Sidekiq-compatible worker and operator CLI for PostgreSQL
+background migrations. It shares Redis with Ruby Sidekiq (same queues,
+retry/scheduled/dead sets, heartbeats and Web UI) and loses no job when a
+worker is killed.
+
+Connections come from REDIS_URL and DATABASE_URL (or --redis-url and
+--database-url); an optional YAML file (--config or FERRY_CONFIG) holds
+the rest. Exit codes: 0 ok, 1 the answer is no or the operation failed,
+2 bad usage or input.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       a.Version,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return a.load(cmd)
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.configPath, "config", "", "YAML config file (env FERRY_CONFIG)")
+	pf.StringVar(&a.redisURL, "redis-url", "", "Redis URL (env REDIS_URL, default redis://127.0.0.1:6379/0)")
+	pf.StringVar(&a.databaseURL, "database-url", "", "PostgreSQL URL or DSN (env DATABASE_URL)")
+	pf.StringVar(&a.logLevel, "log-level", "", "debug, info, warn or error")
+	for _, mk := range commands {
+		root.AddCommand(mk(a))
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return Usage(fmt.Errorf("%w\nrun '%s --help' for usage", err, c.CommandPath()))
+	})
+	return root
+}
+
+// commands are the subcommand constructors, added by each command's file.
+var commands []func(*App) *cobra.Command
+
+func (a *App) load(cmd *cobra.Command) error {
+	cfg := config.Defaults()
+	path := a.configPath
+	if path == "" {
+		path = config.ConfigPathFromEnv()
+	}
+	if path != "" {
+		if err := cfg.LoadFile(path); err != nil {
+			return Usage(err)
+		}
+	}
+	cfg.ApplyEnv()
+	if a.redisURL != "" {
+		cfg.RedisURL = a.redisURL
+	}
+	if a.databaseURL != "" {
+		cfg.DatabaseURL = a.databaseURL
+	}
+	if a.logLevel != "" {
+		cfg.LogLevel = a.logLevel
+	}
+	a.Cfg = cfg
+	for c := cmd; c != nil; c = c.Parent() {
+		if f, ok := preValidate[c]; ok {
+			f(&a.Cfg)
+		}
+	}
+	if err := a.Cfg.Validate(); err != nil {
+		return Usage(err)
+	}
+	log, err := newLogger(a.Cfg, a.Err)
+	if err != nil {
+		return Usage(err)
+	}
+	a.Log = log
+	return nil
+}
+
+// preValidate lets a subcommand copy its flags into the config before it
+// is validated (so flag errors name the same fields as the file).
+var preValidate = map[*cobra.Command]func(*config.Config){}
+
+func newLogger(cfg config.Config, w io.Writer) (*zap.Logger, error) {
+	var lvl zapcore.Level
+	if err := lvl.Set(cfg.LogLevel); err != nil {
+		return nil, &config.FieldError{Field: "log_level", Msg: err.Error()}
+	}
+	format := cfg.LogFormat
+	if format == "" {
+		format = "json"
+		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			format = "console"
+		}
+	}
+	ec := zap.NewProductionEncoderConfig()
+	ec.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	if format == "console" {
+		ec.EncodeLevel = zapcore.CapitalColorLevelEncoder
+		enc = zapcore.NewConsoleEncoder(ec)
+	} else {
+		enc = zapcore.NewJSONEncoder(ec)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), lvl)), nil
+}
+
+// Redis opens (once) the Redis client.
+func (a *App) Redis(ctx context.Context) (*redis.Client, error) {
+	a.once.Lock()
+	defer a.once.Unlock()
+	if a.rdb != nil {
+		return a.rdb, nil
+	}
+	o, err := a.Cfg.RedisOptions()
+	if err != nil {
+		return nil, Usage(err)
+	}
+	o.PoolSize = max(o.PoolSize, a.Cfg.Worker.Concurrency+10)
+	rdb := redis.NewClient(o)
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		_ = rdb.Close()
+		return nil, fmt.Errorf("cannot reach Redis at %s: %w", config.RedactURL(a.Cfg.RedisURL), err)
+	}
+	a.rdb = rdb
+	return rdb, nil
+}
+
+// DB opens (once) the PostgreSQL pool.
+func (a *App) DB(ctx context.Context) (*pgxpool.Pool, error) {
+	a.once.Lock()
+	defer a.once.Unlock()
+	if a.pool != nil {
+		return a.pool, nil
+	}
+	if err := a.Cfg.RequireDatabase(); err != nil {
+		return nil, Usage(err)
+	}
+	pc, err := pgxpool.ParseConfig(a.Cfg.DatabaseURL)
+	if err != nil {
+		return nil, Usage(err)
+	}
+	pc.MaxConns = max(pc.MaxConns, int32(a.Cfg.Worker.Concurrency)+4)
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, err
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("cannot reach PostgreSQL at %s: %w", config.RedactURL(a.Cfg.DatabaseURL), err)
+	}
+	a.pool = pool
+	return pool, nil
+}
+
+// OnClose runs f when the command finishes.
+func (a *App) OnClose(f func()) { a.extra = append(a.extra, f) }
+
+// Close releases connections.
+func (a *App) Close() {
+	for i := len(a.extra) - 1; i >= 0; i-- {
+		a.extra[i]()
+	}
+	if a.rdb != nil {
+		_ = a.rdb.Close()
+	}
+	if a.pool != nil {
+		a.pool.Close()
+	}
+}
+
+// PrintJSON writes v as indented JSON to stdout.
+func (a *App) PrintJSON(v any) error {
+	enc := json.NewEncoder(a.Out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func isCobraUsage(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "accepts ", "requires at least", "requires at most", "invalid argument"} {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,104 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrymigrate/ferry/queue"
+)
+
+func init() { commands = append(commands, newEnqueueCmd) }
+
+func newEnqueueCmd(a *App) *cobra.Command {
+	var (
+		q     string
+		in    time.Duration
+		at    string
+		retry string
+	)
+	cmd := &cobra.Command{
+		Use:   "enqueue CLASS ARGS_JSON",
+		Short: "Push a Sidekiq job (for a Ruby or ferry worker)",
+		Long: `Push one Sidekiq job to Redis exactly as a Ruby client would (SADD queues +
+LPUSH queue:<q>, or ZADD schedule for --in/--at). ARGS_JSON must be a JSON
+array; integers of any size are kept exactly. Prints the job id.`,
+		Example: `  ferry enqueue Ferry::Noop '[]'
+  ferry enqueue BackgroundMigrationWorker '["CopyColumn",["events","id","id_big",1,1000]]'
+  ferry enqueue HardWorker '[1,"two"]' --queue default --in 5m --retry 3`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			class, raw := args[0], json.RawMessage(args[1])
+			if strings.TrimSpace(class) == "" {
+				return Usagef("CLASS must not be empty")
+			}
+			var arr []json.RawMessage
+			if err := json.Unmarshal(raw, &arr); err != nil {
+				return Usagef("ARGS_JSON must be a JSON array, e.g. '[1,\"two\"]': %v", err)
+			}
+			opts := queue.PushOptions{Queue: q}
+			if q == "" {
+				opts.Queue = "default"
+			}
+			switch {
+			case retry == "":
+			case retry == "true" || retry == "false":
+				opts.Retry = json.RawMessage(retry)
+			default:
+				n, err := strconv.Atoi(retry)
+				if err != nil || n < 0 {
+					return Usagef("--retry must be a non-negative integer, true or false, got %q", retry)
+				}
+				opts.Retry = queue.RetryTimes(n)
+			}
+			if in != 0 && at != "" {
+				return Usagef("use either --in or --at, not both")
+			}
+			if in < 0 {
+				return Usagef("--in must not be negative, got %s", in)
+			}
+			if in > 0 {
+				opts.At = time.Now().Add(in)
+			}
+			if at != "" {
+				t, err := parseTime(at)
+				if err != nil {
+					return Usage(err)
+				}
+				opts.At = t
+			}
+			rdb, err := a.Redis(cmd.Context())
+			if err != nil {
+				return err
+			}
+			jid, err := queue.NewClient(rdb).Push(cmd.Context(), class, raw, opts)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(a.Out, jid)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&q, "queue", "q", "", "queue (default \"default\")")
+	f.DurationVar(&in, "in", 0, "run after this delay, e.g. 30s or 5m")
+	f.StringVar(&at, "at", "", "run at this time: RFC 3339 (2026-01-02T15:04:05Z) or epoch seconds")
+	f.StringVar(&retry, "retry", "", "retry option: N, true or false (default true = 25 retries)")
+	return cmd
+}
+
+func parseTime(s string) (time.Time, error) {
+	if f, err := strconv.ParseFloat(s, 64); err == nil {
+		return time.Unix(0, int64(f*1e9)), nil
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02 15:04:05", "2006-01-02T15:04:05"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("--at %q is not a time: use RFC 3339 (2026-01-02T15:04:05Z) or epoch seconds", s)
+}

@@ -1,0 +1,224 @@
+// Package config is the only place ferry reads its environment. It merges,
+// in rising priority, defaults, an optional YAML file, environment variables
+// and command-line flags, and validates the result once, with errors that
+// name the field.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is ferry's whole configuration.
+type Config struct {
+	RedisURL    string `yaml:"redis_url"`
+	DatabaseURL string `yaml:"database_url"`
+	LogLevel    string `yaml:"log_level"`
+	LogFormat   string `yaml:"log_format"` // "json", "console" or "" (auto)
+
+	Worker Worker `yaml:"worker"`
+	Web    Web    `yaml:"web"`
+	BBM    BBM    `yaml:"bbm"`
+}
+
+// Worker configures `ferry worker`.
+type Worker struct {
+	Concurrency int           `yaml:"concurrency"`
+	Queues      string        `yaml:"queues"`
+	Timeout     time.Duration `yaml:"timeout"`
+	Tag         string        `yaml:"tag"`
+	// PollInterval is Sidekiq's average_scheduled_poll_interval.
+	PollInterval time.Duration `yaml:"poll_interval"`
+	MaxRetries   int           `yaml:"max_retries"`
+	Hostname     string        `yaml:"hostname"`
+}
+
+// Web configures `ferry web`.
+type Web struct {
+	Listen   string `yaml:"listen"`
+	Token    string `yaml:"token"`
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+}
+
+// BBM configures batched background migrations.
+type BBM struct {
+	// TargetBatchDuration is what adaptive sizing aims each batch at.
+	TargetBatchDuration time.Duration `yaml:"target_batch_duration"`
+}
+
+// Defaults returns the built-in configuration.
+func Defaults() Config {
+	return Config{
+		RedisURL: "redis://127.0.0.1:6379/0",
+		LogLevel: "info",
+		Worker: Worker{
+			Concurrency:  10,
+			Queues:       "background_migration",
+			Timeout:      25 * time.Second,
+			PollInterval: 5 * time.Second,
+			MaxRetries:   25,
+		},
+		Web: Web{Listen: "127.0.0.1:7373"},
+		BBM: BBM{TargetBatchDuration: 2 * time.Second},
+	}
+}
+
+// FieldError is a configuration error naming the offending field.
+type FieldError struct {
+	Field string // e.g. "worker.concurrency" or "REDIS_URL"
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return fmt.Sprintf("config: %s: %s", e.Field, e.Msg) }
+
+// ErrInvalid matches every validation error.
+var ErrInvalid = errors.New("invalid configuration")
+
+func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
+
+// LoadFile merges a YAML file into c. Unknown keys are errors, so a typo
+// does not silently fall back to a default.
+func (c *Config) LoadFile(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return &FieldError{Field: "config file", Msg: err.Error()}
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(data)))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, errEOF) {
+		return &FieldError{Field: "config file " + path, Msg: err.Error()}
+	}
+	return nil
+}
+
+// Env names ferry reads.
+const (
+	EnvRedisURL    = "REDIS_URL"
+	EnvDatabaseURL = "DATABASE_URL"
+	EnvConfig      = "FERRY_CONFIG"
+	EnvLogLevel    = "FERRY_LOG_LEVEL"
+	EnvWebToken    = "FERRY_WEB_TOKEN"
+)
+
+// ConfigPathFromEnv returns $FERRY_CONFIG.
+func ConfigPathFromEnv() string { return os.Getenv(EnvConfig) }
+
+// ApplyEnv overlays environment variables.
+func (c *Config) ApplyEnv() {
+	if v := os.Getenv(EnvRedisURL); v != "" {
+		c.RedisURL = v
+	}
+	if v := os.Getenv(EnvDatabaseURL); v != "" {
+		c.DatabaseURL = v
+	}
+	if v := os.Getenv(EnvLogLevel); v != "" {
+		c.LogLevel = v
+	}
+	if v := os.Getenv(EnvWebToken); v != "" {
+		c.Web.Token = v
+	}
+}
+
+// Hostname is the host part of process identities.
+func Hostname() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "localhost"
+	}
+	return h
+}
+
+// Validate checks the whole configuration once.
+func (c *Config) Validate() error {
+	if _, err := c.RedisOptions(); err != nil {
+		return err
+	}
+	if c.DatabaseURL != "" {
+		if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
+			return &FieldError{Field: "DATABASE_URL", Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return &FieldError{Field: "log_level", Msg: fmt.Sprintf("must be debug, info, warn or error, got %q", c.LogLevel)}
+	}
+	switch c.LogFormat {
+	case "", "json", "console":
+	default:
+		return &FieldError{Field: "log_format", Msg: fmt.Sprintf("must be json or console, got %q", c.LogFormat)}
+	}
+	w := c.Worker
+	if w.Concurrency < 1 || w.Concurrency > 1000 {
+		return &FieldError{Field: "worker.concurrency", Msg: fmt.Sprintf("must be between 1 and 1000, got %d", w.Concurrency)}
+	}
+	if w.Timeout < 0 {
+		return &FieldError{Field: "worker.timeout", Msg: fmt.Sprintf("must not be negative, got %s", w.Timeout)}
+	}
+	if w.PollInterval <= 0 {
+		return &FieldError{Field: "worker.poll_interval", Msg: fmt.Sprintf("must be positive, got %s", w.PollInterval)}
+	}
+	if w.MaxRetries < 0 {
+		return &FieldError{Field: "worker.max_retries", Msg: fmt.Sprintf("must be >= 0, got %d", w.MaxRetries)}
+	}
+	if c.BBM.TargetBatchDuration < 100*time.Millisecond || c.BBM.TargetBatchDuration > 10*time.Minute {
+		return &FieldError{Field: "bbm.target_batch_duration", Msg: fmt.Sprintf("must be between 100ms and 10m, got %s", c.BBM.TargetBatchDuration)}
+	}
+	return nil
+}
+
+// RedisOptions parses RedisURL.
+func (c *Config) RedisOptions() (*redis.Options, error) {
+	if c.RedisURL == "" {
+		return nil, &FieldError{Field: "REDIS_URL", Msg: "is empty"}
+	}
+	o, err := redis.ParseURL(c.RedisURL)
+	if err != nil {
+		return nil, &FieldError{Field: "REDIS_URL", Msg: fmt.Sprintf("not a valid redis:// URL (%v)", err)}
+	}
+	return o, nil
+}
+
+// RequireDatabase reports a clear error when no database is configured.
+func (c *Config) RequireDatabase() error {
+	if c.DatabaseURL == "" {
+		return &FieldError{Field: "DATABASE_URL", Msg: "is not set; pass --database-url or set DATABASE_URL (e.g. postgres://user@127.0.0.1:5432/app)"}
+	}
+	return nil
+}
+
+// RedactURL hides a password in a URL for logs.
+func RedactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}
+
+func redactErr(err error) string {
+	// pgx errors can echo the DSN, including a password.
+	msg := err.Error()
+	if i := strings.Index(msg, "password="); i >= 0 {
+		return msg[:i] + "password=xxxxx"
+	}
+	return msg
+}
+
+// TestURLs returns REDIS_URL and DATABASE_URL for test helpers; empty when
+// unset (tests then skip, naming the variable).
+func TestURLs() (redisURL, databaseURL string) {
+	return os.Getenv(EnvRedisURL), os.Getenv(EnvDatabaseURL)
+}

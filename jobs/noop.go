@@ -1,0 +1,22 @@
+// Package jobs holds ferry's built-in job classes. Batched background
+// migrations live in jobs/bbm and legacy ones in jobs/bm.
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/ferrymigrate/ferry/worker"
+)
+
+// NoopArgs are the args of Ferry::Noop: anything at all, ignored.
+type NoopArgs []json.RawMessage
+
+// Kind is the Sidekiq class name.
+func (NoopArgs) Kind() string { return "Ferry::Noop" }
+
+// AddNoop registers Ferry::Noop, a job that does nothing, for smoke tests
+// of a deployment and for benchmarks.
+func AddNoop(r *worker.Registry) {
+	worker.AddWorker(r, worker.WorkFunc[NoopArgs](func(context.Context, *worker.Job[NoopArgs]) error { return nil }))
+}

@@ -1,0 +1,112 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// Broker is one worker process's view of a Sidekiq Redis: reliable fetch,
+// acknowledgement, retries and the dead set, the scheduled/retry poller,
+// heartbeat and orphan recovery. It is safe for concurrent use.
+type Broker struct {
+	rdb      redis.UniversalClient
+	client   *Client
+	identity string
+	opts     BrokerOptions
+	log      *zap.Logger
+}
+
+// BrokerOptions configure a Broker. Zero values take Sidekiq's defaults.
+type BrokerOptions struct {
+	// Identity is "<hostname>:<pid>:<12 hex>" as Sidekiq forms it; generated when empty.
+	Identity string
+	// MaxRetries is the default retry limit for retry:true (Sidekiq: 25).
+	MaxRetries int
+	// DeadMaxJobs and DeadTimeout bound the dead set (10,000 and 180 days).
+	DeadMaxJobs int
+	DeadTimeout time.Duration
+	// MaxRecoveries is how many times a job may be rescued from a dead
+	// process before it is treated as a poison pill and sent to the dead set.
+	MaxRecoveries int
+	// AliveTTL is how long a process counts as alive after its last beat;
+	// orphaned work is recovered once it lapses (default 20 s).
+	AliveTTL time.Duration
+	Logger   *zap.Logger
+	// Now and Rand are injectable for tests.
+	Now  func() time.Time
+	Rand func(n int) int
+}
+
+// ErrNotFound is returned when a job or entry does not exist.
+var ErrNotFound = errors.New("not found")
+
+// NewBroker validates opts and returns a Broker.
+func NewBroker(rdb redis.UniversalClient, opts BrokerOptions) (*Broker, error) {
+	if rdb == nil {
+		return nil, errors.New("queue: NewBroker: redis client is nil")
+	}
+	if opts.MaxRetries == 0 {
+		opts.MaxRetries = 25
+	}
+	if opts.MaxRetries < 0 {
+		return nil, fmt.Errorf("queue: MaxRetries must be >= 0, got %d", opts.MaxRetries)
+	}
+	if opts.DeadMaxJobs == 0 {
+		opts.DeadMaxJobs = 10_000
+	}
+	if opts.DeadTimeout == 0 {
+		opts.DeadTimeout = 180 * 24 * time.Hour
+	}
+	if opts.MaxRecoveries == 0 {
+		opts.MaxRecoveries = 3
+	}
+	if opts.AliveTTL == 0 {
+		opts.AliveTTL = 20 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Rand == nil {
+		opts.Rand = rand.IntN
+	}
+	if opts.Identity == "" {
+		opts.Identity = NewIdentity()
+	}
+	c := NewClient(rdb)
+	c.now = opts.Now
+	return &Broker{rdb: rdb, client: c, identity: opts.Identity, opts: opts, log: opts.Logger}, nil
+}
+
+// NewIdentity returns a Sidekiq-style process identity.
+func NewIdentity() string {
+	host := hostname()
+	return fmt.Sprintf("%s:%d:%s", host, os.Getpid(), NewJID()[:12])
+}
+
+// Identity is this process's identity in the "processes" set.
+func (b *Broker) Identity() string { return b.identity }
+
+// Client returns a push client sharing the broker's Redis connection.
+func (b *Broker) Client() *Client { return b.client }
+
+// Redis returns the underlying go-redis client.
+func (b *Broker) Redis() redis.UniversalClient { return b.rdb }
+
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "localhost"
+	}
+	return h
+}
+
+func zapInt(k string, v int) zap.Field { return zap.Int(k, v) }

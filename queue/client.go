@@ -1,0 +1,144 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Client pushes Sidekiq jobs to Redis. It is safe for concurrent use.
+type Client struct {
+	rdb redis.UniversalClient
+	now func() time.Time
+}
+
+// NewClient wraps a go-redis client.
+func NewClient(rdb redis.UniversalClient) *Client {
+	return &Client{rdb: rdb, now: time.Now}
+}
+
+// Redis returns the underlying go-redis client.
+func (c *Client) Redis() redis.UniversalClient { return c.rdb }
+
+// PushOptions are per-push settings. Zero values mean Sidekiq's defaults.
+type PushOptions struct {
+	Queue string // default "default"
+	// Retry is encoded as the job's "retry" key: nil leaves it unset
+	// (Sidekiq's default, true); use RetryTimes or NoRetry.
+	Retry json.RawMessage
+	// At schedules the job; a time at or before now pushes it immediately.
+	At time.Time
+	// Extra keys merged into the payload (e.g. "backtrace", "display_class").
+	Extra map[string]json.RawMessage
+}
+
+// NoRetry is PushOptions.Retry for retry:false.
+var NoRetry = json.RawMessage("false")
+
+// RetryTimes is PushOptions.Retry for retry:n.
+func RetryTimes(n int) json.RawMessage { return json.RawMessage(fmt.Sprint(n)) }
+
+// ErrInvalidArgs reports args that are not a JSON array.
+var ErrInvalidArgs = errors.New("job args must be a JSON array")
+
+// Push enqueues one job and returns its jid.
+func (c *Client) Push(ctx context.Context, class string, args json.RawMessage, opts PushOptions) (string, error) {
+	jids, err := c.PushBulk(ctx, class, []json.RawMessage{args}, opts)
+	if err != nil {
+		return "", err
+	}
+	return jids[0], nil
+}
+
+// PushBulk enqueues many jobs of one class in a single round trip, each with
+// its own jid, all with the same enqueued_at (as Sidekiq's push_bulk does).
+func (c *Client) PushBulk(ctx context.Context, class string, argsList []json.RawMessage, opts PushOptions) ([]string, error) {
+	if class == "" {
+		return nil, fmt.Errorf("push: %w: class is empty", ErrInvalidJob)
+	}
+	q := opts.Queue
+	if q == "" {
+		q = "default"
+	}
+	now := c.now()
+	scheduled := !opts.At.IsZero() && opts.At.After(now)
+	jids := make([]string, len(argsList))
+	members := make([]any, 0, len(argsList))
+	zs := make([]redis.Z, 0)
+	for i, args := range argsList {
+		if !isJSONArray(args) {
+			return nil, fmt.Errorf("push %s: %w (got %.40q)", class, ErrInvalidArgs, string(args))
+		}
+		j := NewJob(class, args, q)
+		j.SetString("jid", NewJID())
+		if opts.Retry != nil {
+			j.Set("retry", opts.Retry)
+		} else {
+			j.Set("retry", json.RawMessage("true"))
+		}
+		for k, v := range opts.Extra {
+			j.Set(k, v)
+		}
+		j.SetTime("created_at", epoch(now))
+		jids[i] = j.JID()
+		if scheduled {
+			zs = append(zs, redis.Z{Score: epoch(opts.At), Member: j.Encode()})
+		} else {
+			j.SetTime("enqueued_at", epoch(now))
+			members = append(members, j.Encode())
+		}
+	}
+	if len(jids) == 0 {
+		return jids, nil
+	}
+	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if scheduled {
+			for start := 0; start < len(zs); start += 1000 {
+				p.ZAdd(ctx, keySchedule, zs[start:min(start+1000, len(zs))]...)
+			}
+			return nil
+		}
+		p.SAdd(ctx, keyQueues, q)
+		for start := 0; start < len(members); start += 1000 {
+			p.LPush(ctx, QueueKey(q), members[start:min(start+1000, len(members))]...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("push %s: %w", class, err)
+	}
+	return jids, nil
+}
+
+// PushJob enqueues an existing payload to its queue now, resetting
+// enqueued_at and removing "at" (the path the poller and manual retries use).
+func (c *Client) PushJob(ctx context.Context, j *Job) error {
+	j = j.Clone()
+	j.Delete("at")
+	j.SetTime("enqueued_at", epoch(c.now()))
+	q := j.Queue()
+	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.SAdd(ctx, keyQueues, q)
+		p.LPush(ctx, QueueKey(q), j.Encode())
+		return nil
+	})
+	return err
+}
+
+func isJSONArray(b json.RawMessage) bool {
+	for _, c := range b {
+		switch c {
+		case ' ', '\t', '\n', '\r':
+			continue
+		case '[':
+			return json.Valid(b)
+		default:
+			return false
+		}
+	}
+	return false
+}

@@ -1,0 +1,193 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// WeightedQueue is a queue name with a Sidekiq weight (0 = unweighted).
+type WeightedQueue struct {
+	Name   string
+	Weight int
+}
+
+// ParseQueues reads Sidekiq's "a,b" or "a:3,b:1" queue syntax.
+func ParseQueues(spec string) ([]WeightedQueue, error) {
+	var out []WeightedQueue
+	seen := map[string]bool{}
+	for _, part := range strings.Split(spec, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, w, hasW := strings.Cut(part, ":")
+		q := WeightedQueue{Name: strings.TrimSpace(name)}
+		if hasW {
+			n, err := strconv.Atoi(strings.TrimSpace(w))
+			if err != nil || n < 0 {
+				return nil, fmt.Errorf("queue %q: weight must be a non-negative integer, got %q", q.Name, w)
+			}
+			q.Weight = n
+		}
+		if q.Name == "" {
+			return nil, fmt.Errorf("queue list %q has an empty queue name", spec)
+		}
+		if seen[q.Name] {
+			return nil, fmt.Errorf("queue %q is listed twice", q.Name)
+		}
+		seen[q.Name] = true
+		out = append(out, q)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("queue list is empty")
+	}
+	return out, nil
+}
+
+// Delivery is one job taken from a queue into this process's private list.
+// It stays there until Ack, Retry/Kill or Requeue settles it.
+type Delivery struct {
+	Queue string // queue name, without "queue:"
+	Raw   []byte // exact bytes, used to remove it from the private list
+	Job   *Job   // nil when Raw is not a valid job (see Err)
+	Err   error  // parse error
+	At    time.Time
+}
+
+// Fetcher takes jobs for one process from its queues.
+type Fetcher struct {
+	b      *Broker
+	queues []WeightedQueue
+	strict bool
+	rnd    *rand.Rand
+	keys   []string // scratch
+}
+
+// NewFetcher builds a fetcher. Queue order is strict unless a weight is
+// set, in which case it is Sidekiq's weighted shuffle on every fetch.
+func (b *Broker) NewFetcher(queues []WeightedQueue) *Fetcher {
+	strict := true
+	for _, q := range queues {
+		if q.Weight > 0 {
+			strict = false
+		}
+	}
+	return &Fetcher{b: b, queues: queues, strict: strict, rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
+}
+
+// Queues returns the configured queues.
+func (f *Fetcher) Queues() []WeightedQueue { return f.queues }
+
+// order returns queue names in fetch order: configured order when strict;
+// otherwise each queue repeated max(weight,1) times, shuffled and
+// de-duplicated (sidekiq-protocol.md §2.3).
+func (f *Fetcher) order() []string {
+	names := make([]string, 0, len(f.queues))
+	if f.strict {
+		for _, q := range f.queues {
+			names = append(names, q.Name)
+		}
+		return names
+	}
+	var bag []string
+	for _, q := range f.queues {
+		for range max(q.Weight, 1) {
+			bag = append(bag, q.Name)
+		}
+	}
+	f.rnd.Shuffle(len(bag), func(i, j int) { bag[i], bag[j] = bag[j], bag[i] })
+	seen := make(map[string]bool, len(f.queues))
+	for _, n := range bag {
+		if !seen[n] {
+			seen[n] = true
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+// TryFetch takes up to max jobs without blocking.
+func (f *Fetcher) TryFetch(ctx context.Context, max int) ([]*Delivery, error) {
+	order := f.order()
+	keys := f.keys[:0]
+	for _, n := range order {
+		keys = append(keys, QueueKey(n), inflightKey(f.b.identity, n))
+	}
+	f.keys = keys
+	res, err := fetchScript.Run(ctx, f.b.rdb, keys, max).Slice()
+	if err != nil {
+		if errors.Is(err, redis.Nil) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	now := f.b.opts.Now()
+	out := make([]*Delivery, 0, len(res)/2)
+	for i := 0; i+1 < len(res); i += 2 {
+		qi, _ := res[i].(int64)
+		raw, _ := res[i+1].(string)
+		if qi < 1 || int(qi) > len(order) {
+			continue
+		}
+		out = append(out, newDelivery(order[qi-1], []byte(raw), now))
+	}
+	return out, nil
+}
+
+// Fetch takes up to max jobs, blocking up to wait for the first one when
+// all queues are empty. It returns an empty slice after wait with no job.
+// The wait is a BLMOVE (woken at once by a push) on the queue first in
+// this fetch's order; with several queues it blocks one second at a time
+// and checks all queues in between, so no queue waits long.
+func (f *Fetcher) Fetch(ctx context.Context, max int, wait time.Duration) ([]*Delivery, error) {
+	ds, err := f.TryFetch(ctx, max)
+	if err != nil || len(ds) > 0 || wait <= 0 {
+		return ds, err
+	}
+	// Redis takes BLMOVE timeouts in whole seconds here (go-redis
+	// truncates below 1 s), so block in 1 s steps.
+	deadline := time.Now().Add(wait)
+	for time.Until(deadline) >= time.Second {
+		first := f.order()[0]
+		block := time.Second
+		if len(f.queues) == 1 {
+			block = time.Until(deadline).Truncate(time.Second)
+		}
+		raw, err := f.b.rdb.BLMove(ctx, QueueKey(first), inflightKey(f.b.identity, first), "RIGHT", "LEFT", block).Result()
+		switch {
+		case err == nil:
+			d := newDelivery(first, []byte(raw), f.b.opts.Now())
+			if max > 1 {
+				if more, err := f.TryFetch(ctx, max-1); err == nil {
+					return append([]*Delivery{d}, more...), nil
+				}
+			}
+			return []*Delivery{d}, nil
+		case errors.Is(err, redis.Nil):
+		default:
+			return nil, fmt.Errorf("fetch: %w", err)
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if len(f.queues) > 1 {
+			if ds, err := f.TryFetch(ctx, max); err != nil || len(ds) > 0 {
+				return ds, err
+			}
+		}
+	}
+	return nil, nil
+}
+
+func newDelivery(q string, raw []byte, now time.Time) *Delivery {
+	d := &Delivery{Queue: q, Raw: raw, At: now}
+	d.Job, d.Err = ParseJob(raw)
+	return d
+}

@@ -1,0 +1,195 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// ProcessInfo is the "info" JSON of a process hash, the fields the Sidekiq
+// Busy page renders (sidekiq-protocol.md §2.7).
+type ProcessInfo struct {
+	Hostname    string   `json:"hostname"`
+	StartedAt   float64  `json:"started_at"`
+	Pid         int      `json:"pid"`
+	Tag         string   `json:"tag"`
+	Concurrency int      `json:"concurrency"`
+	Queues      []string `json:"queues"`
+	Labels      []string `json:"labels"`
+	Identity    string   `json:"identity"`
+	Version     string   `json:"version"`
+	Embedded    bool     `json:"embedded"`
+}
+
+// WorkEntry is one busy slot as the Busy page reads it.
+type WorkEntry struct {
+	Queue   string
+	Payload []byte // raw job string
+	RunAt   time.Time
+}
+
+func (w WorkEntry) encode() string {
+	js, _ := json.Marshal(struct {
+		Queue   string `json:"queue"`
+		Payload string `json:"payload"`
+		RunAt   int64  `json:"run_at"`
+	}{w.Queue, string(w.Payload), w.RunAt.Unix()})
+	return string(js)
+}
+
+// BeatState is what a process reports at each heartbeat.
+type BeatState struct {
+	Busy      int
+	Quiet     bool
+	Processed int64 // counts since the last successful beat
+	Failed    int64
+	Work      map[string]WorkEntry // slot id -> job
+	RSSKB     int64
+}
+
+// statsTTL is Sidekiq's 5-year expiry of daily stat keys.
+const statsTTL = 5 * 365 * 24 * time.Hour
+
+// processTTL is Sidekiq's 60 s expiry of process and work hashes.
+const processTTL = 60 * time.Second
+
+// Heartbeat writes one beat in Sidekiq's order: stats, work hashes, RTT,
+// process hash, and returns any signals ("TSTP", "TERM", "TTIN") queued
+// for this process by the Web UI or API. If it returns an error the stats
+// were not flushed and the caller keeps the counts for the next beat.
+func (b *Broker) Heartbeat(ctx context.Context, info ProcessInfo, st BeatState) ([]string, error) {
+	now := b.opts.Now()
+	id := b.identity
+	info.Identity = id
+	if info.Queues == nil {
+		info.Queues = []string{}
+	}
+	if info.Labels == nil {
+		info.Labels = []string{}
+	}
+	infoJSON, _ := json.Marshal(info)
+
+	start := time.Now()
+	if err := b.rdb.Ping(ctx).Err(); err != nil {
+		return nil, fmt.Errorf("heartbeat: %w", err)
+	}
+	rtt := time.Since(start).Microseconds()
+
+	day := now.UTC().Format("2006-01-02")
+	var signals *redis.StringSliceCmd
+	_, err := b.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		if st.Processed > 0 {
+			p.IncrBy(ctx, keyStatProc, st.Processed)
+			p.IncrBy(ctx, statDailyKey(keyStatProc, day), st.Processed)
+			p.Expire(ctx, statDailyKey(keyStatProc, day), statsTTL)
+		}
+		if st.Failed > 0 {
+			p.IncrBy(ctx, keyStatFailed, st.Failed)
+			p.IncrBy(ctx, statDailyKey(keyStatFailed, day), st.Failed)
+			p.Expire(ctx, statDailyKey(keyStatFailed, day), statsTTL)
+		}
+		p.Unlink(ctx, workersKey(id), workKey(id))
+		if len(st.Work) > 0 {
+			fields := make([]any, 0, 2*len(st.Work))
+			for tid, w := range st.Work {
+				fields = append(fields, tid, w.encode())
+			}
+			p.HSet(ctx, workersKey(id), fields...)
+			p.HSet(ctx, workKey(id), fields...)
+			p.Expire(ctx, workersKey(id), processTTL)
+			p.Expire(ctx, workKey(id), processTTL)
+		}
+		p.SAdd(ctx, keyProcesses, id)
+		p.HSet(ctx, id,
+			"info", string(infoJSON),
+			"busy", st.Busy,
+			"beat", formatFloatTime(epoch(now)),
+			"rtt_us", rtt,
+			"quiet", strconv.FormatBool(st.Quiet),
+			"rss", st.RSSKB,
+			"concurrency", info.Concurrency,
+		)
+		p.Expire(ctx, id, processTTL)
+		p.Set(ctx, aliveKey(id), formatFloatTime(epoch(now)), b.opts.AliveTTL)
+		signals = p.RPopCount(ctx, signalsKey(id), 10)
+		return nil
+	})
+	if err != nil && err != redis.Nil {
+		return nil, fmt.Errorf("heartbeat: %w", err)
+	}
+	sigs, _ := signals.Result()
+	return sigs, nil
+}
+
+// Register records which queues this process fetches from, so that if it
+// dies another process knows which private lists to recover.
+func (b *Broker) Register(ctx context.Context, queues []string) error {
+	js, _ := json.Marshal(queues)
+	return b.rdb.HSet(ctx, keyFetchers, b.identity, string(js)).Err()
+}
+
+// Unregister removes this process from the Busy page (SREM + UNLINK, as
+// Sidekiq does at exit) and, when its private lists are empty, from the
+// recovery registry. The process hash itself expires.
+func (b *Broker) Unregister(ctx context.Context, queues []string) error {
+	_, err := b.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.SRem(ctx, keyProcesses, b.identity)
+		p.Unlink(ctx, workersKey(b.identity), workKey(b.identity), aliveKey(b.identity))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("unregister: %w", err)
+	}
+	for _, q := range queues {
+		n, err := b.rdb.LLen(ctx, inflightKey(b.identity, q)).Result()
+		if err != nil || n > 0 {
+			return err // leave the registration so recovery picks the rest up
+		}
+	}
+	if n, err := b.rdb.LLen(ctx, stagingKey(b.identity)).Result(); err != nil || n > 0 {
+		return err
+	}
+	return b.rdb.HDel(ctx, keyFetchers, b.identity).Err()
+}
+
+// Signal queues a Sidekiq signal for a process, as the Web UI does.
+func (b *Broker) Signal(ctx context.Context, identity, sig string) error {
+	_, err := b.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.LPush(ctx, signalsKey(identity), sig)
+		p.Expire(ctx, signalsKey(identity), processTTL)
+		return nil
+	})
+	return err
+}
+
+// ProcessAlive reports whether the ferry process identity has beaten within
+// its alive TTL (20 s by default). Work owned by a process that is not alive
+// is orphaned and may be taken over.
+func ProcessAlive(ctx context.Context, rdb redis.UniversalClient, identity string) (bool, error) {
+	n, err := rdb.Exists(ctx, aliveKey(identity)).Result()
+	return n > 0, err
+}
+
+// FlushStats adds processed/failed counts to the total and daily keys.
+func (b *Broker) FlushStats(ctx context.Context, processed, failed int64) error {
+	if processed == 0 && failed == 0 {
+		return nil
+	}
+	day := b.opts.Now().UTC().Format("2006-01-02")
+	_, err := b.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.IncrBy(ctx, keyStatProc, processed)
+		p.IncrBy(ctx, statDailyKey(keyStatProc, day), processed)
+		p.Expire(ctx, statDailyKey(keyStatProc, day), statsTTL)
+		if failed > 0 {
+			p.IncrBy(ctx, keyStatFailed, failed)
+			p.IncrBy(ctx, statDailyKey(keyStatFailed, day), failed)
+			p.Expire(ctx, statDailyKey(keyStatFailed, day), statsTTL)
+		}
+		return nil
+	})
+	return err
+}

@@ -1,0 +1,84 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"time"
+)
+
+// EnqueueDue moves every retry, then schedule, entry whose time has come to
+// its queue, resetting enqueued_at. Entries pass through a private staging
+// list so that a crash between removal and push loses nothing (recovery
+// pushes staged entries on). Returns how many jobs were enqueued.
+func (b *Broker) EnqueueDue(ctx context.Context) (int, error) {
+	total := 0
+	for _, set := range []string{keyRetry, keySchedule} {
+		for {
+			if err := ctx.Err(); err != nil {
+				return total, err
+			}
+			now := formatFloatTime(epoch(b.opts.Now()))
+			items, err := dueScript.Run(ctx, b.rdb, []string{set, stagingKey(b.identity)}, now, 100).StringSlice()
+			if err != nil {
+				return total, fmt.Errorf("poll %s: %w", set, err)
+			}
+			for _, raw := range items {
+				if err := b.pushStaged(ctx, stagingKey(b.identity), []byte(raw)); err != nil {
+					return total, err
+				}
+				total++
+			}
+			if len(items) < 100 {
+				break
+			}
+		}
+	}
+	return total, nil
+}
+
+// pushStaged pushes one staged entry to its queue (or, if it is not a
+// valid job, to the dead set).
+func (b *Broker) pushStaged(ctx context.Context, staging string, raw []byte) error {
+	j, err := ParseJob(raw)
+	if err != nil {
+		_, err = b.settle(ctx, staging, keyDead, raw, raw, "dead", formatFloatTime(epoch(b.opts.Now())))
+		return err
+	}
+	n := j.Clone()
+	n.Delete("at")
+	n.SetTime("enqueued_at", epoch(b.opts.Now()))
+	q := n.Queue()
+	_, err = b.settle(ctx, staging, QueueKey(q), raw, n.Encode(), "lpush", q)
+	if err != nil {
+		return fmt.Errorf("enqueue scheduled %s: %w", j.JID(), err)
+	}
+	return nil
+}
+
+// ProcessCount is SCARD processes, at least 1.
+func (b *Broker) ProcessCount(ctx context.Context) int {
+	n, err := b.rdb.SCard(ctx, keyProcesses).Result()
+	if err != nil || n < 1 {
+		return 1
+	}
+	return int(n)
+}
+
+// PollInterval is Sidekiq's random poll interval: avg = processes ×
+// average (default 5 s, so a cluster polls about every 5 s in total);
+// fewer than 10 processes sleep uniform [avg/2, 1.5·avg), more sleep
+// uniform [0, avg) (sidekiq-protocol.md §2.5).
+func PollInterval(processes int, average time.Duration, r *rand.Rand) time.Duration {
+	if average <= 0 {
+		average = 5 * time.Second
+	}
+	avg := float64(max(processes, 1)) * float64(average)
+	var d float64
+	if processes < 10 {
+		d = avg*r.Float64() + avg/2
+	} else {
+		d = avg * r.Float64()
+	}
+	return time.Duration(d)
+}

@@ -1,0 +1,167 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// recoveredKey counts, inside the payload, how often a job was rescued from
+// a dead process. Sidekiq keeps unknown keys, so the count survives Ruby.
+const recoveredKey = "ferry_recovered"
+
+// RecoveryResult counts what one recovery pass did.
+type RecoveryResult struct {
+	Processes int // dead processes whose lists were emptied
+	Requeued  int // jobs pushed back to their queues
+	Killed    int // poison pills sent to the dead set
+}
+
+// ErrLocked means another process holds the recovery lock right now.
+var ErrLocked = errors.New("recovery is running in another process")
+
+// RecoverOrphans pushes the in-flight and staged jobs of dead ferry
+// processes (alive key expired) back to their queues. It runs under a
+// cluster-wide lock so only one process recovers at a time; it is meant to
+// run periodically on every process, not only at boot, so a process that is
+// killed and never returns has its jobs rescued within seconds.
+func (b *Broker) RecoverOrphans(ctx context.Context) (RecoveryResult, error) {
+	var res RecoveryResult
+	token := NewJID()
+	ok, err := b.rdb.SetNX(ctx, keyRecoveryLock, token, time.Minute).Result()
+	if err != nil {
+		return res, fmt.Errorf("recovery lock: %w", err)
+	}
+	if !ok {
+		return res, ErrLocked
+	}
+	defer unlockScript.Run(context.WithoutCancel(ctx), b.rdb, []string{keyRecoveryLock}, token)
+
+	reg, err := b.rdb.HGetAll(ctx, keyFetchers).Result()
+	if err != nil {
+		return res, fmt.Errorf("recovery: %w", err)
+	}
+	lists := map[string][]string{} // identity -> queues
+	for id, qs := range reg {
+		var queues []string
+		_ = json.Unmarshal([]byte(qs), &queues)
+		lists[id] = queues
+	}
+	// Safety net: private lists whose owner never registered (or whose
+	// registration was lost) are found by scanning.
+	iter := b.rdb.Scan(ctx, 0, "ferry:inflight|*", 1000).Iterator()
+	for iter.Next(ctx) {
+		parts := strings.SplitN(iter.Val(), "|", 3)
+		if len(parts) == 3 && !contains(lists[parts[1]], parts[2]) {
+			lists[parts[1]] = append(lists[parts[1]], parts[2])
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return res, fmt.Errorf("recovery scan: %w", err)
+	}
+	for id, queues := range lists {
+		if id == b.identity {
+			continue
+		}
+		alive, err := b.rdb.Exists(ctx, aliveKey(id)).Result()
+		if err != nil {
+			return res, fmt.Errorf("recovery: %w", err)
+		}
+		if alive > 0 {
+			continue
+		}
+		for _, q := range queues {
+			if err := b.recoverList(ctx, inflightKey(id, q), q, &res); err != nil {
+				return res, err
+			}
+		}
+		if err := b.recoverList(ctx, stagingKey(id), "", &res); err != nil {
+			return res, err
+		}
+		if err := b.rdb.HDel(ctx, keyFetchers, id).Err(); err != nil {
+			return res, err
+		}
+		res.Processes++
+	}
+	if res.Requeued+res.Killed > 0 {
+		b.log.Warn("recovered jobs of dead processes",
+			zapInt("processes", res.Processes), zapInt("requeued", res.Requeued), zapInt("killed", res.Killed))
+	}
+	return res, nil
+}
+
+// recoverList empties one private list. queue == "" means a staging list,
+// whose entries go to the queue named in their payload.
+func (b *Broker) recoverList(ctx context.Context, key, queue string, res *RecoveryResult) error {
+	items, err := b.rdb.LRange(ctx, key, 0, -1).Result()
+	if err != nil {
+		return fmt.Errorf("recovery: %w", err)
+	}
+	for _, s := range items {
+		raw := []byte(s)
+		if queue == "" {
+			if err := b.pushStaged(ctx, key, raw); err != nil {
+				return err
+			}
+			res.Requeued++
+			continue
+		}
+		j, perr := ParseJob(raw)
+		if perr != nil {
+			if _, err := b.settle(ctx, key, keyDead, raw, raw, "dead", formatFloatTime(epoch(b.opts.Now()))); err != nil {
+				return err
+			}
+			res.Killed++
+			continue
+		}
+		n := j.Clone()
+		count, _ := j.Int(recoveredKey)
+		count++
+		n.SetInt(recoveredKey, count)
+		if int(count) > b.opts.MaxRecoveries {
+			entry := n.Clone()
+			entry.SetString("error_class", "Ferry::PoisonPill")
+			entry.SetString("error_message", fmt.Sprintf(
+				"job was in flight on %d worker processes that died (last: %s); it may be what kills them, so it was moved to the dead set instead of being run again",
+				count, strings.SplitN(key, "|", 3)[1]))
+			if !entry.Has("failed_at") {
+				entry.SetTime("failed_at", epoch(b.opts.Now()))
+			}
+			if entry.Has("retry_count") {
+				entry.SetTime("retried_at", epoch(b.opts.Now()))
+			}
+			ok, err := b.settle(ctx, key, keyDead, raw, entry.Encode(), "dead", formatFloatTime(epoch(b.opts.Now())))
+			if err != nil {
+				return err
+			}
+			if ok {
+				res.Killed++
+			}
+			continue
+		}
+		ok, err := b.settle(ctx, key, QueueKey(queue), raw, n.Encode(), "rpush", queue)
+		if err != nil {
+			return fmt.Errorf("recovery: %w", err)
+		}
+		if ok {
+			res.Requeued++
+		}
+	}
+	return nil
+}
+
+func contains(xs []string, s string) bool {
+	for _, x := range xs {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+var _ = redis.Nil

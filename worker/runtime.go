@@ -1,0 +1,629 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/ferrymigrate/ferry/queue"
+)
+
+// Middleware wraps job execution: call next to run the job (or the rest
+// of the chain). The payload is the full Sidekiq job.
+type Middleware func(ctx context.Context, job *queue.Job, next func(ctx context.Context) error) error
+
+// Config configures a [Runtime]. Zero values take Sidekiq's defaults.
+type Config struct {
+	Redis    redis.UniversalClient // required
+	Registry *Registry             // required
+	// Queues to fetch from; default "background_migration". Weights > 0
+	// switch to Sidekiq's weighted random order.
+	Queues      []queue.WeightedQueue
+	Concurrency int           // default 10
+	Timeout     time.Duration // shutdown grace before in-flight jobs are pushed back; default 25 s
+	// PollInterval is Sidekiq's average_scheduled_poll_interval (default 5 s).
+	PollInterval time.Duration
+	// HeartbeatInterval defaults to 5 s, which both Sidekiq 6 and 7 readers accept.
+	HeartbeatInterval time.Duration
+	// RecoveryInterval is how often orphaned jobs of dead processes are
+	// looked for (default 10 s, jittered).
+	RecoveryInterval time.Duration
+	MaxRetries       int // default 25
+	Tag              string
+	Labels           []string
+	Version          string
+	Hostname         string
+	Identity         string // default "<hostname>:<pid>:<12 hex>"
+	Middleware       []Middleware
+	Logger           *zap.Logger
+	// AliveTTL: see queue.BrokerOptions.
+	AliveTTL time.Duration
+}
+
+func (c *Config) withDefaults() error {
+	if c.Redis == nil {
+		return errors.New("worker: Config.Redis is required")
+	}
+	if c.Registry == nil {
+		return errors.New("worker: Config.Registry is required")
+	}
+	if len(c.Queues) == 0 {
+		c.Queues = []queue.WeightedQueue{{Name: "background_migration"}}
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = 10
+	}
+	if c.Concurrency < 1 || c.Concurrency > 1000 {
+		return fmt.Errorf("worker: Config.Concurrency must be between 1 and 1000, got %d", c.Concurrency)
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 25 * time.Second
+	}
+	if c.Timeout < 0 {
+		return fmt.Errorf("worker: Config.Timeout must not be negative, got %s", c.Timeout)
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = 5 * time.Second
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = 5 * time.Second
+	}
+	if c.RecoveryInterval <= 0 {
+		c.RecoveryInterval = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.Hostname == "" {
+		c.Hostname, _ = os.Hostname()
+	}
+	if c.Identity == "" {
+		c.Identity = fmt.Sprintf("%s:%d:%s", c.Hostname, os.Getpid(), queue.NewJID()[:12])
+	}
+	if c.Version == "" {
+		c.Version = "ferry"
+	}
+	return nil
+}
+
+// Runtime is one worker process: it fetches jobs reliably, runs them on a
+// bounded number of slots, records retries, heartbeats for the Sidekiq Web
+// UI, polls the schedule and retry sets and recovers jobs of dead processes.
+type Runtime struct {
+	cfg     Config
+	broker  *queue.Broker
+	fetcher *queue.Fetcher
+	log     *zap.Logger
+	info    queue.ProcessInfo
+	rng     *rand.Rand
+
+	quietOnce sync.Once
+	quietCh   chan struct{} // closed on quiet: stop fetching
+	stopOnce  sync.Once
+	stopCh    chan struct{} // closed on stop request (TERM via Redis, Stop())
+
+	slots    chan int // free slot ids
+	mu       sync.Mutex
+	inflight map[int]*running // slot -> job
+	wg       sync.WaitGroup   // running jobs
+
+	acks      chan *queue.Delivery
+	processed atomic.Int64
+	failed    atomic.Int64
+	started   atomic.Bool
+}
+
+type running struct {
+	d     *queue.Delivery
+	runAt time.Time
+}
+
+// New validates cfg and builds a Runtime.
+func New(cfg Config) (*Runtime, error) {
+	if err := cfg.withDefaults(); err != nil {
+		return nil, err
+	}
+	b, err := queue.NewBroker(cfg.Redis, queue.BrokerOptions{
+		Identity: cfg.Identity, MaxRetries: cfg.MaxRetries, Logger: cfg.Logger, AliveTTL: cfg.AliveTTL,
+	})
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(cfg.Queues))
+	for i, q := range cfg.Queues {
+		names[i] = q.Name
+	}
+	r := &Runtime{
+		cfg: cfg, broker: b, fetcher: b.NewFetcher(cfg.Queues),
+		log: cfg.Logger.Named("worker"),
+		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		info: queue.ProcessInfo{
+			Hostname: cfg.Hostname, StartedAt: float64(time.Now().UnixNano()) / 1e9, Pid: os.Getpid(),
+			Tag: cfg.Tag, Concurrency: cfg.Concurrency, Queues: names, Labels: append([]string{"ferry"}, cfg.Labels...),
+			Identity: cfg.Identity, Version: cfg.Version,
+		},
+		quietCh:  make(chan struct{}),
+		stopCh:   make(chan struct{}),
+		slots:    make(chan int, cfg.Concurrency),
+		inflight: make(map[int]*running, cfg.Concurrency),
+		acks:     make(chan *queue.Delivery, 4*cfg.Concurrency),
+	}
+	for i := range cfg.Concurrency {
+		r.slots <- i
+	}
+	return r, nil
+}
+
+// Identity is the process identity shown on the Sidekiq Busy page.
+func (r *Runtime) Identity() string { return r.cfg.Identity }
+
+// Broker exposes the Redis protocol layer (push client, identity).
+func (r *Runtime) Broker() *queue.Broker { return r.broker }
+
+// Quiet stops fetching new jobs; running jobs finish. There is no un-quiet
+// (as in Sidekiq's TSTP).
+func (r *Runtime) Quiet() {
+	r.quietOnce.Do(func() {
+		close(r.quietCh)
+		r.log.Info("quiet: no longer fetching jobs")
+	})
+}
+
+// Stop asks Run to shut down gracefully, as if its context were cancelled.
+func (r *Runtime) Stop() { r.stopOnce.Do(func() { close(r.stopCh) }) }
+
+// Stopped is closed once a stop has been requested.
+func (r *Runtime) Stopped() <-chan struct{} { return r.stopCh }
+
+// Run works jobs until ctx is cancelled or Stop is called, then stops
+// fetching, waits up to Config.Timeout for running jobs, cancels those still
+// running and pushes them back to their queues unchanged. It returns nil
+// after a clean stop.
+func (r *Runtime) Run(ctx context.Context) error {
+	if !r.started.CompareAndSwap(false, true) {
+		return errors.New("worker: Run called twice")
+	}
+	// workCtx is cancelled only at the hard deadline, so a quiet or stop
+	// request never interrupts a job that can still finish in time.
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	bgCtx, cancelBg := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelBg()
+
+	if err := r.beat(ctx); err != nil {
+		return fmt.Errorf("worker: first heartbeat: %w", err)
+	}
+	if err := r.broker.Register(ctx, r.info.Queues); err != nil {
+		return fmt.Errorf("worker: register: %w", err)
+	}
+	r.log.Info("worker started", zap.String("identity", r.cfg.Identity),
+		zap.Strings("queues", r.info.Queues), zap.Int("concurrency", r.cfg.Concurrency))
+
+	var bg sync.WaitGroup
+	fetchCtx, cancelFetch := context.WithCancel(bgCtx)
+	defer cancelFetch()
+	bg.Add(4)
+	go func() { defer bg.Done(); r.heartbeatLoop(bgCtx) }()
+	go func() { defer bg.Done(); r.pollLoop(fetchCtx) }()
+	go func() { defer bg.Done(); r.recoveryLoop(fetchCtx) }()
+	go func() {
+		defer bg.Done()
+		select { // quiet (TSTP, from the OS or Redis) stops fetching and polling
+		case <-r.quietCh:
+			cancelFetch()
+		case <-fetchCtx.Done():
+		}
+	}()
+	ackDone := make(chan struct{})
+	ackExited := make(chan struct{})
+	go func() { defer close(ackExited); r.ackLoop(bgCtx, ackDone) }()
+	fetchDone := make(chan struct{})
+	go func() { defer close(fetchDone); r.fetchLoop(fetchCtx, workCtx) }()
+
+	select {
+	case <-ctx.Done():
+	case <-r.stopCh:
+	}
+	r.Quiet()
+	cancelFetch()
+	<-fetchDone
+
+	// Wait for running jobs up to the timeout.
+	done := make(chan struct{})
+	go func() { r.wg.Wait(); close(done) }()
+	timer := time.NewTimer(r.cfg.Timeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		r.hardStop(cancelWork, done)
+	}
+	// The ack loop drains what is left (bounded) before the heartbeat stops.
+	close(ackDone)
+	<-ackExited
+	cancelBg()
+	bg.Wait()
+
+	final, cancelFinal := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancelFinal()
+	if err := r.broker.FlushStats(final, r.processed.Swap(0), r.failed.Swap(0)); err != nil {
+		r.log.Warn("could not flush stats at exit", zap.Error(err))
+	}
+	if err := r.broker.Unregister(final, r.info.Queues); err != nil {
+		r.log.Warn("could not unregister", zap.Error(err))
+	}
+	r.log.Info("worker stopped", zap.String("identity", r.cfg.Identity))
+	return nil
+}
+
+// hardStop pushes every in-flight job back to its queue, then cancels them.
+// Pushing back first means a job is never in limbo; a job that finishes in
+// between just fails to ack (its entry is already gone), and runs again,
+// which Sidekiq's at-least-once contract allows.
+func (r *Runtime) hardStop(cancelWork context.CancelFunc, done <-chan struct{}) {
+	r.mu.Lock()
+	ds := make([]*queue.Delivery, 0, len(r.inflight))
+	for _, run := range r.inflight {
+		ds = append(ds, run.d)
+	}
+	r.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := r.broker.Requeue(ctx, ds...)
+	if err != nil {
+		r.log.Error("could not push jobs back; they stay in this process's private list and will be recovered by another process",
+			zap.Error(err))
+	}
+	r.log.Warn(fmt.Sprintf("Pushed %d jobs back to Redis", n), zap.Int("in_flight", len(ds)))
+	cancelWork()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		r.log.Warn("some jobs ignored cancellation; exiting without them")
+	}
+}
+
+func (r *Runtime) fetchLoop(fetchCtx, workCtx context.Context) {
+	backoff := newBackoff()
+	for {
+		var first int
+		select {
+		case <-fetchCtx.Done():
+			return
+		case first = <-r.slots:
+		}
+		ids := []int{first}
+	more:
+		for len(ids) < r.cfg.Concurrency {
+			select {
+			case id := <-r.slots:
+				ids = append(ids, id)
+			default:
+				break more
+			}
+		}
+		ds, err := r.fetcher.Fetch(fetchCtx, len(ids), 2*time.Second)
+		if err != nil && fetchCtx.Err() == nil {
+			r.log.Warn("fetch failed; retrying", zap.Error(err))
+			r.releaseSlots(ids)
+			if !backoff.wait(fetchCtx) {
+				return
+			}
+			continue
+		}
+		backoff.reset()
+		if fetchCtx.Err() != nil && len(ds) > 0 {
+			// Fetched after quiet: push back, as Sidekiq does.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, _ = r.broker.Requeue(ctx, ds...)
+			cancel()
+			ds = nil
+		}
+		for i, d := range ds {
+			r.start(workCtx, ids[i], d)
+		}
+		r.releaseSlots(ids[len(ds):])
+	}
+}
+
+func (r *Runtime) releaseSlots(ids []int) {
+	for _, id := range ids {
+		r.slots <- id
+	}
+}
+
+func (r *Runtime) start(workCtx context.Context, slot int, d *queue.Delivery) {
+	r.mu.Lock()
+	r.inflight[slot] = &running{d: d, runAt: time.Now()}
+	r.mu.Unlock()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.process(workCtx, d)
+		r.mu.Lock()
+		delete(r.inflight, slot)
+		r.mu.Unlock()
+		r.slots <- slot
+	}()
+}
+
+func (r *Runtime) process(ctx context.Context, d *queue.Delivery) {
+	if d.Job == nil {
+		// Unparseable payloads go straight to the dead set, as in Sidekiq.
+		r.log.Error("invalid job payload; moved to the dead set", zap.String("queue", d.Queue), zap.Error(d.Err))
+		r.settleFailure(ctx, d, queue.Failure{})
+		return
+	}
+	err := r.runJob(ctx, d.Job)
+	r.processed.Add(1)
+	if ctx.Err() != nil && err != nil {
+		// Hard shutdown: the job was already pushed back; record nothing.
+		return
+	}
+	switch {
+	case err == nil:
+		r.acks <- d
+		return
+	case errors.Is(err, ErrDiscard):
+		r.failed.Add(1)
+		r.acks <- d
+		return
+	}
+	r.failed.Add(1)
+	f := queue.Failure{Class: errorClass(err), Message: err.Error()}
+	var pe *PanicError
+	if errors.As(err, &pe) {
+		f.Backtrace = pe.Stack
+	}
+	if errors.Is(err, ErrKill) {
+		d.Job.Set("retry", []byte("0"))
+	}
+	r.log.Warn("job failed", zap.String("class", d.Job.Class()), zap.String("jid", d.Job.JID()),
+		zap.String("error_class", f.Class), zap.Error(err))
+	r.settleFailure(ctx, d, f)
+}
+
+// settleFailure records a failure, retrying Redis errors so that a short
+// outage does not lose the retry entry (the job stays in the private list
+// until it succeeds, so nothing is lost even if this process dies).
+func (r *Runtime) settleFailure(ctx context.Context, d *queue.Delivery, f queue.Failure) {
+	bo := newBackoff()
+	for {
+		out, _, err := r.broker.Fail(context.WithoutCancel(ctx), d, f)
+		if err == nil {
+			if out == queue.OutcomeDead {
+				r.log.Warn("job moved to the dead set", zap.String("jid", jidOf(d)))
+			}
+			return
+		}
+		r.log.Warn("could not record job failure; retrying", zap.Error(err))
+		if !bo.wait(ctx) {
+			return
+		}
+	}
+}
+
+func jidOf(d *queue.Delivery) string {
+	if d.Job == nil {
+		return ""
+	}
+	return d.Job.JID()
+}
+
+func (r *Runtime) runJob(ctx context.Context, p *queue.Job) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			stack := strings.Split(strings.TrimSpace(string(debug.Stack())), "\n")
+			err = &PanicError{Value: v, Stack: stack}
+		}
+	}()
+	final := func(ctx context.Context) error {
+		e := r.cfg.Registry.lookup(p.Class())
+		if e == nil {
+			return &UnknownClassError{Class: p.Class()}
+		}
+		return e.run(ctx, p)
+	}
+	next := final
+	for i := len(r.cfg.Middleware) - 1; i >= 0; i-- {
+		mw, inner := r.cfg.Middleware[i], next
+		next = func(ctx context.Context) error { return mw(ctx, p, inner) }
+	}
+	return next(ctx)
+}
+
+// ackLoop batches acknowledgements into pipelines: one round trip for many
+// finished jobs keeps Redis work per job low.
+func (r *Runtime) ackLoop(ctx context.Context, done <-chan struct{}) {
+	buf := make([]*queue.Delivery, 0, 256)
+	bo := newBackoff()
+	flush := func() {
+		for len(buf) > 0 {
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			err := r.broker.Ack(fctx, buf...)
+			cancel()
+			if err == nil {
+				buf = buf[:0]
+				bo.reset()
+				return
+			}
+			r.log.Warn("ack failed; retrying", zap.Error(err))
+			if !bo.wait(ctx) {
+				return
+			}
+		}
+	}
+	for {
+		select {
+		case d := <-r.acks:
+			buf = append(buf, d)
+		drain:
+			for len(buf) < cap(buf) {
+				select {
+				case d := <-r.acks:
+					buf = append(buf, d)
+				default:
+					break drain
+				}
+			}
+			flush()
+		case <-done:
+			// Final drain: bounded, so a Redis outage at exit cannot hang
+			// the process. Unacked jobs stay in the private list and run
+			// again after recovery (at-least-once).
+			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			ctx = dctx
+			for {
+				select {
+				case d := <-r.acks:
+					buf = append(buf, d)
+				default:
+					flush()
+					return
+				}
+			}
+		}
+	}
+}
+
+func (r *Runtime) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(r.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := r.beat(ctx); err != nil && ctx.Err() == nil {
+				r.log.Warn("heartbeat failed", zap.Error(err))
+			}
+		}
+	}
+}
+
+func (r *Runtime) beat(ctx context.Context) error {
+	st := queue.BeatState{Work: map[string]queue.WorkEntry{}, RSSKB: rssKB()}
+	select {
+	case <-r.quietCh:
+		st.Quiet = true
+	default:
+	}
+	r.mu.Lock()
+	for slot, run := range r.inflight {
+		st.Work[strconv.Itoa(slot)] = queue.WorkEntry{Queue: run.d.Queue, Payload: run.d.Raw, RunAt: run.runAt}
+	}
+	r.mu.Unlock()
+	st.Busy = len(st.Work)
+	st.Processed = r.processed.Swap(0)
+	st.Failed = r.failed.Swap(0)
+	sigs, err := r.broker.Heartbeat(ctx, r.info, st)
+	if err != nil {
+		// Keep the counts for the next beat.
+		r.processed.Add(st.Processed)
+		r.failed.Add(st.Failed)
+		return err
+	}
+	for _, s := range sigs {
+		r.signal(s)
+	}
+	return nil
+}
+
+// signal handles a Sidekiq signal sent through Redis.
+func (r *Runtime) signal(sig string) {
+	r.log.Info("received signal via Redis", zap.String("signal", sig))
+	switch sig {
+	case "TSTP", "USR1":
+		r.Quiet()
+	case "TERM", "INT":
+		r.Stop()
+	case "TTIN":
+		r.DumpGoroutines()
+	default:
+		r.log.Warn("ignoring unknown signal", zap.String("signal", sig))
+	}
+}
+
+// DumpGoroutines logs every goroutine's stack (Sidekiq's TTIN).
+func (r *Runtime) DumpGoroutines() {
+	buf := make([]byte, 1<<20)
+	n := runtime.Stack(buf, true)
+	r.log.Info("goroutine dump", zap.String("stacks", string(buf[:n])))
+}
+
+func (r *Runtime) pollLoop(ctx context.Context) {
+	wait := queue.PollInterval(1, r.cfg.PollInterval, r.rng)
+	for {
+		if !sleepCtx(ctx, wait) {
+			return
+		}
+		if n, err := r.broker.EnqueueDue(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("scheduled poll failed", zap.Error(err))
+		} else if n > 0 {
+			r.log.Debug("enqueued due jobs", zap.Int("count", n))
+		}
+		wait = queue.PollInterval(r.broker.ProcessCount(ctx), r.cfg.PollInterval, r.rng)
+	}
+}
+
+func (r *Runtime) recoveryLoop(ctx context.Context) {
+	wait := time.Duration(r.rng.Int64N(int64(time.Second)))
+	for {
+		if !sleepCtx(ctx, wait) {
+			return
+		}
+		if _, err := r.broker.RecoverOrphans(ctx); err != nil && !errors.Is(err, queue.ErrLocked) && ctx.Err() == nil {
+			r.log.Warn("orphan recovery failed", zap.Error(err))
+		}
+		// Jitter so processes do not all contend for the lock at once.
+		wait = r.cfg.RecoveryInterval/2 + time.Duration(r.rng.Int64N(int64(r.cfg.RecoveryInterval)))
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// backoff is a capped, jittered exponential wait for reconnecting.
+type backoff struct{ n int }
+
+func newBackoff() *backoff { return &backoff{} }
+func (b *backoff) reset()  { b.n = 0 }
+func (b *backoff) wait(ctx context.Context) bool {
+	d := min(50*time.Millisecond<<min(b.n, 7), 5*time.Second)
+	b.n++
+	return sleepCtx(ctx, d/2+time.Duration(rand.Int64N(int64(d))))
+}
+
+func rssKB() int64 {
+	data, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseInt(f[1], 10, 64)
+	return pages * int64(os.Getpagesize()) / 1024
+}
