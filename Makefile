@@ -1,0 +1,101 @@
+# ferry: `make` (or `make help`) lists the targets.
+# Targets that need Redis/PostgreSQL start them with scripts/services (state in .state/,
+# override with FERRY_STATE_DIR) and export REDIS_URL / DATABASE_URL to what they run.
+# With KEEP_SERVICES=0 (the default when CI=true) services that this make run started
+# are stopped at the end; services that were already up are always left running.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.ONESHELL:
+
+export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
+
+GO          ?= go
+BIN         ?= bin/ferry
+PKGS        ?= ./...
+TEST_FLAGS  ?= -race -count=1 -timeout 14m
+SHORT_FLAGS ?= -short -count=1 -timeout 5m
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# Default: keep them for developers (other sessions may share .state/), stop them in CI.
+KEEP_SERVICES ?= $(if $(filter true 1,$(CI)),0,1)
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     ?= -X main.version=$(VERSION)
+
+# with_services: start (or reuse) Redis + PostgreSQL, export their URLs, and arrange
+# to stop them on exit if this run started them and KEEP_SERVICES is not 1.
+define with_services
+was_up=0; scripts/services status >/dev/null 2>&1 && was_up=1 || true
+eval "$$(scripts/services start)"
+if [ "$$was_up" = 0 ] && [ "$(KEEP_SERVICES)" != 1 ]; then
+	trap 'scripts/services stop >&2 || true' EXIT
+fi
+echo "REDIS_URL=$$REDIS_URL DATABASE_URL=$$DATABASE_URL" >&2
+endef
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z0-9_.-]+:.*?## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	echo
+	echo "  Variables: KEEP_SERVICES=0|1 (stop services this run started; default 1, 0 if CI=true), FERRY_STATE_DIR, FERRY_NO_CHROMIUM=1,"
+	echo "             PKGS=./queue/... (packages to test), TEST_FLAGS, SHORT_FLAGS"
+
+.PHONY: build
+build: ## Build bin/ferry
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ferry
+
+.PHONY: test
+test: ## Start services, then go vet and the full race-enabled test suite
+	@$(with_services)
+	$(GO) vet $(PKGS)
+	$(GO) test $(TEST_FLAGS) $(PKGS)
+
+.PHONY: test-short
+test-short: ## Start services, then the quick tests (-short, no race detector)
+	@$(with_services)
+	$(GO) test $(SHORT_FLAGS) $(PKGS)
+
+.PHONY: bench
+bench: ## Start services and run every benchmark program under ./bench
+	@$(with_services)
+	if [ ! -d bench ]; then echo "no ./bench directory" >&2; exit 0; fi
+	mains=$$($(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./bench/... 2>/dev/null || true)
+	if [ -z "$$mains" ]; then echo "no benchmark programs under ./bench" >&2; exit 0; fi
+	for m in $$mains; do echo "== go run $$m $(BENCH_ARGS)" >&2; $(GO) run $$m $(BENCH_ARGS); done
+
+.PHONY: demo
+demo: build ## Start services, build, and run `bin/ferry demo`
+	@$(with_services)
+	$(BIN) demo $(DEMO_ARGS)
+
+.PHONY: lint
+lint: ## go vet + staticcheck (pinned)
+	$(GO) vet $(PKGS)
+	$(GO) run $(STATICCHECK) $(PKGS)
+
+.PHONY: fmt
+fmt: ## gofmt -s -w every Go file
+	files=$$(find . -name '*.go' -not -path './.state/*' -not -path './vendor/*' -not -path './tmp/*')
+	[ -z "$$files" ] || gofmt -s -w $$files
+
+.PHONY: fmt-check
+fmt-check: ## Fail if any Go file is not gofmt -s clean
+	files=$$(find . -name '*.go' -not -path './.state/*' -not -path './vendor/*' -not -path './tmp/*')
+	bad=$$([ -z "$$files" ] || gofmt -s -l $$files)
+	if [ -n "$$bad" ]; then echo "not gofmt -s clean:" >&2; echo "$$bad" >&2; exit 1; fi
+
+.PHONY: services-start
+services-start: ## Start (or reuse) Redis + PostgreSQL; prints the export lines
+	@scripts/services start
+
+.PHONY: services-stop
+services-stop: ## Stop Redis + PostgreSQL
+	@scripts/services stop
+
+.PHONY: services-status
+services-status: ## Show whether Redis + PostgreSQL are up
+	@scripts/services status
+
+.PHONY: clean
+clean: ## Remove bin/ (services state in .state/ is kept)
+	rm -rf bin
