@@ -68,6 +68,8 @@ type App struct {
 	databaseURL string
 	logLevel    string
 
+	preValidate map[*cobra.Command]func(*config.Config)
+
 	once  sync.Mutex
 	rdb   *redis.Client
 	pool  *pgxpool.Pool
@@ -204,7 +206,7 @@ func (a *App) load(cmd *cobra.Command) error {
 	}
 	a.Cfg = cfg
 	for c := cmd; c != nil; c = c.Parent() {
-		if f, ok := preValidate[c]; ok {
+		if f, ok := a.preValidate[c]; ok {
 			f(&a.Cfg)
 		}
 	}
@@ -219,9 +221,14 @@ func (a *App) load(cmd *cobra.Command) error {
 	return nil
 }
 
-// preValidate lets a subcommand copy its flags into the config before it
-// is validated (so flag errors name the same fields as the file).
-var preValidate = map[*cobra.Command]func(*config.Config){}
+// PreValidate registers f to copy cmd's flags into the configuration
+// before it is validated, so flag errors name the same fields as the file.
+func (a *App) PreValidate(cmd *cobra.Command, f func(*config.Config)) {
+	if a.preValidate == nil {
+		a.preValidate = map[*cobra.Command]func(*config.Config){}
+	}
+	a.preValidate[cmd] = f
+}
 
 func newLogger(cfg config.Config, w io.Writer) (*zap.Logger, error) {
 	var lvl zapcore.Level

@@ -59,7 +59,7 @@ goroutine stacks. The Sidekiq Web UI's Quiet/Stop buttons work too.`,
 	f.DurationVarP(&timeout, "timeout", "t", 0, "shutdown grace period before running jobs are pushed back (default 25s)")
 	f.StringVarP(&tag, "tag", "g", "", "tag shown on the Sidekiq Busy page")
 	f.DurationVar(&poll, "poll-interval", 0, "average scheduled/retry poll interval per process (default 5s, as Sidekiq)")
-	preValidate[cmd] = func(c *config.Config) {
+	a.PreValidate(cmd, func(c *config.Config) {
 		if f.Changed("concurrency") {
 			c.Worker.Concurrency = concurrency
 		}
@@ -75,7 +75,7 @@ goroutine stacks. The Sidekiq Web UI's Quiet/Stop buttons work too.`,
 		if f.Changed("poll-interval") {
 			c.Worker.PollInterval = poll
 		}
-	}
+	})
 	return cmd
 }
 

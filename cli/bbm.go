@@ -1,0 +1,688 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"os/user"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/ferrymigrate/ferry/jobs/bbm"
+	"github.com/ferrymigrate/ferry/schema"
+)
+
+const bbmRegistryName = "bbm"
+
+// BBMClasses returns the registry of batched migration classes; register
+// your own classes in it from Options.Register.
+func BBMClasses(r *Registries) *bbm.Registry {
+	return r.Ext(bbmRegistryName, func() any { return bbm.NewRegistry() }).(*bbm.Registry)
+}
+
+func init() {
+	builtins = append(builtins, func(r *Registries) { BBMClasses(r) })
+	commands = append(commands, newBBMCmd)
+	workerSetups = append(workerSetups, bbmWorkerSetup)
+}
+
+// bbmWorkerSetup upgrades the schema and runs the BBM scheduler in every
+// worker process that has a database.
+func bbmWorkerSetup(ctx context.Context, a *App, env *WorkerEnv) (func(context.Context) error, error) {
+	if env.DB == nil {
+		env.Log.Info("DATABASE_URL is not set: batched background migrations are not run by this worker")
+		return nil, nil
+	}
+	if err := schema.Apply(ctx, env.DB); err != nil {
+		return nil, err
+	}
+	e := bbm.NewEngine(env.DB, bbm.Config{Logger: env.Log, Registry: BBMClasses(a.Reg),
+		TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration, Identity: env.Identity})
+	svc := bbm.NewService(e, env.Redis, env.Log)
+	if err := svc.Register(env.Workers); err != nil {
+		return nil, err
+	}
+	return svc.Run, nil
+}
+
+// bbmEngine opens the database, upgrades the schema and returns an engine.
+func (a *App) bbmEngine(ctx context.Context) (*bbm.Engine, error) {
+	pool, err := a.DB(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := schema.Apply(ctx, pool); err != nil {
+		return nil, err
+	}
+	e := bbm.NewEngine(pool, bbm.Config{Logger: a.Log, Registry: BBMClasses(a.Reg), TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration,
+		Identity: "ferry-cli:" + strconv.Itoa(os.Getpid())})
+	a.OnClose(e.Close)
+	return e, nil
+}
+
+// bbmErr maps engine errors to exit codes: bad input 2, the rest 1.
+func bbmErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if bbm.IsBadInput(err) || errors.Is(err, bbm.ErrNotFound) {
+		return Usage(err)
+	}
+	return No(err)
+}
+
+func parseID(s string) (int64, error) {
+	id, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || id <= 0 {
+		return 0, Usagef("migration id must be a positive integer, got %q", s)
+	}
+	return id, nil
+}
+
+func newBBMCmd(a *App) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "bbm",
+		Short: "Batched background migrations: queue, watch, pause, retry, finalize",
+		Long: `Batched background migrations (GitLab-compatible tables and runbooks).
+
+A migration walks a table by its integer key in batches of existing rows;
+each batch runs as short sub-batch statements under a statement timeout,
+and its progress is committed with every statement, so retries never redo
+work. Batches run in ` + "`ferry worker`" + ` processes (queue background_migration):
+more workers, more batches at once, within each migration's parallelism
+and the cluster-wide max-running. Batch sizes adapt to a target duration
+(bbm.target_batch_duration), and migrations back off on database signals
+(autovacuum, replication lag, lock waits, long transactions).`,
+	}
+	root.AddCommand(bbmQueueCmd(a), bbmListCmd(a, "list"), bbmListCmd(a, "status"), bbmShowCmd(a),
+		bbmSimpleCmd(a, "pause", "Pause an active migration (running batches finish)", (*bbm.Engine).Pause),
+		bbmSimpleCmd(a, "resume", "Resume a paused migration", (*bbm.Engine).Resume),
+		bbmSimpleCmd(a, "retry", "Re-run the failed batches of a failed migration and make it active", (*bbm.Engine).Retry),
+		bbmFinalizeCmd(a), bbmMarkFinishedCmd(a), bbmWaitCmd(a), bbmCheckCmd(a), bbmSetCmd(a),
+		bbmPauseAllCmd(a, "pause-all", true), bbmPauseAllCmd(a, "resume-all", false))
+	return root
+}
+
+func bbmQueueCmd(a *App) *cobra.Command {
+	var o bbm.QueueOptions
+	var minV, maxV int64
+	var target time.Duration
+	cmd := &cobra.Command{
+		Use:   "queue CLASS TABLE COLUMN [ARGS_JSON]",
+		Short: "Queue a batched background migration",
+		Long: `Queue a migration of TABLE by its integer COLUMN with class CLASS and
+JSON array ARGS_JSON. The class, the argument count, the table and the
+columns are checked first. Queueing the same configuration again does
+nothing (with a warning). An empty table is queued as finished.`,
+		Example: `  ferry bbm queue CopyColumnUsingBackgroundMigrationJob events id '[["id"],["id_convert_to_bigint"]]'
+  ferry bbm queue NullifyOrphanedReferences notes id '["project_id","projects","id"]' --parallel 2`,
+		Args: cobra.RangeArgs(3, 4),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.Class, o.Table, o.Column = args[0], args[1], args[2]
+			if len(args) == 4 {
+				o.Args = json.RawMessage(args[3])
+			}
+			if cmd.Flags().Changed("batch-min-value") {
+				o.MinValue = &minV
+			}
+			if cmd.Flags().Changed("batch-max-value") {
+				o.MaxValue = &maxV
+			}
+			o.TargetBatch = target
+			e, err := a.bbmEngine(cmd.Context())
+			if err != nil {
+				return err
+			}
+			res, err := e.Queue(cmd.Context(), o)
+			if err != nil {
+				return bbmErr(err)
+			}
+			cfg, _ := json.Marshal(res.Migration.Config())
+			if res.Existing {
+				fmt.Fprintf(a.Err, "Batched background migration not enqueued because it already exists: %s\n", cfg)
+			} else {
+				fmt.Fprintf(a.Out, "Queued batched background migration %d: %s\n", res.Migration.ID, res.Migration.StatusLine())
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.BatchSize, "batch-size", 0, "rows per batch to start with; adapts to the target duration (default 1000)")
+	f.IntVar(&o.SubBatchSize, "sub-batch-size", 0, "rows per statement to start with; adapts (default 100)")
+	f.IntVar(&o.PauseMs, "pause-ms", 0, "sleep between sub-batches in ms (default 0: database signals pace the migration)")
+	f.IntVar(&o.MaxBatchSize, "max-batch-size", 0, "upper bound for the batch size (default 2000000)")
+	f.Int64Var(&minV, "batch-min-value", 0, "first value of COLUMN to migrate (default MIN(COLUMN))")
+	f.Int64Var(&maxV, "batch-max-value", 0, "last value of COLUMN to migrate (default MAX(COLUMN) now)")
+	f.IntVar(&o.MaxParallel, "parallel", 0, "batches of this migration that may run at once (default 1)")
+	f.BoolVar(&o.AllowSameTable, "allow-same-table", false, "run even while another migration on TABLE runs")
+	f.DurationVar(&target, "target-batch-duration", 0, "override bbm.target_batch_duration for this migration")
+	f.BoolVar(&o.Paused, "paused", false, "queue it paused")
+	return cmd
+}
+
+func fmtProgress(p bbm.Progress) string {
+	parts := []string{}
+	if p.Percent != nil {
+		parts = append(parts, fmt.Sprintf("%.2f%%", *p.Percent))
+	} else {
+		parts = append(parts, "progress unknown")
+	}
+	parts = append(parts, fmt.Sprintf("%d rows", p.RowsDone))
+	if p.RowsPerSec > 0 {
+		parts = append(parts, fmt.Sprintf("%.0f rows/s", p.RowsPerSec))
+	}
+	if p.ETA != nil {
+		parts = append(parts, "ETA "+(time.Duration(*p.ETA)*time.Second).String())
+	}
+	if p.Failed > 0 {
+		parts = append(parts, fmt.Sprintf("%d failed jobs", p.Failed))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func bbmListCmd(a *App, name string) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   name,
+		Short: "List migrations: <status> | <class>,<table>,<column>,<args json> plus progress",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			e, err := a.bbmEngine(cmd.Context())
+			if err != nil {
+				return err
+			}
+			ms, err := e.List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if ms == nil {
+					ms = []*bbm.MigrationInfo{}
+				}
+				return a.PrintJSON(ms)
+			}
+			for _, m := range ms {
+				fmt.Fprintf(a.Out, "%s | id %d, %s\n", m.StatusLine(), m.ID, fmtProgress(m.Progress))
+			}
+			return nil
+		},
+	}
+	if name == "status" {
+		cmd.Short = "Same as list (GitLab's gitlab:background_migrations:status)"
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func bbmShowCmd(a *App) *cobra.Command {
+	var asJSON bool
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "show ID",
+		Short: "Show a migration, its recent jobs and its failed jobs with their errors",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			e, err := a.bbmEngine(ctx)
+			if err != nil {
+				return err
+			}
+			m, err := e.Get(ctx, id)
+			if err != nil {
+				return bbmErr(err)
+			}
+			recent, err := e.Jobs(ctx, id, false, limit)
+			if err != nil {
+				return err
+			}
+			failed, err := e.Jobs(ctx, id, true, limit)
+			if err != nil {
+				return err
+			}
+			settings, err := e.GetSettings(ctx)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return a.PrintJSON(map[string]any{"migration": m, "recent_jobs": recent, "failed_jobs": failed, "settings": settings})
+			}
+			w := tabwriter.NewWriter(a.Out, 0, 0, 2, ' ', 0)
+			fmt.Fprintf(w, "Id\t%d\n", m.ID)
+			fmt.Fprintf(w, "Migration\t%s\n", m.StatusLine())
+			fmt.Fprintf(w, "Status\t%s\n", m.Status)
+			fmt.Fprintf(w, "Progress\t%s\n", fmtProgress(m.Progress))
+			fmt.Fprintf(w, "Min value / Max value\t%d / %d\n", m.MinValue, m.MaxValue)
+			fmt.Fprintf(w, "Batch size / Sub-batch size\t%d / %d (adaptive)\n", m.BatchSize, m.SubBatchSize)
+			fmt.Fprintf(w, "Parallel batches\t%d (running now: %d)\n", m.MaxParallel, m.Progress.Running)
+			fmt.Fprintf(w, "Pause time (ms)\t%d\n", m.PauseMs)
+			fmt.Fprintf(w, "Created on\t%s\n", m.CreatedAt.Format(time.RFC3339))
+			if m.OnHoldUntil != nil && m.OnHoldUntil.After(time.Now()) {
+				fmt.Fprintf(w, "On hold until\t%s\n", m.OnHoldUntil.Format(time.RFC3339))
+			}
+			if m.SlowUntil != nil && m.SlowUntil.After(time.Now()) {
+				fmt.Fprintf(w, "Slowed until\t%s\n", m.SlowUntil.Format(time.RFC3339))
+			}
+			if m.HoldReason != nil {
+				fmt.Fprintf(w, "Health / reason\t%s\n", *m.HoldReason)
+			}
+			if settings.PausedAll {
+				fmt.Fprintf(w, "Cluster\tall migrations paused (ferry bbm resume-all)\n")
+			}
+			fmt.Fprintf(w, "Finalize with\t%s\n", m.FinalizeCommand())
+			w.Flush()
+			printJobs := func(title string, jobs []bbm.Job) {
+				fmt.Fprintf(a.Out, "\n%s\n", title)
+				w := tabwriter.NewWriter(a.Out, 0, 0, 2, ' ', 0)
+				fmt.Fprintln(w, "Id\tStatus\tMin value\tMax value\tBatch size\tSub-batch\tAttempts\tRows\tDuration\tError")
+				for _, j := range jobs {
+					dur := ""
+					if j.StartedAt != nil && j.FinishedAt != nil {
+						dur = j.FinishedAt.Sub(*j.StartedAt).Round(time.Millisecond).String()
+					}
+					msg := ""
+					if j.ErrorClass != nil {
+						msg = *j.ErrorClass
+						if j.ErrorMessage != nil {
+							msg += ": " + *j.ErrorMessage
+						}
+					}
+					fmt.Fprintf(w, "%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", j.ID, j.Status, j.MinValue, j.MaxValue, j.BatchSize, j.SubBatchSize, j.Attempts, j.RowsDone, dur, msg)
+				}
+				w.Flush()
+			}
+			printJobs("Recent jobs:", recent)
+			printJobs("Failed jobs:", failed)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().IntVar(&limit, "limit", 10, "jobs to show")
+	return cmd
+}
+
+func bbmSimpleCmd(a *App, name, short string, op func(*bbm.Engine, context.Context, int64) (*bbm.Migration, error)) *cobra.Command {
+	return &cobra.Command{
+		Use:   name + " ID",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			e, err := a.bbmEngine(cmd.Context())
+			if err != nil {
+				return err
+			}
+			m, err := op(e, cmd.Context(), id)
+			if err != nil {
+				return bbmErr(err)
+			}
+			fmt.Fprintln(a.Out, m.StatusLine())
+			return nil
+		},
+	}
+}
+
+// parseRakeFinalize accepts GitLab's pasted rake form, with or without the
+// task prefix and with the shell's quoting still in or already removed:
+// finalize[Class,table,column,'[["id"]\, ["id_convert_to_bigint"]]'].
+func parseRakeFinalize(s string) (class, table, column, args string, err error) {
+	i := strings.Index(s, "[")
+	j := strings.LastIndex(s, "]")
+	if i < 0 || j <= i || !strings.Contains(s[:i], "finalize") {
+		return "", "", "", "", Usagef("expected CLASS TABLE COLUMN ARGS_JSON or finalize[CLASS,TABLE,COLUMN,ARGS_JSON], got %q", s)
+	}
+	inner := s[i+1 : j]
+	parts := strings.SplitN(inner, ",", 4)
+	if len(parts) != 4 {
+		return "", "", "", "", Usagef("finalize[...] needs 4 arguments: job_class_name,table_name,column_name,job_arguments")
+	}
+	a := strings.TrimSpace(parts[3])
+	a = strings.TrimPrefix(strings.TrimSuffix(a, "'"), "'")
+	a = strings.ReplaceAll(a, `\,`, ",")
+	return strings.TrimSpace(parts[0]), strings.TrimSpace(parts[1]), strings.TrimSpace(parts[2]), a, nil
+}
+
+func bbmFinalizeCmd(a *App) *cobra.Command {
+	var quiet bool
+	return finalizeFlags(&cobra.Command{
+		Use:   "finalize CLASS TABLE COLUMN ARGS_JSON | finalize[CLASS,TABLE,COLUMN,ARGS_JSON]",
+		Short: "Run the rest of a migration now, in this process, with a progress bar",
+		Long: `Finish a migration synchronously (GitLab's gitlab:background_migrations:finalize):
+failed batches get fresh attempts, background workers stop taking its
+batches, and this process runs them, ignoring holds and max-running. The
+pasted rake form works too, e.g.
+  ferry bbm finalize "finalize[CopyColumnUsingBackgroundMigrationJob,events,id,'[[\"id\"]\, [\"id_convert_to_bigint\"]]']"
+Interrupting it (Ctrl-C) makes the migration active again.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 && len(args) != 4 {
+				return Usagef("finalize takes CLASS TABLE COLUMN ARGS_JSON, or the single finalize[...] form")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			class, table, column, jargs := "", "", "", ""
+			if len(args) == 1 {
+				var err error
+				if class, table, column, jargs, err = parseRakeFinalize(args[0]); err != nil {
+					return err
+				}
+			} else {
+				class, table, column, jargs = args[0], args[1], args[2], args[3]
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
+			defer stop()
+			e, err := a.bbmEngine(ctx)
+			if err != nil {
+				return err
+			}
+			m, err := e.FindByConfig(ctx, class, table, column, []byte(jargs))
+			if err != nil {
+				return bbmErr(err)
+			}
+			if m.Status.Done() {
+				fmt.Fprintf(a.Err, "Batched background migration for the given configuration is already finished: %s\n", m.StatusLine())
+				return nil
+			}
+			done := make(chan error, 1)
+			go func() { done <- e.Finalize(ctx, m) }()
+			var bar *progressbar.ProgressBar
+			if !quiet {
+				total := int64(-1)
+				if m.TotalTuples != nil && *m.TotalTuples > 0 {
+					total = *m.TotalTuples
+				}
+				bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(a.Err), progressbar.OptionSetDescription(fmt.Sprintf("%s %s.%s", m.Class, m.Table, m.Column)),
+					progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("rows"),
+					progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionFullWidth())
+			}
+			tick := time.NewTicker(300 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case err := <-done:
+					if bar != nil {
+						if info, gerr := e.Get(context.WithoutCancel(ctx), m.ID); gerr == nil {
+							_ = bar.Set64(info.Progress.RowsDone)
+						}
+						_ = bar.Finish()
+						fmt.Fprintln(a.Err)
+					}
+					if err != nil {
+						if ctx.Err() != nil {
+							// Give the migration back to the workers.
+							if _, rerr := a.bbmResumeAfterInterrupt(e, m.ID); rerr != nil {
+								a.Log.Warn("could not make the migration active again", zap.Error(rerr))
+							}
+							return No(fmt.Errorf("finalize interrupted; migration %d is active again", m.ID))
+						}
+						return bbmErr(err)
+					}
+					fmt.Fprintln(a.Out, "Done.")
+					return nil
+				case <-tick.C:
+					if bar == nil {
+						continue
+					}
+					if info, err := e.Get(ctx, m.ID); err == nil {
+						_ = bar.Set64(info.Progress.RowsDone)
+					}
+				}
+			}
+		},
+	}, &quiet)
+}
+
+func finalizeFlags(cmd *cobra.Command, quiet *bool) *cobra.Command {
+	cmd.Flags().BoolVar(quiet, "no-progress", false, "do not draw the progress bar")
+	return cmd
+}
+
+func (a *App) bbmResumeAfterInterrupt(e *bbm.Engine, id int64) (int64, error) {
+	tag, err := e.Pool().Exec(context.Background(), `UPDATE batched_background_migrations SET status = 1, updated_at = now() WHERE id = $1 AND status = 5`, id)
+	return tag.RowsAffected(), err
+}
+
+func bbmMarkFinishedCmd(a *App) *cobra.Command {
+	var yes bool
+	cmd := &cobra.Command{
+		Use:   "mark-finished ID --yes",
+		Short: "Mark a migration finished WITHOUT migrating its remaining rows (logged)",
+		Long: `Mark a migration and all its batches finished without running them, for
+when the data was fixed another way. Remaining rows are NOT migrated.
+Who and when is recorded in the transition log of every batch changed.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			if !yes {
+				return Usagef("refusing to mark migration %d finished without --yes: its remaining rows would not be migrated", id)
+			}
+			e, err := a.bbmEngine(cmd.Context())
+			if err != nil {
+				return err
+			}
+			who := "unknown"
+			if u, err := user.Current(); err == nil {
+				who = u.Username
+			}
+			if h, err := os.Hostname(); err == nil {
+				who += "@" + h
+			}
+			m, err := e.MarkFinished(cmd.Context(), id, who)
+			if err != nil {
+				return bbmErr(err)
+			}
+			fmt.Fprintln(a.Out, m.StatusLine())
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&yes, "yes", false, "confirm")
+	return cmd
+}
+
+func bbmWaitCmd(a *App) *cobra.Command {
+	var interval time.Duration
+	cmd := &cobra.Command{
+		Use:   "wait",
+		Short: "Wait until no unfinished migration remains; exit 1 if any failed",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if interval <= 0 {
+				return Usagef("--interval must be positive, got %s", interval)
+			}
+			ctx := cmd.Context()
+			e, err := a.bbmEngine(ctx)
+			if err != nil {
+				return err
+			}
+			for {
+				ms, err := e.Unfinished(ctx)
+				if err != nil {
+					return err
+				}
+				var failed, waiting []*bbm.MigrationInfo
+				for _, m := range ms {
+					if m.Status == bbm.Failed {
+						failed = append(failed, m)
+					} else {
+						waiting = append(waiting, m)
+					}
+				}
+				if len(failed) > 0 {
+					fmt.Fprintln(a.Out, "Some batched background migrations are in a failed state and must be finalized manually:")
+					for _, m := range failed {
+						fmt.Fprintf(a.Out, "\t%s\n\t\t%s\n", m.StatusLine(), m.FinalizeCommand())
+					}
+					return No(errSilent)
+				}
+				if len(waiting) == 0 {
+					fmt.Fprintln(a.Out, "All batched background migrations have finished.")
+					return nil
+				}
+				fmt.Fprintf(a.Out, "Still waiting on %d batched background migration(s):\n", len(waiting))
+				for _, m := range waiting {
+					fmt.Fprintf(a.Out, "\t%s | %s\n", m.StatusLine(), fmtProgress(m.Progress))
+				}
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(interval):
+				}
+			}
+		},
+	}
+	cmd.Flags().DurationVar(&interval, "interval", 30*time.Second, "time between checks")
+	return cmd
+}
+
+// CheckMessage is the upgrade-blocking text for one unfinished migration.
+func CheckMessage(m *bbm.Migration) string {
+	cfg, _ := json.Marshal(m.Config())
+	return fmt.Sprintf("Expected batched background migration for the given configuration to be marked as 'finished', but it is '%s':\t%s\n\n"+
+		"Finalize it manually by running the following command in a `bash` or `sh` shell:\n\n\t%s\n",
+		m.Status, cfg, m.FinalizeCommand())
+}
+
+func bbmCheckCmd(a *App) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Exit 0 if every migration is finished, else 1 with the command that fixes each",
+		Long: `Pre-upgrade check: exit 0 when every migration is finished or finalized;
+otherwise exit 1 and print, for each, GitLab's upgrade-blocking message
+with its configuration and the ferry bbm finalize command that fixes it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			e, err := a.bbmEngine(cmd.Context())
+			if err != nil {
+				return err
+			}
+			ms, err := e.Unfinished(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				out := []map[string]any{}
+				for _, m := range ms {
+					out = append(out, map[string]any{"id": m.ID, "status": m.Status, "configuration": m.Config(), "finalize_command": m.FinalizeCommand(), "message": CheckMessage(m.Migration)})
+				}
+				if err := a.PrintJSON(out); err != nil {
+					return err
+				}
+			} else {
+				for i, m := range ms {
+					if i > 0 {
+						fmt.Fprintln(a.Out)
+					}
+					fmt.Fprint(a.Out, CheckMessage(m.Migration))
+				}
+				if len(ms) == 0 {
+					fmt.Fprintln(a.Out, "All batched background migrations are finished.")
+				}
+			}
+			if len(ms) > 0 {
+				return No(errSilent)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func bbmSetCmd(a *App) *cobra.Command {
+	set := &cobra.Command{Use: "set", Short: "Change cluster-wide or per-migration settings"}
+	set.AddCommand(&cobra.Command{
+		Use:   "max-running N",
+		Short: "How many migrations may run at once, cluster-wide (default 2)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := strconv.Atoi(args[0])
+			if err != nil || n < 0 {
+				return Usagef("max-running must be a non-negative integer, got %q", args[0])
+			}
+			e, err := a.bbmEngine(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if err := e.SetMaxRunning(cmd.Context(), n); err != nil {
+				return bbmErr(err)
+			}
+			fmt.Fprintf(a.Out, "max-running is now %d\n", n)
+			return nil
+		},
+	}, &cobra.Command{
+		Use:   "parallel ID N",
+		Short: "How many batches of one migration may run at once",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(args[1])
+			if err != nil || n < 1 || n > 64 {
+				return Usagef("parallel must be between 1 and 64, got %q", args[1])
+			}
+			e, err := a.bbmEngine(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tag, err := e.Pool().Exec(cmd.Context(), `UPDATE batched_background_migrations SET max_parallel_batches = $2, updated_at = now() WHERE id = $1`, id, n)
+			if err != nil {
+				return err
+			}
+			if tag.RowsAffected() == 0 {
+				return Usage(fmt.Errorf("%w: id %d", bbm.ErrNotFound, id))
+			}
+			fmt.Fprintf(a.Out, "migration %d may run %d batches at once\n", id, n)
+			return nil
+		},
+	})
+	return set
+}
+
+func bbmPauseAllCmd(a *App, name string, pause bool) *cobra.Command {
+	short := "Stop starting batches of any migration (running batches finish)"
+	if !pause {
+		short = "Undo pause-all"
+	}
+	return &cobra.Command{
+		Use:   name,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			e, err := a.bbmEngine(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if err := e.SetPausedAll(cmd.Context(), pause); err != nil {
+				return err
+			}
+			if pause {
+				fmt.Fprintln(a.Out, "All batched background migrations paused (running batches finish).")
+			} else {
+				fmt.Fprintln(a.Out, "Batched background migrations resumed.")
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,144 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"github.com/ferrymigrate/ferry/jobs/bbm"
+)
+
+const demoTable = "ferry_demo_events"
+
+func init() {
+	commands = append(commands, newDemoCmd)
+}
+
+func newDemoCmd(a *App) *cobra.Command {
+	var rows, parallel, workers int
+	var local bool
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Show a batched background migration copying int to bigint on a demo table",
+		Long: `Create table ` + demoTable + ` with --rows rows (generate_series), add a bigint
+column, queue CopyColumnUsingBackgroundMigrationJob id -> id_convert_to_bigint
+and run it to the end with a progress bar (rows/s, ETA): through the
+Sidekiq worker runtime when Redis is reachable (--concurrency jobs at once),
+else in-process with --concurrency goroutines as workers (or with --local).
+The demo table is dropped and recreated on every run.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
+			defer stop()
+			if rows < 1 || parallel < 1 || workers < 1 {
+				return Usagef("--rows, --parallel and --concurrency must be positive")
+			}
+			e, err := a.bbmEngine(ctx)
+			if err != nil {
+				return err
+			}
+			pool := e.Pool()
+			fmt.Fprintf(a.Out, "Creating %s with %d rows...\n", demoTable, rows)
+			t0 := time.Now()
+			if _, err := pool.Exec(ctx, `DELETE FROM batched_background_migrations WHERE table_name = '`+demoTable+`';
+				DROP TABLE IF EXISTS `+demoTable+`;
+				CREATE TABLE `+demoTable+` (id integer PRIMARY KEY, user_id integer NOT NULL, action smallint NOT NULL);`); err != nil {
+				return err
+			}
+			if _, err := pool.Exec(ctx, `INSERT INTO `+demoTable+` SELECT g, g % 1000, g % 7 FROM generate_series(1, $1::int) g`, rows); err != nil {
+				return err
+			}
+			for _, q := range []string{`ALTER TABLE ` + demoTable + ` ADD COLUMN id_convert_to_bigint bigint`, `VACUUM ANALYZE ` + demoTable} {
+				if _, err := pool.Exec(ctx, q); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(a.Out, "Created in %s.\n", time.Since(t0).Round(time.Millisecond))
+			res, err := e.Queue(ctx, bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: demoTable, Column: "id",
+				Args: []byte(`[["id"],["id_convert_to_bigint"]]`), MaxParallel: parallel})
+			if err != nil {
+				return err
+			}
+			m := res.Migration
+			fmt.Fprintf(a.Out, "Queued: %s (default sizes: batch %d, sub-batch %d; adaptive, target %s per batch)\n",
+				m.StatusLine(), m.BatchSize, m.SubBatchSize, a.Cfg.BBM.TargetBatchDuration)
+
+			runCtx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			runErr := make(chan error, 1)
+			how := fmt.Sprintf("in-process, %d goroutines as workers", workers)
+			if _, rerr := a.Redis(ctx); rerr == nil && !local {
+				how = fmt.Sprintf("through the worker runtime (queue %s, concurrency %d)", bbm.Queue, workers)
+				a.Cfg.Worker.Concurrency = workers
+				a.Cfg.Worker.Queues = bbm.Queue
+				go func() { runErr <- a.runWorker(runCtx, nil) }()
+			} else {
+				go func() { runErr <- e.RunLocal(runCtx, workers, true) }()
+			}
+			fmt.Fprintf(a.Out, "Running %s, up to %d batches at once...\n", how, parallel)
+			bar := progressbar.NewOptions64(int64(rows), progressbar.OptionSetWriter(a.Err), progressbar.OptionSetDescription("copy id -> id_convert_to_bigint"),
+				progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("rows"),
+				progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionFullWidth())
+			start := time.Now()
+			tick := time.NewTicker(250 * time.Millisecond)
+			defer tick.Stop()
+			var info *bbm.MigrationInfo
+			for {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case err := <-runErr:
+					if err != nil && !errors.Is(err, context.Canceled) {
+						return err
+					}
+					runErr = nil
+				case <-tick.C:
+				}
+				info, err = e.Get(ctx, m.ID)
+				if err != nil {
+					return err
+				}
+				_ = bar.Set64(info.Progress.RowsDone)
+				if info.Status.Done() || info.Status == bbm.Failed {
+					break
+				}
+				if runErr == nil {
+					return No(fmt.Errorf("workers stopped; migration is %s", info.Status))
+				}
+			}
+			elapsed := time.Since(start)
+			_ = bar.Finish()
+			fmt.Fprintln(a.Err)
+			cancel()
+			if runErr != nil {
+				<-runErr // let the worker push back and unregister before connections close
+			}
+			var bad int64
+			if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+demoTable+` WHERE id_convert_to_bigint IS DISTINCT FROM id`).Scan(&bad); err != nil {
+				return err
+			}
+			var jobs int
+			_ = pool.QueryRow(ctx, `SELECT count(*) FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, m.ID).Scan(&jobs)
+			fmt.Fprintf(a.Out, "%s in %s: %.0f rows/s, %d batches, final batch size %d, sub-batch %d, rows not copied: %d\n",
+				info.Status, elapsed.Round(time.Millisecond), float64(info.Progress.RowsDone)/elapsed.Seconds(), jobs, info.BatchSize, info.SubBatchSize, bad)
+			if info.Status != bbm.Finished || bad != 0 {
+				return No(fmt.Errorf("demo migration ended %s with %d rows not copied; see `ferry bbm show %d`", info.Status, bad, m.ID))
+			}
+			fmt.Fprintf(a.Out, "Try: ferry bbm show %d\n", m.ID)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&rows, "rows", 3_000_000, "rows in the demo table")
+	f.IntVar(&parallel, "parallel", 2, "batches of the migration that may run at once")
+	f.IntVar(&workers, "concurrency", 4, "worker jobs (or goroutines) running batches")
+	f.BoolVar(&local, "local", false, "run batches in-process even when Redis is reachable")
+	return cmd
+}

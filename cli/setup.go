@@ -1,0 +1,38 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrymigrate/ferry/schema"
+)
+
+func init() {
+	commands = append(commands, func(a *App) *cobra.Command {
+		return &cobra.Command{
+			Use:   "setup",
+			Short: "Create or upgrade ferry's own PostgreSQL tables",
+			Long: `Create or upgrade ferry's tables (batched background migrations, their
+jobs and transition logs, the legacy background_migration_jobs tracking
+table, settings). Idempotent and safe to run from many hosts at once: it
+holds an advisory lock. ` + "`ferry worker`" + ` does the same at start.`,
+			Args: cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				pool, err := a.DB(cmd.Context())
+				if err != nil {
+					return err
+				}
+				if err := schema.Apply(cmd.Context(), pool); err != nil {
+					return err
+				}
+				v, err := schema.Current(cmd.Context(), pool)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.Out, "ferry schema is at version %d\n", v)
+				return nil
+			},
+		}
+	})
+}

@@ -1,0 +1,479 @@
+package bbm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+)
+
+// sessionLockClass is the first key of the advisory lock each engine holds
+// on its session number ("fery").
+const sessionLockClass int32 = 0x66657279
+
+// Config configures an [Engine].
+type Config struct {
+	Logger   *zap.Logger
+	Registry *Registry
+	// TargetBatchDuration is what adaptive sizing aims a batch at
+	// (default 2s); a migration's target_batch_ms overrides it.
+	TargetBatchDuration time.Duration
+	// Identity is recorded on job rows (the Sidekiq process identity).
+	Identity string
+	Health   HealthConfig
+}
+
+// Engine runs batches of batched background migrations. Several engines,
+// in one process or many, share the work through row locks in PostgreSQL;
+// every state change is a transaction there. Call [Engine.Start] before
+// running batches and Close when done.
+type Engine struct {
+	pool     *pgxpool.Pool
+	reg      *Registry
+	log      *zap.Logger
+	target   time.Duration
+	identity string
+	health   HealthConfig
+
+	// crashed simulates a process death in tests: nothing more is recorded.
+	crashed atomic.Bool
+
+	mu         sync.Mutex
+	sess       *pgxpool.Conn
+	session    int64
+	lastHealth map[int64]time.Time
+}
+
+// NewEngine returns an engine on pool.
+func NewEngine(pool *pgxpool.Pool, cfg Config) *Engine {
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = NewRegistry()
+	}
+	if cfg.TargetBatchDuration <= 0 {
+		cfg.TargetBatchDuration = 2 * time.Second
+	}
+	if cfg.Identity == "" {
+		h, _ := os.Hostname()
+		cfg.Identity = h + ":" + strconv.Itoa(os.Getpid())
+	}
+	return &Engine{
+		pool: pool, reg: cfg.Registry, log: cfg.Logger.Named("bbm"), target: cfg.TargetBatchDuration,
+		identity: cfg.Identity, health: cfg.Health.withDefaults(), lastHealth: map[int64]time.Time{},
+	}
+}
+
+// Registry returns the engine's class registry.
+func (e *Engine) Registry() *Registry { return e.reg }
+
+// Pool returns the engine's pool.
+func (e *Engine) Pool() *pgxpool.Pool { return e.pool }
+
+// Start takes the engine's session: a number held under a session advisory
+// lock for the engine's lifetime. Job rows carry it, so when the process
+// dies (even SIGKILL) PostgreSQL drops the lock with the connection and
+// other engines re-run its batches at once, instead of after GitLab's hour.
+func (e *Engine) Start(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.sess != nil {
+		return nil
+	}
+	conn, err := e.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("bbm: start: %w", err)
+	}
+	var n int64
+	if err := conn.QueryRow(ctx, `SELECT nextval('ferry_bbm_session_seq') % 2147483647`).Scan(&n); err != nil {
+		conn.Release()
+		return fmt.Errorf("bbm: start (run `ferry setup`?): %w", err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1::int4, $2::int4)`, sessionLockClass, n); err != nil {
+		conn.Release()
+		return fmt.Errorf("bbm: start: session lock: %w", err)
+	}
+	e.sess, e.session = conn, n
+	return nil
+}
+
+// Close releases the session. Batches still recorded as running under it
+// are taken over by other engines.
+func (e *Engine) Close() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.sess == nil {
+		return
+	}
+	// Closing the connection (not just unlocking) guarantees the lock is
+	// gone even if the unlock fails.
+	_ = e.sess.Conn().Close(context.Background())
+	e.sess.Release()
+	e.sess = nil
+}
+
+// Session is the engine's session number (0 before Start).
+func (e *Engine) Session() int64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.sess == nil {
+		return 0
+	}
+	return e.session
+}
+
+func (e *Engine) targetFor(ms *int) time.Duration {
+	if ms != nil && *ms > 0 {
+		return time.Duration(*ms) * time.Millisecond
+	}
+	return e.target
+}
+
+// Outcome is what one [Engine.RunBatch] call did.
+type Outcome int
+
+// Outcomes.
+const (
+	// Ran: a batch ran (it may have failed; see the job row).
+	Ran Outcome = iota
+	// NoCapacity: the migration may not start another batch now (its
+	// parallelism, the cluster's max-running, or its table is busy).
+	NoCapacity
+	// NotExecutable: paused, on hold, pause-all, finished or missing.
+	NotExecutable
+	// Waiting: every range is handed out; batches still run elsewhere.
+	Waiting
+	// Completed: this call moved the migration to finished or failed.
+	Completed
+)
+
+func (o Outcome) String() string {
+	return [...]string{"ran", "no-capacity", "not-executable", "waiting", "completed"}[o]
+}
+
+// mode says who claims: background workers need an active, not held
+// migration and a free slot; finalize runs a finalizing one regardless.
+type mode int
+
+const (
+	modeBackground mode = iota
+	modeFinalize
+)
+
+// claim is a batch handed to this engine.
+type claim struct {
+	mig    *Migration
+	tgt    *Target
+	plan   *Plan
+	jobID  int64
+	lo, hi int64
+	cursor *int64
+	size   int // rows in the range when created
+	sub    int
+	tries  int
+}
+
+// RunBatch claims the next batch of migration id and runs it to the end.
+func (e *Engine) RunBatch(ctx context.Context, id int64) (Outcome, error) {
+	return e.runBatch(ctx, id, modeBackground)
+}
+
+func (e *Engine) runBatch(ctx context.Context, id int64, md mode) (Outcome, error) {
+	if e.Session() == 0 {
+		if err := e.Start(ctx); err != nil {
+			return NotExecutable, err
+		}
+	}
+	cl, out, err := e.claim(ctx, id, md)
+	if err != nil || cl == nil {
+		return out, err
+	}
+	e.execute(ctx, cl)
+	if md == modeBackground {
+		e.maybeCheckHealth(ctx, cl.mig, cl.tgt)
+	}
+	return Ran, nil
+}
+
+func (e *Engine) claim(ctx context.Context, id int64, md mode) (*claim, Outcome, error) {
+	tx, err := e.pool.Begin(ctx)
+	if err != nil {
+		return nil, NotExecutable, err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	m, err := scanMigration(tx.QueryRow(ctx, `SELECT `+migrationCols+` FROM batched_background_migrations WHERE id = $1 FOR UPDATE`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, NotExecutable, nil
+	}
+	if err != nil {
+		return nil, NotExecutable, err
+	}
+	now := time.Now()
+	switch md {
+	case modeBackground:
+		if m.Status != Active || (m.OnHoldUntil != nil && m.OnHoldUntil.After(now)) {
+			return nil, NotExecutable, nil
+		}
+	case modeFinalize:
+		if m.Status != Finalizing {
+			return nil, NotExecutable, nil
+		}
+	}
+	if err := e.rescue(ctx, tx, id); err != nil {
+		return nil, NotExecutable, err
+	}
+	var running int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1 AND status = 1`, id).Scan(&running); err != nil {
+		return nil, NotExecutable, err
+	}
+	parallel := m.MaxParallel
+	if m.SlowUntil != nil && m.SlowUntil.After(now) {
+		parallel = 1
+	}
+	if running >= parallel {
+		return nil, NoCapacity, nil
+	}
+	if running == 0 && md == modeBackground {
+		// Going from idle to running changes the number of running
+		// migrations: serialise that cluster-wide on the settings row. Every
+		// other change of a migration's running count holds its row lock,
+		// so the count read here cannot go stale before we commit.
+		var maxRunning int
+		var pausedAll bool
+		if err := tx.QueryRow(ctx, `SELECT max_running, paused_all FROM ferry_bbm_settings WHERE id = 1 FOR UPDATE`).Scan(&maxRunning, &pausedAll); err != nil {
+			return nil, NotExecutable, err
+		}
+		if pausedAll {
+			return nil, NotExecutable, nil
+		}
+		var others int
+		var tableBusy bool
+		if err := tx.QueryRow(ctx, `
+			SELECT count(DISTINCT j.batched_background_migration_id),
+			       coalesce(bool_or(o.table_name = $2 AND NOT ($3 AND o.allow_same_table)), false)
+			FROM batched_background_migration_jobs j
+			JOIN batched_background_migrations o ON o.id = j.batched_background_migration_id
+			WHERE j.status = 1 AND j.batched_background_migration_id <> $1`, id, m.Table, m.AllowSameTable).Scan(&others, &tableBusy); err != nil {
+			return nil, NotExecutable, err
+		}
+		if others >= maxRunning || tableBusy {
+			return nil, NoCapacity, nil
+		}
+	}
+	cls, ok := e.reg.Lookup(m.Class)
+	if !ok {
+		return nil, NotExecutable, e.failMigration(ctx, tx, m, fmt.Sprintf("class %s is not registered in this ferry binary", m.Class))
+	}
+	tgt, err := ResolveTarget(ctx, tx, m.Table, m.Column)
+	if err != nil {
+		if IsBadInput(err) {
+			return nil, NotExecutable, e.failMigration(ctx, tx, m, err.Error())
+		}
+		return nil, NotExecutable, err
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal(m.Args, &items); err != nil {
+		return nil, NotExecutable, e.failMigration(ctx, tx, m, "job_arguments: "+err.Error())
+	}
+	plan, err := cls.Plan(PlanContext{Target: tgt, Args: items})
+	if err != nil {
+		return nil, NotExecutable, e.failMigration(ctx, tx, m, err.Error())
+	}
+	cl := &claim{mig: m, tgt: tgt, plan: plan}
+
+	// Retriable jobs first (failed with attempts left, or pending): a
+	// failure shows up, and is retried or split, while the operator is
+	// still watching, not at the tail of a week-long migration.
+	var prev int16
+	err = tx.QueryRow(ctx, `
+		SELECT id, min_value, max_value, batch_size, sub_batch_size, cursor_value, attempts, status
+		FROM batched_background_migration_jobs
+		WHERE batched_background_migration_id = $1 AND (status = 0 OR (status = 2 AND attempts < 3))
+		ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED`, id).Scan(&cl.jobID, &cl.lo, &cl.hi, &cl.size, &cl.sub, &cl.cursor, &cl.tries, &prev)
+	switch {
+	case err == nil:
+		cl.tries++
+		if _, err := tx.Exec(ctx, `
+			UPDATE batched_background_migration_jobs SET status = 1, attempts = attempts + 1, started_at = now(),
+				finished_at = NULL, updated_at = now(), worker_identity = $2, worker_session = $3
+			WHERE id = $1`, cl.jobID, e.identity, e.Session()); err != nil {
+			return nil, NotExecutable, err
+		}
+		if err := logTransition(ctx, tx, cl.jobID, JobStatus(prev), JobRunning, "", ""); err != nil {
+			return nil, NotExecutable, err
+		}
+	case errors.Is(err, pgx.ErrNoRows):
+		found, err := e.newRange(ctx, tx, cl)
+		if err != nil {
+			return nil, NotExecutable, err
+		}
+		if !found {
+			out, err := e.complete(ctx, tx, m, running)
+			if err != nil {
+				return nil, NotExecutable, err
+			}
+			return nil, out, tx.Commit(ctx)
+		}
+	default:
+		return nil, NotExecutable, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, NotExecutable, err
+	}
+	return cl, Ran, nil
+}
+
+// newRange creates the next job: the next batch_size existing rows after
+// the highest range handed out so far (keyset; id gaps cost nothing).
+func (e *Engine) newRange(ctx context.Context, tx pgx.Tx, cl *claim) (bool, error) {
+	m := cl.mig
+	var start int64
+	if err := tx.QueryRow(ctx, `SELECT coalesce(max(max_value) + 1, $2) FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, m.ID, m.MinValue).Scan(&start); err != nil {
+		return false, err
+	}
+	if start > m.MaxValue {
+		return false, nil
+	}
+	col := Quote(m.Column)
+	var lo, hi *int64
+	var n int
+	if err := tx.QueryRow(ctx, `SELECT min(k)::bigint, max(k)::bigint, count(*) FROM (SELECT `+col+` AS k FROM `+cl.tgt.Ident()+
+		` WHERE `+col+` >= $1 AND `+col+` <= $2 ORDER BY `+col+` LIMIT $3) x`, start, m.MaxValue, m.BatchSize).Scan(&lo, &hi, &n); err != nil {
+		return false, fmt.Errorf("bbm: next batch of %s: %w", cl.tgt.Ident(), err)
+	}
+	if n == 0 {
+		return false, nil
+	}
+	if n < m.BatchSize {
+		// The last batch reaches to max_value so the cursor moves past it.
+		v := m.MaxValue
+		hi = &v
+	}
+	cl.lo, cl.hi, cl.size, cl.sub, cl.tries = *lo, *hi, n, min(m.SubBatchSize, n), 1
+	if err := tx.QueryRow(ctx, `
+		INSERT INTO batched_background_migration_jobs
+			(batched_background_migration_id, min_value, max_value, batch_size, sub_batch_size, pause_ms,
+			 status, attempts, started_at, worker_identity, worker_session)
+		VALUES ($1, $2, $3, $4, $5, $6, 1, 1, now(), $7, $8) RETURNING id`,
+		m.ID, cl.lo, cl.hi, cl.size, cl.sub, m.PauseMs, e.identity, e.Session()).Scan(&cl.jobID); err != nil {
+		return false, err
+	}
+	return true, logTransition(ctx, tx, cl.jobID, JobPending, JobRunning, "", "")
+}
+
+// complete runs when no work is left to hand out: finished only when every
+// job succeeded (GitLab's "jobs need to be succeeded"), failed when some
+// job is out of attempts, otherwise wait for the running ones.
+func (e *Engine) complete(ctx context.Context, tx pgx.Tx, m *Migration, running int) (Outcome, error) {
+	if running > 0 {
+		return Waiting, nil
+	}
+	var notOK int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1 AND status <> 3`, m.ID).Scan(&notOK); err != nil {
+		return NotExecutable, err
+	}
+	if notOK > 0 {
+		if _, err := tx.Exec(ctx, `UPDATE batched_background_migrations SET status = 4, updated_at = now() WHERE id = $1`, m.ID); err != nil {
+			return NotExecutable, err
+		}
+		e.log.Warn("batched background migration failed: some jobs are out of attempts", append(zapMigration(m), zap.Int("failed_jobs", notOK))...)
+		return Completed, nil
+	}
+	if _, err := tx.Exec(ctx, `UPDATE batched_background_migrations SET status = 3, finished_at = now(), updated_at = now(),
+		on_hold_until = NULL, hold_reason = NULL WHERE id = $1`, m.ID); err != nil {
+		return NotExecutable, err
+	}
+	e.log.Info("batched background migration finished", zapMigration(m)...)
+	return Completed, nil
+}
+
+func (e *Engine) failMigration(ctx context.Context, tx pgx.Tx, m *Migration, reason string) error {
+	if _, err := tx.Exec(ctx, `UPDATE batched_background_migrations SET status = 4, hold_reason = $2, updated_at = now() WHERE id = $1`, m.ID, truncate(reason, 1000)); err != nil {
+		return err
+	}
+	e.log.Error("batched background migration failed", append(zapMigration(m), zap.String("reason", reason))...)
+	return tx.Commit(ctx)
+}
+
+// rescue marks failed the running jobs of migration id whose engine is gone
+// (its session lock vanished with its connection), so they are retried
+// from their cursor. A worker death counts as an attempt, so a batch that
+// kills its worker (e.g. out of memory) cannot loop forever.
+func (e *Engine) rescue(ctx context.Context, tx pgx.Tx, id int64) error {
+	rows, err := tx.Query(ctx, `
+		WITH dead AS (
+			UPDATE batched_background_migration_jobs j SET status = 2, finished_at = now(), updated_at = now()
+			WHERE j.batched_background_migration_id = $1 AND j.status = 1
+			  AND ((j.worker_session IS NOT NULL AND NOT EXISTS (
+			        SELECT 1 FROM pg_locks l
+			        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+			          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+			          AND l.classid = $2::int8::oid AND l.objid = j.worker_session::oid))
+			    OR (j.worker_session IS NULL AND j.updated_at < now() - interval '1 hour'))
+			RETURNING j.id, j.worker_identity)
+		INSERT INTO batched_background_migration_job_transition_logs
+			(batched_background_migration_job_id, previous_status, next_status, exception_class, exception_message)
+		SELECT id, 1, 2, 'Ferry::WorkerDied', left('worker ' || coalesce(worker_identity, '?') ||
+			' stopped while running this batch; it resumes after the last committed sub-batch', 1000)
+		FROM dead RETURNING batched_background_migration_job_id`, id, int64(sessionLockClass))
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var jid int64
+		if err := rows.Scan(&jid); err != nil {
+			return err
+		}
+		e.log.Warn("batch of a dead worker will be retried", zap.Int64("migration_id", id), zap.Int64("job_id", jid))
+	}
+	return rows.Err()
+}
+
+func logTransition(ctx context.Context, tx pgx.Tx, jobID int64, from, to JobStatus, class, msg string) error {
+	var c, m *string
+	if class != "" {
+		c = &class
+	}
+	if msg != "" {
+		msg = truncate(msg, 1000)
+		m = &msg
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO batched_background_migration_job_transition_logs
+		(batched_background_migration_job_id, previous_status, next_status, exception_class, exception_message)
+		VALUES ($1, $2, $3, left($4, 100), $5)`, jobID, from, to, c, m)
+	return err
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	for len(string(r)) > n {
+		r = r[:len(r)-1]
+	}
+	return string(r)
+}
+
+func zapMigration(m *Migration) []zap.Field {
+	return []zap.Field{zap.Int64("migration_id", m.ID), zap.String("job_class_name", m.Class),
+		zap.String("table_name", m.Table), zap.String("column_name", m.Column), zap.ByteString("job_arguments", m.Args)}
+}
+
+// isTimeout: GitLab's TIMEOUT_EXCEPTIONS (statement timeout, lock timeout).
+func isTimeout(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "57014" || pe.Code == "55P03")
+}

@@ -1,0 +1,448 @@
+package bbm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+)
+
+// Limits of the failure handling (GitLab's constants).
+const (
+	MaxAttempts        = 3
+	minJobsForRatio    = 50
+	maxFailedRatio     = 0.5
+	overrunFactor      = 3 // a batch running 3x its target yields the rest
+	subBatchReduceBy   = 2
+	shutdownGrace      = 10 * time.Second
+	appNamePrefix      = "ferry-bbm:"
+	errClassShutdown   = "Ferry::Shutdown"
+	errClassLost       = "Ferry::LostOwnership"
+	errClassTimeout    = "ActiveRecord::QueryCanceled"
+	errClassStatement  = "PG::Error"
+	errClassJobFailure = "Ferry::JobError"
+)
+
+var errLostOwnership = errors.New("bbm: this batch was taken over by another worker (its session was considered dead)")
+
+type result struct {
+	rows    int64
+	subs    int
+	sub     int
+	elapsed time.Duration
+	cursor  *int64
+	err     error
+	yield   bool // stopped early on purpose; the rest becomes a new job
+}
+
+// execute runs a claimed batch sub-batch by sub-batch and records the
+// outcome. Failures are recorded on the job row, never returned: a batch
+// failing is the engine's business, not the Sidekiq job's.
+func (e *Engine) execute(ctx context.Context, cl *claim) {
+	res := e.runSubBatches(ctx, cl)
+	if e.crashed.Load() {
+		return
+	}
+	rec := context.WithoutCancel(ctx)
+	rec, cancel := context.WithTimeout(rec, shutdownGrace)
+	defer cancel()
+	var err error
+	switch {
+	case res.err == nil && res.yield:
+		err = e.yieldJob(rec, cl, res)
+	case res.err == nil:
+		err = e.succeed(rec, cl, res)
+	default:
+		err = e.fail(rec, cl, res)
+	}
+	if err != nil && !errors.Is(err, errLostOwnership) {
+		e.log.Error("could not record batch outcome; it will be retried when its worker is gone",
+			zap.Int64("migration_id", cl.mig.ID), zap.Int64("job_id", cl.jobID), zap.Error(err))
+	}
+}
+
+func (e *Engine) runSubBatches(ctx context.Context, cl *claim) result {
+	res := result{sub: max(cl.sub, 1), cursor: cl.cursor}
+	if cl.plan.Skip {
+		return res
+	}
+	target := e.targetFor(cl.mig.TargetBatchMs)
+	budget := subBatchBudget(target)
+	conn, err := e.pool.Acquire(ctx)
+	if err != nil {
+		res.err = err
+		return res
+	}
+	defer conn.Release()
+	stmt := ""
+	if cl.plan.Set != "" {
+		stmt = e.setStatement(cl)
+	}
+	start := cl.lo
+	if cl.cursor != nil {
+		start = *cl.cursor + 1
+	}
+	t0 := time.Now()
+	for start <= cl.hi {
+		if ctx.Err() != nil {
+			res.yield = true
+			break
+		}
+		if time.Since(t0) > overrunFactor*target && res.rows > 0 {
+			res.yield = true // the table got slower: hand the rest to a new, smaller batch
+			break
+		}
+		s0 := time.Now()
+		limit := res.sub
+		var hi *int64
+		var n int64
+		if stmt != "" {
+			hi, n, err = e.subBatchSet(ctx, conn, cl, stmt, start, limit)
+		} else {
+			hi, n, err = e.subBatchDo(ctx, conn, cl, start, limit)
+		}
+		if err != nil {
+			if ctx.Err() != nil && !errors.Is(err, errLostOwnership) {
+				res.yield = true // shutdown: not the batch's fault
+				break
+			}
+			res.err = err
+			break
+		}
+		res.subs++
+		if hi == nil {
+			break
+		}
+		res.rows += n
+		v := *hi
+		res.cursor = &v
+		start = v + 1
+		res.sub = nextSubBatch(limit, n, time.Since(s0), budget, cl.size)
+		if n < int64(limit) {
+			break
+		}
+		if p := cl.mig.PauseMs; p > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Duration(p) * time.Millisecond):
+			}
+		}
+	}
+	res.elapsed = time.Since(t0)
+	if res.yield && res.cursor != nil && *res.cursor >= cl.hi {
+		res.yield = false // stopped right at the end: it is simply done
+	}
+	return res
+}
+
+// setStatement builds the single statement of a Set plan. It finds the
+// sub-batch's upper bound (keyset, LIMIT), records progress on the job row
+// only if this engine still owns the job, and updates the rows only if that
+// succeeded, all atomically: a batch taken over by another engine cannot
+// write, and a retry never redoes committed sub-batches.
+func (e *Engine) setStatement(cl *claim) string {
+	col, tbl := Quote(cl.mig.Column), cl.tgt.Ident()
+	where := ""
+	if cl.plan.Where != "" {
+		where = " AND (" + cl.plan.Where + ")"
+	}
+	return `WITH s AS (
+  SELECT max(k)::bigint AS hi, count(*) AS n FROM (
+    SELECT ` + col + ` AS k FROM ` + tbl + ` WHERE ` + col + ` >= $1 AND ` + col + ` <= $2 ORDER BY ` + col + ` LIMIT $3) x),
+c AS (
+  UPDATE batched_background_migration_jobs j SET cursor_value = s.hi, rows_done = j.rows_done + s.n, updated_at = now()
+  FROM s WHERE j.id = $4 AND j.status = 1 AND j.worker_session = $5 AND s.hi IS NOT NULL
+  RETURNING 1),
+u AS (
+  UPDATE ` + tbl + ` AS t SET ` + cl.plan.Set + `
+  WHERE t.` + col + ` >= $1 AND t.` + col + ` <= (SELECT hi FROM s) AND EXISTS (SELECT 1 FROM c)` + where + `)
+SELECT (SELECT hi FROM s), (SELECT n FROM s), (SELECT count(*) FROM c)`
+}
+
+func (e *Engine) txSettings(cl *claim) (string, []any) {
+	return `SELECT set_config('statement_timeout', $1, true), set_config('application_name', $2, true)`,
+		[]any{strconv.Itoa(cl.mig.StmtTimeoutMs), appNamePrefix + strconv.FormatInt(cl.mig.ID, 10)}
+}
+
+// subBatchSet runs one sub-batch in one round trip: BEGIN, SET LOCAL
+// statement_timeout (and an application_name that health checks use to
+// find our backends), the statement, COMMIT, pipelined.
+func (e *Engine) subBatchSet(ctx context.Context, conn *pgxpool.Conn, cl *claim, stmt string, start int64, limit int) (*int64, int64, error) {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	q, args := e.txSettings(cl)
+	b.Queue(q, args...)
+	var hi *int64
+	var n, owned int64
+	b.Queue(stmt, start, cl.hi, limit, cl.jobID, e.Session()).QueryRow(func(r pgx.Row) error {
+		return r.Scan(&hi, &n, &owned)
+	})
+	b.Queue("COMMIT")
+	err := conn.SendBatch(ctx, b).Close()
+	if err != nil {
+		rollback(ctx, conn.Conn())
+		return nil, 0, err
+	}
+	if hi != nil && owned == 0 {
+		return nil, 0, errLostOwnership
+	}
+	return hi, n, nil
+}
+
+// subBatchDo runs a Do plan: bounds, ownership check, the class's work and
+// the progress record in one transaction.
+func (e *Engine) subBatchDo(ctx context.Context, conn *pgxpool.Conn, cl *claim, start int64, limit int) (*int64, int64, error) {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	q, args := e.txSettings(cl)
+	if _, err := tx.Exec(ctx, q, args...); err != nil {
+		return nil, 0, err
+	}
+	col := Quote(cl.mig.Column)
+	var hi *int64
+	var n int64
+	if err := tx.QueryRow(ctx, `SELECT max(k)::bigint, count(*) FROM (SELECT `+col+` AS k FROM `+cl.tgt.Ident()+
+		` WHERE `+col+` >= $1 AND `+col+` <= $2 ORDER BY `+col+` LIMIT $3) x`, start, cl.hi, limit).Scan(&hi, &n); err != nil {
+		return nil, 0, err
+	}
+	if hi == nil {
+		return nil, 0, nil
+	}
+	tag, err := tx.Exec(ctx, `UPDATE batched_background_migration_jobs SET cursor_value = $3, rows_done = rows_done + $4, updated_at = now()
+		WHERE id = $1 AND status = 1 AND worker_session = $2`, cl.jobID, e.Session(), *hi, n)
+	if err != nil {
+		return nil, 0, err
+	}
+	if tag.RowsAffected() == 0 {
+		return nil, 0, errLostOwnership
+	}
+	if _, err := cl.plan.Do(ctx, tx, start, *hi); err != nil {
+		return nil, 0, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, 0, err
+	}
+	return hi, n, nil
+}
+
+func rollback(ctx context.Context, c *pgx.Conn) {
+	if c.PgConn().TxStatus() != 'I' {
+		_, _ = c.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+	}
+}
+
+func metricsJSON(cl *claim, res result) []byte {
+	op := cl.plan.Operation
+	if op == "" {
+		op = "sub_batch"
+	}
+	b, _ := json.Marshal(map[string]any{
+		"timings":     map[string]any{op: []float64{res.elapsed.Seconds()}},
+		"sub_batches": res.subs,
+		"rows":        res.rows,
+	})
+	return b
+}
+
+// finishTx locks the migration (every change of its running count does,
+// see claim) and marks the job, if this engine still owns it.
+func (e *Engine) finishTx(ctx context.Context, cl *claim, status JobStatus, res result, attemptsDelta int, errClass, errMsg string) (pgx.Tx, *Migration, error) {
+	tx, err := e.pool.Begin(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := scanMigration(tx.QueryRow(ctx, `SELECT `+migrationCols+` FROM batched_background_migrations WHERE id = $1 FOR UPDATE`, cl.mig.ID))
+	if err != nil {
+		_ = tx.Rollback(ctx)
+		return nil, nil, err
+	}
+	tag, err := tx.Exec(ctx, `UPDATE batched_background_migration_jobs SET status = $3, finished_at = now(), updated_at = now(),
+			metrics = $4, sub_batch_size = $5, attempts = greatest(attempts + $6, 0)
+		WHERE id = $1 AND status = 1 AND worker_session = $2`,
+		cl.jobID, e.Session(), status, metricsJSON(cl, res), max(1, min(res.sub, cl.size)), attemptsDelta)
+	if err == nil && tag.RowsAffected() == 0 {
+		err = errLostOwnership
+	}
+	if err == nil {
+		err = logTransition(ctx, tx, cl.jobID, JobRunning, status, errClass, errMsg)
+	}
+	if err != nil {
+		_ = tx.Rollback(ctx)
+		return nil, nil, err
+	}
+	return tx, m, nil
+}
+
+func (e *Engine) succeed(ctx context.Context, cl *claim, res result) error {
+	tx, m, err := e.finishTx(ctx, cl, JobSucceeded, res, 0, "", "")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if res.rows > 0 && res.elapsed > 0 {
+		hi := DefaultMaxBatchSize
+		if m.MaxBatchSize != nil {
+			hi = *m.MaxBatchSize
+		}
+		target := e.targetFor(m.TargetBatchMs)
+		// Only full batches say how big a batch may be; the tail is short.
+		if res.rows >= int64(cl.size) {
+			nb := nextSize(m.BatchSize, res.rows, res.elapsed, target, 1, hi)
+			ns := min(max(res.sub, 1), nb)
+			if nb != m.BatchSize || ns != m.SubBatchSize {
+				if _, err := tx.Exec(ctx, `UPDATE batched_background_migrations SET batch_size = $2, sub_batch_size = $3, updated_at = now() WHERE id = $1`, m.ID, nb, ns); err != nil {
+					return err
+				}
+				e.log.Debug("batch size adapted", zap.Int64("migration_id", m.ID), zap.Int("from", m.BatchSize), zap.Int("to", nb),
+					zap.Int("sub_batch_size", ns), zap.Duration("took", res.elapsed), zap.Int64("rows", res.rows))
+			}
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+// yieldJob ends a batch early on purpose (shutdown, or it ran far over its
+// target): the done part succeeds, the rest becomes a new pending job.
+func (e *Engine) yieldJob(ctx context.Context, cl *claim, res result) error {
+	if res.cursor == nil {
+		// Nothing done: give the whole batch back without using an attempt.
+		tx, _, err := e.finishTx(ctx, cl, JobPending, res, -1, errClassShutdown, "stopped before the first sub-batch; will run again")
+		if err != nil {
+			return err
+		}
+		defer func() { _ = tx.Rollback(ctx) }()
+		if _, err := tx.Exec(ctx, `UPDATE batched_background_migration_jobs SET finished_at = NULL WHERE id = $1`, cl.jobID); err != nil {
+			return err
+		}
+		return tx.Commit(ctx)
+	}
+	tx, m, err := e.finishTx(ctx, cl, JobSucceeded, res, 0, "", "")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	done := *res.cursor
+	var doneRows int64
+	if err := tx.QueryRow(ctx, `UPDATE batched_background_migration_jobs SET max_value = $2, batch_size = greatest(rows_done, 1)
+		WHERE id = $1 RETURNING rows_done`, cl.jobID, done).Scan(&doneRows); err != nil {
+		return err
+	}
+	var newID int64
+	if err := tx.QueryRow(ctx, `INSERT INTO batched_background_migration_jobs
+		(batched_background_migration_id, min_value, max_value, batch_size, sub_batch_size, pause_ms, status)
+		VALUES ($1, $2, $3, $4, $5, $6, 0) RETURNING id`,
+		m.ID, done+1, cl.hi, max(int64(cl.size)-doneRows, 1), max(1, res.sub), m.PauseMs).Scan(&newID); err != nil {
+		return err
+	}
+	if ctx.Err() == nil && res.elapsed > 0 && res.rows > 0 {
+		// Overran: the table got slower. Shrink now rather than after the
+		// next (also too long) batch.
+		nb := nextSize(m.BatchSize, res.rows, res.elapsed, e.targetFor(m.TargetBatchMs), 1, m.BatchSize)
+		if _, err := tx.Exec(ctx, `UPDATE batched_background_migrations SET batch_size = $2, sub_batch_size = least(sub_batch_size, $2), updated_at = now() WHERE id = $1`, m.ID, nb); err != nil {
+			return err
+		}
+	}
+	e.log.Info("batch yielded; the rest runs as a new batch", zap.Int64("migration_id", m.ID), zap.Int64("job_id", cl.jobID),
+		zap.Int64("new_job_id", newID), zap.Int64("done_through", done), zap.Duration("took", res.elapsed))
+	return tx.Commit(ctx)
+}
+
+func (e *Engine) fail(ctx context.Context, cl *claim, res result) error {
+	timeout := isTimeout(res.err)
+	class := errClassJobFailure
+	var pe *pgconn.PgError
+	switch {
+	case errors.Is(res.err, errLostOwnership):
+		e.log.Warn("batch lost to another worker", zap.Int64("migration_id", cl.mig.ID), zap.Int64("job_id", cl.jobID))
+		return errLostOwnership
+	case timeout:
+		class = errClassTimeout
+	case errors.As(res.err, &pe):
+		class = errClassStatement + "::" + pe.Code
+	}
+	// A timeout retries with smaller statements (GitLab: x0.75 down to
+	// ~35% of the configured size); ferry halves, down to one row, since
+	// the statement budget, not the configured size, is what matters.
+	if timeout {
+		res.sub = max(1, min(res.sub, cl.sub)/subBatchReduceBy)
+	}
+	tx, m, err := e.finishTx(ctx, cl, JobFailed, res, 0, class, res.err.Error())
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	e.log.Warn("batch failed", zap.Int64("migration_id", m.ID), zap.Int64("job_id", cl.jobID), zap.Int("attempt", cl.tries),
+		zap.Bool("timeout", timeout), zap.Error(res.err))
+	if timeout {
+		if _, err := tx.Exec(ctx, `UPDATE batched_background_migrations SET batch_size = greatest(batch_size / 2, 1),
+			sub_batch_size = greatest(least(sub_batch_size, batch_size / 2), 1), updated_at = now() WHERE id = $1`, m.ID); err != nil {
+			return err
+		}
+		if cl.tries >= MaxAttempts {
+			if err := e.split(ctx, tx, cl, res); err != nil {
+				return err
+			}
+		}
+	}
+	// Failed-ratio stop, checked after failures too (GitLab only reaches it
+	// after successes, because the exception skips it).
+	if m.StartedAt != nil {
+		var total, failed int
+		if err := tx.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE status = 2) FROM batched_background_migration_jobs
+			WHERE batched_background_migration_id = $1 AND created_at >= $2`, m.ID, *m.StartedAt).Scan(&total, &failed); err != nil {
+			return err
+		}
+		if total >= minJobsForRatio && float64(failed)/float64(total) > maxFailedRatio && m.Status == Active {
+			if _, err := tx.Exec(ctx, `UPDATE batched_background_migrations SET status = 4, updated_at = now(),
+				hold_reason = $2 WHERE id = $1`, m.ID, fmt.Sprintf("stopped: %d of %d batches failed", failed, total)); err != nil {
+				return err
+			}
+			e.log.Error("batched background migration stopped: too many failed batches", append(zapMigration(m), zap.Int("failed", failed), zap.Int("total", total))...)
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+// split halves the rest of a job that keeps timing out: this job keeps
+// the first half of its remaining rows, a new job the second; both get
+// fresh attempts (GitLab's split_and_retry!, on the part not yet done).
+func (e *Engine) split(ctx context.Context, tx pgx.Tx, cl *claim, res result) error {
+	from := cl.lo
+	if res.cursor != nil {
+		from = *res.cursor + 1
+	}
+	col := Quote(cl.mig.Column)
+	var remaining int64
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+cl.tgt.Ident()+` WHERE `+col+` >= $1 AND `+col+` <= $2`, from, cl.hi).Scan(&remaining); err != nil {
+		return err
+	}
+	half := remaining / 2
+	if half < 1 {
+		_, err := tx.Exec(ctx, `UPDATE batched_background_migration_jobs SET attempts = 0 WHERE id = $1`, cl.jobID)
+		return err
+	}
+	var mid int64
+	if err := tx.QueryRow(ctx, `SELECT `+col+`::bigint FROM `+cl.tgt.Ident()+` WHERE `+col+` >= $1 AND `+col+` <= $2 ORDER BY `+col+` OFFSET $3 LIMIT 1`,
+		from, cl.hi, half-1).Scan(&mid); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `UPDATE batched_background_migration_jobs SET max_value = $2, batch_size = $3, attempts = 0 WHERE id = $1`,
+		cl.jobID, mid, half); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO batched_background_migration_jobs
+		(batched_background_migration_id, min_value, max_value, batch_size, sub_batch_size, pause_ms, status, attempts)
+		VALUES ($1, $2, $3, $4, $5, $6, 2, 0)`, cl.mig.ID, mid+1, cl.hi, remaining-half, max(1, res.sub), cl.mig.PauseMs)
+	e.log.Info("batch split after repeated timeouts", zap.Int64("migration_id", cl.mig.ID), zap.Int64("job_id", cl.jobID), zap.Int64("at", mid))
+	return err
+}

@@ -1,0 +1,247 @@
+package bbm_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ferrymigrate/ferry/internal/testenv"
+	"github.com/ferrymigrate/ferry/jobs/bbm"
+)
+
+// Three engines (separate pools and sessions, as three processes) on five
+// migrations: max-running (2) is never exceeded, sampled continuously, and
+// every table is migrated exactly once.
+func TestMaxRunningHoldsAcrossEngines(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testenv.Context(t)
+	e := b.engine(t, bbm.Config{})
+	var ids []int64
+	for i := range 5 {
+		name := fmt.Sprintf("lim%d", i)
+		b.table(t, name, 8000)
+		res, err := e.Queue(ctx, bbm.QueueOptions{Class: "CountAndCopy", Table: name, Column: "id", BatchSize: 300, SubBatchSize: 100, MaxParallel: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, res.Migration.ID)
+	}
+	var maxSeen, samples atomic.Int64
+	stop := make(chan struct{})
+	var sampler sync.WaitGroup
+	sampler.Add(1)
+	go func() {
+		defer sampler.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			var n int64
+			if err := b.pool.QueryRow(ctx, `SELECT count(DISTINCT batched_background_migration_id) FROM batched_background_migration_jobs WHERE status = 1`).Scan(&n); err == nil {
+				samples.Add(1)
+				if n > maxSeen.Load() {
+					maxSeen.Store(n)
+				}
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for range 3 {
+		en := b.engine(t, bbm.Config{})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := en.RunLocal(ctx, 3, true); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	sampler.Wait()
+	if maxSeen.Load() > 2 {
+		t.Fatalf("max-running exceeded: saw %d migrations running at once", maxSeen.Load())
+	}
+	if maxSeen.Load() < 2 {
+		t.Logf("only saw %d running at once (%d samples)", maxSeen.Load(), samples.Load())
+	}
+	for i, id := range ids {
+		if s := b.status(t, id); s != bbm.Finished {
+			t.Fatalf("migration %d: %s", id, s)
+		}
+		b.checkExactlyOnce(t, fmt.Sprintf("lim%d", i))
+	}
+}
+
+// A killed worker: its backends are terminated mid-batch (as on SIGKILL,
+// the session lock goes with them). Another engine re-runs the batch at
+// once, from its cursor: every row still exactly once.
+func TestKilledWorkerBatchResumes(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testenv.Context(t)
+	b.table(t, "killed", 20000)
+	// Slow rows so the victim is mid-batch when killed.
+	if _, err := b.pool.Exec(ctx, `CREATE FUNCTION slowish() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF NEW.id % 500 = 0 THEN PERFORM pg_sleep(0.01); END IF; RETURN NEW; END $$;
+		CREATE TRIGGER slowish BEFORE UPDATE ON killed FOR EACH ROW EXECUTE FUNCTION slowish()`); err != nil {
+		t.Fatal(err)
+	}
+	victimURL := b.url + "&application_name=victim"
+	if !strings.Contains(b.url, "?") {
+		victimURL = b.url + "?application_name=victim"
+	}
+	vb := &bundle{url: victimURL, pool: b.pool, reg: b.reg}
+	victim := vb.engine(t, bbm.Config{})
+	res, err := victim.Queue(ctx, bbm.QueueOptions{Class: "CountAndCopy", Table: "killed", Column: "id", BatchSize: 20000, SubBatchSize: 200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vctx, vcancel := context.WithCancel(ctx)
+	defer vcancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = victim.RunBatch(vctx, res.Migration.ID)
+	}()
+	testenv.Eventually(t, 30*time.Second, "victim mid-batch", func() bool {
+		var c *int64
+		_ = b.pool.QueryRow(ctx, `SELECT cursor_value FROM batched_background_migration_jobs WHERE status = 1`).Scan(&c)
+		return c != nil && *c > 3000
+	})
+	bbm.SimulateCrash(victim)
+	if _, err := b.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'victim%' OR (application_name LIKE 'ferry-bbm:%' AND pid <> pg_backend_pid())`); err != nil {
+		t.Fatal(err)
+	}
+	vcancel()
+	<-done
+	rescuer := b.engine(t, bbm.Config{})
+	start := time.Now()
+	if err := rescuer.RunLocal(ctx, 2, true); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.status(t, res.Migration.ID); s != bbm.Finished {
+		t.Fatalf("status %s", s)
+	}
+	b.checkExactlyOnce(t, "killed")
+	var died int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM batched_background_migration_job_transition_logs WHERE exception_class = 'Ferry::WorkerDied'`).Scan(&died); err != nil || died != 1 {
+		t.Fatalf("want the batch rescued from a dead worker once, got %d (%v)", died, err)
+	}
+	t.Logf("rescued and finished in %s", time.Since(start))
+}
+
+func TestQueueRejectsBadInput(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testenv.Context(t)
+	b.table(t, "users", 10)
+	if _, err := b.pool.Exec(ctx, `CREATE TABLE x (id int); CREATE TABLE "we""ird" (id int primary key, a int, b bigint)`); err != nil {
+		t.Fatal(err)
+	}
+	e := b.engine(t, bbm.Config{})
+	long := strings.Repeat("a", 64)
+	cases := []struct {
+		name string
+		o    bbm.QueueOptions
+		want error
+	}{
+		{"injection table", bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: "users; DROP TABLE x", Column: "id", Args: []byte(`[["v"],["v_big"]]`)}, bbm.ErrTableNotFound},
+		{"injection column", bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: "users", Column: "id; DROP TABLE x", Args: []byte(`[["v"],["v_big"]]`)}, bbm.ErrColumnNotFound},
+		{"injection arg", bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: "users", Column: "id", Args: []byte(`[["v\" = 1; DROP TABLE x; --"],["v_big"]]`)}, bbm.ErrColumnNotFound},
+		{"quote", bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: `users"`, Column: "id", Args: []byte(`[["v"],["v_big"]]`)}, bbm.ErrTableNotFound},
+		{"64 chars", bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: long, Column: "id", Args: []byte(`[["v"],["v_big"]]`)}, bbm.ErrInvalidIdent},
+		{"64 chars column", bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: "users", Column: "id", Args: []byte(`[["` + long + `"],["v_big"]]`)}, bbm.ErrInvalidIdent},
+		{"arity", bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: "users", Column: "id", Args: []byte(`[["v"]]`)}, bbm.ErrInvalidArgs},
+		{"malformed json", bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: "users", Column: "id", Args: []byte(`[["v"],`)}, bbm.ErrInvalidArgs},
+		{"unknown class", bbm.QueueOptions{Class: "Nope", Table: "users", Column: "id"}, bbm.ErrUnknownClass},
+		{"non-integer column", bbm.QueueOptions{Class: bbm.NullifyOrphansClass, Table: "users", Column: "v_big", Args: []byte(`["v","x","id"]`)}, nil},
+		{"missing parent", bbm.QueueOptions{Class: bbm.NullifyOrphansClass, Table: "users", Column: "id", Args: []byte(`["v","nope","id"]`)}, bbm.ErrTableNotFound},
+	}
+	for _, c := range cases {
+		_, err := e.Queue(ctx, c.o)
+		if c.want == nil {
+			if err != nil {
+				t.Errorf("%s: %v", c.name, err)
+			}
+			continue
+		}
+		if !errors.Is(err, c.want) || !bbm.IsBadInput(err) {
+			t.Errorf("%s: got %v, want %v", c.name, err, c.want)
+		}
+	}
+	var n int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM x`).Scan(&n); err != nil {
+		t.Fatalf("table x is gone: %v", err)
+	}
+	// A quoted, odd but real name works.
+	if _, err := e.Queue(ctx, bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: `we"ird`, Column: "id", Args: []byte(`[["a"],["b"]]`)}); err != nil {
+		t.Fatalf(`we"ird: %v`, err)
+	}
+}
+
+// GitLab's documented SQL (CONTRACT.md) answers as documented.
+func TestDocumentedStatusQueries(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testenv.Context(t)
+	b.table(t, "events", 3000)
+	e := b.engine(t, bbm.Config{})
+	done, err := e.Queue(ctx, bbm.QueueOptions{Class: "CountAndCopy", Table: "events", Column: "id", BatchSize: 1000, SubBatchSize: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.RunLocal(ctx, 1, true); err != nil {
+		t.Fatal(err)
+	}
+	pending, err := e.Queue(ctx, bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: "events", Column: "id", Args: []byte(`[["v"], ["v_big"]]`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := b.pool.Query(ctx, `SELECT job_class_name, table_name, column_name, job_arguments FROM batched_background_migrations WHERE status NOT IN (3, 6);`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var c, tb, col, args string
+		if err := rows.Scan(&c, &tb, &col, &args); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, c+","+tb+","+col+","+args)
+	}
+	if len(got) != 1 || got[0] != `CopyColumnUsingBackgroundMigrationJob,events,id,[["v"], ["v_big"]]` {
+		t.Fatalf("unfinished: %q (pending id %d)", got, pending.Migration.ID)
+	}
+	rows, err = b.pool.Query(ctx, fmt.Sprintf(`SELECT started_at, finished_at, finished_at - started_at AS duration, min_value, max_value, batch_size, sub_batch_size FROM batched_background_migration_jobs WHERE batched_background_migration_id = %d ORDER BY id DESC LIMIT 10;`, done.Migration.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	var prevMin int64 = 1 << 62
+	for rows.Next() {
+		var st, fin *time.Time
+		var dur *time.Duration
+		var lo, hi int64
+		var bs, sbs int
+		if err := rows.Scan(&st, &fin, &dur, &lo, &hi, &bs, &sbs); err != nil {
+			t.Fatal(err)
+		}
+		if st == nil || fin == nil || dur == nil || hi < lo || hi >= prevMin || bs < sbs {
+			t.Fatalf("bad job row: %v %v %v %d %d %d %d", st, fin, dur, lo, hi, bs, sbs)
+		}
+		prevMin = lo
+		n++
+	}
+	if n == 0 {
+		t.Fatal("no jobs")
+	}
+}

@@ -1,0 +1,468 @@
+package bbm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+)
+
+// Progress of a migration.
+type Progress struct {
+	RowsDone    int64    `json:"rows_done"`
+	TotalTuples int64    `json:"total_tuple_count"`
+	Percent     *float64 `json:"progress"` // nil: unknown
+	RowsPerSec  float64  `json:"rows_per_second"`
+	ETA         *float64 `json:"eta_seconds"`
+	Running     int      `json:"running_jobs"`
+	Failed      int      `json:"failed_jobs"`
+	Jobs        int      `json:"jobs"`
+}
+
+// MigrationInfo is a migration with its progress.
+type MigrationInfo struct {
+	*Migration
+	Progress Progress `json:"progress_info"`
+}
+
+// List returns every migration, oldest first, with progress.
+func (e *Engine) List(ctx context.Context) ([]*MigrationInfo, error) {
+	return e.list(ctx, `TRUE`)
+}
+
+func (e *Engine) list(ctx context.Context, where string, args ...any) ([]*MigrationInfo, error) {
+	rows, err := e.pool.Query(ctx, `SELECT `+migrationCols+` FROM batched_background_migrations WHERE `+where+` ORDER BY id`, args...)
+	if err != nil {
+		return nil, err
+	}
+	var ms []*Migration
+	for rows.Next() {
+		m, err := scanMigration(rows)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		ms = append(ms, m)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]*MigrationInfo, 0, len(ms))
+	for _, m := range ms {
+		p, err := e.progress(ctx, m)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, &MigrationInfo{Migration: m, Progress: p})
+	}
+	return out, nil
+}
+
+func (e *Engine) progress(ctx context.Context, m *Migration) (Progress, error) {
+	var p Progress
+	var recent float64
+	var window *float64
+	err := e.pool.QueryRow(ctx, `
+		SELECT coalesce(sum(rows_done), 0)::bigint, count(*) FILTER (WHERE status = 1), count(*) FILTER (WHERE status = 2), count(*),
+		       coalesce(sum(rows_done) FILTER (WHERE updated_at > now() - interval '30 seconds'), 0)::float8,
+		       least(30, extract(epoch FROM now() - min(started_at) FILTER (WHERE updated_at > now() - interval '30 seconds')))::float8
+		FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, m.ID).
+		Scan(&p.RowsDone, &p.Running, &p.Failed, &p.Jobs, &recent, &window)
+	if err != nil {
+		return p, err
+	}
+	if m.TotalTuples != nil {
+		p.TotalTuples = *m.TotalTuples
+	}
+	switch {
+	case m.Status.Done():
+		v := 100.0
+		p.Percent = &v
+	case p.TotalTuples > 0:
+		v := min(99.99, 100*float64(p.RowsDone)/float64(p.TotalTuples))
+		p.Percent = &v
+	}
+	if window != nil && *window > 0.5 && !m.Status.Done() {
+		p.RowsPerSec = recent / *window
+		if p.RowsPerSec > 0 && p.TotalTuples > p.RowsDone {
+			eta := float64(p.TotalTuples-p.RowsDone) / p.RowsPerSec
+			p.ETA = &eta
+		}
+	}
+	return p, nil
+}
+
+// Get returns one migration.
+func (e *Engine) Get(ctx context.Context, id int64) (*MigrationInfo, error) {
+	ms, err := e.list(ctx, `id = $1`, id)
+	if err != nil {
+		return nil, err
+	}
+	if len(ms) == 0 {
+		return nil, fmt.Errorf("%w: id %d", ErrNotFound, id)
+	}
+	return ms[0], nil
+}
+
+// FindByConfig finds the migration for a configuration (args compared as
+// jsonb, so spacing does not matter).
+func (e *Engine) FindByConfig(ctx context.Context, class, table, column string, args []byte) (*Migration, error) {
+	_, canon, err := canonicalArgs(args)
+	if err != nil {
+		return nil, err
+	}
+	m, err := scanMigration(e.pool.QueryRow(ctx, `SELECT `+migrationCols+` FROM batched_background_migrations
+		WHERE job_class_name = $1 AND table_name = $2 AND column_name = $3 AND job_arguments = $4::jsonb ORDER BY id LIMIT 1`,
+		class, table, column, string(canon)))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%w: Could not find batched background migration for the given configuration: %s", ErrNotFound,
+			fmt.Sprintf(`{"job_class_name":%q,"table_name":%q,"column_name":%q,"job_arguments":%s}`, class, table, column, canon))
+	}
+	return m, err
+}
+
+// Job is one row of batched_background_migration_jobs, with its last error.
+type Job struct {
+	ID           int64      `json:"id"`
+	Status       JobStatus  `json:"status"`
+	MinValue     int64      `json:"min_value"`
+	MaxValue     int64      `json:"max_value"`
+	BatchSize    int        `json:"batch_size"`
+	SubBatchSize int        `json:"sub_batch_size"`
+	Attempts     int        `json:"attempts"`
+	RowsDone     int64      `json:"rows_done"`
+	StartedAt    *time.Time `json:"started_at"`
+	FinishedAt   *time.Time `json:"finished_at"`
+	Worker       *string    `json:"worker_identity"`
+	ErrorClass   *string    `json:"exception_class,omitempty"`
+	ErrorMessage *string    `json:"exception_message,omitempty"`
+}
+
+// Jobs returns the migration's latest jobs (failedOnly: only failed ones).
+func (e *Engine) Jobs(ctx context.Context, id int64, failedOnly bool, limit int) ([]Job, error) {
+	rows, err := e.pool.Query(ctx, `
+		SELECT j.id, j.status, coalesce(j.min_value, 0), coalesce(j.max_value, 0), j.batch_size, j.sub_batch_size, j.attempts,
+		       j.rows_done, j.started_at, j.finished_at, j.worker_identity, l.exception_class, l.exception_message
+		FROM batched_background_migration_jobs j
+		LEFT JOIN LATERAL (SELECT exception_class, exception_message FROM batched_background_migration_job_transition_logs
+		                   WHERE batched_background_migration_job_id = j.id AND exception_class IS NOT NULL
+		                   ORDER BY id DESC LIMIT 1) l ON true
+		WHERE j.batched_background_migration_id = $1 AND (NOT $2 OR j.status = 2)
+		ORDER BY j.id DESC LIMIT $3`, id, failedOnly, limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Job, error) {
+		var j Job
+		err := r.Scan(&j.ID, &j.Status, &j.MinValue, &j.MaxValue, &j.BatchSize, &j.SubBatchSize, &j.Attempts, &j.RowsDone,
+			&j.StartedAt, &j.FinishedAt, &j.Worker, &j.ErrorClass, &j.ErrorMessage)
+		return j, err
+	})
+}
+
+// transition changes a migration's status if it is in one of from.
+func (e *Engine) transition(ctx context.Context, id int64, op string, to Status, extra string, msg string, from ...Status) (*Migration, error) {
+	tx, err := e.pool.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	m, err := scanMigration(tx.QueryRow(ctx, `SELECT `+migrationCols+` FROM batched_background_migrations WHERE id = $1 FOR UPDATE`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%w: id %d", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	for _, s := range from {
+		ok = ok || m.Status == s
+	}
+	if !ok {
+		return nil, &StateError{ID: id, Status: m.Status, Op: op, Msg: msg}
+	}
+	if _, err := tx.Exec(ctx, `UPDATE batched_background_migrations SET status = $2, updated_at = now()`+extra+` WHERE id = $1`, id, to); err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, err
+	}
+	e.log.Info("batched background migration "+op, append(zapMigration(m), zap.Stringer("from", m.Status), zap.Stringer("to", to))...)
+	m.Status = to
+	return m, nil
+}
+
+// Pause pauses an active migration; running batches finish.
+func (e *Engine) Pause(ctx context.Context, id int64) (*Migration, error) {
+	return e.transition(ctx, id, "pause", Paused, "", "You can pause only `active` background migrations.", Active, Paused)
+}
+
+// Resume makes a paused migration active again.
+func (e *Engine) Resume(ctx context.Context, id int64) (*Migration, error) {
+	return e.transition(ctx, id, "resume", Active, ", started_at = now(), on_hold_until = NULL, hold_count = 0",
+		"You can resume only `paused` background migrations.", Paused)
+}
+
+// Retry gives every failed job fresh attempts and makes a failed migration
+// active again (GitLab's retry_failed_jobs!). Job rows keep their cursor,
+// so only the rows not yet done run again.
+func (e *Engine) Retry(ctx context.Context, id int64) (*Migration, error) {
+	tx, err := e.pool.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM batched_background_migrations WHERE id = $1 FOR UPDATE`, id); err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, `UPDATE batched_background_migration_jobs SET attempts = 0, updated_at = now()
+		WHERE batched_background_migration_id = $1 AND status = 2`, id); err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, err
+	}
+	return e.transition(ctx, id, "retry", Active, ", started_at = now(), on_hold_until = NULL, hold_count = 0, hold_reason = NULL",
+		"You can retry only `failed` background migrations.", Failed)
+}
+
+// MarkFinished marks a migration finished without running the rest: every
+// job not succeeded, and the range never handed out, are recorded as
+// succeeded with who and when in the transition log. Data is not migrated;
+// that is the operator's decision (GitLab's Support-only console recipe).
+func (e *Engine) MarkFinished(ctx context.Context, id int64, who string) (*Migration, error) {
+	tx, err := e.pool.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	m, err := scanMigration(tx.QueryRow(ctx, `SELECT `+migrationCols+` FROM batched_background_migrations WHERE id = $1 FOR UPDATE`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%w: id %d", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if m.Status.Done() {
+		return m, nil
+	}
+	msg := fmt.Sprintf("marked finished by %s at %s (ferry bbm mark-finished)", who, time.Now().UTC().Format(time.RFC3339))
+	if _, err := tx.Exec(ctx, `
+		WITH j AS (
+			UPDATE batched_background_migration_jobs n SET status = 3, finished_at = now(), updated_at = now()
+			FROM batched_background_migration_jobs o
+			WHERE n.id = o.id AND n.batched_background_migration_id = $1 AND n.status <> 3
+			RETURNING n.id, o.status AS prev)
+		INSERT INTO batched_background_migration_job_transition_logs
+			(batched_background_migration_job_id, previous_status, next_status, exception_class, exception_message)
+		SELECT id, prev, 3, 'Ferry::MarkedFinished', $2 FROM j`, id, msg); err != nil {
+		return nil, err
+	}
+	var start int64
+	if err := tx.QueryRow(ctx, `SELECT coalesce(max(max_value) + 1, $2) FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, id, m.MinValue).Scan(&start); err != nil {
+		return nil, err
+	}
+	if start <= m.MaxValue {
+		var jid int64
+		if err := tx.QueryRow(ctx, `INSERT INTO batched_background_migration_jobs
+			(batched_background_migration_id, min_value, max_value, batch_size, sub_batch_size, status, started_at, finished_at)
+			VALUES ($1, $2, $3, 1, 1, 3, now(), now()) RETURNING id`, id, start, m.MaxValue).Scan(&jid); err != nil {
+			return nil, err
+		}
+		if err := logTransition(ctx, tx, jid, JobPending, JobSucceeded, "Ferry::MarkedFinished", msg+"; range never run"); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := tx.Exec(ctx, `UPDATE batched_background_migrations SET status = 3, finished_at = now(), updated_at = now(),
+		on_hold_until = NULL, hold_reason = $2 WHERE id = $1`, id, msg); err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, err
+	}
+	e.log.Warn("batched background migration marked finished without running", append(zapMigration(m), zap.String("by", who))...)
+	m.Status = Finished
+	return m, nil
+}
+
+// Finalize runs the rest of a migration synchronously (GitLab's
+// BatchedMigrationRunner.finalize): blocked jobs get fresh attempts, the
+// migration becomes finalizing (background workers leave it alone) and
+// this process runs its batches, max_parallel_batches at a time, ignoring
+// holds and max-running. It returns nil once the migration is finished.
+func (e *Engine) Finalize(ctx context.Context, m *Migration) error {
+	if m.Status.Done() {
+		e.log.Warn("Batched background migration for the given configuration is already finished", zapMigration(m)...)
+		return nil
+	}
+	tx, err := e.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM batched_background_migrations WHERE id = $1 FOR UPDATE`, m.ID); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `UPDATE batched_background_migration_jobs SET attempts = 0 WHERE batched_background_migration_id = $1 AND attempts >= $2 AND status = 2`, m.ID, MaxAttempts); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `UPDATE batched_background_migrations SET status = 5, updated_at = now(), on_hold_until = NULL WHERE id = $1`, m.ID); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return err
+	}
+	if err := e.Start(ctx); err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for range max(1, m.MaxParallel) {
+		g.Go(func() error {
+			for {
+				out, err := e.runBatch(gctx, m.ID, modeFinalize)
+				if err != nil {
+					return err
+				}
+				switch out {
+				case Ran:
+					continue
+				case Completed, NotExecutable:
+					return nil
+				}
+				// Waiting for batches still running elsewhere.
+				select {
+				case <-gctx.Done():
+					return gctx.Err()
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	got, err := e.Get(ctx, m.ID)
+	if err != nil {
+		return err
+	}
+	if !got.Status.Done() {
+		return fmt.Errorf("%w: Batched migration %s could not be completed and a manual action is required. It is %s; see `ferry bbm show %d`",
+			ErrFailedToFinalize, m.Class, got.Status, m.ID)
+	}
+	return nil
+}
+
+// Settings are the cluster-wide switches.
+type Settings struct {
+	MaxRunning int  `json:"max_running"`
+	PausedAll  bool `json:"paused_all"`
+}
+
+// GetSettings reads the settings row.
+func (e *Engine) GetSettings(ctx context.Context) (Settings, error) {
+	var s Settings
+	err := e.pool.QueryRow(ctx, `SELECT max_running, paused_all FROM ferry_bbm_settings WHERE id = 1`).Scan(&s.MaxRunning, &s.PausedAll)
+	return s, err
+}
+
+// SetMaxRunning sets how many migrations may run at once, cluster-wide.
+func (e *Engine) SetMaxRunning(ctx context.Context, n int) error {
+	if n < 0 || n > 1000 {
+		return fmt.Errorf("%w: max-running must be between 0 and 1000, got %d", ErrInvalidOption, n)
+	}
+	_, err := e.pool.Exec(ctx, `UPDATE ferry_bbm_settings SET max_running = $1, updated_at = now() WHERE id = 1`, n)
+	return err
+}
+
+// SetPausedAll is the master switch: running batches finish, no new ones
+// start (GitLab's execute_batched_migrations_on_schedule flag).
+func (e *Engine) SetPausedAll(ctx context.Context, paused bool) error {
+	_, err := e.pool.Exec(ctx, `UPDATE ferry_bbm_settings SET paused_all = $1, updated_at = now() WHERE id = 1`, paused)
+	return err
+}
+
+// Unfinished returns migrations not finished or finalized.
+func (e *Engine) Unfinished(ctx context.Context) ([]*MigrationInfo, error) {
+	return e.list(ctx, `status NOT IN (3, 6)`)
+}
+
+// Executable returns the ids of active migrations not on hold, oldest
+// first, at most one per table unless allowed (GitLab's DISTINCT ON).
+func (e *Engine) Executable(ctx context.Context) ([]int64, error) {
+	rows, err := e.pool.Query(ctx, `
+		SELECT id FROM batched_background_migrations m
+		WHERE status = 1 AND (on_hold_until IS NULL OR on_hold_until < now())
+		  AND NOT (SELECT paused_all FROM ferry_bbm_settings WHERE id = 1)
+		  AND (allow_same_table OR NOT EXISTS (
+		        SELECT 1 FROM batched_background_migrations o
+		        WHERE o.table_name = m.table_name AND o.status = 1 AND o.id < m.id AND NOT o.allow_same_table))
+		ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[int64])
+}
+
+// RunLocal runs batches in this process with n goroutines acting as
+// workers, until ctx is done or, with untilIdle, no migration is active.
+// `ferry demo` and tests use it; `ferry worker` spreads the same batches
+// over Sidekiq jobs instead.
+func (e *Engine) RunLocal(ctx context.Context, n int, untilIdle bool) error {
+	if err := e.Start(ctx); err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	idle := 0
+	g, gctx := errgroup.WithContext(ctx)
+	for range max(n, 1) {
+		g.Go(func() error {
+			for gctx.Err() == nil {
+				ids, err := e.Executable(gctx)
+				if err != nil {
+					return err
+				}
+				ran := false
+				for _, id := range ids {
+					out, err := e.RunBatch(gctx, id)
+					if err != nil && gctx.Err() == nil {
+						e.log.Error("batch", zap.Int64("migration_id", id), zap.Error(err))
+					}
+					if out == Ran || out == Completed {
+						ran = true
+						break
+					}
+				}
+				if ran {
+					continue
+				}
+				if untilIdle {
+					var active int
+					if err := e.pool.QueryRow(gctx, `SELECT count(*) FROM batched_background_migrations WHERE status IN (1, 5)`).Scan(&active); err == nil && active == 0 {
+						mu.Lock()
+						idle++
+						mu.Unlock()
+						return nil
+					}
+				}
+				select {
+				case <-gctx.Done():
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+			return nil
+		})
+	}
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func collectIDs(rows pgx.Rows) ([]int64, error) { return pgx.CollectRows(rows, pgx.RowTo[int64]) }

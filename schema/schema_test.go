@@ -1,0 +1,61 @@
+package schema_test
+
+import (
+	"fmt"
+	"testing"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ferrymigrate/ferry/internal/testenv"
+	"github.com/ferrymigrate/ferry/schema"
+)
+
+func TestApplyConcurrentIdempotent(t *testing.T) {
+	t.Parallel()
+	pool := testenv.Postgres(t)
+	ctx := testenv.Context(t)
+	var g errgroup.Group
+	for range 4 {
+		g.Go(func() error { return schema.Apply(ctx, pool) })
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := schema.Apply(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	v, err := schema.Current(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := schema.Versions()[len(schema.Versions())-1].ID; v != want {
+		t.Fatalf("version %d, want %d", v, want)
+	}
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM ferry_schema_versions`).Scan(&n); err != nil || n != len(schema.Versions()) {
+		t.Fatalf("versions recorded: %d (%v)", n, err)
+	}
+	var maxRunning int
+	if err := pool.QueryRow(ctx, `SELECT max_running FROM ferry_bbm_settings`).Scan(&maxRunning); err != nil || maxRunning != 2 {
+		t.Fatalf("max_running %d (%v)", maxRunning, err)
+	}
+	// GitLab's documented queries work unchanged.
+	for _, q := range []string{
+		`SELECT job_class_name, table_name, column_name, job_arguments FROM batched_background_migrations WHERE status NOT IN (3, 6)`,
+		`SELECT started_at, finished_at, finished_at - started_at AS duration, min_value, max_value, batch_size, sub_batch_size FROM batched_background_migration_jobs WHERE batched_background_migration_id = 1 ORDER BY id DESC LIMIT 10`,
+		`SELECT id, class_name, arguments, status, created_at, updated_at FROM background_migration_jobs`,
+	} {
+		rows, err := pool.Query(ctx, q)
+		if err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		rows.Close()
+	}
+}
+
+func ExampleVersions() {
+	for _, v := range schema.Versions() {
+		fmt.Println(v.ID, v.Name)
+	}
+	// Output: 1 batched background migrations
+}
