@@ -1,0 +1,498 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/ferrymigrate/ferry/dbmigrate"
+	"github.com/ferrymigrate/ferry/jobs/bbm"
+)
+
+func init() { commands = append(commands, newDBCmd) }
+
+type dbFlags struct {
+	dir         string
+	lockTimeout time.Duration
+	pgBin       string
+}
+
+func newDBCmd(a *App) *cobra.Command {
+	f := &dbFlags{}
+	cmd := &cobra.Command{
+		Use:   "db",
+		Short: "Versioned SQL schema migrations, backup and restore",
+		Long: `Schema migrations are SQL files in --dir (default db/migrate) named
+<version>_<name>.up.sql and <version>_<name>.down.sql; versions are digits,
+ordered numerically (Rails timestamps work). Applied versions are kept in
+Rails' schema_migrations table, so
+
+  INSERT INTO schema_migrations (version) VALUES ('20151103134857');
+
+marks one complete; every attempt is logged in ferry_migration_log.
+
+Each migration runs in its own transaction unless its first line is
+"-- ferry:no-transaction" (for CREATE INDEX CONCURRENTLY); one that fails
+outside a transaction leaves the database dirty and migrate refuses until
+you fix it and run "ferry db repair", or undo it with "ferry db downto".
+
+Directives (own lines in an up file):
+  -- ferry:require-bbm CLASS TABLE COLUMN ARGS_JSON   the batched background
+       migration must be finished before this migration runs (finalized
+       inline with "migrate --finalize", otherwise migrate stops)
+  -- ferry:queue-bbm CLASS TABLE COLUMN ARGS_JSON     queue it once this
+       migration is committed
+
+Only one migrator runs at a time (advisory lock); others fail at once
+naming the holder, or wait up to --lock-timeout.`,
+	}
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&f.dir, "dir", "db/migrate", "directory of migration files")
+	pf.DurationVar(&f.lockTimeout, "lock-timeout", 0, "wait this long for another migrator (0 = fail at once)")
+	cmd.AddCommand(dbMigrateCmd(a, f), dbStatusCmd(a, f), dbDowntoCmd(a, f), dbMarkCompleteCmd(a, f),
+		dbRepairCmd(a, f), dbBackupCmd(a, f), dbRestoreCmd(a, f))
+	return cmd
+}
+
+// migrator loads the files and opens the database.
+func (a *App) migrator(ctx context.Context, f *dbFlags, finalize bool) (*dbmigrate.Migrator, error) {
+	migs, err := dbmigrate.Load(os.DirFS(f.dir))
+	if err != nil {
+		if _, serr := os.Stat(f.dir); serr != nil {
+			return nil, Usagef("migrations directory %s: %v (set --dir)", f.dir, serr)
+		}
+		return nil, Usage(err)
+	}
+	pool, err := a.DB(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return dbmigrate.New(pool, migs, dbmigrate.Options{
+		Logger: a.Log, Dir: f.dir, Out: a.Out, Finalize: finalize, LockTimeout: f.lockTimeout,
+		Gate: &engineGate{a: a, table: dbmigrate.TableGate{DB: pool}},
+	}), nil
+}
+
+// engineGate connects gates to the batched migration engine, opening it
+// (and so creating ferry's tables) only when a migration queues or
+// finalizes one; status checks read the table directly.
+type engineGate struct {
+	a     *App
+	table dbmigrate.TableGate
+	once  sync.Mutex
+	e     *bbm.Engine
+}
+
+func (g *engineGate) engine(ctx context.Context) (*bbm.Engine, error) {
+	g.once.Lock()
+	defer g.once.Unlock()
+	if g.e == nil {
+		e, err := g.a.bbmEngine(ctx)
+		if err != nil {
+			return nil, err
+		}
+		g.e = e
+	}
+	return g.e, nil
+}
+
+func (g *engineGate) Status(ctx context.Context, b dbmigrate.BBM) (string, bool, error) {
+	var exists bool
+	if err := g.table.DB.QueryRow(ctx, `SELECT to_regclass('batched_background_migrations') IS NOT NULL`).Scan(&exists); err != nil || !exists {
+		return "", false, err
+	}
+	return g.table.Status(ctx, b)
+}
+
+func (g *engineGate) Queue(ctx context.Context, b dbmigrate.BBM, v dbmigrate.Version) error {
+	e, err := g.engine(ctx)
+	if err != nil {
+		return err
+	}
+	res, err := e.Queue(ctx, bbm.QueueOptions{Class: b.Class, Table: b.Table, Column: b.Column, Args: b.Args, Version: string(v)})
+	if err == nil && res.Existing {
+		g.a.Log.Info("batched background migration already queued", zap.String("class", b.Class))
+	}
+	return err
+}
+
+func (g *engineGate) Finalize(ctx context.Context, b dbmigrate.BBM) error {
+	e, err := g.engine(ctx)
+	if err != nil {
+		return err
+	}
+	m, err := e.FindByConfig(ctx, b.Class, b.Table, b.Column, b.Args)
+	if err != nil {
+		return err
+	}
+	return e.Finalize(ctx, m)
+}
+
+// dbErr maps dbmigrate errors to exit codes: bad input 2, the rest 1.
+func dbErr(err error) error {
+	var ee *ExitError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ee):
+		return err
+	case errors.Is(err, dbmigrate.ErrBadVersion), errors.Is(err, dbmigrate.ErrBadSource),
+		errors.Is(err, dbmigrate.ErrUnknownVersion), errors.Is(err, dbmigrate.ErrNotConfirmed),
+		errors.Is(err, dbmigrate.ErrOtherDatabase):
+		return Usage(err)
+	}
+	return No(err)
+}
+
+func parseVersionArg(s string) (dbmigrate.Version, error) {
+	v, err := dbmigrate.ParseVersion(s)
+	if err != nil {
+		return "", Usage(err)
+	}
+	return v, nil
+}
+
+func (a *App) printPlan(p *dbmigrate.Plan) {
+	if len(p.Migrations) == 0 {
+		fmt.Fprintln(a.Out, "Nothing to do (dry run).")
+		return
+	}
+	fmt.Fprintf(a.Out, "Dry run: would run %d migration(s) %s, in this order:\n", len(p.Migrations), p.Direction)
+	for _, m := range p.Migrations {
+		sc, file := m.Up, m.UpFile
+		if p.Direction == "down" {
+			sc, file = m.Down, m.DownFile
+		}
+		how := "in a transaction"
+		if sc.NoTransaction {
+			how = "outside a transaction, statement by statement"
+		}
+		fmt.Fprintf(a.Out, "\n== %s %s (%s, %s) ==\n", m.Version, m.Name, file, how)
+		for _, b := range sc.Require {
+			fmt.Fprintf(a.Out, "-- requires finished batched background migration: %s %s %s %s\n", b.Class, b.Table, b.Column, b.Args)
+		}
+		if sc.NoTransaction {
+			for i, s := range sc.Statements() {
+				fmt.Fprintf(a.Out, "-- statement %d\n%s;\n", i+1, s)
+			}
+		} else {
+			fmt.Fprintln(a.Out, strings.TrimRight(sc.SQL, "\n"))
+		}
+		for _, b := range sc.Queue {
+			fmt.Fprintf(a.Out, "-- then queues batched background migration: %s %s %s %s\n", b.Class, b.Table, b.Column, b.Args)
+		}
+	}
+}
+
+func dbMigrateCmd(a *App, f *dbFlags) *cobra.Command {
+	var to string
+	var dry, finalize bool
+	cmd := &cobra.Command{
+		Use:   "migrate",
+		Short: "Apply pending migrations (all, or up to --to VERSION)",
+		Example: `  ferry db migrate
+  ferry db migrate --to 20240101120000 --dry-run
+  ferry db migrate --finalize --lock-timeout 30s`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			var target dbmigrate.Version
+			if to != "" {
+				v, err := parseVersionArg(to)
+				if err != nil {
+					return err
+				}
+				target = v
+			}
+			m, err := a.migrator(ctx, f, finalize)
+			if err != nil {
+				return err
+			}
+			if dry {
+				p, err := m.PlanUp(ctx, target)
+				if err != nil {
+					return dbErr(err)
+				}
+				if p.Dirty != nil {
+					fmt.Fprintf(a.Out, "Note: migrate would refuse: %v\n\n", p.Dirty)
+				}
+				a.printPlan(p)
+				return nil
+			}
+			done, err := m.Migrate(ctx, target)
+			if err != nil {
+				return dbErr(err)
+			}
+			if len(done) == 0 {
+				fmt.Fprintln(a.Out, "Nothing to migrate: the database is up to date.")
+			} else {
+				fmt.Fprintf(a.Out, "Applied %d migration(s).\n", len(done))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "stop after this version (inclusive)")
+	cmd.Flags().BoolVar(&dry, "dry-run", false, "print the plan and SQL, change nothing")
+	cmd.Flags().BoolVar(&finalize, "finalize", false, "finalize unfinished required batched background migrations inline")
+	return cmd
+}
+
+func dbStatusCmd(a *App, f *dbFlags) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show applied, pending, failed and dirty migrations",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			m, err := a.migrator(ctx, f, false)
+			if err != nil {
+				return err
+			}
+			st, err := m.Status(ctx)
+			if err != nil {
+				return dbErr(err)
+			}
+			if asJSON {
+				return a.PrintJSON(st)
+			}
+			fmt.Fprintf(a.Out, "%-16s %-12s %-22s %s\n", "VERSION", "STATE", "WHEN", "NAME")
+			for _, ms := range st.Migrations {
+				when := ""
+				if ms.AppliedAt != nil {
+					when = ms.AppliedAt.UTC().Format("2006-01-02 15:04:05Z")
+				} else if la := ms.LastAttempt; la != nil {
+					when = la.StartedAt.UTC().Format("2006-01-02 15:04:05Z")
+				}
+				name := ms.Name
+				if !ms.HasFile {
+					name += " (no file in " + f.dir + ")"
+				}
+				fmt.Fprintf(a.Out, "%-16s %-12s %-22s %s\n", ms.Version, ms.State, when, name)
+				if la := ms.LastAttempt; la != nil && (ms.State == "failed" || ms.State == "dirty") {
+					fmt.Fprintf(a.Out, "%16s error: %s\n", "", oneLine(la.Error))
+				}
+			}
+			fmt.Fprintf(a.Out, "\nCurrent version: %s; %d pending.\n", st.Current, st.Pending)
+			if st.Holder != nil {
+				fmt.Fprintf(a.Out, "A migrator is running: %s\n", st.Holder)
+			}
+			if st.Dirty != nil {
+				d := st.Dirty
+				what := "failed with: " + oneLine(d.Error)
+				if d.Died {
+					what = "was interrupted: its migrator died (started " + d.StartedAt.UTC().Format(time.RFC3339) + ")"
+				}
+				fmt.Fprintf(a.Out, "DIRTY: migration %s_%s (%s) %s.\nFix it by hand and run `ferry db repair`, or undo it with `ferry db downto`.\n",
+					d.Version, d.Name, d.Direction, what)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "machine-readable output")
+	return cmd
+}
+
+func oneLine(s string) string { return strings.ReplaceAll(s, "\n", " ") }
+
+func dbDowntoCmd(a *App, f *dbFlags) *cobra.Command {
+	var dry bool
+	cmd := &cobra.Command{
+		Use:   "downto VERSION",
+		Short: "Revert every migration newer than VERSION (VERSION stays applied; 0 reverts all)",
+		Long: `Runs the down files of every applied migration newer than VERSION, newest
+first; VERSION itself stays applied (as Rails' "db:migrate VERSION=x" going
+down, goose down-to and Sourcegraph's downto). A dirty migration newer than
+VERSION is reverted too: this is the way out of a half-applied
+no-transaction migration, so down files should tolerate a partial state
+(IF EXISTS). Nothing runs unless every needed down file exists.`,
+		Example: `  ferry db downto 20240101120000 --dry-run
+  ferry db downto 0`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			target, err := parseVersionArg(args[0])
+			if err != nil {
+				return err
+			}
+			m, err := a.migrator(ctx, f, false)
+			if err != nil {
+				return err
+			}
+			if dry {
+				p, err := m.PlanDown(ctx, target)
+				if err != nil {
+					return dbErr(err)
+				}
+				a.printPlan(p)
+				return nil
+			}
+			done, err := m.DownTo(ctx, target)
+			if err != nil {
+				return dbErr(err)
+			}
+			if len(done) == 0 {
+				fmt.Fprintf(a.Out, "Nothing to revert: no migration newer than %s is applied.\n", target)
+			} else {
+				fmt.Fprintf(a.Out, "Reverted %d migration(s); now at %s.\n", len(done), target)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&dry, "dry-run", false, "print the plan and SQL, change nothing")
+	return cmd
+}
+
+func dbMarkCompleteCmd(a *App, f *dbFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "mark-complete VERSION",
+		Short: "Record VERSION as applied without running it (GitLab's mark_migration_complete)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			v, err := parseVersionArg(args[0])
+			if err != nil {
+				return err
+			}
+			if v == "0" {
+				return Usagef("Must give a version argument that is a non-zero integer")
+			}
+			m, err := a.migrator(ctx, f, false)
+			if err != nil {
+				return err
+			}
+			already, err := m.MarkComplete(ctx, v)
+			if err != nil {
+				return dbErr(err)
+			}
+			db := a.Cfg.DatabaseURL
+			if pool, err := a.DB(ctx); err == nil {
+				db = pool.Config().ConnConfig.Database
+			}
+			if already {
+				fmt.Fprintf(a.Out, "Migration version '%s' is already marked complete on database %s\n", v, db)
+			} else {
+				fmt.Fprintf(a.Out, "Successfully marked '%s' as complete on database %s\n", v, db)
+			}
+			return nil
+		},
+	}
+}
+
+func dbRepairCmd(a *App, f *dbFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "repair [VERSION]",
+		Short: "Clear the dirty state after you fixed the database by hand",
+		Long: `Clears the dirty mark left by a migration that failed outside a transaction
+(or whose migrator died), recording it in ferry_migration_log. It does not
+change schema_migrations: a failed up stays pending and the next migrate
+re-runs it; if you completed it by hand, also run "ferry db mark-complete".`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			var v dbmigrate.Version
+			if len(args) == 1 {
+				var err error
+				if v, err = parseVersionArg(args[0]); err != nil {
+					return err
+				}
+			}
+			m, err := a.migrator(ctx, f, false)
+			if err != nil {
+				return err
+			}
+			d, err := m.Repair(ctx, v)
+			if err != nil {
+				return dbErr(err)
+			}
+			state := "pending: the next `ferry db migrate` runs it again (or `ferry db mark-complete " + string(d.Version) + "` if you applied it by hand)"
+			if d.Applied {
+				state = "applied"
+			}
+			fmt.Fprintf(a.Out, "Cleared the dirty state of migration %s_%s (%s attempt #%d). It is %s.\n", d.Version, d.Name, d.Direction, d.ID, state)
+			return nil
+		},
+	}
+}
+
+func dbBackupCmd(a *App, f *dbFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "backup FILE",
+		Short: "pg_dump the whole database (custom format) to FILE, with FILE.meta.json",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			pool, err := a.DB(ctx)
+			if err != nil {
+				return err
+			}
+			meta, err := dbmigrate.Backup(ctx, pool, args[0], dbmigrate.BackupOptions{Logger: a.Log, PgBin: f.pgBin})
+			if err != nil {
+				return dbErr(err)
+			}
+			fmt.Fprintf(a.Out, "Backed up database %s (%d tables/views/sequences, %d bytes) to %s; metadata in %s\n",
+				meta.Database, meta.Relations, meta.Size, args[0], dbmigrate.MetaPath(args[0]))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&f.pgBin, "pg-bin", "", "directory of pg_dump/pg_restore (default: matching the server version)")
+	return cmd
+}
+
+func dbRestoreCmd(a *App, f *dbFlags) *cobra.Command {
+	var yes, force bool
+	cmd := &cobra.Command{
+		Use:   "restore FILE",
+		Short: "Restore FILE, first dropping tables/views/sequences it does not contain",
+		Long: `Restores a "ferry db backup" into the configured database. Every table, view
+and sequence that the backup does not contain is dropped first (so tables
+created by a failed upgrade cannot break the next one), then pg_restore
+--clean --if-exists --no-owner replaces everything else in one transaction.
+It refuses a backup of another database unless --force-other-database, and
+without --yes only prints what it would drop (exit 2).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			pool, err := a.DB(ctx)
+			if err != nil {
+				return err
+			}
+			res, err := dbmigrate.Restore(ctx, pool, args[0], dbmigrate.BackupOptions{Logger: a.Log, PgBin: f.pgBin,
+				Yes: yes, ForceOtherDatabase: force, LockTimeout: f.lockTimeout})
+			if errors.Is(err, os.ErrNotExist) {
+				return Usage(err)
+			}
+			if res != nil && (err == nil || errors.Is(err, dbmigrate.ErrNotConfirmed)) {
+				verb := "Dropped"
+				if !res.Restored {
+					verb = "Would drop"
+				}
+				if len(res.Dropped) == 0 {
+					fmt.Fprintf(a.Out, "%s nothing: every table, view and sequence of %s is in the backup.\n", verb, res.Database)
+				}
+				for _, r := range res.Dropped {
+					fmt.Fprintf(a.Out, "%s %s (not in the backup)\n", verb, r)
+				}
+			}
+			if errors.Is(err, dbmigrate.ErrNotConfirmed) {
+				return Usagef("restore replaces every object of database %s with the backup's; re-run with --yes to do it", res.Database)
+			}
+			if err != nil {
+				return dbErr(err)
+			}
+			fmt.Fprintf(a.Out, "Restored %s into database %s.\n", args[0], res.Database)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&yes, "yes", false, "really drop and restore")
+	cmd.Flags().BoolVar(&force, "force-other-database", false, "restore a backup taken from another database")
+	cmd.Flags().StringVar(&f.pgBin, "pg-bin", "", "directory of pg_dump/pg_restore (default: matching the server version)")
+	return cmd
+}

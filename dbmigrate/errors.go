@@ -1,0 +1,148 @@
+package dbmigrate
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Sentinels; every error this package returns wraps one of them (or a
+// pgx/driver error). Match with errors.Is.
+var (
+	// ErrBadVersion: a version argument is not digits.
+	ErrBadVersion = errors.New("bad migration version")
+	// ErrBadSource: the migrations directory has a malformed file.
+	ErrBadSource = errors.New("bad migration source")
+	// ErrUnknownVersion: a target names no migration file nor applied version.
+	ErrUnknownVersion = errors.New("unknown migration version")
+	// ErrMissingDown: downto would need a down file that does not exist.
+	ErrMissingDown = errors.New("missing down migration")
+	// ErrLocked matches [LockedError].
+	ErrLocked = errors.New("another migrator holds the migration lock")
+	// ErrDirty matches [DirtyError].
+	ErrDirty = errors.New("database is dirty")
+	// ErrNotDirty: repair was called but nothing is dirty.
+	ErrNotDirty = errors.New("database is not dirty")
+	// ErrMigrationFailed matches [MigrationError].
+	ErrMigrationFailed = errors.New("migration failed")
+	// ErrGate matches [GateError].
+	ErrGate = errors.New("batched background migration not finished")
+	// ErrNoBBMEngine: a directive needs a batched migration engine that was not configured.
+	ErrNoBBMEngine = errors.New("no batched background migration engine configured")
+	// ErrOtherDatabase: a restore targets a database other than the one backed up.
+	ErrOtherDatabase = errors.New("backup belongs to another database")
+	// ErrNotConfirmed: a destructive operation was not confirmed.
+	ErrNotConfirmed = errors.New("not confirmed")
+	// ErrTool: pg_dump / pg_restore failed or is missing.
+	ErrTool = errors.New("pg tool failed")
+)
+
+// Holder describes the session holding the migration lock.
+type Holder struct {
+	PID             int       `json:"pid"`
+	ApplicationName string    `json:"application_name"`
+	ClientAddr      string    `json:"client_addr"`
+	ClientHostname  string    `json:"client_hostname"`
+	Usename         string    `json:"usename"`
+	BackendStart    time.Time `json:"backend_start"`
+	State           string    `json:"state"`
+	Query           string    `json:"query"`
+}
+
+func (h *Holder) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "backend pid %d", h.PID)
+	if h.ApplicationName != "" {
+		fmt.Fprintf(&b, ", application_name %q", h.ApplicationName)
+	}
+	if h.Usename != "" {
+		fmt.Fprintf(&b, ", user %s", h.Usename)
+	}
+	if h.ClientHostname != "" || h.ClientAddr != "" {
+		fmt.Fprintf(&b, ", client %s", strings.TrimSpace(h.ClientHostname+" "+h.ClientAddr))
+	}
+	if !h.BackendStart.IsZero() {
+		fmt.Fprintf(&b, ", connected since %s", h.BackendStart.UTC().Format(time.RFC3339))
+	}
+	if h.State != "" {
+		fmt.Fprintf(&b, ", state %s", h.State)
+	}
+	return b.String()
+}
+
+// LockedError: another migrator runs. Holder is nil when it let go
+// between our attempt and the lookup.
+type LockedError struct {
+	Holder *Holder
+	Waited time.Duration
+}
+
+func (e *LockedError) Error() string {
+	msg := "another ferry db migrator is running"
+	if e.Waited > 0 {
+		msg += fmt.Sprintf(" (waited %s)", e.Waited)
+	}
+	if e.Holder != nil {
+		msg += ": " + e.Holder.String()
+	}
+	return msg + "; wait for it to finish or use --lock-timeout to wait"
+}
+func (e *LockedError) Is(target error) bool { return target == ErrLocked }
+
+// DirtyError: a migration failed outside a transaction (or its migrator
+// died) and the database may be half-migrated.
+type DirtyError struct {
+	Attempt  Attempt
+	Previous Version // the downto target that undoes it
+}
+
+func (e *DirtyError) Error() string {
+	a := e.Attempt
+	var what string
+	if a.Died {
+		what = fmt.Sprintf("migration %s_%s (%s) was started at %s by %s, but the migrator died at an unknown point (its lock is gone and no finish was recorded)",
+			a.Version, a.Name, a.Direction, fmtTime(a.StartedAt), a.who())
+	} else {
+		what = fmt.Sprintf("migration %s_%s (%s) failed at %s with: %s", a.Version, a.Name, a.Direction, fmtTime(deref(a.FinishedAt)), a.Error)
+	}
+	return fmt.Sprintf("database is dirty: %s; it ran outside a transaction, so it may be partly applied.\n"+
+		"Either fix the database by hand and run `ferry db repair` (then `ferry db mark-complete %s` if you completed it by hand),\n"+
+		"or undo it with `ferry db downto %s` (runs its down file, which must tolerate a partial state).",
+		what, a.Version, e.Previous)
+}
+func (e *DirtyError) Is(target error) bool { return target == ErrDirty }
+
+// MigrationError: one migration failed. When Dirty is false it ran in a
+// transaction that was rolled back, and re-running is safe.
+type MigrationError struct {
+	Version   Version
+	Name      string
+	Direction string
+	Dirty     bool
+	Err       error
+}
+
+func (e *MigrationError) Error() string {
+	how := "it ran in a transaction and was rolled back; fix it and run again"
+	if e.Dirty {
+		how = "it ran outside a transaction, so the database is now dirty (see `ferry db status`)"
+	}
+	return fmt.Sprintf("migration %s_%s (%s) failed with: %v; %s", e.Version, e.Name, e.Direction, e.Err, how)
+}
+func (e *MigrationError) Unwrap() error        { return e.Err }
+func (e *MigrationError) Is(target error) bool { return target == ErrMigrationFailed }
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "an unknown time"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func deref(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return *t
+}

@@ -1,0 +1,105 @@
+package dbmigrate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// BBM identifies a batched background migration by GitLab's configuration.
+type BBM struct {
+	Class  string          `json:"job_class_name"`
+	Table  string          `json:"table_name"`
+	Column string          `json:"column_name"`
+	Args   json.RawMessage `json:"job_arguments"`
+}
+
+// FinalizeCommand is the ferry command that finishes b, quoted for sh.
+func (b BBM) FinalizeCommand() string {
+	return "ferry bbm finalize " + shellQuote(b.Class) + " " + shellQuote(b.Table) + " " +
+		shellQuote(b.Column) + " " + shellQuote(string(b.Args))
+}
+
+// BBMGate is what migrations need from the batched migration engine.
+// Status names are GitLab's: paused, active, finished, failed, finalizing,
+// finalized.
+type BBMGate interface {
+	// Status reports the migration's status; found is false when no
+	// migration has this configuration.
+	Status(ctx context.Context, b BBM) (status string, found bool, err error)
+	// Queue enqueues b (a no-op if it exists), recording version as
+	// queued_migration_version.
+	Queue(ctx context.Context, b BBM, version Version) error
+	// Finalize runs the rest of b synchronously.
+	Finalize(ctx context.Context, b BBM) error
+}
+
+// GateError is GitLab's upgrade-blocking error for an unfinished required
+// migration; its text starts with the exact GitLab sentence.
+type GateError struct {
+	BBM BBM
+	// Status is the migration's status name.
+	Status string
+	// RequiredBy is the schema migration that required it.
+	RequiredBy string
+}
+
+func (e *GateError) Error() string {
+	cfg, _ := json.Marshal(e.BBM)
+	return fmt.Sprintf("Expected batched background migration for the given configuration to be marked as 'finished', but it is '%s':\t%s\n\n"+
+		"Finalize it manually by running the following command in a `bash` or `sh` shell:\n\n\t%s\n\n"+
+		"or let the migration finalize it inline with `ferry db migrate --finalize`. (Required by migration %s.)",
+		e.Status, cfg, e.BBM.FinalizeCommand(), e.RequiredBy)
+}
+func (e *GateError) Is(target error) bool { return target == ErrGate }
+
+func statusDone(s string) bool { return s == "finished" || s == "finalized" }
+
+// TableGate reads batched_background_migrations directly. It can check
+// gates but cannot queue or finalize (those return [ErrNoBBMEngine]); use
+// it when no engine is available, e.g. to check an upgrade's readiness.
+type TableGate struct {
+	DB interface {
+		QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	}
+}
+
+var statusNames = map[int16]string{0: "paused", 1: "active", 3: "finished", 4: "failed", 5: "finalizing", 6: "finalized"}
+
+// Status implements [BBMGate].
+func (g TableGate) Status(ctx context.Context, b BBM) (string, bool, error) {
+	var code int16
+	err := g.DB.QueryRow(ctx, `SELECT status FROM batched_background_migrations
+		WHERE job_class_name = $1 AND table_name = $2 AND column_name = $3 AND job_arguments = $4::jsonb
+		ORDER BY id LIMIT 1`, b.Class, b.Table, b.Column, string(b.Args)).Scan(&code)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("batched migration status: %w", err)
+	}
+	if n, ok := statusNames[code]; ok {
+		return n, true, nil
+	}
+	return fmt.Sprintf("status_%d", code), true, nil
+}
+
+// Queue implements [BBMGate]; it always fails.
+func (TableGate) Queue(context.Context, BBM, Version) error { return ErrNoBBMEngine }
+
+// Finalize implements [BBMGate]; it always fails.
+func (TableGate) Finalize(context.Context, BBM) error { return ErrNoBBMEngine }
+
+// shellQuote quotes s for sh unless it is plainly safe.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_-.:/=,@", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

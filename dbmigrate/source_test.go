@@ -1,0 +1,96 @@
+package dbmigrate
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+	"testing/fstest"
+)
+
+func TestVersionCompareIsNumeric(t *testing.T) {
+	a, _ := ParseVersion("9")
+	b, _ := ParseVersion("20151103134857")
+	c, _ := ParseVersion("00010")
+	if a.Compare(b) >= 0 || b.Compare(a) <= 0 || c != "10" || a.Compare(c) >= 0 {
+		t.Fatalf("bad ordering: %s %s %s", a, b, c)
+	}
+	if _, err := ParseVersion("12a"); !errors.Is(err, ErrBadVersion) {
+		t.Fatalf("want ErrBadVersion, got %v", err)
+	}
+}
+
+func TestLoadOrdersAndParsesDirectives(t *testing.T) {
+	fsys := fstest.MapFS{
+		"10_b.up.sql":   {Data: []byte("-- ferry:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (x);\nCREATE INDEX CONCURRENTLY j ON t (y);\n")},
+		"10_b.down.sql": {Data: []byte("DROP INDEX IF EXISTS i;")},
+		"9_a.up.sql":    {Data: []byte("-- ferry:require-bbm CopyColumn events id [[\"id\"], [\"id_big\"]]\n-- ferry:queue-bbm X t id\nSELECT 1;")},
+		"README.md":     {Data: []byte("ignored")},
+	}
+	migs, err := Load(fsys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(migs) != 2 || migs[0].Version != "9" || migs[1].Version != "10" {
+		t.Fatalf("order: %+v", migs)
+	}
+	if !migs[1].Up.NoTransaction || migs[1].DownFile == "" || migs[0].DownFile != "" {
+		t.Fatalf("files: %+v", migs[1])
+	}
+	req := migs[0].Up.Require[0]
+	if req.Class != "CopyColumn" || req.Table != "events" || string(req.Args) != `[["id"],["id_big"]]` {
+		t.Fatalf("require: %+v", req)
+	}
+	if q := migs[0].Up.Queue[0]; string(q.Args) != "[]" {
+		t.Fatalf("queue: %+v", q)
+	}
+}
+
+func TestLoadRejectsTypos(t *testing.T) {
+	for name, fsys := range map[string]fstest.MapFS{
+		"bad name":       {"1_x.sql": {}},
+		"two names":      {"1_x.up.sql": {}, "1_y.up.sql": {}},
+		"down only":      {"1_x.down.sql": {}},
+		"late notx":      {"1_x.up.sql": {Data: []byte("SELECT 1;\n-- ferry:no-transaction\n")}},
+		"unknown":        {"1_x.up.sql": {Data: []byte("-- ferry:no-transactions\n")}},
+		"bad json":       {"1_x.up.sql": {Data: []byte("-- ferry:require-bbm A b c {\n")}},
+		"queue in down":  {"1_x.up.sql": {}, "1_x.down.sql": {Data: []byte("-- ferry:queue-bbm A b c []\n")}},
+		"zero version":   {"0_x.up.sql": {}},
+		"missing fields": {"1_x.up.sql": {Data: []byte("-- ferry:require-bbm A b\n")}},
+	} {
+		if _, err := Load(fsys); !errors.Is(err, ErrBadSource) {
+			t.Errorf("%s: want ErrBadSource, got %v", name, err)
+		}
+	}
+}
+
+func TestSplitStatements(t *testing.T) {
+	sql := `-- leading comment; with semicolon
+CREATE INDEX CONCURRENTLY a ON t (x); /* block; /* nested; */ */
+INSERT INTO t VALUES ('it''s; fine', E'back\'slash;', "weird;col");
+CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql;
+DO $$ BEGIN PERFORM 1; END $$;
+-- trailing comment only
+`
+	got := splitStatements(sql)
+	want := []string{
+		"-- leading comment; with semicolon\nCREATE INDEX CONCURRENTLY a ON t (x)",
+		"/* block; /* nested; */ */\nINSERT INTO t VALUES ('it''s; fine', E'back\\'slash;', \"weird;col\")",
+		"CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql",
+		"DO $$ BEGIN PERFORM 1; END $$",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %q\nwant %q", got, want)
+	}
+}
+
+func TestGateErrorText(t *testing.T) {
+	e := &GateError{BBM: BBM{Class: "CopyColumnUsingBackgroundMigrationJob", Table: "events", Column: "id",
+		Args: []byte(`[["id"],["id_convert_to_bigint"]]`)}, Status: "active", RequiredBy: "1_x"}
+	want := "Expected batched background migration for the given configuration to be marked as 'finished', but it is 'active':\t" +
+		`{"job_class_name":"CopyColumnUsingBackgroundMigrationJob","table_name":"events","column_name":"id","job_arguments":[["id"],["id_convert_to_bigint"]]}` +
+		"\n\nFinalize it manually by running the following command in a `bash` or `sh` shell:\n\n\t" +
+		`ferry bbm finalize CopyColumnUsingBackgroundMigrationJob events id '[["id"],["id_convert_to_bigint"]]'`
+	if got := e.Error(); len(got) < len(want) || got[:len(want)] != want {
+		t.Fatalf("got\n%s\nwant prefix\n%s", got, want)
+	}
+}

@@ -1,0 +1,268 @@
+package dbmigrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// LockKey is the session advisory lock one migrator holds while it runs
+// ("ferrydmg"). Advisory locks are per database, so migrators of different
+// databases on one server do not block each other.
+const LockKey int64 = 0x6665727279646d67
+
+// LogTable records every attempt; schema_migrations stays Rails' table.
+const LogTable = "ferry_migration_log"
+
+const createTables = `
+CREATE TABLE IF NOT EXISTS schema_migrations (version character varying NOT NULL PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS ferry_migration_log (
+	id bigserial PRIMARY KEY,
+	version text NOT NULL,
+	name text NOT NULL DEFAULT '',
+	direction text NOT NULL CHECK (direction IN ('up', 'down', 'mark', 'repair')),
+	no_transaction boolean NOT NULL DEFAULT false,
+	started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+	finished_at timestamptz,
+	success boolean,
+	dirty boolean NOT NULL DEFAULT false,
+	error text,
+	backend_pid integer NOT NULL DEFAULT pg_backend_pid(),
+	os_pid integer,
+	host text,
+	application_name text DEFAULT current_setting('application_name')
+);
+CREATE INDEX IF NOT EXISTS ferry_migration_log_version_id_idx ON ferry_migration_log (version, id);
+`
+
+// Attempt is one row of ferry_migration_log, with its liveness.
+type Attempt struct {
+	ID            int64      `json:"id"`
+	Version       Version    `json:"version"`
+	Name          string     `json:"name"`
+	Direction     string     `json:"direction"`
+	NoTransaction bool       `json:"no_transaction"`
+	StartedAt     time.Time  `json:"started_at"`
+	FinishedAt    *time.Time `json:"finished_at,omitempty"`
+	Success       *bool      `json:"success,omitempty"`
+	Error         string     `json:"error,omitempty"`
+	BackendPID    int        `json:"backend_pid"`
+	OSPID         int        `json:"os_pid,omitempty"`
+	Host          string     `json:"host,omitempty"`
+	// Running: unfinished, and its session still holds the migration lock.
+	Running bool `json:"running,omitempty"`
+	// Died: unfinished, and its migrator is gone.
+	Died bool `json:"died,omitempty"`
+	// Dirty: this attempt may have left the database half-migrated.
+	Dirty bool `json:"dirty,omitempty"`
+	// Applied: the version is in schema_migrations (set by Repair).
+	Applied bool `json:"applied,omitempty"`
+}
+
+func (a *Attempt) who() string {
+	s := "backend pid " + strconv.Itoa(a.BackendPID)
+	if a.Host != "" || a.OSPID != 0 {
+		s += fmt.Sprintf(" (ferry pid %d on %s)", a.OSPID, a.Host)
+	}
+	return s
+}
+
+// state is what the database says about migrations.
+type state struct {
+	tables    bool
+	applied   map[Version]bool
+	appliedAt map[Version]time.Time
+	last      map[Version]*Attempt
+	holder    *Holder
+}
+
+// dirty returns the lowest dirty attempt, if any.
+func (s *state) dirty() *Attempt {
+	var d *Attempt
+	for _, a := range s.last {
+		if a.Dirty && (d == nil || a.Version.Compare(d.Version) < 0) {
+			d = a
+		}
+	}
+	return d
+}
+
+type queryer interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// loadState reads schema_migrations and the log. weHoldLock says the
+// caller holds the migration lock, so no other attempt can be running.
+func loadState(ctx context.Context, q queryer, weHoldLock bool) (*state, error) {
+	st := &state{applied: map[Version]bool{}, appliedAt: map[Version]time.Time{}, last: map[Version]*Attempt{}}
+	var sm, lg bool
+	if err := q.QueryRow(ctx, `SELECT to_regclass('schema_migrations') IS NOT NULL, to_regclass('ferry_migration_log') IS NOT NULL`).Scan(&sm, &lg); err != nil {
+		return nil, fmt.Errorf("read migration state: %w", err)
+	}
+	st.tables = sm && lg
+	if sm {
+		rows, err := q.Query(ctx, `SELECT version::text FROM schema_migrations`)
+		if err != nil {
+			return nil, fmt.Errorf("read schema_migrations: %w", err)
+		}
+		vs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return nil, fmt.Errorf("read schema_migrations: %w", err)
+		}
+		for _, s := range vs {
+			if v, err := ParseVersion(s); err == nil {
+				st.applied[v] = true
+			}
+		}
+	}
+	if !weHoldLock {
+		h, err := lockHolder(ctx, q)
+		if err != nil {
+			return nil, err
+		}
+		st.holder = h
+	}
+	if !lg {
+		return st, nil
+	}
+	rows, err := q.Query(ctx, `SELECT DISTINCT ON (version) id, version, name, direction, no_transaction, started_at, finished_at,
+			success, dirty, coalesce(error, ''), backend_pid, coalesce(os_pid, 0), coalesce(host, ''),
+			(SELECT max(coalesce(l2.finished_at, l2.started_at)) FROM ferry_migration_log l2
+			  WHERE l2.version = l.version AND l2.direction IN ('up', 'mark') AND l2.success)
+		FROM ferry_migration_log l ORDER BY version, id DESC`)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", LogTable, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		a := &Attempt{}
+		var v string
+		var dirty bool
+		var appliedAt *time.Time
+		if err := rows.Scan(&a.ID, &v, &a.Name, &a.Direction, &a.NoTransaction, &a.StartedAt, &a.FinishedAt,
+			&a.Success, &dirty, &a.Error, &a.BackendPID, &a.OSPID, &a.Host, &appliedAt); err != nil {
+			return nil, fmt.Errorf("read %s: %w", LogTable, err)
+		}
+		a.Version = Version(v)
+		if appliedAt != nil {
+			st.appliedAt[a.Version] = *appliedAt
+		}
+		if a.Direction == "up" || a.Direction == "down" {
+			switch {
+			case a.FinishedAt == nil && !weHoldLock && st.holder != nil && st.holder.PID == a.BackendPID:
+				a.Running = true
+			case a.FinishedAt == nil:
+				a.Died = true
+				// A transaction dies with its session: nothing is left behind.
+				a.Dirty = a.NoTransaction
+			case a.Success != nil && !*a.Success:
+				a.Dirty = dirty
+			}
+		}
+		st.last[a.Version] = a
+	}
+	return st, rows.Err()
+}
+
+// lockHolder names the session holding the migration lock (nil if none).
+func lockHolder(ctx context.Context, q queryer) (*Holder, error) {
+	h := &Holder{}
+	err := q.QueryRow(ctx, `SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), ''),
+			coalesce(a.client_hostname, ''), coalesce(a.usename::text, ''), coalesce(a.backend_start, 'epoch'), coalesce(a.state, ''),
+			coalesce(left(a.query, 200), '')
+		FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+		WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		  AND l.classid = ($1::bigint >> 32)::oid AND l.objid = ($1::bigint & 4294967295)::oid AND l.objsubid = 1
+		LIMIT 1`, LockKey).Scan(&h.PID, &h.ApplicationName, &h.ClientAddr, &h.ClientHostname, &h.Usename, &h.BackendStart, &h.State, &h.Query)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up the migration lock holder: %w", err)
+	}
+	return h, nil
+}
+
+// lockedConn is a connection holding the migration lock.
+type lockedConn struct {
+	*pgxpool.Conn
+}
+
+// acquire takes the migration lock on a dedicated connection: at once when
+// timeout <= 0, else waiting up to timeout (PostgreSQL's lock_timeout, so
+// the wait is a real lock queue, not polling).
+func acquire(ctx context.Context, pool *pgxpool.Pool, appName string, timeout time.Duration) (*lockedConn, error) {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*lockedConn, error) {
+		conn.Release()
+		return nil, err
+	}
+	if _, err := conn.Exec(ctx, `SELECT set_config('application_name', $1, false)`, appName); err != nil {
+		return fail(err)
+	}
+	start := time.Now()
+	if timeout <= 0 {
+		var ok bool
+		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, LockKey).Scan(&ok); err != nil {
+			return fail(err)
+		}
+		if !ok {
+			h, _ := lockHolder(ctx, conn)
+			return fail(&LockedError{Holder: h})
+		}
+	} else {
+		if _, err := conn.Exec(ctx, `SELECT set_config('lock_timeout', $1, false)`, strconv.FormatInt(timeout.Milliseconds(), 10)); err != nil {
+			return fail(err)
+		}
+		_, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, LockKey)
+		if _, rerr := conn.Exec(context.WithoutCancel(ctx), `RESET lock_timeout`); rerr != nil && err == nil {
+			err = rerr
+		}
+		if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == "55P03" {
+			h, _ := lockHolder(ctx, conn)
+			return fail(&LockedError{Holder: h, Waited: time.Since(start).Round(time.Millisecond)})
+		}
+		if err != nil {
+			return fail(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, createTables); err != nil {
+		lc := &lockedConn{conn}
+		lc.release(ctx)
+		return nil, fmt.Errorf("create migration tables: %w", err)
+	}
+	return &lockedConn{conn}, nil
+}
+
+func (c *lockedConn) release(ctx context.Context) {
+	ctx = context.WithoutCancel(ctx)
+	_, err := c.Exec(ctx, `SELECT pg_advisory_unlock($1)`, LockKey)
+	if err == nil {
+		_, err = c.Exec(ctx, `RESET application_name`)
+	}
+	if err != nil {
+		// Never return a connection that may still hold the lock.
+		_ = c.Hijack().Close(ctx)
+		return
+	}
+	c.Release()
+}
+
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return ""
+	}
+	return h
+}

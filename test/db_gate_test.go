@@ -1,0 +1,89 @@
+package test
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/ferrymigrate/ferry/cli"
+	"github.com/ferrymigrate/ferry/schema"
+)
+
+const gateText = "Expected batched background migration for the given configuration to be marked as 'finished', but it is "
+
+// A required batched migration that is not finished stops migrate with
+// GitLab's text and the ferry command that fixes it; once the row is
+// finished, migrate goes on.
+func TestDBGateStopsUntilBBMFinished(t *testing.T) {
+	e := newDBEnv(t)
+	if err := schema.Apply(e.ctx, e.pool); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.pool.Exec(e.ctx, `INSERT INTO batched_background_migrations
+		(job_class_name, table_name, column_name, job_arguments, status, batch_size, sub_batch_size)
+		VALUES ('CopyColumnUsingBackgroundMigrationJob', 'events', 'id', '[["id"], ["id_convert_to_bigint"]]', 0, 1000, 100)`); err != nil {
+		t.Fatal(err)
+	}
+	e.write("1_a.up.sql", "CREATE TABLE a (id int);")
+	e.write("2_swap.up.sql", "-- ferry:require-bbm CopyColumnUsingBackgroundMigrationJob events id [[\"id\"],[\"id_convert_to_bigint\"]]\nCREATE TABLE b (id int);\n")
+
+	_, errs := e.wantExit(1, "migrate")
+	want := "ferry: " + gateText + `'paused':` + "\t" +
+		`{"job_class_name":"CopyColumnUsingBackgroundMigrationJob","table_name":"events","column_name":"id","job_arguments":[["id"],["id_convert_to_bigint"]]}` +
+		"\n\nFinalize it manually by running the following command in a `bash` or `sh` shell:\n\n" +
+		"\tferry bbm finalize CopyColumnUsingBackgroundMigrationJob events id '[[\"id\"],[\"id_convert_to_bigint\"]]'\n"
+	if !strings.HasPrefix(errs, want) {
+		t.Fatalf("stderr:\n%s\nwant prefix:\n%s", errs, want)
+	}
+	if !e.exists("a") || e.exists("b") {
+		t.Fatal("migrations before the gate must apply, the gated one must not")
+	}
+	if _, err := e.pool.Exec(e.ctx, `UPDATE batched_background_migrations SET status = 3`); err != nil {
+		t.Fatal(err)
+	}
+	out := e.mustFerry("migrate")
+	wantContains(t, out, "2 swap: migrated")
+}
+
+// With the real engine: a migration queues a backfill, the next one
+// requires it; migrate stops while it is active, `ferry bbm finalize`
+// (the printed command) runs it, and migrate then passes. --finalize does
+// the same inline.
+func TestDBGateWithEngine(t *testing.T) {
+	for _, inline := range []bool{false, true} {
+		name := "bbm-finalize"
+		if inline {
+			name = "migrate-finalize"
+		}
+		t.Run(name, func(t *testing.T) {
+			e := newDBEnv(t)
+			e.write("1_events.up.sql", "CREATE TABLE events (id bigserial PRIMARY KEY, payload text);\nINSERT INTO events (payload) SELECT 'p' || g FROM generate_series(1, 300) g;\n")
+			e.write("2_add_big.up.sql", "-- ferry:queue-bbm CopyColumnUsingBackgroundMigrationJob events id [[\"id\"], [\"id_big\"]]\nALTER TABLE events ADD COLUMN id_big bigint;\n")
+			e.write("3_require.up.sql", "-- ferry:require-bbm CopyColumnUsingBackgroundMigrationJob events id [[\"id\"],[\"id_big\"]]\nALTER TABLE events ALTER COLUMN id_big SET NOT NULL;\n")
+
+			if inline {
+				out := e.mustFerry("migrate", "--finalize")
+				wantContains(t, out, "queued batched background migration", "finalizing batched background migration", "3 require: migrated")
+			} else {
+				out, errs := e.wantExit(1, "migrate")
+				wantContains(t, out, "queued batched background migration CopyColumnUsingBackgroundMigrationJob events id")
+				wantContains(t, errs, "ferry: "+gateText+"'active':", `ferry bbm finalize CopyColumnUsingBackgroundMigrationJob events id '[["id"],["id_big"]]'`)
+				var o, eb bytes.Buffer
+				code := cli.Main(e.ctx, []string{"bbm", "finalize", "CopyColumnUsingBackgroundMigrationJob", "events", "id", `[["id"],["id_big"]]`,
+					"--database-url", e.url, "--log-level", "error"}, &o, &eb, cli.Options{})
+				if code != 0 {
+					t.Fatalf("bbm finalize: exit %d\n%s\n%s", code, o.String(), eb.String())
+				}
+				wantContains(t, e.mustFerry("migrate"), "3 require: migrated")
+			}
+			var missing int
+			if err := e.pool.QueryRow(e.ctx, `SELECT count(*) FROM events WHERE id_big IS DISTINCT FROM id`).Scan(&missing); err != nil || missing != 0 {
+				t.Fatalf("backfill incomplete: %d rows, %v", missing, err)
+			}
+			var version string
+			if err := e.pool.QueryRow(e.ctx, `SELECT queued_migration_version FROM batched_background_migrations`).Scan(&version); err != nil || version != "2" {
+				t.Fatalf("queued_migration_version = %q, %v", version, err)
+			}
+		})
+	}
+}
