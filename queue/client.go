@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -64,12 +67,29 @@ func (c *Client) PushBulk(ctx context.Context, class string, argsList []json.Raw
 	if q == "" {
 		q = "default"
 	}
+	if opts.Retry != nil && !validRetry(opts.Retry) {
+		return nil, fmt.Errorf("push %s: %w: retry must be true, false or an integer, got %.40q", class, ErrInvalidJob, string(opts.Retry))
+	}
+	extraKeys := make([]string, 0, len(opts.Extra))
+	for k, v := range opts.Extra {
+		if reservedKeys[k] {
+			return nil, fmt.Errorf("push %s: %w: PushOptions.Extra must not set %q", class, ErrInvalidJob, k)
+		}
+		if !json.Valid(v) {
+			return nil, fmt.Errorf("push %s: %w: PushOptions.Extra[%q] is not valid JSON", class, ErrInvalidJob, k)
+		}
+		extraKeys = append(extraKeys, k)
+	}
+	sort.Strings(extraKeys) // deterministic payload bytes
 	now := c.now()
 	scheduled := !opts.At.IsZero() && opts.At.After(now)
 	jids := make([]string, len(argsList))
 	members := make([]any, 0, len(argsList))
 	zs := make([]redis.Z, 0)
 	for i, args := range argsList {
+		if len(args) == 0 {
+			args = json.RawMessage("[]")
+		}
 		if !isJSONArray(args) {
 			return nil, fmt.Errorf("push %s: %w (got %.40q)", class, ErrInvalidArgs, string(args))
 		}
@@ -80,8 +100,8 @@ func (c *Client) PushBulk(ctx context.Context, class string, argsList []json.Raw
 		} else {
 			j.Set("retry", json.RawMessage("true"))
 		}
-		for k, v := range opts.Extra {
-			j.Set(k, v)
+		for _, k := range extraKeys {
+			j.Set(k, opts.Extra[k])
 		}
 		j.SetTime("created_at", epoch(now))
 		jids[i] = j.JID()
@@ -127,6 +147,21 @@ func (c *Client) PushJob(ctx context.Context, j *Job) error {
 		return nil
 	})
 	return err
+}
+
+// reservedKeys are payload keys Push sets itself.
+var reservedKeys = map[string]bool{
+	"class": true, "args": true, "jid": true, "queue": true, "retry": true,
+	"created_at": true, "enqueued_at": true, "at": true,
+}
+
+func validRetry(v json.RawMessage) bool {
+	s := strings.TrimSpace(string(v))
+	if s == "true" || s == "false" {
+		return true
+	}
+	_, err := strconv.ParseInt(s, 10, 64)
+	return err == nil
 }
 
 func isJSONArray(b json.RawMessage) bool {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -56,18 +57,31 @@ func ParseQueues(spec string) ([]WeightedQueue, error) {
 type Delivery struct {
 	Queue string // queue name, without "queue:"
 	Raw   []byte // exact bytes, used to remove it from the private list
-	Job   *Job   // nil when Raw is not a valid job (see Err)
+	Job   *Job   // nil when Raw is not a valid job (see Err), or not parsed yet
 	Err   error  // parse error
 	At    time.Time
 }
 
+// Parse parses Raw into Job (or Err) if that has not happened yet, for
+// deliveries of a Fetcher with DeferParse set.
+func (d *Delivery) Parse() {
+	if d.Job == nil && d.Err == nil {
+		d.Job, d.Err = ParseJob(d.Raw)
+	}
+}
+
 // Fetcher takes jobs for one process from its queues.
 type Fetcher struct {
+	// DeferParse leaves parsing to the caller (Delivery.Parse), so that a
+	// runtime can parse on its job goroutines instead of in its fetch loop.
+	DeferParse bool
+
 	b      *Broker
 	queues []WeightedQueue
 	strict bool
 	rnd    *rand.Rand
 	keys   []string // scratch
+	args   []any    // scratch
 }
 
 // NewFetcher builds a fetcher. Queue order is strict unless a weight is
@@ -115,13 +129,37 @@ func (f *Fetcher) order() []string {
 
 // TryFetch takes up to max jobs without blocking.
 func (f *Fetcher) TryFetch(ctx context.Context, max int) ([]*Delivery, error) {
+	return f.tryFetch(ctx, nil, max)
+}
+
+// tryFetch acknowledges acks (deliveries of this fetcher) and takes up to
+// max jobs, in one round trip.
+func (f *Fetcher) tryFetch(ctx context.Context, acks []*Delivery, max int) ([]*Delivery, error) {
 	order := f.order()
 	keys := f.keys[:0]
 	for _, n := range order {
 		keys = append(keys, QueueKey(n), inflightKey(f.b.identity, n))
 	}
 	f.keys = keys
-	res, err := fetchScript.Run(ctx, f.b.rdb, keys, max).Slice()
+	args := append(f.args[:0], max, 0)
+	var other []*Delivery
+	for _, d := range acks {
+		i := slices.Index(order, d.Queue)
+		if i < 0 {
+			other = append(other, d)
+			continue
+		}
+		args = append(args, 2*i+2, d.Raw)
+	}
+	args[1] = (len(args) - 2) / 2
+	f.args = args
+	if len(other) > 0 {
+		if err := f.b.Ack(ctx, other...); err != nil {
+			return nil, err
+		}
+	}
+	res, err := fetchScript.Run(ctx, f.b.rdb, keys, args...).Slice()
+	clear(f.args)
 	if err != nil {
 		if errors.Is(err, redis.Nil) {
 			return nil, nil
@@ -136,7 +174,7 @@ func (f *Fetcher) TryFetch(ctx context.Context, max int) ([]*Delivery, error) {
 		if qi < 1 || int(qi) > len(order) {
 			continue
 		}
-		out = append(out, newDelivery(order[qi-1], []byte(raw), now))
+		out = append(out, f.newDelivery(order[qi-1], []byte(raw), now))
 	}
 	return out, nil
 }
@@ -147,7 +185,14 @@ func (f *Fetcher) TryFetch(ctx context.Context, max int) ([]*Delivery, error) {
 // this fetch's order; with several queues it blocks one second at a time
 // and checks all queues in between, so no queue waits long.
 func (f *Fetcher) Fetch(ctx context.Context, max int, wait time.Duration) ([]*Delivery, error) {
-	ds, err := f.TryFetch(ctx, max)
+	return f.FetchAndAck(ctx, nil, max, wait)
+}
+
+// FetchAndAck is Fetch that first acknowledges acks (finished deliveries
+// of this fetcher) in the same round trip as the fetch. If it returns an
+// error, the acks may or may not have been written.
+func (f *Fetcher) FetchAndAck(ctx context.Context, acks []*Delivery, max int, wait time.Duration) ([]*Delivery, error) {
+	ds, err := f.tryFetch(ctx, acks, max)
 	if err != nil || len(ds) > 0 || wait <= 0 {
 		return ds, err
 	}
@@ -163,7 +208,7 @@ func (f *Fetcher) Fetch(ctx context.Context, max int, wait time.Duration) ([]*De
 		raw, err := f.b.rdb.BLMove(ctx, QueueKey(first), inflightKey(f.b.identity, first), "RIGHT", "LEFT", block).Result()
 		switch {
 		case err == nil:
-			d := newDelivery(first, []byte(raw), f.b.opts.Now())
+			d := f.newDelivery(first, []byte(raw), f.b.opts.Now())
 			if max > 1 {
 				if more, err := f.TryFetch(ctx, max-1); err == nil {
 					return append([]*Delivery{d}, more...), nil
@@ -186,8 +231,32 @@ func (f *Fetcher) Fetch(ctx context.Context, max int, wait time.Duration) ([]*De
 	return nil, nil
 }
 
+func (f *Fetcher) newDelivery(q string, raw []byte, now time.Time) *Delivery {
+	d := &Delivery{Queue: q, Raw: raw, At: now}
+	if !f.DeferParse {
+		d.Parse()
+	}
+	return d
+}
+
 func newDelivery(q string, raw []byte, now time.Time) *Delivery {
 	d := &Delivery{Queue: q, Raw: raw, At: now}
-	d.Job, d.Err = ParseJob(raw)
+	d.Parse()
 	return d
+}
+
+// InFlight lists the jobs this process holds in its private list for queue
+// name, oldest first. A runtime uses it to find entries it does not know
+// about (e.g. taken by a fetch whose reply was lost) and push them back.
+func (b *Broker) InFlight(ctx context.Context, name string) ([]*Delivery, error) {
+	items, err := b.rdb.LRange(ctx, inflightKey(b.identity, name), 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("in-flight %s: %w", name, err)
+	}
+	now := b.opts.Now()
+	out := make([]*Delivery, 0, len(items))
+	for i := len(items) - 1; i >= 0; i-- { // the list grows at the left
+		out = append(out, newDelivery(name, []byte(items[i]), now))
+	}
+	return out, nil
 }

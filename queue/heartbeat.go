@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -72,6 +73,7 @@ func (b *Broker) Heartbeat(ctx context.Context, info ProcessInfo, st BeatState) 
 		info.Labels = []string{}
 	}
 	infoJSON, _ := json.Marshal(info)
+	queuesJSON, _ := json.Marshal(info.Queues)
 
 	start := time.Now()
 	if err := b.rdb.Ping(ctx).Err(); err != nil {
@@ -115,10 +117,13 @@ func (b *Broker) Heartbeat(ctx context.Context, info ProcessInfo, st BeatState) 
 		)
 		p.Expire(ctx, id, processTTL)
 		p.Set(ctx, aliveKey(id), formatFloatTime(epoch(now)), b.opts.AliveTTL)
+		// Re-register each beat: a recovery pass that ran while this
+		// process could not reach Redis may have dropped the entry.
+		p.HSet(ctx, keyFetchers, id, string(queuesJSON))
 		signals = p.RPopCount(ctx, signalsKey(id), 10)
 		return nil
 	})
-	if err != nil && err != redis.Nil {
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("heartbeat: %w", err)
 	}
 	sigs, _ := signals.Result()

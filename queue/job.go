@@ -21,46 +21,112 @@ type Job struct {
 // ErrInvalidJob reports a payload that is not a usable Sidekiq job.
 var ErrInvalidJob = errors.New("invalid job payload")
 
-// ParseJob decodes a payload and remembers its exact bytes.
+// ParseJob decodes a payload and remembers its exact bytes. The job keeps
+// references into data, so data must not be modified afterwards.
 func ParseJob(data []byte) (*Job, error) {
-	j := &Job{raw: data, values: make(map[string]json.RawMessage, 12)}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	tok, err := dec.Token()
-	if err != nil {
+	if !json.Valid(data) {
+		var v any
+		err := json.Unmarshal(data, &v)
+		if err == nil {
+			err = errors.New("not valid JSON")
+		}
 		return nil, fmt.Errorf("%w: %v", ErrInvalidJob, err)
 	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
+	i := skipSpace(data, 0)
+	if data[i] != '{' {
 		return nil, fmt.Errorf("%w: not a JSON object", ErrInvalidJob)
 	}
-	for dec.More() {
-		kt, err := dec.Token()
+	j := &Job{raw: data, keys: make([]string, 0, 12), values: make(map[string]json.RawMessage, 12)}
+	// data is valid JSON, so a plain scan of the top-level object suffices.
+	i = skipSpace(data, i+1)
+	for data[i] != '}' {
+		if data[i] == ',' {
+			i = skipSpace(data, i+1)
+		}
+		kend := stringEnd(data, i)
+		k, err := unquote(data[i:kend])
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalidJob, err)
 		}
-		k := kt.(string)
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrInvalidJob, err)
-		}
+		i = skipSpace(data, skipSpace(data, kend)+1) // past ':'
+		vend := valueEnd(data, i)
 		if _, dup := j.values[k]; !dup {
 			j.keys = append(j.keys, k)
 		}
-		j.values[k] = v
-	}
-	if _, err := dec.Token(); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidJob, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data", ErrInvalidJob)
-	}
-	if _, err := dec.Token(); err == nil {
-		return nil, fmt.Errorf("%w: trailing data", ErrInvalidJob)
+		j.values[k] = json.RawMessage(data[i:vend:vend])
+		i = skipSpace(data, vend)
 	}
 	if err := j.validate(); err != nil {
 		return nil, err
 	}
 	return j, nil
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) {
+		switch b[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// stringEnd returns the index just past the JSON string starting at b[i].
+func stringEnd(b []byte, i int) int {
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return i
+}
+
+// valueEnd returns the index just past the JSON value starting at b[i].
+func valueEnd(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return stringEnd(b, i)
+	case '{', '[':
+		depth := 0
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case '"':
+				i = stringEnd(b, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return i + 1
+				}
+			}
+		}
+		return i
+	}
+	for ; i < len(b); i++ {
+		switch b[i] {
+		case ',', '}', ']', ' ', '\t', '\n', '\r':
+			return i
+		}
+	}
+	return i
+}
+
+// unquote decodes a JSON string literal, without allocating beyond the
+// result when it has no escapes.
+func unquote(q []byte) (string, error) {
+	if len(q) >= 2 && bytes.IndexByte(q, '\\') < 0 {
+		return string(q[1 : len(q)-1]), nil
+	}
+	var s string
+	err := json.Unmarshal(q, &s)
+	return s, err
 }
 
 func (j *Job) validate() error {
@@ -163,8 +229,8 @@ func (j *Job) str(key string) string {
 	if len(v) == 0 || v[0] != '"' {
 		return ""
 	}
-	var s string
-	if json.Unmarshal(v, &s) != nil {
+	s, err := unquote(v)
+	if err != nil {
 		return ""
 	}
 	return s
@@ -251,10 +317,51 @@ func (j *Job) Truthy(key string) bool {
 }
 
 func marshalString(s string) json.RawMessage {
+	if plainString(s) {
+		out := make([]byte, 0, len(s)+2)
+		out = append(out, '"')
+		out = append(out, s...)
+		return append(out, '"')
+	}
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false) // Ruby does not escape <, >, &; keep bytes comparable
 	_ = enc.Encode(s)
 	out := b.Bytes()
 	return out[:len(out)-1] // drop the encoder's newline
+}
+
+// plainString reports whether s encodes to JSON as itself between quotes.
+func plainString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c == '"' || c == '\\' || c >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// ArgsItems splits the args array into its elements, which share memory
+// with the payload. A parsed job's payload was validated by ParseJob, so
+// this needs no second pass over the JSON.
+func (j *Job) ArgsItems() ([]json.RawMessage, error) {
+	a := j.values["args"]
+	if j.raw == nil && !json.Valid(a) {
+		return nil, fmt.Errorf("%w: \"args\" is not valid JSON", ErrInvalidJob)
+	}
+	i := skipSpace(a, 0)
+	if i >= len(a) || a[i] != '[' {
+		return nil, fmt.Errorf("%w: \"args\" must be an array", ErrInvalidJob)
+	}
+	items := make([]json.RawMessage, 0, 4)
+	for i = skipSpace(a, i+1); i < len(a) && a[i] != ']'; i = skipSpace(a, i) {
+		if a[i] == ',' {
+			i = skipSpace(a, i+1)
+		}
+		end := valueEnd(a, i)
+		items = append(items, json.RawMessage(a[i:end:end]))
+		i = end
+	}
+	return items, nil
 }

@@ -49,3 +49,32 @@ func statDailyKey(base, date string) string { return base + ":" + date }
 func workersKey(identity string) string { return identity + ":workers" }
 func workKey(identity string) string    { return identity + ":work" }
 func signalsKey(identity string) string { return identity + "-signals" }
+
+// Legacy background migrations (jobs/bm, `ferry bm ...`).
+
+// ExclusiveLeaseKey is the Redis key of GitLab's Gitlab::ExclusiveLease
+// ("gitlab:exclusive_lease:<key>"). ferry uses the same key for the
+// per-migration-class lease of BackgroundMigrationWorker, so a Ruby GitLab
+// worker and ferry sharing one Redis honour each other's lease.
+func ExclusiveLeaseKey(key string) string { return "gitlab:exclusive_lease:" + key }
+
+// BMPausedKey holds the switch set by `ferry bm pause` (GitLab's ops flag
+// execute_background_migrations, inverted). Present = paused.
+const BMPausedKey = "ferry:bm:paused"
+
+// keySteals is a HASH steal id -> source queue name of every running
+// `ferry bm steal`, so the jobs of a steal whose process died can be found
+// and pushed back.
+const keySteals = "ferry:steals"
+
+// stealPrivateKey is the private list a steal moves matching jobs into
+// (as envelopes naming their source, see steal.go) until they are performed.
+func stealPrivateKey(id string) string { return "ferry:steal|" + id }
+
+// stealHoldKey is where a steal keeps the non-matching jobs it popped from
+// a queue while it partitions the rest, before putting them back in order.
+func stealHoldKey(id string) string { return "ferry:steal-hold|" + id }
+
+// stealAliveKey is refreshed while a steal runs; once it lapses, any
+// process may push that steal's jobs back.
+func stealAliveKey(id string) string { return "ferry:steal-alive|" + id }

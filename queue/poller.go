@@ -13,18 +13,31 @@ import (
 // pushes staged entries on). Returns how many jobs were enqueued.
 func (b *Broker) EnqueueDue(ctx context.Context) (int, error) {
 	total := 0
+	// First push on anything an earlier pass staged but could not push
+	// (e.g. Redis went away in between).
+	staging := stagingKey(b.identity)
+	left, err := b.rdb.LRange(ctx, staging, 0, -1).Result()
+	if err != nil {
+		return 0, fmt.Errorf("poll: %w", err)
+	}
+	for _, raw := range left {
+		if err := b.pushStaged(ctx, staging, []byte(raw)); err != nil {
+			return total, err
+		}
+		total++
+	}
 	for _, set := range []string{keyRetry, keySchedule} {
 		for {
 			if err := ctx.Err(); err != nil {
 				return total, err
 			}
-			now := formatFloatTime(epoch(b.opts.Now()))
-			items, err := dueScript.Run(ctx, b.rdb, []string{set, stagingKey(b.identity)}, now, 100).StringSlice()
+			now := formatScore(epoch(b.opts.Now()))
+			items, err := dueScript.Run(ctx, b.rdb, []string{set, staging}, now, 100).StringSlice()
 			if err != nil {
 				return total, fmt.Errorf("poll %s: %w", set, err)
 			}
 			for _, raw := range items {
-				if err := b.pushStaged(ctx, stagingKey(b.identity), []byte(raw)); err != nil {
+				if err := b.pushStaged(ctx, staging, []byte(raw)); err != nil {
 					return total, err
 				}
 				total++

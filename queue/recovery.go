@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // recoveredKey counts, inside the payload, how often a job was rescued from
@@ -19,7 +17,7 @@ const recoveredKey = "ferry_recovered"
 type RecoveryResult struct {
 	Processes int // dead processes whose lists were emptied
 	Requeued  int // jobs pushed back to their queues
-	Killed    int // poison pills sent to the dead set
+	Killed    int // poison pills and invalid payloads sent to the dead set (or dropped, for dead:false)
 }
 
 // ErrLocked means another process holds the recovery lock right now.
@@ -59,6 +57,17 @@ func (b *Broker) RecoverOrphans(ctx context.Context) (RecoveryResult, error) {
 		parts := strings.SplitN(iter.Val(), "|", 3)
 		if len(parts) == 3 && !contains(lists[parts[1]], parts[2]) {
 			lists[parts[1]] = append(lists[parts[1]], parts[2])
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return res, fmt.Errorf("recovery scan: %w", err)
+	}
+	iter = b.rdb.Scan(ctx, 0, "ferry:staging|*", 1000).Iterator()
+	for iter.Next(ctx) {
+		if id, ok := strings.CutPrefix(iter.Val(), "ferry:staging|"); ok {
+			if _, seen := lists[id]; !seen {
+				lists[id] = nil
+			}
 		}
 	}
 	if err := iter.Err(); err != nil {
@@ -135,7 +144,11 @@ func (b *Broker) recoverList(ctx context.Context, key, queue string, res *Recove
 			if entry.Has("retry_count") {
 				entry.SetTime("retried_at", epoch(b.opts.Now()))
 			}
-			ok, err := b.settle(ctx, key, keyDead, raw, entry.Encode(), "dead", formatFloatTime(epoch(b.opts.Now())))
+			op := "dead"
+			if string(j.Get("dead")) == "false" {
+				op = "drop" // as Sidekiq Pro 8 does for dead:false
+			}
+			ok, err := b.settle(ctx, key, keyDead, raw, entry.Encode(), op, formatFloatTime(epoch(b.opts.Now())))
 			if err != nil {
 				return err
 			}
@@ -163,5 +176,3 @@ func contains(xs []string, s string) bool {
 	}
 	return false
 }
-
-var _ = redis.Nil

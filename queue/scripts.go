@@ -10,8 +10,15 @@ import "github.com/redis/go-redis/v9"
 // job is always either in a public queue or in a private list.
 // KEYS: queue1, inflight1, queue2, inflight2, ...
 // Returns a flat list: queue index (1-based), job, queue index, job, ...
+// ARGV[2] = number of acks n, then n pairs (inflight KEYS index, exact
+// bytes): finished jobs to LREM first, so that acks ride along with the
+// next fetch instead of costing their own round trip.
 var fetchScript = redis.NewScript(`
 local max = tonumber(ARGV[1])
+local nacks = tonumber(ARGV[2])
+for a = 0, nacks - 1 do
+  redis.call('LREM', KEYS[tonumber(ARGV[3 + 2*a])], -1, ARGV[4 + 2*a])
+end
 local out = {}
 for i = 1, #KEYS, 2 do
   if max <= 0 then break end
@@ -82,4 +89,110 @@ return 1
 var unlockScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+`)
+
+// stealLuaLib is shared by the steal scripts. match() decides whether a raw
+// Sidekiq payload is a job of worker class W whose first argument is C.
+// The plain-text find() calls are a cheap prefilter (skipped when a needle
+// is empty); cjson is used for the decision only, never to re-encode, so
+// stolen members keep their exact bytes. pushAll() pushes in slices because
+// unpack() is limited by the Lua stack size.
+const stealLuaLib = `
+local function match(raw, W, C, nW, nC)
+  if nW ~= '' and not string.find(raw, nW, 1, true) then return false end
+  if nC ~= '' and not string.find(raw, nC, 1, true) then return false end
+  local ok, j = pcall(cjson.decode, raw)
+  if not ok or type(j) ~= 'table' or j['class'] ~= W then return false end
+  local a = j['args']
+  return type(a) == 'table' and a[1] == C
+end
+local function pushAll(cmd, key, xs)
+  for i = 1, #xs, 1000 do
+    redis.call(cmd, key, unpack(xs, i, math.min(i + 999, #xs)))
+  end
+end
+`
+
+// stealListScript pops up to ARGV[5] jobs (never more than the budget
+// ARGV[6]) from the right (oldest) end of a queue and partitions them:
+// matching jobs go to the steal's private list as envelopes
+// "<source key>\n\n<raw>", the others to the hold list in the queue's own
+// orientation (restoreHoldScript puts them back in order). Doing the pop and
+// the move in one script means exactly one steal can own a job.
+// KEYS[1] queue, KEYS[2] hold list, KEYS[3] private list
+// ARGV[1] worker class, ARGV[2] first arg, ARGV[3] worker needle,
+// ARGV[4] first-arg needle, ARGV[5] chunk, ARGV[6] budget, ARGV[7] envelope prefix
+// Returns {popped, stolen}.
+var stealListScript = redis.NewScript(stealLuaLib + `
+local take = math.min(tonumber(ARGV[5]), tonumber(ARGV[6]))
+if take <= 0 then return {0, 0} end
+local jobs = redis.call('RPOP', KEYS[1], take)
+if not jobs then return {0, 0} end
+local keep, mine = {}, {}
+for _, raw in ipairs(jobs) do
+  if match(raw, ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then
+    mine[#mine+1] = ARGV[7] .. raw
+  else
+    keep[#keep+1] = raw
+  end
+end
+pushAll('LPUSH', KEYS[2], keep)
+pushAll('RPUSH', KEYS[3], mine)
+return {#jobs, #mine}
+`)
+
+// restoreHoldScript moves up to ARGV[1] jobs from the left (newest) end of
+// a hold list to the right (oldest, next to be fetched) end of their queue,
+// so the queue ends up in its original order with jobs pushed meanwhile
+// still behind them. Returns how many remain in the hold list.
+// KEYS[1] hold list, KEYS[2] queue, KEYS[3] "queues"; ARGV[2] queue name.
+var restoreHoldScript = redis.NewScript(`
+local n = tonumber(ARGV[1])
+local xs = redis.call('LRANGE', KEYS[1], 0, n - 1)
+if #xs == 0 then return 0 end
+for i = 1, #xs, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(xs, i, math.min(i + 999, #xs)))
+end
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('LTRIM', KEYS[1], #xs, -1)
+return redis.call('LLEN', KEYS[1])
+`)
+
+// stealZsetScript runs one ZSCAN step over a sorted set (schedule, retry,
+// dead) and moves each matching member it removed itself (ZREM returned 1)
+// into the private list as "<source key>\n<score>\n<raw>". ZSCAN may return
+// a member twice; the ZREM check makes that harmless.
+// KEYS[1] zset, KEYS[2] private list
+// ARGV[1] cursor, ARGV[2] count, ARGV[3] worker class, ARGV[4] first arg,
+// ARGV[5] worker needle, ARGV[6] first-arg needle, ARGV[7] source key
+// Returns {next cursor, stolen}.
+var stealZsetScript = redis.NewScript(stealLuaLib + `
+local r = redis.call('ZSCAN', KEYS[1], ARGV[1], 'COUNT', tonumber(ARGV[2]))
+local items = r[2]
+local mine = {}
+for i = 1, #items, 2 do
+  local raw, score = items[i], items[i+1]
+  if match(raw, ARGV[3], ARGV[4], ARGV[5], ARGV[6]) and redis.call('ZREM', KEYS[1], raw) == 1 then
+    mine[#mine+1] = ARGV[7] .. '\n' .. score .. '\n' .. raw
+  end
+end
+pushAll('RPUSH', KEYS[2], mine)
+return {r[1], #mine}
+`)
+
+// stealReturnScript puts one stolen job back where it came from, only if it
+// is still in the private list (so two processes returning the jobs of a
+// dead steal cannot both write it): LPUSH to its queue (as GitLab's
+// re-enqueue does) or ZADD to its sorted set with its original score.
+// KEYS[1] private list, KEYS[2] source, KEYS[3] "queues"
+// ARGV[1] envelope, ARGV[2] raw job, ARGV[3] score ("" for a queue), ARGV[4] queue name
+var stealReturnScript = redis.NewScript(`
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if ARGV[3] == '' then
+  redis.call('SADD', KEYS[3], ARGV[4])
+  redis.call('LPUSH', KEYS[2], ARGV[2])
+else
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+end
+return 1
 `)

@@ -62,6 +62,9 @@ type Failure struct {
 	Class     string   // error_class, e.g. "NameError" or a Go type name
 	Message   string   // error_message
 	Backtrace []string // lines, newest call first; stored only if the job asks for it
+	// Kill treats the job as exhausted now (Sidekiq's :kill): it goes to
+	// the dead set, unless it has retry:false or dead:false.
+	Kill bool
 }
 
 // FailureOutcome says where a failed job went.
@@ -88,9 +91,14 @@ func (b *Broker) Fail(ctx context.Context, d *Delivery, f Failure) (FailureOutco
 		ok, err := b.settle(ctx, from, keyDead, d.Raw, d.Raw, "dead", formatFloatTime(epoch(b.opts.Now())))
 		return outcome(ok, OutcomeDead), time.Time{}, err
 	}
-	entry, out, at := b.FailureEntry(d.Job, d.Queue, f)
+	// Rebuild from the original bytes, as Sidekiq does, so that changes a
+	// middleware or the worker made to d.Job are not recorded.
+	orig, err := ParseJob(d.Raw)
+	if err != nil {
+		orig = d.Job
+	}
+	entry, out, at := b.FailureEntry(orig, d.Queue, f)
 	var ok bool
-	var err error
 	switch out {
 	case OutcomeRetry:
 		ok, err = b.settle(ctx, from, keyRetry, d.Raw, entry, "zadd", formatFloatTime(epoch(at)))
@@ -149,7 +157,7 @@ func (b *Broker) FailureEntry(j *Job, queue string, f Failure) ([]byte, FailureO
 	if bt := backtraceLines(j, f.Backtrace); bt != nil {
 		e.SetString("error_backtrace", encodeBacktrace(bt))
 	}
-	exhausted := count >= int64(maxRetries)
+	exhausted := f.Kill || count >= int64(maxRetries)
 	if !exhausted {
 		if rf, ok := j.Int("retry_for"); ok {
 			if fa, ok := j.Float("failed_at"); ok && fa+float64(rf) < epoch(now) {

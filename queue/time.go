@@ -8,7 +8,10 @@ import (
 )
 
 // epoch returns t as float seconds since the epoch.
-func epoch(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
+func epoch(t time.Time) float64 { return float64(t.Unix()) + float64(t.Nanosecond())/1e9 }
+
+// formatScore prints a sorted-set score with full precision.
+func formatScore(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
 
 // formatFloatTime always prints a fractional part: Sidekiq 8 reads a JSON
 // integer as milliseconds (sidekiq-protocol.md §8.1).

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"sync"
+
+	"github.com/ferrymigrate/ferry/queue"
 )
 
 // DecodeArgs decodes a Sidekiq args array into dst (a pointer). If dst's
@@ -14,6 +17,21 @@ import (
 // `sidekiq:",optional"` may be absent). Numbers keep full precision when the
 // field is json.Number or json.RawMessage.
 func DecodeArgs(raw json.RawMessage, dst any) error {
+	return decodeArgs(raw, nil, dst)
+}
+
+// decodeArgs decodes raw, or the args of p when p is not nil (already
+// validated, so they are split without a second pass over the JSON).
+func decodeArgs(raw json.RawMessage, p *queue.Job, dst any) error {
+	split := func() ([]json.RawMessage, error) {
+		if p != nil {
+			return p.ArgsItems()
+		}
+		return splitArray(raw)
+	}
+	if p != nil {
+		raw = p.Args()
+	}
 	rv := reflect.ValueOf(dst)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return fmt.Errorf("DecodeArgs needs a non-nil pointer, got %T", dst)
@@ -22,34 +40,124 @@ func DecodeArgs(raw json.RawMessage, dst any) error {
 		return json.Unmarshal(raw, dst)
 	}
 	elem := rv.Elem()
-	if elem.Kind() != reflect.Struct {
+	plan := planFor(elem.Type())
+	switch plan.kind {
+	case planRawSlice:
+		// []json.RawMessage (or a named type of it): split without reflection
+		// over the values, as it is the common "anything" args type.
+		items, err := split()
+		if err != nil {
+			return err
+		}
+		elem.Set(reflect.ValueOf(items).Convert(elem.Type()))
+		return nil
+	case planPlain:
+		return json.Unmarshal(raw, dst)
+	case planStrict:
 		return strictUnmarshal(raw, dst)
 	}
-	var items []json.RawMessage
-	if err := json.Unmarshal(raw, &items); err != nil {
-		return fmt.Errorf("args must be a JSON array: %w", err)
+	items, err := split()
+	if err != nil {
+		return err
 	}
-	fields := positionalFields(elem.Type())
-	required := 0
-	for i, f := range fields {
-		if !f.optional {
-			required = i + 1
-		}
-	}
-	if len(items) < required || len(items) > len(fields) {
+	fields := plan.fields
+	if len(items) < plan.required || len(items) > len(fields) {
 		want := fmt.Sprint(len(fields))
-		if required != len(fields) {
-			want = fmt.Sprintf("%d to %d", required, len(fields))
+		if plan.required != len(fields) {
+			want = fmt.Sprintf("%d to %d", plan.required, len(fields))
 		}
 		return fmt.Errorf("expected %s arguments, got %d", want, len(items))
 	}
 	for i, item := range items {
 		f := elem.Field(fields[i].index)
-		if err := strictUnmarshal(item, f.Addr().Interface()); err != nil {
+		var err error
+		if fields[i].strict {
+			err = strictUnmarshal(item, f.Addr().Interface())
+		} else {
+			err = json.Unmarshal(item, f.Addr().Interface())
+		}
+		if err != nil {
 			return fmt.Errorf("argument %d (%s): %w", i+1, fields[i].name, err)
 		}
 	}
 	return nil
+}
+
+type planKind int
+
+const (
+	planStruct   planKind = iota // positional fields
+	planRawSlice                 // []json.RawMessage
+	planPlain                    // json.Unmarshal, nothing can have unknown fields
+	planStrict                   // json.Decoder with DisallowUnknownFields
+)
+
+type argsPlan struct {
+	kind     planKind
+	fields   []posField
+	required int
+}
+
+var plans sync.Map // reflect.Type -> *argsPlan
+
+func planFor(t reflect.Type) *argsPlan {
+	if p, ok := plans.Load(t); ok {
+		return p.(*argsPlan)
+	}
+	p := &argsPlan{}
+	switch {
+	case t.Kind() == reflect.Slice && t.Elem() == rawMessageType:
+		p.kind = planRawSlice
+	case t.Kind() != reflect.Struct:
+		p.kind = planStrict
+		if !hasStruct(t, map[reflect.Type]bool{}) {
+			p.kind = planPlain
+		}
+	default:
+		p.fields = positionalFields(t)
+		for i, f := range p.fields {
+			if !f.optional {
+				p.required = i + 1
+			}
+		}
+	}
+	plans.Store(t, p)
+	return p
+}
+
+var (
+	rawMessageType  = reflect.TypeFor[json.RawMessage]()
+	unmarshalerType = reflect.TypeFor[json.Unmarshaler]()
+)
+
+// hasStruct reports whether decoding into t may meet a struct, where
+// unknown fields are rejected.
+func hasStruct(t reflect.Type, seen map[reflect.Type]bool) bool {
+	if seen[t] {
+		return false
+	}
+	seen[t] = true
+	if reflect.PointerTo(t).Implements(unmarshalerType) {
+		return false
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		return true
+	case reflect.Pointer, reflect.Slice, reflect.Array, reflect.Map:
+		return hasStruct(t.Elem(), seen)
+	case reflect.Interface:
+		return false
+	}
+	return false
+}
+
+// splitArray splits a JSON array into its elements.
+func splitArray(raw json.RawMessage) ([]json.RawMessage, error) {
+	var items []json.RawMessage
+	if err := json.Unmarshal(raw, &items); err != nil {
+		return nil, fmt.Errorf("args must be a JSON array: %w", err)
+	}
+	return items, nil
 }
 
 func strictUnmarshal(raw json.RawMessage, dst any) error {
@@ -62,6 +170,7 @@ type posField struct {
 	index    int
 	name     string
 	optional bool
+	strict   bool // the field's type may hold structs: reject unknown fields
 }
 
 func positionalFields(t reflect.Type) []posField {
@@ -71,7 +180,8 @@ func positionalFields(t reflect.Type) []posField {
 		if !f.IsExported() || f.Tag.Get("sidekiq") == "-" {
 			continue
 		}
-		out = append(out, posField{index: i, name: f.Name, optional: f.Tag.Get("sidekiq") == ",optional"})
+		out = append(out, posField{index: i, name: f.Name, optional: f.Tag.Get("sidekiq") == ",optional",
+			strict: hasStruct(f.Type, map[reflect.Type]bool{})})
 	}
 	return out
 }
@@ -85,7 +195,7 @@ func encodeArgs(args any) (json.RawMessage, error) {
 		rv = rv.Elem()
 	}
 	if _, ok := args.(json.Marshaler); ok || rv.Kind() != reflect.Struct {
-		b, err := json.Marshal(args)
+		b, err := marshalNoEscape(args)
 		if err != nil {
 			return nil, err
 		}
@@ -99,5 +209,17 @@ func encodeArgs(args any) (json.RawMessage, error) {
 	for _, f := range fields {
 		vals = append(vals, rv.Field(f.index).Interface())
 	}
-	return json.Marshal(vals)
+	return marshalNoEscape(vals)
+}
+
+// marshalNoEscape is json.Marshal without HTML escaping, so "<", ">" and
+// "&" stay as Ruby writes them.
+func marshalNoEscape(v any) (json.RawMessage, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }

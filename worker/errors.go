@@ -25,7 +25,7 @@ type ArgsError struct {
 }
 
 func (e *ArgsError) Error() string { return fmt.Sprintf("%s: bad job arguments: %v", e.Class, e.Err) }
-func (e *ArgsError) Unwrap() error  { return e.Err }
+func (e *ArgsError) Unwrap() error { return e.Err }
 
 // SidekiqErrorClass is the error_class recorded for this failure.
 func (e *ArgsError) SidekiqErrorClass() string { return "ArgumentError" }
@@ -48,8 +48,9 @@ var ErrDiscard = errors.New("discard job")
 // ErrKill, returned from Work, sends the job to the dead set at once.
 var ErrKill = errors.New("kill job")
 
-// ErrStopped is returned by Runtime.Run when stopped by a TERM signal sent
-// through Redis (the Sidekiq Web UI's Stop button).
+// ErrStopped is returned by Runtime.Run when the Runtime has already run:
+// a Runtime runs once. (A stop requested through Stop, ctx or a TERM sent
+// through Redis — the Web UI's Stop button — makes Run return nil.)
 var ErrStopped = errors.New("worker stopped")
 
 // errorClass returns the error_class to record: an error can name its own

@@ -82,7 +82,7 @@ func AddWorkerSafely[T Args](r *Registry, w Worker[T]) error {
 	}
 	r.entries[kind] = &entry{kind: kind, run: func(ctx context.Context, p *queue.Job) error {
 		var args T
-		if err := DecodeArgs(p.Args(), &args); err != nil {
+		if err := decodeArgs(nil, p, &args); err != nil {
 			return &ArgsError{Class: kind, Err: err}
 		}
 		j := &Job[T]{Args: args, JID: p.JID(), Queue: p.Queue(), Payload: p}

@@ -48,7 +48,10 @@ type Config struct {
 	Identity         string // default "<hostname>:<pid>:<12 hex>"
 	Middleware       []Middleware
 	Logger           *zap.Logger
-	// AliveTTL: see queue.BrokerOptions.
+	// AliveTTL is how long after its last heartbeat this process counts as
+	// alive; other processes recover its in-flight jobs once it lapses.
+	// Default max(20 s, 4 × HeartbeatInterval); it must be at least twice
+	// HeartbeatInterval, or live processes would lose their jobs.
 	AliveTTL time.Duration
 }
 
@@ -80,6 +83,12 @@ func (c *Config) withDefaults() error {
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = 5 * time.Second
 	}
+	if c.AliveTTL == 0 {
+		c.AliveTTL = max(20*time.Second, 4*c.HeartbeatInterval)
+	}
+	if c.AliveTTL < 2*c.HeartbeatInterval {
+		return fmt.Errorf("worker: Config.AliveTTL (%s) must be at least twice Config.HeartbeatInterval (%s)", c.AliveTTL, c.HeartbeatInterval)
+	}
 	if c.RecoveryInterval <= 0 {
 		c.RecoveryInterval = 10 * time.Second
 	}
@@ -107,19 +116,26 @@ type Runtime struct {
 	fetcher *queue.Fetcher
 	log     *zap.Logger
 	info    queue.ProcessInfo
-	rng     *rand.Rand
 
 	quietOnce sync.Once
 	quietCh   chan struct{} // closed on quiet: stop fetching
 	stopOnce  sync.Once
 	stopCh    chan struct{} // closed on stop request (TERM via Redis, Stop())
 
-	slots    chan int // free slot ids
+	slots    chan int               // free slot ids
+	slotWork []chan *queue.Delivery // per slot: the job its goroutine runs next
 	mu       sync.Mutex
 	inflight map[int]*running // slot -> job
 	wg       sync.WaitGroup   // running jobs
 
-	acks      chan *queue.Delivery
+	// Finished jobs waiting to be acknowledged in one batch. A job is
+	// always in inflight or in one of these two until its ack is written,
+	// which reconcile relies on.
+	ackMu       sync.Mutex
+	ackPending  []*queue.Delivery
+	ackFlushing []*queue.Delivery
+	ackWake     chan struct{}
+
 	processed atomic.Int64
 	failed    atomic.Int64
 	started   atomic.Bool
@@ -148,7 +164,6 @@ func New(cfg Config) (*Runtime, error) {
 	r := &Runtime{
 		cfg: cfg, broker: b, fetcher: b.NewFetcher(cfg.Queues),
 		log: cfg.Logger.Named("worker"),
-		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		info: queue.ProcessInfo{
 			Hostname: cfg.Hostname, StartedAt: float64(time.Now().UnixNano()) / 1e9, Pid: os.Getpid(),
 			Tag: cfg.Tag, Concurrency: cfg.Concurrency, Queues: names, Labels: append([]string{"ferry"}, cfg.Labels...),
@@ -158,10 +173,13 @@ func New(cfg Config) (*Runtime, error) {
 		stopCh:   make(chan struct{}),
 		slots:    make(chan int, cfg.Concurrency),
 		inflight: make(map[int]*running, cfg.Concurrency),
-		acks:     make(chan *queue.Delivery, 4*cfg.Concurrency),
+		ackWake:  make(chan struct{}, 1),
 	}
+	r.slotWork = make([]chan *queue.Delivery, cfg.Concurrency)
+	r.fetcher.DeferParse = true // parsed on the slot goroutines, not in the fetch loop
 	for i := range cfg.Concurrency {
 		r.slots <- i
+		r.slotWork[i] = make(chan *queue.Delivery, 1)
 	}
 	return r, nil
 }
@@ -193,7 +211,7 @@ func (r *Runtime) Stopped() <-chan struct{} { return r.stopCh }
 // after a clean stop.
 func (r *Runtime) Run(ctx context.Context) error {
 	if !r.started.CompareAndSwap(false, true) {
-		return errors.New("worker: Run called twice")
+		return ErrStopped
 	}
 	// workCtx is cancelled only at the hard deadline, so a quiet or stop
 	// request never interrupts a job that can still finish in time.
@@ -228,9 +246,21 @@ func (r *Runtime) Run(ctx context.Context) error {
 	}()
 	ackDone := make(chan struct{})
 	ackExited := make(chan struct{})
-	go func() { defer close(ackExited); r.ackLoop(bgCtx, ackDone) }()
+	ackCtx, cancelAck := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelAck()
+	go func() { defer close(ackExited); r.ackLoop(ackCtx, ackDone) }()
+	for i := range r.slotWork {
+		go r.slotLoop(workCtx, i)
+	}
+	// Slot goroutines end when their channel closes; one still running a
+	// job that ignored cancellation ends when that job returns.
+	defer func() {
+		for _, ch := range r.slotWork {
+			close(ch)
+		}
+	}()
 	fetchDone := make(chan struct{})
-	go func() { defer close(fetchDone); r.fetchLoop(fetchCtx, workCtx) }()
+	go func() { defer close(fetchDone); r.fetchLoop(fetchCtx) }()
 
 	select {
 	case <-ctx.Done():
@@ -250,14 +280,25 @@ func (r *Runtime) Run(ctx context.Context) error {
 	case <-timer.C:
 		r.hardStop(cancelWork, done)
 	}
-	// The ack loop drains what is left (bounded) before the heartbeat stops.
+	// The ack loop drains what is left before the heartbeat stops; bounded,
+	// so a Redis outage at exit cannot hang the process. Unacked jobs stay
+	// in the private list and run again after recovery (at-least-once).
 	close(ackDone)
+	stopAck := time.AfterFunc(10*time.Second, cancelAck)
 	<-ackExited
+	stopAck.Stop()
 	cancelBg()
 	bg.Wait()
 
 	final, cancelFinal := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancelFinal()
+	// Anything still in our private lists is not running (e.g. taken by a
+	// fetch whose reply was lost): push it back, as Sidekiq Pro does.
+	if n, err := r.requeueUnknown(final, false); err != nil {
+		r.log.Warn("could not push leftover in-flight jobs back; they will be recovered by another process", zap.Error(err))
+	} else if n > 0 {
+		r.log.Warn(fmt.Sprintf("Pushed %d leftover in-flight jobs back to Redis", n))
+	}
 	if err := r.broker.FlushStats(final, r.processed.Swap(0), r.failed.Swap(0)); err != nil {
 		r.log.Warn("could not flush stats at exit", zap.Error(err))
 	}
@@ -295,9 +336,29 @@ func (r *Runtime) hardStop(cancelWork context.CancelFunc, done <-chan struct{}) 
 	}
 }
 
-func (r *Runtime) fetchLoop(fetchCtx, workCtx context.Context) {
+func (r *Runtime) fetchLoop(fetchCtx context.Context) {
 	backoff := newBackoff()
-	for {
+	// A fetch whose reply was lost may have moved jobs into our private
+	// list that no slot knows about; go-redis may even retry it and report
+	// success. So after a fetch error, and every RecoveryInterval anyway,
+	// look for such jobs and push them back.
+	dirty := false
+	lastCheck := time.Now()
+	for fetchCtx.Err() == nil {
+		if dirty || time.Since(lastCheck) >= r.cfg.RecoveryInterval {
+			if _, err := r.requeueUnknown(fetchCtx, true); err != nil {
+				if fetchCtx.Err() != nil {
+					return
+				}
+				r.log.Warn("could not check in-flight jobs after a fetch error; retrying", zap.Error(err))
+				if !backoff.wait(fetchCtx) {
+					return
+				}
+				continue
+			}
+			dirty = false
+			lastCheck = time.Now()
+		}
 		var first int
 		select {
 		case <-fetchCtx.Done():
@@ -314,7 +375,23 @@ func (r *Runtime) fetchLoop(fetchCtx, workCtx context.Context) {
 				break more
 			}
 		}
-		ds, err := r.fetcher.Fetch(fetchCtx, len(ids), 2*time.Second)
+		// Acks of finished jobs ride along with the fetch.
+		r.ackMu.Lock()
+		acks := r.ackPending
+		r.ackPending = nil
+		r.ackMu.Unlock()
+		ds, err := r.fetcher.FetchAndAck(fetchCtx, acks, len(ids), 2*time.Second)
+		if err != nil {
+			// The fetch may have moved jobs into our private list before
+			// the error (e.g. the connection dropped before the reply).
+			dirty = true
+			if len(acks) > 0 { // not known to be written: the ack loop retries
+				r.ackMu.Lock()
+				r.ackPending = append(acks, r.ackPending...)
+				r.ackMu.Unlock()
+				r.wakeAcks()
+			}
+		}
 		if err != nil && fetchCtx.Err() == nil {
 			r.log.Warn("fetch failed; retrying", zap.Error(err))
 			r.releaseSlots(ids)
@@ -332,7 +409,7 @@ func (r *Runtime) fetchLoop(fetchCtx, workCtx context.Context) {
 			ds = nil
 		}
 		for i, d := range ds {
-			r.start(workCtx, ids[i], d)
+			r.start(ids[i], d)
 		}
 		r.releaseSlots(ids[len(ds):])
 	}
@@ -344,22 +421,29 @@ func (r *Runtime) releaseSlots(ids []int) {
 	}
 }
 
-func (r *Runtime) start(workCtx context.Context, slot int, d *queue.Delivery) {
+// start hands d to the goroutine of a free slot. Slot goroutines live as
+// long as Run, so a job does not pay for a new goroutine and its stack.
+func (r *Runtime) start(slot int, d *queue.Delivery) {
 	r.mu.Lock()
 	r.inflight[slot] = &running{d: d, runAt: time.Now()}
 	r.mu.Unlock()
 	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
+	r.slotWork[slot] <- d
+}
+
+func (r *Runtime) slotLoop(workCtx context.Context, slot int) {
+	for d := range r.slotWork[slot] {
 		r.process(workCtx, d)
 		r.mu.Lock()
 		delete(r.inflight, slot)
 		r.mu.Unlock()
+		r.wg.Done()
 		r.slots <- slot
-	}()
+	}
 }
 
 func (r *Runtime) process(ctx context.Context, d *queue.Delivery) {
+	d.Parse()
 	if d.Job == nil {
 		// Unparseable payloads go straight to the dead set, as in Sidekiq.
 		r.log.Error("invalid job payload; moved to the dead set", zap.String("queue", d.Queue), zap.Error(d.Err))
@@ -374,11 +458,11 @@ func (r *Runtime) process(ctx context.Context, d *queue.Delivery) {
 	}
 	switch {
 	case err == nil:
-		r.acks <- d
+		r.ack(d)
 		return
 	case errors.Is(err, ErrDiscard):
 		r.failed.Add(1)
-		r.acks <- d
+		r.ack(d)
 		return
 	}
 	r.failed.Add(1)
@@ -387,9 +471,7 @@ func (r *Runtime) process(ctx context.Context, d *queue.Delivery) {
 	if errors.As(err, &pe) {
 		f.Backtrace = pe.Stack
 	}
-	if errors.Is(err, ErrKill) {
-		d.Job.Set("retry", []byte("0"))
-	}
+	f.Kill = errors.Is(err, ErrKill)
 	r.log.Warn("job failed", zap.String("class", d.Job.Class()), zap.String("jid", d.Job.JID()),
 		zap.String("error_class", f.Class), zap.Error(err))
 	r.settleFailure(ctx, d, f)
@@ -444,59 +526,126 @@ func (r *Runtime) runJob(ctx context.Context, p *queue.Job) (err error) {
 	return next(ctx)
 }
 
-// ackLoop batches acknowledgements into pipelines: one round trip for many
-// finished jobs keeps Redis work per job low.
+// ack queues a finished job for the ack loop; it never blocks, so a slow
+// or unreachable Redis cannot hold a slot or a shutdown.
+func (r *Runtime) ack(d *queue.Delivery) {
+	r.ackMu.Lock()
+	r.ackPending = append(r.ackPending, d)
+	r.ackMu.Unlock()
+	r.wakeAcks()
+}
+
+func (r *Runtime) wakeAcks() {
+	select {
+	case r.ackWake <- struct{}{}:
+	default:
+	}
+}
+
+// ackDelay is how long the ack loop leaves finished jobs for the fetch loop
+// to acknowledge along with its next fetch; after it, the ack loop writes
+// them itself (e.g. when the queues are empty and the fetch loop blocks).
+const ackDelay = 2 * time.Millisecond
+
+// ackLoop batches acknowledgements into pipelines: one round trip for all
+// jobs finished since the last one keeps Redis work per job low. After
+// done is closed it flushes what is left and returns; ctx bounds that.
 func (r *Runtime) ackLoop(ctx context.Context, done <-chan struct{}) {
-	buf := make([]*queue.Delivery, 0, 256)
+	delay := time.NewTimer(ackDelay)
+	for {
+		select {
+		case <-r.ackWake:
+			delay.Reset(ackDelay)
+			select {
+			case <-delay.C:
+			case <-done:
+			}
+			r.flushAcks(ctx)
+		case <-done:
+			r.flushAcks(ctx)
+			return
+		}
+	}
+}
+
+// flushAcks writes pending acks until none are left, retrying Redis errors
+// until ctx ends.
+func (r *Runtime) flushAcks(ctx context.Context) {
 	bo := newBackoff()
-	flush := func() {
-		for len(buf) > 0 {
-			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			err := r.broker.Ack(fctx, buf...)
+	var spare []*queue.Delivery
+	for {
+		r.ackMu.Lock()
+		batch := r.ackPending
+		r.ackPending, r.ackFlushing = spare, batch
+		r.ackMu.Unlock()
+		if len(batch) == 0 {
+			return
+		}
+		for {
+			fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := r.broker.Ack(fctx, batch...)
 			cancel()
 			if err == nil {
-				buf = buf[:0]
-				bo.reset()
-				return
+				break
 			}
 			r.log.Warn("ack failed; retrying", zap.Error(err))
 			if !bo.wait(ctx) {
+				// Keep them pending (known to reconcile); they stay in
+				// the private list in Redis.
+				r.ackMu.Lock()
+				r.ackPending = append(batch, r.ackPending...)
+				r.ackFlushing = nil
+				r.ackMu.Unlock()
 				return
 			}
 		}
+		clear(batch)
+		spare = batch[:0]
+		r.ackMu.Lock()
+		r.ackFlushing = nil
+		r.ackMu.Unlock()
 	}
-	for {
-		select {
-		case d := <-r.acks:
-			buf = append(buf, d)
-		drain:
-			for len(buf) < cap(buf) {
-				select {
-				case d := <-r.acks:
-					buf = append(buf, d)
-				default:
-					break drain
-				}
+}
+
+// requeueUnknown pushes back every job in this process's private lists
+// that no slot is running and no pending ack covers. It runs in the fetch
+// loop (or after it ended), so no fetch races with it. With onlyUnknown
+// false (at exit) it pushes back everything not awaiting an ack.
+func (r *Runtime) requeueUnknown(ctx context.Context, onlyUnknown bool) (int, error) {
+	known := make(map[string]int)
+	if onlyUnknown {
+		r.mu.Lock()
+		for _, run := range r.inflight {
+			known[string(run.d.Raw)]++
+		}
+		r.mu.Unlock()
+	}
+	r.ackMu.Lock()
+	for _, d := range r.ackPending {
+		known[string(d.Raw)]++
+	}
+	for _, d := range r.ackFlushing {
+		known[string(d.Raw)]++
+	}
+	r.ackMu.Unlock()
+	var orphans []*queue.Delivery
+	for _, q := range r.info.Queues {
+		ds, err := r.broker.InFlight(ctx, q)
+		if err != nil {
+			return 0, err
+		}
+		for _, d := range ds {
+			if known[string(d.Raw)] > 0 {
+				known[string(d.Raw)]--
+				continue
 			}
-			flush()
-		case <-done:
-			// Final drain: bounded, so a Redis outage at exit cannot hang
-			// the process. Unacked jobs stay in the private list and run
-			// again after recovery (at-least-once).
-			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			ctx = dctx
-			for {
-				select {
-				case d := <-r.acks:
-					buf = append(buf, d)
-				default:
-					flush()
-					return
-				}
-			}
+			orphans = append(orphans, d)
 		}
 	}
+	if len(orphans) == 0 {
+		return 0, nil
+	}
+	return r.broker.Requeue(ctx, orphans...)
 }
 
 func (r *Runtime) heartbeatLoop(ctx context.Context) {
@@ -565,7 +714,8 @@ func (r *Runtime) DumpGoroutines() {
 }
 
 func (r *Runtime) pollLoop(ctx context.Context) {
-	wait := queue.PollInterval(1, r.cfg.PollInterval, r.rng)
+	rng := newRand() // not shared: *rand.Rand is not safe for concurrent use
+	wait := queue.PollInterval(1, r.cfg.PollInterval, rng)
 	for {
 		if !sleepCtx(ctx, wait) {
 			return
@@ -575,12 +725,13 @@ func (r *Runtime) pollLoop(ctx context.Context) {
 		} else if n > 0 {
 			r.log.Debug("enqueued due jobs", zap.Int("count", n))
 		}
-		wait = queue.PollInterval(r.broker.ProcessCount(ctx), r.cfg.PollInterval, r.rng)
+		wait = queue.PollInterval(r.broker.ProcessCount(ctx), r.cfg.PollInterval, rng)
 	}
 }
 
 func (r *Runtime) recoveryLoop(ctx context.Context) {
-	wait := time.Duration(r.rng.Int64N(int64(time.Second)))
+	rng := newRand()
+	wait := time.Duration(rng.Int64N(int64(time.Second)))
 	for {
 		if !sleepCtx(ctx, wait) {
 			return
@@ -589,9 +740,11 @@ func (r *Runtime) recoveryLoop(ctx context.Context) {
 			r.log.Warn("orphan recovery failed", zap.Error(err))
 		}
 		// Jitter so processes do not all contend for the lock at once.
-		wait = r.cfg.RecoveryInterval/2 + time.Duration(r.rng.Int64N(int64(r.cfg.RecoveryInterval)))
+		wait = r.cfg.RecoveryInterval/2 + time.Duration(rng.Int64N(int64(r.cfg.RecoveryInterval)))
 	}
 }
+
+func newRand() *rand.Rand { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)

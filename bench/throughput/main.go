@@ -34,7 +34,7 @@ func main() {
 		jobs        = flag.Int("jobs", 100_000, "jobs to push for each system")
 		concurrency = flag.Int("concurrency", 10, "worker concurrency for both")
 		ferryBin    = flag.String("ferry", "bin/ferry", "ferry binary")
-		url         = flag.String("redis-url", redisURL, "Redis URL (default $REDIS_URL); database 15 is flushed and used")
+		url         = flag.String("redis-url", redisURL, "Redis URL (default $REDIS_URL); its last database is flushed and used")
 		skipRuby    = flag.Bool("skip-ruby", false, "measure ferry only")
 		runs        = flag.Int("runs", 1, "repetitions of each measurement (best run reported)")
 	)
@@ -46,11 +46,12 @@ func main() {
 	if err != nil {
 		fail("redis url: %v", err)
 	}
-	o.DB = 15
-	benchURL := fmt.Sprintf("redis://%s/15", o.Addr)
+	// Use the last database, which internal/testenv never hands to tests.
+	ctx := context.Background()
+	o.DB = lastDB(ctx, o)
+	benchURL := fmt.Sprintf("redis://%s/%d", o.Addr, o.DB)
 	rdb := redis.NewClient(o)
 	defer rdb.Close()
-	ctx := context.Background()
 	fmt.Printf("throughput: %d no-op jobs, concurrency %d, Redis %s, %d CPUs, %s\n", *jobs, *concurrency, redisVersion(ctx, rdb), runtime.NumCPU(), time.Now().UTC().Format(time.RFC3339))
 
 	var ruby, ferry result
@@ -189,4 +190,18 @@ func redisVersion(ctx context.Context, rdb *redis.Client) string {
 func fail(format string, a ...any) {
 	fmt.Fprintf(os.Stderr, "throughput: "+format+"\n", a...)
 	os.Exit(1)
+}
+
+func lastDB(ctx context.Context, o *redis.Options) int {
+	c := redis.NewClient(&redis.Options{Addr: o.Addr, Password: o.Password, Username: o.Username})
+	defer c.Close()
+	v, err := c.ConfigGet(ctx, "databases").Result()
+	if err != nil {
+		fail("redis: %v", err)
+	}
+	n, err := strconv.Atoi(v["databases"])
+	if err != nil || n < 2 {
+		fail("redis has too few databases (%q)", v["databases"])
+	}
+	return n - 1
 }

@@ -1,0 +1,53 @@
+// Package queue speaks Sidekiq's Redis protocol: it reads and writes the
+// same keys and payloads as Ruby Sidekiq 6.4 and 7.x, so Ruby clients,
+// Ruby servers and the Sidekiq Web UI interoperate with ferry, and adds
+// reliable fetch so that no job is lost when a worker process dies.
+//
+// # Payloads
+//
+// A [Job] is a Sidekiq payload kept as its exact bytes plus its keys in
+// order. [ParseJob] rejects anything that is not an object with a "class"
+// string and an "args" array ([ErrInvalidJob]); re-encoding with
+// [Job.Encode] keeps unknown keys (cattr, locale, bid, ...), key order,
+// integers of any size and unescaped "<", ">" and "&", so retry and dead
+// entries written by ferry look like Ruby's.
+//
+// # Pushing jobs
+//
+// A [Client] enqueues jobs the way Sidekiq's client does: SADD queues and
+// LPUSH queue:<name> in one pipeline, or ZADD schedule for a future
+// [PushOptions].At, with a fresh 24-hex jid and float-second timestamps:
+//
+//	c := queue.NewClient(rdb)
+//	jid, err := c.Push(ctx, "HardWorker", json.RawMessage(`[1,"two"]`), queue.PushOptions{Queue: "go"})
+//
+// [Client.PushBulk] pushes many jobs of one class in one round trip.
+//
+// # Reliable fetch
+//
+// A [Broker] is one worker process's side of the protocol. Its [Fetcher]
+// moves jobs atomically from queue:<name> into a private list
+// "ferry:inflight|<identity>|<name>" (a Lua script, or BLMOVE when the
+// queues are empty), in strict or Sidekiq's weighted random queue order.
+// A [Delivery] stays in the private list until it is settled:
+//
+//   - [Broker.Ack] removes it (LREM of the exact bytes) after success;
+//   - [Broker.Fail] applies Sidekiq's retry algorithm ([RetryDelay], retry:N,
+//     retry:false, retry_queue, retry_for, dead:false) and writes a retry or
+//     dead entry ([Failure]), atomically with the removal;
+//   - [Broker.Requeue] pushes it back unchanged to the right end of its
+//     queue, as Sidekiq does on a hard shutdown.
+//
+// # Heartbeat, poller and recovery
+//
+// [Broker.Heartbeat] writes the process hash, the ":workers" and ":work"
+// hashes the Busy page reads, the stat counters, and returns the signals
+// (TSTP, TERM, TTIN) the Web UI queued. [Broker.EnqueueDue] moves due
+// retry and scheduled entries to their queues through a staging list, on
+// the interval [PollInterval] computes. [Broker.RecoverOrphans], run
+// periodically under a cluster lock, pushes back the private lists of
+// processes whose liveness key lapsed, and sends a job rescued more than
+// MaxRecoveries times to the dead set as a poison pill.
+//
+// The worker package builds a complete process runtime on top of this.
+package queue

@@ -1,0 +1,566 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// Steal: take the jobs of one Sidekiq class whose first argument matches
+// out of Redis and run them in this process (GitLab's
+// Gitlab::BackgroundMigration.steal, gitlab-background-migrations.md §6.3).
+//
+// Sidekiq's API does this by iterating each set and deleting jobs one by one
+// (LREM/ZREM per job), which is O(n²) on a list. Here each source is
+// partitioned by a Lua script in chunks, in one pass:
+//
+//   - a queue is popped from its oldest end, matching jobs are moved into a
+//     private list and the others into a hold list that is appended back to
+//     the oldest end afterwards, so the queue keeps its order;
+//   - a sorted set is walked with ZSCAN and each matching member that the
+//     script itself removed is moved into the private list with its score.
+//
+// The pop/remove and the move happen in one script, so a job is always in
+// exactly one place and two concurrent steals can never both own it. Jobs
+// are then performed from the private list and removed from it once done;
+// on an error, the job and every other stolen job still pending are put
+// back where they came from (queue, or sorted set with the same score).
+// A steal refreshes a liveness key; if its process dies, the next steal
+// (from any process) puts its jobs back first.
+
+// StealSource names where a stolen job came from.
+type StealSource string
+
+// Sources, in the order a steal visits them (GitLab's pending_jobs order).
+const (
+	SourceSchedule StealSource = "schedule"
+	SourceQueue    StealSource = "queue"
+	SourceRetry    StealSource = "retry"
+	SourceDead     StealSource = "dead"
+)
+
+// StealOptions select the jobs to steal.
+type StealOptions struct {
+	// Class is the Sidekiq class ("BackgroundMigrationWorker") and Arg0 the
+	// value its first argument must equal (the migration class).
+	Class string
+	Arg0  string
+	// Queue is the queue list to scan (without "queue:").
+	Queue string
+	// RetryDead also steals from the retry and dead sets.
+	RetryDead bool
+	// Chunk bounds the work one Lua call does (default 1000), so Redis is
+	// never blocked for long whatever the size of a set.
+	Chunk int
+	// AliveTTL is how long the steal counts as alive after its last
+	// refresh; default 30 s.
+	AliveTTL time.Duration
+	// Progress, if set, is called after each source has been partitioned
+	// and after each performed job.
+	Progress func(StealProgress)
+	Logger   *zap.Logger
+}
+
+// StealProgress reports a steal's progress through one source.
+type StealProgress struct {
+	Source StealSource
+	Done   int // jobs of this source performed so far
+	Total  int // jobs stolen from this source
+}
+
+// StolenJob is one job a steal owns.
+type StolenJob struct {
+	Source StealSource
+	Key    string // Redis key it came from
+	Score  string // its score in a sorted set; "" for a queue
+	Raw    []byte // exact bytes, as found
+	Job    *Job   // nil if Raw does not parse (see Err)
+	Err    error
+}
+
+// StealResult counts what a steal did.
+type StealResult struct {
+	Stolen    map[StealSource]int
+	Performed int
+	// Returned is how many stolen jobs were put back after an error.
+	Returned int
+}
+
+// ErrStealFailed matches the error of a steal whose perform failed.
+var ErrStealFailed = errors.New("steal: job failed")
+
+// StealError is returned when performing a stolen job failed. The job and
+// every other stolen job not yet performed have been put back.
+type StealError struct {
+	Job *StolenJob
+	Err error
+}
+
+func (e *StealError) Error() string {
+	jid := ""
+	if e.Job.Job != nil {
+		jid = " " + e.Job.Job.JID()
+	}
+	return fmt.Sprintf("job%s from %s failed and was pushed back: %v", jid, e.Job.Source, e.Err)
+}
+func (e *StealError) Unwrap() error        { return e.Err }
+func (e *StealError) Is(target error) bool { return target == ErrStealFailed }
+
+// Steal moves the matching jobs of each source into a private list and
+// calls perform for each, in order: scheduled set, queue, then (with
+// RetryDead) the retry and dead sets. It returns a *StealError when perform
+// fails.
+func Steal(ctx context.Context, rdb redis.UniversalClient, opts StealOptions, perform func(context.Context, *StolenJob) error) (res StealResult, err error) {
+	res.Stolen = map[StealSource]int{}
+	if opts.Class == "" || opts.Queue == "" {
+		return res, errors.New("steal: Class and Queue are required")
+	}
+	if opts.Chunk <= 0 {
+		opts.Chunk = 1000
+	}
+	if opts.AliveTTL <= 0 {
+		opts.AliveTTL = 30 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	s := &stealer{rdb: rdb, opts: opts, id: NewJID(), log: opts.Logger.Named("steal")}
+	s.private, s.hold = stealPrivateKey(s.id), stealHoldKey(s.id)
+	s.nW, s.nC = needle(opts.Class), needle(opts.Arg0)
+
+	if n, err := RecoverSteals(ctx, rdb, opts.Logger); err != nil {
+		return res, err
+	} else if n > 0 {
+		s.log.Warn("pushed back jobs of steals whose process died", zap.Int("jobs", n))
+	}
+	if err := s.register(ctx); err != nil {
+		return res, err
+	}
+	aliveCtx, stopAlive := context.WithCancel(ctx)
+	aliveDone := make(chan struct{})
+	go func() { defer close(aliveDone); s.keepAlive(aliveCtx) }()
+	defer func() {
+		stopAlive()
+		<-aliveDone
+		s.unregister(ctx, &res)
+	}()
+
+	sources := []StealSource{SourceSchedule, SourceQueue}
+	if opts.RetryDead {
+		sources = append(sources, SourceRetry, SourceDead)
+	}
+	for _, src := range sources {
+		n, err := s.move(ctx, src)
+		res.Stolen[src] += n
+		if err != nil {
+			return res, err
+		}
+		if n == 0 {
+			continue
+		}
+		s.log.Info("stole jobs", zap.String("source", string(src)), zap.Int("jobs", n),
+			zap.String("class", opts.Class), zap.String("arg0", opts.Arg0))
+		if opts.Progress != nil {
+			opts.Progress(StealProgress{Source: src, Total: n})
+		}
+		done, err := s.drain(ctx, src, n, perform)
+		res.Performed += done
+		if err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+type stealer struct {
+	rdb           redis.UniversalClient
+	opts          StealOptions
+	id            string
+	private, hold string
+	nW, nC        string
+	log           *zap.Logger
+}
+
+func (s *stealer) sourceKey(src StealSource) string {
+	switch src {
+	case SourceSchedule:
+		return keySchedule
+	case SourceRetry:
+		return keyRetry
+	case SourceDead:
+		return keyDead
+	}
+	return QueueKey(s.opts.Queue)
+}
+
+func (s *stealer) register(ctx context.Context) error {
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, stealAliveKey(s.id), "1", s.opts.AliveTTL)
+		p.HSet(ctx, keySteals, s.id, s.opts.Queue)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("steal: register: %w", err)
+	}
+	return nil
+}
+
+func (s *stealer) keepAlive(ctx context.Context) {
+	t := time.NewTicker(s.opts.AliveTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.rdb.Set(ctx, stealAliveKey(s.id), "1", s.opts.AliveTTL).Err(); err != nil && ctx.Err() == nil {
+				s.log.Warn("could not refresh steal liveness", zap.Error(err))
+			}
+		}
+	}
+}
+
+// unregister puts back whatever is left (after an error or cancellation)
+// and removes the steal's keys. If Redis is unreachable the keys stay and
+// the next steal recovers them once the liveness key lapses.
+func (s *stealer) unregister(ctx context.Context, res *StealResult) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	n, err := restoreHold(cctx, s.rdb, s.hold, s.opts.Queue, s.opts.Chunk)
+	if err == nil {
+		var m int
+		m, err = returnAll(cctx, s.rdb, s.private, s.opts.Chunk)
+		n += m
+	}
+	res.Returned += n
+	if err != nil {
+		s.log.Error("could not push stolen jobs back; the next steal will once this one's liveness key expires",
+			zap.String("steal", s.id), zap.Error(err))
+		return
+	}
+	s.rdb.HDel(cctx, keySteals, s.id)
+	s.rdb.Del(cctx, stealAliveKey(s.id))
+}
+
+// move partitions one source into the private list and returns how many
+// jobs it stole.
+func (s *stealer) move(ctx context.Context, src StealSource) (int, error) {
+	key := s.sourceKey(src)
+	if src != SourceQueue {
+		return s.moveZset(ctx, key)
+	}
+	budget, err := s.rdb.LLen(ctx, key).Result()
+	if err != nil {
+		return 0, fmt.Errorf("steal: %s: %w", key, err)
+	}
+	stolen := 0
+	for budget > 0 {
+		take := min(int64(s.opts.Chunk), budget)
+		r, err := stealListScript.Run(ctx, s.rdb, []string{key, s.hold, s.private},
+			s.opts.Class, s.opts.Arg0, s.nW, s.nC, s.opts.Chunk, budget, key+"\n\n").Int64Slice()
+		if err != nil {
+			// unregister restores the hold list.
+			return stolen, fmt.Errorf("steal: %s: %w", key, err)
+		}
+		stolen += int(r[1])
+		budget -= r[0]
+		if r[0] < take {
+			break // the queue ran dry (workers are consuming it too)
+		}
+	}
+	if _, err := restoreHold(ctx, s.rdb, s.hold, s.opts.Queue, s.opts.Chunk); err != nil {
+		return stolen, err
+	}
+	return stolen, nil
+}
+
+func (s *stealer) moveZset(ctx context.Context, key string) (int, error) {
+	cursor := "0"
+	stolen := 0
+	for {
+		r, err := stealZsetScript.Run(ctx, s.rdb, []string{key, s.private},
+			cursor, s.opts.Chunk, s.opts.Class, s.opts.Arg0, s.nW, s.nC, key).Slice()
+		if err != nil {
+			return stolen, fmt.Errorf("steal: %s: %w", key, err)
+		}
+		cursor, _ = r[0].(string)
+		n, _ := r[1].(int64)
+		stolen += int(n)
+		if cursor == "0" || cursor == "" {
+			return stolen, nil
+		}
+	}
+}
+
+// drainBatch is how many performed jobs are removed from the private list
+// per round trip. A crash between a perform and its removal runs that job
+// again after recovery (Sidekiq's at-least-once), so keep it small.
+const drainBatch = 100
+
+// drain performs the stolen jobs from the head of the private list.
+func (s *stealer) drain(ctx context.Context, src StealSource, total int, perform func(context.Context, *StolenJob) error) (int, error) {
+	done := 0
+	for {
+		envs, err := s.rdb.LRange(ctx, s.private, 0, drainBatch-1).Result()
+		if err != nil {
+			return done, fmt.Errorf("steal: read private list: %w", err)
+		}
+		if len(envs) == 0 {
+			return done, nil
+		}
+		var ok []string
+		var failed *StealError
+		for _, env := range envs {
+			sj := parseEnvelope(env)
+			if sj.Err == nil {
+				sj.Job, sj.Err = ParseJob(sj.Raw)
+			}
+			perr := sj.Err
+			if perr == nil {
+				perr = perform(ctx, sj)
+			}
+			if perr != nil {
+				failed = &StealError{Job: sj, Err: perr}
+				break
+			}
+			ok = append(ok, env)
+			done++
+			if s.opts.Progress != nil {
+				s.opts.Progress(StealProgress{Source: src, Done: done, Total: total})
+			}
+		}
+		if len(ok) > 0 {
+			// Without cancellation: these jobs ran, so their removal must
+			// not be skipped because the operator pressed ^C meanwhile.
+			rctx := context.WithoutCancel(ctx)
+			if _, err := s.rdb.Pipelined(rctx, func(p redis.Pipeliner) error {
+				for _, env := range ok {
+					p.LRem(rctx, s.private, 1, env)
+				}
+				return nil
+			}); err != nil {
+				return done, fmt.Errorf("steal: remove performed jobs: %w", err)
+			}
+		}
+		if failed != nil {
+			s.log.Warn("stolen job failed; pushing it and the rest back", zap.String("source", string(failed.Job.Source)),
+				zap.Error(failed.Err))
+			return done, failed // unregister pushes everything back
+		}
+	}
+}
+
+// parseEnvelope splits "<key>\n<score>\n<raw>".
+func parseEnvelope(env string) *StolenJob {
+	key, rest, ok1 := strings.Cut(env, "\n")
+	score, raw, ok2 := strings.Cut(rest, "\n")
+	sj := &StolenJob{Key: key, Score: score, Raw: []byte(raw)}
+	if !ok1 || !ok2 {
+		sj.Err = fmt.Errorf("%w: malformed steal envelope", ErrInvalidJob)
+	}
+	switch key {
+	case keySchedule:
+		sj.Source = SourceSchedule
+	case keyRetry:
+		sj.Source = SourceRetry
+	case keyDead:
+		sj.Source = SourceDead
+	default:
+		sj.Source = SourceQueue
+	}
+	return sj
+}
+
+func returnOne(ctx context.Context, rdb redis.UniversalClient, private, env string) (bool, error) {
+	sj := parseEnvelope(env)
+	if sj.Err != nil || sj.Key == "" {
+		// Not something a steal wrote; leave it for a human rather than
+		// guess where it goes.
+		return false, fmt.Errorf("steal: %s holds a malformed entry %.60q", private, env)
+	}
+	n, err := stealReturnScript.Run(ctx, rdb, []string{private, sj.Key, keyQueues},
+		env, sj.Raw, sj.Score, queueName(sj.Key)).Int()
+	return n == 1, err
+}
+
+// returnAll puts every job of a private list back where it came from.
+func returnAll(ctx context.Context, rdb redis.UniversalClient, private string, chunk int) (int, error) {
+	n := 0
+	for {
+		envs, err := rdb.LRange(ctx, private, 0, int64(chunk)-1).Result()
+		if err != nil {
+			return n, fmt.Errorf("steal: push back: %w", err)
+		}
+		if len(envs) == 0 {
+			return n, nil
+		}
+		for _, env := range envs {
+			ok, err := returnOne(ctx, rdb, private, env)
+			if err != nil {
+				return n, fmt.Errorf("steal: push back: %w", err)
+			}
+			if ok {
+				n++
+			}
+		}
+	}
+}
+
+// restoreHold appends a hold list back to the oldest end of its queue.
+func restoreHold(ctx context.Context, rdb redis.UniversalClient, hold, queue string, chunk int) (int, error) {
+	n := 0
+	for {
+		before, err := rdb.LLen(ctx, hold).Result()
+		if err != nil {
+			return n, fmt.Errorf("steal: restore queue order: %w", err)
+		}
+		if before == 0 {
+			return n, nil
+		}
+		left, err := restoreHoldScript.Run(ctx, rdb, []string{hold, QueueKey(queue), keyQueues}, chunk, queue).Int64()
+		if err != nil {
+			return n, fmt.Errorf("steal: restore queue order: %w", err)
+		}
+		n += int(before - left)
+		if left == 0 {
+			return n, nil
+		}
+	}
+}
+
+// RecoverSteals puts back the jobs of steals whose process died (their
+// liveness key lapsed) and returns how many it put back. Steal calls it
+// first; it is safe to run from several processes at once.
+func RecoverSteals(ctx context.Context, rdb redis.UniversalClient, log *zap.Logger) (int, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	steals, err := rdb.HGetAll(ctx, keySteals).Result()
+	if err != nil {
+		return 0, fmt.Errorf("steal: list steals: %w", err)
+	}
+	total := 0
+	for id, q := range steals {
+		alive, err := rdb.Exists(ctx, stealAliveKey(id)).Result()
+		if err != nil {
+			return total, fmt.Errorf("steal: %w", err)
+		}
+		if alive > 0 {
+			continue
+		}
+		n, err := restoreHold(ctx, rdb, stealHoldKey(id), q, 1000)
+		total += n
+		if err != nil {
+			return total, err
+		}
+		n, err = returnAll(ctx, rdb, stealPrivateKey(id), 1000)
+		total += n
+		if err != nil {
+			return total, err
+		}
+		rdb.HDel(ctx, keySteals, id)
+		log.Info("recovered the jobs of a dead steal", zap.String("steal", id), zap.Int("jobs", n))
+	}
+	return total, nil
+}
+
+// needle is the JSON string literal of s used to prefilter payloads by
+// plain substring search, or "" (no prefilter) when s contains anything a
+// JSON encoder might escape differently (quotes, backslashes, "/", control
+// or non-ASCII characters): a wrong needle would hide matching jobs.
+func needle(s string) string {
+	if s == "" {
+		return ""
+	}
+	for _, r := range s {
+		if r > unicode.MaxASCII || r < 0x20 || r == '"' || r == '\\' || r == '/' || r == '<' || r == '>' || r == '&' {
+			return ""
+		}
+	}
+	return `"` + s + `"`
+}
+
+// JobCounts are the jobs of one first argument in each place.
+type JobCounts struct {
+	Queue     int `json:"queue"`
+	Scheduled int `json:"scheduled"`
+	Retry     int `json:"retry"`
+	Dead      int `json:"dead"`
+}
+
+// Remaining is what GitLab's remaining counts: queue + scheduled.
+func (c JobCounts) Remaining() int { return c.Queue + c.Scheduled }
+
+// CountByArg0 counts the jobs of Sidekiq class in queue, the scheduled set
+// and (with retryDead) the retry and dead sets, grouped by their first
+// argument when it is a string. It reads in pages and never blocks Redis.
+func CountByArg0(ctx context.Context, rdb redis.UniversalClient, class, queue string, retryDead bool) (map[string]*JobCounts, error) {
+	out := map[string]*JobCounts{}
+	nW := []byte(needle(class))
+	add := func(raw string, field func(*JobCounts) *int) {
+		if len(nW) > 0 && !bytes.Contains([]byte(raw), nW) {
+			return
+		}
+		var j struct {
+			Class string            `json:"class"`
+			Args  []json.RawMessage `json:"args"`
+		}
+		if json.Unmarshal([]byte(raw), &j) != nil || j.Class != class || len(j.Args) == 0 {
+			return
+		}
+		var a0 string
+		if json.Unmarshal(j.Args[0], &a0) != nil {
+			return
+		}
+		c := out[a0]
+		if c == nil {
+			c = &JobCounts{}
+			out[a0] = c
+		}
+		*field(c)++
+	}
+	const page = 1000
+	scan := func(key string, isList bool, field func(*JobCounts) *int) error {
+		for start := int64(0); ; start += page {
+			var xs []string
+			var err error
+			if isList {
+				xs, err = rdb.LRange(ctx, key, start, start+page-1).Result()
+			} else {
+				xs, err = rdb.ZRange(ctx, key, start, start+page-1).Result()
+			}
+			if err != nil {
+				return fmt.Errorf("count %s: %w", key, err)
+			}
+			for _, x := range xs {
+				add(x, field)
+			}
+			if len(xs) < page {
+				return nil
+			}
+		}
+	}
+	if err := scan(QueueKey(queue), true, func(c *JobCounts) *int { return &c.Queue }); err != nil {
+		return nil, err
+	}
+	if err := scan(keySchedule, false, func(c *JobCounts) *int { return &c.Scheduled }); err != nil {
+		return nil, err
+	}
+	if retryDead {
+		if err := scan(keyRetry, false, func(c *JobCounts) *int { return &c.Retry }); err != nil {
+			return nil, err
+		}
+		if err := scan(keyDead, false, func(c *JobCounts) *int { return &c.Dead }); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
