@@ -31,6 +31,8 @@ func newWorkerCmd(a *App) *cobra.Command {
 		timeout     time.Duration
 		tag         string
 		poll        time.Duration
+		web         bool
+		webListen   string
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -59,6 +61,8 @@ goroutine stacks. The Sidekiq Web UI's Quiet/Stop buttons work too.`,
 	f.DurationVarP(&timeout, "timeout", "t", 0, "shutdown grace period before running jobs are pushed back (default 25s)")
 	f.StringVarP(&tag, "tag", "g", "", "tag shown on the Sidekiq Busy page")
 	f.DurationVar(&poll, "poll-interval", 0, "average scheduled/retry poll interval per process (default 5s, as Sidekiq)")
+	f.BoolVar(&web, "web", false, "also serve the admin UI and /metrics (config web.serve_in_worker)")
+	f.StringVar(&webListen, "web-listen", "", "address for --web (default web.listen, 127.0.0.1:7373)")
 	a.PreValidate(cmd, func(c *config.Config) {
 		if f.Changed("concurrency") {
 			c.Worker.Concurrency = concurrency
@@ -74,6 +78,13 @@ goroutine stacks. The Sidekiq Web UI's Quiet/Stop buttons work too.`,
 		}
 		if f.Changed("poll-interval") {
 			c.Worker.PollInterval = poll
+		}
+		if f.Changed("web") {
+			c.Web.ServeInWorker = web
+		}
+		if f.Changed("web-listen") {
+			c.Web.Listen = webListen
+			c.Web.ServeInWorker = true
 		}
 	})
 	return cmd

@@ -43,10 +43,13 @@ type Worker struct {
 
 // Web configures `ferry web`.
 type Web struct {
-	Listen   string `yaml:"listen"`
-	Token    string `yaml:"token"`
-	Username string `yaml:"username"`
-	Password string `yaml:"password"`
+	Listen string `yaml:"listen"`
+	// ServeInWorker makes `ferry worker` serve the admin UI and /metrics
+	// on Listen too (flag `ferry worker --web`).
+	ServeInWorker bool   `yaml:"serve_in_worker"`
+	Token         string `yaml:"token"`
+	Username      string `yaml:"username"`
+	Password      string `yaml:"password"`
 }
 
 // BBM configures batched background migrations.

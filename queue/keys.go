@@ -14,9 +14,26 @@ const (
 
 	// ferry's own keys. They are prefixed so that Sidekiq tools never
 	// mistake them for queues or processes.
-	keyFetchers     = "ferry:fetchers"      // HASH identity -> JSON list of queues it fetches from
-	keyRecoveryLock = "ferry:recovery-lock" // cluster lock for orphan recovery
+	keyFetchers      = "ferry:fetchers"       // HASH identity -> JSON list of queues it fetches from
+	keyRecoveryLock  = "ferry:recovery-lock"  // cluster lock for orphan recovery
+	keyStatRecovered = "ferry:stat:recovered" // jobs pushed back from dead processes, ever
+	patternInflight  = "ferry:inflight|*"
 )
+
+// Sidekiq's shared key names, exported for readers such as the admin UI.
+const (
+	KeyQueues        = keyQueues
+	KeySchedule      = keySchedule
+	KeyRetry         = keyRetry
+	KeyDead          = keyDead
+	KeyProcesses     = keyProcesses
+	KeyStatProcessed = keyStatProc
+	KeyStatFailed    = keyStatFailed
+)
+
+// WorkKey and WorkersKey are a process's busy-job hashes (6.4.2+ / 6.4.1).
+func WorkKey(identity string) string    { return workKey(identity) }
+func WorkersKey(identity string) string { return workersKey(identity) }
 
 // QueueKey is the Redis list holding the jobs of queue name.
 func QueueKey(name string) string { return "queue:" + name }

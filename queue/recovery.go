@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 )
 
 // recoveredKey counts, inside the payload, how often a job was rescued from
@@ -98,6 +101,9 @@ func (b *Broker) RecoverOrphans(ctx context.Context) (RecoveryResult, error) {
 		res.Processes++
 	}
 	if res.Requeued+res.Killed > 0 {
+		if err := b.rdb.IncrBy(ctx, keyStatRecovered, int64(res.Requeued+res.Killed)).Err(); err != nil {
+			b.log.Warn("could not count recoveries", zap.Error(err))
+		}
 		b.log.Warn("recovered jobs of dead processes",
 			zapInt("processes", res.Processes), zapInt("requeued", res.Requeued), zapInt("killed", res.Killed))
 	}
@@ -175,4 +181,29 @@ func contains(xs []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// RecoveredTotal is how many jobs have ever been rescued from dead
+// processes (pushed back or, as poison pills, killed).
+func RecoveredTotal(ctx context.Context, rdb redis.UniversalClient) (int64, error) {
+	n, err := rdb.Get(ctx, keyStatRecovered).Int64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	return n, err
+}
+
+// InFlightTotal counts the jobs held in every ferry process's private
+// lists right now (running, or waiting for recovery).
+func InFlightTotal(ctx context.Context, rdb redis.UniversalClient) (int64, error) {
+	var total int64
+	iter := rdb.Scan(ctx, 0, patternInflight, 1000).Iterator()
+	for iter.Next(ctx) {
+		n, err := rdb.LLen(ctx, iter.Val()).Result()
+		if err != nil {
+			return total, err
+		}
+		total += n
+	}
+	return total, iter.Err()
 }

@@ -38,7 +38,7 @@ func TestStealPartitionsInOrderAndKeepsBytes(t *testing.T) {
 		bmJob("o1", "OtherMigration", 1),
 		`{"class":"HardWorker","args":["CopyColumn"],"jid":"o2","queue":"background_migration"}`, // other class, same arg
 		`not json "BackgroundMigrationWorker" "CopyColumn"`,                                      // garbage with both needles
-		`{"class":"BackgroundMigrationWorker","args":["Other","CopyColumn"],"jid":"o3"}`,        // needle in the wrong place
+		`{"class":"BackgroundMigrationWorker","args":["Other","CopyColumn"],"jid":"o3"}`,         // needle in the wrong place
 		`{"class":"BackgroundMigrationWorker","args":[],"jid":"o4","big":1180591620717411303424}`,
 	}
 	var want []string
@@ -150,7 +150,10 @@ func TestStealRetryDeadOnlyWithFlag(t *testing.T) {
 	tb.rdb.ZAdd(tb.ctx, "retry", redis.Z{Score: 1, Member: r})
 	tb.rdb.ZAdd(tb.ctx, "dead", redis.Z{Score: 2, Member: d})
 	var got []string
-	perform := func(_ context.Context, j *StolenJob) error { got = append(got, j.Job.JID()+"@"+string(j.Source)); return nil }
+	perform := func(_ context.Context, j *StolenJob) error {
+		got = append(got, j.Job.JID()+"@"+string(j.Source))
+		return nil
+	}
 	if res, err := Steal(tb.ctx, tb.rdb, stealOpts("C"), perform); err != nil || res.Performed != 0 {
 		t.Fatalf("without flag: %+v %v", res, err)
 	}

@@ -1,0 +1,216 @@
+// Command steal benchmarks `ferry bm steal` against the Ruby Sidekiq API
+// doing what GitLab's steal does (iterate the scheduled set and the queue,
+// JobRecord#delete each match), on identical data in the same run.
+//
+// ferry steals *and performs* every job (a trivial migration class); Ruby
+// only deletes them. Both start from the same N jobs: half queued, half
+// scheduled, plus -other non-matching jobs interleaved.
+//
+//	go run ./bench/steal -jobs 10000,100000
+//
+// It flushes and uses Redis database -db of REDIS_URL, after claiming it
+// the way internal/testenv does (SETNX ferry:test:db:<n> on database 0), so
+// it never collides with a running test. Never point it at a production
+// Redis.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ferrymigrate/ferry/config"
+	"github.com/ferrymigrate/ferry/jobs/bm"
+	"github.com/ferrymigrate/ferry/queue"
+)
+
+type noopArgs []json.RawMessage
+
+func (noopArgs) Kind() string { return "BenchNoop" }
+
+const rubyScript = `
+require 'sidekiq'
+require 'sidekiq/api'
+Sidekiq.configure_client { |c| c.redis = { url: ENV.fetch('REDIS_URL') } }
+match = ->(j) { j.klass == 'BackgroundMigrationWorker' && j.args[0] == 'BenchNoop' }
+t = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+n = 0
+Sidekiq::ScheduledSet.new.each { |j| if match.(j) then j.delete; n += 1 end }
+Sidekiq::Queue.new('background_migration').each { |j| if match.(j) then j.delete; n += 1 end }
+puts "#{n} #{Process.clock_gettime(Process::CLOCK_MONOTONIC) - t}"
+`
+
+func main() {
+	jobsFlag := flag.String("jobs", "10000,100000", "comma-separated job counts")
+	other := flag.Float64("other", 0.1, "extra non-matching jobs, as a fraction of -jobs")
+	db := flag.Int("db", 13, "Redis database number to use")
+	skipRuby := flag.Bool("skip-ruby", false, "only time ferry")
+	flag.Parse()
+
+	cfg := config.Defaults()
+	cfg.ApplyEnv()
+	o, err := cfg.RedisOptions()
+	if err != nil {
+		fail(err)
+	}
+	o.DB = *db
+	rdb := redis.NewClient(o)
+	defer rdb.Close()
+	ctx := context.Background()
+	if *db == 0 {
+		fail(fmt.Errorf("-db 0 is not allowed: the benchmark flushes its database"))
+	}
+	ctl := redis.NewClient(&redis.Options{Addr: o.Addr, Username: o.Username, Password: o.Password, DB: 0})
+	defer ctl.Close()
+	claim := fmt.Sprintf("ferry:test:db:%d", *db)
+	if ok, err := ctl.SetNX(ctx, claim, "bench/steal", time.Hour).Result(); err != nil {
+		fail(err)
+	} else if !ok {
+		fail(fmt.Errorf("redis database %d is in use by %q; pick another -db", *db, ctl.Get(ctx, claim).Val()))
+	}
+	release = func() { ctl.Del(context.Background(), claim) }
+	defer release()
+	u := fmt.Sprintf("redis://%s/%d", o.Addr, *db)
+
+	type row struct {
+		n             int
+		ferry, ruby   time.Duration
+		rubyDeleted   int
+		ferryPerJobUs float64
+	}
+	var rows []row
+	for _, s := range strings.Split(*jobsFlag, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n <= 0 {
+			fail(fmt.Errorf("-jobs: bad count %q", s))
+		}
+		members := makeJobs(n, int(float64(n)**other))
+		r := row{n: n}
+
+		load(ctx, rdb, members)
+		var performed atomic.Int64
+		reg := bm.NewRegistry()
+		bm.Add(reg, bm.PerformFunc[noopArgs](func(context.Context, *bm.Job[noopArgs]) error {
+			performed.Add(1)
+			return nil
+		}))
+		co := &bm.Coordinator{Redis: rdb, Runner: &bm.Runner{Registry: reg}}
+		start := time.Now()
+		res, err := co.Steal(ctx, "BenchNoop", bm.StealOptions{})
+		r.ferry = time.Since(start)
+		if err != nil || int(performed.Load()) != n || res.Performed != n {
+			fail(fmt.Errorf("ferry steal: performed %d of %d: %w", performed.Load(), n, err))
+		}
+		r.ferryPerJobUs = float64(r.ferry.Microseconds()) / float64(n)
+
+		if !*skipRuby {
+			load(ctx, rdb, members)
+			cmd := exec.Command("ruby", "-e", rubyScript)
+			cmd.Env = append(os.Environ(), "REDIS_URL="+u)
+			cmd.Stderr = nil
+			out, err := cmd.Output()
+			if err != nil {
+				fail(fmt.Errorf("ruby: %w", err))
+			}
+			var secs float64
+			if _, err := fmt.Sscanf(string(out), "%d %g", &r.rubyDeleted, &secs); err != nil {
+				fail(fmt.Errorf("ruby output %q: %w", out, err))
+			}
+			r.ruby = time.Duration(secs * float64(time.Second))
+		}
+		rdb.FlushDB(ctx)
+		rows = append(rows, r)
+		fmt.Printf("jobs=%d (+%d other)  ferry steal+perform: %s (%.1f µs/job)  ruby scan+delete: %s (deleted %d)  ruby/ferry: %.1fx\n",
+			n, int(float64(n)**other), r.ferry.Round(time.Millisecond), r.ferryPerJobUs, r.ruby.Round(time.Millisecond),
+			r.rubyDeleted, r.ruby.Seconds()/r.ferry.Seconds())
+	}
+	for i := 1; i < len(rows); i++ {
+		a, b := rows[i-1], rows[i]
+		fmt.Printf("growth %d -> %d jobs (x%.0f): ferry x%.1f, ruby x%.1f\n", a.n, b.n, float64(b.n)/float64(a.n),
+			b.ferry.Seconds()/a.ferry.Seconds(), b.ruby.Seconds()/max(a.ruby.Seconds(), 1e-9))
+	}
+}
+
+type member struct {
+	raw   string
+	score float64 // 0 = queued
+}
+
+// makeJobs builds Sidekiq 6.4-shaped payloads: n matching (half queued,
+// half scheduled) and extra others interleaved.
+func makeJobs(n, extra int) []member {
+	now := float64(time.Now().Unix())
+	out := make([]member, 0, n+extra)
+	every := 0
+	if extra > 0 {
+		every = max(n/extra, 1)
+	}
+	for i := range n {
+		j := queue.NewJob(bm.WorkerClass, json.RawMessage(fmt.Sprintf(`["BenchNoop",[%d,%d]]`, i*100, i*100+99)), bm.QueueName)
+		j.SetString("jid", queue.NewJID())
+		j.Set("retry", json.RawMessage("3"))
+		j.SetTime("created_at", now)
+		m := member{}
+		if i%2 == 0 {
+			j.SetTime("enqueued_at", now)
+		} else {
+			m.score = now + 3600 + float64(i)
+		}
+		m.raw = string(j.Encode())
+		out = append(out, m)
+		if every > 0 && i%every == 0 && extra > 0 {
+			extra--
+			o := queue.NewJob(bm.WorkerClass, json.RawMessage(fmt.Sprintf(`["OtherMigration",[%d]]`, i)), bm.QueueName)
+			o.SetString("jid", queue.NewJID())
+			o.SetTime("created_at", now)
+			om := member{}
+			if i%4 == 0 {
+				o.SetTime("enqueued_at", now)
+			} else {
+				om.score = now + 7200 + float64(i)
+			}
+			om.raw = string(o.Encode())
+			out = append(out, om)
+		}
+	}
+	return out
+}
+
+func load(ctx context.Context, rdb *redis.Client, members []member) {
+	rdb.FlushDB(ctx)
+	p := rdb.Pipeline()
+	p.SAdd(ctx, "queues", bm.QueueName)
+	for i, m := range members {
+		if m.score == 0 {
+			p.LPush(ctx, queue.QueueKey(bm.QueueName), m.raw)
+		} else {
+			p.ZAdd(ctx, "schedule", redis.Z{Score: m.score, Member: m.raw})
+		}
+		if i%5000 == 4999 {
+			if _, err := p.Exec(ctx); err != nil {
+				fail(err)
+			}
+		}
+	}
+	if _, err := p.Exec(ctx); err != nil {
+		fail(err)
+	}
+}
+
+// release frees the claimed database; fail calls it because os.Exit skips defers.
+var release = func() {}
+
+func fail(err error) {
+	release()
+	fmt.Fprintln(os.Stderr, "bench/steal:", err)
+	os.Exit(1)
+}

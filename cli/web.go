@@ -1,0 +1,165 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/ferrymigrate/ferry/config"
+	"github.com/ferrymigrate/ferry/jobs/bbm"
+	"github.com/ferrymigrate/ferry/jobs/bm"
+	"github.com/ferrymigrate/ferry/schema"
+	"github.com/ferrymigrate/ferry/web"
+)
+
+func init() {
+	commands = append(commands, newWebCmd)
+	workerSetups = append(workerSetups, webWorkerSetup)
+}
+
+func newWebCmd(a *App) *cobra.Command {
+	var listen string
+	cmd := &cobra.Command{
+		Use:   "web",
+		Short: "Serve the admin UI and Prometheus /metrics",
+		Long: `Serve ferry's admin UI: batched background migrations (tabs Queued,
+Finalizing, Failed, Finished; progress, rows/s, ETA, a chart per migration,
+failed jobs with their errors; pause, resume, retry, finalize, mark
+finished), legacy migrations, and the Sidekiq views (busy processes,
+queues with latency, retry/scheduled/dead sets). /metrics serves
+Prometheus metrics, including GitLab's batched_migration_* names.
+
+It listens on 127.0.0.1:7373 by default. Actions need credentials:
+web.token (or FERRY_WEB_TOKEN), sent as "Authorization: Bearer <token>" or
+as the basic-auth password with any user name; or web.username and
+web.password. With credentials set, every page needs them. Listening on a
+non-loopback address without credentials is refused. Every action is
+recorded with who did it in the ferry_web_actions table.
+
+To serve the UI from every worker instead, set web.serve_in_worker: true
+in the config file.`,
+		Example: `  ferry web
+  FERRY_WEB_TOKEN=s3cret ferry web --listen 0.0.0.0:7373`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
+			defer stop()
+			return a.runWeb(ctx)
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "", "address to listen on (default 127.0.0.1:7373, config web.listen)")
+	a.PreValidate(cmd, func(c *config.Config) {
+		if cmd.Flags().Changed("listen") {
+			c.Web.Listen = listen
+		}
+	})
+	return cmd
+}
+
+func webAuth(c config.Web) web.Auth {
+	return web.Auth{Token: c.Token, Username: c.Username, Password: c.Password}
+}
+
+// webErr makes configuration mistakes exit 2 with the field named.
+func webErr(err error) error {
+	if errors.Is(err, web.ErrInsecure) {
+		return Usage(&config.FieldError{Field: "web.listen", Msg: err.Error()})
+	}
+	return err
+}
+
+func (a *App) runWeb(ctx context.Context) error {
+	rdb, err := a.Redis(ctx)
+	if err != nil {
+		return err
+	}
+	cfg := web.Config{Listen: a.Cfg.Web.Listen, Redis: rdb, Auth: webAuth(a.Cfg.Web), Logger: a.Log, Version: a.Version}
+	co, err := a.bmCoordinator(ctx, false)
+	if err != nil {
+		return err
+	}
+	cfg.Stealer = bmStealer{co}
+	var fin *web.EngineMigrations
+	if a.Cfg.DatabaseURL != "" {
+		e, err := a.bbmEngine(ctx) // also creates/upgrades the tables
+		if err != nil {
+			return err
+		}
+		cfg.DB = e.Pool()
+		fin = web.NewEngineMigrations(ctx, e, a.Log)
+		cfg.Migrations = fin
+	} else {
+		a.Log.Warn("DATABASE_URL is not set: the background migration pages are disabled")
+	}
+	srv, err := web.New(cfg)
+	if err != nil {
+		return webErr(err)
+	}
+	err = srv.Run(ctx, func(addr net.Addr) {
+		a.Log.Info("ferry web ready", zap.String("url", "http://"+addr.String()+"/"))
+	})
+	if fin != nil {
+		fin.Wait()
+	}
+	return err
+}
+
+// bmStealer is jobs/bm's steal behind the UI's button: queued and
+// scheduled jobs of the class run inline in this process.
+type bmStealer struct{ co *bm.Coordinator }
+
+func (s bmStealer) Steal(ctx context.Context, class string) (int, error) {
+	res, err := s.co.Steal(ctx, class, bm.StealOptions{})
+	return res.Performed, err
+}
+
+// webWorkerSetup serves the UI and /metrics from a worker process when
+// configured, on web.listen, with the worker's connections.
+func webWorkerSetup(ctx context.Context, a *App, env *WorkerEnv) (func(context.Context) error, error) {
+	if !a.Cfg.Web.ServeInWorker {
+		return nil, nil
+	}
+	cfg := web.Config{Listen: a.Cfg.Web.Listen, Redis: env.Redis, DB: env.DB, Auth: webAuth(a.Cfg.Web),
+		Logger: env.Log, Version: a.Version}
+	runner := &bm.Runner{Registry: BMClasses(a.Reg), Logger: env.Log}
+	if env.DB != nil {
+		runner.DB = env.DB // a nil pool in the interface would look configured
+	}
+	cfg.Stealer = bmStealer{&bm.Coordinator{Redis: env.Redis, Logger: env.Log, Runner: runner}}
+	var fin *web.EngineMigrations
+	if env.DB != nil {
+		if err := schema.Apply(ctx, env.DB); err != nil {
+			return nil, err
+		}
+		e := bbm.NewEngine(env.DB, bbm.Config{Logger: env.Log, Registry: BBMClasses(a.Reg),
+			TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration, Identity: env.Identity + ":web:" + strconv.Itoa(os.Getpid())})
+		fin = web.NewEngineMigrations(ctx, e, env.Log)
+		cfg.Migrations = fin
+		defer func() {
+			if fin == nil {
+				e.Close()
+			}
+		}()
+	}
+	srv, err := web.New(cfg)
+	if err != nil {
+		fin = nil // closes the engine
+		return nil, webErr(err)
+	}
+	eng := fin
+	return func(ctx context.Context) error {
+		err := srv.Run(ctx, nil)
+		if eng != nil {
+			eng.Wait()
+			eng.Close()
+		}
+		return err
+	}, nil
+}

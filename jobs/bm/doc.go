@@ -1,0 +1,56 @@
+// Package bm runs GitLab-style legacy (non-batched) background migrations:
+// Sidekiq jobs of class BackgroundMigrationWorker in queue
+// background_migration whose args are
+// [MigrationClassName, [args...], lease_attempts?], exactly as a Rails app
+// enqueues them with perform_async, perform_in or a bulk push.
+//
+// # Migration classes
+//
+// A migration class is an [Args] type, whose Kind is the class name Ruby
+// enqueues, and a [Migration] registered in a [Registry]:
+//
+//	type BackfillArgs struct {
+//		StartID, EndID int64
+//	}
+//
+//	func (BackfillArgs) Kind() string { return "BackfillThings" }
+//
+//	bm.Add(reg, bm.PerformFunc[BackfillArgs](func(ctx context.Context, job *bm.Job[BackfillArgs]) error {
+//		_, err := job.DB.Exec(ctx, `UPDATE things SET ... WHERE id BETWEEN $1 AND $2`, job.Args.StartID, job.Args.EndID)
+//		return err
+//	}))
+//
+// Arguments are decoded positionally, as in package worker. The built-in
+// [CopyColumn] copies one column into another over an id range; it checks
+// table and column names against pg_catalog and quotes them, so hostile
+// arguments are rejected with an [IdentifierError] instead of reaching SQL.
+// A [Runner] performs a class by name and then marks the matching rows of
+// the tracking table background_migration_jobs succeeded ([MarkSucceeded]).
+//
+// # The worker
+//
+// [Worker] (registered with [AddWorker]) follows GitLab's
+// BackgroundMigrationWorker: a job first takes a per-migration-class
+// [Lease] that is never released and expires after 2 minutes, so at most
+// one job of a class starts per interval; then a [HealthCheck] (replication
+// slot lag by default). If either fails, the job is rescheduled after the
+// lease's remaining time with one lease attempt less; with none left it is
+// dropped with a warning. While [Pause] is in effect every job is
+// rescheduled 4 hours later instead. Every decision is logged with its
+// reason.
+//
+// # Operator tools
+//
+// [Coordinator] is GitLab's JobCoordinator: [Coordinator.Remaining] counts
+// jobs per class, [Coordinator.Steal] takes a class's jobs out of Redis and
+// performs them in the calling process (see queue.Steal: linear time, safe
+// to run from several processes at once, each job performed only by the
+// process that removed it, failures pushed back), and
+// [Coordinator.Finalize] steals, performs pending tracked jobs and steals
+// again. `ferry bm ...` is the command-line face of these.
+//
+// # Scheduling
+//
+// [Schedule] enqueues jobs the way Rails helpers do, optionally spaced by
+// an interval and recorded in the tracking table first ([Track]).
+package bm
