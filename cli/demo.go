@@ -12,6 +12,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/jobs/bbm"
 )
 
@@ -140,5 +141,12 @@ The demo table is dropped and recreated on every run.`,
 	f.IntVar(&parallel, "parallel", 2, "batches of the migration that may run at once")
 	f.IntVar(&workers, "concurrency", 4, "worker jobs (or goroutines) running batches")
 	f.BoolVar(&local, "local", false, "run batches in-process even when Redis is reachable")
+	// Info logs would interleave with the progress bar; the demo prints
+	// its own story. --log-level debug still shows everything.
+	a.PreValidate(cmd, func(c *config.Config) {
+		if c.LogLevel == "info" {
+			c.LogLevel = "warn"
+		}
+	})
 	return cmd
 }
