@@ -63,7 +63,7 @@ naming the holder, or wait up to --lock-timeout.`,
 
 // migrator loads the files and opens the database.
 func (a *App) migrator(ctx context.Context, f *dbFlags, finalize bool) (*dbmigrate.Migrator, error) {
-	migs, err := dbmigrate.Load(os.DirFS(f.dir))
+	migs, err := dbmigrate.LoadDir(f.dir)
 	if err != nil {
 		if _, serr := os.Stat(f.dir); serr != nil {
 			return nil, Usagef("migrations directory %s: %v (set --dir)", f.dir, serr)
@@ -72,7 +72,7 @@ func (a *App) migrator(ctx context.Context, f *dbFlags, finalize bool) (*dbmigra
 	}
 	pool, err := a.DB(ctx)
 	if err != nil {
-		return nil, err
+		return nil, dbErr(err)
 	}
 	return dbmigrate.New(pool, migs, dbmigrate.Options{
 		Logger: a.Log, Dir: f.dir, Out: a.Out, Finalize: finalize, LockTimeout: f.lockTimeout,
@@ -145,7 +145,7 @@ func dbErr(err error) error {
 		return err
 	case errors.Is(err, dbmigrate.ErrBadVersion), errors.Is(err, dbmigrate.ErrBadSource),
 		errors.Is(err, dbmigrate.ErrUnknownVersion), errors.Is(err, dbmigrate.ErrNotConfirmed),
-		errors.Is(err, dbmigrate.ErrOtherDatabase):
+		errors.Is(err, dbmigrate.ErrOtherDatabase), errors.Is(err, dbmigrate.ErrBadBackup):
 		return Usage(err)
 	}
 	return No(err)
@@ -204,7 +204,8 @@ func dbMigrateCmd(a *App, f *dbFlags) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			var target dbmigrate.Version
-			if to != "" {
+			// An explicit --to "" (an unset shell variable) must not mean "all".
+			if to != "" || cmd.Flags().Changed("to") {
 				v, err := parseVersionArg(to)
 				if err != nil {
 					return err
@@ -263,6 +264,15 @@ func dbStatusCmd(a *App, f *dbFlags) *cobra.Command {
 			if asJSON {
 				return a.PrintJSON(st)
 			}
+			if d := st.DirtyMigration; d != nil {
+				// First, on one line, so nobody reads past it.
+				what := "failed with: " + oneLine(d.Error)
+				if d.Died {
+					what = "was interrupted: its migrator died (started " + d.StartedAt.UTC().Format(time.RFC3339) + ")"
+				}
+				fmt.Fprintf(a.Out, "DIRTY: migration %s_%s (%s) %s; it ran outside a transaction, so the database may be half-migrated and `ferry db migrate` refuses to run. Ways out: %s; or %s.\n\n",
+					d.Version, d.Name, d.Direction, what, d.WaysOut[0], d.WaysOut[1])
+			}
 			fmt.Fprintf(a.Out, "%-16s %-12s %-22s %s\n", "VERSION", "STATE", "WHEN", "NAME")
 			for _, ms := range st.Migrations {
 				when := ""
@@ -284,14 +294,8 @@ func dbStatusCmd(a *App, f *dbFlags) *cobra.Command {
 			if st.Holder != nil {
 				fmt.Fprintf(a.Out, "A migrator is running: %s\n", st.Holder)
 			}
-			if st.Dirty != nil {
-				d := st.Dirty
-				what := "failed with: " + oneLine(d.Error)
-				if d.Died {
-					what = "was interrupted: its migrator died (started " + d.StartedAt.UTC().Format(time.RFC3339) + ")"
-				}
-				fmt.Fprintf(a.Out, "DIRTY: migration %s_%s (%s) %s.\nFix it by hand and run `ferry db repair`, or undo it with `ferry db downto`.\n",
-					d.Version, d.Name, d.Direction, what)
+			if d := st.DirtyMigration; d != nil {
+				fmt.Fprintf(a.Out, "The database is DIRTY at migration %s_%s: see the first line.\n", d.Version, d.Name)
 			}
 			return nil
 		},
@@ -431,7 +435,7 @@ func dbBackupCmd(a *App, f *dbFlags) *cobra.Command {
 			ctx := cmd.Context()
 			pool, err := a.DB(ctx)
 			if err != nil {
-				return err
+				return dbErr(err)
 			}
 			meta, err := dbmigrate.Backup(ctx, pool, args[0], dbmigrate.BackupOptions{Logger: a.Log, PgBin: f.pgBin})
 			if err != nil {
@@ -450,11 +454,17 @@ func dbRestoreCmd(a *App, f *dbFlags) *cobra.Command {
 	var yes, force bool
 	cmd := &cobra.Command{
 		Use:   "restore FILE",
-		Short: "Restore FILE, first dropping tables/views/sequences it does not contain",
-		Long: `Restores a "ferry db backup" into the configured database. Every table, view
-and sequence that the backup does not contain is dropped first (so tables
-created by a failed upgrade cannot break the next one), then pg_restore
---clean --if-exists --no-owner replaces everything else in one transaction.
+		Short: "Restore FILE, first dropping every object it does not contain",
+		Long: `Restores a "ferry db backup" into the configured database. Every user object
+that the backup does not contain is dropped first and printed: tables,
+views, materialized views, sequences, foreign tables, types, domains,
+functions, procedures, aggregates, schemas, extensions, event triggers and
+foreign keys added between tables of the backup (so objects created by a
+failed upgrade cannot make the next one fail with "already exists"). Then
+pg_restore --clean --if-exists --no-owner replaces everything else in one
+transaction; it drops and recreates every table of the backup, so columns,
+indexes and triggers that the failed upgrade added to them go too.
+Built-in objects and objects belonging to extensions are left alone.
 It refuses a backup of another database unless --force-other-database, and
 without --yes only prints what it would drop (exit 2).`,
 		Args: cobra.ExactArgs(1),
@@ -462,7 +472,7 @@ without --yes only prints what it would drop (exit 2).`,
 			ctx := cmd.Context()
 			pool, err := a.DB(ctx)
 			if err != nil {
-				return err
+				return dbErr(err)
 			}
 			res, err := dbmigrate.Restore(ctx, pool, args[0], dbmigrate.BackupOptions{Logger: a.Log, PgBin: f.pgBin,
 				Yes: yes, ForceOtherDatabase: force, LockTimeout: f.lockTimeout})
@@ -475,7 +485,7 @@ without --yes only prints what it would drop (exit 2).`,
 					verb = "Would drop"
 				}
 				if len(res.Dropped) == 0 {
-					fmt.Fprintf(a.Out, "%s nothing: every table, view and sequence of %s is in the backup.\n", verb, res.Database)
+					fmt.Fprintf(a.Out, "%s nothing: every object of database %s is in the backup.\n", verb, res.Database)
 				}
 				for _, r := range res.Dropped {
 					fmt.Fprintf(a.Out, "%s %s (not in the backup)\n", verb, r)

@@ -7,11 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -109,6 +109,14 @@ func runTool(ctx context.Context, env []string, path string, args ...string) ([]
 // Backup dumps the whole database (ferry's own tables included) to file in
 // pg_dump's custom format and writes the sidecar [BackupMeta].
 func Backup(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOptions) (*BackupMeta, error) {
+	if dir := filepath.Dir(file); dir != "" {
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("%w: cannot write %s: directory %s does not exist", ErrBadBackup, file, dir)
+		}
+	}
+	if fi, err := os.Stat(file); err == nil && fi.IsDir() {
+		return nil, fmt.Errorf("%w: %s is a directory", ErrBadBackup, file)
+	}
 	in, err := inspect(ctx, pool)
 	if err != nil {
 		return nil, err
@@ -134,15 +142,39 @@ func Backup(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOption
 	return meta, nil
 }
 
-// Relation is a table, view or sequence.
-type Relation struct {
-	Schema string `json:"schema"`
-	Name   string `json:"name"`
-	Kind   string `json:"kind"` // TABLE, VIEW, MATERIALIZED VIEW, SEQUENCE, FOREIGN TABLE
+// Object is a database object that [Restore] drops because the backup
+// does not contain it: a table, view, materialized view, sequence, foreign
+// table, type, domain, function, procedure, aggregate, schema, extension,
+// event trigger, or a foreign key on a table that the backup contains.
+type Object struct {
+	Kind   string `json:"kind"` // TABLE, VIEW, ..., TYPE, DOMAIN, FUNCTION, PROCEDURE, AGGREGATE, SCHEMA, EXTENSION, EVENT TRIGGER, FK CONSTRAINT
+	Schema string `json:"schema,omitempty"`
+	// Name; for functions, procedures and aggregates it includes the
+	// argument types, as pg_dump names them: f(integer, text).
+	Name string `json:"name"`
+	// Table is the table of an FK CONSTRAINT.
+	Table string `json:"table,omitempty"`
+
+	catalog string // pg_class, pg_proc, ...: where oid lives
+	oid     uint32
+	drop    string // the DROP statement
 }
 
-func (r Relation) String() string {
-	return strings.ToLower(r.Kind) + " " + displayIdent(r.Schema) + "." + displayIdent(r.Name)
+// Relation is the former name of [Object].
+//
+// Deprecated: use Object.
+type Relation = Object
+
+func (o Object) String() string {
+	switch o.Kind {
+	case "SCHEMA", "EXTENSION", "EVENT TRIGGER":
+		return strings.ToLower(o.Kind) + " " + displayIdent(o.Name)
+	case "FK CONSTRAINT":
+		return "foreign key " + displayIdent(o.Name) + " on table " + displayIdent(o.Schema) + "." + displayIdent(o.Table)
+	case "FUNCTION", "PROCEDURE", "AGGREGATE":
+		return strings.ToLower(o.Kind) + " " + displayIdent(o.Schema) + "." + o.Name
+	}
+	return strings.ToLower(o.Kind) + " " + displayIdent(o.Schema) + "." + displayIdent(o.Name)
 }
 
 var plainIdent = regexp.MustCompile(`^[a-z_][a-z0-9_$]*$`)
@@ -155,13 +187,29 @@ func displayIdent(s string) string {
 	return pgx.Identifier{s}.Sanitize()
 }
 
+// toc is what a dump contains, by kind of object; keys are
+// "<schema> <tag>" as `pg_restore --list` prints them (owner removed).
 type toc struct {
 	dbname    string
 	relations map[[2]string]bool
+	objects   map[string]map[[2]string]bool // "type", "func", "schema", "ext", "evt", "fk"
 }
+
+func (t *toc) has(class, schema, name string) bool { return t.objects[class][[2]string{schema, name}] }
 
 var tocHeaderDB = regexp.MustCompile(`^;\s+dbname:\s+(.*)$`)
 var tocEntry = regexp.MustCompile(`^\d+; \d+ \d+ (.*)$`)
+
+// tocKinds maps the entry descriptions of `pg_restore --list` to the
+// classes Restore compares; longer descriptions come before their
+// prefixes, and "" marks entries that are not objects of their own.
+var tocKinds = []struct{ desc, class string }{
+	{"TABLE DATA ", ""}, {"SEQUENCE SET ", ""}, {"SEQUENCE OWNED BY ", ""}, {"MATERIALIZED VIEW DATA ", ""},
+	{"TABLE ", "rel"}, {"VIEW ", "rel"}, {"SEQUENCE ", "rel"}, {"MATERIALIZED VIEW ", "rel"}, {"FOREIGN TABLE ", "rel"},
+	{"TYPE ", "type"}, {"DOMAIN ", "type"},
+	{"FUNCTION ", "func"}, {"PROCEDURE ", "func"}, {"AGGREGATE ", "func"},
+	{"SCHEMA ", "schema"}, {"EXTENSION ", "ext"}, {"EVENT TRIGGER ", "evt"}, {"FK CONSTRAINT ", "fk"},
+}
 
 // readTOC parses `pg_restore --list`.
 func readTOC(ctx context.Context, in *dbInfo, file, bin string) (*toc, error) {
@@ -169,7 +217,7 @@ func readTOC(ctx context.Context, in *dbInfo, file, bin string) (*toc, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &toc{relations: map[[2]string]bool{}}
+	t := &toc{relations: map[[2]string]bool{}, objects: map[string]map[[2]string]bool{}}
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -183,51 +231,200 @@ func readTOC(ctx context.Context, in *dbInfo, file, bin string) (*toc, error) {
 			continue
 		}
 		rest := m[1]
-		var kind string
-		for _, k := range []string{"TABLE DATA ", "SEQUENCE SET ", "SEQUENCE OWNED BY ", "MATERIALIZED VIEW DATA ",
-			"TABLE ", "VIEW ", "SEQUENCE ", "MATERIALIZED VIEW ", "FOREIGN TABLE "} {
-			if strings.HasPrefix(rest, k) {
-				kind = k
+		var desc, class string
+		for _, k := range tocKinds {
+			if strings.HasPrefix(rest, k.desc) {
+				desc, class = k.desc, k.class
 				break
 			}
 		}
-		switch kind {
-		case "TABLE ", "VIEW ", "SEQUENCE ", "MATERIALIZED VIEW ", "FOREIGN TABLE ":
-		default:
+		if class == "" {
 			continue
 		}
-		// "<schema> <name> <owner>"; names may contain spaces.
-		f := strings.TrimPrefix(rest, kind)
+		// "<schema> <tag> <owner>" ("-" for objects outside schemas; the
+		// owner is empty for extensions); tags may contain spaces.
+		f := strings.TrimPrefix(rest, desc)
 		schema, f, _ := strings.Cut(f, " ")
-		if i := strings.LastIndexByte(f, ' '); i > 0 {
+		if i := strings.LastIndexByte(f, ' '); i >= 0 {
 			f = f[:i]
 		}
-		t.relations[[2]string{schema, f}] = true
+		if schema == "-" {
+			schema = ""
+		}
+		key := [2]string{schema, f}
+		if class == "rel" {
+			t.relations[key] = true
+		}
+		if t.objects[class] == nil {
+			t.objects[class] = map[[2]string]bool{}
+		}
+		t.objects[class][key] = true
 	}
 	return t, sc.Err()
+}
+
+// userObject filters catalog rows to objects a user created: not built in
+// (OIDs below FirstNormalObjectId), not part of an extension, not an
+// internal part of another object (array types, range constructors,
+// identity sequences), and not in a system schema.
+const userObject = `%[1]s.oid >= 16384
+	AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = '%[2]s'::regclass AND d.objid = %[1]s.oid AND d.deptype IN ('e', 'i'))`
+
+const userSchema = `n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'`
+
+// planDrops lists, in drop order, the objects of the database that the
+// dump does not contain. Dropping an object that the dump does contain
+// would be harmless (pg_restore recreates it); missing one that it does
+// not would make the next upgrade fail with "already exists".
+func planDrops(ctx context.Context, pool *pgxpool.Pool, t *toc) ([]Object, error) {
+	tx, err := pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	// As pg_dump: with an empty search_path, format_type() and regprocedure
+	// qualify every type outside pg_catalog, so signatures match its tags.
+	if _, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('search_path', '', true)`); err != nil {
+		return nil, err
+	}
+	var out []Object
+	collect := func(query string, keep func(o *Object) bool) error {
+		rows, err := tx.Query(ctx, query)
+		if err != nil {
+			return err
+		}
+		objs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Object, error) {
+			var o Object
+			return o, r.Scan(&o.Kind, &o.Schema, &o.Name, &o.Table, &o.catalog, &o.oid, &o.drop)
+		})
+		if err != nil {
+			return err
+		}
+		for i := range objs {
+			if !keep(&objs[i]) {
+				out = append(out, objs[i])
+			}
+		}
+		return nil
+	}
+	steps := []struct {
+		query string
+		keep  func(o *Object) bool
+	}{
+		{`SELECT 'EVENT TRIGGER', '', e.evtname::text, '', 'pg_event_trigger', e.oid,
+				'DROP EVENT TRIGGER IF EXISTS ' || quote_ident(e.evtname)
+			FROM pg_catalog.pg_event_trigger e WHERE ` + fmt.Sprintf(userObject, "e", "pg_event_trigger") + ` ORDER BY 3`,
+			func(o *Object) bool { return t.has("evt", "", o.Name) }},
+		// Foreign keys between tables that stay: pg_restore --clean drops
+		// and recreates those tables, which an unknown foreign key would
+		// block ("cannot drop constraint ... because other objects depend
+		// on it"). Other extra indexes, triggers, columns and constraints
+		// of those tables vanish with the recreated table.
+		{`SELECT 'FK CONSTRAINT', n.nspname::text, c.conname::text, r.relname::text, 'pg_constraint', c.oid,
+				'ALTER TABLE IF EXISTS ' || quote_ident(n.nspname) || '.' || quote_ident(r.relname) || ' DROP CONSTRAINT IF EXISTS ' || quote_ident(c.conname)
+			FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class r ON r.oid = c.conrelid JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+			WHERE c.contype = 'f' AND c.conparentid = 0 AND ` + userSchema + ` AND ` + fmt.Sprintf(userObject, "c", "pg_constraint") + ` ORDER BY 2, 4, 3`,
+			func(o *Object) bool {
+				return !t.relations[[2]string{o.Schema, o.Table}] || t.has("fk", o.Schema, o.Table+" "+o.Name)
+			}},
+		{`SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+				n.nspname::text, c.relname::text, '', 'pg_class', c.oid,
+				'DROP ' || CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END
+				|| ' IF EXISTS ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname) || ' CASCADE'
+			FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND ` + userSchema + ` AND ` + fmt.Sprintf(userObject, "c", "pg_class") + `
+			ORDER BY CASE WHEN c.relkind IN ('v', 'm') THEN 0 WHEN c.relkind = 'S' THEN 2 ELSE 1 END, 2, 3`,
+			func(o *Object) bool { return t.relations[[2]string{o.Schema, o.Name}] }},
+		// Signatures as pg_dump's tags: name(argtype, ...), input
+		// arguments only, "(*)" for an aggregate without arguments.
+		{`SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, n.nspname::text,
+				p.proname || '(' || CASE WHEN p.prokind = 'a' AND p.pronargs = 0 THEN '*' ELSE coalesce(
+					(SELECT string_agg(pg_catalog.format_type(a.t, NULL), ', ' ORDER BY a.i) FROM unnest(p.proargtypes) WITH ORDINALITY AS a(t, i)), '') END || ')',
+				'', 'pg_proc', p.oid,
+				'DROP ' || CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END || ' IF EXISTS '
+				|| CASE WHEN p.prokind = 'a' AND p.pronargs = 0 THEN quote_ident(n.nspname) || '.' || quote_ident(p.proname) || '(*)' ELSE p.oid::regprocedure::text END
+				|| ' CASCADE'
+			FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+			WHERE ` + userSchema + ` AND ` + fmt.Sprintf(userObject, "p", "pg_proc") + `
+			ORDER BY CASE p.prokind WHEN 'a' THEN 0 ELSE 1 END, 2, 3`,
+			func(o *Object) bool { return t.has("func", o.Schema, o.Name) }},
+		// Enums, composites, ranges, base types and domains; not array,
+		// multirange or table row types (internal parts of other objects).
+		{`SELECT CASE ty.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, n.nspname::text, ty.typname::text, '', 'pg_type', ty.oid,
+				'DROP ' || CASE ty.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END || ' IF EXISTS ' || quote_ident(n.nspname) || '.' || quote_ident(ty.typname) || ' CASCADE'
+			FROM pg_catalog.pg_type ty JOIN pg_catalog.pg_namespace n ON n.oid = ty.typnamespace
+			WHERE ty.typtype IN ('b', 'c', 'd', 'e', 'r')
+			  AND (ty.typrelid = 0 OR (SELECT relkind FROM pg_catalog.pg_class WHERE oid = ty.typrelid) = 'c')
+			  AND NOT (ty.typelem <> 0 AND EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.oid = ty.typelem AND e.typarray = ty.oid))
+			  AND ` + userSchema + ` AND ` + fmt.Sprintf(userObject, "ty", "pg_type") + `
+			ORDER BY CASE ty.typtype WHEN 'd' THEN 0 ELSE 1 END, 2, 3`,
+			func(o *Object) bool { return t.has("type", o.Schema, o.Name) }},
+		{`SELECT 'EXTENSION', '', x.extname::text, '', 'pg_extension', x.oid, 'DROP EXTENSION IF EXISTS ' || quote_ident(x.extname) || ' CASCADE'
+			FROM pg_catalog.pg_extension x WHERE ` + fmt.Sprintf(userObject, "x", "pg_extension") + ` ORDER BY 3`,
+			func(o *Object) bool { return t.has("ext", "", o.Name) }},
+		// Never public (built in, OID 2200), even when the dump has no
+		// entry for it.
+		{`SELECT 'SCHEMA', '', n.nspname::text, '', 'pg_namespace', n.oid, 'DROP SCHEMA IF EXISTS ' || quote_ident(n.nspname) || ' CASCADE'
+			FROM pg_catalog.pg_namespace n WHERE ` + userSchema + ` AND ` + fmt.Sprintf(userObject, "n", "pg_namespace") + ` ORDER BY 3`,
+			func(o *Object) bool { return t.has("schema", "", o.Name) }},
+	}
+	for _, s := range steps {
+		if err := collect(s.query, s.keep); err != nil {
+			return nil, fmt.Errorf("list objects not in the backup: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// checkArchive fails with an os.ErrNotExist error for a missing file and
+// [ErrBadBackup] for one that is not a pg_dump custom-format archive.
+func checkArchive(file string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return err
+	} else if fi.IsDir() {
+		return fmt.Errorf("%w: %s is a directory", ErrBadBackup, file)
+	}
+	magic := make([]byte, 5)
+	if _, err := io.ReadFull(f, magic); err != nil || string(magic) != "PGDMP" {
+		return fmt.Errorf("%w: %s is not a pg_dump custom-format archive (make one with `ferry db backup`)", ErrBadBackup, file)
+	}
+	return nil
 }
 
 // RestoreResult says what [Restore] did (or, without Yes, would do).
 type RestoreResult struct {
 	Database string      `json:"database"`
 	Meta     *BackupMeta `json:"backup,omitempty"`
-	Dropped  []Relation  `json:"dropped"`
+	Dropped  []Object    `json:"dropped"`
 	Restored bool        `json:"restored"`
 }
 
 // Restore puts the database back to the state in file. It refuses a dump
 // of another database (by name, and by system identifier when both are
-// known) unless ForceOtherDatabase. It first drops every table, view and
-// sequence that the dump does not contain, so that objects created by a
-// failed upgrade cannot make the next one fail with "relation already
+// known) unless ForceOtherDatabase, and a file that is not a pg_dump
+// custom-format archive ([ErrBadBackup]). It first drops, in one
+// transaction, every user object the dump does not contain (tables, views,
+// materialized views, sequences, foreign tables, types, domains,
+// functions, procedures, aggregates, schemas, extensions, event triggers,
+// and foreign keys added to tables the dump contains), so that objects
+// created by a failed upgrade cannot make the next one fail with "already
 // exists"; then pg_restore --clean --if-exists --no-owner replaces the
-// rest, in one transaction. Without Yes it returns the plan and
-// [ErrNotConfirmed].
+// rest in one transaction. pg_restore drops and recreates each table of
+// the dump, so columns, indexes, triggers and constraints that a failed
+// upgrade added to one disappear with it. Built-in objects, objects that
+// belong to an extension and internal parts of other objects (array
+// types, identity sequences) are never dropped. Without Yes it returns
+// the plan and [ErrNotConfirmed].
 func Restore(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOptions) (*RestoreResult, error) {
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
-	if _, err := os.Stat(file); err != nil {
+	if err := checkArchive(file); err != nil {
 		return nil, err
 	}
 	in, err := inspect(ctx, pool)
@@ -261,35 +458,9 @@ func Restore(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOptio
 				ErrOtherDatabase, file, res.Meta.SystemIdentifier, in.name, in.sysID)
 		}
 	}
-	rows, err := pool.Query(ctx, `SELECT n.nspname, c.relname, CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
-			WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END
-		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-		  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
-		  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`)
-	if err != nil {
-		return nil, err
+	if res.Dropped, err = planDrops(ctx, pool, t); err != nil {
+		return res, err
 	}
-	cur, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Relation, error) {
-		var rel Relation
-		return rel, r.Scan(&rel.Schema, &rel.Name, &rel.Kind)
-	})
-	if err != nil {
-		return nil, err
-	}
-	rank := map[string]int{"VIEW": 0, "MATERIALIZED VIEW": 0, "FOREIGN TABLE": 1, "TABLE": 1, "SEQUENCE": 2}
-	for _, r := range cur {
-		if !t.relations[[2]string{r.Schema, r.Name}] {
-			res.Dropped = append(res.Dropped, r)
-		}
-	}
-	sort.Slice(res.Dropped, func(i, j int) bool {
-		a, b := res.Dropped[i], res.Dropped[j]
-		if rank[a.Kind] != rank[b.Kind] {
-			return rank[a.Kind] < rank[b.Kind]
-		}
-		return a.String() < b.String()
-	})
 	if !o.Yes {
 		return res, ErrNotConfirmed
 	}
@@ -305,13 +476,20 @@ func Restore(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOptio
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	for _, r := range res.Dropped {
+		// Earlier CASCADEs (a schema, a type) may have taken it already.
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.`+r.catalog+` WHERE oid = $1)`, r.oid).Scan(&exists); err != nil {
+			return res, err
+		}
+		if !exists {
+			continue
+		}
 		// CASCADE: dependants that are in the backup are recreated by
 		// pg_restore below; the others are being dropped anyway.
-		stmt := "DROP " + r.Kind + " IF EXISTS " + pgx.Identifier{r.Schema, r.Name}.Sanitize() + " CASCADE"
-		if _, err := tx.Exec(ctx, stmt); err != nil {
-			return res, fmt.Errorf("%s: %w", stmt, err)
+		if _, err := tx.Exec(ctx, r.drop); err != nil {
+			return res, fmt.Errorf("%s: %w", r.drop, err)
 		}
-		o.Logger.Info("dropped relation not in backup", zap.Stringer("relation", r))
+		o.Logger.Info("dropped object not in backup", zap.Stringer("object", r))
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return res, err

@@ -59,7 +59,11 @@
 // # Backups
 //
 // [Backup] and [Restore] wrap pg_dump and pg_restore so that a failed
-// upgrade can be undone completely: Restore first drops tables, views and
-// sequences the backup does not contain, so objects created by the failed
-// attempt cannot break the next one.
+// upgrade can be undone completely: Restore first drops every user object
+// the backup does not contain (relations, types, domains, functions,
+// procedures, aggregates, schemas, extensions, event triggers, and foreign
+// keys added between tables it does contain), so objects created by the
+// failed attempt cannot break the next one with "already exists".
+// pg_restore --clean then drops and recreates every table of the backup,
+// which takes columns, indexes and triggers added to them along.
 package dbmigrate

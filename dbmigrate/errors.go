@@ -34,6 +34,9 @@ var (
 	ErrOtherDatabase = errors.New("backup belongs to another database")
 	// ErrNotConfirmed: a destructive operation was not confirmed.
 	ErrNotConfirmed = errors.New("not confirmed")
+	// ErrBadBackup: a restore FILE is not a pg_dump custom-format archive,
+	// or a backup FILE cannot be written where asked.
+	ErrBadBackup = errors.New("bad backup file")
 	// ErrTool: pg_dump / pg_restore failed or is missing.
 	ErrTool = errors.New("pg tool failed")
 )

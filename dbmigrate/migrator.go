@@ -426,8 +426,35 @@ type Status struct {
 	Migrations []MigrationStatus `json:"migrations"`
 	Current    Version           `json:"current"`
 	Pending    int               `json:"pending"`
-	Dirty      *Attempt          `json:"dirty,omitempty"`
-	Holder     *Holder           `json:"lock_holder,omitempty"`
+	// Dirty: a migration failed outside a transaction (or its migrator
+	// died) and the database may be half-migrated; migrate refuses until
+	// one of DirtyMigration.WaysOut is taken.
+	Dirty          bool       `json:"dirty"`
+	DirtyMigration *DirtyInfo `json:"dirty_migration,omitempty"`
+	Holder         *Holder    `json:"lock_holder,omitempty"`
+}
+
+// DirtyInfo describes the dirty migration and the ways out.
+type DirtyInfo struct {
+	Attempt
+	// Downto is the `ferry db downto` target that undoes it.
+	Downto Version `json:"downto"`
+	// Message is the error migrate gives.
+	Message string `json:"message"`
+	// WaysOut are the commands that clear it, each with when to use it.
+	WaysOut []string `json:"ways_out"`
+}
+
+func (m *Migrator) dirtyInfo(st *state, d *Attempt) *DirtyInfo {
+	e := &DirtyError{Attempt: *d, Previous: m.previous(st, d.Version)}
+	down := fmt.Sprintf("`ferry db downto %s`: undo it (runs %s, which must tolerate a partial state)", e.Previous, joinDir(m.o.Dir, string(d.Version)+"_"+d.Name+".down.sql"))
+	if mg := m.byV[d.Version]; mg == nil || mg.DownFile == "" {
+		down += "; that file does not exist yet, write it first"
+	}
+	return &DirtyInfo{Attempt: *d, Downto: e.Previous, Message: e.Error(), WaysOut: []string{
+		fmt.Sprintf("`ferry db repair`: after you fixed the database by hand (then `ferry db mark-complete %s` if you completed the migration by hand)", d.Version),
+		down,
+	}}
 }
 
 // Status reads the state without locking or creating anything.
@@ -436,7 +463,10 @@ func (m *Migrator) Status(ctx context.Context) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &Status{Current: "0", Holder: st.holder, Dirty: st.dirty()}
+	out := &Status{Current: "0", Holder: st.holder}
+	if d := st.dirty(); d != nil {
+		out.Dirty, out.DirtyMigration = true, m.dirtyInfo(st, d)
+	}
 	seen := map[Version]bool{}
 	for _, mg := range m.migs {
 		seen[mg.Version] = true

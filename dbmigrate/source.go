@@ -5,7 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
-	"path"
+	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -70,13 +71,33 @@ var fileRE = regexp.MustCompile(`^([0-9]+)_(.+)\.(up|down)\.sql$`)
 
 // Load reads every *.sql file in the root of fsys. Other files are ignored;
 // a .sql file not named <version>_<name>.up|down.sql is an error, as are
+// two files for one version and direction (1_x.up.sql and 01_x.up.sql),
 // two names for one version and a down file without an up file, so typos
-// surface before anything runs.
-func Load(fsys fs.FS) ([]*Migration, error) {
+// surface before anything runs. Errors wrap [ErrBadSource] and name the
+// file(s).
+func Load(fsys fs.FS) ([]*Migration, error) { return load(fsys, "") }
+
+// LoadDir is [Load] of a directory; errors name files with dir.
+func LoadDir(dir string) ([]*Migration, error) {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: migrations directory %w", ErrBadSource, err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("%w: migrations directory %s is not a directory", ErrBadSource, dir)
+	}
+	return load(os.DirFS(dir), dir)
+}
+
+func load(fsys fs.FS, dir string) ([]*Migration, error) {
 	entries, err := fs.ReadDir(fsys, ".")
 	if err != nil {
+		if dir != "" {
+			return nil, fmt.Errorf("%w: migrations directory %s: %w", ErrBadSource, dir, err)
+		}
 		return nil, fmt.Errorf("%w: %w", ErrBadSource, err)
 	}
+	file := func(name string) string { return joinDir(dir, name) }
 	byVersion := map[Version]*Migration{}
 	for _, e := range entries {
 		if e.IsDir() || !strings.HasSuffix(e.Name(), ".sql") {
@@ -84,27 +105,36 @@ func Load(fsys fs.FS) ([]*Migration, error) {
 		}
 		mm := fileRE.FindStringSubmatch(e.Name())
 		if mm == nil {
-			return nil, fmt.Errorf("%w: %s: migration files are named <version>_<name>.up.sql or <version>_<name>.down.sql", ErrBadSource, e.Name())
+			return nil, fmt.Errorf("%w: %s: migration files are named <version>_<name>.up.sql or <version>_<name>.down.sql (version: digits)", ErrBadSource, file(e.Name()))
 		}
 		v, _ := ParseVersion(mm[1])
 		if v == "0" {
-			return nil, fmt.Errorf("%w: %s: version must not be zero", ErrBadSource, e.Name())
+			return nil, fmt.Errorf("%w: %s: version must not be zero", ErrBadSource, file(e.Name()))
 		}
+		up := mm[3] == "up"
 		m := byVersion[v]
 		if m == nil {
 			m = &Migration{Version: v, Name: mm[2]}
 			byVersion[v] = m
-		} else if m.Name != mm[2] {
-			return nil, fmt.Errorf("%w: version %s has two names: %q and %q", ErrBadSource, v, m.Name, mm[2])
+		} else {
+			other := m.UpFile
+			if other == "" {
+				other = m.DownFile
+			}
+			if m.Name != mm[2] {
+				return nil, fmt.Errorf("%w: version %s has two names: %s and %s", ErrBadSource, v, file(other), file(e.Name()))
+			}
+			if prev := map[bool]string{true: m.UpFile, false: m.DownFile}[up]; prev != "" {
+				return nil, fmt.Errorf("%w: duplicate version %s: %s and %s", ErrBadSource, v, file(prev), file(e.Name()))
+			}
 		}
 		data, err := fs.ReadFile(fsys, e.Name())
 		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrBadSource, err)
+			return nil, fmt.Errorf("%w: %s: %w", ErrBadSource, file(e.Name()), err)
 		}
-		up := mm[3] == "up"
 		sc, err := parseScript(string(data), up)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %w", ErrBadSource, e.Name(), err)
+			return nil, fmt.Errorf("%w: %s: %w", ErrBadSource, file(e.Name()), err)
 		}
 		if up {
 			m.UpFile, m.Up = e.Name(), sc
@@ -115,7 +145,7 @@ func Load(fsys fs.FS) ([]*Migration, error) {
 	out := make([]*Migration, 0, len(byVersion))
 	for _, m := range byVersion {
 		if m.UpFile == "" {
-			return nil, fmt.Errorf("%w: %s has no up file (%s_%s.up.sql)", ErrBadSource, m.DownFile, m.Version, m.Name)
+			return nil, fmt.Errorf("%w: %s has no up file (%s)", ErrBadSource, file(m.DownFile), file(m.ID()+".up.sql"))
 		}
 		out = append(out, m)
 	}
@@ -281,10 +311,10 @@ var dollarRE = regexp.MustCompile(`^\$([A-Za-z_][A-Za-z_0-9]*)?\$`)
 
 func dollarTag(s string) string { return dollarRE.FindString(s) }
 
-// dirFS names files relative to dir in messages.
+// joinDir names a file of dir in messages.
 func joinDir(dir, name string) string {
 	if dir == "" {
 		return name
 	}
-	return path.Join(dir, name)
+	return filepath.Join(dir, name)
 }

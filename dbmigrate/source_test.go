@@ -55,6 +55,8 @@ func TestLoadRejectsTypos(t *testing.T) {
 		"bad json":       {"1_x.up.sql": {Data: []byte("-- ferry:require-bbm A b c {\n")}},
 		"queue in down":  {"1_x.up.sql": {}, "1_x.down.sql": {Data: []byte("-- ferry:queue-bbm A b c []\n")}},
 		"zero version":   {"0_x.up.sql": {}},
+		"duplicate up":   {"1_x.up.sql": {}, "01_x.up.sql": {}},
+		"duplicate down": {"1_x.up.sql": {}, "1_x.down.sql": {}, "001_x.down.sql": {}},
 		"missing fields": {"1_x.up.sql": {Data: []byte("-- ferry:require-bbm A b\n")}},
 	} {
 		if _, err := Load(fsys); !errors.Is(err, ErrBadSource) {

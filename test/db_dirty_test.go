@@ -42,7 +42,7 @@ func TestDBDirtyDetectionAndRepair(t *testing.T) {
 	if err := json.Unmarshal([]byte(e.mustFerry("status", "--json")), &st); err != nil {
 		t.Fatal(err)
 	}
-	if st.Dirty == nil || st.Dirty.Version != "2" || st.Migrations[1].State != "dirty" {
+	if !st.Dirty || st.DirtyMigration == nil || st.DirtyMigration.Version != "2" || st.Migrations[1].State != "dirty" {
 		t.Fatalf("status: %+v", st)
 	}
 

@@ -44,6 +44,13 @@ func (e *dbEnv) write(name, sql string) {
 	}
 }
 
+func (e *dbEnv) remove(name string) {
+	e.t.Helper()
+	if err := os.Remove(filepath.Join(e.dir, name)); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 // ferry runs `ferry db <args>` against this env's database and directory.
 func (e *dbEnv) ferry(args ...string) (code int, stdout, stderr string) {
 	e.t.Helper()
