@@ -116,7 +116,7 @@ and the cluster-wide max-running. Batch sizes adapt to a target duration
 func bbmQueueCmd(a *App) *cobra.Command {
 	var o bbm.QueueOptions
 	var minV, maxV int64
-	var target time.Duration
+	var target, stmtTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "queue CLASS TABLE COLUMN [ARGS_JSON]",
 		Short: "Queue a batched background migration",
@@ -139,6 +139,11 @@ nothing (with a warning). An empty table is queued as finished.`,
 				o.MaxValue = &maxV
 			}
 			o.TargetBatch = target
+			if cmd.Flags().Changed("statement-timeout") && stmtTimeout == 0 {
+				// 0 would silently mean the default; say so instead.
+				return Usagef("--statement-timeout must be between %s and %s, got 0", bbm.MinStatementTimeout, bbm.MaxStatementTimeout)
+			}
+			o.StatementTimeout = stmtTimeout
 			e, err := a.bbmEngine(cmd.Context())
 			if err != nil {
 				return err
@@ -166,6 +171,7 @@ nothing (with a warning). An empty table is queued as finished.`,
 	f.IntVar(&o.MaxParallel, "parallel", 0, "batches of this migration that may run at once (default 1)")
 	f.BoolVar(&o.AllowSameTable, "allow-same-table", false, "run even while another migration on TABLE runs")
 	f.DurationVar(&target, "target-batch-duration", 0, "override bbm.target_batch_duration for this migration")
+	f.DurationVar(&stmtTimeout, "statement-timeout", 0, "statement_timeout of each sub-batch statement, 100ms to 1h (default 15s); a timed-out statement is retried with fewer rows")
 	f.BoolVar(&o.Paused, "paused", false, "queue it paused")
 	return cmd
 }
@@ -269,6 +275,7 @@ func bbmShowCmd(a *App) *cobra.Command {
 			fmt.Fprintf(w, "Batch size / Sub-batch size\t%d / %d (adaptive)\n", m.BatchSize, m.SubBatchSize)
 			fmt.Fprintf(w, "Parallel batches\t%d (running now: %d)\n", m.MaxParallel, m.Progress.Running)
 			fmt.Fprintf(w, "Pause time (ms)\t%d\n", m.PauseMs)
+			fmt.Fprintf(w, "Statement timeout\t%s\n", time.Duration(m.StmtTimeoutMs)*time.Millisecond)
 			fmt.Fprintf(w, "Created on\t%s\n", m.CreatedAt.Format(time.RFC3339))
 			if m.OnHoldUntil != nil && m.OnHoldUntil.After(time.Now()) {
 				fmt.Fprintf(w, "On hold until\t%s\n", m.OnHoldUntil.Format(time.RFC3339))

@@ -3,12 +3,17 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ferrymigrate/ferry/internal/testenv"
+	"github.com/ferrymigrate/ferry/jobs/bbm"
 )
 
 type bbmCLI struct {
@@ -156,5 +161,94 @@ func TestParseRakeFinalize(t *testing.T) {
 		if err != nil || c != "CopyColumnUsingBackgroundMigrationJob" || tb != "events" || col != "id" || strings.ReplaceAll(args, " ", "") != `[["id"],["id_convert_to_bigint"]]` {
 			t.Errorf("%s: %q %q %q %q %v", in, c, tb, col, args, err)
 		}
+	}
+}
+
+func TestBBMQueueStatementTimeout(t *testing.T) {
+	c := newBBMCLI(t)
+	ctx := context.Background()
+	for _, bad := range []string{"50ms", "2h", "0", "-1s", "150.5ms", "soon"} {
+		code, _, errs := c.run("bbm", "queue", "CopyColumnUsingBackgroundMigrationJob", "events", "id", `[["id"],["id_convert_to_bigint"]]`, "--statement-timeout", bad)
+		if code != 2 || errs == "" {
+			t.Errorf("--statement-timeout %s: exit %d, stderr %q", bad, code, errs)
+		}
+	}
+	var n int
+	if err := c.pool.QueryRow(ctx, `SELECT count(*) FROM batched_background_migrations`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("invalid timeouts queued %d migrations (%v)", n, err)
+	}
+	if code, out, errs := c.run("bbm", "queue", "CopyColumnUsingBackgroundMigrationJob", "events", "id", `[["id"],["id_convert_to_bigint"]]`, "--statement-timeout", "30s"); code != 0 || !strings.Contains(out, "Queued") {
+		t.Fatalf("queue: %d %s %s", code, out, errs)
+	}
+	// Without the flag: the schema's 15s.
+	if _, err := c.pool.Exec(ctx, `ALTER TABLE events ADD COLUMN other bigint`); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := c.run("bbm", "queue", "CopyColumnUsingBackgroundMigrationJob", "events", "id", `[["id"],["other"]]`); code != 0 {
+		t.Fatalf("queue default: %d %s", code, errs)
+	}
+	rows, err := c.pool.Query(ctx, `SELECT statement_timeout_ms FROM batched_background_migrations ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil || len(got) != 2 || got[0] != 30000 || got[1] != 15000 {
+		t.Fatalf("statement_timeout_ms %v (%v)", got, err)
+	}
+	if code, out, _ := c.run("bbm", "show", "1"); code != 0 || !strings.Contains(out, "Statement timeout") || !strings.Contains(out, "30s") {
+		t.Fatalf("show: %d %s", code, out)
+	}
+	if code, out, _ := c.run("bbm", "show", "1", "--json"); code != 0 || !strings.Contains(out, `"statement_timeout_ms": 30000`) && !strings.Contains(out, `"statement_timeout_ms":30000`) {
+		t.Fatalf("show --json: %d %s", code, out)
+	}
+}
+
+// A lock another session holds on the table puts the migration on hold;
+// `bbm show` and `bbm show --json` say why and name the session.
+func TestBBMShowLockWaitHold(t *testing.T) {
+	c := newBBMCLI(t)
+	ctx := testenv.Context(t)
+	if code, _, errs := c.run("bbm", "queue", "CopyColumnUsingBackgroundMigrationJob", "events", "id", `[["id"],["id_convert_to_bigint"]]`); code != 0 {
+		t.Fatal(errs)
+	}
+	tx, err := c.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var holder int
+	if _, err := tx.Exec(ctx, `LOCK TABLE events IN SHARE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&holder); err != nil {
+		t.Fatal(err)
+	}
+	e := bbm.NewEngine(c.pool, bbm.Config{Registry: bbm.NewRegistry(), Health: bbm.HealthConfig{LockTimeout: 50 * time.Millisecond}})
+	defer e.Close()
+	if out, err := e.RunBatch(ctx, 1); err != nil || out != bbm.Ran {
+		t.Fatalf("batch: %v %v", out, err)
+	}
+	want := fmt.Sprintf("lock_waits: a sub-batch waited over 50ms for a lock on events; sessions holding locks on it: pid %d", holder)
+	code, out, _ := c.run("bbm", "show", "1")
+	if code != 0 || !strings.Contains(out, "On hold until") || !strings.Contains(out, want) || !strings.Contains(out, "Ferry::LockWait") {
+		t.Fatalf("show: %d\n%s", code, out)
+	}
+	code, out, _ = c.run("bbm", "show", "1", "--json")
+	var doc struct {
+		Migration struct {
+			OnHoldUntil *time.Time `json:"on_hold_until"`
+			HoldReason  string     `json:"hold_reason"`
+		} `json:"migration"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &doc) != nil || doc.Migration.OnHoldUntil == nil || !strings.Contains(doc.Migration.HoldReason, want) {
+		t.Fatalf("show --json: %d\n%s", code, out)
+	}
+	_ = tx.Rollback(ctx)
+	if err := e.RunLocal(ctx, 1, true); err != nil {
+		t.Fatal(err)
+	}
+	var bad int
+	if err := c.pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE id_convert_to_bigint IS DISTINCT FROM id`).Scan(&bad); err != nil || bad != 0 {
+		t.Fatalf("%d rows not copied (%v)", bad, err)
 	}
 }

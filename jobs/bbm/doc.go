@@ -8,7 +8,7 @@
 // batch ("job" row) covers the next batch_size existing rows after the
 // highest range handed out so far (keyset: gaps cost nothing); the job
 // rows are the cursor. A batch runs as sub-batch statements, each one
-// transaction under SET LOCAL statement_timeout that also records the
+// transaction under statement_timeout and lock_timeout that also records the
 // batch's progress (cursor_value) and only writes if this engine still
 // owns the batch. A retried batch therefore resumes after its last
 // committed sub-batch and no row is migrated twice, even when a worker is

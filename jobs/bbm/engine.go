@@ -44,6 +44,7 @@ type Engine struct {
 	target   time.Duration
 	identity string
 	health   HealthConfig
+	cat      catalog // statistics views the health indicators read
 
 	// crashed simulates a process death in tests: nothing more is recorded.
 	crashed atomic.Bool
@@ -71,7 +72,7 @@ func NewEngine(pool *pgxpool.Pool, cfg Config) *Engine {
 	}
 	return &Engine{
 		pool: pool, reg: cfg.Registry, log: cfg.Logger.Named("bbm"), target: cfg.TargetBatchDuration,
-		identity: cfg.Identity, health: cfg.Health.withDefaults(), lastHealth: map[int64]time.Time{},
+		identity: cfg.Identity, health: cfg.Health.withDefaults(), cat: pgCatalog, lastHealth: map[int64]time.Time{},
 	}
 }
 
@@ -196,6 +197,15 @@ func (e *Engine) runBatch(ctx context.Context, id int64, md mode) (Outcome, erro
 		}
 	}
 	cl, out, err := e.claim(ctx, id, md)
+	if isLockTimeout(err) && md == modeBackground && !e.health.Disabled {
+		// Reading the next range waited on a table lock (e.g. an ALTER
+		// TABLE holding or queued for ACCESS EXCLUSIVE): hold, as for a
+		// sub-batch that waits.
+		if m, t, lerr := e.loadMigration(ctx, id); lerr == nil {
+			e.applyHealth(ctx, m, []Signal{e.lockWaitSignal(ctx, m, t.OID, "reading the next range", e.health.LockTimeout)})
+			return NotExecutable, nil
+		}
+	}
 	if err != nil || cl == nil {
 		return out, err
 	}
@@ -346,6 +356,18 @@ func (e *Engine) newRange(ctx context.Context, tx pgx.Tx, cl *claim) (bool, erro
 		return false, nil
 	}
 	col := Quote(m.Column)
+	if !e.health.Disabled {
+		// This reads the table while holding the migration's (and maybe
+		// the settings') row lock: it must not queue behind a table lock
+		// (an ALTER TABLE) and stall every other engine. Only this read:
+		// waits on our own bookkeeping rows are not a health signal.
+		var prev string
+		if err := tx.QueryRow(ctx, `SELECT current_setting('lock_timeout'), set_config('lock_timeout', $1, true)`,
+			strconv.FormatInt(e.health.LockTimeout.Milliseconds(), 10)).Scan(&prev, nil); err != nil {
+			return false, err
+		}
+		defer func() { _, _ = tx.Exec(ctx, `SELECT set_config('lock_timeout', $1, true)`, prev) }()
+	}
 	var lo, hi *int64
 	var n int
 	if err := tx.QueryRow(ctx, `SELECT min(k)::bigint, max(k)::bigint, count(*) FROM (SELECT `+col+` AS k FROM `+cl.tgt.Ident()+
@@ -476,4 +498,11 @@ func zapMigration(m *Migration) []zap.Field {
 func isTimeout(err error) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && (pe.Code == "57014" || pe.Code == "55P03")
+}
+
+// isLockTimeout: lock_not_available, i.e. our lock_timeout ran out while
+// another session held a lock we needed.
+func isLockTimeout(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "55P03"
 }

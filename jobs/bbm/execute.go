@@ -24,6 +24,7 @@ const (
 	shutdownGrace      = 10 * time.Second
 	appNamePrefix      = "ferry-bbm:"
 	errClassShutdown   = "Ferry::Shutdown"
+	errClassLockWait   = "Ferry::LockWait"
 	errClassLost       = "Ferry::LostOwnership"
 	errClassTimeout    = "ActiveRecord::QueryCanceled"
 	errClassStatement  = "PG::Error"
@@ -56,7 +57,14 @@ func (e *Engine) execute(ctx context.Context, cl *claim) {
 	var err error
 	switch {
 	case res.err == nil && res.yield:
-		err = e.yieldJob(rec, cl, res)
+		err = e.yieldJob(rec, cl, res, errClassShutdown, true)
+	case isLockTimeout(res.err) && !e.health.Disabled:
+		// Another session holds a lock we need: not the batch's fault, so
+		// no attempt is used and the size stays. The rest runs again after
+		// a hold that backs off while the lock stays.
+		if err = e.yieldJob(rec, cl, res, errClassLockWait, false); err == nil {
+			e.applyHealth(rec, cl.mig, []Signal{e.lockWaitSignal(rec, cl.mig, cl.tgt.OID, "a sub-batch", e.health.LockTimeout)})
+		}
 	case res.err == nil:
 		err = e.succeed(rec, cl, res)
 	default:
@@ -81,6 +89,11 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) result {
 		return res
 	}
 	defer conn.Release()
+	if err := e.sessionSettings(ctx, conn, cl); err != nil {
+		res.err = err
+		return res
+	}
+	defer e.resetSession(ctx, conn)
 	stmt := ""
 	if cl.plan.Set != "" {
 		stmt = e.setStatement(cl)
@@ -166,19 +179,41 @@ u AS (
 SELECT (SELECT hi FROM s), (SELECT n FROM s), (SELECT count(*) FROM c)`
 }
 
-func (e *Engine) txSettings(cl *claim) (string, []any) {
-	return `SELECT set_config('statement_timeout', $1, true), set_config('application_name', $2, true)`,
-		[]any{strconv.Itoa(cl.mig.StmtTimeoutMs), appNamePrefix + strconv.FormatInt(cl.mig.ID, 10)}
+// sessionSettings sets statement_timeout, lock_timeout and an
+// application_name that health checks use to find our backends on the
+// connection that runs the batch's sub-batches. Session level, not SET
+// LOCAL inside each sub-batch: pgx prepares a new statement (Parse) before
+// the pipelined BEGIN runs, and parsing an UPDATE already takes its table
+// lock, so a transaction-local lock_timeout would not yet apply and the
+// first sub-batch could wait on a table lock indefinitely.
+func (e *Engine) sessionSettings(ctx context.Context, conn *pgxpool.Conn, cl *claim) error {
+	lockTimeout := "0" // only statement_timeout bounds waits when health checks are off
+	if !e.health.Disabled {
+		lockTimeout = strconv.FormatInt(e.health.LockTimeout.Milliseconds(), 10)
+	}
+	_, err := conn.Exec(ctx, `SELECT set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false),
+			set_config('application_name', $3, false)`,
+		strconv.Itoa(cl.mig.StmtTimeoutMs), lockTimeout, appNamePrefix+strconv.FormatInt(cl.mig.ID, 10))
+	return err
 }
 
-// subBatchSet runs one sub-batch in one round trip: BEGIN, SET LOCAL
-// statement_timeout (and an application_name that health checks use to
-// find our backends), the statement, COMMIT, pipelined.
+// resetSession gives the connection back to the pool as it was; one that
+// cannot be reset is closed, so the pool replaces it.
+func (e *Engine) resetSession(ctx context.Context, conn *pgxpool.Conn) {
+	c := conn.Conn()
+	rollback(ctx, c)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
+	defer cancel()
+	if _, err := c.Exec(rctx, `RESET statement_timeout; RESET lock_timeout; RESET application_name`); err != nil {
+		_ = c.Close(rctx)
+	}
+}
+
+// subBatchSet runs one sub-batch in one round trip: BEGIN, the statement,
+// COMMIT, pipelined (timeouts: see sessionSettings).
 func (e *Engine) subBatchSet(ctx context.Context, conn *pgxpool.Conn, cl *claim, stmt string, start int64, limit int) (*int64, int64, error) {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
-	q, args := e.txSettings(cl)
-	b.Queue(q, args...)
 	var hi *int64
 	var n, owned int64
 	b.Queue(stmt, start, cl.hi, limit, cl.jobID, e.Session()).QueryRow(func(r pgx.Row) error {
@@ -204,10 +239,6 @@ func (e *Engine) subBatchDo(ctx context.Context, conn *pgxpool.Conn, cl *claim, 
 		return nil, 0, err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	q, args := e.txSettings(cl)
-	if _, err := tx.Exec(ctx, q, args...); err != nil {
-		return nil, 0, err
-	}
 	col := Quote(cl.mig.Column)
 	var hi *int64
 	var n int64
@@ -311,12 +342,17 @@ func (e *Engine) succeed(ctx context.Context, cl *claim, res result) error {
 	return tx.Commit(ctx)
 }
 
-// yieldJob ends a batch early on purpose (shutdown, or it ran far over its
-// target): the done part succeeds, the rest becomes a new pending job.
-func (e *Engine) yieldJob(ctx context.Context, cl *claim, res result) error {
+// yieldJob ends a batch early on purpose (shutdown, a lock wait, or it ran
+// far over its target): the done part succeeds, the rest is handed out
+// again. With shrink, an overrun also shrinks the batch size.
+func (e *Engine) yieldJob(ctx context.Context, cl *claim, res result, class string, shrink bool) error {
 	if res.cursor == nil {
 		// Nothing done: give the whole batch back without using an attempt.
-		tx, _, err := e.finishTx(ctx, cl, JobPending, res, -1, errClassShutdown, "stopped before the first sub-batch; will run again")
+		msg := "stopped before the first sub-batch; will run again"
+		if res.err != nil {
+			msg = res.err.Error() + "; will run again"
+		}
+		tx, _, err := e.finishTx(ctx, cl, JobPending, res, -1, class, msg)
 		if err != nil {
 			return err
 		}
@@ -337,14 +373,26 @@ func (e *Engine) yieldJob(ctx context.Context, cl *claim, res result) error {
 		WHERE id = $1 RETURNING rows_done`, cl.jobID, done).Scan(&doneRows); err != nil {
 		return err
 	}
-	var newID int64
-	if err := tx.QueryRow(ctx, `INSERT INTO batched_background_migration_jobs
-		(batched_background_migration_id, min_value, max_value, batch_size, sub_batch_size, pause_ms, status)
-		VALUES ($1, $2, $3, $4, $5, $6, 0) RETURNING id`,
-		m.ID, done+1, cl.hi, max(int64(cl.size)-doneRows, 1), max(1, res.sub), m.PauseMs).Scan(&newID); err != nil {
+	// If no later range was handed out, the rest simply goes back to the
+	// keyset cursor: the next batches cover it at the new (after an
+	// overrun: smaller) batch size. A fixed remainder job would run the
+	// old, too big range again, overrunning piece by piece. Both ranges
+	// are read under the migration's row lock (finishTx), as in newRange.
+	var later bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM batched_background_migration_jobs
+		WHERE batched_background_migration_id = $1 AND id <> $2 AND max_value > $3)`, m.ID, cl.jobID, cl.hi).Scan(&later); err != nil {
 		return err
 	}
-	if ctx.Err() == nil && res.elapsed > 0 && res.rows > 0 {
+	var newID int64
+	if later {
+		if err := tx.QueryRow(ctx, `INSERT INTO batched_background_migration_jobs
+			(batched_background_migration_id, min_value, max_value, batch_size, sub_batch_size, pause_ms, status)
+			VALUES ($1, $2, $3, $4, $5, $6, 0) RETURNING id`,
+			m.ID, done+1, cl.hi, max(int64(cl.size)-doneRows, 1), max(1, res.sub), m.PauseMs).Scan(&newID); err != nil {
+			return err
+		}
+	}
+	if shrink && ctx.Err() == nil && res.elapsed > 0 && res.rows > 0 {
 		// Overran: the table got slower. Shrink now rather than after the
 		// next (also too long) batch.
 		nb := nextSize(m.BatchSize, res.rows, res.elapsed, e.targetFor(m.TargetBatchMs), 1, m.BatchSize)
@@ -353,7 +401,7 @@ func (e *Engine) yieldJob(ctx context.Context, cl *claim, res result) error {
 		}
 	}
 	e.log.Info("batch yielded; the rest runs as a new batch", zap.Int64("migration_id", m.ID), zap.Int64("job_id", cl.jobID),
-		zap.Int64("new_job_id", newID), zap.Int64("done_through", done), zap.Duration("took", res.elapsed))
+		zap.Int64("new_job_id", newID), zap.Bool("rest_to_cursor", !later), zap.Int64("done_through", done), zap.Duration("took", res.elapsed))
 	return tx.Commit(ctx)
 }
 

@@ -2,11 +2,13 @@ package bbm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 )
 
@@ -26,6 +28,12 @@ type HealthConfig struct {
 	// open this long: it keeps vacuum from cleaning up what we rewrite
 	// (default 10m).
 	LongTransaction time.Duration
+	// LockTimeout is how long a sub-batch statement waits for a lock held
+	// by another session before it gives up (lock_timeout) and the
+	// migration goes on hold (default 500ms). While it waits it keeps the
+	// rows it already updated locked, so others queue behind it; giving up
+	// quickly lets them through.
+	LockTimeout time.Duration
 	// Interval between checks of one migration per engine (default 1s).
 	Interval time.Duration
 	// MaxHold caps the exponential back-off of repeated holds (default 60s).
@@ -41,6 +49,9 @@ func (h HealthConfig) withDefaults() HealthConfig {
 	}
 	if h.LongTransaction == 0 {
 		h.LongTransaction = 10 * time.Minute
+	}
+	if h.LockTimeout == 0 {
+		h.LockTimeout = 500 * time.Millisecond
 	}
 	if h.Interval == 0 {
 		h.Interval = time.Second
@@ -60,60 +71,223 @@ type Signal struct {
 	Reason string `json:"reason"`
 }
 
-// Evaluate runs the health indicators for migration m on table t.
-// Indicators that cannot run (e.g. missing privileges) are skipped.
-func (e *Engine) Evaluate(ctx context.Context, m *Migration, tableOID uint32) []Signal {
-	if e.health.Disabled {
+// The indicators read PostgreSQL's statistics views through a [catalog],
+// so tests can point them at tables of fabricated rows: a test database has
+// no standby and no autovacuum worker that can be started on demand. Each
+// indicator is a small type with its own SQL and a pure decision on the
+// row it reads.
+type catalog struct {
+	activity, progressVacuum, replication string
+}
+
+var pgCatalog = catalog{
+	activity:       "pg_catalog.pg_stat_activity",
+	progressVacuum: "pg_catalog.pg_stat_progress_vacuum",
+	replication:    "pg_catalog.pg_stat_replication",
+}
+
+// healthInput is what an indicator looks at.
+type healthInput struct {
+	table    string
+	tableOID uint32
+	app      string // application_name of our sub-batch transactions
+}
+
+type indicator interface {
+	name() string
+	// check returns nil when the indicator sees nothing wrong.
+	check(ctx context.Context, db queryer, in healthInput) (*Signal, error)
+}
+
+// autovacuumIndicator: autovacuum on our table. A wraparound vacuum must
+// not be fought, so it holds the migration; an ordinary one only slows it
+// to one batch at a time, since it is cleaning up after us and holding off
+// entirely would just stretch the migration.
+type autovacuumIndicator struct{ cat catalog }
+
+func (autovacuumIndicator) name() string { return "autovacuum" }
+
+func (a autovacuumIndicator) sql() string {
+	return `SELECT bool_or(a.query LIKE '%to prevent wraparound%')
+		FROM ` + a.cat.progressVacuum + ` p JOIN ` + a.cat.activity + ` a ON a.pid = p.pid
+		WHERE p.relid = $1 AND a.backend_type = 'autovacuum worker'`
+}
+
+func (a autovacuumIndicator) check(ctx context.Context, db queryer, in healthInput) (*Signal, error) {
+	var wrap *bool
+	if err := db.QueryRow(ctx, a.sql(), in.tableOID).Scan(&wrap); err != nil {
+		return nil, err
+	}
+	return autovacuumSignal(in.table, wrap), nil
+}
+
+// autovacuumSignal decides on the indicator's row: wrap is NULL when no
+// autovacuum worker is on the table.
+func autovacuumSignal(table string, wrap *bool) *Signal {
+	if wrap == nil {
 		return nil
 	}
-	var out []Signal
-	h := e.health
-	// Autovacuum on our table: a wraparound vacuum must not be fought;
-	// an ordinary one is only slowed down to, since it is cleaning up
-	// after us and holding off entirely would just stretch the migration.
-	var wrap *bool
-	if err := e.pool.QueryRow(ctx, `
-		SELECT bool_or(a.query LIKE '%to prevent wraparound%')
-		FROM pg_stat_progress_vacuum p JOIN pg_stat_activity a ON a.pid = p.pid
-		WHERE p.relid = $1 AND a.backend_type = 'autovacuum worker'`, tableOID).Scan(&wrap); err == nil && wrap != nil {
-		out = append(out, Signal{Indicator: "autovacuum", Stop: *wrap, Reason: "autovacuum is running on " + m.Table + map[bool]string{true: " (to prevent wraparound)", false: ""}[*wrap]})
+	s := &Signal{Indicator: "autovacuum", Stop: *wrap, Reason: "autovacuum is running on " + table}
+	if *wrap {
+		s.Reason += " (to prevent wraparound)"
 	}
-	var lagBytes, replay float64
-	if err := e.pool.QueryRow(ctx, `
-		SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0)::float8,
+	return s
+}
+
+// replicationLagIndicator: the furthest-behind standby, in bytes of WAL
+// and in replay time. Both come from the primary's view, so it runs where
+// the migration writes.
+type replicationLagIndicator struct {
+	cat       catalog
+	maxBytes  int64
+	maxReplay time.Duration
+}
+
+func (replicationLagIndicator) name() string { return "replication_lag" }
+
+func (r replicationLagIndicator) sql() string {
+	return `SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0)::float8,
 		       coalesce(max(extract(epoch FROM replay_lag)), 0)::float8
-		FROM pg_stat_replication`).Scan(&lagBytes, &replay); err == nil {
-		if int64(lagBytes) > h.MaxReplicationLagBytes || replay > h.MaxReplayLag.Seconds() {
-			out = append(out, Signal{Indicator: "replication_lag", Stop: true,
-				Reason: fmt.Sprintf("replication lag %d MB, replay lag %.1fs", int64(lagBytes)>>20, replay)})
-		}
+		FROM ` + r.cat.replication
+}
+
+func (r replicationLagIndicator) check(ctx context.Context, db queryer, _ healthInput) (*Signal, error) {
+	var lagBytes, replay float64
+	if err := db.QueryRow(ctx, r.sql()).Scan(&lagBytes, &replay); err != nil {
+		return nil, err
 	}
-	app := appNamePrefix + strconv.FormatInt(m.ID, 10)
-	var blocked, waiting int
-	if err := e.pool.QueryRow(ctx, `
-		SELECT count(*) FILTER (WHERE w.application_name <> $1),
+	return r.signal(lagBytes, replay), nil
+}
+
+func (r replicationLagIndicator) signal(lagBytes, replaySeconds float64) *Signal {
+	if int64(lagBytes) <= r.maxBytes && replaySeconds <= r.maxReplay.Seconds() {
+		return nil
+	}
+	return &Signal{Indicator: "replication_lag", Stop: true,
+		Reason: fmt.Sprintf("replication lag %d MB, replay lag %.1fs", int64(lagBytes)>>20, replaySeconds)}
+}
+
+// lockWaitIndicator: sessions waiting on locks our sub-batches hold, or
+// our sub-batches waiting on others. It sees only what overlaps the check
+// (parallel batches, other engines); a sub-batch of this engine that waits
+// is caught by its lock_timeout instead (see lockWaitSignal).
+type lockWaitIndicator struct{ cat catalog }
+
+func (lockWaitIndicator) name() string { return "lock_waits" }
+
+func (l lockWaitIndicator) sql() string {
+	return `SELECT count(*) FILTER (WHERE w.application_name <> $1),
 		       count(*) FILTER (WHERE w.application_name = $1)
-		FROM pg_stat_activity w
+		FROM ` + l.cat.activity + ` w
 		WHERE w.datname = current_database() AND w.wait_event_type = 'Lock' AND w.pid <> pg_backend_pid()
 		  AND (w.application_name = $1 OR EXISTS (
-		        SELECT 1 FROM pg_stat_activity b WHERE b.pid = ANY (pg_blocking_pids(w.pid)) AND b.application_name = $1))`,
-		app).Scan(&blocked, &waiting); err == nil && blocked+waiting > 0 {
-		out = append(out, Signal{Indicator: "lock_waits", Stop: true,
-			Reason: fmt.Sprintf("%d session(s) wait on our locks, we wait on %d", blocked, waiting)})
+		        SELECT 1 FROM ` + l.cat.activity + ` b WHERE b.pid = ANY (pg_blocking_pids(w.pid)) AND b.application_name = $1))`
+}
+
+func (l lockWaitIndicator) check(ctx context.Context, db queryer, in healthInput) (*Signal, error) {
+	var blocked, waiting int
+	if err := db.QueryRow(ctx, l.sql(), in.app).Scan(&blocked, &waiting); err != nil {
+		return nil, err
 	}
+	if blocked+waiting == 0 {
+		return nil, nil
+	}
+	return &Signal{Indicator: "lock_waits", Stop: true,
+		Reason: fmt.Sprintf("%d session(s) wait on our locks, we wait on %d", blocked, waiting)}, nil
+}
+
+// longTransactionIndicator: another transaction open for long keeps vacuum
+// from cleaning up the row versions we leave behind.
+type longTransactionIndicator struct {
+	cat catalog
+	age time.Duration
+}
+
+func (longTransactionIndicator) name() string { return "long_transaction" }
+
+func (l longTransactionIndicator) sql() string {
+	return `SELECT pid, extract(epoch FROM now() - xact_start)::float8, coalesce(state, '')
+		FROM ` + l.cat.activity + `
+		WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+		  AND xact_start < now() - make_interval(secs => $1) AND application_name NOT LIKE '` + appNamePrefix + `%'
+		ORDER BY xact_start LIMIT 1`
+}
+
+func (l longTransactionIndicator) check(ctx context.Context, db queryer, _ healthInput) (*Signal, error) {
 	var pid int
 	var age float64
 	var state string
-	if err := e.pool.QueryRow(ctx, `
-		SELECT pid, extract(epoch FROM now() - xact_start)::float8, coalesce(state, '')
-		FROM pg_stat_activity
-		WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
-		  AND xact_start < now() - make_interval(secs => $1) AND application_name NOT LIKE 'ferry-bbm:%'
-		ORDER BY xact_start LIMIT 1`, h.LongTransaction.Seconds()).Scan(&pid, &age, &state); err == nil {
-		out = append(out, Signal{Indicator: "long_transaction", Stop: true,
-			Reason: fmt.Sprintf("transaction of pid %d open for %s (%s)", pid, time.Duration(age*float64(time.Second)).Round(time.Millisecond), state)})
+	err := db.QueryRow(ctx, l.sql(), l.age.Seconds()).Scan(&pid, &age, &state)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
 	}
-	return out
+	if err != nil {
+		return nil, err
+	}
+	return &Signal{Indicator: "long_transaction", Stop: true,
+		Reason: fmt.Sprintf("transaction of pid %d open for %s (%s)", pid, time.Duration(age*float64(time.Second)).Round(time.Millisecond), state)}, nil
+}
+
+func (e *Engine) indicators() []indicator {
+	h := e.health
+	return []indicator{
+		autovacuumIndicator{cat: e.cat},
+		replicationLagIndicator{cat: e.cat, maxBytes: h.MaxReplicationLagBytes, maxReplay: h.MaxReplayLag},
+		lockWaitIndicator{cat: e.cat},
+		longTransactionIndicator{cat: e.cat, age: h.LongTransaction},
+	}
+}
+
+// Evaluate runs the health indicators for migration m on table t.
+// Indicators that cannot run (e.g. missing privileges) are skipped, as
+// GitLab's Unknown signal: they never hold a migration.
+func (e *Engine) Evaluate(ctx context.Context, m *Migration, tableOID uint32) []Signal {
+	sigs, errs := e.evaluate(ctx, m, tableOID)
+	for _, err := range errs {
+		if ctx.Err() == nil {
+			e.log.Debug("health indicator could not run", zap.Int64("migration_id", m.ID), zap.Error(err))
+		}
+	}
+	return sigs
+}
+
+func (e *Engine) evaluate(ctx context.Context, m *Migration, tableOID uint32) ([]Signal, []error) {
+	if e.health.Disabled {
+		return nil, nil
+	}
+	in := healthInput{table: m.Table, tableOID: tableOID, app: appNamePrefix + strconv.FormatInt(m.ID, 10)}
+	var out []Signal
+	var errs []error
+	for _, ind := range e.indicators() {
+		s, err := ind.check(ctx, e.pool, in)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", ind.name(), err))
+			continue
+		}
+		if s != nil {
+			out = append(out, *s)
+		}
+	}
+	return out, errs
+}
+
+// lockWaitSignal explains a sub-batch that gave up waiting for a lock
+// (lock_timeout): who holds locks on the table now, so `bbm show` points
+// at the session to look at.
+func (e *Engine) lockWaitSignal(ctx context.Context, m *Migration, tableOID uint32, who string, waited time.Duration) Signal {
+	reason := fmt.Sprintf("%s waited over %s for a lock on %s", who, waited, m.Table)
+	var holders *string
+	_ = e.pool.QueryRow(ctx, `
+		SELECT string_agg(format('pid %s (%s, %s: %s)', a.pid, a.state, l.mode, left(regexp_replace(a.query, '\s+', ' ', 'g'), 60)), ', ' ORDER BY a.xact_start)
+		FROM (SELECT DISTINCT ON (pid) pid, mode FROM pg_catalog.pg_locks
+		      WHERE relation = $1 AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		      ORDER BY pid, mode) l
+		JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+		WHERE a.pid <> pg_backend_pid() AND coalesce(a.application_name, '') NOT LIKE '`+appNamePrefix+`%'`, tableOID).Scan(&holders)
+	if holders != nil {
+		reason += "; sessions holding locks on it: " + *holders
+	}
+	return Signal{Indicator: "lock_waits", Stop: true, Reason: reason}
 }
 
 // maybeCheckHealth evaluates m at most once per Interval per engine and

@@ -194,6 +194,10 @@ type QueueOptions struct {
 	AllowSameTable bool
 	// TargetBatch overrides the engine's target batch duration.
 	TargetBatch time.Duration
+	// StatementTimeout bounds each sub-batch statement (SET LOCAL
+	// statement_timeout; default 15s). A statement that times out is
+	// retried with half the rows.
+	StatementTimeout time.Duration
 	// Paused queues the migration paused.
 	Paused bool
 	// Version is recorded as queued_migration_version.
@@ -205,6 +209,10 @@ const (
 	DefaultBatchSize    = 1000
 	DefaultSubBatchSize = 100
 	DefaultMaxBatchSize = 2_000_000
+	// DefaultStatementTimeout is the schema's default statement_timeout_ms.
+	DefaultStatementTimeout = 15 * time.Second
+	MinStatementTimeout     = 100 * time.Millisecond
+	MaxStatementTimeout     = time.Hour
 )
 
 // QueueResult is what [Engine.Queue] did.
@@ -277,6 +285,12 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 		return nil, fmt.Errorf("%w: parallelism must be between 1 and 64, got %d", ErrInvalidOption, o.MaxParallel)
 	case o.TargetBatch != 0 && (o.TargetBatch < 50*time.Millisecond || o.TargetBatch > 10*time.Minute):
 		return nil, fmt.Errorf("%w: target batch duration must be between 50ms and 10m, got %s", ErrInvalidOption, o.TargetBatch)
+	case o.StatementTimeout != 0 && (o.StatementTimeout < MinStatementTimeout || o.StatementTimeout > MaxStatementTimeout):
+		// Below 100ms ordinary plan and I/O hiccups time statements out;
+		// above an hour a sub-batch holds its row locks for too long.
+		return nil, fmt.Errorf("%w: statement timeout must be between %s and %s, got %s", ErrInvalidOption, MinStatementTimeout, MaxStatementTimeout, o.StatementTimeout)
+	case o.StatementTimeout%time.Millisecond != 0:
+		return nil, fmt.Errorf("%w: statement timeout must be whole milliseconds, got %s", ErrInvalidOption, o.StatementTimeout)
 	case o.MinValue != nil && o.MaxValue != nil && *o.MaxValue < *o.MinValue:
 		return nil, fmt.Errorf("%w: max value %d is below min value %d", ErrInvalidOption, *o.MaxValue, *o.MinValue)
 	}
@@ -354,6 +368,10 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 		v := int(o.TargetBatch / time.Millisecond)
 		targetMs = &v
 	}
+	stmtTimeoutMs := int(DefaultStatementTimeout / time.Millisecond)
+	if o.StatementTimeout > 0 {
+		stmtTimeoutMs = int(o.StatementTimeout / time.Millisecond)
+	}
 	var version *string
 	if o.Version != "" {
 		version = &o.Version
@@ -364,13 +382,13 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 			(job_class_name, table_name, column_name, job_arguments, status, min_value, max_value,
 			 batch_size, sub_batch_size, max_batch_size, pause_ms, total_tuple_count, "interval",
 			 max_parallel_batches, allow_same_table, target_batch_ms, queued_migration_version,
-			 started_at, finished_at)
-		VALUES ($1, $2, $3, $4::jsonb, $5::smallint, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+			 statement_timeout_ms, started_at, finished_at)
+		VALUES ($1, $2, $3, $4::jsonb, $5::smallint, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
 			CASE WHEN $5::smallint = 1 THEN now() END, CASE WHEN $5::smallint = 3 THEN now() END)
 		RETURNING `+migrationCols,
 		cls.Name, tableName, o.Column, string(canon), status, minV, maxV,
 		o.BatchSize, o.SubBatchSize, o.MaxBatchSize, o.PauseMs, estimate, min(interval, 32767),
-		o.MaxParallel, o.AllowSameTable, targetMs, version))
+		o.MaxParallel, o.AllowSameTable, targetMs, version, stmtTimeoutMs))
 	if err != nil {
 		return nil, fmt.Errorf("bbm: insert migration: %w", err)
 	}

@@ -233,13 +233,21 @@ func (e *Engine) RescueAll(ctx context.Context) error {
 // CheckHealth evaluates and applies the health signals of migration id
 // (rate-limited per engine).
 func (e *Engine) CheckHealth(ctx context.Context, id int64) {
-	m, err := scanMigration(e.pool.QueryRow(ctx, `SELECT `+migrationCols+` FROM batched_background_migrations WHERE id = $1`, id))
-	if err != nil {
-		return
-	}
-	t, err := ResolveTarget(ctx, e.pool, m.Table, m.Column)
+	m, t, err := e.loadMigration(ctx, id)
 	if err != nil {
 		return
 	}
 	e.maybeCheckHealth(ctx, m, t)
+}
+
+func (e *Engine) loadMigration(ctx context.Context, id int64) (*Migration, *Target, error) {
+	m, err := scanMigration(e.pool.QueryRow(ctx, `SELECT `+migrationCols+` FROM batched_background_migrations WHERE id = $1`, id))
+	if err != nil {
+		return nil, nil, err
+	}
+	t, err := ResolveTarget(ctx, e.pool, m.Table, m.Column)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, t, nil
 }
