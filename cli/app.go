@@ -218,6 +218,7 @@ func (a *App) load(cmd *cobra.Command) error {
 		return Usage(err)
 	}
 	a.Log = log
+	installRedisLogger(log)
 	return nil
 }
 

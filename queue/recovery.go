@@ -34,7 +34,9 @@ var ErrLocked = errors.New("recovery is running in another process")
 func (b *Broker) RecoverOrphans(ctx context.Context) (RecoveryResult, error) {
 	var res RecoveryResult
 	token := NewJID()
-	ok, err := b.rdb.SetNX(ctx, keyRecoveryLock, token, time.Minute).Result()
+	// Short TTL: if this process or Redis dies mid-pass the lock must not
+	// delay everyone else's recovery for long.
+	ok, err := b.rdb.SetNX(ctx, keyRecoveryLock, token, 15*time.Second).Result()
 	if err != nil {
 		return res, fmt.Errorf("recovery lock: %w", err)
 	}
