@@ -13,9 +13,14 @@ import (
 // (for a retry or dead entry) preserves unknown keys such as cattr, locale or
 // bid, and integers of any size in args (sidekiq-protocol.md §8.2-8.3).
 type Job struct {
-	raw    []byte // exact bytes as read from Redis; nil for a new job
-	keys   []string
-	values map[string]json.RawMessage
+	raw    []byte  // exact bytes as read from Redis; nil for a new job
+	fields []field // in order; a payload has about ten, so a slice beats a map
+}
+
+type field struct {
+	key    string
+	rawKey []byte // the key's original quoted bytes, re-emitted as read
+	val    json.RawMessage
 }
 
 // ErrInvalidJob reports a payload that is not a usable Sidekiq job.
@@ -36,24 +41,24 @@ func ParseJob(data []byte) (*Job, error) {
 	if data[i] != '{' {
 		return nil, fmt.Errorf("%w: not a JSON object", ErrInvalidJob)
 	}
-	j := &Job{raw: data, keys: make([]string, 0, 12), values: make(map[string]json.RawMessage, 12)}
+	j := &Job{raw: data, fields: make([]field, 0, 12)}
 	// data is valid JSON, so a plain scan of the top-level object suffices.
 	i = skipSpace(data, i+1)
 	for data[i] != '}' {
 		if data[i] == ',' {
 			i = skipSpace(data, i+1)
 		}
-		kend := stringEnd(data, i)
+		i0, kend := i, stringEnd(data, i)
 		k, err := unquote(data[i:kend])
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalidJob, err)
 		}
 		i = skipSpace(data, skipSpace(data, kend)+1) // past ':'
 		vend := valueEnd(data, i)
-		if _, dup := j.values[k]; !dup {
-			j.keys = append(j.keys, k)
+		j.Set(k, json.RawMessage(data[i:vend:vend]))
+		if n := len(j.fields) - 1; j.fields[n].key == k && j.fields[n].rawKey == nil {
+			j.fields[n].rawKey = data[i0:kend:kend]
 		}
-		j.values[k] = json.RawMessage(data[i:vend:vend])
 		i = skipSpace(data, vend)
 	}
 	if err := j.validate(); err != nil {
@@ -122,6 +127,9 @@ func valueEnd(b []byte, i int) int {
 // result when it has no escapes.
 func unquote(q []byte) (string, error) {
 	if len(q) >= 2 && bytes.IndexByte(q, '\\') < 0 {
+		if k := commonKey(q[1 : len(q)-1]); k != "" {
+			return k, nil
+		}
 		return string(q[1 : len(q)-1]), nil
 	}
 	var s string
@@ -133,7 +141,7 @@ func (j *Job) validate() error {
 	if j.Class() == "" {
 		return fmt.Errorf("%w: \"class\" must be a non-empty string", ErrInvalidJob)
 	}
-	a := bytes.TrimSpace(j.values["args"])
+	a := bytes.TrimSpace(j.Get("args"))
 	if len(a) == 0 || a[0] != '[' {
 		return fmt.Errorf("%w: \"args\" must be an array", ErrInvalidJob)
 	}
@@ -142,7 +150,7 @@ func (j *Job) validate() error {
 
 // NewJob builds a job for class with args (a JSON array) in queue.
 func NewJob(class string, args json.RawMessage, queue string) *Job {
-	j := &Job{values: make(map[string]json.RawMessage, 8)}
+	j := &Job{fields: make([]field, 0, 10)}
 	j.SetString("class", class)
 	if len(args) == 0 {
 		args = json.RawMessage("[]")
@@ -161,17 +169,32 @@ func (j *Job) Raw() []byte {
 }
 
 // Get returns the raw value of key, or nil.
-func (j *Job) Get(key string) json.RawMessage { return j.values[key] }
+func (j *Job) Get(key string) json.RawMessage {
+	if i := j.index(key); i >= 0 {
+		return j.fields[i].val
+	}
+	return nil
+}
+
+func (j *Job) index(key string) int {
+	for i := range j.fields {
+		if j.fields[i].key == key {
+			return i
+		}
+	}
+	return -1
+}
 
 // Has reports whether key is present.
-func (j *Job) Has(key string) bool { _, ok := j.values[key]; return ok }
+func (j *Job) Has(key string) bool { return j.index(key) >= 0 }
 
 // Set sets key to a raw JSON value, appending new keys at the end.
 func (j *Job) Set(key string, v json.RawMessage) {
-	if _, ok := j.values[key]; !ok {
-		j.keys = append(j.keys, key)
+	if i := j.index(key); i >= 0 {
+		j.fields[i].val = v
+		return
 	}
-	j.values[key] = v
+	j.fields = append(j.fields, field{key: key, val: v})
 }
 
 // SetString sets key to a JSON string.
@@ -185,39 +208,34 @@ func (j *Job) SetTime(key string, t float64) { j.Set(key, json.RawMessage(format
 
 // Delete removes key.
 func (j *Job) Delete(key string) {
-	if _, ok := j.values[key]; !ok {
-		return
-	}
-	delete(j.values, key)
-	for i, k := range j.keys {
-		if k == key {
-			j.keys = append(j.keys[:i:i], j.keys[i+1:]...)
-			break
-		}
+	if i := j.index(key); i >= 0 {
+		j.fields = append(j.fields[:i:i], j.fields[i+1:]...)
 	}
 }
 
 // Clone returns a deep copy that has no original bytes.
 func (j *Job) Clone() *Job {
-	c := &Job{keys: append([]string(nil), j.keys...), values: make(map[string]json.RawMessage, len(j.values)+4)}
-	for k, v := range j.values {
-		c.values[k] = v
-	}
+	c := &Job{fields: make([]field, len(j.fields), len(j.fields)+4)}
+	copy(c.fields, j.fields)
 	return c
 }
 
 // Encode serialises the job, keys in their original order.
 func (j *Job) Encode() []byte {
 	var b bytes.Buffer
-	b.Grow(64 * len(j.keys))
+	b.Grow(len(j.raw) + 64*len(j.fields))
 	b.WriteByte('{')
-	for i, k := range j.keys {
+	for i, f := range j.fields {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.Write(marshalString(k))
+		if f.rawKey != nil {
+			b.Write(f.rawKey)
+		} else {
+			b.Write(marshalString(f.key))
+		}
 		b.WriteByte(':')
-		b.Write(j.values[k])
+		b.Write(f.val)
 	}
 	b.WriteByte('}')
 	return b.Bytes()
@@ -225,7 +243,7 @@ func (j *Job) Encode() []byte {
 
 // String accessors; a missing or non-string value reads as "".
 func (j *Job) str(key string) string {
-	v := j.values[key]
+	v := j.Get(key)
 	if len(v) == 0 || v[0] != '"' {
 		return ""
 	}
@@ -262,11 +280,11 @@ func (j *Job) Queue() string {
 }
 
 // Args returns the raw args array.
-func (j *Job) Args() json.RawMessage { return j.values["args"] }
+func (j *Job) Args() json.RawMessage { return j.Get("args") }
 
 // Float reads a numeric key (timestamps); ok is false when missing or not a number.
 func (j *Job) Float(key string) (float64, bool) {
-	v := j.values[key]
+	v := j.Get(key)
 	if len(v) == 0 {
 		return 0, false
 	}
@@ -276,7 +294,7 @@ func (j *Job) Float(key string) (float64, bool) {
 
 // Int reads an integer key.
 func (j *Job) Int(key string) (int64, bool) {
-	v := j.values[key]
+	v := j.Get(key)
 	if len(v) == 0 {
 		return 0, false
 	}
@@ -292,7 +310,7 @@ type RetryPolicy struct {
 
 // Retry decodes "retry": true, false or an integer. Missing means def.
 func (j *Job) Retry(def RetryPolicy) RetryPolicy {
-	v := bytes.TrimSpace(j.values["retry"])
+	v := bytes.TrimSpace(j.Get("retry"))
 	switch {
 	case len(v) == 0 || string(v) == "null":
 		return def
@@ -312,7 +330,7 @@ func (j *Job) Retry(def RetryPolicy) RetryPolicy {
 
 // Truthy reports whether key is present and not false/null (e.g. "backtrace", "dead").
 func (j *Job) Truthy(key string) bool {
-	v := bytes.TrimSpace(j.values[key])
+	v := bytes.TrimSpace(j.Get(key))
 	return len(v) > 0 && string(v) != "false" && string(v) != "null"
 }
 
@@ -346,7 +364,7 @@ func plainString(s string) bool {
 // with the payload. A parsed job's payload was validated by ParseJob, so
 // this needs no second pass over the JSON.
 func (j *Job) ArgsItems() ([]json.RawMessage, error) {
-	a := j.values["args"]
+	a := j.Get("args")
 	if j.raw == nil && !json.Valid(a) {
 		return nil, fmt.Errorf("%w: \"args\" is not valid JSON", ErrInvalidJob)
 	}
@@ -364,4 +382,42 @@ func (j *Job) ArgsItems() ([]json.RawMessage, error) {
 		i = end
 	}
 	return items, nil
+}
+
+// commonKey returns Sidekiq's usual payload keys as constants, so parsing a
+// job allocates no key strings (the switch on string(b) does not allocate).
+func commonKey(b []byte) string {
+	switch string(b) {
+	case "class":
+		return "class"
+	case "args":
+		return "args"
+	case "jid":
+		return "jid"
+	case "queue":
+		return "queue"
+	case "retry":
+		return "retry"
+	case "created_at":
+		return "created_at"
+	case "enqueued_at":
+		return "enqueued_at"
+	case "retry_count":
+		return "retry_count"
+	case "failed_at":
+		return "failed_at"
+	case "retried_at":
+		return "retried_at"
+	case "error_message":
+		return "error_message"
+	case "error_class":
+		return "error_class"
+	case "backtrace":
+		return "backtrace"
+	case "tags":
+		return "tags"
+	case "wrapped":
+		return "wrapped"
+	}
+	return ""
 }

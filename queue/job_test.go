@@ -200,12 +200,12 @@ func FuzzParseJob(f *testing.F) {
 			t.Fatalf("re-parse of %q (from %q): %v", enc, data, err)
 		}
 		if j2.Class() != j.Class() || j2.JID() != j.JID() || j2.Queue() != j.Queue() ||
-			!bytes.Equal(j2.Args(), j.Args()) || len(j2.keys) != len(j.keys) {
+			!bytes.Equal(j2.Args(), j.Args()) || len(j2.fields) != len(j.fields) {
 			t.Fatalf("re-parse differs: %q vs %q", enc, data)
 		}
-		for i, k := range j.keys {
-			if j2.keys[i] != k || !bytes.Equal(j2.values[k], j.values[k]) {
-				t.Fatalf("key %q differs after re-parse of %q", k, enc)
+		for i, f := range j.fields {
+			if j2.fields[i].key != f.key || !bytes.Equal(j2.fields[i].val, f.val) {
+				t.Fatalf("key %q differs after re-parse of %q", f.key, enc)
 			}
 		}
 		if !bytes.Equal(j2.Encode(), enc) {
