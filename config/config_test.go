@@ -1,0 +1,98 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestValidateNamesTheField(t *testing.T) {
+	cases := []struct {
+		name  string
+		edit  func(*Config)
+		field string
+	}{
+		{"redis url", func(c *Config) { c.RedisURL = "http://nope" }, "REDIS_URL"},
+		{"empty redis url", func(c *Config) { c.RedisURL = "" }, "REDIS_URL"},
+		{"database url", func(c *Config) { c.DatabaseURL = "postgres://a b@/x?sslmode=bogus" }, "DATABASE_URL"},
+		{"log level", func(c *Config) { c.LogLevel = "loud" }, "log_level"},
+		{"log format", func(c *Config) { c.LogFormat = "xml" }, "log_format"},
+		{"concurrency zero", func(c *Config) { c.Worker.Concurrency = 0 }, "worker.concurrency"},
+		{"concurrency huge", func(c *Config) { c.Worker.Concurrency = 5000 }, "worker.concurrency"},
+		{"timeout", func(c *Config) { c.Worker.Timeout = -time.Second }, "worker.timeout"},
+		{"poll", func(c *Config) { c.Worker.PollInterval = 0 }, "worker.poll_interval"},
+		{"retries", func(c *Config) { c.Worker.MaxRetries = -1 }, "worker.max_retries"},
+		{"target", func(c *Config) { c.BBM.TargetBatchDuration = time.Millisecond }, "bbm.target_batch_duration"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Defaults()
+			tc.edit(&c)
+			err := c.Validate()
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Field != tc.field {
+				t.Fatalf("Validate() = %v, want a FieldError for %s", err, tc.field)
+			}
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("error %q should match ErrInvalid and name %s", err, tc.field)
+			}
+		})
+	}
+	c := Defaults()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("defaults must be valid: %v", err)
+	}
+}
+
+func TestLoadFileAndEnvPriority(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ferry.yml")
+	yml := "redis_url: redis://file:6379/1\nworker:\n  concurrency: 7\n  queues: a,b\nweb:\n  serve_in_worker: true\n"
+	if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(EnvRedisURL, "redis://env:6379/2")
+	t.Setenv(EnvDatabaseURL, "")
+	c := Defaults()
+	if err := c.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	c.ApplyEnv()
+	if c.RedisURL != "redis://env:6379/2" {
+		t.Errorf("env must beat the file: RedisURL = %q", c.RedisURL)
+	}
+	if c.Worker.Concurrency != 7 || c.Worker.Queues != "a,b" || !c.Web.ServeInWorker {
+		t.Errorf("file values not applied: %+v", c.Worker)
+	}
+	if c.Worker.Timeout != 25*time.Second {
+		t.Errorf("unset file keys keep defaults, got timeout %s", c.Worker.Timeout)
+	}
+}
+
+func TestLoadFileRejectsUnknownKeys(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ferry.yml")
+	if err := os.WriteFile(path, []byte("worker:\n  concurency: 3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := Defaults()
+	err := c.LoadFile(path)
+	if err == nil || !strings.Contains(err.Error(), "concurency") {
+		t.Fatalf("a misspelt key must be an error naming it, got %v", err)
+	}
+	if err := c.LoadFile(filepath.Join(t.TempDir(), "missing.yml")); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("a missing file must be a config error, got %v", err)
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	got := RedactURL("postgres://app:s3cret@db:5432/app")
+	if strings.Contains(got, "s3cret") || !strings.Contains(got, "app:xxxxx@db") {
+		t.Fatalf("RedactURL = %q", got)
+	}
+	if got := RedactURL("redis://127.0.0.1:6379/0"); got != "redis://127.0.0.1:6379/0" {
+		t.Fatalf("RedactURL changed a URL without a password: %q", got)
+	}
+}
