@@ -36,9 +36,12 @@ array; integers of any size are kept exactly. Prints the job id.`,
 			if strings.TrimSpace(class) == "" {
 				return Usagef("CLASS must not be empty")
 			}
+			if !json.Valid(raw) {
+				return Usagef("ARGS_JSON is not valid JSON: %.60q", args[1])
+			}
 			var arr []json.RawMessage
 			if err := json.Unmarshal(raw, &arr); err != nil {
-				return Usagef("ARGS_JSON must be a JSON array, e.g. '[1,\"two\"]': %v", err)
+				return Usagef("ARGS_JSON must be a JSON array (Sidekiq's positional args), e.g. '[1,\"two\"]'; got %.60s", args[1])
 			}
 			opts := queue.PushOptions{Queue: q}
 			if q == "" {

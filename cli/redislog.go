@@ -13,7 +13,9 @@ import (
 type redisLogger struct{ log *zap.Logger }
 
 func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
-	l.log.Warn(fmt.Sprintf(format, v...))
+	// Debug: the worker logs its own warning when a Redis call fails, and a
+	// one-shot command prints one clear error; these are the details.
+	l.log.Debug(fmt.Sprintf(format, v...))
 }
 
 // installRedisLogger is called once per process, after the logger is built.
