@@ -15,12 +15,15 @@ import (
 type Job struct {
 	raw    []byte  // exact bytes as read from Redis; nil for a new job
 	fields []field // in order; a payload has about ten, so a slice beats a map
+	// rawKeys holds, by field index, the original quoted bytes of keys whose
+	// JSON form would not round-trip (escapes, invalid UTF-8). Rare, so it
+	// stays nil for ordinary payloads.
+	rawKeys map[int][]byte
 }
 
 type field struct {
-	key    string
-	rawKey []byte // the key's original quoted bytes, re-emitted as read
-	val    json.RawMessage
+	key string
+	val json.RawMessage
 }
 
 // ErrInvalidJob reports a payload that is not a usable Sidekiq job.
@@ -41,7 +44,7 @@ func ParseJob(data []byte) (*Job, error) {
 	if data[i] != '{' {
 		return nil, fmt.Errorf("%w: not a JSON object", ErrInvalidJob)
 	}
-	j := &Job{raw: data, fields: make([]field, 0, 12)}
+	j := &Job{raw: data, fields: make([]field, 0, 10)}
 	// data is valid JSON, so a plain scan of the top-level object suffices.
 	i = skipSpace(data, i+1)
 	for data[i] != '}' {
@@ -55,9 +58,13 @@ func ParseJob(data []byte) (*Job, error) {
 		}
 		i = skipSpace(data, skipSpace(data, kend)+1) // past ':'
 		vend := valueEnd(data, i)
+		before := len(j.fields)
 		j.Set(k, json.RawMessage(data[i:vend:vend]))
-		if n := len(j.fields) - 1; j.fields[n].key == k && j.fields[n].rawKey == nil {
-			j.fields[n].rawKey = data[i0:kend:kend]
+		if len(j.fields) > before && needsRawKey(data[i0:kend]) {
+			if j.rawKeys == nil {
+				j.rawKeys = map[int][]byte{}
+			}
+			j.rawKeys[before] = data[i0:kend:kend]
 		}
 		i = skipSpace(data, vend)
 	}
@@ -208,8 +215,22 @@ func (j *Job) SetTime(key string, t float64) { j.Set(key, json.RawMessage(format
 
 // Delete removes key.
 func (j *Job) Delete(key string) {
-	if i := j.index(key); i >= 0 {
-		j.fields = append(j.fields[:i:i], j.fields[i+1:]...)
+	i := j.index(key)
+	if i < 0 {
+		return
+	}
+	j.fields = append(j.fields[:i:i], j.fields[i+1:]...)
+	if j.rawKeys != nil {
+		shifted := make(map[int][]byte, len(j.rawKeys))
+		for k, v := range j.rawKeys {
+			switch {
+			case k < i:
+				shifted[k] = v
+			case k > i:
+				shifted[k-1] = v
+			}
+		}
+		j.rawKeys = shifted
 	}
 }
 
@@ -217,6 +238,12 @@ func (j *Job) Delete(key string) {
 func (j *Job) Clone() *Job {
 	c := &Job{fields: make([]field, len(j.fields), len(j.fields)+4)}
 	copy(c.fields, j.fields)
+	if j.rawKeys != nil {
+		c.rawKeys = make(map[int][]byte, len(j.rawKeys))
+		for k, v := range j.rawKeys {
+			c.rawKeys[k] = v
+		}
+	}
 	return c
 }
 
@@ -229,8 +256,8 @@ func (j *Job) Encode() []byte {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		if f.rawKey != nil {
-			b.Write(f.rawKey)
+		if rk, ok := j.rawKeys[i]; ok {
+			b.Write(rk)
 		} else {
 			b.Write(marshalString(f.key))
 		}
@@ -420,4 +447,15 @@ func commonKey(b []byte) string {
 		return "wrapped"
 	}
 	return ""
+}
+
+// needsRawKey reports whether a quoted key might not survive decoding and
+// re-encoding byte for byte.
+func needsRawKey(q []byte) bool {
+	for _, c := range q {
+		if c == '\\' || c >= 0x80 || c < 0x20 {
+			return true
+		}
+	}
+	return false
 }

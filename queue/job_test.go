@@ -231,3 +231,20 @@ func compact(t testing.TB, s string) string {
 	}
 	return b.String()
 }
+
+func TestRawKeysSurviveDeleteAndClone(t *testing.T) {
+	raw := []byte("{\"a\":1,\"k\\u00e9\":2,\"class\":\"X\",\"args\":[],\"\xff\":3}")
+	j, err := ParseJob(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := j.Encode(); !bytes.Equal(got, raw) {
+		t.Fatalf("Encode = %q, want the original %q", got, raw)
+	}
+	c := j.Clone()
+	c.Delete("a")
+	want := []byte("{\"k\\u00e9\":2,\"class\":\"X\",\"args\":[],\"\xff\":3}")
+	if got := c.Encode(); !bytes.Equal(got, want) {
+		t.Fatalf("after Delete, Encode = %q, want %q", got, want)
+	}
+}
