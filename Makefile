@@ -56,12 +56,14 @@ test-short: ## Start services, then the quick tests (-short, no race detector)
 	$(GO) test $(SHORT_FLAGS) $(PKGS)
 
 .PHONY: bench
-bench: ## Start services and run every benchmark program under ./bench
+bench: build ## Side-by-side benchmarks (vs Ruby Sidekiq / a PL/pgSQL loop); results go in BENCHMARKS.md
 	@$(with_services)
-	if [ ! -d bench ]; then echo "no ./bench directory" >&2; exit 0; fi
-	mains=$$($(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./bench/... 2>/dev/null || true)
-	if [ -z "$$mains" ]; then echo "no benchmark programs under ./bench" >&2; exit 0; fi
-	for m in $$mains; do echo "== go run $$m $(BENCH_ARGS)" >&2; $(GO) run $$m $(BENCH_ARGS); done
+	echo "== go run ./bench/throughput -runs 2   (no-op jobs: ferry vs Ruby Sidekiq 6.4)" >&2
+	$(GO) run ./bench/throughput -runs 2 -ferry $(BIN)
+	echo "== go run ./bench/bbm -rows 5000000 -load   (backfill: ferry vs PL/pgSQL keyset loop; p99 under load)" >&2
+	$(GO) run ./bench/bbm -rows 5000000 -load
+	echo "== go run ./bench/steal -jobs 10000,100000   (legacy steal: ferry vs Ruby scan-and-delete)" >&2
+	$(GO) run ./bench/steal -jobs 10000,100000
 
 .PHONY: demo
 demo: build ## Start services, build, and run `bin/ferry demo`

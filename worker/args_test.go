@@ -15,7 +15,7 @@ type posArgs struct {
 	Name   string
 	Opts   map[string]any
 	Big    json.Number
-	hidden int    //nolint:unused // skipped: unexported
+	hidden int    //lint:ignore U1000 present to prove unexported fields are skipped
 	Skip   int    `sidekiq:"-"`
 	Note   string `sidekiq:",optional"`
 	Extra  *int   `sidekiq:",optional"`

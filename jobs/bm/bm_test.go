@@ -95,14 +95,13 @@ func (l *fakeLease) Obtain(_ context.Context, key string, ttl time.Duration) (bo
 }
 
 type workerBundle struct {
-	ctx      context.Context
-	rdb      *redis.Client
-	w        *bm.Worker
-	lease    *fakeLease
-	now      time.Time
-	ran      []int
-	healthy  bool
-	healthOK chan struct{}
+	ctx     context.Context
+	rdb     *redis.Client
+	w       *bm.Worker
+	lease   *fakeLease
+	now     time.Time
+	ran     []int
+	healthy bool
 }
 
 func setupWorker(t *testing.T) *workerBundle {
