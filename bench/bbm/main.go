@@ -14,7 +14,11 @@
 // With -load, a write load (-writers goroutines, single-row UPDATEs of
 // random ids on another column of the migrated table) runs first alone for
 // -baseline, then during a second ferry migration of that table; its p99
-// latency in both periods and their ratio are printed (target <= 1.5x).
+// latency in both periods and their ratio are printed (target <= 1.5x),
+// and, for comparison, its latency alone again on the migrated table
+// afterwards (what is left once the migration's own work is gone, plus
+// drift of a shared machine). -max-duty sets HealthConfig.MaxDutyUnderLoad
+// (1: no contention pacing); -only-load skips the idle comparison.
 package main
 
 import (
@@ -38,8 +42,9 @@ import (
 
 type options struct {
 	rows, workers, parallel, writers int
-	load                             bool
+	load, onlyLoad                   bool
 	baseline                         time.Duration
+	maxDuty                          float64
 }
 
 func main() {
@@ -49,6 +54,8 @@ func main() {
 	flag.IntVar(&o.parallel, "parallel", 1, "batches of the migration at once (default settings: 1)")
 	flag.BoolVar(&o.load, "load", false, "also measure a concurrent write load's latency without and during a migration")
 	flag.IntVar(&o.writers, "writers", 4, "with -load: goroutines doing single-row UPDATEs")
+	flag.Float64Var(&o.maxDuty, "max-duty", 0, "HealthConfig.MaxDutyUnderLoad (0: default; 1: no contention pacing)")
+	flag.BoolVar(&o.onlyLoad, "only-load", false, "with -load: skip the idle comparison (for tuning)")
 	flag.DurationVar(&o.baseline, "baseline", 15*time.Second, "with -load: how long to measure the load alone")
 	flag.Parse()
 	if err := run(context.Background(), o); err != nil {
@@ -87,6 +94,11 @@ func run(ctx context.Context, o options) error {
 		}
 		return nil
 	}
+	e := bbm.NewEngine(pool, bbm.Config{Logger: zap.NewNop(), Health: bbm.HealthConfig{MaxDutyUnderLoad: o.maxDuty}})
+	defer e.Close()
+	if o.load && o.onlyLoad {
+		return underLoad(ctx, o, url, e, prepare)
+	}
 	// Reference: the keyset loop inside PostgreSQL.
 	if err := prepare("bench_loop"); err != nil {
 		return err
@@ -118,8 +130,6 @@ func run(ctx context.Context, o options) error {
 	if err := prepare("bench_ferry"); err != nil {
 		return err
 	}
-	e := bbm.NewEngine(pool, bbm.Config{Logger: zap.NewNop()})
-	defer e.Close()
 	took, m, err := migrate(ctx, e, "bench_ferry", parallel, workers)
 	if err != nil {
 		return err
@@ -131,8 +141,13 @@ func run(ctx context.Context, o options) error {
 	if !o.load {
 		return nil
 	}
+	return underLoad(ctx, o, url, e, prepare)
+}
 
-	// Politeness: the same migration on a table under a write load.
+// underLoad is the politeness run: the same migration on a table under a
+// write load.
+func underLoad(ctx context.Context, o options, url string, e *bbm.Engine, prepare func(string) error) error {
+	rows, workers, parallel := o.rows, o.workers, o.parallel
 	if err := prepare("bench_load"); err != nil {
 		return err
 	}
@@ -147,17 +162,25 @@ func run(ctx context.Context, o options) error {
 	ld.phase(1)
 	sleep(ctx, o.baseline)
 	ld.phase(2)
-	took, m, err = migrate(ctx, e, "bench_load", parallel, workers)
+	took, m, err := migrate(ctx, e, "bench_load", parallel, workers)
+	if err == nil {
+		// The load alone again, on the migrated table: what is left when
+		// the migration's own work is gone (dead row versions, index
+		// entries, a vacuum), and how much the machine drifted meanwhile.
+		ld.phase(3)
+		sleep(ctx, o.baseline)
+	}
 	ld.phase(0)
 	ld.stop()
 	if err != nil {
 		return err
 	}
-	base, during := ld.stats(1), ld.stats(2)
+	base, during, after := ld.stats(1), ld.stats(2), ld.stats(3)
 	fmt.Printf("under load (%d writers, single-row UPDATEs of random ids, other column): ferry %d rows in %s = %.0f rows/s (%s)\n",
 		o.writers, rows, took.Round(time.Millisecond), float64(rows)/took.Seconds(), m.summary)
 	fmt.Printf("write load alone:      %s\n", base)
 	fmt.Printf("write load, migrating: %s\n", during)
+	fmt.Printf("write load, after:     %s\n", after)
 	fmt.Printf("p99 ratio migrating/alone: %.2f (target <= 1.50)\n", during.p99.Seconds()/base.p99.Seconds())
 	return nil
 }
@@ -205,12 +228,16 @@ func migrate(ctx context.Context, e *bbm.Engine, table string, parallel, workers
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE v_big IS DISTINCT FROM v`).Scan(&bad); err != nil {
 		return 0, migrated{}, err
 	}
-	var jobs int
-	_ = pool.QueryRow(ctx, `SELECT count(*) FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, m.ID).Scan(&jobs)
+	var jobs, paced int
+	var minDuty, pausedS float64
+	_ = pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE (metrics->'pacing'->>'min_duty_cycle')::float8 < 1),
+			coalesce(min((metrics->'pacing'->>'min_duty_cycle')::float8), 1), coalesce(sum((metrics->'pacing'->>'paused_s')::float8), 0)
+		FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, m.ID).Scan(&jobs, &paced, &minDuty, &pausedS)
 	if m.Status != bbm.Finished || bad != 0 {
 		return 0, migrated{}, fmt.Errorf("migration of %s ended %s with %d rows not copied", table, m.Status, bad)
 	}
-	return took, migrated{m, fmt.Sprintf("%d batches, final batch %d, sub-batch %d, rows not copied %d", jobs, m.BatchSize, m.SubBatchSize, bad)}, nil
+	return took, migrated{m, fmt.Sprintf("%d batches, final batch %d, sub-batch %d, rows not copied %d; paced batches %d, lowest duty cycle %.2f, paused %.1fs",
+		jobs, m.BatchSize, m.SubBatchSize, bad, paced, minDuty, pausedS)}, nil
 }
 
 // load runs single-row UPDATEs and records each one's latency under the

@@ -31,7 +31,12 @@
 // sub-batches to a per-statement budget. Instead of fixed sleeps, database
 // signals ([Engine.Evaluate]: autovacuum on the table, replication lag,
 // lock waits involving our statements, long transactions) put a migration
-// on hold with a reason, backing off exponentially.
+// on hold with a reason, backing off exponentially. While other sessions
+// are busy in the database (contention: pg_stat_activity sampled after each
+// sub-batch), sub-batches are paced to a duty cycle, lower the busier it
+// is, down to a floor, and full speed returns when the others go quiet;
+// jobs record the duty cycle in their metrics and `bbm show` the reason
+// (see HealthConfig.MaxDutyUnderLoad).
 //
 // # Decisions where GitLab is awkward
 //

@@ -53,6 +53,7 @@ type Engine struct {
 	sess       *pgxpool.Conn
 	session    int64
 	lastHealth map[int64]time.Time
+	pacers     map[int64]pacer // contention pacing per migration, carried from batch to batch
 }
 
 // NewEngine returns an engine on pool.
@@ -73,6 +74,7 @@ func NewEngine(pool *pgxpool.Pool, cfg Config) *Engine {
 	return &Engine{
 		pool: pool, reg: cfg.Registry, log: cfg.Logger.Named("bbm"), target: cfg.TargetBatchDuration,
 		identity: cfg.Identity, health: cfg.Health.withDefaults(), cat: pgCatalog, lastHealth: map[int64]time.Time{},
+		pacers: map[int64]pacer{},
 	}
 }
 

@@ -41,6 +41,7 @@ type result struct {
 	cursor  *int64
 	err     error
 	yield   bool // stopped early on purpose; the rest becomes a new job
+	pace    *pacing
 }
 
 // execute runs a claimed batch sub-batch by sub-batch and records the
@@ -76,13 +77,29 @@ func (e *Engine) execute(ctx context.Context, cl *claim) {
 	}
 }
 
-func (e *Engine) runSubBatches(ctx context.Context, cl *claim) result {
-	res := result{sub: max(cl.sub, 1), cursor: cl.cursor}
+func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
+	res = result{sub: max(cl.sub, 1), cursor: cl.cursor}
 	if cl.plan.Skip {
 		return res
 	}
 	target := e.targetFor(cl.mig.TargetBatchMs)
 	budget := subBatchBudget(target)
+	// Contention pacing (contention.go): sampled on this connection after
+	// each sub-batch; a sample that fails turns it off for this batch.
+	var pc pacer
+	sampling := !e.health.Disabled
+	if sampling {
+		pc = e.pacerFor(cl.mig.ID)
+		sampling = pc.enabled()
+	}
+	var paused time.Duration
+	minDuty := 1.0
+	if sampling {
+		defer func() {
+			e.storePacer(cl.mig, pc)
+			res.pace = &pacing{Duty: pc.duty(), Busy: pc.load, Paused: paused.Seconds(), MinD: minDuty}
+		}()
+	}
 	conn, err := e.pool.Acquire(ctx)
 	if err != nil {
 		res.err = err
@@ -133,18 +150,35 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) result {
 		if hi == nil {
 			break
 		}
+		work := time.Since(s0)
 		res.rows += n
 		v := *hi
 		res.cursor = &v
 		start = v + 1
-		res.sub = nextSubBatch(limit, n, time.Since(s0), budget, cl.size)
 		if n < int64(limit) {
 			break
 		}
-		if p := cl.mig.PauseMs; p > 0 {
+		pause := time.Duration(cl.mig.PauseMs) * time.Millisecond
+		if sampling {
+			if busy, err := (contentionIndicator{cat: e.cat}).sample(ctx, conn); err != nil {
+				sampling = false
+				if ctx.Err() == nil {
+					e.log.Debug("contention sample failed; not pacing this batch", zap.Int64("migration_id", cl.mig.ID), zap.Error(err))
+				}
+			} else {
+				pc.observe(busy)
+				minDuty = min(minDuty, pc.duty())
+				if p := pc.pause(work); p > pause {
+					paused += p - pause
+					pause = p
+				}
+			}
+		}
+		res.sub = nextSubBatch(limit, n, work, pc.budget(budget), cl.size)
+		if pause > 0 {
 			select {
 			case <-ctx.Done():
-			case <-time.After(time.Duration(p) * time.Millisecond):
+			case <-time.After(pause):
 			}
 		}
 	}
@@ -277,11 +311,15 @@ func metricsJSON(cl *claim, res result) []byte {
 	if op == "" {
 		op = "sub_batch"
 	}
-	b, _ := json.Marshal(map[string]any{
+	m := map[string]any{
 		"timings":     map[string]any{op: []float64{res.elapsed.Seconds()}},
 		"sub_batches": res.subs,
 		"rows":        res.rows,
-	})
+	}
+	if res.pace != nil {
+		m["pacing"] = res.pace
+	}
+	b, _ := json.Marshal(m)
 	return b
 }
 

@@ -38,6 +38,15 @@ type HealthConfig struct {
 	Interval time.Duration
 	// MaxHold caps the exponential back-off of repeated holds (default 60s).
 	MaxHold time.Duration
+	// MaxDutyUnderLoad is the largest share of time a batch spends in
+	// sub-batch statements while other sessions are busy in the database
+	// (the contention signal, see contention.go); it sleeps the rest.
+	// It applies to about one busy session and falls in proportion to
+	// their number. Default 0.5; 1 or more turns contention pacing off.
+	MaxDutyUnderLoad float64
+	// MinDutyUnderLoad is the floor of that share, so a migration always
+	// progresses however busy the database is (default 0.1).
+	MinDutyUnderLoad float64
 }
 
 func (h HealthConfig) withDefaults() HealthConfig {
@@ -59,6 +68,13 @@ func (h HealthConfig) withDefaults() HealthConfig {
 	if h.MaxHold == 0 {
 		h.MaxHold = time.Minute
 	}
+	if h.MaxDutyUnderLoad <= 0 {
+		h.MaxDutyUnderLoad = defaultMaxDutyUnderLoad
+	}
+	if h.MinDutyUnderLoad <= 0 {
+		h.MinDutyUnderLoad = defaultMinDutyUnderLoad
+	}
+	h.MinDutyUnderLoad = min(h.MinDutyUnderLoad, h.MaxDutyUnderLoad, 1)
 	return h
 }
 
@@ -66,9 +82,12 @@ func (h HealthConfig) withDefaults() HealthConfig {
 type Signal struct {
 	Indicator string `json:"indicator"`
 	// Stop puts the migration on hold; otherwise it is slowed to one
-	// batch at a time.
-	Stop   bool   `json:"stop"`
-	Reason string `json:"reason"`
+	// batch at a time, or, with Duty, paced.
+	Stop bool `json:"stop"`
+	// Duty (0 < Duty < 1) paces sub-batches to this share of the time
+	// (contention); the signal only records why the migration is slower.
+	Duty   float64 `json:"duty,omitempty"`
+	Reason string  `json:"reason"`
 }
 
 // The indicators read PostgreSQL's statistics views through a [catalog],
@@ -306,24 +325,32 @@ func (e *Engine) maybeCheckHealth(ctx context.Context, m *Migration, t *Target) 
 	if !due {
 		return
 	}
-	e.applyHealth(ctx, m, e.Evaluate(ctx, m, t.OID))
+	sigs := e.Evaluate(ctx, m, t.OID)
+	if s := e.paceSignal(m.ID); s != nil {
+		sigs = append(sigs, *s)
+	}
+	e.applyHealth(ctx, m, sigs)
 }
 
 // applyHealth holds (stop) or slows the migration with a logged reason,
-// backing off exponentially while the signal persists, or clears it.
+// backing off exponentially while the signal persists, records why it is
+// paced, or clears the reason.
 func (e *Engine) applyHealth(ctx context.Context, m *Migration, sigs []Signal) {
-	var stop, slow []string
+	var stop, slow, paced []string
 	for _, s := range sigs {
-		if s.Stop {
+		switch {
+		case s.Stop:
 			stop = append(stop, s.Indicator+": "+s.Reason)
-		} else {
+		case s.Duty > 0 && s.Duty < 1:
+			paced = append(paced, s.Indicator+": "+s.Reason)
+		default:
 			slow = append(slow, s.Indicator+": "+s.Reason)
 		}
 	}
 	var err error
 	switch {
 	case len(stop) > 0:
-		reason := strings.Join(append(stop, slow...), "; ")
+		reason := strings.Join(append(append(stop, slow...), paced...), "; ")
 		var until time.Time
 		err = e.pool.QueryRow(ctx, `UPDATE batched_background_migrations
 			SET on_hold_until = now() + least(make_interval(secs => power(2, least(hold_count, 10))), make_interval(secs => $3)),
@@ -332,10 +359,17 @@ func (e *Engine) applyHealth(ctx context.Context, m *Migration, sigs []Signal) {
 		e.log.Info(fmt.Sprintf("BatchedMigration[id: %d] put on hold until %s", m.ID, until.Format(time.RFC3339)),
 			zap.Int64("migration_id", m.ID), zap.String("reason", reason), zap.Float64("duration_s", time.Until(until).Seconds()))
 	case len(slow) > 0:
-		reason := strings.Join(slow, "; ")
+		reason := strings.Join(append(slow, paced...), "; ")
 		_, err = e.pool.Exec(ctx, `UPDATE batched_background_migrations SET slow_until = now() + interval '10 seconds', hold_reason = $2
 			WHERE id = $1`, m.ID, truncate(reason, 1000))
 		e.log.Info("batched background migration slowed to one batch at a time", zap.Int64("migration_id", m.ID), zap.String("reason", reason))
+	case len(paced) > 0:
+		// Pacing changes no schedule, only the reason `bbm show` prints
+		// (it starts and stops are logged by storePacer). A hold or slow
+		// still in force keeps its own reason.
+		_, err = e.pool.Exec(ctx, `UPDATE batched_background_migrations SET hold_reason = $2
+			WHERE id = $1 AND hold_reason IS DISTINCT FROM $2 AND coalesce(on_hold_until, '-infinity') < now()
+			  AND coalesce(slow_until, '-infinity') < now()`, m.ID, truncate(strings.Join(paced, "; "), 1000))
 	default:
 		_, err = e.pool.Exec(ctx, `UPDATE batched_background_migrations SET hold_count = 0, hold_reason = NULL
 			WHERE id = $1 AND (hold_count <> 0 OR hold_reason IS NOT NULL) AND coalesce(on_hold_until, '-infinity') < now()

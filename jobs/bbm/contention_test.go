@@ -1,0 +1,117 @@
+package bbm_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ferrymigrate/ferry/internal/testenv"
+	"github.com/ferrymigrate/ferry/jobs/bbm"
+)
+
+// With other sessions writing to the table, the migration paces itself:
+// jobs record a duty cycle below 1 and `bbm show` gets the reason while it
+// lasts. Without them it runs at full duty. Either way every row is
+// migrated exactly once.
+func TestContentionPacing(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		writers int
+	}{{"idle", 0}, {"concurrent writers", 4}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			ctx := testenv.Context(t)
+			const rows = 20000
+			b.table(t, "paced", rows)
+			if _, err := b.pool.Exec(ctx, `ALTER TABLE paced ADD COLUMN w int NOT NULL DEFAULT 0`); err != nil {
+				t.Fatal(err)
+			}
+			e := b.engine(t, bbm.Config{Health: bbm.HealthConfig{Interval: time.Millisecond}})
+			res, err := e.Queue(ctx, bbm.QueueOptions{Class: "CountAndCopy", Table: "paced", Column: "id", BatchSize: 1000, SubBatchSize: 100})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := res.Migration.ID
+
+			wctx, stop := context.WithCancel(ctx)
+			var wg sync.WaitGroup
+			var writes atomic.Int64
+			for range tc.writers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for wctx.Err() == nil {
+						if _, err := b.pool.Exec(wctx, `UPDATE paced SET w = w + 1 WHERE id = $1`, 3*(rand.IntN(rows)+1)); err == nil {
+							writes.Add(1)
+						}
+					}
+				}()
+			}
+			// Watch the reason `bbm show` prints.
+			var reasons sync.Map
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for wctx.Err() == nil {
+					if m, err := e.Get(wctx, id); err == nil && m.HoldReason != nil {
+						reasons.Store(*m.HoldReason, true)
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			}()
+			if tc.writers > 0 {
+				testenv.Eventually(t, 5*time.Second, "writers", func() bool { return writes.Load() > 100 })
+			}
+			err = e.RunLocal(ctx, 1, true)
+			stop()
+			wg.Wait()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s := b.status(t, id); s != bbm.Finished {
+				t.Fatalf("status %s", s)
+			}
+			b.checkExactlyOnce(t, "paced")
+
+			var jobs, withPacing, paced int
+			var minDuty float64
+			if err := b.pool.QueryRow(ctx, `SELECT count(*), count(metrics->'pacing'),
+					count(*) FILTER (WHERE (metrics->'pacing'->>'min_duty_cycle')::float8 < 1),
+					coalesce(min((metrics->'pacing'->>'min_duty_cycle')::float8), 1)
+				FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1 AND status = 3`, id).
+				Scan(&jobs, &withPacing, &paced, &minDuty); err != nil {
+				t.Fatal(err)
+			}
+			var sawReason []string
+			reasons.Range(func(k, _ any) bool {
+				if strings.HasPrefix(k.(string), "contention: ") {
+					sawReason = append(sawReason, k.(string))
+				}
+				return true
+			})
+			t.Logf("%d jobs (%d with pacing metrics), %d paced, lowest duty %.2f, %d writes; reasons seen: %q",
+				jobs, withPacing, paced, minDuty, writes.Load(), sawReason)
+			if withPacing != jobs || jobs == 0 {
+				t.Fatalf("%d of %d jobs have pacing metrics", withPacing, jobs)
+			}
+			if tc.writers == 0 {
+				if paced != 0 || len(sawReason) != 0 {
+					t.Fatalf("paced on an idle database: %d jobs, reasons %q", paced, sawReason)
+				}
+				return
+			}
+			if paced == 0 || minDuty >= 1 {
+				t.Fatal("never paced while other sessions wrote to the table")
+			}
+			if len(sawReason) == 0 {
+				t.Fatal("the pacing was never recorded as the migration's reason")
+			}
+		})
+	}
+}
