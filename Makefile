@@ -58,8 +58,8 @@ test-short: ## Start services, then the quick tests (-short, no race detector)
 .PHONY: bench
 bench: build ## Side-by-side benchmarks (vs Ruby Sidekiq / a PL/pgSQL loop); results go in BENCHMARKS.md
 	@$(with_services)
-	echo "== go run ./bench/throughput -runs 2   (no-op jobs: ferry vs Ruby Sidekiq 6.4)" >&2
-	$(GO) run ./bench/throughput -runs 2 -ferry $(BIN)
+	echo "== go run ./bench/throughput -runs 3   (no-op jobs: ferry vs Ruby Sidekiq 6.4)" >&2
+	$(GO) run ./bench/throughput -runs 3 -ferry $(BIN)
 	echo "== go run ./bench/bbm -rows 5000000 -load   (backfill: ferry vs PL/pgSQL keyset loop; p99 under load)" >&2
 	$(GO) run ./bench/bbm -rows 5000000 -load
 	echo "== go run ./bench/steal -jobs 10000,100000   (legacy steal: ferry vs Ruby scan-and-delete)" >&2

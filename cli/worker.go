@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -33,6 +34,7 @@ func newWorkerCmd(a *App) *cobra.Command {
 		poll        time.Duration
 		web         bool
 		webListen   string
+		procs       int
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -61,6 +63,7 @@ goroutine stacks. The Sidekiq Web UI's Quiet/Stop buttons work too.`,
 	f.DurationVarP(&timeout, "timeout", "t", 0, "shutdown grace period before running jobs are pushed back (default 25s)")
 	f.StringVarP(&tag, "tag", "g", "", "tag shown on the Sidekiq Busy page")
 	f.DurationVar(&poll, "poll-interval", 0, "average scheduled/retry poll interval per process (default 5s, as Sidekiq)")
+	f.IntVar(&procs, "procs", 0, "OS threads running Go code (GOMAXPROCS; default all cores). 1 is faster when Redis shares a small host")
 	f.BoolVar(&web, "web", false, "also serve the admin UI and /metrics (config web.serve_in_worker)")
 	f.StringVar(&webListen, "web-listen", "", "address for --web (default web.listen, 127.0.0.1:7373)")
 	a.PreValidate(cmd, func(c *config.Config) {
@@ -79,6 +82,9 @@ goroutine stacks. The Sidekiq Web UI's Quiet/Stop buttons work too.`,
 		if f.Changed("poll-interval") {
 			c.Worker.PollInterval = poll
 		}
+		if f.Changed("procs") {
+			c.Worker.Procs = procs
+		}
 		if f.Changed("web") {
 			c.Web.ServeInWorker = web
 		}
@@ -93,6 +99,11 @@ goroutine stacks. The Sidekiq Web UI's Quiet/Stop buttons work too.`,
 // runWorker runs a worker process until ctx is done. ready, if not nil, is
 // called with the runtime once it has started (used by `ferry demo`).
 func (a *App) runWorker(ctx context.Context, ready func(*worker.Runtime)) error {
+	if n := a.Cfg.Worker.Procs; n > 0 {
+		// The worker command owns its process, like its signal handling.
+		prev := runtime.GOMAXPROCS(n)
+		defer runtime.GOMAXPROCS(prev)
+	}
 	qs, err := queue.ParseQueues(a.Cfg.Worker.Queues)
 	if err != nil {
 		return Usage(&config.FieldError{Field: "worker.queues", Msg: err.Error()})

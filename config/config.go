@@ -39,6 +39,10 @@ type Worker struct {
 	PollInterval time.Duration `yaml:"poll_interval"`
 	MaxRetries   int           `yaml:"max_retries"`
 	Hostname     string        `yaml:"hostname"`
+	// Procs caps the OS threads running Go code (GOMAXPROCS); 0 keeps Go's
+	// default (all cores). 1 leaves the other cores to a Redis or
+	// PostgreSQL on the same host, which is faster there.
+	Procs int `yaml:"procs"`
 }
 
 // Web configures `ferry web`.
@@ -169,6 +173,9 @@ func (c *Config) Validate() error {
 	}
 	if w.PollInterval <= 0 {
 		return &FieldError{Field: "worker.poll_interval", Msg: fmt.Sprintf("must be positive, got %s", w.PollInterval)}
+	}
+	if w.Procs < 0 || w.Procs > 1024 {
+		return &FieldError{Field: "worker.procs", Msg: fmt.Sprintf("must be between 0 (Go's default) and 1024, got %d", w.Procs)}
 	}
 	if w.MaxRetries < 0 {
 		return &FieldError{Field: "worker.max_retries", Msg: fmt.Sprintf("must be >= 0, got %d", w.MaxRetries)}
