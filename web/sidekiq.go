@@ -115,16 +115,7 @@ func (s *sidekiq) Processes(ctx context.Context) ([]Process, error) {
 		if info == "" {
 			continue // expired: Sidekiq's readers skip it too
 		}
-		var pi struct {
-			Hostname    string   `json:"hostname"`
-			StartedAt   float64  `json:"started_at"`
-			Pid         int      `json:"pid"`
-			Tag         string   `json:"tag"`
-			Concurrency int      `json:"concurrency"`
-			Queues      []string `json:"queues"`
-			Labels      []string `json:"labels"`
-			Version     string   `json:"version"`
-		}
+		var pi queue.ProcessInfo
 		_ = json.Unmarshal([]byte(info), &pi)
 		p := Process{Identity: id, Hostname: pi.Hostname, Pid: pi.Pid, Tag: pi.Tag, Version: pi.Version,
 			Queues: pi.Queues, Labels: pi.Labels, Concurrency: pi.Concurrency, StartedAt: epochTime(pi.StartedAt)}

@@ -11,59 +11,32 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ferrymigrate/ferry/jobs/bbm"
+	"github.com/ferrymigrate/ferry/schema"
 )
 
-// Migration status codes, GitLab's (gitlab-background-migrations.md §1.1).
+// Migration and job status codes: GitLab's, named once in schema
+// (gitlab-background-migrations.md §1.1-1.2).
 const (
-	StatusPaused     = 0
-	StatusActive     = 1
-	StatusFinished   = 3
-	StatusFailed     = 4
-	StatusFinalizing = 5
-	StatusFinalized  = 6
-)
+	StatusPaused     = schema.MigrationPaused
+	StatusActive     = schema.MigrationActive
+	StatusFinished   = schema.MigrationFinished
+	StatusFailed     = schema.MigrationFailed
+	StatusFinalizing = schema.MigrationFinalizing
+	StatusFinalized  = schema.MigrationFinalized
 
-// Job status codes (§1.2).
-const (
-	JobPending   = 0
-	JobRunning   = 1
-	JobFailed    = 2
-	JobSucceeded = 3
+	JobPending   = schema.JobPending
+	JobRunning   = schema.JobRunning
+	JobFailed    = schema.JobFailed
+	JobSucceeded = schema.JobSucceeded
 )
 
 // StatusName is the humanized migration status.
-func StatusName(s int16) string {
-	switch s {
-	case StatusPaused:
-		return "paused"
-	case StatusActive:
-		return "active"
-	case StatusFinished:
-		return "finished"
-	case StatusFailed:
-		return "failed"
-	case StatusFinalizing:
-		return "finalizing"
-	case StatusFinalized:
-		return "finalized"
-	}
-	return fmt.Sprintf("unknown (%d)", s)
-}
+func StatusName(s int16) string { return bbm.Status(s).String() }
 
 // JobStatusName is the humanized job status.
-func JobStatusName(s int16) string {
-	switch s {
-	case JobPending:
-		return "pending"
-	case JobRunning:
-		return "running"
-	case JobFailed:
-		return "failed"
-	case JobSucceeded:
-		return "succeeded"
-	}
-	return fmt.Sprintf("unknown (%d)", s)
-}
+func JobStatusName(s int16) string { return bbm.JobStatus(s).String() }
 
 // Tab is one of the index tabs of the background migrations page.
 type Tab string
