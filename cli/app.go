@@ -291,6 +291,12 @@ func (a *App) DB(ctx context.Context) (*pgxpool.Pool, error) {
 		return nil, Usage(err)
 	}
 	pc.MaxConns = max(pc.MaxConns, int32(a.Cfg.Worker.Concurrency)+4)
+	// Named, so operators see ferry in pg_stat_activity and migrations
+	// do not count ferry's own idle connections as an application to
+	// pace for (jobs/bbm contention.go). An explicit name in the URL wins.
+	if pc.ConnConfig.RuntimeParams["application_name"] == "" {
+		pc.ConnConfig.RuntimeParams["application_name"] = "ferry"
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, err

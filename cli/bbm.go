@@ -47,7 +47,7 @@ func bbmWorkerSetup(ctx context.Context, a *App, env *WorkerEnv) (func(context.C
 		return nil, err
 	}
 	e := bbm.NewEngine(env.DB, bbm.Config{Logger: env.Log, Registry: BBMClasses(a.Reg),
-		TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration, Identity: env.Identity})
+		TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration, Identity: env.Identity, Health: bbmHealth(a)})
 	svc := bbm.NewService(e, env.Redis, env.Log)
 	if err := svc.Register(env.Workers); err != nil {
 		return nil, err
@@ -65,7 +65,7 @@ func (a *App) bbmEngine(ctx context.Context) (*bbm.Engine, error) {
 		return nil, err
 	}
 	e := bbm.NewEngine(pool, bbm.Config{Logger: a.Log, Registry: BBMClasses(a.Reg), TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration,
-		Identity: "ferry-cli:" + strconv.Itoa(os.Getpid())})
+		Identity: "ferry-cli:" + strconv.Itoa(os.Getpid()), Health: bbmHealth(a)})
 	a.OnClose(e.Close)
 	return e, nil
 }
@@ -87,6 +87,11 @@ func parseID(s string) (int64, error) {
 		return 0, Usagef("migration id must be a positive integer, got %q", s)
 	}
 	return id, nil
+}
+
+// bbmHealth is the engine's health configuration from ferry's.
+func bbmHealth(a *App) bbm.HealthConfig {
+	return bbm.HealthConfig{MaxDutyUnderLoad: a.Cfg.BBM.MaxDutyUnderLoad, LockTimeout: a.Cfg.BBM.LockTimeout}
 }
 
 func newBBMCmd(a *App) *cobra.Command {

@@ -43,10 +43,7 @@ array; integers of any size are kept exactly. Prints the job id.`,
 			if err := json.Unmarshal(raw, &arr); err != nil {
 				return Usagef("ARGS_JSON must be a JSON array (Sidekiq's positional args), e.g. '[1,\"two\"]'; got %.60s", args[1])
 			}
-			opts := queue.PushOptions{Queue: q}
-			if q == "" {
-				opts.Queue = "default"
-			}
+			opts := queue.PushOptions{Queue: q} // Push defaults "" to "default"
 			switch {
 			case retry == "":
 			case retry == "true" || retry == "false":

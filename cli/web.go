@@ -139,7 +139,7 @@ func webWorkerSetup(ctx context.Context, a *App, env *WorkerEnv) (func(context.C
 			return nil, err
 		}
 		e := bbm.NewEngine(env.DB, bbm.Config{Logger: env.Log, Registry: BBMClasses(a.Reg),
-			TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration, Identity: env.Identity + ":web:" + strconv.Itoa(os.Getpid())})
+			TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration, Identity: env.Identity + ":web:" + strconv.Itoa(os.Getpid()), Health: bbmHealth(a)})
 		fin = web.NewEngineMigrations(ctx, e, env.Log)
 		cfg.Migrations = fin
 		defer func() {

@@ -114,8 +114,10 @@ func (a *App) runWorker(ctx context.Context, ready func(*worker.Runtime)) error 
 	}
 	cfg := worker.Config{
 		Redis: rdb, Registry: a.Reg.Workers, Queues: qs,
-		Concurrency: a.Cfg.Worker.Concurrency, Timeout: a.Cfg.Worker.Timeout,
-		PollInterval: a.Cfg.Worker.PollInterval, MaxRetries: a.Cfg.Worker.MaxRetries,
+		// Timeout and MaxRetries are always passed, so that a configured
+		// value (max_retries: 0 included) is never replaced by a default.
+		Concurrency: a.Cfg.Worker.Concurrency, Timeout: new(a.Cfg.Worker.Timeout),
+		PollInterval: a.Cfg.Worker.PollInterval, MaxRetries: new(a.Cfg.Worker.MaxRetries),
 		Tag: a.Cfg.Worker.Tag, Version: "ferry " + a.Version, Hostname: a.Cfg.Worker.Hostname,
 		Logger: a.Log,
 	}

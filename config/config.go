@@ -37,8 +37,10 @@ type Worker struct {
 	Tag         string        `yaml:"tag"`
 	// PollInterval is Sidekiq's average_scheduled_poll_interval.
 	PollInterval time.Duration `yaml:"poll_interval"`
-	MaxRetries   int           `yaml:"max_retries"`
-	Hostname     string        `yaml:"hostname"`
+	// MaxRetries is the retry limit of jobs with retry:true (Sidekiq's
+	// max_retries); 0 sends them to the dead set on their first failure.
+	MaxRetries int    `yaml:"max_retries"`
+	Hostname   string `yaml:"hostname"`
 	// Procs caps the OS threads running Go code (GOMAXPROCS); 0 keeps Go's
 	// default (all cores). 1 leaves the other cores to a Redis or
 	// PostgreSQL on the same host, which is faster there.
@@ -60,6 +62,12 @@ type Web struct {
 type BBM struct {
 	// TargetBatchDuration is what adaptive sizing aims each batch at.
 	TargetBatchDuration time.Duration `yaml:"target_batch_duration"`
+	// MaxDutyUnderLoad is the share of time a batch may spend in its
+	// statements while other sessions use the database (1: never paced).
+	MaxDutyUnderLoad float64 `yaml:"max_duty_under_load"`
+	// LockTimeout is how long a sub-batch waits for another session's
+	// lock before it gives up and the migration goes on hold.
+	LockTimeout time.Duration `yaml:"lock_timeout"`
 }
 
 // Defaults returns the built-in configuration.
@@ -75,7 +83,7 @@ func Defaults() Config {
 			MaxRetries:   25,
 		},
 		Web: Web{Listen: "127.0.0.1:7373"},
-		BBM: BBM{TargetBatchDuration: 2 * time.Second},
+		BBM: BBM{TargetBatchDuration: 2 * time.Second, MaxDutyUnderLoad: 0.02, LockTimeout: 500 * time.Millisecond},
 	}
 }
 
@@ -168,8 +176,10 @@ func (c *Config) Validate() error {
 	if w.Concurrency < 1 || w.Concurrency > 1000 {
 		return &FieldError{Field: "worker.concurrency", Msg: fmt.Sprintf("must be between 1 and 1000, got %d", w.Concurrency)}
 	}
-	if w.Timeout < 0 {
-		return &FieldError{Field: "worker.timeout", Msg: fmt.Sprintf("must not be negative, got %s", w.Timeout)}
+	if w.Timeout <= 0 {
+		// 0 is refused rather than read as "unset": a zero grace would
+		// cancel every running job the moment the worker is asked to stop.
+		return &FieldError{Field: "worker.timeout", Msg: fmt.Sprintf("must be > 0 (the shutdown grace for running jobs, e.g. 25s), got %s", w.Timeout)}
 	}
 	if w.PollInterval <= 0 {
 		return &FieldError{Field: "worker.poll_interval", Msg: fmt.Sprintf("must be positive, got %s", w.PollInterval)}
@@ -182,6 +192,12 @@ func (c *Config) Validate() error {
 	}
 	if c.BBM.TargetBatchDuration < 100*time.Millisecond || c.BBM.TargetBatchDuration > 10*time.Minute {
 		return &FieldError{Field: "bbm.target_batch_duration", Msg: fmt.Sprintf("must be between 100ms and 10m, got %s", c.BBM.TargetBatchDuration)}
+	}
+	if !(c.BBM.MaxDutyUnderLoad > 0 && c.BBM.MaxDutyUnderLoad <= 1) {
+		return &FieldError{Field: "bbm.max_duty_under_load", Msg: fmt.Sprintf("must be above 0 and at most 1 (1: never paced), got %g", c.BBM.MaxDutyUnderLoad)}
+	}
+	if c.BBM.LockTimeout < time.Millisecond || c.BBM.LockTimeout > time.Minute {
+		return &FieldError{Field: "bbm.lock_timeout", Msg: fmt.Sprintf("must be between 1ms and 1m, got %s", c.BBM.LockTimeout)}
 	}
 	return nil
 }

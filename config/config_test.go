@@ -23,9 +23,13 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"concurrency zero", func(c *Config) { c.Worker.Concurrency = 0 }, "worker.concurrency"},
 		{"concurrency huge", func(c *Config) { c.Worker.Concurrency = 5000 }, "worker.concurrency"},
 		{"timeout", func(c *Config) { c.Worker.Timeout = -time.Second }, "worker.timeout"},
+		{"timeout zero", func(c *Config) { c.Worker.Timeout = 0 }, "worker.timeout"},
 		{"poll", func(c *Config) { c.Worker.PollInterval = 0 }, "worker.poll_interval"},
 		{"retries", func(c *Config) { c.Worker.MaxRetries = -1 }, "worker.max_retries"},
 		{"target", func(c *Config) { c.BBM.TargetBatchDuration = time.Millisecond }, "bbm.target_batch_duration"},
+		{"duty zero", func(c *Config) { c.BBM.MaxDutyUnderLoad = 0 }, "bbm.max_duty_under_load"},
+		{"duty above one", func(c *Config) { c.BBM.MaxDutyUnderLoad = 1.5 }, "bbm.max_duty_under_load"},
+		{"lock timeout zero", func(c *Config) { c.BBM.LockTimeout = 0 }, "bbm.lock_timeout"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -69,6 +73,31 @@ func TestLoadFileAndEnvPriority(t *testing.T) {
 	}
 	if c.Worker.Timeout != 25*time.Second {
 		t.Errorf("unset file keys keep defaults, got timeout %s", c.Worker.Timeout)
+	}
+}
+
+// An explicit 0 in the file is the operator's value: max_retries 0 is kept
+// (no retries), timeout 0 is refused rather than replaced by the default.
+func TestLoadFileExplicitZeros(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ferry.yml")
+	if err := os.WriteFile(path, []byte("worker:\n  max_retries: 0\n  timeout: 0s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := Defaults()
+	if err := c.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	if c.Worker.MaxRetries != 0 {
+		t.Errorf("max_retries: 0 from the file became %d", c.Worker.MaxRetries)
+	}
+	err := c.Validate()
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "worker.timeout" || !strings.Contains(fe.Msg, "must be > 0") {
+		t.Fatalf("Validate() = %v, want worker.timeout: must be > 0", err)
+	}
+	c.Worker.Timeout = 10 * time.Second
+	if err := c.Validate(); err != nil || c.Worker.MaxRetries != 0 {
+		t.Fatalf("max_retries 0 must be valid and kept: err %v, max_retries %d", err, c.Worker.MaxRetries)
 	}
 }
 

@@ -19,15 +19,20 @@ type Broker struct {
 	client   *Client
 	identity string
 	opts     BrokerOptions
-	log      *zap.Logger
+	// maxRetries is opts.MaxRetries resolved: the limit for retry:true.
+	maxRetries int
+	log        *zap.Logger
 }
 
 // BrokerOptions configure a Broker. Zero values take Sidekiq's defaults.
 type BrokerOptions struct {
 	// Identity is "<hostname>:<pid>:<12 hex>" as Sidekiq forms it; generated when empty.
 	Identity string
-	// MaxRetries is the default retry limit for retry:true (Sidekiq: 25).
-	MaxRetries int
+	// MaxRetries is the retry limit of jobs with retry:true (a job's own
+	// retry:N always wins). nil takes Sidekiq's default, [DefaultMaxRetries];
+	// new(0) sends such a job to the dead set on its first failure, as
+	// Sidekiq's max_retries 0 does.
+	MaxRetries *int
 	// DeadMaxJobs and DeadTimeout bound the dead set (10,000 and 180 days).
 	DeadMaxJobs int
 	DeadTimeout time.Duration
@@ -43,6 +48,9 @@ type BrokerOptions struct {
 	Rand func(n int) int
 }
 
+// DefaultMaxRetries is Sidekiq's retry limit for retry:true.
+const DefaultMaxRetries = 25
+
 // ErrNotFound is returned when a job or entry does not exist.
 var ErrNotFound = errors.New("not found")
 
@@ -51,11 +59,12 @@ func NewBroker(rdb redis.UniversalClient, opts BrokerOptions) (*Broker, error) {
 	if rdb == nil {
 		return nil, errors.New("queue: NewBroker: redis client is nil")
 	}
-	if opts.MaxRetries == 0 {
-		opts.MaxRetries = 25
+	maxRetries := DefaultMaxRetries
+	if opts.MaxRetries != nil {
+		maxRetries = *opts.MaxRetries
 	}
-	if opts.MaxRetries < 0 {
-		return nil, fmt.Errorf("queue: MaxRetries must be >= 0, got %d", opts.MaxRetries)
+	if maxRetries < 0 {
+		return nil, fmt.Errorf("queue: MaxRetries must be >= 0, got %d", maxRetries)
 	}
 	if opts.DeadMaxJobs == 0 {
 		opts.DeadMaxJobs = 10_000
@@ -83,7 +92,7 @@ func NewBroker(rdb redis.UniversalClient, opts BrokerOptions) (*Broker, error) {
 	}
 	c := NewClient(rdb)
 	c.now = opts.Now
-	return &Broker{rdb: rdb, client: c, identity: opts.Identity, opts: opts, log: opts.Logger}, nil
+	return &Broker{rdb: rdb, client: c, identity: opts.Identity, opts: opts, maxRetries: maxRetries, log: opts.Logger}, nil
 }
 
 // NewIdentity returns a Sidekiq-style process identity.

@@ -137,9 +137,7 @@ func (c *Client) PushBulk(ctx context.Context, class string, argsList []json.Raw
 // PushJob enqueues an existing payload to its queue now, resetting
 // enqueued_at and removing "at" (the path the poller and manual retries use).
 func (c *Client) PushJob(ctx context.Context, j *Job) error {
-	j = j.Clone()
-	j.Delete("at")
-	j.SetTime("enqueued_at", epoch(c.now()))
+	j = reenqueued(j, c.now())
 	q := j.Queue()
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.SAdd(ctx, keyQueues, q)
@@ -147,6 +145,15 @@ func (c *Client) PushJob(ctx context.Context, j *Job) error {
 		return nil
 	})
 	return err
+}
+
+// reenqueued is a copy of j as it is pushed back to its queue at now (by
+// PushJob and the scheduled/retry poller): "at" removed, enqueued_at reset.
+func reenqueued(j *Job, now time.Time) *Job {
+	n := j.Clone()
+	n.Delete("at")
+	n.SetTime("enqueued_at", epoch(now))
+	return n
 }
 
 // reservedKeys are payload keys Push sets itself.

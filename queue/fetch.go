@@ -174,7 +174,7 @@ func (f *Fetcher) tryFetch(ctx context.Context, acks []*Delivery, max int) ([]*D
 		if qi < 1 || int(qi) > len(order) {
 			continue
 		}
-		out = append(out, f.newDelivery(order[qi-1], []byte(raw), now))
+		out = append(out, newDelivery(order[qi-1], []byte(raw), now, !f.DeferParse))
 	}
 	return out, nil
 }
@@ -208,7 +208,7 @@ func (f *Fetcher) FetchAndAck(ctx context.Context, acks []*Delivery, max int, wa
 		raw, err := f.b.rdb.BLMove(ctx, QueueKey(first), inflightKey(f.b.identity, first), "RIGHT", "LEFT", block).Result()
 		switch {
 		case err == nil:
-			d := f.newDelivery(first, []byte(raw), f.b.opts.Now())
+			d := newDelivery(first, []byte(raw), f.b.opts.Now(), !f.DeferParse)
 			if max > 1 {
 				if more, err := f.TryFetch(ctx, max-1); err == nil {
 					return append([]*Delivery{d}, more...), nil
@@ -231,17 +231,13 @@ func (f *Fetcher) FetchAndAck(ctx context.Context, acks []*Delivery, max int, wa
 	return nil, nil
 }
 
-func (f *Fetcher) newDelivery(q string, raw []byte, now time.Time) *Delivery {
+// newDelivery wraps a job taken at now from queue q; parse is false for a
+// Fetcher with DeferParse.
+func newDelivery(q string, raw []byte, now time.Time, parse bool) *Delivery {
 	d := &Delivery{Queue: q, Raw: raw, At: now}
-	if !f.DeferParse {
+	if parse {
 		d.Parse()
 	}
-	return d
-}
-
-func newDelivery(q string, raw []byte, now time.Time) *Delivery {
-	d := &Delivery{Queue: q, Raw: raw, At: now}
-	d.Parse()
 	return d
 }
 
@@ -256,7 +252,7 @@ func (b *Broker) InFlight(ctx context.Context, name string) ([]*Delivery, error)
 	now := b.opts.Now()
 	out := make([]*Delivery, 0, len(items))
 	for i := len(items) - 1; i >= 0; i-- { // the list grows at the left
-		out = append(out, newDelivery(name, []byte(items[i]), now))
+		out = append(out, newDelivery(name, []byte(items[i]), now, true))
 	}
 	return out, nil
 }

@@ -81,19 +81,9 @@ func (b *Broker) Heartbeat(ctx context.Context, info ProcessInfo, st BeatState) 
 	}
 	rtt := time.Since(start).Microseconds()
 
-	day := now.UTC().Format("2006-01-02")
 	var signals *redis.StringSliceCmd
 	_, err := b.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		if st.Processed > 0 {
-			p.IncrBy(ctx, keyStatProc, st.Processed)
-			p.IncrBy(ctx, statDailyKey(keyStatProc, day), st.Processed)
-			p.Expire(ctx, statDailyKey(keyStatProc, day), statsTTL)
-		}
-		if st.Failed > 0 {
-			p.IncrBy(ctx, keyStatFailed, st.Failed)
-			p.IncrBy(ctx, statDailyKey(keyStatFailed, day), st.Failed)
-			p.Expire(ctx, statDailyKey(keyStatFailed, day), statsTTL)
-		}
+		addStats(ctx, p, now, st.Processed, st.Failed)
 		p.Unlink(ctx, workersKey(id), workKey(id))
 		if len(st.Work) > 0 {
 			fields := make([]any, 0, 2*len(st.Work))
@@ -184,17 +174,28 @@ func (b *Broker) FlushStats(ctx context.Context, processed, failed int64) error 
 	if processed == 0 && failed == 0 {
 		return nil
 	}
-	day := b.opts.Now().UTC().Format("2006-01-02")
 	_, err := b.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.IncrBy(ctx, keyStatProc, processed)
-		p.IncrBy(ctx, statDailyKey(keyStatProc, day), processed)
-		p.Expire(ctx, statDailyKey(keyStatProc, day), statsTTL)
-		if failed > 0 {
-			p.IncrBy(ctx, keyStatFailed, failed)
-			p.IncrBy(ctx, statDailyKey(keyStatFailed, day), failed)
-			p.Expire(ctx, statDailyKey(keyStatFailed, day), statsTTL)
-		}
+		addStats(ctx, p, b.opts.Now(), processed, failed)
 		return nil
 	})
 	return err
+}
+
+// addStats queues Sidekiq's stat flush: processed and failed counts added
+// to the total and daily keys (UTC day of now, 5-year expiry). A zero
+// count writes nothing.
+func addStats(ctx context.Context, p redis.Pipeliner, now time.Time, processed, failed int64) {
+	day := now.UTC().Format("2006-01-02")
+	addStat(ctx, p, keyStatProc, day, processed)
+	addStat(ctx, p, keyStatFailed, day, failed)
+}
+
+func addStat(ctx context.Context, p redis.Pipeliner, key, day string, n int64) {
+	if n <= 0 {
+		return
+	}
+	daily := statDailyKey(key, day)
+	p.IncrBy(ctx, key, n)
+	p.IncrBy(ctx, daily, n)
+	p.Expire(ctx, daily, statsTTL)
 }

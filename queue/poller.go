@@ -58,9 +58,7 @@ func (b *Broker) pushStaged(ctx context.Context, staging string, raw []byte) err
 		_, err = b.settle(ctx, staging, keyDead, raw, raw, "dead", formatFloatTime(epoch(b.opts.Now())))
 		return err
 	}
-	n := j.Clone()
-	n.Delete("at")
-	n.SetTime("enqueued_at", epoch(b.opts.Now()))
+	n := reenqueued(j, b.opts.Now())
 	q := n.Queue()
 	_, err = b.settle(ctx, staging, QueueKey(q), raw, n.Encode(), "lpush", q)
 	if err != nil {

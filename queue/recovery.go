@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -57,10 +58,10 @@ func (b *Broker) RecoverOrphans(ctx context.Context) (RecoveryResult, error) {
 	}
 	// Safety net: private lists whose owner never registered (or whose
 	// registration was lost) are found by scanning.
-	iter := b.rdb.Scan(ctx, 0, "ferry:inflight|*", 1000).Iterator()
+	iter := b.rdb.Scan(ctx, 0, patternInflight, 1000).Iterator()
 	for iter.Next(ctx) {
 		parts := strings.SplitN(iter.Val(), "|", 3)
-		if len(parts) == 3 && !contains(lists[parts[1]], parts[2]) {
+		if len(parts) == 3 && !slices.Contains(lists[parts[1]], parts[2]) {
 			lists[parts[1]] = append(lists[parts[1]], parts[2])
 		}
 	}
@@ -174,15 +175,6 @@ func (b *Broker) recoverList(ctx context.Context, key, queue string, res *Recove
 		}
 	}
 	return nil
-}
-
-func contains(xs []string, s string) bool {
-	for _, x := range xs {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // RecoveredTotal is how many jobs have ever been rescued from dead

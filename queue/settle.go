@@ -135,7 +135,7 @@ func (b *Broker) FailureEntry(j *Job, queue string, f Failure) ([]byte, FailureO
 	}
 	maxRetries := pol.Max
 	if maxRetries < 0 {
-		maxRetries = b.opts.MaxRetries
+		maxRetries = b.maxRetries
 	}
 	if rq := j.str("retry_queue"); rq != "" {
 		e.SetString("queue", rq)

@@ -149,6 +149,53 @@ func TestFailOutcomes(t *testing.T) {
 	}
 }
 
+// BrokerOptions.MaxRetries bounds retry:true jobs only: new(0) sends them
+// to the dead set on their first failure (Sidekiq's max_retries 0), nil is
+// Sidekiq's 25, and a job's own retry:N or retry:false always wins.
+func TestFailBrokerMaxRetries(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		max     *int
+		payload string
+		want    FailureOutcome
+	}{
+		{"0, retry true", new(0), `{"class":"A","args":[],"retry":true}`, OutcomeDead},
+		{"0, retry unset", new(0), `{"class":"A","args":[]}`, OutcomeDead},
+		{"0, job retry 3", new(0), `{"class":"A","args":[],"retry":3}`, OutcomeRetry},
+		{"0, job retry false", new(0), `{"class":"A","args":[],"retry":false}`, OutcomeDropped},
+		{"0, dead false", new(0), `{"class":"A","args":[],"retry":true,"dead":false}`, OutcomeDropped},
+		{"2, first", new(2), `{"class":"A","args":[],"retry":true}`, OutcomeRetry},
+		{"2, exhausted", new(2), `{"class":"A","args":[],"retry":true,"retry_count":1}`, OutcomeDead},
+		{"nil is 25", nil, `{"class":"A","args":[],"retry":true,"retry_count":23}`, OutcomeRetry},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tb := setup(t, BrokerOptions{MaxRetries: tc.max})
+			out, _ := failOnce(t, tb, tc.payload, Failure{Class: "RuntimeError"})
+			if out != tc.want {
+				t.Fatalf("outcome = %s, want %s", out, tc.want)
+			}
+			if out != OutcomeDead {
+				return
+			}
+			// Sidekiq's fields, and the job's retry option kept as it was.
+			j := mustParse(t, tc.payload)
+			e, _ := onlyMember(t, tb, "dead")
+			want := int64(0)
+			if prev, ok := j.Int("retry_count"); ok {
+				want = prev + 1
+			}
+			if n, _ := e.Int("retry_count"); n != want || (want == 0 && !e.Has("failed_at")) || string(e.Get("retry")) != string(j.Get("retry")) {
+				t.Errorf("dead entry %s: want retry_count %d, failed_at and the job's retry option", e.Raw(), want)
+			}
+		})
+	}
+	if _, err := NewBroker(dummyRedis(t), BrokerOptions{MaxRetries: new(-1)}); err == nil || !strings.Contains(err.Error(), "MaxRetries must be >= 0") {
+		t.Errorf("NewBroker(MaxRetries -1) = %v, want an error", err)
+	}
+}
+
 func TestFailBacktrace(t *testing.T) {
 	t.Parallel()
 	lines := []string{"a.go:1", "b.go:2", "c.go:3"}

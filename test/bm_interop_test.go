@@ -51,7 +51,7 @@ Sidekiq::Client.push_bulk('class' => 'BackgroundMigrationWorker', 'queue' => 'ba
 		t.Fatal(err)
 	}
 	rt, err := worker.New(worker.Config{Redis: b.rdb, Registry: reg, Concurrency: 4,
-		PollInterval: 100 * time.Millisecond, Timeout: 5 * time.Second, Logger: log})
+		PollInterval: 100 * time.Millisecond, Timeout: new(5 * time.Second), Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

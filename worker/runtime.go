@@ -31,8 +31,10 @@ type Config struct {
 	// Queues to fetch from; default "background_migration". Weights > 0
 	// switch to Sidekiq's weighted random order.
 	Queues      []queue.WeightedQueue
-	Concurrency int           // default 10
-	Timeout     time.Duration // shutdown grace before in-flight jobs are pushed back; default 25 s
+	Concurrency int // default 10
+	// Timeout is the shutdown grace before running jobs are cancelled and
+	// pushed back. nil takes [DefaultTimeout]; it must be positive.
+	Timeout *time.Duration
 	// PollInterval is Sidekiq's average_scheduled_poll_interval (default 5 s).
 	PollInterval time.Duration
 	// HeartbeatInterval defaults to 5 s, which both Sidekiq 6 and 7 readers accept.
@@ -40,20 +42,26 @@ type Config struct {
 	// RecoveryInterval is how often orphaned jobs of dead processes are
 	// looked for (default 10 s, jittered).
 	RecoveryInterval time.Duration
-	MaxRetries       int // default 25
-	Tag              string
-	Labels           []string
-	Version          string
-	Hostname         string
-	Identity         string // default "<hostname>:<pid>:<12 hex>"
-	Middleware       []Middleware
-	Logger           *zap.Logger
+	// MaxRetries is the retry limit of jobs with retry:true (a job's own
+	// retry:N wins). nil takes Sidekiq's 25 ([queue.DefaultMaxRetries]);
+	// new(0) sends a failing retry:true job straight to the dead set.
+	MaxRetries *int
+	Tag        string
+	Labels     []string
+	Version    string
+	Hostname   string
+	Identity   string // default "<hostname>:<pid>:<12 hex>"
+	Middleware []Middleware
+	Logger     *zap.Logger
 	// AliveTTL is how long after its last heartbeat this process counts as
 	// alive; other processes recover its in-flight jobs once it lapses.
 	// Default max(20 s, 4 × HeartbeatInterval); it must be at least twice
 	// HeartbeatInterval, or live processes would lose their jobs.
 	AliveTTL time.Duration
 }
+
+// DefaultTimeout is Sidekiq's shutdown grace (its -t default).
+const DefaultTimeout = 25 * time.Second
 
 func (c *Config) withDefaults() error {
 	if c.Redis == nil {
@@ -71,11 +79,16 @@ func (c *Config) withDefaults() error {
 	if c.Concurrency < 1 || c.Concurrency > 1000 {
 		return fmt.Errorf("worker: Config.Concurrency must be between 1 and 1000, got %d", c.Concurrency)
 	}
-	if c.Timeout == 0 {
-		c.Timeout = 25 * time.Second
+	timeout := DefaultTimeout
+	if c.Timeout != nil {
+		timeout = *c.Timeout
 	}
-	if c.Timeout < 0 {
-		return fmt.Errorf("worker: Config.Timeout must not be negative, got %s", c.Timeout)
+	if timeout <= 0 {
+		return fmt.Errorf("worker: Config.Timeout must be positive (nil takes the default %s), got %s", DefaultTimeout, timeout)
+	}
+	c.Timeout = new(timeout) // a copy: the caller's variable may change later
+	if c.MaxRetries != nil && *c.MaxRetries < 0 {
+		return fmt.Errorf("worker: Config.MaxRetries must be >= 0 (nil takes the default %d), got %d", queue.DefaultMaxRetries, *c.MaxRetries)
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = 5 * time.Second
@@ -273,7 +286,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 	// Wait for running jobs up to the timeout.
 	done := make(chan struct{})
 	go func() { r.wg.Wait(); close(done) }()
-	timer := time.NewTimer(r.cfg.Timeout)
+	timer := time.NewTimer(*r.cfg.Timeout)
 	defer timer.Stop()
 	select {
 	case <-done:

@@ -56,8 +56,8 @@ func startRuntime(t *testing.T, rdb *redis.Client, cfg Config) *rtBundle {
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 100 * time.Millisecond
 	}
-	if cfg.Timeout == 0 {
-		cfg.Timeout = 10 * time.Second
+	if cfg.Timeout == nil {
+		cfg.Timeout = new(10 * time.Second)
 	}
 	if cfg.Identity == "" {
 		cfg.Identity = "test:" + strconv.Itoa(int(time.Now().UnixNano()%1e6)) + ":0123456789ab"
@@ -266,6 +266,32 @@ func TestRuntimeFailures(t *testing.T) {
 	}
 }
 
+// Config.MaxRetries 0 is Sidekiq's max_retries 0: a retry:true job goes to
+// the dead set on its first failure; a job's own retry:N still wins.
+func TestRuntimeMaxRetriesZero(t *testing.T) {
+	t.Parallel()
+	b := startRuntime(t, nil, Config{Registry: registry(t), MaxRetries: new(0)})
+	deadJID := b.push(t, "Nope::Job", `[1]`, queue.PushOptions{Retry: json.RawMessage("true")})
+	retryJID := b.push(t, "Nope::Job", `[2]`, queue.PushOptions{Retry: queue.RetryTimes(2)})
+	testenv.Eventually(t, 10*time.Second, "failures recorded", func() bool {
+		return b.rdb.ZCard(b.ctx, "dead").Val() == 1 && b.rdb.ZCard(b.ctx, "retry").Val() == 1 && b.inflight("q") == 0
+	})
+	member := func(set string) *queue.Job {
+		j, err := queue.ParseJob([]byte(b.rdb.ZRange(b.ctx, set, 0, -1).Val()[0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return j
+	}
+	d := member("dead")
+	if n, ok := d.Int("retry_count"); d.JID() != deadJID || !ok || n != 0 || !d.Has("failed_at") || string(d.Get("retry")) != "true" {
+		t.Errorf("dead entry %s: want jid %s, retry_count 0, failed_at, retry true", d.Raw(), deadJID)
+	}
+	if r := member("retry"); r.JID() != retryJID {
+		t.Errorf("retry entry %s: want jid %s (retry:2 beats MaxRetries 0)", r.Raw(), retryJID)
+	}
+}
+
 func TestRuntimeMiddlewareOrder(t *testing.T) {
 	t.Parallel()
 	var mu sync.Mutex
@@ -465,7 +491,7 @@ func TestRuntimeHardStop(t *testing.T) {
 			return ctx.Err()
 		}))
 	})
-	b := startRuntime(t, nil, Config{Registry: reg, Timeout: 300 * time.Millisecond})
+	b := startRuntime(t, nil, Config{Registry: reg, Timeout: new(300 * time.Millisecond)})
 	b.push(t, "Echo", `[1,"<&>"]`, queue.PushOptions{})
 	<-started
 	orig := b.rdb.LIndex(b.ctx, "ferry:inflight|"+b.rt.Identity()+"|q", 0).Val()
@@ -539,7 +565,9 @@ func TestConfigValidation(t *testing.T) {
 		{Config{Registry: NewRegistry()}, "Config.Redis is required"},
 		{Config{Redis: rdb}, "Config.Registry is required"},
 		{Config{Redis: rdb, Registry: NewRegistry(), Concurrency: -1}, "Concurrency must be between 1 and 1000"},
-		{Config{Redis: rdb, Registry: NewRegistry(), Timeout: -time.Second}, "Timeout must not be negative"},
+		{Config{Redis: rdb, Registry: NewRegistry(), Timeout: new(-time.Second)}, "Timeout must be positive"},
+		{Config{Redis: rdb, Registry: NewRegistry(), Timeout: new(time.Duration(0))}, "Timeout must be positive"},
+		{Config{Redis: rdb, Registry: NewRegistry(), MaxRetries: new(-1)}, "MaxRetries must be >= 0"},
 		{Config{Redis: rdb, Registry: NewRegistry(), HeartbeatInterval: 10 * time.Second, AliveTTL: 15 * time.Second}, "AliveTTL (15s) must be at least twice"},
 	} {
 		if _, err := New(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -547,7 +575,7 @@ func TestConfigValidation(t *testing.T) {
 		}
 	}
 	rt, err := New(Config{Redis: rdb, Registry: NewRegistry(), HeartbeatInterval: 10 * time.Second})
-	if err != nil || rt.cfg.AliveTTL != 40*time.Second || rt.cfg.Concurrency != 10 || rt.cfg.Timeout != 25*time.Second {
+	if err != nil || rt.cfg.AliveTTL != 40*time.Second || rt.cfg.Concurrency != 10 || *rt.cfg.Timeout != 25*time.Second {
 		t.Errorf("defaults: %+v, %v", rt.cfg, err)
 	}
 }

@@ -11,14 +11,17 @@
 // -workers goroutines (the Sidekiq round trips of `ferry worker` add well
 // under 1 ms per multi-second batch).
 //
-// With -load, a write load (-writers goroutines, single-row UPDATEs of
-// random ids on another column of the migrated table) runs first alone for
-// -baseline, then during a second ferry migration of that table; its p99
-// latency in both periods and their ratio are printed (target <= 1.5x),
-// and, for comparison, its latency alone again on the migrated table
-// afterwards (what is left once the migration's own work is gone, plus
-// drift of a shared machine). -max-duty sets HealthConfig.MaxDutyUnderLoad
-// (1: no contention pacing); -only-load skips the idle comparison.
+// With -load, a write load runs first alone for -baseline, then during a
+// second ferry migration of the same table, then alone again on the
+// migrated table for -baseline. The load is pgbench (see load): -rate
+// single-row UPDATEs per second of random ids on another column of the
+// migrated table, over -writers connections, open (latency counted from
+// when each was due). Its p99 latency alone and during the migration and
+// their ratio are printed (target <= 1.5x); the run after shows what is
+// left once the migration's own work is gone, plus the drift of a shared
+// machine, so a second ratio compares against both runs alone.
+// -max-duty sets HealthConfig.MaxDutyUnderLoad (1: no contention pacing);
+// -only-load skips the idle comparison.
 package main
 
 import (
@@ -26,11 +29,13 @@ import (
 	"flag"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -44,7 +49,8 @@ type options struct {
 	rows, workers, parallel, writers int
 	load, onlyLoad                   bool
 	baseline                         time.Duration
-	maxDuty                          float64
+	maxDuty, minDuty, rate           float64
+	target                           time.Duration
 }
 
 func main() {
@@ -53,8 +59,11 @@ func main() {
 	flag.IntVar(&o.workers, "workers", 2, "goroutines running batches")
 	flag.IntVar(&o.parallel, "parallel", 1, "batches of the migration at once (default settings: 1)")
 	flag.BoolVar(&o.load, "load", false, "also measure a concurrent write load's latency without and during a migration")
-	flag.IntVar(&o.writers, "writers", 4, "with -load: goroutines doing single-row UPDATEs")
+	flag.IntVar(&o.writers, "writers", 8, "with -load: pgbench clients (connections) doing single-row UPDATEs")
+	flag.Float64Var(&o.rate, "rate", 1000, "with -load: UPDATEs per second, due on pgbench's schedule (0: each client sends the next as soon as the last returns)")
 	flag.Float64Var(&o.maxDuty, "max-duty", 0, "HealthConfig.MaxDutyUnderLoad (0: default; 1: no contention pacing)")
+	flag.Float64Var(&o.minDuty, "min-duty", 0, "HealthConfig.MinDutyUnderLoad (0: default)")
+	flag.DurationVar(&o.target, "target", 0, "Config.TargetBatchDuration (0: default)")
 	flag.BoolVar(&o.onlyLoad, "only-load", false, "with -load: skip the idle comparison (for tuning)")
 	flag.DurationVar(&o.baseline, "baseline", 15*time.Second, "with -load: how long to measure the load alone")
 	flag.Parse()
@@ -70,7 +79,14 @@ func run(ctx context.Context, o options) error {
 	if url == "" {
 		return fmt.Errorf("DATABASE_URL is not set")
 	}
-	pool, err := pgxpool.New(ctx, url)
+	// Named like ferry's own pools, so the contention signal does not
+	// count the engine's idle connections as an application.
+	pc, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return err
+	}
+	pc.ConnConfig.RuntimeParams["application_name"] = "ferry-bench"
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return err
 	}
@@ -94,7 +110,7 @@ func run(ctx context.Context, o options) error {
 		}
 		return nil
 	}
-	e := bbm.NewEngine(pool, bbm.Config{Logger: zap.NewNop(), Health: bbm.HealthConfig{MaxDutyUnderLoad: o.maxDuty}})
+	e := bbm.NewEngine(pool, bbm.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: bbm.HealthConfig{MaxDutyUnderLoad: o.maxDuty, MinDutyUnderLoad: o.minDuty}})
 	defer e.Close()
 	if o.load && o.onlyLoad {
 		return underLoad(ctx, o, url, e, prepare)
@@ -151,12 +167,10 @@ func underLoad(ctx context.Context, o options, url string, e *bbm.Engine, prepar
 	if err := prepare("bench_load"); err != nil {
 		return err
 	}
-	wpool, err := pgxpool.New(ctx, url+sep(url)+fmt.Sprintf("pool_max_conns=%d", o.writers))
+	ld, err := startLoad(ctx, url, "bench_load", rows, o.writers, o.rate)
 	if err != nil {
 		return err
 	}
-	defer wpool.Close()
-	ld := startLoad(ctx, wpool, "bench_load", rows, o.writers)
 	// Warm up (connections, plans, caches), then measure the load alone.
 	sleep(ctx, 2*time.Second)
 	ld.phase(1)
@@ -170,28 +184,27 @@ func underLoad(ctx context.Context, o options, url string, e *bbm.Engine, prepar
 		ld.phase(3)
 		sleep(ctx, o.baseline)
 	}
-	ld.phase(0)
-	ld.stop()
+	lat, spans, lerr := ld.stop()
 	if err != nil {
 		return err
 	}
-	base, during, after := ld.stats(1), ld.stats(2), ld.stats(3)
-	fmt.Printf("under load (%d writers, single-row UPDATEs of random ids, other column): ferry %d rows in %s = %.0f rows/s (%s)\n",
-		o.writers, rows, took.Round(time.Millisecond), float64(rows)/took.Seconds(), m.summary)
+	if lerr != nil {
+		return lerr
+	}
+	base, during, after := stats(lat[1], spans[1]), stats(lat[2], spans[2]), stats(lat[3], spans[3])
+	both := stats(append(slices.Clone(lat[1]), lat[3]...), spans[1]+spans[3])
+	kind := fmt.Sprintf("pgbench -R %.0f -c %d: UPDATEs due on a schedule, latency from when due", o.rate, o.writers)
+	if o.rate <= 0 {
+		kind = fmt.Sprintf("pgbench -c %d: back to back", o.writers)
+	}
+	fmt.Printf("under load (%s; single-row UPDATEs of random ids, other column): ferry %d rows in %s = %.0f rows/s (%s)\n",
+		kind, rows, took.Round(time.Millisecond), float64(rows)/took.Seconds(), m.summary)
 	fmt.Printf("write load alone:      %s\n", base)
 	fmt.Printf("write load, migrating: %s\n", during)
 	fmt.Printf("write load, after:     %s\n", after)
-	fmt.Printf("p99 ratio migrating/alone: %.2f (target <= 1.50)\n", during.p99.Seconds()/base.p99.Seconds())
+	fmt.Printf("p99 ratio migrating/alone: %.2f (target <= 1.50); migrating/(alone before and after): %.2f\n",
+		during.p99.Seconds()/base.p99.Seconds(), during.p99.Seconds()/both.p99.Seconds())
 	return nil
-}
-
-func sep(url string) string {
-	for _, c := range url {
-		if c == '?' {
-			return "&"
-		}
-	}
-	return "?"
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -228,96 +241,174 @@ func migrate(ctx context.Context, e *bbm.Engine, table string, parallel, workers
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE v_big IS DISTINCT FROM v`).Scan(&bad); err != nil {
 		return 0, migrated{}, err
 	}
-	var jobs, paced int
-	var minDuty, pausedS float64
-	_ = pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE (metrics->'pacing'->>'min_duty_cycle')::float8 < 1),
-			coalesce(min((metrics->'pacing'->>'min_duty_cycle')::float8), 1), coalesce(sum((metrics->'pacing'->>'paused_s')::float8), 0)
-		FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, m.ID).Scan(&jobs, &paced, &minDuty, &pausedS)
+	var jobs, paced, blocked int
+	var minDuty, pausedS, minCap float64
+	_ = pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE (metrics->'pacing'->>'min_duty_cycle')::float8 < 1
+			OR (metrics->'pacing'->>'min_stmt_cap_ms')::float8 > 0),
+			coalesce(min((metrics->'pacing'->>'min_duty_cycle')::float8), 1), coalesce(sum((metrics->'pacing'->>'paused_s')::float8), 0),
+			coalesce(sum((metrics->'pacing'->>'blocked_sessions')::int), 0), coalesce(min((metrics->'pacing'->>'min_stmt_cap_ms')::float8), 0)
+		FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, m.ID).Scan(&jobs, &paced, &minDuty, &pausedS, &blocked, &minCap)
 	if m.Status != bbm.Finished || bad != 0 {
 		return 0, migrated{}, fmt.Errorf("migration of %s ended %s with %d rows not copied", table, m.Status, bad)
 	}
-	return took, migrated{m, fmt.Sprintf("%d batches, final batch %d, sub-batch %d, rows not copied %d; paced batches %d, lowest duty cycle %.2f, paused %.1fs",
-		jobs, m.BatchSize, m.SubBatchSize, bad, paced, minDuty, pausedS)}, nil
+	return took, migrated{m, fmt.Sprintf("%d batches, final batch %d, sub-batch %d, rows not copied %d; paced batches %d, lowest duty cycle %.2f, paused %.1fs, sessions blocked %d, shortest statement cap %.1fms",
+		jobs, m.BatchSize, m.SubBatchSize, bad, paced, minDuty, pausedS, blocked, minCap)}, nil
 }
 
-// load runs single-row UPDATEs and records each one's latency under the
-// phase current when it started (0: not recorded).
+// load is the write load: pgbench, PostgreSQL's own benchmark client, in
+// chunks of chunk seconds run back to back, each transaction logged (-l).
+// With a rate (-R) the load is open: transactions are due on a schedule,
+// like an application's requests, whatever the database does, and each
+// one's latency counts from when it was due (pgbench's time plus its
+// schedule lag), so waiting for a free connection counts too. Without a
+// rate each client sends the next as soon as the last returns: a stress
+// test that keeps the machine's cores busy by itself. It runs in its own
+// process, so the engine's goroutines do not share its scheduler.
+// Transactions are assigned to the phase (marked with phase) in which they
+// were due.
 type load struct {
-	cur    atomic.Int32
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	done   chan error
+	dir    string
 	mu     sync.Mutex
-	lat    map[int32][]time.Duration
-	errs   atomic.Int64
-	spans  map[int32]time.Duration // wall-clock length of each phase
-	since  time.Time
+	marks  []mark // phase changes, in order
 }
 
-func startLoad(ctx context.Context, pool *pgxpool.Pool, table string, rows, writers int) *load {
-	ctx, cancel := context.WithCancel(ctx)
-	l := &load{cancel: cancel, lat: map[int32][]time.Duration{}, spans: map[int32]time.Duration{}, since: time.Now()}
-	for range writers {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			mine := map[int32][]time.Duration{}
-			for ctx.Err() == nil {
-				ph := l.cur.Load()
-				id := rand.IntN(rows) + 1
-				t0 := time.Now()
-				_, err := pool.Exec(ctx, `UPDATE `+table+` SET w = w + 1 WHERE id = $1`, id)
-				d := time.Since(t0)
-				if err != nil {
-					if ctx.Err() == nil {
-						l.errs.Add(1)
-					}
-					continue
-				}
-				if ph != 0 && l.cur.Load() == ph {
-					mine[ph] = append(mine[ph], d)
-				}
-			}
-			l.mu.Lock()
-			for k, v := range mine {
-				l.lat[k] = append(l.lat[k], v...)
-			}
-			l.mu.Unlock()
-		}()
+type mark struct {
+	at time.Time
+	ph int32
+}
+
+const loadChunk = 5 // seconds per pgbench run
+
+func startLoad(ctx context.Context, url, table string, rows, clients int, rate float64) (*load, error) {
+	bin, err := pgbench()
+	if err != nil {
+		return nil, err
 	}
-	return l
+	dir, err := os.MkdirTemp("", "ferry-bench-load-")
+	if err != nil {
+		return nil, err
+	}
+	script := filepath.Join(dir, "update.sql")
+	if err := os.WriteFile(script, []byte(fmt.Sprintf("\\set id random(1, %d)\nUPDATE %s SET w = w + 1 WHERE id = :id;\n", rows, table)), 0o600); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	l := &load{cancel: cancel, done: make(chan error, 1), dir: dir, marks: []mark{{time.Now(), 0}}}
+	go func() {
+		var err error
+		for i := 0; ctx.Err() == nil; i++ {
+			args := []string{"-n", "-f", script, "-c", strconv.Itoa(clients), "-j", strconv.Itoa(min(clients, 2)),
+				"-T", strconv.Itoa(loadChunk), "-l", "--log-prefix", filepath.Join(dir, fmt.Sprintf("chunk%04d", i))}
+			if rate > 0 {
+				args = append(args, "-R", strconv.FormatFloat(rate, 'f', -1, 64))
+			}
+			// Not CommandContext: a chunk always runs to its end, so its
+			// log is complete (pgbench writes it on exit).
+			out, cerr := exec.Command(bin, append(args, url)...).CombinedOutput()
+			if cerr != nil {
+				err = fmt.Errorf("pgbench: %v: %s", cerr, out)
+				break
+			}
+		}
+		l.done <- err
+	}()
+	return l, nil
 }
 
-// phase is called from one goroutine only.
+// pgbench finds the pgbench binary: on PATH or in Debian's PostgreSQL
+// directories.
+func pgbench() (string, error) {
+	if p, err := exec.LookPath("pgbench"); err == nil {
+		return p, nil
+	}
+	found, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pgbench")
+	if len(found) == 0 {
+		return "", fmt.Errorf("-load needs pgbench (Debian: postgresql-client or the server package)")
+	}
+	slices.Sort(found)
+	return found[len(found)-1], nil
+}
+
 func (l *load) phase(p int32) {
-	now := time.Now()
-	l.spans[l.cur.Load()] += now.Sub(l.since)
-	l.since = now
-	l.cur.Store(p)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.marks = append(l.marks, mark{time.Now(), p})
 }
 
-func (l *load) stop() { l.cancel(); l.wg.Wait() }
+// stop ends the load after the running chunk and reads its logs.
+func (l *load) stop() (map[int32][]time.Duration, map[int32]time.Duration, error) {
+	l.phase(0)
+	l.cancel()
+	err := <-l.done
+	defer os.RemoveAll(l.dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	spans := map[int32]time.Duration{}
+	for i := 1; i < len(l.marks); i++ {
+		spans[l.marks[i-1].ph] += l.marks[i].at.Sub(l.marks[i-1].at)
+	}
+	phaseAt := func(t time.Time) int32 {
+		i, _ := slices.BinarySearchFunc(l.marks, t, func(m mark, t time.Time) int { return m.at.Compare(t) })
+		if i == 0 || i == len(l.marks) {
+			return 0 // before the first mark or after the last
+		}
+		return l.marks[i-1].ph
+	}
+	lat := map[int32][]time.Duration{}
+	files, _ := filepath.Glob(filepath.Join(l.dir, "chunk*"))
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, nil, err
+		}
+		// client_id tx_no time_us script_no epoch_s epoch_us [schedule_lag_us]
+		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			fs := strings.Fields(line)
+			if len(fs) < 6 {
+				continue
+			}
+			us, _ := strconv.ParseInt(fs[2], 10, 64)
+			sec, _ := strconv.ParseInt(fs[4], 10, 64)
+			usec, _ := strconv.ParseInt(fs[5], 10, 64)
+			var lag int64
+			if len(fs) > 6 {
+				lag, _ = strconv.ParseInt(fs[6], 10, 64)
+			}
+			d := time.Duration(us+lag) * time.Microsecond
+			due := time.Unix(sec, usec*1000).Add(-d)
+			if ph := phaseAt(due); ph != 0 {
+				lat[ph] = append(lat[ph], d)
+			}
+		}
+	}
+	return lat, spans, nil
+}
 
 type latency struct {
-	n             int
-	perSec        float64
-	p50, p99, max time.Duration
-	errs          int64
+	n                        int
+	perSec                   float64
+	p50, p90, p99, p999, max time.Duration
+	errs                     int64
 }
 
 func (s latency) String() string {
-	return fmt.Sprintf("%d updates (%.0f/s), p50 %s, p99 %s, max %s, errors %d",
-		s.n, s.perSec, s.p50.Round(time.Microsecond), s.p99.Round(time.Microsecond), s.max.Round(time.Microsecond), s.errs)
+	r := func(d time.Duration) time.Duration { return d.Round(time.Microsecond) }
+	return fmt.Sprintf("%d updates (%.0f/s), p50 %s, p90 %s, p99 %s, p99.9 %s, max %s",
+		s.n, s.perSec, r(s.p50), r(s.p90), r(s.p99), r(s.p999), r(s.max))
 }
 
-func (l *load) stats(p int32) latency {
-	v := slices.Clone(l.lat[p])
+func stats(v []time.Duration, span time.Duration) latency {
+	v = slices.Clone(v)
 	slices.Sort(v)
 	if len(v) == 0 {
 		return latency{}
 	}
 	q := func(f float64) time.Duration { return v[min(len(v)-1, int(math.Ceil(f*float64(len(v))))-1)] }
-	return latency{n: len(v), p50: q(0.50), p99: q(0.99), max: v[len(v)-1], errs: l.errs.Load(),
-		perSec: float64(len(v)) / l.spans[p].Seconds()}
+	return latency{n: len(v), p50: q(0.50), p90: q(0.90), p99: q(0.99), p999: q(0.999), max: v[len(v)-1],
+		perSec: float64(len(v)) / span.Seconds()}
 }
 
 // gitlabPacing models GitLab's defaults (batched_migration.rb,

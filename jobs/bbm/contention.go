@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -13,43 +14,91 @@ import (
 //
 // The other indicators fire on trouble (a lock wait, lag, a vacuum), but a
 // migration running flat out also hurts a busy database without any of
-// them: it keeps a core and the WAL busy, and the sessions serving the
-// application queue behind it. So between sub-batches the batch samples how
-// many other sessions of the database are doing work (pg_stat_activity:
-// client backends in state active, not ferry's own), smooths the samples,
-// and while that load is there it paces itself to a duty cycle: after a
-// sub-batch that took w it sleeps w*(1-d)/d, so its statements take a share
-// d of the time, and it keeps each statement short (loadSubBatchBudget) so
-// the rows it locks and the CPU bursts it takes are short too. The more
-// sessions are busy, the lower d, down to MinDutyUnderLoad; when they go
-// quiet, the average falls below the threshold within a few sub-batches and
-// the batch runs at full speed again.
+// them, through two channels, and each sub-batch measures both (a probe,
+// see probeSQL):
 //
-// The sample is one small query on the batch's own connection per
-// sub-batch (a sub-batch is tens of milliseconds or more), so an idle
-// database pays one round trip per sub-batch and is never paced.
+//   - Row locks. The rows a sub-batch updates stay locked until it
+//     commits, so an application UPDATE of one of them waits for the rest
+//     of the statement: a few such waits are enough to double the
+//     application's p99 latency. Every session that met one of our locks
+//     during the statement is still waiting when it ends, so the probe,
+//     run in the sub-batch's transaction just before COMMIT, counts
+//     exactly the sessions this sub-batch blocked (and DDL queued on the
+//     table). When there are any, the statement budget is halved, down to
+//     minBlockingBudget, and it grows back by a tenth per sub-batch that
+//     blocks no one: the rows locked and the time they stay locked shrink
+//     together until others rarely meet them, and wait little when they do.
+//   - Shared CPU and WAL. The probe also counts the other sessions of the
+//     database that are doing work (pg_stat_activity: client backends in
+//     state active, not ferry's own) and smooths the counts. While the
+//     database serves others, the batch paces itself to a duty cycle:
+//     after a sub-batch that took w it sleeps w*(1-d)/d, so its
+//     statements take a share d of the time, and keeps each statement
+//     short (loadSubBatchBudget). The more sessions are busy, the lower d,
+//     down to MinDutyUnderLoad; when they have been quiet for
+//     contentionHold, the batch runs at full speed again.
+//
+// The probe adds one small query to the sub-batch's own round trip, so an
+// idle database pays well under a millisecond per sub-batch and is never
+// paced.
 const (
-	// contentionThreshold: the average number of other busy sessions
-	// below which the database counts as idle (one session running a
-	// query now and then stays below it).
-	contentionThreshold = 0.5
-	// contentionAlpha weighs each new sample in the moving average: about
-	// five sub-batches to notice a load, and as many to notice it is gone.
-	contentionAlpha = 0.3
+	// contentionThreshold: the average number of other busy sessions at
+	// which the database counts as serving others. An application doing
+	// a thousand short writes a second keeps about 0.3 sessions busy; one
+	// query now and then stays below it.
+	contentionThreshold = 0.2
+	// presenceThreshold: the average number of other sessions that ran a
+	// statement in the last 100 ms at which the database counts as
+	// serving others, however short their statements: an application's
+	// pool doing a thousand 0.3 ms writes a second is rarely caught
+	// mid-statement (busy) but always within 100 ms of one.
+	presenceThreshold = 0.5
+	// contentionTau is the time constant of the moving averages: samples
+	// come once per sub-batch, a millisecond or a second apart, so each
+	// weighs by the time since the last. A load has to last a few hundred
+	// milliseconds to count; the statements that set up a migration a
+	// moment ago do not.
+	contentionTau = 500 * time.Millisecond
+	// contentionHold keeps the pacing on this long after the average
+	// fell below the threshold, so a pause in the application's traffic
+	// does not release a full-speed burst into its next request.
+	contentionHold = 3 * time.Second
 	// loadSubBatchBudget caps a sub-batch statement while paced: the rows
 	// it locks stay locked, and the CPU it takes stays taken, this long.
-	loadSubBatchBudget = 20 * time.Millisecond
+	loadSubBatchBudget = 10 * time.Millisecond
+	// minBlockingBudget is the shortest statement budget the blocking
+	// signal shrinks to: shorter statements would spend more time in
+	// round trips than in work.
+	minBlockingBudget = 2 * time.Millisecond
+	// blockingCut divides the statement budget after a sub-batch blocked
+	// others; the budget grows back by 1/blockingRegrow per sub-batch that
+	// blocks no one. The time a row stays locked and the number of rows
+	// locked both shrink with the budget, so the chance of blocking
+	// someone falls with its square: a deep cut and a slow regrowth keep
+	// blocks rare.
+	blockingCut    = 4
+	blockingRegrow = 20
 	// maxPacePause caps one pause, so a slow statement cannot stall the
 	// batch for long (the next sample decides again).
 	maxPacePause = 2 * time.Second
 
-	defaultMaxDutyUnderLoad = 0.5
-	defaultMinDutyUnderLoad = 0.1
+	// The default duty cycle under load. The damage a sub-batch does to
+	// others is not spread evenly: a request that arrives while one runs
+	// competes with it for CPU, WAL and pages and can take several times
+	// its usual time, one that arrives between them does not notice. So
+	// the share of requests that are slowed is about the duty cycle, and
+	// it has to stay near 1% for their p99 to stay where it was
+	// (BENCHMARKS.md: 2% kept a write load's p99 within 1.5x on two
+	// cores, 4% was on the edge, 50% tripled it). Operators who prefer
+	// speed raise it.
+	defaultMaxDutyUnderLoad = 0.02
+	defaultMinDutyUnderLoad = 0.005
 )
 
 // contentionIndicator counts the other sessions of the database that are
-// doing work right now: client backends in state active, excluding this
-// one, ferry's sub-batch sessions (application_name) and ferry's own
+// doing work: client backends in state active, or that were within
+// 100 ms, excluding this one, ferry's sessions (application_name starting
+// with "ferry": pools given to NewEngine should be named so) and ferry's
 // bookkeeping statements. Other users' sessions are only visible with
 // pg_read_all_stats (or as their owner); without it they are not counted.
 type contentionIndicator struct{ cat catalog }
@@ -57,25 +106,62 @@ type contentionIndicator struct{ cat catalog }
 func (contentionIndicator) name() string { return "contention" }
 
 func (c contentionIndicator) sql() string {
-	return `SELECT count(*)::int FROM ` + c.cat.activity + `
-		WHERE datname = current_database() AND backend_type = 'client backend' AND state = 'active'
-		  AND pid <> pg_backend_pid() AND coalesce(application_name, '') NOT LIKE '` + appNamePrefix + `%'
+	return `SELECT count(*) FILTER (WHERE state = 'active')::int,
+		       count(*) FILTER (WHERE state = 'active' OR state_change > now() - interval '100 milliseconds')::int
+		FROM ` + c.cat.activity + `
+		WHERE datname = current_database() AND backend_type = 'client backend'
+		  AND pid <> pg_backend_pid() AND coalesce(application_name, '') NOT LIKE '` + ownAppNamePrefix + `%'
 		  AND query NOT LIKE '%batched_background_migration%' AND query NOT LIKE '%ferry_bbm_%'`
 }
 
-// sample reads the number of other busy sessions.
-func (c contentionIndicator) sample(ctx context.Context, db queryer) (int, error) {
-	var n int
-	err := db.QueryRow(ctx, c.sql()).Scan(&n)
-	return n, err
+// ownAppNamePrefix marks sessions of ferry processes (ferry's CLI names its
+// connections "ferry"): neither its running statements nor its idle
+// connections are an application to pace for.
+const ownAppNamePrefix = "ferry"
+
+// probeSQL reads, inside a sub-batch's transaction before it commits, the
+// busy sessions (sql) and the sessions waiting on a lock this transaction
+// holds: a row lock (they wait on its transaction id) or a lock on the
+// table ($1, its oid: DDL queued behind us, and everyone queued behind the
+// DDL). pg_locks needs no privilege, so sessions of other users count too.
+func (c contentionIndicator) probeSQL() string {
+	return `SELECT a.*, (SELECT count(*)::int FROM ` + c.cat.locks + `
+		WHERE NOT granted AND pid <> pg_backend_pid()
+		  AND ((locktype = 'transactionid' AND transactionid = pg_current_xact_id_if_assigned()::xid)
+		    OR (locktype = 'relation' AND relation = $1::oid))) FROM (` + c.sql() + `) a`
+}
+
+// probe is what a sub-batch saw of the others just before it committed:
+// sessions running a statement (busy), those that ran one in the last
+// 100 ms too (recent: an application's connections between requests),
+// and those waiting on the sub-batch's locks (blocked).
+type probe struct {
+	ok                    bool // the probe ran
+	busy, recent, blocked int
+}
+
+// sample reads the other sessions' activity (no blocked count).
+func (c contentionIndicator) sample(ctx context.Context, db queryer) (probe, error) {
+	var p probe
+	err := db.QueryRow(ctx, c.sql()).Scan(&p.busy, &p.recent)
+	p.ok = err == nil
+	return p, err
 }
 
 // pacer is the duty-cycle decision: samples in, duty and pauses out. It has
-// no clock and no database, so tests feed it made-up samples.
+// no clock and no database, so tests feed it made-up samples and times.
 type pacer struct {
 	maxDuty, minDuty float64
 	load             float64 // moving average of other busy sessions
+	present          float64 // moving average of recently active ones
 	samples          int
+	last             time.Time // when the last sample was taken
+	engaged          bool      // serving others: paced
+	quietSince       time.Time // when load fell below the threshold while engaged
+	// stmtCap caps the statement budget while sub-batches block others
+	// (0: no cap); blocked counts the sessions they blocked.
+	stmtCap time.Duration
+	blocked int
 }
 
 func newPacer(h HealthConfig) pacer {
@@ -85,22 +171,57 @@ func newPacer(h HealthConfig) pacer {
 // enabled reports whether pacing can ever slow a batch.
 func (p *pacer) enabled() bool { return p.maxDuty < 1 }
 
-// observe adds one sample: how many other sessions were busy.
-func (p *pacer) observe(busy int) {
-	x := float64(max(busy, 0))
-	if p.samples == 0 {
-		p.load = x
-	} else {
-		p.load += contentionAlpha * (x - p.load)
+// observe adds one sample taken at now: how many other sessions were
+// busy, and how many were busy or had been within 100 ms.
+func (p *pacer) observe(busy, recent int, now time.Time) {
+	// Both averages start from zero and weigh a sample by the time it
+	// stands for (the first: a tenth of the time constant).
+	dt := contentionTau / 10
+	if !p.last.IsZero() {
+		dt = max(now.Sub(p.last), 0)
 	}
+	p.last = now
+	alpha := 1 - math.Exp(-float64(dt)/float64(contentionTau))
+	x, r := float64(max(busy, 0)), float64(max(recent, busy, 0))
+	p.load += alpha * (x - p.load)
+	p.present += alpha * (r - p.present)
 	p.samples++
+	switch {
+	case p.load >= contentionThreshold || p.present >= presenceThreshold:
+		p.engaged, p.quietSince = true, time.Time{}
+	case !p.engaged:
+	case p.quietSince.IsZero():
+		p.quietSince = now
+	case now.Sub(p.quietSince) >= contentionHold:
+		p.engaged, p.quietSince = false, time.Time{}
+	}
+}
+
+// observeBlocked adds what one sub-batch that took work did to others:
+// blocked sessions waited on its locks. normal is the budget without cap.
+func (p *pacer) observeBlocked(blocked int, work, normal time.Duration) {
+	if blocked > 0 {
+		p.blocked += blocked
+		base := normal
+		if p.stmtCap > 0 {
+			base = p.stmtCap
+		}
+		p.stmtCap = max(minBlockingBudget, min(base, work)/blockingCut)
+		return
+	}
+	if p.stmtCap > 0 {
+		if p.stmtCap += p.stmtCap / blockingRegrow; p.stmtCap >= normal {
+			p.stmtCap = 0
+		}
+	}
 }
 
 // duty is the share of time sub-batch statements may take: 1 while the
-// database is idle; under load MaxDutyUnderLoad for about one busy session,
-// falling in proportion to their number, never below MinDutyUnderLoad.
+// database is idle; while it serves others MaxDutyUnderLoad for up to one
+// busy session, falling in proportion to their number, never below
+// MinDutyUnderLoad.
 func (p *pacer) duty() float64 {
-	if !p.enabled() || p.load < contentionThreshold {
+	if !p.enabled() || !p.engaged {
 		return 1
 	}
 	d := p.maxDuty / max(p.load, 1)
@@ -109,6 +230,10 @@ func (p *pacer) duty() float64 {
 
 // paced reports whether the batch is being slowed now.
 func (p *pacer) paced() bool { return p.duty() < 1 }
+
+// slowed reports whether the batch runs slower than at full speed for any
+// reason: paced, or statements capped because they blocked others.
+func (p *pacer) slowed() bool { return p.paced() || p.stmtCap > 0 }
 
 // pause is how long to wait after a sub-batch that took work, so that
 // statements take the duty share of the time.
@@ -120,10 +245,14 @@ func (p *pacer) pause(work time.Duration) time.Duration {
 	return min(time.Duration(float64(work)*(1-d)/d), maxPacePause)
 }
 
-// budget is the sub-batch statement budget: normal, or short while paced.
+// budget is the sub-batch statement budget: normal, short while paced,
+// shorter still while sub-batches block others.
 func (p *pacer) budget(normal time.Duration) time.Duration {
 	if p.paced() {
-		return min(normal, loadSubBatchBudget)
+		normal = min(normal, loadSubBatchBudget)
+	}
+	if p.stmtCap > 0 {
+		normal = min(normal, p.stmtCap)
 	}
 	return normal
 }
@@ -131,19 +260,27 @@ func (p *pacer) budget(normal time.Duration) time.Duration {
 // signal describes the pacing for `bbm show` (nil at full speed).
 func (p *pacer) signal() *Signal {
 	d := p.duty()
-	if d >= 1 {
+	if d >= 1 && p.stmtCap == 0 {
 		return nil
 	}
-	return &Signal{Indicator: contentionIndicator{}.name(), Duty: d,
-		Reason: fmt.Sprintf("%.1f other session(s) busy in the database on average: sub-batches paced to a %.0f%% duty cycle", p.load, d*100)}
+	var why []string
+	if p.stmtCap > 0 {
+		why = append(why, fmt.Sprintf("sessions waited on rows a sub-batch had locked: statements shortened to %s", p.stmtCap.Round(100*time.Microsecond)))
+	}
+	if d < 1 {
+		why = append(why, fmt.Sprintf("%.1f other session(s) busy in the database on average: sub-batches paced to a %.0f%% duty cycle", p.load, d*100))
+	}
+	return &Signal{Indicator: contentionIndicator{}.name(), Paced: true, Duty: d, Reason: strings.Join(why, "; ")}
 }
 
 // pacing is what a batch reports about its pacing (job metrics).
 type pacing struct {
-	Duty   float64 `json:"duty_cycle"`     // at the end of the batch
-	Busy   float64 `json:"others_busy"`    // moving average of other busy sessions
-	Paused float64 `json:"paused_s"`       // seconds slept between sub-batches
-	MinD   float64 `json:"min_duty_cycle"` // lowest duty during the batch
+	Duty    float64 `json:"duty_cycle"`       // at the end of the batch
+	Busy    float64 `json:"others_busy"`      // moving average of other busy sessions
+	Paused  float64 `json:"paused_s"`         // seconds slept between sub-batches
+	MinD    float64 `json:"min_duty_cycle"`   // lowest duty during the batch
+	Blocked int     `json:"blocked_sessions"` // sessions that waited on its locks
+	MinCap  float64 `json:"min_stmt_cap_ms,omitempty"`
 }
 
 // pacerFor returns the migration's pacer as the last batch left it, so a
@@ -164,11 +301,12 @@ func (e *Engine) storePacer(m *Migration, p pacer) {
 	prev, had := e.pacers[m.ID]
 	e.pacers[m.ID] = p
 	e.mu.Unlock()
-	was := had && prev.paced()
-	switch now := p.paced(); {
+	was := had && prev.slowed()
+	switch now := p.slowed(); {
 	case now && !was:
-		e.log.Info("batched background migration paced: other sessions are busy", zap.Int64("migration_id", m.ID),
-			zap.Float64("others_busy", p.load), zap.Float64("duty_cycle", p.duty()))
+		e.log.Info("batched background migration paced: other sessions are busy or waited on its locks", zap.Int64("migration_id", m.ID),
+			zap.Float64("others_busy", p.load), zap.Float64("duty_cycle", p.duty()), zap.Duration("statement_cap", p.stmtCap),
+			zap.Int("blocked_sessions", p.blocked))
 	case !now && was:
 		e.log.Info("batched background migration back to full speed: the database is idle", zap.Int64("migration_id", m.ID),
 			zap.Float64("others_busy", p.load))

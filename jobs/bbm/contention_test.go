@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/ferrymigrate/ferry/internal/testenv"
 	"github.com/ferrymigrate/ferry/jobs/bbm"
 )
@@ -114,4 +116,83 @@ func TestContentionPacing(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A session that waits on rows a sub-batch has locked is seen by that
+// sub-batch before it commits: the job records it and the statements that
+// follow are shortened. The sub-batch is held at a point where its rows
+// are locked (an advisory lock the test holds), so the writer is certain
+// to meet them.
+func TestSubBatchSeesSessionsItBlocks(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testenv.Context(t)
+	b.table(t, "blocking", 3000)
+	const gate = 4242
+	b.reg.MustRegister(bbm.Class{Name: "GatedCopy", Plan: func(bbm.PlanContext) (*bbm.Plan, error) {
+		return &bbm.Plan{Do: func(ctx context.Context, tx pgx.Tx, lo, hi int64) (int64, error) {
+			tag, err := tx.Exec(ctx, `UPDATE blocking SET n = n + 1, v_big = v WHERE id BETWEEN $1 AND $2`, lo, hi)
+			if err != nil {
+				return 0, err
+			}
+			_, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, gate)
+			return tag.RowsAffected(), err
+		}}, nil
+	}})
+	e := b.engine(t, bbm.Config{Health: bbm.HealthConfig{LockTimeout: time.Minute}})
+	res, err := e.Queue(ctx, bbm.QueueOptions{Class: "GatedCopy", Table: "blocking", Column: "id", BatchSize: 1000, SubBatchSize: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder, err := b.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Release()
+	if _, err := holder.Exec(ctx, `SELECT pg_advisory_lock($1)`, gate); err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() {
+		_, err := e.RunBatch(ctx, res.Migration.ID)
+		ran <- err
+	}()
+	waitingOn := func(event string) func() bool {
+		return func() bool {
+			var n int
+			_ = b.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event = $1`, event).Scan(&n)
+			return n > 0
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, "sub-batch at the gate", waitingOn("advisory"))
+	// id 3 is the table's first row: the first sub-batch has it locked.
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := b.pool.Exec(ctx, `UPDATE blocking SET v = v WHERE id = 3`)
+		wrote <- err
+	}()
+	testenv.Eventually(t, 10*time.Second, "writer waiting on the sub-batch", waitingOn("transactionid"))
+	if _, err := holder.Exec(ctx, `SELECT pg_advisory_unlock($1)`, gate); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-ran; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	var blocked int
+	var minCap float64
+	if err := b.pool.QueryRow(ctx, `SELECT coalesce(sum((metrics->'pacing'->>'blocked_sessions')::int), 0),
+			coalesce(min((metrics->'pacing'->>'min_stmt_cap_ms')::float8), 0)
+		FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, res.Migration.ID).Scan(&blocked, &minCap); err != nil {
+		t.Fatal(err)
+	}
+	if blocked != 1 || minCap <= 0 {
+		t.Fatalf("job recorded %d blocked sessions and a statement cap of %.1fms; want 1 and a cap", blocked, minCap)
+	}
+	if err := e.RunLocal(ctx, 1, true); err != nil {
+		t.Fatal(err)
+	}
+	b.checkExactlyOnce(t, "blocking")
 }

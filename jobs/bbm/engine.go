@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +49,9 @@ type Engine struct {
 
 	// crashed simulates a process death in tests: nothing more is recorded.
 	crashed atomic.Bool
+	// probeState: whether sub-batches can probe the sessions they block
+	// (probeUntried, probeOK, probeBroken).
+	probeState atomic.Int32
 
 	mu         sync.Mutex
 	sess       *pgxpool.Conn
@@ -56,10 +60,17 @@ type Engine struct {
 	pacers     map[int64]pacer // contention pacing per migration, carried from batch to batch
 }
 
-// NewEngine returns an engine on pool.
+// NewEngine returns an engine on pool. Name pool's connections with an
+// application_name starting with "ferry" (ferry's CLI does): contention
+// pacing slows migrations while other sessions use the database, and tells
+// ferry's own idle connections apart by that name.
 func NewEngine(pool *pgxpool.Pool, cfg Config) *Engine {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
+	}
+	if name := pool.Config().ConnConfig.RuntimeParams["application_name"]; !cfg.Health.Disabled && !strings.HasPrefix(name, ownAppNamePrefix) {
+		cfg.Logger.Warn("the pool's connections are not named ferry*: batched background migrations will count them as other sessions and pace for them",
+			zap.String("application_name", name))
 	}
 	if cfg.Registry == nil {
 		cfg.Registry = NewRegistry()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -50,7 +51,11 @@ func setup(t *testing.T) *bundle {
 
 func (b *bundle) engine(t *testing.T, cfg bbm.Config) *bbm.Engine {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), b.url)
+	url := b.url
+	if !strings.Contains(url, "application_name=") {
+		url += sepFor(url) + "application_name=ferry-test"
+	}
+	pool, err := pgxpool.New(context.Background(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,6 +69,13 @@ func (b *bundle) engine(t *testing.T, cfg bbm.Config) *bbm.Engine {
 	e := bbm.NewEngine(pool, cfg)
 	t.Cleanup(func() { e.Close(); pool.Close() })
 	return e
+}
+
+func sepFor(url string) string {
+	if strings.Contains(url, "?") {
+		return "&"
+	}
+	return "?"
 }
 
 // table creates name(id, v, v_big, n) with rows ids 1..rows*3 step 3 (gaps),

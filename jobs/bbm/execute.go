@@ -84,8 +84,10 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 	}
 	target := e.targetFor(cl.mig.TargetBatchMs)
 	budget := subBatchBudget(target)
-	// Contention pacing (contention.go): sampled on this connection after
-	// each sub-batch; a sample that fails turns it off for this batch.
+	// Contention pacing (contention.go): a probe in each sub-batch's
+	// transaction, or, where it cannot run, a sample on this connection
+	// after each sub-batch; a sample that fails turns it off for this
+	// batch.
 	var pc pacer
 	sampling := !e.health.Disabled
 	if sampling {
@@ -93,11 +95,19 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		sampling = pc.enabled()
 	}
 	var paused time.Duration
-	minDuty := 1.0
+	minDuty, blocked0, minCap := 1.0, pc.blocked, time.Duration(0)
+	if sampling && pc.samples == 0 {
+		// A migration's first batch looks before it leaps: its first
+		// sub-batch would otherwise run at full size into a busy database.
+		if pr, err := (contentionIndicator{cat: e.cat}).sample(ctx, e.pool); err == nil {
+			pc.observe(pr.busy, pr.recent, time.Now())
+		}
+	}
 	if sampling {
 		defer func() {
 			e.storePacer(cl.mig, pc)
-			res.pace = &pacing{Duty: pc.duty(), Busy: pc.load, Paused: paused.Seconds(), MinD: minDuty}
+			res.pace = &pacing{Duty: pc.duty(), Busy: pc.load, Paused: paused.Seconds(), MinD: minDuty,
+				Blocked: pc.blocked - blocked0, MinCap: float64(minCap.Microseconds()) / 1000}
 		}()
 	}
 	conn, err := e.pool.Acquire(ctx)
@@ -133,10 +143,11 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		limit := res.sub
 		var hi *int64
 		var n int64
+		var pr probe
 		if stmt != "" {
-			hi, n, err = e.subBatchSet(ctx, conn, cl, stmt, start, limit)
+			hi, n, pr, err = e.subBatchSet(ctx, conn, cl, stmt, start, limit, sampling)
 		} else {
-			hi, n, err = e.subBatchDo(ctx, conn, cl, start, limit)
+			hi, n, pr, err = e.subBatchDo(ctx, conn, cl, start, limit, sampling)
 		}
 		if err != nil {
 			if ctx.Err() != nil && !errors.Is(err, errLostOwnership) {
@@ -159,19 +170,24 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 			break
 		}
 		pause := time.Duration(cl.mig.PauseMs) * time.Millisecond
-		if sampling {
-			if busy, err := (contentionIndicator{cat: e.cat}).sample(ctx, conn); err != nil {
+		if sampling && !pr.ok {
+			if pr, err = (contentionIndicator{cat: e.cat}).sample(ctx, conn); err != nil {
 				sampling = false
 				if ctx.Err() == nil {
 					e.log.Debug("contention sample failed; not pacing this batch", zap.Int64("migration_id", cl.mig.ID), zap.Error(err))
 				}
-			} else {
-				pc.observe(busy)
-				minDuty = min(minDuty, pc.duty())
-				if p := pc.pause(work); p > pause {
-					paused += p - pause
-					pause = p
-				}
+			}
+		}
+		if sampling && pr.ok {
+			pc.observe(pr.busy, pr.recent, time.Now())
+			pc.observeBlocked(pr.blocked, work, budget)
+			minDuty = min(minDuty, pc.duty())
+			if pc.stmtCap > 0 && (minCap == 0 || pc.stmtCap < minCap) {
+				minCap = pc.stmtCap
+			}
+			if p := pc.pause(work); p > pause {
+				paused += p - pause
+				pause = p
 			}
 		}
 		res.sub = nextSubBatch(limit, n, work, pc.budget(budget), cl.size)
@@ -244,33 +260,41 @@ func (e *Engine) resetSession(ctx context.Context, conn *pgxpool.Conn) {
 }
 
 // subBatchSet runs one sub-batch in one round trip: BEGIN, the statement,
-// COMMIT, pipelined (timeouts: see sessionSettings).
-func (e *Engine) subBatchSet(ctx context.Context, conn *pgxpool.Conn, cl *claim, stmt string, start int64, limit int) (*int64, int64, error) {
+// with withProbe the probe, COMMIT, pipelined (timeouts: see
+// sessionSettings).
+func (e *Engine) subBatchSet(ctx context.Context, conn *pgxpool.Conn, cl *claim, stmt string, start int64, limit int, withProbe bool) (*int64, int64, probe, error) {
+	withProbe = withProbe && e.probeWorks(ctx, conn, cl)
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	var hi *int64
 	var n, owned int64
+	var pr probe
 	b.Queue(stmt, start, cl.hi, limit, cl.jobID, e.Session()).QueryRow(func(r pgx.Row) error {
 		return r.Scan(&hi, &n, &owned)
 	})
+	if withProbe {
+		b.Queue(e.probeQuery(), cl.tgt.OID).QueryRow(func(r pgx.Row) error { return r.Scan(&pr.busy, &pr.recent, &pr.blocked) })
+	}
 	b.Queue("COMMIT")
 	err := conn.SendBatch(ctx, b).Close()
 	if err != nil {
 		rollback(ctx, conn.Conn())
-		return nil, 0, err
+		return nil, 0, probe{}, err
 	}
 	if hi != nil && owned == 0 {
-		return nil, 0, errLostOwnership
+		return nil, 0, probe{}, errLostOwnership
 	}
-	return hi, n, nil
+	pr.ok = withProbe
+	return hi, n, pr, nil
 }
 
-// subBatchDo runs a Do plan: bounds, ownership check, the class's work and
-// the progress record in one transaction.
-func (e *Engine) subBatchDo(ctx context.Context, conn *pgxpool.Conn, cl *claim, start int64, limit int) (*int64, int64, error) {
+// subBatchDo runs a Do plan: bounds, ownership check, the class's work,
+// the progress record and, with withProbe, the probe in one transaction.
+func (e *Engine) subBatchDo(ctx context.Context, conn *pgxpool.Conn, cl *claim, start int64, limit int, withProbe bool) (*int64, int64, probe, error) {
+	withProbe = withProbe && e.probeWorks(ctx, conn, cl)
 	tx, err := conn.Begin(ctx)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, probe{}, err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	col := Quote(cl.mig.Column)
@@ -278,26 +302,64 @@ func (e *Engine) subBatchDo(ctx context.Context, conn *pgxpool.Conn, cl *claim, 
 	var n int64
 	if err := tx.QueryRow(ctx, `SELECT max(k)::bigint, count(*) FROM (SELECT `+col+` AS k FROM `+cl.tgt.Ident()+
 		` WHERE `+col+` >= $1 AND `+col+` <= $2 ORDER BY `+col+` LIMIT $3) x`, start, cl.hi, limit).Scan(&hi, &n); err != nil {
-		return nil, 0, err
+		return nil, 0, probe{}, err
 	}
 	if hi == nil {
-		return nil, 0, nil
+		return nil, 0, probe{}, nil
 	}
 	tag, err := tx.Exec(ctx, `UPDATE batched_background_migration_jobs SET cursor_value = $3, rows_done = rows_done + $4, updated_at = now()
 		WHERE id = $1 AND status = 1 AND worker_session = $2`, cl.jobID, e.Session(), *hi, n)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, probe{}, err
 	}
 	if tag.RowsAffected() == 0 {
-		return nil, 0, errLostOwnership
+		return nil, 0, probe{}, errLostOwnership
 	}
 	if _, err := cl.plan.Do(ctx, tx, start, *hi); err != nil {
-		return nil, 0, err
+		return nil, 0, probe{}, err
+	}
+	var pr probe
+	if withProbe {
+		if err := tx.QueryRow(ctx, e.probeQuery(), cl.tgt.OID).Scan(&pr.busy, &pr.recent, &pr.blocked); err != nil {
+			return nil, 0, probe{}, err
+		}
+		pr.ok = true
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return nil, 0, err
+		return nil, 0, probe{}, err
 	}
-	return hi, n, nil
+	return hi, n, pr, nil
+}
+
+// Whether the probe can run in this database (Engine.probeState).
+const (
+	probeUntried int32 = iota
+	probeOK
+	probeBroken
+)
+
+func (e *Engine) probeQuery() string { return contentionIndicator{cat: e.cat}.probeSQL() }
+
+// probeWorks reports whether the probe can run in this database, trying it
+// once per engine outside a transaction: inside one, an error (statistics
+// views revoked) would abort the sub-batch.
+func (e *Engine) probeWorks(ctx context.Context, conn *pgxpool.Conn, cl *claim) bool {
+	switch e.probeState.Load() {
+	case probeOK:
+		return true
+	case probeBroken:
+		return false
+	}
+	var pr probe
+	if err := conn.QueryRow(ctx, e.probeQuery(), cl.tgt.OID).Scan(&pr.busy, &pr.recent, &pr.blocked); err != nil {
+		if ctx.Err() == nil {
+			e.probeState.Store(probeBroken)
+			e.log.Warn("cannot read pg_stat_activity/pg_locks: sub-batches will not see the sessions they block", zap.Error(err))
+		}
+		return false
+	}
+	e.probeState.Store(probeOK)
+	return true
 }
 
 func rollback(ctx context.Context, c *pgx.Conn) {

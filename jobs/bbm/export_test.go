@@ -6,7 +6,7 @@ func SimulateCrash(e *Engine) { e.crashed.Store(true) }
 // UseCatalog points e's health indicators at other relations (tables of
 // fabricated rows shaped like the statistics views).
 func UseCatalog(e *Engine, activity, progressVacuum, replication string) {
-	e.cat = catalog{activity: activity, progressVacuum: progressVacuum, replication: replication}
+	e.cat = catalog{activity: activity, progressVacuum: progressVacuum, replication: replication, locks: pgCatalog.locks}
 }
 
 // EvaluateAll runs the health indicators and also returns the errors of

@@ -234,7 +234,7 @@ func fakeCatalog(t *testing.T, b *bundle, e *bbm.Engine) {
 	t.Helper()
 	_, err := b.pool.Exec(testenv.Context(t), `
 		CREATE TABLE fake_activity (pid int, datname name DEFAULT current_database(), backend_type text,
-			application_name text DEFAULT '', state text, wait_event_type text, query text, xact_start timestamptz);
+			application_name text DEFAULT '', state text, wait_event_type text, query text, xact_start timestamptz, state_change timestamptz);
 		CREATE TABLE fake_progress_vacuum (pid int, relid oid);
 		CREATE TABLE fake_replication (application_name text, replay_lsn pg_lsn, replay_lag interval)`)
 	if err != nil {

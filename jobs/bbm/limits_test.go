@@ -95,10 +95,7 @@ func TestKilledWorkerBatchResumes(t *testing.T) {
 		CREATE TRIGGER slowish BEFORE UPDATE ON killed FOR EACH ROW EXECUTE FUNCTION slowish()`); err != nil {
 		t.Fatal(err)
 	}
-	victimURL := b.url + "&application_name=victim"
-	if !strings.Contains(b.url, "?") {
-		victimURL = b.url + "?application_name=victim"
-	}
+	victimURL := b.url + sepFor(b.url) + "application_name=ferry-victim"
 	vb := &bundle{url: victimURL, pool: b.pool, reg: b.reg}
 	victim := vb.engine(t, bbm.Config{})
 	res, err := victim.Queue(ctx, bbm.QueueOptions{Class: "CountAndCopy", Table: "killed", Column: "id", BatchSize: 20000, SubBatchSize: 200})
@@ -118,7 +115,7 @@ func TestKilledWorkerBatchResumes(t *testing.T) {
 		return c != nil && *c > 3000
 	})
 	bbm.SimulateCrash(victim)
-	if _, err := b.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'victim%' OR (application_name LIKE 'ferry-bbm:%' AND pid <> pg_backend_pid())`); err != nil {
+	if _, err := b.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'ferry-victim%' OR (application_name LIKE 'ferry-bbm:%' AND pid <> pg_backend_pid())`); err != nil {
 		t.Fatal(err)
 	}
 	vcancel()
