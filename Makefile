@@ -60,8 +60,10 @@ bench: build ## Side-by-side benchmarks (vs Ruby Sidekiq / a PL/pgSQL loop); res
 	@$(with_services)
 	echo "== go run ./bench/throughput -runs 3   (no-op jobs: ferry vs Ruby Sidekiq 6.4)" >&2
 	$(GO) run ./bench/throughput -runs 3 -ferry $(BIN)
-	echo "== go run ./bench/bbm -rows 5000000 -load   (backfill: ferry vs PL/pgSQL keyset loop; p99 under load)" >&2
-	$(GO) run ./bench/bbm -rows 5000000 -load
+	echo "== go run ./bench/bbm -rows 5000000   (backfill: ferry vs PL/pgSQL keyset loop)" >&2
+	$(GO) run ./bench/bbm -rows 5000000
+	echo "== go run ./bench/bbm -rows 500000 -load -only-load   (p99 of a pgbench write load during a migration; paced at 2%, so fewer rows)" >&2
+	$(GO) run ./bench/bbm -rows 500000 -load -only-load
 	echo "== go run ./bench/steal -jobs 10000,100000   (legacy steal: ferry vs Ruby scan-and-delete)" >&2
 	$(GO) run ./bench/steal -jobs 10000,100000
 
