@@ -14,6 +14,8 @@
 //   - batched_background_migration_job_transition_logs
 //   - background_migration_jobs (legacy tracking: pending 0, succeeded 1)
 //   - ferry_bbm_settings (one row: max_running, paused_all)
+//   - ferry_bbm_pace (one row: when the next paced sub-batch may start,
+//     shared by every batch of every process)
 //   - ferry_schema_versions (which of the versions below are applied)
 //
 // # Applying

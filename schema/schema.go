@@ -52,6 +52,7 @@ func Versions() []Version { return append([]Version(nil), versions...) }
 
 var versions = []Version{
 	{ID: 1, Name: "batched background migrations", SQL: v1},
+	{ID: 2, Name: "shared pacing clock", SQL: v2},
 }
 
 const v1 = `
@@ -180,6 +181,16 @@ INSERT INTO ferry_bbm_settings (id) VALUES (1) ON CONFLICT DO NOTHING;
 -- engine sessions: each engine holds an advisory lock on its number for its
 -- lifetime, so a killed process is visible at once in pg_locks.
 CREATE SEQUENCE IF NOT EXISTS ferry_bbm_session_seq;
+`
+
+// v2: the pacing clock that all paced sub-batches of the database share
+// (jobs/bbm/contention.go): the earliest time the next one may start.
+const v2 = `
+CREATE TABLE IF NOT EXISTS ferry_bbm_pace (
+	id integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+	next_at timestamptz NOT NULL DEFAULT '-infinity'
+);
+INSERT INTO ferry_bbm_pace (id) VALUES (1) ON CONFLICT DO NOTHING;
 `
 
 // Querier is what [Apply] needs: a pool or a single connection.

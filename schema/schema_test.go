@@ -57,5 +57,7 @@ func ExampleVersions() {
 	for _, v := range schema.Versions() {
 		fmt.Println(v.ID, v.Name)
 	}
-	// Output: 1 batched background migrations
+	// Output:
+	// 1 batched background migrations
+	// 2 shared pacing clock
 }

@@ -24,10 +24,11 @@ import (
 //     during the statement is still waiting when it ends, so the probe,
 //     run in the sub-batch's transaction just before COMMIT, counts
 //     exactly the sessions this sub-batch blocked (and DDL queued on the
-//     table). When there are any, the statement budget is halved, down to
-//     minBlockingBudget, and it grows back by a tenth per sub-batch that
-//     blocks no one: the rows locked and the time they stay locked shrink
-//     together until others rarely meet them, and wait little when they do.
+//     table). When there are any, the statement budget is cut to a
+//     quarter, down to minBlockingBudget, and it grows back by a twentieth
+//     per sub-batch that blocks no one: the rows locked and the time they
+//     stay locked shrink together until others rarely meet them, and wait
+//     little when they do.
 //   - Shared CPU and WAL. The probe also counts the other sessions of the
 //     database that are doing work (pg_stat_activity: client backends in
 //     state active, not ferry's own) and smooths the counts. While the
@@ -37,6 +38,13 @@ import (
 //     short (loadSubBatchBudget). The more sessions are busy, the lower d,
 //     down to MinDutyUnderLoad; when they have been quiet for
 //     contentionHold, the batch runs at full speed again.
+//
+// The duty cycle belongs to the database, not to a batch: the application
+// feels the sum of all paced statements, whichever migration, batch or
+// process runs them. So paced sub-batches share one clock, ferry_bbm_pace
+// (reservePace): one batch alone sleeps its own pause, batches running at
+// once (--parallel, more workers, two migrations) queue behind each other,
+// and together they still take a share d of the time.
 //
 // The probe adds one small query to the sub-batch's own round trip, so an
 // idle database pays well under a millisecond per sub-batch and is never
@@ -271,6 +279,27 @@ func (p *pacer) signal() *Signal {
 		why = append(why, fmt.Sprintf("%.1f other session(s) busy in the database on average: sub-batches paced to a %.0f%% duty cycle", p.load, d*100))
 	}
 	return &Signal{Indicator: contentionIndicator{}.name(), Paced: true, Duty: d, Reason: strings.Join(why, "; ")}
+}
+
+// paceSQL moves the shared pacing clock past a sub-batch that started $1
+// microseconds ago and is charged $2 (its work plus its pause), and returns
+// the seconds until the clock's time: when the caller's next sub-batch may
+// start. The clock is the database's, so processes on hosts whose clocks
+// disagree still share it; time the clock spent in the past is not banked.
+const paceSQL = `UPDATE ferry_bbm_pace
+	SET next_at = greatest(next_at, clock_timestamp() - $1 * interval '1 microsecond') + $2 * interval '1 microsecond'
+	WHERE id = 1
+	RETURNING extract(epoch FROM next_at - clock_timestamp())::float8`
+
+// reservePace charges a paced sub-batch that took work to the shared
+// pacing clock and returns how long to sleep before the next one. Alone,
+// that is the pacer's own pause; behind other paced batches, longer.
+func reservePace(ctx context.Context, db queryer, work, charge time.Duration) (time.Duration, error) {
+	var secs float64
+	if err := db.QueryRow(ctx, paceSQL, work.Microseconds(), charge.Microseconds()).Scan(&secs); err != nil {
+		return 0, fmt.Errorf("pacing clock: %w", err)
+	}
+	return max(time.Duration(secs*float64(time.Second)), 0), nil
 }
 
 // pacing is what a batch reports about its pacing (job metrics).

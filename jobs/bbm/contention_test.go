@@ -97,16 +97,28 @@ func TestContentionPacing(t *testing.T) {
 				}
 				return true
 			})
-			t.Logf("%d jobs (%d with pacing metrics), %d paced, lowest duty %.2f, %d writes; reasons seen: %q",
-				jobs, withPacing, paced, minDuty, writes.Load(), sawReason)
+			first := ""
+			if len(sawReason) > 0 {
+				first = sawReason[0]
+			}
+			t.Logf("%d jobs (%d with pacing metrics), %d paced, lowest duty %.2f, %d writes; %d reasons seen, e.g. %q",
+				jobs, withPacing, paced, minDuty, writes.Load(), len(sawReason), first)
 			if withPacing != jobs || jobs == 0 {
 				t.Fatalf("%d of %d jobs have pacing metrics", withPacing, jobs)
 			}
+			// Paced sub-batches take turns on the shared pacing clock.
+			var clockUsed bool
+			if err := b.pool.QueryRow(ctx, `SELECT next_at > '-infinity' FROM ferry_bbm_pace`).Scan(&clockUsed); err != nil {
+				t.Fatal(err)
+			}
 			if tc.writers == 0 {
-				if paced != 0 || len(sawReason) != 0 {
-					t.Fatalf("paced on an idle database: %d jobs, reasons %q", paced, sawReason)
+				if paced != 0 || len(sawReason) != 0 || clockUsed {
+					t.Fatalf("paced on an idle database: %d jobs, reasons %q, pacing clock used %v", paced, sawReason, clockUsed)
 				}
 				return
+			}
+			if !clockUsed {
+				t.Fatal("paced sub-batches never used the shared pacing clock")
 			}
 			if paced == 0 || minDuty >= 1 {
 				t.Fatal("never paced while other sessions wrote to the table")

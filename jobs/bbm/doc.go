@@ -36,7 +36,9 @@
 // sub-batch), sub-batches are paced to a duty cycle, lower the busier it
 // is, down to a floor, and full speed returns when the others go quiet;
 // jobs record the duty cycle in their metrics and `bbm show` the reason
-// (see HealthConfig.MaxDutyUnderLoad).
+// (see HealthConfig.MaxDutyUnderLoad). The duty cycle is the database's:
+// paced sub-batches of every batch and process take turns on one clock
+// (table ferry_bbm_pace), so parallel batches share it.
 //
 // # Decisions where GitLab is awkward
 //

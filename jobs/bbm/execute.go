@@ -95,6 +95,7 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		sampling = pc.enabled()
 	}
 	var paused time.Duration
+	shared := true
 	minDuty, blocked0, minCap := 1.0, pc.blocked, time.Duration(0)
 	if sampling && pc.samples == 0 {
 		// A migration's first batch looks before it leaps: its first
@@ -185,9 +186,20 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 			if pc.stmtCap > 0 && (minCap == 0 || pc.stmtCap < minCap) {
 				minCap = pc.stmtCap
 			}
-			if p := pc.pause(work); p > pause {
-				paused += p - pause
-				pause = p
+			if p := pc.pause(work); p > 0 {
+				// The shared clock (contention.go) turns the batch's own
+				// pause into its turn among all paced batches.
+				if shared && pc.paced() {
+					if sp, err := reservePace(ctx, conn, work, work+p); err == nil {
+						p = sp
+					} else if shared = false; ctx.Err() == nil {
+						e.log.Warn("shared pacing clock unavailable; this batch paces on its own", zap.Int64("migration_id", cl.mig.ID), zap.Error(err))
+					}
+				}
+				if p > pause {
+					paused += p - pause
+					pause = p
+				}
 			}
 		}
 		res.sub = nextSubBatch(limit, n, work, pc.budget(budget), cl.size)

@@ -42,7 +42,8 @@ type HealthConfig struct {
 	// sub-batch statements while other sessions are busy in the database
 	// (the contention signal, see contention.go); it sleeps the rest.
 	// It applies to about one busy session and falls in proportion to
-	// their number. Default 0.02, which keeps an application's p99
+	// their number. It is shared: all paced batches of the database, in
+	// every process, take turns within it. Default 0.02, which keeps an application's p99
 	// latency within 1.5x on a small server; raise it to trade that for
 	// speed. 1 or more turns contention pacing off.
 	MaxDutyUnderLoad float64

@@ -409,6 +409,13 @@ func (e *Engine) Executable(ctx context.Context) ([]int64, error) {
 	return pgx.CollectRows(rows, pgx.RowTo[int64])
 }
 
+// How often a RunLocal worker with nothing to run looks again: at once
+// after work, backing off while there is none.
+const (
+	localPollMin = 20 * time.Millisecond
+	localPollMax = 500 * time.Millisecond
+)
+
 // RunLocal runs batches in this process with n goroutines acting as
 // workers, until ctx is done or, with untilIdle, no migration is active.
 // `ferry demo` and tests use it; `ferry worker` spreads the same batches
@@ -422,6 +429,10 @@ func (e *Engine) RunLocal(ctx context.Context, n int, untilIdle bool) error {
 	g, gctx := errgroup.WithContext(ctx)
 	for range max(n, 1) {
 		g.Go(func() error {
+			// Nothing to run (held, paced or at its parallel limit): look
+			// again soon, then less often, so idle workers do not load the
+			// database they are being polite to.
+			wait := localPollMin
 			for gctx.Err() == nil {
 				ids, err := e.Executable(gctx)
 				if err != nil {
@@ -439,6 +450,7 @@ func (e *Engine) RunLocal(ctx context.Context, n int, untilIdle bool) error {
 					}
 				}
 				if ran {
+					wait = localPollMin
 					continue
 				}
 				if untilIdle {
@@ -452,8 +464,9 @@ func (e *Engine) RunLocal(ctx context.Context, n int, untilIdle bool) error {
 				}
 				select {
 				case <-gctx.Done():
-				case <-time.After(20 * time.Millisecond):
+				case <-time.After(wait):
 				}
+				wait = min(2*wait, localPollMax)
 			}
 			return nil
 		})
