@@ -109,10 +109,53 @@ func (c *Config) LoadFile(path string) error {
 	}
 	dec := yaml.NewDecoder(strings.NewReader(string(data)))
 	dec.KnownFields(true)
-	if err := dec.Decode(c); err != nil && !errors.Is(err, errEOF) {
-		return &FieldError{Field: "config file " + path, Msg: err.Error()}
+	err = dec.Decode(c)
+	if err == nil || errors.Is(err, errEOF) {
+		return nil
 	}
-	return nil
+	// yaml reports a bad value by line ("line 2: cannot unmarshal !!str
+	// `banana` into time.Duration"); name the field on that line instead.
+	var te *yaml.TypeError
+	var root yaml.Node
+	if errors.As(err, &te) && len(te.Errors) > 0 && yaml.Unmarshal(data, &root) == nil {
+		if line, msg, ok := strings.Cut(te.Errors[0], ": "); ok {
+			var n int
+			if _, serr := fmt.Sscanf(line, "line %d", &n); serr == nil {
+				if field := keyAtLine(&root, n, ""); field != "" {
+					return &FieldError{Field: field, Msg: fmt.Sprintf("%s (%s, %s)", msg, path, line)}
+				}
+			}
+		}
+	}
+	return &FieldError{Field: "config file " + path, Msg: err.Error()}
+}
+
+// keyAtLine returns the dotted path of the mapping key whose value starts
+// on line (or of the key itself on that line), "" when there is none.
+func keyAtLine(n *yaml.Node, line int, prefix string) string {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			if k := keyAtLine(c, line, prefix); k != "" {
+				return k
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key, val := n.Content[i], n.Content[i+1]
+			name := key.Value
+			if prefix != "" {
+				name = prefix + "." + key.Value
+			}
+			if k := keyAtLine(val, line, name); k != "" {
+				return k
+			}
+			if key.Line == line || (val.Kind == yaml.ScalarNode && val.Line == line) {
+				return name
+			}
+		}
+	}
+	return ""
 }
 
 // Env names ferry reads.

@@ -116,6 +116,27 @@ func TestLoadFileRejectsUnknownKeys(t *testing.T) {
 	}
 }
 
+// A value of the wrong type is reported with the field's name, not just
+// yaml's line number.
+func TestLoadFileNamesBadValues(t *testing.T) {
+	for _, c := range []struct{ yaml, field string }{
+		{"bbm:\n  target_batch_duration: banana\n", "bbm.target_batch_duration"},
+		{"log_level: info\nworker:\n  tag: x\n  concurrency: lots\n", "worker.concurrency"},
+		{"worker:\n  timeout: [1, 2]\n", "worker.timeout"},
+	} {
+		path := filepath.Join(t.TempDir(), "ferry.yml")
+		if err := os.WriteFile(path, []byte(c.yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg := Defaults()
+		err := cfg.LoadFile(path)
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != c.field || !strings.Contains(err.Error(), "line ") {
+			t.Errorf("%q: got %v, want an error naming %s", c.yaml, err, c.field)
+		}
+	}
+}
+
 func TestRedactURL(t *testing.T) {
 	got := RedactURL("postgres://app:s3cret@db:5432/app")
 	if strings.Contains(got, "s3cret") || !strings.Contains(got, "app:xxxxx@db") {

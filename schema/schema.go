@@ -52,7 +52,7 @@ func Versions() []Version { return append([]Version(nil), versions...) }
 
 var versions = []Version{
 	{ID: 1, Name: "batched background migrations", SQL: v1},
-	{ID: 2, Name: "shared pacing clock", SQL: v2},
+	{ID: 2, Name: "shared pacing clock, finalizer session", SQL: v2},
 }
 
 const v1 = `
@@ -184,13 +184,16 @@ CREATE SEQUENCE IF NOT EXISTS ferry_bbm_session_seq;
 `
 
 // v2: the pacing clock that all paced sub-batches of the database share
-// (jobs/bbm/contention.go): the earliest time the next one may start.
+// (jobs/bbm/contention.go): the earliest time the next one may start; and
+// the engine session of a migration's finalizer, so a finalize whose
+// process died gives the migration back to the workers.
 const v2 = `
 CREATE TABLE IF NOT EXISTS ferry_bbm_pace (
 	id integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
 	next_at timestamptz NOT NULL DEFAULT '-infinity'
 );
 INSERT INTO ferry_bbm_pace (id) VALUES (1) ON CONFLICT DO NOTHING;
+ALTER TABLE batched_background_migrations ADD COLUMN IF NOT EXISTS finalizer_session bigint;
 `
 
 // Querier is what [Apply] needs: a pool or a single connection.

@@ -59,5 +59,5 @@ func ExampleVersions() {
 	}
 	// Output:
 	// 1 batched background migrations
-	// 2 shared pacing clock
+	// 2 shared pacing clock, finalizer session
 }

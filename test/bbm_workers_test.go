@@ -2,10 +2,12 @@ package test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -179,4 +181,160 @@ func TestBBMThroughWorkerProcesses(t *testing.T) {
 	var died int
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM batched_background_migration_job_transition_logs WHERE exception_class = 'Ferry::WorkerDied'`).Scan(&died)
 	t.Logf("max running seen %d, batches rescued from the killed worker: %d", maxSeen.Load(), died)
+}
+
+// A `ferry bbm finalize` killed with SIGKILL (a dropped SSH session) does
+// not strand its migration in finalizing: `show` says its finalizer is
+// gone, a worker makes it active again and finishes it, every row copied
+// exactly once.
+func TestBBMFinalizeKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs ferry processes")
+	}
+	bin := bbmFerryBinary(t)
+	redisURL := testenv.RedisURL(t)
+	dbURL := testenv.DatabaseURL(t)
+	ctx := testenv.Context(t)
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	env := childEnv("REDIS_URL="+redisURL, "DATABASE_URL="+dbURL)
+	ferry := func(args ...string) (string, int) {
+		t.Helper()
+		cmd := exec.Command(bin, args...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatalf("ferry %v: %v", args, err)
+		}
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	if out, code := ferry("setup"); code != 0 {
+		t.Fatalf("setup: %d %s", code, out)
+	}
+	// A trigger slows every 500th row, so the finalize is still running
+	// when it is killed.
+	const rows = 40000
+	if _, err := pool.Exec(ctx, fmt.Sprintf(`CREATE TABLE fk (id int PRIMARY KEY, v int NOT NULL, v_big bigint, copies int NOT NULL DEFAULT 0);
+		INSERT INTO fk SELECT g, g FROM generate_series(1, %d) g; ANALYZE fk;
+		CREATE FUNCTION fk_count() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+			IF NEW.v_big IS DISTINCT FROM OLD.v_big THEN NEW.copies := OLD.copies + 1; END IF;
+			IF NEW.id %% 500 = 0 THEN PERFORM pg_sleep(0.01); END IF;
+			RETURN NEW; END $$;
+		CREATE TRIGGER fk_count BEFORE UPDATE ON fk FOR EACH ROW EXECUTE FUNCTION fk_count()`, rows)); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"CopyColumnUsingBackgroundMigrationJob", "fk", "id", `[["v"],["v_big"]]`}
+	if out, code := ferry(append([]string{"bbm", "queue"}, append(args, "--batch-size", "2000", "--target-batch-duration", "300ms")...)...); code != 0 {
+		t.Fatalf("queue: %d %s", code, out)
+	}
+	var id int64
+	if err := pool.QueryRow(ctx, `SELECT id FROM batched_background_migrations WHERE table_name = 'fk'`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	fin := startProc(t, "ferry bbm finalize", env, bin, append([]string{"bbm", "finalize"}, args...)...)
+	testenv.Eventually(t, 30*time.Second, "finalize under way", func() bool {
+		var n int64
+		_ = pool.QueryRow(ctx, `SELECT coalesce(sum(rows_done), 0) FROM batched_background_migration_jobs
+			WHERE batched_background_migration_id = $1 AND EXISTS (SELECT 1 FROM batched_background_migrations WHERE id = $1 AND status = 5)`, id).Scan(&n)
+		return n > 0
+	})
+	fin.killGroup()
+	<-fin.done
+
+	// No worker yet: the migration is still finalizing, and show says why
+	// nothing moves and what to do.
+	idStr := fmt.Sprint(id)
+	testenv.Eventually(t, 30*time.Second, "show names the gone finalizer", func() bool {
+		out, code := ferry("bbm", "show", idStr)
+		return code == 0 && strings.Contains(out, "finalize process is gone") && strings.Contains(out, "ferry bbm resume "+idStr)
+	})
+	w := bbmStartWorker(t, bin, redisURL, dbURL)
+	testenv.Eventually(t, 90*time.Second, "finished by the worker", func() bool {
+		var s int
+		_ = pool.QueryRow(ctx, `SELECT status FROM batched_background_migrations WHERE id = $1`, id).Scan(&s)
+		return s == 3
+	})
+	var bad, twice int64
+	if err := pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE v_big IS DISTINCT FROM v), count(*) FILTER (WHERE copies > 1) FROM fk`).Scan(&bad, &twice); err != nil {
+		t.Fatal(err)
+	}
+	if bad != 0 || twice != 0 {
+		t.Fatalf("%d rows not copied, %d copied more than once", bad, twice)
+	}
+	// Stopped first: its output buffer is written until it exits.
+	_ = w.cmd.Process.Signal(syscall.SIGTERM)
+	_ = w.cmd.Wait()
+	if !strings.Contains(w.out.String(), "its process is gone") {
+		t.Logf("worker output:\n%s", w.out.String())
+		t.Fatal("the worker did not log that it took the migration back")
+	}
+}
+
+// When the only worker is SIGKILLed mid-batch, a worker started after it
+// takes the batch over (the dead worker's lane is reopened, not left to
+// expire) and the migration finishes with every row copied exactly once.
+func TestBBMOnlyWorkerKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs worker processes")
+	}
+	bin := bbmFerryBinary(t)
+	redisURL := testenv.RedisURL(t)
+	dbURL := testenv.DatabaseURL(t)
+	ctx := testenv.Context(t)
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	const rows = 40000
+	if _, err := pool.Exec(ctx, fmt.Sprintf(`CREATE TABLE ok1 (id int PRIMARY KEY, v int NOT NULL, v_big bigint, copies int NOT NULL DEFAULT 0);
+		INSERT INTO ok1 SELECT g, g FROM generate_series(1, %d) g; ANALYZE ok1;
+		CREATE FUNCTION ok1_count() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+			IF NEW.v_big IS DISTINCT FROM OLD.v_big THEN NEW.copies := OLD.copies + 1; END IF;
+			IF NEW.id %% 500 = 0 THEN PERFORM pg_sleep(0.01); END IF;
+			RETURN NEW; END $$;
+		CREATE TRIGGER ok1_count BEFORE UPDATE ON ok1 FOR EACH ROW EXECUTE FUNCTION ok1_count()`, rows)); err != nil {
+		t.Fatal(err)
+	}
+	first := bbmStartWorker(t, bin, redisURL, dbURL)
+	cmd := exec.Command(bin, "bbm", "queue", "CopyColumnUsingBackgroundMigrationJob", "ok1", "id", `[["v"],["v_big"]]`,
+		"--batch-size", "2000", "--target-batch-duration", "2s")
+	cmd.Env = childEnv("REDIS_URL="+redisURL, "DATABASE_URL="+dbURL)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("queue: %v\n%s", err, out)
+	}
+	done := func() int64 {
+		var n int64
+		_ = pool.QueryRow(ctx, `SELECT coalesce(sum(rows_done), 0) FROM batched_background_migration_jobs`).Scan(&n)
+		return n
+	}
+	testenv.Eventually(t, 30*time.Second, "a batch under way", func() bool {
+		var running int
+		_ = pool.QueryRow(ctx, `SELECT count(*) FROM batched_background_migration_jobs WHERE status = 1 AND rows_done > 0`).Scan(&running)
+		return running > 0
+	})
+	_ = first.cmd.Process.Kill()
+	_ = first.cmd.Wait()
+	killed, at := time.Now(), done()
+	bbmStartWorker(t, bin, redisURL, dbURL)
+	testenv.Eventually(t, 90*time.Second, "progress after the kill", func() bool { return done() > at })
+	t.Logf("rows moved again %s after the only worker was killed", time.Since(killed).Round(100*time.Millisecond))
+	testenv.Eventually(t, 90*time.Second, "finished", func() bool {
+		var s int
+		_ = pool.QueryRow(ctx, `SELECT status FROM batched_background_migrations WHERE table_name = 'ok1'`).Scan(&s)
+		return s == 3
+	})
+	var bad, twice int64
+	if err := pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE v_big IS DISTINCT FROM v), count(*) FILTER (WHERE copies > 1) FROM ok1`).Scan(&bad, &twice); err != nil {
+		t.Fatal(err)
+	}
+	var died int
+	_ = pool.QueryRow(ctx, `SELECT count(*) FROM batched_background_migration_job_transition_logs WHERE exception_class = 'Ferry::WorkerDied'`).Scan(&died)
+	if bad != 0 || twice != 0 || died == 0 {
+		t.Fatalf("%d rows not copied, %d copied more than once, %d batches rescued", bad, twice, died)
+	}
 }

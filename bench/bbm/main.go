@@ -391,7 +391,6 @@ type latency struct {
 	n                        int
 	perSec                   float64
 	p50, p90, p99, p999, max time.Duration
-	errs                     int64
 }
 
 func (s latency) String() string {

@@ -253,7 +253,7 @@ func (e *Engine) claim(ctx context.Context, id int64, md mode) (*claim, Outcome,
 			return nil, NotExecutable, nil
 		}
 	}
-	if err := e.rescue(ctx, tx, id); err != nil {
+	if _, err := e.rescue(ctx, tx, id); err != nil {
 		return nil, NotExecutable, err
 	}
 	var running int
@@ -445,35 +445,42 @@ func (e *Engine) failMigration(ctx context.Context, tx pgx.Tx, m *Migration, rea
 // (its session lock vanished with its connection), so they are retried
 // from their cursor. A worker death counts as an attempt, so a batch that
 // kills its worker (e.g. out of memory) cannot loop forever.
-func (e *Engine) rescue(ctx context.Context, tx pgx.Tx, id int64) error {
+func (e *Engine) rescue(ctx context.Context, tx pgx.Tx, id int64) (int, error) {
 	rows, err := tx.Query(ctx, `
 		WITH dead AS (
 			UPDATE batched_background_migration_jobs j SET status = 2, finished_at = now(), updated_at = now()
 			WHERE j.batched_background_migration_id = $1 AND j.status = 1
-			  AND ((j.worker_session IS NOT NULL AND NOT EXISTS (
-			        SELECT 1 FROM pg_locks l
-			        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-			          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-			          AND l.classid = $2::int8::oid AND l.objid = j.worker_session::oid))
+			  AND ((j.worker_session IS NOT NULL AND NOT `+sessionAlive("j.worker_session")+`)
 			    OR (j.worker_session IS NULL AND j.updated_at < now() - interval '1 hour'))
 			RETURNING j.id, j.worker_identity)
 		INSERT INTO batched_background_migration_job_transition_logs
 			(batched_background_migration_job_id, previous_status, next_status, exception_class, exception_message)
 		SELECT id, 1, 2, 'Ferry::WorkerDied', left('worker ' || coalesce(worker_identity, '?') ||
 			' stopped while running this batch; it resumes after the last committed sub-batch', 1000)
-		FROM dead RETURNING batched_background_migration_job_id`, id, int64(sessionLockClass))
+		FROM dead RETURNING batched_background_migration_job_id`, id)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer rows.Close()
+	n := 0
 	for rows.Next() {
 		var jid int64
 		if err := rows.Scan(&jid); err != nil {
-			return err
+			return n, err
 		}
+		n++
 		e.log.Warn("batch of a dead worker will be retried", zap.Int64("migration_id", id), zap.Int64("job_id", jid))
 	}
-	return rows.Err()
+	return n, rows.Err()
+}
+
+// sessionAlive is an SQL condition: the engine session in column col still
+// holds its advisory lock (Start), so its process is alive.
+func sessionAlive(col string) string {
+	return `EXISTS (SELECT 1 FROM pg_locks l
+		WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+		  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		  AND l.classid = ` + strconv.Itoa(int(sessionLockClass)) + `::oid AND l.objid = ` + col + `::oid)`
 }
 
 func logTransition(ctx context.Context, tx pgx.Tx, jobID int64, from, to JobStatus, class, msg string) error {

@@ -215,4 +215,16 @@ func TestExactlyOnceRetriesAndSplits(t *testing.T) {
 		t.Fatalf("expected injected failures and timeouts in the log, got %d and %d", injected, timeouts)
 	}
 	t.Logf("injected %d, timeouts %d, small jobs %d", injected, timeouts, splits)
+	// Every job succeeded in the end: none is shown with the error of an
+	// attempt that a retry made good.
+	jobs, err := e.Jobs(ctx, res.Migration.ID, false, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, j := range jobs {
+		if j.ErrorClass != nil || j.ErrorMessage != nil {
+			t.Fatalf("succeeded job %d shown with error %v: %v", j.ID, deref(j.ErrorClass), deref(j.ErrorMessage))
+		}
+	}
 }
+

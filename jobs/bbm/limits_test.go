@@ -162,6 +162,11 @@ func TestQueueRejectsBadInput(t *testing.T) {
 		{"unknown class", bbm.QueueOptions{Class: "Nope", Table: "users", Column: "id"}, bbm.ErrUnknownClass},
 		{"non-integer column", bbm.QueueOptions{Class: bbm.NullifyOrphansClass, Table: "users", Column: "v_big", Args: []byte(`["v","x","id"]`)}, nil},
 		{"missing parent", bbm.QueueOptions{Class: bbm.NullifyOrphansClass, Table: "users", Column: "id", Args: []byte(`["v","nope","id"]`)}, bbm.ErrTableNotFound},
+		// One bound beyond the other end of the ids (3..30): an empty
+		// range, not a finished migration that copied nothing.
+		{"max below ids", bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: "users", Column: "id", Args: []byte(`[["v"],["v_big"]]`), MaxValue: new(int64(2))}, bbm.ErrInvalidOption},
+		{"min above ids", bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: "users", Column: "id", Args: []byte(`[["v"],["v_big"]]`), MinValue: new(int64(31))}, bbm.ErrInvalidOption},
+		{"max below min", bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: "users", Column: "id", Args: []byte(`[["v"],["v_big"]]`), MinValue: new(int64(5)), MaxValue: new(int64(4))}, bbm.ErrInvalidOption},
 	}
 	for _, c := range cases {
 		_, err := e.Queue(ctx, c.o)
@@ -178,6 +183,18 @@ func TestQueueRejectsBadInput(t *testing.T) {
 	var n int
 	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM x`).Scan(&n); err != nil {
 		t.Fatalf("table x is gone: %v", err)
+	}
+	// A table spelled with and without its schema is one configuration.
+	first, err := e.Queue(ctx, bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: "public.users", Column: "id", Args: []byte(`[["v"],["v_big"]]`)})
+	if err != nil || first.Existing || first.Migration.Table != "users" {
+		t.Fatalf("public.users: %+v, %v", first, err)
+	}
+	again, err := e.Queue(ctx, bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: "users", Column: "id", Args: []byte(`[["v"],["v_big"]]`)})
+	if err != nil || !again.Existing || again.Migration.ID != first.Migration.ID {
+		t.Fatalf("users after public.users: %+v, %v", again, err)
+	}
+	if m, err := e.FindByConfig(ctx, bbm.CopyColumnClass, "public.users", "id", []byte(`[["v"], ["v_big"]]`)); err != nil || m.ID != first.Migration.ID {
+		t.Fatalf("find public.users: %+v, %v", m, err)
 	}
 	// A quoted, odd but real name works.
 	if _, err := e.Queue(ctx, bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: `we"ird`, Column: "id", Args: []byte(`[["a"],["b"]]`)}); err != nil {
@@ -240,5 +257,51 @@ func TestDocumentedStatusQueries(t *testing.T) {
 	}
 	if n == 0 {
 		t.Fatal("no jobs")
+	}
+}
+
+// A migration whose finalizer's process is gone (its session lock is not
+// held) is shown with the reason and what to do, and `resume` makes it
+// active again; one whose finalizer is alive is left alone.
+func TestResumeAfterFinalizerDied(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testenv.Context(t)
+	b.table(t, "fin", 100)
+	e := b.engine(t, bbm.Config{})
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res, err := e.Queue(ctx, bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: "fin", Column: "id", Args: []byte(`[["v"],["v_big"]]`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.Migration.ID
+	finalizing := func(session int64) {
+		t.Helper()
+		if _, err := b.pool.Exec(ctx, `UPDATE batched_background_migrations SET status = 5, finalizer_session = $2 WHERE id = $1`, id, session); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Alive: this engine's own session.
+	finalizing(e.Session())
+	if ids, err := e.ReviveFinalizing(ctx, 0); err != nil || len(ids) != 0 {
+		t.Fatalf("revived a migration whose finalizer is alive: %v %v", ids, err)
+	}
+	if _, err := e.Resume(ctx, id); !errors.Is(err, bbm.ErrInvalidState) {
+		t.Fatalf("resume while the finalizer is alive: %v", err)
+	}
+	// Gone: a session number nobody holds.
+	finalizing(1 << 30)
+	m, err := e.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.HoldReason == nil || !strings.Contains(*m.HoldReason, "finalize process is gone") {
+		t.Fatalf("reason %v", m.HoldReason)
+	}
+	got, err := e.Resume(ctx, id)
+	if err != nil || got.Status != bbm.Active {
+		t.Fatalf("resume: %+v, %v", got, err)
 	}
 }

@@ -213,6 +213,8 @@ const (
 	DefaultStatementTimeout = 15 * time.Second
 	MinStatementTimeout     = 100 * time.Millisecond
 	MaxStatementTimeout     = time.Hour
+	// MaxParallelBatches bounds a migration's max_parallel_batches.
+	MaxParallelBatches = 64
 )
 
 // QueueResult is what [Engine.Queue] did.
@@ -281,8 +283,8 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 		return nil, fmt.Errorf("%w: max batch size (%d) must be >= batch size (%d)", ErrInvalidOption, o.MaxBatchSize, o.BatchSize)
 	case o.PauseMs < 0:
 		return nil, fmt.Errorf("%w: pause must be >= 0 ms, got %d", ErrInvalidOption, o.PauseMs)
-	case o.MaxParallel < 1 || o.MaxParallel > 64:
-		return nil, fmt.Errorf("%w: parallelism must be between 1 and 64, got %d", ErrInvalidOption, o.MaxParallel)
+	case o.MaxParallel < 1 || o.MaxParallel > MaxParallelBatches:
+		return nil, fmt.Errorf("%w: parallelism must be between 1 and %d, got %d", ErrInvalidOption, MaxParallelBatches, o.MaxParallel)
 	case o.TargetBatch != 0 && (o.TargetBatch < 50*time.Millisecond || o.TargetBatch > 10*time.Minute):
 		return nil, fmt.Errorf("%w: target batch duration must be between 50ms and 10m, got %s", ErrInvalidOption, o.TargetBatch)
 	case o.StatementTimeout != 0 && (o.StatementTimeout < MinStatementTimeout || o.StatementTimeout > MaxStatementTimeout):
@@ -306,9 +308,10 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 	}}); err != nil {
 		return nil, err
 	}
-	// Stored as given (GitLab stores the name the developer wrote), so
-	// lookups by configuration match what operators paste.
-	tableName := o.Table
+	// Stored as the search path names it, so one table is one
+	// configuration however it was spelled ("public.events", "events");
+	// lookups by configuration resolve the name the same way.
+	tableName := tgt.Name()
 
 	tx, err := e.pool.Begin(ctx)
 	if err != nil {
@@ -346,6 +349,12 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 	if o.MaxValue != nil {
 		maxV = *o.MaxValue
 	}
+	if lo != nil && maxV < minV {
+		// One bound given, beyond the other end of the column's values: a
+		// typo that would otherwise queue a finished migration that
+		// copied nothing.
+		return nil, fmt.Errorf("%w: the range %d..%d is empty (%s holds %d..%d)", ErrInvalidOption, minV, maxV, Quote(o.Column), *lo, *hi)
+	}
 	status := Active
 	if o.Paused {
 		status = Paused
@@ -359,7 +368,10 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 	}
 	var estimate int64
 	_ = tx.QueryRow(ctx, `SELECT CASE WHEN reltuples > 0 THEN reltuples::bigint ELSE -1 END FROM pg_class WHERE oid = $1`, tgt.OID).Scan(&estimate)
-	if estimate < 0 {
+	switch {
+	case empty:
+		estimate = 0
+	case estimate < 0:
 		// Never analysed: the id span is a cheap upper bound.
 		estimate = maxV - minV + 1
 	}

@@ -59,6 +59,16 @@ func (e *Engine) list(ctx context.Context, where string, args ...any) ([]*Migrat
 		if err != nil {
 			return nil, err
 		}
+		if m.Status == Finalizing && m.HoldReason == nil {
+			var gone bool
+			if err := e.pool.QueryRow(ctx, `SELECT `+finalizerGone+` FROM batched_background_migrations WHERE id = $1`, m.ID).Scan(&gone); err != nil {
+				return nil, err
+			}
+			if gone {
+				r := fmt.Sprintf("its finalize process is gone: workers make it active again, or run `ferry bbm resume %d` (or finalize again)", m.ID)
+				m.HoldReason = &r
+			}
+		}
 		out = append(out, &MigrationInfo{Migration: m, Progress: p})
 	}
 	return out, nil
@@ -117,9 +127,15 @@ func (e *Engine) FindByConfig(ctx context.Context, class, table, column string, 
 	if err != nil {
 		return nil, err
 	}
+	// The name as given, and as Queue records it when the table exists
+	// ("public.events" finds "events").
+	names := []string{table}
+	if t, err := ResolveTarget(ctx, e.pool, table, column); err == nil && t.Name() != table {
+		names = append(names, t.Name())
+	}
 	m, err := scanMigration(e.pool.QueryRow(ctx, `SELECT `+migrationCols+` FROM batched_background_migrations
-		WHERE job_class_name = $1 AND table_name = $2 AND column_name = $3 AND job_arguments = $4::jsonb ORDER BY id LIMIT 1`,
-		class, table, column, string(canon)))
+		WHERE job_class_name = $1 AND table_name = ANY($2) AND column_name = $3 AND job_arguments = $4::jsonb ORDER BY id LIMIT 1`,
+		class, names, column, string(canon)))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("%w: Could not find batched background migration for the given configuration: %s", ErrNotFound,
 			fmt.Sprintf(`{"job_class_name":%q,"table_name":%q,"column_name":%q,"job_arguments":%s}`, class, table, column, canon))
@@ -127,7 +143,9 @@ func (e *Engine) FindByConfig(ctx context.Context, class, table, column string, 
 	return m, err
 }
 
-// Job is one row of batched_background_migration_jobs, with its last error.
+// Job is one row of batched_background_migration_jobs, with the error of
+// its last transition (none once a retry succeeded; a mark-finished note
+// stays).
 type Job struct {
 	ID           int64      `json:"id"`
 	Status       JobStatus  `json:"status"`
@@ -151,7 +169,7 @@ func (e *Engine) Jobs(ctx context.Context, id int64, failedOnly bool, limit int)
 		       j.rows_done, j.started_at, j.finished_at, j.worker_identity, l.exception_class, l.exception_message
 		FROM batched_background_migration_jobs j
 		LEFT JOIN LATERAL (SELECT exception_class, exception_message FROM batched_background_migration_job_transition_logs
-		                   WHERE batched_background_migration_job_id = j.id AND exception_class IS NOT NULL
+		                   WHERE batched_background_migration_job_id = j.id
 		                   ORDER BY id DESC LIMIT 1) l ON true
 		WHERE j.batched_background_migration_id = $1 AND (NOT $2 OR j.status = 2)
 		ORDER BY j.id DESC LIMIT $3`, id, failedOnly, limit)
@@ -203,8 +221,18 @@ func (e *Engine) Pause(ctx context.Context, id int64) (*Migration, error) {
 	return e.transition(ctx, id, "pause", Paused, "", "You can pause only `active` background migrations.", Active, Paused)
 }
 
-// Resume makes a paused migration active again.
+// Resume makes a paused migration active again, or a finalizing one whose
+// finalize process is gone.
 func (e *Engine) Resume(ctx context.Context, id int64) (*Migration, error) {
+	if ids, err := e.ReviveFinalizing(ctx, id); err != nil {
+		return nil, err
+	} else if len(ids) > 0 {
+		got, err := e.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		return got.Migration, nil
+	}
 	return e.transition(ctx, id, "resume", Active, ", started_at = now(), on_hold_until = NULL, hold_count = 0",
 		"You can resume only `paused` background migrations.", Paused)
 }
@@ -301,6 +329,12 @@ func (e *Engine) Finalize(ctx context.Context, m *Migration) error {
 		e.log.Warn("Batched background migration for the given configuration is already finished", zapMigration(m)...)
 		return nil
 	}
+	// The session first: the migration records it as its finalizer, so if
+	// this process dies the workers see it and take the migration back
+	// (ReviveFinalizing).
+	if err := e.Start(ctx); err != nil {
+		return err
+	}
 	tx, err := e.pool.Begin(ctx)
 	if err != nil {
 		return err
@@ -312,15 +346,19 @@ func (e *Engine) Finalize(ctx context.Context, m *Migration) error {
 	if _, err := tx.Exec(ctx, `UPDATE batched_background_migration_jobs SET attempts = 0 WHERE batched_background_migration_id = $1 AND attempts >= $2 AND status = 2`, m.ID, MaxAttempts); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, `UPDATE batched_background_migrations SET status = 5, updated_at = now(), on_hold_until = NULL WHERE id = $1`, m.ID); err != nil {
+	if _, err := tx.Exec(ctx, `UPDATE batched_background_migrations SET status = 5, updated_at = now(), on_hold_until = NULL, finalizer_session = $2 WHERE id = $1`,
+		m.ID, e.Session()); err != nil {
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return err
 	}
-	if err := e.Start(ctx); err != nil {
-		return err
-	}
+	defer func() {
+		if ctx.Err() != nil {
+			// Interrupted: give the migration back to the workers.
+			e.unfinalize(context.WithoutCancel(ctx), m.ID)
+		}
+	}()
 	g, gctx := errgroup.WithContext(ctx)
 	for range max(1, m.MaxParallel) {
 		g.Go(func() error {
@@ -385,6 +423,38 @@ func (e *Engine) SetMaxRunning(ctx context.Context, n int) error {
 func (e *Engine) SetPausedAll(ctx context.Context, paused bool) error {
 	_, err := e.pool.Exec(ctx, `UPDATE ferry_bbm_settings SET paused_all = $1, updated_at = now() WHERE id = 1`, paused)
 	return err
+}
+
+// unfinalize makes a migration this engine was finalizing active again.
+func (e *Engine) unfinalize(ctx context.Context, id int64) {
+	if _, err := e.pool.Exec(ctx, `UPDATE batched_background_migrations SET status = 1, finalizer_session = NULL, updated_at = now()
+		WHERE id = $1 AND status = 5 AND finalizer_session = $2`, id, e.Session()); err != nil {
+		e.log.Warn("could not make the migration active again after an interrupted finalize", zap.Int64("migration_id", id), zap.Error(err))
+	}
+}
+
+// finalizerGone is an SQL condition on batched_background_migrations: it is
+// finalizing, and the process that was finalizing it is gone (killed, or
+// its connection lost). Migrations finalized by a ferry older than schema
+// version 2 record no finalizer and stay as they are.
+var finalizerGone = `status = 5 AND finalizer_session IS NOT NULL AND NOT ` + sessionAlive("finalizer_session")
+
+// ReviveFinalizing makes migrations whose finalizer died active again, so
+// the workers finish them (a finalize killed by SIGKILL or a dropped SSH
+// session would otherwise leave them finalizing, worked on by no one). id
+// 0 means all; it returns the ids revived.
+func (e *Engine) ReviveFinalizing(ctx context.Context, id int64) ([]int64, error) {
+	rows, err := e.pool.Query(ctx, `UPDATE batched_background_migrations SET status = 1, finalizer_session = NULL, updated_at = now()
+		WHERE `+finalizerGone+` AND ($1 = 0 OR id = $1) RETURNING id`, id)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := collectIDs(rows)
+	for _, id := range ids {
+		e.log.Warn("the finalize of this batched background migration stopped without finishing (its process is gone); it is active again and workers continue it",
+			zap.Int64("migration_id", id))
+	}
+	return ids, err
 }
 
 // Unfinished returns migrations not finished or finalized.

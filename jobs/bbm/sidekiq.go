@@ -89,9 +89,13 @@ func (s *Service) Run(ctx context.Context) error {
 	return sch.Run(ctx)
 }
 
-// Tick rescues batches of dead workers, checks health of running
-// migrations, and opens the lanes that are missing.
+// Tick revives migrations whose finalizer died, rescues batches of dead
+// workers, checks health of running migrations, and opens the lanes that
+// are missing.
 func (s *Service) Tick(ctx context.Context) error {
+	if _, err := s.engine.ReviveFinalizing(ctx, 0); err != nil {
+		s.log.Warn("could not revive migrations whose finalizer died", zap.Error(err))
+	}
 	rows, err := s.engine.pool.Query(ctx, `
 		WITH settings AS (SELECT max_running, paused_all FROM ferry_bbm_settings WHERE id = 1),
 		running AS (SELECT DISTINCT batched_background_migration_id AS id FROM batched_background_migration_jobs WHERE status = 1)
@@ -126,8 +130,19 @@ func (s *Service) Tick(ctx context.Context) error {
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	if err := s.engine.RescueAll(ctx); err != nil {
+	rescued, err := s.engine.RescueAll(ctx)
+	if err != nil {
 		s.log.Warn("rescue of dead workers' batches failed", zap.Error(err))
+	}
+	for _, id := range rescued {
+		// A dead worker's batch held one of the migration's lanes, and the
+		// lane's job died with it: reopen them all now rather than wait for
+		// the lane to expire or the job to be recovered. Jobs of live
+		// lanes carry the old tokens and stop at their next batch (work),
+		// so the number of lanes stays max_parallel_batches.
+		if err := s.reopenLanes(ctx, id); err != nil {
+			return err
+		}
 	}
 	for _, c := range cands {
 		if c.running {
@@ -153,6 +168,16 @@ func (s *Service) Tick(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// reopenLanes deletes the lane keys of migration id, so this tick opens
+// them again with new jobs.
+func (s *Service) reopenLanes(ctx context.Context, id int64) error {
+	keys := make([]string, 0, MaxParallelBatches)
+	for lane := range MaxParallelBatches {
+		keys = append(keys, laneKey(id, lane))
+	}
+	return s.rdb.Del(ctx, keys...).Err()
 }
 
 func (s *Service) push(ctx context.Context, a ExecutionArgs) error {
@@ -196,38 +221,43 @@ func newToken() string {
 }
 
 // RescueAll re-queues the batches of dead workers, for every migration
-// with running batches.
-func (e *Engine) RescueAll(ctx context.Context) error {
+// with running batches, and returns the migrations it rescued batches of.
+func (e *Engine) RescueAll(ctx context.Context) ([]int64, error) {
 	if e.Session() == 0 {
-		return nil
+		return nil, nil
 	}
 	rows, err := e.pool.Query(ctx, `SELECT DISTINCT batched_background_migration_id FROM batched_background_migration_jobs WHERE status = 1`)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ids, err := collectIDs(rows)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var rescued []int64
 	for _, id := range ids {
 		tx, err := e.pool.Begin(ctx)
 		if err != nil {
-			return err
+			return rescued, err
 		}
 		// The migration's row lock: rescue changes its running count.
 		_, err = tx.Exec(ctx, `SELECT 1 FROM batched_background_migrations WHERE id = $1 FOR UPDATE`, id)
+		n := 0
 		if err == nil {
-			err = e.rescue(ctx, tx, id)
+			n, err = e.rescue(ctx, tx, id)
 		}
 		if err == nil {
 			err = tx.Commit(ctx)
 		}
 		_ = tx.Rollback(ctx)
 		if err != nil {
-			return err
+			return rescued, err
+		}
+		if n > 0 {
+			rescued = append(rescued, id)
 		}
 	}
-	return nil
+	return rescued, nil
 }
 
 // CheckHealth evaluates and applies the health signals of migration id

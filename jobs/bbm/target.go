@@ -20,12 +20,24 @@ type Target struct {
 	Table  string
 	Column string // the batching column
 	OID    uint32
+	// Visible: the unqualified name finds this table (search_path).
+	Visible bool
 	// Columns maps every live column to its type (format_type).
 	Columns map[string]string
 }
 
 // Ident is the quoted, schema-qualified table name.
 func (t *Target) Ident() string { return pgx.Identifier{t.Schema, t.Table}.Sanitize() }
+
+// Name is the table's name as ferry records it: unqualified when the
+// search path finds it so, schema-qualified otherwise. "public.events"
+// and "events" are one table, so they are one configuration.
+func (t *Target) Name() string {
+	if t.Visible {
+		return t.Table
+	}
+	return t.Schema + "." + t.Table
+}
 
 // Has reports whether the table has column c.
 func (t *Target) Has(c string) bool { _, ok := t.Columns[c]; return ok }
@@ -84,13 +96,13 @@ func ResolveTarget(ctx context.Context, q queryer, table, column string) (*Targe
 	}
 	t := &Target{Column: column, Columns: map[string]string{}}
 	err = q.QueryRow(ctx, `
-		SELECT c.oid, n.nspname, c.relname
+		SELECT c.oid, n.nspname, c.relname, pg_table_is_visible(c.oid)
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE c.relname = $1 AND c.relkind IN ('r', 'p')
 		  AND ( ($2 <> '' AND n.nspname = $2)
 		     OR ($2 = '' AND n.nspname = ANY (current_schemas(false))) )
 		ORDER BY array_position(current_schemas(false), n.nspname::text) NULLS LAST
-		LIMIT 1`, tbl, schema).Scan(&t.OID, &t.Schema, &t.Table)
+		LIMIT 1`, tbl, schema).Scan(&t.OID, &t.Schema, &t.Table, &t.Visible)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("%w: %q does not exist", ErrTableNotFound, table)
 	}
