@@ -227,4 +227,3 @@ func TestExactlyOnceRetriesAndSplits(t *testing.T) {
 		}
 	}
 }
-
