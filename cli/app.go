@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -100,6 +102,49 @@ func Usagef(format string, a ...any) error { return Usage(fmt.Errorf(format, a..
 // No is a "the answer is no" exit (1) with an optional message.
 func No(err error) error { return &ExitError{Code: 1, Err: err} }
 
+// maxInt4 is the largest value of a PostgreSQL integer column. Larger flag
+// values used to reach the database and come back as a raw encoding error
+// with exit 1.
+const maxInt4 = math.MaxInt32
+
+// intRange bounds an integer flag, both ends included.
+type intRange struct {
+	flag   string
+	lo, hi int64
+}
+
+// checkRange is a usage error naming the flag when v is outside [lo, hi].
+func checkRange(r intRange, v int64) error {
+	if v < r.lo {
+		return Usagef("--%s: must be at least %d, got %d", r.flag, r.lo, v)
+	}
+	if v > r.hi {
+		return Usagef("--%s: must be at most %d, got %d", r.flag, r.hi, v)
+	}
+	return nil
+}
+
+// checkIntFlags checks the integer flags given on the command line. A flag
+// left out keeps its default (often 0 for "the engine's default"), but a
+// given value must be in range: an explicit 0 must not silently become the
+// default.
+func checkIntFlags(cmd *cobra.Command, rs ...intRange) error {
+	for _, r := range rs {
+		f := cmd.Flags().Lookup(r.flag)
+		if f == nil || !f.Changed {
+			continue
+		}
+		v, err := strconv.ParseInt(f.Value.String(), 10, 64)
+		if err != nil { // pflag parsed it already; cannot happen
+			return Usagef("--%s: %v", r.flag, err)
+		}
+		if err := checkRange(r, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // errSilent is an exit whose message was already printed.
 var errSilent = errors.New("")
 
@@ -174,10 +219,46 @@ the rest. Exit codes: 0 ok, 1 the answer is no or the operation failed,
 	for _, mk := range commands {
 		root.AddCommand(mk(a))
 	}
+	rejectUnknownSubcommands(root)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return Usage(fmt.Errorf("%w\nrun '%s --help' for usage", err, c.CommandPath()))
 	})
 	return root
+}
+
+// rejectUnknownSubcommands makes every group command below the root
+// (ferry bbm, ferry bbm set, ferry db, ...) refuse an unknown subcommand
+// with exit 2. Cobra checks subcommand names only at the root: a group
+// without a Run of its own printed its help and exited 0, so a typo in a
+// runbook (`ferry bbm finalise ...`) looked like success. Without
+// arguments a group still prints its help and exits 0, as before.
+func rejectUnknownSubcommands(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		if sub.HasSubCommands() && !sub.Runnable() {
+			// Args runs before the root's PersistentPreRunE, so neither
+			// the help nor the error needs a valid configuration.
+			sub.Args = func(cmd *cobra.Command, args []string) error {
+				if len(args) == 0 {
+					if err := cmd.Help(); err != nil {
+						return err
+					}
+					return &ExitError{Code: 0, Err: errSilent}
+				}
+				msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+				if cmd.SuggestionsMinimumDistance <= 0 {
+					cmd.SuggestionsMinimumDistance = 2 // cobra's default for the root
+				}
+				if s := cmd.SuggestionsFor(args[0]); args[0] != "" && len(s) > 0 {
+					msg += "; did you mean " + strings.Join(s, " or ") + "?"
+				}
+				return Usagef("%s\nrun '%s --help' for usage", msg, cmd.CommandPath())
+			}
+			// Only reached if Args let it through; a group must be
+			// runnable for cobra to call Args at all.
+			sub.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+		}
+		rejectUnknownSubcommands(sub)
+	}
 }
 
 // commands are the subcommand constructors, added by each command's file.

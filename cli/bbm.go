@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
 	"os/user"
@@ -14,9 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
-	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/jobs/bbm"
 	"github.com/ferrymigrate/ferry/schema"
@@ -81,6 +80,9 @@ func bbmErr(err error) error {
 	return No(err)
 }
 
+// bbmMaxParallel is the engine's bound on max_parallel_batches.
+const bbmMaxParallel = bbm.MaxParallelBatches
+
 func parseID(s string) (int64, error) {
 	id, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || id <= 0 {
@@ -111,7 +113,7 @@ and the cluster-wide max-running. Batch sizes adapt to a target duration
 	}
 	root.AddCommand(bbmQueueCmd(a), bbmListCmd(a, "list"), bbmListCmd(a, "status"), bbmShowCmd(a),
 		bbmSimpleCmd(a, "pause", "Pause an active migration (running batches finish)", (*bbm.Engine).Pause),
-		bbmSimpleCmd(a, "resume", "Resume a paused migration", (*bbm.Engine).Resume),
+		bbmSimpleCmd(a, "resume", "Resume a paused migration, or one whose finalize process died", (*bbm.Engine).Resume),
 		bbmSimpleCmd(a, "retry", "Re-run the failed batches of a failed migration and make it active", (*bbm.Engine).Retry),
 		bbmFinalizeCmd(a), bbmMarkFinishedCmd(a), bbmWaitCmd(a), bbmCheckCmd(a), bbmSetCmd(a),
 		bbmPauseAllCmd(a, "pause-all", true), bbmPauseAllCmd(a, "resume-all", false))
@@ -142,6 +144,18 @@ nothing (with a warning). An empty table is queued as finished.`,
 			}
 			if cmd.Flags().Changed("batch-max-value") {
 				o.MaxValue = &maxV
+			}
+			// The sizes and the pause are stored in integer columns; an
+			// explicit 0 would silently mean the default.
+			if err := checkIntFlags(cmd, intRange{"batch-size", 1, maxInt4}, intRange{"sub-batch-size", 1, maxInt4},
+				intRange{"max-batch-size", 1, maxInt4}, intRange{"pause-ms", 0, maxInt4},
+				intRange{"parallel", 1, bbmMaxParallel}); err != nil {
+				return err
+			}
+			if cmd.Flags().Changed("target-batch-duration") && target == 0 {
+				// Engine.Queue reads 0 as "bbm.target_batch_duration"; its
+				// own check gives the range of the rest.
+				return Usagef("--target-batch-duration must be between %s and %s, got 0", bbm.MinTargetBatch, bbm.MaxTargetBatch)
 			}
 			o.TargetBatch = target
 			if cmd.Flags().Changed("statement-timeout") && stmtTimeout == 0 {
@@ -201,6 +215,20 @@ func fmtProgress(p bbm.Progress) string {
 	return strings.Join(parts, ", ")
 }
 
+// progressing reports whether a migration in status s advances on its own.
+func progressing(s bbm.Status) bool { return s == bbm.Active || s == bbm.Finalizing }
+
+// dropStaleETAs removes the ETA of migrations that are not progressing.
+// The engine's rate covers the last 30 seconds, so a migration that was
+// just paused or failed still came with an ETA that nothing will meet.
+func dropStaleETAs(ms ...*bbm.MigrationInfo) {
+	for _, m := range ms {
+		if !progressing(m.Status) {
+			m.Progress.ETA = nil
+		}
+	}
+}
+
 func bbmListCmd(a *App, name string) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -216,14 +244,23 @@ func bbmListCmd(a *App, name string) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			dropStaleETAs(ms...)
 			if asJSON {
 				if ms == nil {
 					ms = []*bbm.MigrationInfo{}
 				}
 				return a.PrintJSON(ms)
 			}
+			settings, err := e.GetSettings(cmd.Context())
+			if err != nil {
+				return err
+			}
 			for _, m := range ms {
 				fmt.Fprintf(a.Out, "%s | id %d, %s\n", m.StatusLine(), m.ID, fmtProgress(m.Progress))
+			}
+			if settings.PausedAll {
+				// Active migrations do not move either; say why, as show does.
+				fmt.Fprintln(a.Out, "all migrations paused (ferry bbm resume-all)")
 			}
 			return nil
 		},
@@ -247,6 +284,10 @@ func bbmShowCmd(a *App) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// A negative LIMIT used to fail in PostgreSQL with exit 1.
+			if err := checkIntFlags(cmd, intRange{"limit", 0, math.MaxInt64}); err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			e, err := a.bbmEngine(ctx)
 			if err != nil {
@@ -256,6 +297,7 @@ func bbmShowCmd(a *App) *cobra.Command {
 			if err != nil {
 				return bbmErr(err)
 			}
+			dropStaleETAs(m)
 			recent, err := e.Jobs(ctx, id, false, limit)
 			if err != nil {
 				return err
@@ -411,36 +453,38 @@ Interrupting it (Ctrl-C) makes the migration active again.`,
 				fmt.Fprintf(a.Err, "Batched background migration for the given configuration is already finished: %s\n", m.StatusLine())
 				return nil
 			}
-			done := make(chan error, 1)
-			go func() { done <- e.Finalize(ctx, m) }()
-			var bar *progressbar.ProgressBar
+			var bar *finalizeBar
 			if !quiet {
-				total := int64(-1)
-				if m.TotalTuples != nil && *m.TotalTuples > 0 {
+				// The rows done before this run are the bar's starting
+				// point, not part of its rate.
+				var rows0, total int64
+				if info, err := e.Get(ctx, m.ID); err == nil {
+					rows0 = info.Progress.RowsDone
+				}
+				if m.TotalTuples != nil {
 					total = *m.TotalTuples
 				}
-				bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(a.Err), progressbar.OptionSetDescription(fmt.Sprintf("%s %s.%s", m.Class, m.Table, m.Column)),
-					progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("rows"),
-					progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionFullWidth())
+				bar = newFinalizeBar(a.Err, fmt.Sprintf("%s %s.%s", m.Class, m.Table, m.Column), total, rows0, time.Now())
 			}
+			done := make(chan error, 1)
+			go func() { done <- e.Finalize(ctx, m) }()
 			tick := time.NewTicker(300 * time.Millisecond)
 			defer tick.Stop()
 			for {
 				select {
 				case err := <-done:
 					if bar != nil {
+						rows := int64(-1)
 						if info, gerr := e.Get(context.WithoutCancel(ctx), m.ID); gerr == nil {
-							_ = bar.Set64(info.Progress.RowsDone)
+							rows = info.Progress.RowsDone
 						}
-						_ = bar.Finish()
-						fmt.Fprintln(a.Err)
+						// 100% only when the migration is done; after an
+						// interrupt or a failure the bar shows where it is.
+						bar.end(rows, err == nil, time.Now())
 					}
 					if err != nil {
 						if ctx.Err() != nil {
-							// Give the migration back to the workers.
-							if _, rerr := a.bbmResumeAfterInterrupt(e, m.ID); rerr != nil {
-								a.Log.Warn("could not make the migration active again", zap.Error(rerr))
-							}
+							// Finalize gave the migration back to the workers.
 							return No(fmt.Errorf("finalize interrupted; migration %d is active again", m.ID))
 						}
 						return bbmErr(err)
@@ -452,7 +496,7 @@ Interrupting it (Ctrl-C) makes the migration active again.`,
 						continue
 					}
 					if info, err := e.Get(ctx, m.ID); err == nil {
-						_ = bar.Set64(info.Progress.RowsDone)
+						bar.update(info.Progress.RowsDone, time.Now())
 					}
 				}
 			}
@@ -463,11 +507,6 @@ Interrupting it (Ctrl-C) makes the migration active again.`,
 func finalizeFlags(cmd *cobra.Command, quiet *bool) *cobra.Command {
 	cmd.Flags().BoolVar(quiet, "no-progress", false, "do not draw the progress bar")
 	return cmd
-}
-
-func (a *App) bbmResumeAfterInterrupt(e *bbm.Engine, id int64) (int64, error) {
-	tag, err := e.Pool().Exec(context.Background(), `UPDATE batched_background_migrations SET status = 1, updated_at = now() WHERE id = $1 AND status = 5`, id)
-	return tag.RowsAffected(), err
 }
 
 func bbmMarkFinishedCmd(a *App) *cobra.Command {
@@ -512,10 +551,14 @@ Who and when is recorded in the transition log of every batch changed.`,
 
 func bbmWaitCmd(a *App) *cobra.Command {
 	var interval time.Duration
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "wait",
 		Short: "Wait until no unfinished migration remains; exit 1 if any failed",
-		Args:  cobra.NoArgs,
+		Long: `Wait until no unfinished migration remains; exit 1 if any failed.
+With --json, stdout gets only the final state of every migration waited
+on (as list --json prints it), and the progress messages go to stderr.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if interval <= 0 {
 				return Usagef("--interval must be positive, got %s", interval)
@@ -525,6 +568,30 @@ func bbmWaitCmd(a *App) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			msgs := a.Out
+			if asJSON {
+				msgs = a.Err
+			}
+			var waitedOn []int64 // in the order first seen
+			seen := map[int64]bool{}
+			final := func() error {
+				if !asJSON {
+					return nil
+				}
+				out := []*bbm.MigrationInfo{}
+				for _, id := range waitedOn {
+					m, err := e.Get(ctx, id)
+					if errors.Is(err, bbm.ErrNotFound) {
+						continue // deleted meanwhile
+					}
+					if err != nil {
+						return err
+					}
+					out = append(out, m)
+				}
+				dropStaleETAs(out...)
+				return a.PrintJSON(out)
+			}
 			for {
 				ms, err := e.Unfinished(ctx)
 				if err != nil {
@@ -532,26 +599,34 @@ func bbmWaitCmd(a *App) *cobra.Command {
 				}
 				var failed, waiting []*bbm.MigrationInfo
 				for _, m := range ms {
+					if !seen[m.ID] {
+						seen[m.ID] = true
+						waitedOn = append(waitedOn, m.ID)
+					}
 					if m.Status == bbm.Failed {
 						failed = append(failed, m)
 					} else {
 						waiting = append(waiting, m)
 					}
 				}
+				dropStaleETAs(waiting...)
 				if len(failed) > 0 {
-					fmt.Fprintln(a.Out, "Some batched background migrations are in a failed state and must be finalized manually:")
+					fmt.Fprintln(msgs, "Some batched background migrations are in a failed state and must be finalized manually:")
 					for _, m := range failed {
-						fmt.Fprintf(a.Out, "\t%s\n\t\t%s\n", m.StatusLine(), m.FinalizeCommand())
+						fmt.Fprintf(msgs, "\t%s\n\t\t%s\n", m.StatusLine(), m.FinalizeCommand())
+					}
+					if err := final(); err != nil {
+						return err
 					}
 					return No(errSilent)
 				}
 				if len(waiting) == 0 {
-					fmt.Fprintln(a.Out, "All batched background migrations have finished.")
-					return nil
+					fmt.Fprintln(msgs, "All batched background migrations have finished.")
+					return final()
 				}
-				fmt.Fprintf(a.Out, "Still waiting on %d batched background migration(s):\n", len(waiting))
+				fmt.Fprintf(msgs, "Still waiting on %d batched background migration(s):\n", len(waiting))
 				for _, m := range waiting {
-					fmt.Fprintf(a.Out, "\t%s | %s\n", m.StatusLine(), fmtProgress(m.Progress))
+					fmt.Fprintf(msgs, "\t%s | %s\n", m.StatusLine(), fmtProgress(m.Progress))
 				}
 				select {
 				case <-ctx.Done():
@@ -562,6 +637,7 @@ func bbmWaitCmd(a *App) *cobra.Command {
 		},
 	}
 	cmd.Flags().DurationVar(&interval, "interval", 30*time.Second, "time between checks")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the final state of the migrations waited on as JSON (messages go to stderr)")
 	return cmd
 }
 
@@ -651,8 +727,8 @@ func bbmSetCmd(a *App) *cobra.Command {
 				return err
 			}
 			n, err := strconv.Atoi(args[1])
-			if err != nil || n < 1 || n > 64 {
-				return Usagef("parallel must be between 1 and 64, got %q", args[1])
+			if err != nil || n < 1 || n > bbmMaxParallel {
+				return Usagef("parallel must be between 1 and %d, got %q", bbmMaxParallel, args[1])
 			}
 			e, err := a.bbmEngine(cmd.Context())
 			if err != nil {

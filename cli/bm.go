@@ -191,23 +191,29 @@ queue and the scheduled set (what Gitlab::BackgroundMigration.remaining counts).
 
 // stealProgress shows a progress bar when stderr is a terminal and
 // otherwise logs a line every few seconds, so CI logs stay readable.
-func (a *App) stealProgress(class string) (func(queue.StealProgress), func()) {
+// finish(ok) ends the last bar: at 100% only when ok, so a failed steal
+// does not look complete.
+func (a *App) stealProgress(class string) (func(queue.StealProgress), func(ok bool)) {
 	var bar *progressbar.ProgressBar
 	tty := false
 	if f, ok := a.Err.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		tty = true
 	}
 	var last time.Time
-	finish := func() {
+	finish := func(ok bool) {
 		if bar != nil {
-			_ = bar.Finish()
+			if ok {
+				_ = bar.Finish()
+			} else {
+				_ = bar.Exit()
+			}
 			fmt.Fprintln(a.Err)
 			bar = nil
 		}
 	}
 	return func(p queue.StealProgress) {
 		if p.Done == 0 {
-			finish()
+			finish(true) // a new source starts: the previous one is done
 			if tty {
 				bar = progressbar.NewOptions(p.Total, progressbar.OptionSetWriter(a.Err),
 					progressbar.OptionSetDescription(fmt.Sprintf("%s from %s", class, p.Source)),
@@ -248,6 +254,10 @@ exits 1.`,
   ferry bm steal CopyColumn --retry-dead`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// An explicit 0 would silently mean the default of 1000.
+			if err := checkIntFlags(cmd, intRange{"chunk", 1, maxInt4}); err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			co, err := a.bmCoordinator(ctx, false)
 			if err != nil {
@@ -255,7 +265,7 @@ exits 1.`,
 			}
 			progress, finish := a.stealProgress(args[0])
 			res, err := co.Steal(ctx, args[0], bm.StealOptions{RetryDead: retryDead, Progress: progress, Chunk: chunk})
-			finish()
+			finish(err == nil)
 			return a.printSteal(args[0], res, err, asJSON)
 		},
 	}
@@ -398,7 +408,7 @@ Exits 1 (after pushing unfinished jobs back) if a job fails.`,
 			}
 			progress, finish := a.stealProgress(args[0])
 			res, err := co.Finalize(ctx, args[0], bm.StealOptions{RetryDead: retryDead, Progress: progress}, deleteSucceeded)
-			finish()
+			finish(err == nil)
 			if asJSON {
 				out := map[string]any{"class": args[0], "stolen": res.Stolen, "pending_performed": res.PendingPerformed,
 					"stolen_again": res.StolenAgain, "deleted_tracking_rows": res.DeletedTracking}

@@ -61,8 +61,24 @@ naming the holder, or wait up to --lock-timeout.`,
 	return cmd
 }
 
+// checkLockTimeout refuses --lock-timeout values PostgreSQL's lock_timeout
+// would misread: negative ones silently meant "fail at once", under a
+// millisecond meant 0 = wait forever, and past its integer range the SET
+// failed with a raw error and exit 1.
+func (f *dbFlags) checkLockTimeout() error {
+	d := f.lockTimeout
+	if d < 0 || (d > 0 && d < time.Millisecond) || d.Milliseconds() > maxInt4 {
+		return Usagef("--lock-timeout: must be 0 (fail at once) or between 1ms and %s, got %s",
+			time.Duration(maxInt4)*time.Millisecond, d)
+	}
+	return nil
+}
+
 // migrator loads the files and opens the database.
 func (a *App) migrator(ctx context.Context, f *dbFlags, finalize bool) (*dbmigrate.Migrator, error) {
+	if err := f.checkLockTimeout(); err != nil {
+		return nil, err
+	}
 	migs, err := dbmigrate.LoadDir(f.dir)
 	if err != nil {
 		if _, serr := os.Stat(f.dir); serr != nil {
@@ -469,6 +485,9 @@ It refuses a backup of another database unless --force-other-database, and
 without --yes only prints what it would drop (exit 2).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := f.checkLockTimeout(); err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			pool, err := a.DB(ctx)
 			if err != nil {

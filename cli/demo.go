@@ -38,8 +38,15 @@ The demo table is dropped and recreated on every run.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
-			if rows < 1 || parallel < 1 || workers < 1 {
-				return Usagef("--rows, --parallel and --concurrency must be positive")
+			// The demo table's id is an integer column; parallelism is
+			// bounded by the schema, concurrency as worker.concurrency.
+			for _, c := range []struct {
+				r intRange
+				v int
+			}{{intRange{"rows", 1, maxInt4}, rows}, {intRange{"parallel", 1, bbmMaxParallel}, parallel}, {intRange{"concurrency", 1, 1000}, workers}} {
+				if err := checkRange(c.r, int64(c.v)); err != nil {
+					return err
+				}
 			}
 			e, err := a.bbmEngine(ctx)
 			if err != nil {
@@ -65,7 +72,7 @@ The demo table is dropped and recreated on every run.`,
 			res, err := e.Queue(ctx, bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: demoTable, Column: "id",
 				Args: []byte(`[["id"],["id_convert_to_bigint"]]`), MaxParallel: parallel})
 			if err != nil {
-				return err
+				return bbmErr(err)
 			}
 			m := res.Migration
 			fmt.Fprintf(a.Out, "Queued: %s (default sizes: batch %d, sub-batch %d; adaptive, target %s per batch)\n",
@@ -115,7 +122,9 @@ The demo table is dropped and recreated on every run.`,
 				}
 			}
 			elapsed := time.Since(start)
-			_ = bar.Finish()
+			if info.Status.Done() {
+				_ = bar.Finish()
+			} // else a failed migration: the bar stays at its real count, not 100%
 			fmt.Fprintln(a.Err)
 			cancel()
 			if runErr != nil {

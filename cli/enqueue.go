@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -93,6 +94,11 @@ array; integers of any size are kept exactly. Prints the job id.`,
 
 func parseTime(s string) (time.Time, error) {
 	if f, err := strconv.ParseFloat(s, 64); err == nil {
+		// Nanoseconds since 1970 in an int64 reach the year 2262; past
+		// that (and for NaN or Inf) the conversion gave a garbage time.
+		if !(math.Abs(f) < math.MaxInt64/1e9) {
+			return time.Time{}, fmt.Errorf("--at %q: epoch seconds out of range", s)
+		}
 		return time.Unix(0, int64(f*1e9)), nil
 	}
 	for _, layout := range []string{time.RFC3339Nano, "2006-01-02 15:04:05", "2006-01-02T15:04:05"} {

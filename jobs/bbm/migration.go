@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -215,6 +216,11 @@ const (
 	MaxStatementTimeout     = time.Hour
 	// MaxParallelBatches bounds a migration's max_parallel_batches.
 	MaxParallelBatches = 64
+	// Bounds of QueueOptions.TargetBatch.
+	MinTargetBatch = 50 * time.Millisecond
+	MaxTargetBatch = 10 * time.Minute
+	// maxInt4: sizes and pauses are integer columns.
+	maxInt4 = math.MaxInt32
 )
 
 // QueueResult is what [Engine.Queue] did.
@@ -275,8 +281,12 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 		o.MaxParallel = 1
 	}
 	switch {
-	case o.BatchSize < 1:
-		return nil, fmt.Errorf("%w: batch size must be >= 1, got %d", ErrInvalidOption, o.BatchSize)
+	case o.BatchSize < 1 || o.BatchSize > maxInt4:
+		return nil, fmt.Errorf("%w: batch size must be between 1 and %d, got %d", ErrInvalidOption, maxInt4, o.BatchSize)
+	case o.MaxBatchSize > maxInt4:
+		return nil, fmt.Errorf("%w: max batch size must be at most %d, got %d", ErrInvalidOption, maxInt4, o.MaxBatchSize)
+	case o.PauseMs > maxInt4:
+		return nil, fmt.Errorf("%w: pause must be at most %d ms, got %d", ErrInvalidOption, maxInt4, o.PauseMs)
 	case o.SubBatchSize < 1 || o.SubBatchSize > o.BatchSize:
 		return nil, fmt.Errorf("%w: sub-batch size must be between 1 and the batch size (%d), got %d", ErrInvalidOption, o.BatchSize, o.SubBatchSize)
 	case o.MaxBatchSize < o.BatchSize:
@@ -285,8 +295,8 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 		return nil, fmt.Errorf("%w: pause must be >= 0 ms, got %d", ErrInvalidOption, o.PauseMs)
 	case o.MaxParallel < 1 || o.MaxParallel > MaxParallelBatches:
 		return nil, fmt.Errorf("%w: parallelism must be between 1 and %d, got %d", ErrInvalidOption, MaxParallelBatches, o.MaxParallel)
-	case o.TargetBatch != 0 && (o.TargetBatch < 50*time.Millisecond || o.TargetBatch > 10*time.Minute):
-		return nil, fmt.Errorf("%w: target batch duration must be between 50ms and 10m, got %s", ErrInvalidOption, o.TargetBatch)
+	case o.TargetBatch != 0 && (o.TargetBatch < MinTargetBatch || o.TargetBatch > MaxTargetBatch):
+		return nil, fmt.Errorf("%w: target batch duration must be between %s and %s, got %s", ErrInvalidOption, MinTargetBatch, MaxTargetBatch, o.TargetBatch)
 	case o.StatementTimeout != 0 && (o.StatementTimeout < MinStatementTimeout || o.StatementTimeout > MaxStatementTimeout):
 		// Below 100ms ordinary plan and I/O hiccups time statements out;
 		// above an hour a sub-batch holds its row locks for too long.

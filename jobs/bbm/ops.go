@@ -164,6 +164,9 @@ type Job struct {
 
 // Jobs returns the migration's latest jobs (failedOnly: only failed ones).
 func (e *Engine) Jobs(ctx context.Context, id int64, failedOnly bool, limit int) ([]Job, error) {
+	if limit < 0 {
+		return nil, fmt.Errorf("%w: limit must be >= 0, got %d", ErrInvalidOption, limit)
+	}
 	rows, err := e.pool.Query(ctx, `
 		SELECT j.id, j.status, coalesce(j.min_value, 0), coalesce(j.max_value, 0), j.batch_size, j.sub_batch_size, j.attempts,
 		       j.rows_done, j.started_at, j.finished_at, j.worker_identity, l.exception_class, l.exception_message
