@@ -36,6 +36,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -167,16 +168,34 @@ func underLoad(ctx context.Context, o options, url string, e *bbm.Engine, prepar
 	if err := prepare("bench_load"); err != nil {
 		return err
 	}
+	// The idle run before wrote gigabytes the kernel may still be writing
+	// back; writes block behind it, and the load's latency would measure
+	// the disk, not the migration. Settle first.
+	settle := time.Now()
+	syscall.Sync()
+	fmt.Fprintf(os.Stderr, "bench: sync took %s\n", time.Since(settle).Round(time.Millisecond))
 	ld, err := startLoad(ctx, url, "bench_load", rows, o.writers, o.rate)
 	if err != nil {
 		return err
 	}
 	// Warm up (connections, plans, caches), then measure the load alone.
 	sleep(ctx, 2*time.Second)
+	// What else happened in each phase: time the hypervisor took from
+	// this VM (steal), and autovacuum runs on the table. Either can
+	// spoil a phase's p99 without the migration's doing.
+	var steal [4]float64
+	var vacuums [4]int64
+	mark := func(i int) {
+		steal[i] = stealSeconds()
+		_ = e.Pool().QueryRow(ctx, `SELECT autovacuum_count + autoanalyze_count FROM pg_stat_user_tables WHERE relname = 'bench_load'`).Scan(&vacuums[i])
+	}
 	ld.phase(1)
+	mark(0)
 	sleep(ctx, o.baseline)
 	ld.phase(2)
+	mark(1)
 	took, m, err := migrate(ctx, e, "bench_load", parallel, workers)
+	mark(2)
 	if err == nil {
 		// The load alone again, on the migrated table: what is left when
 		// the migration's own work is gone (dead row versions, index
@@ -184,6 +203,11 @@ func underLoad(ctx context.Context, o options, url string, e *bbm.Engine, prepar
 		ld.phase(3)
 		sleep(ctx, o.baseline)
 	}
+	mark(3)
+	defer func() {
+		fmt.Printf("meanwhile: CPU steal %.1fs / %.1fs / %.1fs, autovacuum+autoanalyze runs on the table %d / %d / %d (alone / migrating / after)\n",
+			steal[1]-steal[0], steal[2]-steal[1], steal[3]-steal[2], vacuums[1]-vacuums[0], vacuums[2]-vacuums[1], vacuums[3]-vacuums[2])
+	}()
 	lat, spans, lerr := ld.stop()
 	if err != nil {
 		return err
@@ -205,6 +229,22 @@ func underLoad(ctx context.Context, o options, url string, e *bbm.Engine, prepar
 	fmt.Printf("p99 ratio migrating/alone: %.2f (target <= 1.50); migrating/(alone before and after): %.2f\n",
 		during.p99.Seconds()/base.p99.Seconds(), during.p99.Seconds()/both.p99.Seconds())
 	return nil
+}
+
+// stealSeconds is the CPU time the hypervisor took from this machine so
+// far (/proc/stat, all CPUs; 0 where it cannot be read).
+func stealSeconds() float64 {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[8], 64)
+	return v / 100 // USER_HZ
 }
 
 func sleep(ctx context.Context, d time.Duration) {
