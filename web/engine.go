@@ -87,8 +87,8 @@ func (m *EngineMigrations) MarkFinished(ctx context.Context, id int64, actor str
 // Finalize implements [Migrations]: it checks the migration, then runs the
 // engine's synchronous finalize in the background (it can take hours; an
 // HTTP request cannot wait) and returns. The migration shows as
-// finalizing meanwhile. If this process stops first, the migration stays
-// finalizing and `ferry bbm finalize` completes it.
+// finalizing meanwhile. If this process stops first, or the finalize
+// fails, the migration goes back to the workers (active).
 func (m *EngineMigrations) Finalize(ctx context.Context, id int64) error {
 	info, err := m.engine.Get(ctx, id)
 	if err != nil {

@@ -58,6 +58,9 @@ type Engine struct {
 	session    int64
 	lastHealth map[int64]time.Time
 	pacers     map[int64]pacer // contention pacing per migration, carried from batch to batch
+	// rescued: migrations with a dead worker's batch rescued since the
+	// last RescueAll (claims rescue too); their lanes need reopening.
+	rescued map[int64]struct{}
 }
 
 // NewEngine returns an engine on pool. Name pool's connections with an
@@ -85,7 +88,8 @@ func NewEngine(pool *pgxpool.Pool, cfg Config) *Engine {
 	return &Engine{
 		pool: pool, reg: cfg.Registry, log: cfg.Logger.Named("bbm"), target: cfg.TargetBatchDuration,
 		identity: cfg.Identity, health: cfg.Health.withDefaults(), cat: pgCatalog, lastHealth: map[int64]time.Time{},
-		pacers: map[int64]pacer{},
+		pacers:  map[int64]pacer{},
+		rescued: map[int64]struct{}{},
 	}
 }
 
@@ -470,6 +474,9 @@ func (e *Engine) rescue(ctx context.Context, tx pgx.Tx, id int64) (int, error) {
 		}
 		n++
 		e.log.Warn("batch of a dead worker will be retried", zap.Int64("migration_id", id), zap.Int64("job_id", jid))
+		e.mu.Lock()
+		e.rescued[id] = struct{}{}
+		e.mu.Unlock()
 	}
 	return n, rows.Err()
 }
@@ -480,7 +487,8 @@ func sessionAlive(col string) string {
 	return `EXISTS (SELECT 1 FROM pg_locks l
 		WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
 		  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-		  AND l.classid = ` + strconv.Itoa(int(sessionLockClass)) + `::oid AND l.objid = ` + col + `::oid)`
+		  AND l.classid = ` + strconv.Itoa(int(sessionLockClass)) + `::oid AND l.objid = ` + col + `::oid
+		OFFSET 0)` // a subquery, not an anti-join: an UPDATE re-checks it against the row's new value after a lock wait
 }
 
 func logTransition(ctx context.Context, tx pgx.Tx, jobID int64, from, to JobStatus, class, msg string) error {

@@ -94,7 +94,7 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		pc = e.pacerFor(cl.mig.ID)
 		sampling = pc.enabled()
 	}
-	var paused time.Duration
+	var paused, queued time.Duration
 	shared := true
 	minDuty, blocked0, minCap := 1.0, pc.blocked, time.Duration(0)
 	if sampling && pc.samples == 0 {
@@ -136,7 +136,7 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 			res.yield = true
 			break
 		}
-		if time.Since(t0) > overrunFactor*target && res.rows > 0 {
+		if time.Since(t0)-queued > overrunFactor*target && res.rows > 0 {
 			res.yield = true // the table got slower: hand the rest to a new, smaller batch
 			break
 		}
@@ -191,6 +191,11 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 				// pause into its turn among all paced batches.
 				if shared && pc.paced() {
 					if sp, err := reservePace(ctx, conn, work, work+p); err == nil {
+						// Time queued behind other batches is theirs:
+						// it does not count towards this batch's
+						// duration, or P batches sharing the clock
+						// would each shrink to 1/P of the size.
+						queued += max(sp-p, 0)
 						p = sp
 					} else if shared = false; ctx.Err() == nil {
 						e.log.Warn("shared pacing clock unavailable; this batch paces on its own", zap.Int64("migration_id", cl.mig.ID), zap.Error(err))
@@ -210,7 +215,7 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 			}
 		}
 	}
-	res.elapsed = time.Since(t0)
+	res.elapsed = time.Since(t0) - queued
 	if res.yield && res.cursor != nil && *res.cursor >= cl.hi {
 		res.yield = false // stopped right at the end: it is simply done
 	}

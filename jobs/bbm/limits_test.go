@@ -186,7 +186,7 @@ func TestQueueRejectsBadInput(t *testing.T) {
 	}
 	// A table spelled with and without its schema is one configuration.
 	first, err := e.Queue(ctx, bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: "public.users", Column: "id", Args: []byte(`[["v"],["v_big"]]`)})
-	if err != nil || first.Existing || first.Migration.Table != "users" {
+	if err != nil || first.Existing || first.Migration.Table != "public.users" {
 		t.Fatalf("public.users: %+v, %v", first, err)
 	}
 	again, err := e.Queue(ctx, bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: "users", Column: "id", Args: []byte(`[["v"],["v_big"]]`)})

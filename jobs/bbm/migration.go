@@ -318,10 +318,10 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 	}}); err != nil {
 		return nil, err
 	}
-	// Stored as the search path names it, so one table is one
-	// configuration however it was spelled ("public.events", "events");
-	// lookups by configuration resolve the name the same way.
-	tableName := tgt.Name()
+	// Stored as given (GitLab stores the name the developer wrote, and a
+	// schema written on purpose must survive other search paths); the
+	// duplicate check matches every spelling of the same table.
+	tableName := o.Table
 
 	tx, err := e.pool.Begin(ctx)
 	if err != nil {
@@ -330,12 +330,12 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	// Serialise queueing of one configuration so "twice => no-op" holds
 	// under concurrency.
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, cls.Name+"|"+tableName+"|"+o.Column+"|"+string(canon)); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, cls.Name+"|"+strconv.FormatUint(uint64(tgt.OID), 10)+"|"+o.Column+"|"+string(canon)); err != nil {
 		return nil, err
 	}
 	if m, err := scanMigration(tx.QueryRow(ctx, `SELECT `+migrationCols+` FROM batched_background_migrations
-		WHERE job_class_name = $1 AND table_name = $2 AND column_name = $3 AND job_arguments = $4::jsonb`,
-		cls.Name, tableName, o.Column, string(canon))); err == nil {
+		WHERE job_class_name = $1 AND table_name = ANY($2) AND column_name = $3 AND job_arguments = $4::jsonb ORDER BY id LIMIT 1`,
+		cls.Name, tgt.spellings(tableName), o.Column, string(canon))); err == nil {
 		e.log.Warn("Batched background migration not enqueued because it already exists",
 			zapMigration(m)...)
 		return &QueueResult{Migration: m, Existing: true}, nil

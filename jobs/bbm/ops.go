@@ -59,7 +59,7 @@ func (e *Engine) list(ctx context.Context, where string, args ...any) ([]*Migrat
 		if err != nil {
 			return nil, err
 		}
-		if m.Status == Finalizing && m.HoldReason == nil {
+		if m.Status == Finalizing {
 			var gone bool
 			if err := e.pool.QueryRow(ctx, `SELECT `+finalizerGone+` FROM batched_background_migrations WHERE id = $1`, m.ID).Scan(&gone); err != nil {
 				return nil, err
@@ -127,11 +127,11 @@ func (e *Engine) FindByConfig(ctx context.Context, class, table, column string, 
 	if err != nil {
 		return nil, err
 	}
-	// The name as given, and as Queue records it when the table exists
-	// ("public.events" finds "events").
+	// Any spelling of the table when it exists ("public.events" finds a
+	// migration queued as "events"); the name as given when it does not.
 	names := []string{table}
-	if t, err := ResolveTarget(ctx, e.pool, table, column); err == nil && t.Name() != table {
-		names = append(names, t.Name())
+	if t, err := ResolveTarget(ctx, e.pool, table, column); err == nil {
+		names = t.spellings(table)
 	}
 	m, err := scanMigration(e.pool.QueryRow(ctx, `SELECT `+migrationCols+` FROM batched_background_migrations
 		WHERE job_class_name = $1 AND table_name = ANY($2) AND column_name = $3 AND job_arguments = $4::jsonb ORDER BY id LIMIT 1`,
@@ -356,12 +356,10 @@ func (e *Engine) Finalize(ctx context.Context, m *Migration) error {
 	if err := tx.Commit(ctx); err != nil {
 		return err
 	}
-	defer func() {
-		if ctx.Err() != nil {
-			// Interrupted: give the migration back to the workers.
-			e.unfinalize(context.WithoutCancel(ctx), m.ID)
-		}
-	}()
+	// However it ends: the migration stops naming this engine as its
+	// finalizer, and, when still finalizing (interrupted, or an error),
+	// goes back to the workers.
+	defer e.unfinalize(context.WithoutCancel(ctx), m.ID)
 	g, gctx := errgroup.WithContext(ctx)
 	for range max(1, m.MaxParallel) {
 		g.Go(func() error {
@@ -428,10 +426,12 @@ func (e *Engine) SetPausedAll(ctx context.Context, paused bool) error {
 	return err
 }
 
-// unfinalize makes a migration this engine was finalizing active again.
+// unfinalize ends this engine's finalize of migration id: one still
+// finalizing becomes active again, and the finalizer is cleared.
 func (e *Engine) unfinalize(ctx context.Context, id int64) {
-	if _, err := e.pool.Exec(ctx, `UPDATE batched_background_migrations SET status = 1, finalizer_session = NULL, updated_at = now()
-		WHERE id = $1 AND status = 5 AND finalizer_session = $2`, id, e.Session()); err != nil {
+	if _, err := e.pool.Exec(ctx, `UPDATE batched_background_migrations
+		SET status = CASE WHEN status = 5 THEN 1 ELSE status END, finalizer_session = NULL, updated_at = now()
+		WHERE id = $1 AND finalizer_session = $2`, id, e.Session()); err != nil {
 		e.log.Warn("could not make the migration active again after an interrupted finalize", zap.Int64("migration_id", id), zap.Error(err))
 	}
 }
@@ -448,7 +448,7 @@ var finalizerGone = `status = 5 AND finalizer_session IS NOT NULL AND NOT ` + se
 // 0 means all; it returns the ids revived.
 func (e *Engine) ReviveFinalizing(ctx context.Context, id int64) ([]int64, error) {
 	rows, err := e.pool.Query(ctx, `UPDATE batched_background_migrations SET status = 1, finalizer_session = NULL, updated_at = now()
-		WHERE `+finalizerGone+` AND ($1 = 0 OR id = $1) RETURNING id`, id)
+		WHERE `+finalizerGone+` AND ($1::bigint = 0 OR id = $1::bigint) RETURNING id`, id)
 	if err != nil {
 		return nil, err
 	}

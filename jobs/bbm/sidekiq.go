@@ -221,7 +221,8 @@ func newToken() string {
 }
 
 // RescueAll re-queues the batches of dead workers, for every migration
-// with running batches, and returns the migrations it rescued batches of.
+// with running batches, and returns the migrations whose batches were
+// rescued since the last call (here or by a claim).
 func (e *Engine) RescueAll(ctx context.Context) ([]int64, error) {
 	if e.Session() == 0 {
 		return nil, nil
@@ -234,29 +235,32 @@ func (e *Engine) RescueAll(ctx context.Context) ([]int64, error) {
 	if err != nil {
 		return nil, err
 	}
-	var rescued []int64
 	for _, id := range ids {
 		tx, err := e.pool.Begin(ctx)
 		if err != nil {
-			return rescued, err
+			return nil, err
 		}
 		// The migration's row lock: rescue changes its running count.
 		_, err = tx.Exec(ctx, `SELECT 1 FROM batched_background_migrations WHERE id = $1 FOR UPDATE`, id)
-		n := 0
 		if err == nil {
-			n, err = e.rescue(ctx, tx, id)
+			_, err = e.rescue(ctx, tx, id)
 		}
 		if err == nil {
 			err = tx.Commit(ctx)
 		}
 		_ = tx.Rollback(ctx)
 		if err != nil {
-			return rescued, err
-		}
-		if n > 0 {
-			rescued = append(rescued, id)
+			return nil, err
 		}
 	}
+	// Every rescue since the last call, this one's and claims' alike.
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	rescued := make([]int64, 0, len(e.rescued))
+	for id := range e.rescued {
+		rescued = append(rescued, id)
+	}
+	clear(e.rescued)
 	return rescued, nil
 }
 

@@ -29,14 +29,15 @@ type Target struct {
 // Ident is the quoted, schema-qualified table name.
 func (t *Target) Ident() string { return pgx.Identifier{t.Schema, t.Table}.Sanitize() }
 
-// Name is the table's name as ferry records it: unqualified when the
-// search path finds it so, schema-qualified otherwise. "public.events"
-// and "events" are one table, so they are one configuration.
-func (t *Target) Name() string {
+// spellings are the names a configuration may have recorded for this
+// table: as given, schema-qualified, and unqualified when the search path
+// finds it so ("public.events" and "events" are one table).
+func (t *Target) spellings(given string) []string {
+	out := []string{given, t.Schema + "." + t.Table}
 	if t.Visible {
-		return t.Table
+		out = append(out, t.Table)
 	}
-	return t.Schema + "." + t.Table
+	return out
 }
 
 // Has reports whether the table has column c.
