@@ -2,6 +2,7 @@ package test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -45,6 +46,48 @@ func bbmFerryBinary(t *testing.T) string {
 	return bbmBinPath
 }
 
+// bbmProcessEnv gives a worker-process test the ferry binary, fresh Redis
+// and PostgreSQL URLs, its context and a pool (closed at cleanup).
+func bbmProcessEnv(t *testing.T) (bin, redisURL, dbURL string, ctx context.Context, pool *pgxpool.Pool) {
+	t.Helper()
+	bin, redisURL, dbURL, ctx = bbmFerryBinary(t), testenv.RedisURL(t), testenv.DatabaseURL(t), testenv.Context(t)
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return bin, redisURL, dbURL, ctx, pool
+}
+
+// countingTable creates name with rows rows whose trigger counts the
+// copies of each row (exactly once: copies = 1) and slows every 500th
+// row, so a migration of it is still running a few seconds in.
+func countingTable(ctx context.Context, t *testing.T, pool *pgxpool.Pool, name string, rows int) {
+	t.Helper()
+	if _, err := pool.Exec(ctx, fmt.Sprintf(`CREATE TABLE %[1]s (id int PRIMARY KEY, v int NOT NULL, v_big bigint, copies int NOT NULL DEFAULT 0);
+		INSERT INTO %[1]s SELECT g, g FROM generate_series(1, %[2]d) g; ANALYZE %[1]s;
+		CREATE FUNCTION %[1]s_count() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+			IF NEW.v_big IS DISTINCT FROM OLD.v_big THEN NEW.copies := OLD.copies + 1; END IF;
+			IF NEW.id %% 500 = 0 THEN PERFORM pg_sleep(0.01); END IF;
+			RETURN NEW; END $$;
+		CREATE TRIGGER %[1]s_count BEFORE UPDATE ON %[1]s FOR EACH ROW EXECUTE FUNCTION %[1]s_count()`, name, rows)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// copiedOnce fails the test unless every row of a countingTable was copied
+// exactly once.
+func copiedOnce(ctx context.Context, t *testing.T, pool *pgxpool.Pool, name string) {
+	t.Helper()
+	var bad, twice int64
+	if err := pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE v_big IS DISTINCT FROM v), count(*) FILTER (WHERE copies > 1) FROM `+name).Scan(&bad, &twice); err != nil {
+		t.Fatal(err)
+	}
+	if bad != 0 || twice != 0 {
+		t.Fatalf("%s: %d rows not copied, %d copied more than once", name, bad, twice)
+	}
+}
+
 type bbmProc struct {
 	cmd *exec.Cmd
 	out bytes.Buffer
@@ -84,15 +127,7 @@ func TestBBMThroughWorkerProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and runs worker processes")
 	}
-	bin := bbmFerryBinary(t)
-	redisURL := testenv.RedisURL(t)
-	dbURL := testenv.DatabaseURL(t)
-	ctx := testenv.Context(t)
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	bin, redisURL, dbURL, ctx, pool := bbmProcessEnv(t)
 	run := func(args ...string) {
 		t.Helper()
 		cmd := exec.Command(bin, args...)
@@ -191,15 +226,7 @@ func TestBBMFinalizeKilled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and runs ferry processes")
 	}
-	bin := bbmFerryBinary(t)
-	redisURL := testenv.RedisURL(t)
-	dbURL := testenv.DatabaseURL(t)
-	ctx := testenv.Context(t)
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	bin, redisURL, dbURL, ctx, pool := bbmProcessEnv(t)
 	env := childEnv("REDIS_URL="+redisURL, "DATABASE_URL="+dbURL)
 	ferry := func(args ...string) (string, int) {
 		t.Helper()
@@ -218,15 +245,7 @@ func TestBBMFinalizeKilled(t *testing.T) {
 	// A trigger slows every 500th row, so the finalize is still running
 	// when it is killed.
 	const rows = 40000
-	if _, err := pool.Exec(ctx, fmt.Sprintf(`CREATE TABLE fk (id int PRIMARY KEY, v int NOT NULL, v_big bigint, copies int NOT NULL DEFAULT 0);
-		INSERT INTO fk SELECT g, g FROM generate_series(1, %d) g; ANALYZE fk;
-		CREATE FUNCTION fk_count() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
-			IF NEW.v_big IS DISTINCT FROM OLD.v_big THEN NEW.copies := OLD.copies + 1; END IF;
-			IF NEW.id %% 500 = 0 THEN PERFORM pg_sleep(0.01); END IF;
-			RETURN NEW; END $$;
-		CREATE TRIGGER fk_count BEFORE UPDATE ON fk FOR EACH ROW EXECUTE FUNCTION fk_count()`, rows)); err != nil {
-		t.Fatal(err)
-	}
+	countingTable(ctx, t, pool, "fk", rows)
 	args := []string{"CopyColumnUsingBackgroundMigrationJob", "fk", "id", `[["v"],["v_big"]]`}
 	if out, code := ferry(append([]string{"bbm", "queue"}, append(args, "--batch-size", "2000", "--target-batch-duration", "300ms")...)...); code != 0 {
 		t.Fatalf("queue: %d %s", code, out)
@@ -258,13 +277,7 @@ func TestBBMFinalizeKilled(t *testing.T) {
 		_ = pool.QueryRow(ctx, `SELECT status FROM batched_background_migrations WHERE id = $1`, id).Scan(&s)
 		return s == 3
 	})
-	var bad, twice int64
-	if err := pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE v_big IS DISTINCT FROM v), count(*) FILTER (WHERE copies > 1) FROM fk`).Scan(&bad, &twice); err != nil {
-		t.Fatal(err)
-	}
-	if bad != 0 || twice != 0 {
-		t.Fatalf("%d rows not copied, %d copied more than once", bad, twice)
-	}
+	copiedOnce(ctx, t, pool, "fk")
 	// Stopped first: its output buffer is written until it exits.
 	_ = w.cmd.Process.Signal(syscall.SIGTERM)
 	_ = w.cmd.Wait()
@@ -281,25 +294,9 @@ func TestBBMOnlyWorkerKilled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and runs worker processes")
 	}
-	bin := bbmFerryBinary(t)
-	redisURL := testenv.RedisURL(t)
-	dbURL := testenv.DatabaseURL(t)
-	ctx := testenv.Context(t)
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	bin, redisURL, dbURL, ctx, pool := bbmProcessEnv(t)
 	const rows = 40000
-	if _, err := pool.Exec(ctx, fmt.Sprintf(`CREATE TABLE ok1 (id int PRIMARY KEY, v int NOT NULL, v_big bigint, copies int NOT NULL DEFAULT 0);
-		INSERT INTO ok1 SELECT g, g FROM generate_series(1, %d) g; ANALYZE ok1;
-		CREATE FUNCTION ok1_count() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
-			IF NEW.v_big IS DISTINCT FROM OLD.v_big THEN NEW.copies := OLD.copies + 1; END IF;
-			IF NEW.id %% 500 = 0 THEN PERFORM pg_sleep(0.01); END IF;
-			RETURN NEW; END $$;
-		CREATE TRIGGER ok1_count BEFORE UPDATE ON ok1 FOR EACH ROW EXECUTE FUNCTION ok1_count()`, rows)); err != nil {
-		t.Fatal(err)
-	}
+	countingTable(ctx, t, pool, "ok1", rows)
 	first := bbmStartWorker(t, bin, redisURL, dbURL)
 	cmd := exec.Command(bin, "bbm", "queue", "CopyColumnUsingBackgroundMigrationJob", "ok1", "id", `[["v"],["v_big"]]`,
 		"--batch-size", "2000", "--target-batch-duration", "2s")
@@ -328,13 +325,10 @@ func TestBBMOnlyWorkerKilled(t *testing.T) {
 		_ = pool.QueryRow(ctx, `SELECT status FROM batched_background_migrations WHERE table_name = 'ok1'`).Scan(&s)
 		return s == 3
 	})
-	var bad, twice int64
-	if err := pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE v_big IS DISTINCT FROM v), count(*) FILTER (WHERE copies > 1) FROM ok1`).Scan(&bad, &twice); err != nil {
-		t.Fatal(err)
-	}
+	copiedOnce(ctx, t, pool, "ok1")
 	var died int
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM batched_background_migration_job_transition_logs WHERE exception_class = 'Ferry::WorkerDied'`).Scan(&died)
-	if bad != 0 || twice != 0 || died == 0 {
-		t.Fatalf("%d rows not copied, %d copied more than once, %d batches rescued", bad, twice, died)
+	if died == 0 {
+		t.Fatal("no batch of the killed worker was rescued")
 	}
 }
