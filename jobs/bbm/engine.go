@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
@@ -17,10 +19,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 )
-
-// sessionLockClass is the first key of the advisory lock each engine holds
-// on its session number ("fery").
-const sessionLockClass int32 = 0x66657279
 
 // Config configures an [Engine].
 type Config struct {
@@ -53,9 +51,16 @@ type Engine struct {
 	// (probeUntried, probeOK, probeBroken).
 	probeState atomic.Int32
 
-	mu         sync.Mutex
-	sess       *pgxpool.Conn
-	session    int64
+	mu sync.Mutex
+	// session: the engine's number (session.go), 0 before Start;
+	// settledFrom: since when its heartbeats succeed without a gap (zero
+	// while they fail).
+	session     int64
+	settledFrom time.Time
+	hbStop      context.CancelFunc
+	hbDone      chan struct{}
+	// running: claim tokens of the batches this engine's goroutines run.
+	running    map[int64]struct{}
 	lastHealth map[int64]time.Time
 	pacers     map[int64]pacer // contention pacing per migration, carried from batch to batch
 	// rescued: migrations with a dead worker's batch rescued since the
@@ -90,6 +95,7 @@ func NewEngine(pool *pgxpool.Pool, cfg Config) *Engine {
 		identity: cfg.Identity, health: cfg.Health.withDefaults(), cat: pgCatalog, lastHealth: map[int64]time.Time{},
 		pacers:  map[int64]pacer{},
 		rescued: map[int64]struct{}{},
+		running: map[int64]struct{}{},
 	}
 }
 
@@ -98,58 +104,6 @@ func (e *Engine) Registry() *Registry { return e.reg }
 
 // Pool returns the engine's pool.
 func (e *Engine) Pool() *pgxpool.Pool { return e.pool }
-
-// Start takes the engine's session: a number held under a session advisory
-// lock for the engine's lifetime. Job rows carry it, so when the process
-// dies (even SIGKILL) PostgreSQL drops the lock with the connection and
-// other engines re-run its batches at once, instead of after GitLab's hour.
-func (e *Engine) Start(ctx context.Context) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.sess != nil {
-		return nil
-	}
-	conn, err := e.pool.Acquire(ctx)
-	if err != nil {
-		return fmt.Errorf("bbm: start: %w", err)
-	}
-	var n int64
-	if err := conn.QueryRow(ctx, `SELECT nextval('ferry_bbm_session_seq') % 2147483647`).Scan(&n); err != nil {
-		conn.Release()
-		return fmt.Errorf("bbm: start (run `ferry setup`?): %w", err)
-	}
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1::int4, $2::int4)`, sessionLockClass, n); err != nil {
-		conn.Release()
-		return fmt.Errorf("bbm: start: session lock: %w", err)
-	}
-	e.sess, e.session = conn, n
-	return nil
-}
-
-// Close releases the session. Batches still recorded as running under it
-// are taken over by other engines.
-func (e *Engine) Close() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.sess == nil {
-		return
-	}
-	// Closing the connection (not just unlocking) guarantees the lock is
-	// gone even if the unlock fails.
-	_ = e.sess.Conn().Close(context.Background())
-	e.sess.Release()
-	e.sess = nil
-}
-
-// Session is the engine's session number (0 before Start).
-func (e *Engine) Session() int64 {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.sess == nil {
-		return 0
-	}
-	return e.session
-}
 
 func (e *Engine) targetFor(ms *int) time.Duration {
 	if ms != nil && *ms > 0 {
@@ -200,6 +154,10 @@ type claim struct {
 	size   int // rows in the range when created
 	sub    int
 	tries  int
+	// token is unique to this claim: every write of the batch checks it,
+	// so a batch claimed again (after a rescue, even by the same engine)
+	// cannot be written by the goroutine that had it before.
+	token int64
 }
 
 // RunBatch claims the next batch of migration id and runs it to the end.
@@ -226,6 +184,7 @@ func (e *Engine) runBatch(ctx context.Context, id int64, md mode) (Outcome, erro
 	if err != nil || cl == nil {
 		return out, err
 	}
+	defer e.claimEnded(cl.token)
 	e.execute(ctx, cl)
 	if md == modeBackground {
 		e.maybeCheckHealth(ctx, cl.mig, cl.tgt)
@@ -317,7 +276,14 @@ func (e *Engine) claim(ctx context.Context, id int64, md mode) (*claim, Outcome,
 	if err != nil {
 		return nil, NotExecutable, e.failMigration(ctx, tx, m, err.Error())
 	}
-	cl := &claim{mig: m, tgt: tgt, plan: plan}
+	cl := &claim{mig: m, tgt: tgt, plan: plan, token: newClaimToken()}
+	e.claimStarted(cl.token)
+	committed := false
+	defer func() {
+		if !committed {
+			e.claimEnded(cl.token)
+		}
+	}()
 
 	// Retriable jobs first (failed with attempts left, or pending): a
 	// failure shows up, and is retried or split, while the operator is
@@ -333,8 +299,8 @@ func (e *Engine) claim(ctx context.Context, id int64, md mode) (*claim, Outcome,
 		cl.tries++
 		if _, err := tx.Exec(ctx, `
 			UPDATE batched_background_migration_jobs SET status = 1, attempts = attempts + 1, started_at = now(),
-				finished_at = NULL, updated_at = now(), worker_identity = $2, worker_session = $3
-			WHERE id = $1`, cl.jobID, e.identity, e.Session()); err != nil {
+				finished_at = NULL, updated_at = now(), worker_identity = $2, worker_session = $3, claim_token = $4
+			WHERE id = $1`, cl.jobID, e.identity, e.Session(), cl.token); err != nil {
 			return nil, NotExecutable, err
 		}
 		if err := logTransition(ctx, tx, cl.jobID, JobStatus(prev), JobRunning, "", ""); err != nil {
@@ -356,8 +322,12 @@ func (e *Engine) claim(ctx context.Context, id int64, md mode) (*claim, Outcome,
 		return nil, NotExecutable, err
 	}
 	if err := tx.Commit(ctx); err != nil {
+		// If the commit's reply was lost, the job may be running under
+		// this claim with no goroutine on it: forgetting the token lets
+		// this engine's next rescue give it back.
 		return nil, NotExecutable, err
 	}
+	committed = true
 	return cl, Ran, nil
 }
 
@@ -403,9 +373,9 @@ func (e *Engine) newRange(ctx context.Context, tx pgx.Tx, cl *claim) (bool, erro
 	if err := tx.QueryRow(ctx, `
 		INSERT INTO batched_background_migration_jobs
 			(batched_background_migration_id, min_value, max_value, batch_size, sub_batch_size, pause_ms,
-			 status, attempts, started_at, worker_identity, worker_session)
-		VALUES ($1, $2, $3, $4, $5, $6, 1, 1, now(), $7, $8) RETURNING id`,
-		m.ID, cl.lo, cl.hi, cl.size, cl.sub, m.PauseMs, e.identity, e.Session()).Scan(&cl.jobID); err != nil {
+			 status, attempts, started_at, worker_identity, worker_session, claim_token)
+		VALUES ($1, $2, $3, $4, $5, $6, 1, 1, now(), $7, $8, $9) RETURNING id`,
+		m.ID, cl.lo, cl.hi, cl.size, cl.sub, m.PauseMs, e.identity, e.Session(), cl.token).Scan(&cl.jobID); err != nil {
 		return false, err
 	}
 	return true, logTransition(ctx, tx, cl.jobID, JobPending, JobRunning, "", "")
@@ -446,22 +416,30 @@ func (e *Engine) failMigration(ctx context.Context, tx pgx.Tx, m *Migration, rea
 }
 
 // rescue marks failed the running jobs of migration id whose engine is gone
-// (its session lock vanished with its connection), so they are retried
-// from their cursor. A worker death counts as an attempt, so a batch that
-// kills its worker (e.g. out of memory) cannot loop forever.
+// (sessionAlive), so they are retried from their cursor, and this engine's
+// own jobs that none of its goroutines runs any more (an outcome that could
+// not be recorded). A worker death counts as an attempt, so a batch that
+// kills its worker (e.g. out of memory) cannot loop forever. Other engines
+// are judged only once this one is settled (session.go). Call it holding
+// the migration's row lock: claims of the migration, which register their
+// token before they commit, are then not half done.
 func (e *Engine) rescue(ctx context.Context, tx pgx.Tx, id int64) (int, error) {
 	rows, err := tx.Query(ctx, `
 		WITH dead AS (
 			UPDATE batched_background_migration_jobs j SET status = 2, finished_at = now(), updated_at = now()
 			WHERE j.batched_background_migration_id = $1 AND j.status = 1
-			  AND ((j.worker_session IS NOT NULL AND NOT `+sessionAlive("j.worker_session")+`)
-			    OR (j.worker_session IS NULL AND j.updated_at < now() - interval '1 hour'))
-			RETURNING j.id, j.worker_identity)
+			  AND (($2 AND j.worker_session IS DISTINCT FROM $3
+			        AND ((j.worker_session IS NOT NULL AND NOT `+sessionAlive("j.worker_session")+`)
+			          OR (j.worker_session IS NULL AND j.updated_at < now() - interval '1 hour')))
+			    OR (j.worker_session = $3 AND NOT coalesce(j.claim_token = ANY($4::bigint[]), false)))
+			RETURNING j.id, j.worker_identity, j.worker_session = $3 AS own)
 		INSERT INTO batched_background_migration_job_transition_logs
 			(batched_background_migration_job_id, previous_status, next_status, exception_class, exception_message)
-		SELECT id, 1, 2, 'Ferry::WorkerDied', left('worker ' || coalesce(worker_identity, '?') ||
-			' stopped while running this batch; it resumes after the last committed sub-batch', 1000)
-		FROM dead RETURNING batched_background_migration_job_id`, id)
+		SELECT id, 1, 2, CASE WHEN own THEN 'Ferry::LostOutcome' ELSE 'Ferry::WorkerDied' END,
+			left(CASE WHEN own THEN 'the outcome of this batch could not be recorded (the database was unreachable)'
+				ELSE 'worker ' || coalesce(worker_identity, '?') || ' stopped while running this batch' END ||
+				'; it resumes after the last committed sub-batch', 1000)
+		FROM dead RETURNING batched_background_migration_job_id`, id, e.settled(), e.Session(), e.runningTokens())
 	if err != nil {
 		return 0, err
 	}
@@ -481,15 +459,9 @@ func (e *Engine) rescue(ctx context.Context, tx pgx.Tx, id int64) (int, error) {
 	return n, rows.Err()
 }
 
-// sessionAlive is an SQL condition: the engine session in column col still
-// holds its advisory lock (Start), so its process is alive.
-func sessionAlive(col string) string {
-	return `EXISTS (SELECT 1 FROM pg_locks l
-		WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-		  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-		  AND l.classid = ` + strconv.Itoa(int(sessionLockClass)) + `::oid AND l.objid = ` + col + `::oid
-		OFFSET 0)` // a subquery, not an anti-join: an UPDATE re-checks it against the row's new value after a lock wait
-}
+// newClaimToken returns a claim token: random, so no two claims of any
+// engines share one (63 bits), and never 0.
+func newClaimToken() int64 { return rand.Int64N(math.MaxInt64) + 1 }
 
 func logTransition(ctx context.Context, tx pgx.Tx, jobID int64, from, to JobStatus, class, msg string) error {
 	var c, m *string

@@ -52,27 +52,29 @@ func (e *Engine) execute(ctx context.Context, cl *claim) {
 	if e.crashed.Load() {
 		return
 	}
-	rec := context.WithoutCancel(ctx)
-	rec, cancel := context.WithTimeout(rec, shutdownGrace)
-	defer cancel()
-	var err error
-	switch {
-	case res.err == nil && res.yield:
-		err = e.yieldJob(rec, cl, res, errClassShutdown, true)
-	case isLockTimeout(res.err) && !e.health.Disabled:
-		// Another session holds a lock we need: not the batch's fault, so
-		// no attempt is used and the size stays. The rest runs again after
-		// a hold that backs off while the lock stays.
-		if err = e.yieldJob(rec, cl, res, errClassLockWait, false); err == nil {
-			e.applyHealth(rec, cl.mig, []Signal{e.lockWaitSignal(rec, cl.mig, cl.tgt.OID, "a sub-batch", e.health.LockTimeout)})
+	lockWait := isLockTimeout(res.err) && !e.health.Disabled
+	err := e.retryConnLoss(ctx, "recording a batch's outcome", func(rec context.Context) error {
+		switch {
+		case res.err == nil && res.yield:
+			return e.yieldJob(rec, cl, res, errClassShutdown, true)
+		case lockWait:
+			// Another session holds a lock we need: not the batch's fault,
+			// so no attempt is used and the size stays.
+			return e.yieldJob(rec, cl, res, errClassLockWait, false)
+		case res.err == nil:
+			return e.succeed(rec, cl, res)
+		default:
+			return e.fail(rec, cl, res)
 		}
-	case res.err == nil:
-		err = e.succeed(rec, cl, res)
-	default:
-		err = e.fail(rec, cl, res)
+	})
+	if err == nil && lockWait {
+		// The rest runs again after a hold that backs off while the lock stays.
+		rec, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
+		defer cancel()
+		e.applyHealth(rec, cl.mig, []Signal{e.lockWaitSignal(rec, cl.mig, cl.tgt.OID, "a sub-batch", e.health.LockTimeout)})
 	}
 	if err != nil && !errors.Is(err, errLostOwnership) {
-		e.log.Error("could not record batch outcome; it will be retried when its worker is gone",
+		e.log.Error("could not record batch outcome; this worker gives the batch back once the database answers again",
 			zap.Int64("migration_id", cl.mig.ID), zap.Int64("job_id", cl.jobID), zap.Error(err))
 	}
 }
@@ -111,17 +113,23 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 				Blocked: pc.blocked - blocked0, MinCap: float64(minCap.Microseconds()) / 1000}
 		}()
 	}
-	conn, err := e.pool.Acquire(ctx)
+	conn, err := e.batchConn(ctx, cl)
+	if isConnLoss(err) && ctx.Err() == nil {
+		conn, err = e.resume(ctx, cl, &res, &queued)
+	}
 	if err != nil {
-		res.err = err
+		if ctx.Err() != nil && !errors.Is(err, errLostOwnership) {
+			res.yield = true // shutdown: not the batch's fault
+		} else {
+			res.err = err
+		}
 		return res
 	}
-	defer conn.Release()
-	if err := e.sessionSettings(ctx, conn, cl); err != nil {
-		res.err = err
-		return res
-	}
-	defer e.resetSession(ctx, conn)
+	defer func() {
+		if conn != nil {
+			e.releaseBatchConn(ctx, conn)
+		}
+	}()
 	stmt := ""
 	if cl.plan.Set != "" {
 		stmt = e.setStatement(cl)
@@ -149,6 +157,16 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 			hi, n, pr, err = e.subBatchSet(ctx, conn, cl, stmt, start, limit, sampling)
 		} else {
 			hi, n, pr, err = e.subBatchDo(ctx, conn, cl, start, limit, sampling)
+		}
+		if isConnLoss(err) && ctx.Err() == nil {
+			e.releaseBatchConn(ctx, conn)
+			if conn, err = e.resume(ctx, cl, &res, &queued); err == nil {
+				start = cl.lo
+				if res.cursor != nil {
+					start = *res.cursor + 1
+				}
+				continue
+			}
 		}
 		if err != nil {
 			if ctx.Err() != nil && !errors.Is(err, errLostOwnership) {
@@ -238,12 +256,66 @@ func (e *Engine) setStatement(cl *claim) string {
     SELECT ` + col + ` AS k FROM ` + tbl + ` WHERE ` + col + ` >= $1 AND ` + col + ` <= $2 ORDER BY ` + col + ` LIMIT $3) x),
 c AS (
   UPDATE batched_background_migration_jobs j SET cursor_value = s.hi, rows_done = j.rows_done + s.n, updated_at = now()
-  FROM s WHERE j.id = $4 AND j.status = 1 AND j.worker_session = $5 AND s.hi IS NOT NULL
+  FROM s WHERE j.id = $4 AND j.status = 1 AND j.claim_token = $5 AND s.hi IS NOT NULL
   RETURNING 1),
 u AS (
   UPDATE ` + tbl + ` AS t SET ` + cl.plan.Set + `
   WHERE t.` + col + ` >= $1 AND t.` + col + ` <= (SELECT hi FROM s) AND EXISTS (SELECT 1 FROM c)` + where + `)
 SELECT (SELECT hi FROM s), (SELECT n FROM s), (SELECT count(*) FROM c)`
+}
+
+// batchConn takes a connection for a batch's sub-batches, with its
+// session settings.
+func (e *Engine) batchConn(ctx context.Context, cl *claim) (*pgxpool.Conn, error) {
+	conn, err := e.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.sessionSettings(ctx, conn, cl); err != nil {
+		dropConn(conn)
+		return nil, err
+	}
+	return conn, nil
+}
+
+func (e *Engine) releaseBatchConn(ctx context.Context, conn *pgxpool.Conn) {
+	e.resetSession(ctx, conn)
+	conn.Release()
+}
+
+// resume waits for the database after a batch lost its connection (a
+// restart, a failover, a terminated backend), then returns a new
+// connection and sets res.cursor to the job's cursor as committed: a
+// sub-batch whose COMMIT reply was lost may or may not have committed, and
+// only the row knows. The wait counts as queued time, not as the batch's
+// duration. errLostOwnership: the batch was taken over meanwhile.
+func (e *Engine) resume(ctx context.Context, cl *claim, res *result, queued *time.Duration) (*pgxpool.Conn, error) {
+	t0 := time.Now()
+	defer func() { *queued += time.Since(t0) }()
+	e.log.Warn("a batch lost its database connection; it goes on from its last committed sub-batch once the database answers",
+		zap.Int64("migration_id", cl.mig.ID), zap.Int64("job_id", cl.jobID))
+	for wait := reconnectMin; ; wait = min(2*wait, reconnectMax) {
+		if !sleepCtx(ctx, wait) {
+			return nil, ctx.Err()
+		}
+		conn, err := e.batchConn(ctx, cl)
+		if err == nil {
+			var cur *int64
+			err = conn.QueryRow(ctx, `SELECT cursor_value FROM batched_background_migration_jobs
+				WHERE id = $1 AND status = 1 AND claim_token = $2`, cl.jobID, cl.token).Scan(&cur)
+			if err == nil {
+				res.cursor = cur
+				return conn, nil
+			}
+			e.releaseBatchConn(ctx, conn)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil, errLostOwnership
+			}
+		}
+		if !isConnLoss(err) {
+			return nil, err
+		}
+	}
 }
 
 // sessionSettings sets statement_timeout, lock_timeout and an
@@ -286,7 +358,7 @@ func (e *Engine) subBatchSet(ctx context.Context, conn *pgxpool.Conn, cl *claim,
 	var hi *int64
 	var n, owned int64
 	var pr probe
-	b.Queue(stmt, start, cl.hi, limit, cl.jobID, e.Session()).QueryRow(func(r pgx.Row) error {
+	b.Queue(stmt, start, cl.hi, limit, cl.jobID, cl.token).QueryRow(func(r pgx.Row) error {
 		return r.Scan(&hi, &n, &owned)
 	})
 	if withProbe {
@@ -325,7 +397,7 @@ func (e *Engine) subBatchDo(ctx context.Context, conn *pgxpool.Conn, cl *claim, 
 		return nil, 0, probe{}, nil
 	}
 	tag, err := tx.Exec(ctx, `UPDATE batched_background_migration_jobs SET cursor_value = $3, rows_done = rows_done + $4, updated_at = now()
-		WHERE id = $1 AND status = 1 AND worker_session = $2`, cl.jobID, e.Session(), *hi, n)
+		WHERE id = $1 AND status = 1 AND claim_token = $2`, cl.jobID, cl.token, *hi, n)
 	if err != nil {
 		return nil, 0, probe{}, err
 	}
@@ -416,8 +488,8 @@ func (e *Engine) finishTx(ctx context.Context, cl *claim, status JobStatus, res 
 	}
 	tag, err := tx.Exec(ctx, `UPDATE batched_background_migration_jobs SET status = $3, finished_at = now(), updated_at = now(),
 			metrics = $4, sub_batch_size = $5, attempts = greatest(attempts + $6, 0)
-		WHERE id = $1 AND status = 1 AND worker_session = $2`,
-		cl.jobID, e.Session(), status, metricsJSON(cl, res), max(1, min(res.sub, cl.size)), attemptsDelta)
+		WHERE id = $1 AND status = 1 AND claim_token = $2`,
+		cl.jobID, cl.token, status, metricsJSON(cl, res), max(1, min(res.sub, cl.size)), attemptsDelta)
 	if err == nil && tag.RowsAffected() == 0 {
 		err = errLostOwnership
 	}

@@ -1,5 +1,7 @@
 package bbm
 
+import "context"
+
 // SimulateCrash makes e behave like a killed process: it records nothing more.
 func SimulateCrash(e *Engine) { e.crashed.Store(true) }
 
@@ -12,3 +14,35 @@ func UseCatalog(e *Engine, activity, progressVacuum, replication string) {
 // EvaluateAll runs the health indicators and also returns the errors of
 // those that could not run.
 var EvaluateAll = (*Engine).evaluate
+
+// Settled reports whether e may judge other engines' sessions gone.
+func Settled(e *Engine) bool { return e.settled() }
+
+// Claim is one claim of a batch, for tests that play two claims at once.
+type Claim = claim
+
+// ClaimBatch claims the next batch of migration id as a background worker.
+func ClaimBatch(ctx context.Context, e *Engine, id int64) (*Claim, error) {
+	cl, _, err := e.claim(ctx, id, modeBackground)
+	return cl, err
+}
+
+// RunClaim runs a claimed batch to the end and records its outcome.
+func RunClaim(ctx context.Context, e *Engine, cl *Claim) {
+	defer e.claimEnded(cl.token)
+	e.execute(ctx, cl)
+}
+
+// WriteSubBatch runs one sub-batch of limit rows of cl from its start.
+func WriteSubBatch(ctx context.Context, e *Engine, cl *Claim, limit int) error {
+	conn, err := e.batchConn(ctx, cl)
+	if err != nil {
+		return err
+	}
+	defer e.releaseBatchConn(ctx, conn)
+	_, _, _, err = e.subBatchSet(ctx, conn, cl, e.setStatement(cl), cl.lo, limit, false)
+	return err
+}
+
+// ErrLostOwnership is what a write of a batch claimed again elsewhere gets.
+var ErrLostOwnership = errLostOwnership

@@ -363,11 +363,21 @@ func (e *Engine) Finalize(ctx context.Context, m *Migration) error {
 	g, gctx := errgroup.WithContext(ctx)
 	for range max(1, m.MaxParallel) {
 		g.Go(func() error {
-			for {
+			for wait := reconnectMin; ; {
 				out, err := e.runBatch(gctx, m.ID, modeFinalize)
+				if isConnLoss(err) && gctx.Err() == nil {
+					// A restart or failover: finalize rides it out, as
+					// the workers do.
+					if !sleepCtx(gctx, wait) {
+						return gctx.Err()
+					}
+					wait = min(2*wait, reconnectMax)
+					continue
+				}
 				if err != nil {
 					return err
 				}
+				wait = reconnectMin
 				switch out {
 				case Ran:
 					continue
@@ -508,7 +518,9 @@ func (e *Engine) RunLocal(ctx context.Context, n int, untilIdle bool) error {
 			wait := localPollMin
 			for gctx.Err() == nil {
 				ids, err := e.Executable(gctx)
-				if err != nil {
+				if isConnLoss(err) && gctx.Err() == nil {
+					ids = nil // the database is away (restart, failover): look again later
+				} else if err != nil {
 					return err
 				}
 				ran := false

@@ -93,8 +93,11 @@ func (s *Service) Run(ctx context.Context) error {
 // workers, checks health of running migrations, and opens the lanes that
 // are missing.
 func (s *Service) Tick(ctx context.Context) error {
-	if _, err := s.engine.ReviveFinalizing(ctx, 0); err != nil {
-		s.log.Warn("could not revive migrations whose finalizer died", zap.Error(err))
+	// Only a settled engine judges other sessions gone (session.go).
+	if s.engine.settled() {
+		if _, err := s.engine.ReviveFinalizing(ctx, 0); err != nil {
+			s.log.Warn("could not revive migrations whose finalizer died", zap.Error(err))
+		}
 	}
 	rows, err := s.engine.pool.Query(ctx, `
 		WITH settings AS (SELECT max_running, paused_all FROM ferry_bbm_settings WHERE id = 1),
@@ -200,7 +203,12 @@ func (s *Service) work(ctx context.Context, job *worker.Job[ExecutionArgs]) erro
 		return nil // a stale copy of a lane that has moved on
 	}
 	out, err := s.engine.RunBatch(ctx, a.MigrationID)
-	if err != nil && !errors.Is(err, context.Canceled) {
+	switch {
+	case err == nil || errors.Is(err, context.Canceled):
+	case isConnLoss(err):
+		// The lane reopens at a tick once the database answers again.
+		s.log.Warn("database unreachable; the migration's batches wait for it", zap.Int64("migration_id", a.MigrationID), zap.Error(err))
+	default:
 		s.log.Error("batch could not run", zap.Int64("migration_id", a.MigrationID), zap.Error(err))
 	}
 	if err == nil && out == Ran {

@@ -1,0 +1,236 @@
+package bbm
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+)
+
+// An engine's session says "this process is alive" to the other engines.
+// Job rows name the session that claimed them; a batch counts as
+// abandoned only when its session is gone: no heartbeat for
+// livenessGrace and no advisory lock. Both, because each alone misleads:
+// the lock vanishes with a connection (a PostgreSQL restart, a terminated
+// backend, a failover) while its process lives on, and a heartbeat can be
+// late while the database is slow but the connection is fine.
+//
+// Whoever rescues must itself have heartbeated for livenessGrace without a
+// gap (Engine.settled): after a restart every heartbeat is old and no lock
+// is held, and the first engine back must give the others the same grace
+// to come back before it calls them dead.
+const (
+	heartbeatEvery = time.Second
+	// livenessGrace: a session whose heartbeat is older is gone (unless it
+	// holds its lock). Several heartbeats, so one slow one is not a death.
+	livenessGrace = 4 * time.Second
+	// sessionRowsKept: rows of sessions gone this long are deleted.
+	sessionRowsKept = 24 * time.Hour
+)
+
+// sessionLockClass is the first key of the advisory lock each engine holds
+// on its session number ("fery").
+const sessionLockClass int32 = 0x66657279
+
+// Start takes the engine's session: a number, a row heartbeated every
+// second, and a session advisory lock on the number. Job rows carry the
+// number, so when the process dies (even SIGKILL) other engines re-run its
+// batches within seconds, instead of after GitLab's hour. If the session's
+// connection is lost (a restart, a failover), the engine takes a new one
+// under the same number, and its batches stay its own.
+func (e *Engine) Start(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.session != 0 {
+		return nil
+	}
+	var n int64
+	if err := e.pool.QueryRow(ctx, `SELECT nextval('ferry_bbm_session_seq') % 2147483647`).Scan(&n); err != nil {
+		return fmt.Errorf("bbm: start (run `ferry setup`?): %w", err)
+	}
+	conn, err := e.connectSession(ctx, n)
+	if err != nil {
+		return fmt.Errorf("bbm: start: %w", err)
+	}
+	// Sessions of processes gone for a day are of no use to anyone.
+	_, _ = e.pool.Exec(ctx, `DELETE FROM ferry_bbm_sessions WHERE heartbeat_at < now() - $1::interval`, sessionRowsKept.String())
+	hctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	e.session, e.settledFrom = n, time.Now()
+	e.hbStop, e.hbDone = stop, make(chan struct{})
+	go e.heartbeat(hctx, conn)
+	return nil
+}
+
+// connectSession takes a connection for session n, its lock and a first
+// heartbeat. pg_try_advisory_lock, not pg_advisory_lock: after a lost
+// connection the old backend may still hold the lock for a while, and it
+// is this process's lock anyway.
+func (e *Engine) connectSession(ctx context.Context, n int64) (*pgxpool.Conn, error) {
+	conn, err := e.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_try_advisory_lock($1::int4, $2::int4)`, sessionLockClass, n); err != nil {
+		dropConn(conn)
+		return nil, fmt.Errorf("session lock: %w", err)
+	}
+	if err := e.beat(ctx, conn, n); err != nil {
+		dropConn(conn)
+		return nil, err
+	}
+	return conn, nil
+}
+
+func (e *Engine) beat(ctx context.Context, conn *pgxpool.Conn, n int64) error {
+	_, err := conn.Exec(ctx, `INSERT INTO ferry_bbm_sessions (id, identity) VALUES ($1, $2)
+		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()`, n, e.identity)
+	if err != nil {
+		return fmt.Errorf("session heartbeat: %w", err)
+	}
+	return nil
+}
+
+// heartbeat keeps the session alive until Close, taking a new connection
+// whenever the one it has fails.
+func (e *Engine) heartbeat(ctx context.Context, conn *pgxpool.Conn) {
+	defer close(e.hbDone)
+	defer func() {
+		if conn != nil {
+			// Closing the connection (not just unlocking) guarantees the
+			// lock is gone even if an unlock would fail.
+			dctx, cancel := context.WithTimeout(context.Background(), livenessGrace/2)
+			defer cancel()
+			_, _ = conn.Exec(dctx, `DELETE FROM ferry_bbm_sessions WHERE id = $1`, e.Session())
+			dropConn(conn)
+		}
+	}()
+	n := e.Session()
+	tick := time.NewTicker(heartbeatEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if e.crashed.Load() {
+			// A simulated death: no more heartbeats, the lock goes with the
+			// connection, and the row stays, as after SIGKILL.
+			if conn != nil {
+				dropConn(conn)
+				conn = nil
+			}
+			<-ctx.Done()
+			return
+		}
+		conn = e.beatOnce(ctx, conn, n)
+	}
+}
+
+// beatOnce heartbeats on conn, or on a new connection when conn is nil,
+// and returns the connection to use next time (nil after a failure).
+func (e *Engine) beatOnce(ctx context.Context, conn *pgxpool.Conn, n int64) *pgxpool.Conn {
+	bctx, cancel := context.WithTimeout(ctx, livenessGrace/2)
+	defer cancel()
+	var err error
+	if conn == nil {
+		conn, err = e.connectSession(bctx, n)
+	} else if err = e.beat(bctx, conn, n); err != nil {
+		dropConn(conn)
+		conn = nil
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch {
+	case err != nil && ctx.Err() == nil:
+		if !e.settledFrom.IsZero() {
+			e.log.Warn("lost the database session; batches pause until it is back, and other workers wait before taking them over",
+				zap.Int64("session", n), zap.Error(err))
+		}
+		e.settledFrom = time.Time{}
+	case err == nil && e.settledFrom.IsZero():
+		e.log.Info("database session back", zap.Int64("session", n))
+		e.settledFrom = time.Now()
+	}
+	return conn
+}
+
+func dropConn(conn *pgxpool.Conn) {
+	_ = conn.Conn().Close(context.Background())
+	conn.Release()
+}
+
+// Close ends the session: its row is deleted and its lock released, so
+// batches still recorded as running under it are taken over by other
+// engines at once.
+func (e *Engine) Close() {
+	e.mu.Lock()
+	stop, done := e.hbStop, e.hbDone
+	e.hbStop, e.hbDone = nil, nil
+	e.mu.Unlock()
+	if stop == nil {
+		return
+	}
+	stop()
+	<-done
+	e.mu.Lock()
+	e.session, e.settledFrom = 0, time.Time{}
+	e.mu.Unlock()
+}
+
+// Session is the engine's session number (0 before Start).
+func (e *Engine) Session() int64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.session
+}
+
+// settled reports whether this engine has heartbeated without a gap for
+// livenessGrace, i.e. whether it may judge other sessions gone.
+func (e *Engine) settled() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return !e.settledFrom.IsZero() && time.Since(e.settledFrom) >= livenessGrace
+}
+
+// sessionAlive is an SQL condition: the engine session in column col
+// heartbeated within livenessGrace or still holds its advisory lock.
+func sessionAlive(col string) string {
+	return `(EXISTS (SELECT 1 FROM ferry_bbm_sessions s WHERE s.id = ` + col + `
+		  AND s.heartbeat_at > now() - interval '` + strconv.Itoa(int(livenessGrace/time.Millisecond)) + ` milliseconds' OFFSET 0)
+		OR EXISTS (SELECT 1 FROM pg_locks l
+		WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+		  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		  AND l.classid = ` + strconv.Itoa(int(sessionLockClass)) + `::oid AND l.objid = ` + col + `::oid
+		OFFSET 0))` // subqueries, not anti-joins: an UPDATE re-checks them against the row's new value after a lock wait
+}
+
+// claimStarted records token as a batch running in this engine, before
+// the claim commits: the engine's own rescue (ownOrphan) must never take
+// a batch one of its goroutines is about to run.
+func (e *Engine) claimStarted(token int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.running[token] = struct{}{}
+}
+
+// claimEnded forgets token: its goroutine has recorded the outcome or
+// given up. A row still running under it is then an orphan of this engine.
+func (e *Engine) claimEnded(token int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.running, token)
+}
+
+func (e *Engine) runningTokens() []int64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]int64, 0, len(e.running))
+	for t := range e.running {
+		out = append(out, t)
+	}
+	return out
+}
