@@ -471,18 +471,28 @@ func dbRestoreCmd(a *App, f *dbFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "restore FILE",
 		Short: "Restore FILE, first dropping every object it does not contain",
-		Long: `Restores a "ferry db backup" into the configured database. Every user object
-that the backup does not contain is dropped first and printed: tables,
-views, materialized views, sequences, foreign tables, types, domains,
-functions, procedures, aggregates, schemas, extensions, event triggers and
-foreign keys added between tables of the backup (so objects created by a
-failed upgrade cannot make the next one fail with "already exists"). Then
-pg_restore --clean --if-exists --no-owner replaces everything else in one
-transaction; it drops and recreates every table of the backup, so columns,
-indexes and triggers that the failed upgrade added to them go too.
+		Long: `Restores a "ferry db backup" into the configured database.
+
+First it checks the whole file and changes nothing when a check fails
+(exit 2): a pg_dump custom-format archive, the size and SHA-256 that
+FILE.meta.json recorded, readable to the end (data included, so a
+truncated or corrupt file is caught), a backup of the configured database
+by the archive's own header (never by the sidecar; --force-other-database
+restores another database's backup), and ferry tables no newer than this
+ferry knows.
+
+Then, in ONE transaction, every user object that the backup does not
+contain is dropped and printed: tables, views, materialized views,
+sequences, foreign tables, types, domains, functions, procedures,
+aggregates, schemas, extensions, event triggers and foreign keys added
+between tables of the backup (so objects created by a failed upgrade cannot
+make the next one fail with "already exists"), and pg_restore --clean
+--if-exists --no-owner's script (run by psql) replaces everything else; it
+drops and recreates every table of the backup, so columns, indexes and
+triggers that the failed upgrade added to them go too. If anything fails
+the transaction is rolled back and the database is as it was (exit 1).
 Built-in objects and objects belonging to extensions are left alone.
-It refuses a backup of another database unless --force-other-database, and
-without --yes only prints what it would drop (exit 2).`,
+Without --yes it only checks and prints what it would drop (exit 2).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := f.checkLockTimeout(); err != nil {
@@ -522,6 +532,6 @@ without --yes only prints what it would drop (exit 2).`,
 	}
 	cmd.Flags().BoolVar(&yes, "yes", false, "really drop and restore")
 	cmd.Flags().BoolVar(&force, "force-other-database", false, "restore a backup taken from another database")
-	cmd.Flags().StringVar(&f.pgBin, "pg-bin", "", "directory of pg_dump/pg_restore (default: matching the server version)")
+	cmd.Flags().StringVar(&f.pgBin, "pg-bin", "", "directory of pg_dump/pg_restore/psql (default: matching the server version)")
 	return cmd
 }

@@ -24,13 +24,14 @@ import (
 // BackupOptions configure [Backup] and [Restore].
 type BackupOptions struct {
 	Logger *zap.Logger
-	// PgBin is the directory of pg_dump/pg_restore. Default: the Debian
+	// PgBin is the directory of pg_dump, pg_restore and psql. Default: the Debian
 	// directory matching the server's major version
 	// (/usr/lib/postgresql/<major>/bin) if it exists, else $PATH.
 	PgBin string
 	// Yes confirms a destructive restore; without it Restore only plans.
 	Yes bool
-	// ForceOtherDatabase restores a backup taken from another database.
+	// ForceOtherDatabase restores a backup taken from another database
+	// (by the archive's name or the sidecar's cluster identifier).
 	ForceOtherDatabase bool
 	// LockTimeout: restore holds the migration lock so no migrator runs
 	// meanwhile.
@@ -46,6 +47,7 @@ type BackupMeta struct {
 	Host             string    `json:"host"`
 	Tool             string    `json:"tool"`
 	Size             int64     `json:"size"`
+	SHA256           string    `json:"sha256,omitempty"`
 	Relations        int       `json:"relations"`
 }
 
@@ -53,7 +55,10 @@ type BackupMeta struct {
 func MetaPath(file string) string { return file + ".meta.json" }
 
 type dbInfo struct {
-	name     string
+	name string // current_database()
+	// connDB is the dbname the connection asked for, which pg_dump writes
+	// into the archive's header: a PgBouncer alias may differ from name.
+	connDB   string
 	sysID    string
 	version  int
 	connArgs string
@@ -68,6 +73,7 @@ func inspect(ctx context.Context, pool *pgxpool.Pool) (*dbInfo, error) {
 	// Needs superuser or pg_monitor-like rights; optional.
 	_ = pool.QueryRow(ctx, `SELECT system_identifier::text FROM pg_control_system()`).Scan(&in.sysID)
 	cc := pool.Config().ConnConfig
+	in.connDB = cc.Database
 	ssl := "disable"
 	if cc.TLSConfig != nil {
 		ssl = "require"
@@ -78,6 +84,9 @@ func inspect(ctx context.Context, pool *pgxpool.Pool) (*dbInfo, error) {
 	in.env = append(os.Environ(), "PGPASSWORD="+cc.Password, "PGAPPNAME=ferry db")
 	return in, nil
 }
+
+// names reports whether db names this database.
+func (in *dbInfo) names(db string) bool { return db == in.name || (db != "" && db == in.connDB) }
 
 func connQuote(s string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
@@ -97,11 +106,15 @@ func tool(name, bin string, serverVersion int) string {
 func runTool(ctx context.Context, env []string, path string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, path, args...)
 	cmd.Env = env
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	// Stderr left nil: Output keeps it in the *exec.ExitError, where
+	// badArchive reads it.
 	out, err := cmd.Output()
 	if err != nil {
-		return out, fmt.Errorf("%w: %s: %v: %s", ErrTool, filepath.Base(path), err, strings.TrimSpace(stderr.String()))
+		var msg string
+		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+			msg = strings.TrimSpace(string(ee.Stderr))
+		}
+		return out, fmt.Errorf("%w: %s: %w: %s", ErrTool, filepath.Base(path), err, msg)
 	}
 	return out, nil
 }
@@ -133,8 +146,12 @@ func Backup(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOption
 	if err != nil {
 		return nil, err
 	}
+	sum, err := fileSHA256(file)
+	if err != nil {
+		return nil, err
+	}
 	meta := &BackupMeta{Database: in.name, SystemIdentifier: in.sysID, ServerVersion: in.version,
-		CreatedAt: time.Now().UTC(), Host: hostname(), Tool: pgDump, Size: fi.Size(), Relations: len(toc.relations)}
+		CreatedAt: time.Now().UTC(), Host: hostname(), Tool: pgDump, Size: fi.Size(), SHA256: sum, Relations: len(toc.relations)}
 	data, _ := json.MarshalIndent(meta, "", "  ")
 	if err := os.WriteFile(MetaPath(file), append(data, '\n'), 0o644); err != nil {
 		return nil, err
@@ -404,22 +421,29 @@ type RestoreResult struct {
 	Restored bool        `json:"restored"`
 }
 
-// Restore puts the database back to the state in file. It refuses a dump
-// of another database (by name, and by system identifier when both are
-// known) unless ForceOtherDatabase, and a file that is not a pg_dump
-// custom-format archive ([ErrBadBackup]). It first drops, in one
-// transaction, every user object the dump does not contain (tables, views,
-// materialized views, sequences, foreign tables, types, domains,
-// functions, procedures, aggregates, schemas, extensions, event triggers,
-// and foreign keys added to tables the dump contains), so that objects
-// created by a failed upgrade cannot make the next one fail with "already
-// exists"; then pg_restore --clean --if-exists --no-owner replaces the
-// rest in one transaction. pg_restore drops and recreates each table of
-// the dump, so columns, indexes, triggers and constraints that a failed
-// upgrade added to one disappear with it. Built-in objects, objects that
-// belong to an extension and internal parts of other objects (array
-// types, identity sequences) are never dropped. Without Yes it returns
-// the plan and [ErrNotConfirmed].
+// Restore puts the database back to the state in file.
+//
+// Before it changes anything it checks the whole file, and fails with
+// [ErrBadBackup] (or [ErrOtherDatabase]) when any check fails: a pg_dump
+// custom-format archive, matching the size and SHA-256 its sidecar
+// recorded, readable to the end (data included), a backup of the
+// configured database by the archive's own header (the sidecar may only
+// add a refusal, by cluster system identifier; ForceOtherDatabase skips
+// the name and cluster checks), and with ferry tables no newer than this
+// binary knows.
+//
+// Then, in ONE transaction, it drops every user object the dump does not
+// contain (tables, views, materialized views, sequences, foreign tables,
+// types, domains, functions, procedures, aggregates, schemas, extensions,
+// event triggers, and foreign keys added to tables the dump contains), so
+// objects created by a failed upgrade cannot make the next one fail with
+// "already exists", and runs pg_restore --clean --if-exists --no-owner's
+// script, which drops and recreates each table of the dump (columns,
+// indexes, triggers and constraints a failed upgrade added go with it).
+// A failure at any point rolls all of it back ([ErrRestoreFailed]).
+// Built-in objects, objects that belong to an extension and internal
+// parts of other objects (array types, identity sequences) are never
+// dropped. Without Yes it returns the plan and [ErrNotConfirmed].
 func Restore(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOptions) (*RestoreResult, error) {
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
@@ -432,31 +456,10 @@ func Restore(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOptio
 		return nil, err
 	}
 	res := &RestoreResult{Database: in.name}
-	if data, err := os.ReadFile(MetaPath(file)); err == nil {
-		res.Meta = &BackupMeta{}
-		if err := json.Unmarshal(data, res.Meta); err != nil {
-			return nil, fmt.Errorf("%s: %w", MetaPath(file), err)
-		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	t, err := readTOC(ctx, in, file, o.PgBin)
+	t, meta, err := checkArchiveFull(ctx, in, file, o)
+	res.Meta = meta
 	if err != nil {
-		return nil, err
-	}
-	from := t.dbname
-	if res.Meta != nil {
-		from = res.Meta.Database
-	}
-	if !o.ForceOtherDatabase {
-		if from != in.name {
-			return res, fmt.Errorf("%w: %s is a backup of database %q, but the configured database is %q; pass --force-other-database to restore it anyway",
-				ErrOtherDatabase, file, from, in.name)
-		}
-		if res.Meta != nil && res.Meta.SystemIdentifier != "" && in.sysID != "" && res.Meta.SystemIdentifier != in.sysID {
-			return res, fmt.Errorf("%w: %s was taken on PostgreSQL cluster %s, but the configured database %q is on cluster %s; pass --force-other-database to restore it anyway",
-				ErrOtherDatabase, file, res.Meta.SystemIdentifier, in.name, in.sysID)
-		}
+		return res, err
 	}
 	if res.Dropped, err = planDrops(ctx, pool, t); err != nil {
 		return res, err
@@ -470,33 +473,11 @@ func Restore(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOptio
 		return res, err
 	}
 	defer c.release(ctx)
-	tx, err := c.Begin(ctx)
-	if err != nil {
+	if err := applyRestore(ctx, in, file, res.Dropped, o.PgBin); err != nil {
 		return res, err
 	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	for _, r := range res.Dropped {
-		// Earlier CASCADEs (a schema, a type) may have taken it already.
-		var exists bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.`+r.catalog+` WHERE oid = $1)`, r.oid).Scan(&exists); err != nil {
-			return res, err
-		}
-		if !exists {
-			continue
-		}
-		// CASCADE: dependants that are in the backup are recreated by
-		// pg_restore below; the others are being dropped anyway.
-		if _, err := tx.Exec(ctx, r.drop); err != nil {
-			return res, fmt.Errorf("%s: %w", r.drop, err)
-		}
 		o.Logger.Info("dropped object not in backup", zap.Stringer("object", r))
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return res, err
-	}
-	if _, err := runTool(ctx, in.env, tool("pg_restore", o.PgBin, in.version), "--clean", "--if-exists", "--no-owner",
-		"--single-transaction", "--exit-on-error", "--dbname="+in.connArgs, file); err != nil {
-		return res, err
 	}
 	res.Restored = true
 	return res, nil

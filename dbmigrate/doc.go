@@ -59,11 +59,14 @@
 // # Backups
 //
 // [Backup] and [Restore] wrap pg_dump and pg_restore so that a failed
-// upgrade can be undone completely: Restore first drops every user object
-// the backup does not contain (relations, types, domains, functions,
-// procedures, aggregates, schemas, extensions, event triggers, and foreign
-// keys added between tables it does contain), so objects created by the
-// failed attempt cannot break the next one with "already exists".
-// pg_restore --clean then drops and recreates every table of the backup,
-// which takes columns, indexes and triggers added to them along.
+// upgrade can be undone completely. Restore checks the whole archive
+// first (readable to the end, its own database name, ferry schema not
+// newer than the binary's); then, in one transaction, it drops every user
+// object the backup does not contain (relations, types, domains,
+// functions, procedures, aggregates, schemas, extensions, event triggers,
+// and foreign keys added between tables it does contain), so objects
+// created by the failed attempt cannot break the next one with "already
+// exists", and runs pg_restore --clean's script, which drops and recreates
+// every table of the backup, taking columns, indexes and triggers added to
+// them along. A restore that fails changes nothing.
 package dbmigrate

@@ -39,6 +39,24 @@ const LockKey int64 = 0x6665727279736368
 // ErrApply wraps every failure of [Apply].
 var ErrApply = errors.New("schema: apply")
 
+// ErrNewerSchema: the database's ferry tables were set up by a newer ferry
+// than this binary (or restored from a backup of one). [Apply] refuses
+// rather than report a version it does not know as current.
+var ErrNewerSchema = errors.New("ferry schema is newer than this binary")
+
+// VersionTable records the applied versions.
+const VersionTable = "ferry_schema_versions"
+
+// Latest is the newest version this binary knows.
+func Latest() int { return versions[len(versions)-1].ID }
+
+// NewerError is the [ErrNewerSchema] error for ferry tables at version v;
+// whose names them ("the database's").
+func NewerError(whose string, v int) error {
+	return fmt.Errorf("%w: %s ferry tables are at version %d, but this ferry knows versions up to %d; "+
+		"use the ferry release that wrote them, or a newer one", ErrNewerSchema, whose, v, Latest())
+}
+
 // Version is one schema step.
 type Version struct {
 	ID   int
@@ -222,6 +240,7 @@ func Apply(ctx context.Context, db Querier) error {
 		return fmt.Errorf("%w: version table: %w", ErrApply, err)
 	}
 	applied := map[int]bool{}
+	newest := 0
 	rows, err := tx.Query(ctx, `SELECT version FROM ferry_schema_versions`)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrApply, err)
@@ -232,9 +251,13 @@ func Apply(ctx context.Context, db Querier) error {
 			return fmt.Errorf("%w: %w", ErrApply, err)
 		}
 		applied[v] = true
+		newest = max(newest, v)
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("%w: %w", ErrApply, err)
+	}
+	if newest > Latest() {
+		return fmt.Errorf("%w: %w", ErrApply, NewerError("the database's", newest))
 	}
 	changed := false
 	for _, v := range versions {

@@ -1,7 +1,9 @@
 package schema_test
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"golang.org/x/sync/errgroup"
@@ -50,6 +52,31 @@ func TestApplyConcurrentIdempotent(t *testing.T) {
 			t.Fatalf("%s: %v", q, err)
 		}
 		rows.Close()
+	}
+}
+
+// A database whose ferry tables a newer ferry set up (or restored from
+// its backup): Apply refuses, naming the version, and changes nothing
+// (not even a step it seems to miss).
+func TestApplyRefusesNewerSchema(t *testing.T) {
+	t.Parallel()
+	pool := testenv.Postgres(t)
+	ctx := testenv.Context(t)
+	if err := schema.Apply(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO ferry_schema_versions (version, name) VALUES (99, 'from the future');
+		DELETE FROM ferry_schema_versions WHERE version = 2;
+		DROP TABLE ferry_bbm_pace`); err != nil {
+		t.Fatal(err)
+	}
+	err := schema.Apply(ctx, pool)
+	if !errors.Is(err, schema.ErrNewerSchema) || !errors.Is(err, schema.ErrApply) || !strings.Contains(err.Error(), "version 99") {
+		t.Fatalf("Apply on ferry schema 99: %v", err)
+	}
+	var pace bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass('ferry_bbm_pace') IS NOT NULL`).Scan(&pace); err != nil || pace {
+		t.Fatalf("Apply on ferry schema 99 recreated a table: %v, %v", pace, err)
 	}
 }
 

@@ -1,10 +1,19 @@
 package test
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ferrymigrate/ferry/cli"
 )
 
 // A failed upgrade that created far more than tables: a schema with a
@@ -118,4 +127,272 @@ ALTER TABLE users ADD CONSTRAINT users_org_fk FOREIGN KEY (org_id) REFERENCES or
 		t.Fatalf("re-upgrade after restore: exit %d\n%s\n%s", code, out, errs)
 	}
 	wantContains(t, out, "2 upgrade: migrated", "3 broken: migrated")
+}
+
+// dbSnapshot is the database as a list of lines: every user relation
+// (with its OID when withOIDs, so a table dropped and recreated shows),
+// column, function, type, constraint, trigger, schema and extension, the
+// md5 of every table's rows and every sequence's position.
+func (e *dbEnv) snapshot(withOIDs bool) []string {
+	e.t.Helper()
+	const user = `NOT IN ('pg_catalog', 'information_schema') AND %s NOT LIKE 'pg\_toast%%' AND %s NOT LIKE 'pg\_temp%%'`
+	u := func(col string) string { return col + " " + strings.ReplaceAll(user, "%s", col) }
+	q := `SELECT 'rel ' || c.relkind::text || ' ' || n.nspname || '.' || c.relname || CASE WHEN $1 THEN ' oid ' || c.oid ELSE '' END
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE ` + u("n.nspname") + `
+	UNION ALL SELECT 'col ' || n.nspname || '.' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' ' || a.attnotnull::text
+		FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND ` + u("n.nspname") + `
+	UNION ALL SELECT 'fn ' || p.oid::regprocedure FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE ` + u("n.nspname") + `
+	UNION ALL SELECT 'type ' || t.typtype::text || ' ' || n.nspname || '.' || t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE ` + u("n.nspname") + `
+	UNION ALL SELECT 'con ' || c.conrelid::regclass || ' ' || c.conname || ' ' || pg_get_constraintdef(c.oid) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE ` + u("n.nspname") + `
+	UNION ALL SELECT 'trg ' || tgrelid::regclass || ' ' || tgname FROM pg_trigger WHERE NOT tgisinternal
+	UNION ALL SELECT 'ns ' || nspname FROM pg_namespace n WHERE ` + u("n.nspname") + `
+	UNION ALL SELECT 'ext ' || extname FROM pg_extension
+	ORDER BY 1`
+	rows, err := e.pool.Query(e.ctx, q, withOIDs)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			e.t.Fatal(err)
+		}
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		e.t.Fatal(err)
+	}
+	// The data of every table and the position of every sequence.
+	rows, err = e.pool.Query(e.ctx, `SELECT c.relkind::text, format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind IN ('r', 'p', 'S') AND `+u("n.nspname")+` ORDER BY 2`)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	type rel struct{ Kind, Name string }
+	rels, err := pgx.CollectRows(rows, pgx.RowToStructByPos[rel])
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, r := range rels {
+		q := `SELECT count(*) || ' ' || coalesce(md5(string_agg(t::text, E'\n' ORDER BY t::text)), '') FROM ` + r.Name + ` t`
+		if r.Kind == "S" {
+			q = `SELECT last_value || ' ' || is_called FROM ` + r.Name
+		}
+		var s string
+		if err := e.pool.QueryRow(e.ctx, q).Scan(&s); err != nil {
+			e.t.Fatalf("%s: %v", q, err)
+		}
+		out = append(out, "data "+r.Name+" "+s)
+	}
+	return out
+}
+
+// unchanged fails the test when the database differs from before.
+func (e *dbEnv) unchanged(what string, before []string) {
+	e.t.Helper()
+	after := e.snapshot(true)
+	if slices.Equal(before, after) {
+		return
+	}
+	var diff []string
+	for _, l := range before {
+		if !slices.Contains(after, l) {
+			diff = append(diff, "- "+l)
+		}
+	}
+	for _, l := range after {
+		if !slices.Contains(before, l) {
+			diff = append(diff, "+ "+l)
+		}
+	}
+	e.t.Fatalf("%s changed the database:\n%s", what, strings.Join(diff, "\n"))
+}
+
+// setup runs `ferry setup` on this env's database.
+func (e *dbEnv) setup() (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	code = cli.Main(e.ctx, []string{"setup", "--database-url", e.url, "--log-level", "error"}, &out, &errb, cli.Options{})
+	return code, out.String(), errb.String()
+}
+
+func restoreWriteFile(t *testing.T, name string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(name, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// copyDump copies a dump, with its sidecar when withMeta, changing the
+// dump's bytes with edit.
+func copyDump(t *testing.T, from, to string, withMeta bool, edit func([]byte) []byte) {
+	t.Helper()
+	data, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restoreWriteFile(t, to, edit(data))
+	if withMeta {
+		meta, err := os.ReadFile(from + ".meta.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		restoreWriteFile(t, to+".meta.json", meta)
+	}
+}
+
+// A failed upgrade is followed by restores that must fail: a dump cut at
+// 60%, one with bytes flipped in the middle (each with and without its
+// sidecar), a dump of another database whose sidecar names this one, a
+// dump whose ferry tables are at version 99, and a dump whose restore
+// fails half-way inside PostgreSQL. Each exits non-zero with a clear
+// first line and leaves the database exactly as it was: the same objects
+// with the same OIDs (nothing was dropped and recreated), the same rows,
+// the tables of the failed upgrade included. Then the good dump restores,
+// dropping those tables, back to exactly the backed-up state.
+func TestDBRestoreThatFailsChangesNothing(t *testing.T) {
+	e := newDBEnv(t)
+	dumps := t.TempDir()
+	dump := func(name string) string { return filepath.Join(dumps, name) }
+	e.write("1_v1.up.sql", `CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL);
+INSERT INTO users (email) SELECT md5(i::text) || '@example.com' FROM generate_series(1, 20000) i;
+`)
+	e.mustFerry("migrate")
+	if code, out, errs := e.setup(); code != 0 {
+		t.Fatalf("ferry setup: exit %d\n%s%s", code, out, errs)
+	}
+	e.mustFerry("backup", dump("good.dump"))
+	backedUp := e.snapshot(false)
+
+	// ferry tables from a newer ferry: setup refuses them, backup keeps them.
+	if _, err := e.pool.Exec(e.ctx, `INSERT INTO ferry_schema_versions (version, name) VALUES (99, 'from the future')`); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := e.setup()
+	if code == 0 || strings.Contains(out, "schema is at version") {
+		t.Fatalf("ferry setup on ferry schema 99: exit %d\n%s%s", code, out, errs)
+	}
+	wantContains(t, restoreFirstLine(errs), "newer than this binary", "version 99")
+	e.mustFerry("backup", dump("v99.dump"))
+	if _, err := e.pool.Exec(e.ctx, `DELETE FROM ferry_schema_versions WHERE version = 99`); err != nil {
+		t.Fatal(err)
+	}
+
+	// A dump pg_restore reads fine but PostgreSQL cannot load: a CHECK
+	// calls a function whose table is not schema-qualified, and
+	// pg_restore's empty search_path makes its COPY fail.
+	if _, err := e.pool.Exec(e.ctx, `CREATE TABLE allowed (name text);
+		INSERT INTO allowed VALUES ('a');
+		CREATE FUNCTION is_allowed(x text) RETURNS boolean LANGUAGE sql AS 'SELECT x IN (SELECT name FROM allowed)';
+		CREATE TABLE picks (name text CHECK (is_allowed(name)));
+		INSERT INTO picks VALUES ('a')`); err != nil {
+		t.Fatal(err)
+	}
+	e.mustFerry("backup", dump("unloadable.dump"))
+	if _, err := e.pool.Exec(e.ctx, `DROP TABLE picks, allowed; DROP FUNCTION is_allowed`); err != nil {
+		t.Fatal(err)
+	}
+
+	// A dump of another database, its sidecar edited to name this one.
+	other := newDBEnv(t)
+	if _, err := other.pool.Exec(other.ctx, `CREATE TABLE users (id bigint)`); err != nil {
+		t.Fatal(err)
+	}
+	other.mustFerry("backup", dump("other.dump"))
+	meta, err := os.ReadFile(dump("other.dump.meta.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(meta, &m); err != nil {
+		t.Fatal(err)
+	}
+	otherName := m["database"].(string)
+	var thisName string
+	if err := e.pool.QueryRow(e.ctx, `SELECT current_database()`).Scan(&thisName); err != nil {
+		t.Fatal(err)
+	}
+	m["database"] = thisName
+	meta, _ = json.Marshal(m)
+	restoreWriteFile(t, dump("other.dump.meta.json"), meta)
+
+	// The failed upgrade: a committed migration, then a failing one.
+	e.write("2_orders.up.sql", "CREATE TABLE orders (id bigserial PRIMARY KEY, user_id bigint REFERENCES users);\nINSERT INTO orders (user_id) VALUES (1), (2);\n")
+	e.write("3_broken.up.sql", "UPDATE users SET email = no_such_column;\n")
+	e.wantExit(1, "migrate")
+	if !e.exists("orders") {
+		t.Fatal("the failed upgrade should have left table orders")
+	}
+	before := e.snapshot(true)
+
+	cut := func(b []byte) []byte { return b[:len(b)*6/10] }
+	flip := func(b []byte) []byte {
+		b = slices.Clone(b)
+		for i := len(b) / 2; i < len(b)/2+16; i++ {
+			b[i] ^= 0xff
+		}
+		return b
+	}
+	copyDump(t, dump("good.dump"), dump("cut.dump"), true, cut)
+	copyDump(t, dump("good.dump"), dump("cut-bare.dump"), false, cut)
+	copyDump(t, dump("good.dump"), dump("flipped.dump"), true, flip)
+	copyDump(t, dump("good.dump"), dump("flipped-bare.dump"), false, flip)
+	for _, c := range []struct {
+		name string
+		args []string
+		code int
+		want []string
+	}{
+		{"truncated at 60%", []string{"cut.dump"}, 2, []string{"cut.dump is", "truncated", "nothing was changed"}},
+		{"truncated at 60%, no sidecar", []string{"cut-bare.dump"}, 2, []string{"cut-bare.dump is truncated or corrupt", "end of file"}},
+		{"bytes flipped", []string{"flipped.dump"}, 2, []string{"flipped.dump does not match the SHA-256", "corrupt"}},
+		{"bytes flipped, no sidecar", []string{"flipped-bare.dump"}, 2, []string{"flipped-bare.dump is truncated or corrupt", "could not uncompress data"}},
+		{"another database, lying sidecar", []string{"other.dump"}, 2,
+			[]string{"is a backup of database " + strconv.Quote(otherName), "archive itself names", "--force-other-database"}},
+		{"another database, lying sidecar, forced", []string{"other.dump", "--force-other-database"}, 2,
+			[]string{"sidecar belongs to another backup"}},
+		{"newer ferry schema", []string{"v99.dump"}, 2, []string{"v99.dump's ferry tables are at version 99", "nothing was changed"}},
+		{"fails inside PostgreSQL", []string{"unloadable.dump"}, 1, []string{"rolled back", "is unchanged", `relation "allowed" does not exist`}},
+	} {
+		for _, yes := range []bool{false, true} {
+			args := append([]string{"restore", dump(c.args[0])}, c.args[1:]...)
+			code := c.code
+			if yes {
+				args = append(args, "--yes")
+			} else if c.code == 1 {
+				code = 2 // only the restore itself fails; the plan is fine
+			}
+			_, errs := e.wantExit(code, args...)
+			if !yes && code == 2 && c.code == 1 {
+				wantContains(t, errs, "--yes")
+			} else if first := restoreFirstLine(errs); !restoreHasAll(first, c.want) {
+				t.Errorf("%s (--yes %v): first stderr line %q, want it to contain %q", c.name, yes, first, c.want)
+			}
+			e.unchanged(fmt.Sprintf("a failed restore (%s, --yes %v)", c.name, yes), before)
+		}
+	}
+
+	out = e.mustFerry("restore", dump("good.dump"), "--yes")
+	wantContains(t, out, "Dropped table public.orders (not in the backup)", "Restored")
+	if after := e.snapshot(false); !slices.Equal(after, backedUp) {
+		t.Fatalf("after restore:\n%s\nwant the backed-up state:\n%s", strings.Join(after, "\n"), strings.Join(backedUp, "\n"))
+	}
+	if code, out, errs := e.setup(); code != 0 {
+		t.Fatalf("ferry setup after restore: exit %d\n%s%s", code, out, errs)
+	}
+}
+
+func restoreFirstLine(s string) string {
+	first, _, _ := strings.Cut(s, "\n")
+	return first
+}
+
+func restoreHasAll(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }
