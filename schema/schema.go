@@ -71,6 +71,7 @@ func Versions() []Version { return append([]Version(nil), versions...) }
 var versions = []Version{
 	{ID: 1, Name: "batched background migrations", SQL: v1},
 	{ID: 2, Name: "shared pacing clock, finalizer session", SQL: v2},
+	{ID: 3, Name: "engine session heartbeats, claim tokens", SQL: v3},
 }
 
 const v1 = `
@@ -212,6 +213,20 @@ CREATE TABLE IF NOT EXISTS ferry_bbm_pace (
 );
 INSERT INTO ferry_bbm_pace (id) VALUES (1) ON CONFLICT DO NOTHING;
 ALTER TABLE batched_background_migrations ADD COLUMN IF NOT EXISTS finalizer_session bigint;
+`
+
+// v3: engine sessions heartbeat a row (jobs/bbm/session.go), so an engine
+// whose connection was lost (a restart, a failover) is not taken for dead;
+// and every claim of a batch carries its own token, which every write of
+// the batch checks, so two claims of one batch can never both write.
+const v3 = `
+CREATE TABLE IF NOT EXISTS ferry_bbm_sessions (
+	id bigint PRIMARY KEY,
+	identity text NOT NULL,
+	started_at timestamptz NOT NULL DEFAULT now(),
+	heartbeat_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE batched_background_migration_jobs ADD COLUMN IF NOT EXISTS claim_token bigint;
 `
 
 // Querier is what [Apply] needs: a pool or a single connection.

@@ -87,4 +87,5 @@ func ExampleVersions() {
 	// Output:
 	// 1 batched background migrations
 	// 2 shared pacing clock, finalizer session
+	// 3 engine session heartbeats, claim tokens
 }
