@@ -1,9 +1,12 @@
 package cli
 
 import (
+	"context"
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
+	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/schema"
 )
@@ -35,4 +38,18 @@ holds an advisory lock. ` + "`ferry worker`" + ` does the same at start.`,
 			},
 		}
 	})
+}
+
+// ensureSchema creates or upgrades ferry's tables for the commands that
+// use them. Tables of a newer ferry are left alone with a warning: during
+// a rolling deploy an older worker that restarts after the new release
+// upgraded them must come back up (versions only add). `ferry setup`
+// refuses instead, so an operator sees it.
+func (a *App) ensureSchema(ctx context.Context, db schema.Querier) error {
+	err := schema.Apply(ctx, db)
+	if errors.Is(err, schema.ErrNewerSchema) {
+		a.Log.Warn("ferry's tables were set up by a newer ferry; running on them as they are (upgrade this binary)", zap.Error(err))
+		return nil
+	}
+	return err
 }
