@@ -120,10 +120,6 @@ func (g *engineGate) engine(ctx context.Context) (*bbm.Engine, error) {
 }
 
 func (g *engineGate) Status(ctx context.Context, b dbmigrate.BBM) (string, bool, error) {
-	var exists bool
-	if err := g.table.DB.QueryRow(ctx, `SELECT to_regclass('batched_background_migrations') IS NOT NULL`).Scan(&exists); err != nil || !exists {
-		return "", false, err
-	}
 	return g.table.Status(ctx, b)
 }
 
@@ -175,7 +171,7 @@ func parseVersionArg(s string) (dbmigrate.Version, error) {
 	return v, nil
 }
 
-func (a *App) printPlan(p *dbmigrate.Plan) {
+func (a *App) printPlan(ctx context.Context, mr *dbmigrate.Migrator, p *dbmigrate.Plan) {
 	if len(p.Migrations) == 0 {
 		fmt.Fprintln(a.Out, "Nothing to do (dry run).")
 		return
@@ -192,7 +188,7 @@ func (a *App) printPlan(p *dbmigrate.Plan) {
 		}
 		fmt.Fprintf(a.Out, "\n== %s %s (%s, %s) ==\n", m.Version, m.Name, file, how)
 		for _, b := range sc.Require {
-			fmt.Fprintf(a.Out, "-- requires finished batched background migration: %s %s %s %s\n", b.Class, b.Table, b.Column, b.Args)
+			fmt.Fprintf(a.Out, "-- requires finished batched background migration: %s %s %s %s (%s)\n", b.Class, b.Table, b.Column, b.Args, gateNote(ctx, mr, b))
 		}
 		if sc.NoTransaction {
 			for i, s := range sc.Statements() {
@@ -205,6 +201,20 @@ func (a *App) printPlan(p *dbmigrate.Plan) {
 			fmt.Fprintf(a.Out, "-- then queues batched background migration: %s %s %s %s\n", b.Class, b.Table, b.Column, b.Args)
 		}
 	}
+}
+
+// gateNote says what a require-bbm gate would do now.
+func gateNote(ctx context.Context, m *dbmigrate.Migrator, b dbmigrate.BBM) string {
+	status, found, err := m.GateStatus(ctx, b)
+	switch {
+	case err != nil:
+		return "status unknown: " + err.Error()
+	case !found:
+		return "never queued in this database: migrate warns and continues"
+	case status == "finished" || status == "finalized":
+		return "it is '" + status + "'"
+	}
+	return "it is '" + status + "': migrate would stop here; finalize it first or use --finalize"
 }
 
 func dbMigrateCmd(a *App, f *dbFlags) *cobra.Command {
@@ -240,7 +250,7 @@ func dbMigrateCmd(a *App, f *dbFlags) *cobra.Command {
 				if p.Dirty != nil {
 					fmt.Fprintf(a.Out, "Note: migrate would refuse: %v\n\n", p.Dirty)
 				}
-				a.printPlan(p)
+				a.printPlan(ctx, m, p)
 				return nil
 			}
 			done, err := m.Migrate(ctx, target)
@@ -351,7 +361,7 @@ no-transaction migration, so down files should tolerate a partial state
 				if err != nil {
 					return dbErr(err)
 				}
-				a.printPlan(p)
+				a.printPlan(ctx, m, p)
 				return nil
 			}
 			done, err := m.DownTo(ctx, target)

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/ferrymigrate/ferry/jobs/bbm"
 )
 
 // BBM identifies a batched background migration by GitLab's configuration.
@@ -17,6 +17,9 @@ type BBM struct {
 	Column string          `json:"column_name"`
 	Args   json.RawMessage `json:"job_arguments"`
 }
+
+// String is b as GitLab prints a configuration: CLASS,TABLE,COLUMN,ARGS.
+func (b BBM) String() string { return b.Class + "," + b.Table + "," + b.Column + "," + string(b.Args) }
 
 // FinalizeCommand is the ferry command that finishes b, quoted for sh.
 func (b BBM) FinalizeCommand() string {
@@ -59,33 +62,24 @@ func (e *GateError) Is(target error) bool { return target == ErrGate }
 
 func statusDone(s string) bool { return s == "finished" || s == "finalized" }
 
-// TableGate reads batched_background_migrations directly. It can check
-// gates but cannot queue or finalize (those return [ErrNoBBMEngine]); use
-// it when no engine is available, e.g. to check an upgrade's readiness.
+// TableGate checks gates on a database without an engine: it looks the
+// configuration up as finalize does ([bbm.FindConfig]: the table by any
+// spelling), but cannot queue or finalize (those return [ErrNoBBMEngine]).
+// Use it when no engine is available, e.g. to check an upgrade's readiness.
 type TableGate struct {
-	DB interface {
-		QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-	}
+	DB bbm.Queryer
 }
-
-var statusNames = map[int16]string{0: "paused", 1: "active", 3: "finished", 4: "failed", 5: "finalizing", 6: "finalized"}
 
 // Status implements [BBMGate].
 func (g TableGate) Status(ctx context.Context, b BBM) (string, bool, error) {
-	var code int16
-	err := g.DB.QueryRow(ctx, `SELECT status FROM batched_background_migrations
-		WHERE job_class_name = $1 AND table_name = $2 AND column_name = $3 AND job_arguments = $4::jsonb
-		ORDER BY id LIMIT 1`, b.Class, b.Table, b.Column, string(b.Args)).Scan(&code)
-	if errors.Is(err, pgx.ErrNoRows) {
+	m, err := bbm.FindConfig(ctx, g.DB, b.Class, b.Table, b.Column, b.Args)
+	if errors.Is(err, bbm.ErrNotFound) {
 		return "", false, nil
 	}
 	if err != nil {
 		return "", false, fmt.Errorf("batched migration status: %w", err)
 	}
-	if n, ok := statusNames[code]; ok {
-		return n, true, nil
-	}
-	return fmt.Sprintf("status_%d", code), true, nil
+	return m.Status.String(), true, nil
 }
 
 // Queue implements [BBMGate]; it always fails.

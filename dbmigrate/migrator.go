@@ -320,6 +320,13 @@ func (m *Migrator) run(ctx context.Context, c *lockedConn, mg *Migration, dir st
 	return nil
 }
 
+// GateStatus reports the status of the batched background migration a
+// require-bbm gate names (found is false when it was never queued), as
+// migrate would see it.
+func (m *Migrator) GateStatus(ctx context.Context, b BBM) (status string, found bool, err error) {
+	return m.o.Gate.Status(ctx, b)
+}
+
 // ensureFinished is GitLab's ensure_batched_background_migration_is_finished.
 func (m *Migrator) ensureFinished(ctx context.Context, mg *Migration, b BBM) error {
 	status, found, err := m.o.Gate.Status(ctx, b)
@@ -329,8 +336,9 @@ func (m *Migrator) ensureFinished(ctx context.Context, mg *Migration, b BBM) err
 	if !found {
 		// As GitLab: a migration that was never queued (e.g. a fresh
 		// install whose data needed no backfill) does not block.
-		m.log.Warn("required batched background migration not found; continuing", zap.String("class", b.Class),
-			zap.String("table", b.Table), zap.String("column", b.Column), zap.String("args", string(b.Args)))
+		fmt.Fprintf(m.o.Out, "-- required batched background migration %s was never queued in this database (a fresh install needs no backfill); continuing\n", b)
+		m.log.Warn("required batched background migration was never queued; continuing",
+			zap.String("class", b.Class), zap.String("table", b.Table), zap.String("column", b.Column), zap.String("args", string(b.Args)))
 		return nil
 	}
 	if statusDone(status) {

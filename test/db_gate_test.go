@@ -87,3 +87,41 @@ func TestDBGateWithEngine(t *testing.T) {
 		})
 	}
 }
+
+// The gate matches a configuration as finalize does: a migration queued as
+// `events` is the one a gate names `public.events` (or `"events"`), so a
+// file that drops the source column cannot run while the copy is unfinished.
+// Dry run says so; a gate naming a migration never queued says what it
+// looked for and continues, as GitLab does.
+func TestDBGateMatchesEverySpellingOfTheTable(t *testing.T) {
+	e := newDBEnv(t)
+	if err := schema.Apply(e.ctx, e.pool); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.pool.Exec(e.ctx, `CREATE TABLE events (id int PRIMARY KEY, v int, v_big bigint);
+		INSERT INTO batched_background_migrations
+		(job_class_name, table_name, column_name, job_arguments, status, batch_size, sub_batch_size)
+		VALUES ('CopyColumnUsingBackgroundMigrationJob', 'events', 'id', '[["v"], ["v_big"]]', 1, 1000, 100)`); err != nil {
+		t.Fatal(err)
+	}
+	e.write("1_drop_v.up.sql", "-- ferry:require-bbm CopyColumnUsingBackgroundMigrationJob public.events id [[\"v\"],[\"v_big\"]]\n"+
+		"-- ferry:require-bbm CopyColumnUsingBackgroundMigrationJob events other [[\"v\"],[\"v_big\"]]\n"+
+		"ALTER TABLE events DROP COLUMN v;\n")
+	out := e.mustFerry("migrate", "--dry-run")
+	wantContains(t, out, "public.events id [[\"v\"],[\"v_big\"]] (it is 'active': migrate would stop here",
+		"events other [[\"v\"],[\"v_big\"]] (never queued in this database: migrate warns and continues)")
+	_, errs := e.wantExit(1, "migrate")
+	wantContains(t, errs, gateText+"'active':", "ferry bbm finalize CopyColumnUsingBackgroundMigrationJob public.events id")
+	var hasV bool
+	if err := e.pool.QueryRow(e.ctx, `SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_name = 'events' AND column_name = 'v')`).Scan(&hasV); err != nil || !hasV {
+		t.Fatalf("the gated file ran and dropped the source column (%v)", err)
+	}
+	if _, err := e.pool.Exec(e.ctx, `UPDATE batched_background_migrations SET status = 3`); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := e.ferry("migrate")
+	if code != 0 {
+		t.Fatalf("migrate after the copy finished: exit %d\n%s\n%s", code, out, errs)
+	}
+	wantContains(t, out, "CopyColumnUsingBackgroundMigrationJob,events,other,[[\"v\"],[\"v_big\"]] was never queued in this database")
+}

@@ -149,7 +149,7 @@ type probe struct {
 }
 
 // sample reads the other sessions' activity (no blocked count).
-func (c contentionIndicator) sample(ctx context.Context, db queryer) (probe, error) {
+func (c contentionIndicator) sample(ctx context.Context, db Queryer) (probe, error) {
 	var p probe
 	err := db.QueryRow(ctx, c.sql()).Scan(&p.busy, &p.recent)
 	p.ok = err == nil
@@ -294,7 +294,7 @@ const paceSQL = `UPDATE ferry_bbm_pace
 // reservePace charges a paced sub-batch that took work to the shared
 // pacing clock and returns how long to sleep before the next one. Alone,
 // that is the pacer's own pause; behind other paced batches, longer.
-func reservePace(ctx context.Context, db queryer, work, charge time.Duration) (time.Duration, error) {
+func reservePace(ctx context.Context, db Queryer, work, charge time.Duration) (time.Duration, error) {
 	var secs float64
 	if err := db.QueryRow(ctx, paceSQL, work.Microseconds(), charge.Microseconds()).Scan(&secs); err != nil {
 		return 0, fmt.Errorf("pacing clock: %w", err)

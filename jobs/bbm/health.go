@@ -122,7 +122,7 @@ type healthInput struct {
 type indicator interface {
 	name() string
 	// check returns nil when the indicator sees nothing wrong.
-	check(ctx context.Context, db queryer, in healthInput) (*Signal, error)
+	check(ctx context.Context, db Queryer, in healthInput) (*Signal, error)
 }
 
 // autovacuumIndicator: autovacuum on our table. A wraparound vacuum must
@@ -139,7 +139,7 @@ func (a autovacuumIndicator) sql() string {
 		WHERE p.relid = $1 AND a.backend_type = 'autovacuum worker'`
 }
 
-func (a autovacuumIndicator) check(ctx context.Context, db queryer, in healthInput) (*Signal, error) {
+func (a autovacuumIndicator) check(ctx context.Context, db Queryer, in healthInput) (*Signal, error) {
 	var wrap *bool
 	if err := db.QueryRow(ctx, a.sql(), in.tableOID).Scan(&wrap); err != nil {
 		return nil, err
@@ -177,7 +177,7 @@ func (r replicationLagIndicator) sql() string {
 		FROM ` + r.cat.replication
 }
 
-func (r replicationLagIndicator) check(ctx context.Context, db queryer, _ healthInput) (*Signal, error) {
+func (r replicationLagIndicator) check(ctx context.Context, db Queryer, _ healthInput) (*Signal, error) {
 	var lagBytes, replay float64
 	if err := db.QueryRow(ctx, r.sql()).Scan(&lagBytes, &replay); err != nil {
 		return nil, err
@@ -210,7 +210,7 @@ func (l lockWaitIndicator) sql() string {
 		        SELECT 1 FROM ` + l.cat.activity + ` b WHERE b.pid = ANY (pg_blocking_pids(w.pid)) AND b.application_name = $1))`
 }
 
-func (l lockWaitIndicator) check(ctx context.Context, db queryer, in healthInput) (*Signal, error) {
+func (l lockWaitIndicator) check(ctx context.Context, db Queryer, in healthInput) (*Signal, error) {
 	var blocked, waiting int
 	if err := db.QueryRow(ctx, l.sql(), in.app).Scan(&blocked, &waiting); err != nil {
 		return nil, err
@@ -239,7 +239,7 @@ func (l longTransactionIndicator) sql() string {
 		ORDER BY xact_start LIMIT 1`
 }
 
-func (l longTransactionIndicator) check(ctx context.Context, db queryer, _ healthInput) (*Signal, error) {
+func (l longTransactionIndicator) check(ctx context.Context, db Queryer, _ healthInput) (*Signal, error) {
 	var pid int
 	var age float64
 	var state string

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 )
@@ -120,23 +121,31 @@ func (e *Engine) Get(ctx context.Context, id int64) (*MigrationInfo, error) {
 	return ms[0], nil
 }
 
-// FindByConfig finds the migration for a configuration (args compared as
-// jsonb, so spacing does not matter).
+// FindByConfig finds the migration for a configuration (see [FindConfig]).
 func (e *Engine) FindByConfig(ctx context.Context, class, table, column string, args []byte) (*Migration, error) {
+	return FindConfig(ctx, e.pool, class, table, column, args)
+}
+
+// FindConfig finds the migration queued for a configuration on db (a pool
+// or a transaction): args compared as jsonb, so spacing does not matter,
+// and the table by any spelling when it exists ("public.events" finds a
+// migration queued as "events"), by the name as given when it does not.
+// Finalize, check and the schema-migration gates all match this way. It
+// returns [ErrNotFound] when there is none, or no ferry tables at all.
+func FindConfig(ctx context.Context, db Queryer, class, table, column string, args []byte) (*Migration, error) {
 	_, canon, err := canonicalArgs(args)
 	if err != nil {
 		return nil, err
 	}
-	// Any spelling of the table when it exists ("public.events" finds a
-	// migration queued as "events"); the name as given when it does not.
 	names := []string{table}
-	if t, err := ResolveTarget(ctx, e.pool, table, column); err == nil {
+	if t, err := ResolveTarget(ctx, db, table, column); err == nil {
 		names = t.spellings(table)
 	}
-	m, err := scanMigration(e.pool.QueryRow(ctx, `SELECT `+migrationCols+` FROM batched_background_migrations
+	m, err := scanMigration(db.QueryRow(ctx, `SELECT `+migrationCols+` FROM batched_background_migrations
 		WHERE job_class_name = $1 AND table_name = ANY($2) AND column_name = $3 AND job_arguments = $4::jsonb ORDER BY id LIMIT 1`,
 		class, names, column, string(canon)))
-	if errors.Is(err, pgx.ErrNoRows) {
+	var pe *pgconn.PgError
+	if errors.Is(err, pgx.ErrNoRows) || (errors.As(err, &pe) && pe.Code == "42P01") {
 		return nil, fmt.Errorf("%w: Could not find batched background migration for the given configuration: %s", ErrNotFound,
 			fmt.Sprintf(`{"job_class_name":%q,"table_name":%q,"column_name":%q,"job_arguments":%s}`, class, table, column, canon))
 	}

@@ -78,7 +78,8 @@ func splitTable(name string) (schema, table string, err error) {
 	return schema, table, nil
 }
 
-type queryer interface {
+// Queryer is a pool, a connection or a transaction.
+type Queryer interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
@@ -87,7 +88,7 @@ type queryer interface {
 // exact name in pg_catalog, following search_path for unqualified names.
 // Names are compared, never parsed as SQL, so hostile input just does not
 // match anything.
-func ResolveTarget(ctx context.Context, q queryer, table, column string) (*Target, error) {
+func ResolveTarget(ctx context.Context, q Queryer, table, column string) (*Target, error) {
 	schema, tbl, err := splitTable(table)
 	if err != nil {
 		return nil, err
