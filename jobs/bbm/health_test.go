@@ -361,6 +361,16 @@ func TestReplicationLagIndicator(t *testing.T) {
 	}
 
 	fakeCatalog(t, b, e)
+	// A caught-up standby is at the primary's position when the indicator
+	// reads it, not when the row was written: tests running beside this
+	// one write megabytes of WAL in between.
+	if _, err := b.pool.Exec(ctx, `CREATE TABLE fake_standbys (application_name text, replay_lsn pg_lsn, replay_lag interval,
+			caught_up bool NOT NULL DEFAULT false);
+		CREATE VIEW fake_replication_live AS SELECT application_name,
+			CASE WHEN caught_up THEN pg_current_wal_lsn() ELSE replay_lsn END AS replay_lsn, replay_lag FROM fake_standbys`); err != nil {
+		t.Fatal(err)
+	}
+	bbm.UseCatalog(e, "public.fake_activity", "public.fake_progress_vacuum", "public.fake_replication_live")
 	// Make sure the WAL position is well past 2 MB, so "0/0" is far behind.
 	if _, err := b.pool.Exec(ctx, `CREATE TABLE wal_filler AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 30000) g`); err != nil {
 		t.Fatal(err)
@@ -371,14 +381,14 @@ func TestReplicationLagIndicator(t *testing.T) {
 		contains string // empty: no signal
 	}{
 		{name: "no standby"},
-		{name: "standby caught up", rows: `INSERT INTO fake_replication VALUES ('s1', pg_current_wal_lsn(), interval '200 ms')`},
+		{name: "standby caught up", rows: `INSERT INTO fake_standbys VALUES ('s1', NULL, interval '200 ms', true)`},
 		{name: "standby replays late", contains: "replay lag 45.0s",
-			rows: `INSERT INTO fake_replication VALUES ('s1', pg_current_wal_lsn(), interval '200 ms'), ('s2', pg_current_wal_lsn(), interval '45 s')`},
+			rows: `INSERT INTO fake_standbys VALUES ('s1', NULL, interval '200 ms', true), ('s2', NULL, interval '45 s', true)`},
 		{name: "standby far behind in WAL", contains: "replication lag ",
-			rows: `INSERT INTO fake_replication VALUES ('s1', '0/0', NULL)`},
-		{name: "standby not replaying yet", rows: `INSERT INTO fake_replication VALUES ('s1', NULL, NULL)`},
+			rows: `INSERT INTO fake_standbys VALUES ('s1', '0/0', NULL)`},
+		{name: "standby not replaying yet", rows: `INSERT INTO fake_standbys VALUES ('s1', NULL, NULL)`},
 	} {
-		if _, err := b.pool.Exec(ctx, `TRUNCATE fake_replication;`+tc.rows); err != nil {
+		if _, err := b.pool.Exec(ctx, `TRUNCATE fake_standbys;`+tc.rows); err != nil {
 			t.Fatal(tc.name, err)
 		}
 		sigs, errs := bbm.EvaluateAll(e, ctx, res.Migration, oid)
