@@ -89,8 +89,9 @@ func (s *privateServices) mustServices(args ...string) {
 
 // PostgreSQL stopped (fast: a clean shutdown; immediate: a crash, as on a
 // failover) for a few seconds in the middle of a migration run by two
-// `ferry worker` processes: the migration finishes without an operator,
-// no live worker is taken for dead, and every row is copied exactly once.
+// `ferry worker` processes, and once during a `ferry bbm finalize`: each
+// migration finishes without an operator, no live worker is taken for
+// dead, and every row is copied exactly once.
 func TestFaultPostgresRestartMidMigration(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs its own PostgreSQL and worker processes")
@@ -98,7 +99,7 @@ func TestFaultPostgresRestartMidMigration(t *testing.T) {
 	bin := bbmFerryBinary(t)
 	srv := startPrivateServices(t)
 	ctx := testenv.Context(t)
-	ctx, cancel := context.WithTimeout(ctx, 110*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 115*time.Second) // testenv.Context allows 2 minutes
 	defer cancel()
 	// Named ferry*, so migrations do not pace for the test's polling.
 	pool, err := pgxpool.New(ctx, srv.dbURL+"&application_name=ferry-test")
@@ -150,6 +151,46 @@ func TestFaultPostgresRestartMidMigration(t *testing.T) {
 		})
 		copiedOnce(ctx, t, pool, table)
 	}
+	// `ferry bbm finalize` rides out a crash of PostgreSQL too (the workers
+	// leave a finalizing migration alone; pause-all keeps them off it
+	// before that).
+	ferry("bbm", "pause-all")
+	table := "restart_finalize"
+	countingTable(ctx, t, pool, table, rows)
+	cfg := []string{"CopyColumnUsingBackgroundMigrationJob", table, "id", `[["v"],["v_big"]]`}
+	ferry(append([]string{"bbm", "queue"}, append(cfg, "--batch-size", "2000", "--target-batch-duration", "300ms")...)...)
+	fin := exec.CommandContext(ctx, bin, append([]string{"bbm", "finalize", "--log-level", "warn"}, cfg...)...)
+	fin.Env = append(os.Environ(), "REDIS_URL="+srv.redisURL, "DATABASE_URL="+srv.dbURL)
+	var finOut strings.Builder
+	fin.Stdout, fin.Stderr = &finOut, &finOut
+	if err := fin.Start(); err != nil {
+		t.Fatal(err)
+	}
+	finDone := make(chan error, 1)
+	go func() { finDone <- fin.Wait() }()
+	testenv.Eventually(t, 60*time.Second, table+": a fifth copied", func() bool {
+		var n int64
+		_ = pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE v_big IS NOT NULL`).Scan(&n)
+		return n > rows/5
+	})
+	srv.mustServices("pg-stop", "immediate")
+	select {
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
+	case <-time.After(5 * time.Second):
+	}
+	srv.mustServices("pg-start")
+	select {
+	case err := <-finDone:
+		if err != nil {
+			t.Fatalf("ferry bbm finalize across a PostgreSQL crash: %v\n%s", err, finOut.String())
+		}
+	case <-ctx.Done():
+		t.Fatalf("ferry bbm finalize did not end after PostgreSQL came back\n%s", finOut.String())
+	}
+	copiedOnce(ctx, t, pool, table)
+	ferry("bbm", "resume-all")
+
 	var died int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM batched_background_migration_job_transition_logs
 		WHERE exception_class = 'Ferry::WorkerDied'`).Scan(&died); err != nil {

@@ -405,8 +405,11 @@ func (e *Engine) Finalize(ctx context.Context, m *Migration) error {
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	got, err := e.Get(ctx, m.ID)
-	if err != nil {
+	var got *MigrationInfo
+	if err := e.retryConnLoss(ctx, "finalize", func(ctx context.Context) (err error) {
+		got, err = e.Get(ctx, m.ID)
+		return err
+	}); err != nil {
 		return err
 	}
 	if !got.Status.Done() {
