@@ -11,6 +11,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -160,7 +161,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, opts Opt
 		opts.Register(app.Reg)
 	}
 	root := app.rootCmd()
-	root.SetArgs(args)
+	root.SetArgs(negativeArgs(root, args))
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
@@ -179,6 +180,81 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, opts Opt
 		fmt.Fprintln(stderr, "ferry: "+msg)
 	}
 	return code
+}
+
+// negativeArgs lets negative numbers through as positional arguments, so
+// that `ferry bbm set max-running -5` is refused by the command with a
+// message naming the argument; pflag read "-5" as a shorthand flag
+// ("unknown shorthand flag '5'"). When there is one, the command's
+// positional arguments are moved, in order, behind a "--"; a negative
+// number that is the value of a flag (--pause-ms -1) stays where it is.
+func negativeArgs(root *cobra.Command, args []string) []string {
+	if !slices.ContainsFunc(args, isNegativeNumber) {
+		return args
+	}
+	cmd, _, err := root.Find(args)
+	if err != nil || !cmd.Runnable() {
+		return args
+	}
+	path := 0 // the subcommand names before the arguments
+	for c := cmd; c != root; c = c.Parent() {
+		path++
+	}
+	cmd.InheritedFlags() // merges the parents' persistent flags into Flags
+	flags := cmd.Flags()
+	// takesValue: flag argument s ("--name", "-n") is followed by its value.
+	takesValue := func(s string) bool {
+		if strings.Contains(s, "=") {
+			return false
+		}
+		name, long := strings.CutPrefix(s, "--")
+		f := flags.Lookup(name)
+		if !long {
+			f = nil
+			if len(s) == 2 {
+				f = flags.ShorthandLookup(s[1:])
+			}
+		}
+		return f != nil && f.NoOptDefVal == ""
+	}
+	var lead, pos []string
+	moved := false
+	for i := 0; i < len(args); i++ {
+		s := args[i]
+		switch {
+		case s == "--":
+			pos = append(pos, args[i+1:]...)
+			i = len(args)
+		case isNegativeNumber(s):
+			pos = append(pos, s)
+			moved = true
+		case strings.HasPrefix(s, "-") && len(s) > 1:
+			lead = append(lead, s)
+			if takesValue(s) && i+1 < len(args) {
+				lead = append(lead, args[i+1])
+				i++
+			}
+		case path > 0:
+			lead = append(lead, s)
+			path--
+		default:
+			pos = append(pos, s)
+		}
+	}
+	if !moved {
+		return args // every negative number was a flag's value
+	}
+	return append(append(lead, "--"), pos...)
+}
+
+// isNegativeNumber matches "-5", "-0.5" and "-1e3": never one of ferry's
+// flags, which have no digit shorthands.
+func isNegativeNumber(s string) bool {
+	if len(s) < 2 || s[0] != '-' || s[1] < '0' || s[1] > '9' {
+		return false
+	}
+	_, err := strconv.ParseFloat(s, 64)
+	return err == nil
 }
 
 // builtins lets packages add built-in classes and subcommands without
@@ -266,6 +342,7 @@ var commands []func(*App) *cobra.Command
 
 func (a *App) load(cmd *cobra.Command) error {
 	cfg := config.Defaults()
+	cfg.LogLevel = "" // until a source sets it; see defaultLogLevel
 	path := a.configPath
 	if path == "" {
 		path = config.ConfigPathFromEnv()
@@ -285,6 +362,9 @@ func (a *App) load(cmd *cobra.Command) error {
 	if a.logLevel != "" {
 		cfg.LogLevel = a.logLevel
 	}
+	if cfg.LogLevel == "" {
+		cfg.LogLevel = defaultLogLevel(cmd)
+	}
 	a.Cfg = cfg
 	for c := cmd; c != nil; c = c.Parent() {
 		if f, ok := a.preValidate[c]; ok {
@@ -301,6 +381,22 @@ func (a *App) load(cmd *cobra.Command) error {
 	a.Log = log
 	installRedisLogger(log)
 	return nil
+}
+
+// defaultLogLevel is info for the long-running commands, whose logs are
+// their output, and warn for the others: their results go to stdout, and
+// a failure's first stderr line must be its error, not an info log line
+// from before it (a failed `db migrate` began with "running migration").
+func defaultLogLevel(cmd *cobra.Command) string {
+	top := cmd
+	for top.HasParent() && top.Parent().HasParent() {
+		top = top.Parent()
+	}
+	switch top.Name() {
+	case "worker", "web":
+		return "info"
+	}
+	return "warn"
 }
 
 // PreValidate registers f to copy cmd's flags into the configuration

@@ -80,6 +80,9 @@ func bbmErr(err error) error {
 	return No(err)
 }
 
+// bbmMaxRunning is the engine's bound on max-running (Engine.SetMaxRunning).
+const bbmMaxRunning = 1000
+
 // bbmMaxParallel is the engine's bound on max_parallel_batches.
 const bbmMaxParallel = bbm.MaxParallelBatches
 
@@ -163,6 +166,9 @@ nothing (with a warning). An empty table is queued as finished.`,
 				return Usagef("--statement-timeout must be between %s and %s, got 0", bbm.MinStatementTimeout, bbm.MaxStatementTimeout)
 			}
 			o.StatementTimeout = stmtTimeout
+			if err := bbm.CheckConfig(o.Class, o.Table, o.Column, o.Args); err != nil {
+				return bbmErr(err)
+			}
 			e, err := a.bbmEngine(cmd.Context())
 			if err != nil {
 				return err
@@ -439,6 +445,11 @@ Interrupting it (Ctrl-C) makes the migration active again.`,
 			} else {
 				class, table, column, jargs = args[0], args[1], args[2], args[3]
 			}
+			// Before any SQL: PostgreSQL answers invalid UTF-8 with a raw
+			// SQLSTATE 22021 and exit 1.
+			if err := bbm.CheckConfig(class, table, column, []byte(jargs)); err != nil {
+				return bbmErr(err)
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
 			e, err := a.bbmEngine(ctx)
@@ -704,8 +715,8 @@ func bbmSetCmd(a *App) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			n, err := strconv.Atoi(args[0])
-			if err != nil || n < 0 {
-				return Usagef("max-running must be a non-negative integer, got %q", args[0])
+			if err != nil || n < 0 || n > bbmMaxRunning {
+				return Usagef("max-running must be an integer between 0 and %d, got %q", bbmMaxRunning, args[0])
 			}
 			e, err := a.bbmEngine(cmd.Context())
 			if err != nil {

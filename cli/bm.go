@@ -8,8 +8,11 @@ import (
 	"os"
 	"os/user"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
@@ -100,6 +103,19 @@ func bmExit(err error) error {
 		return err
 	}
 	return No(err)
+}
+
+// checkClassArg refuses a migration class name that can name no class:
+// empty (`bm steal ""` stole nothing and exited 0), invalid UTF-8 or with control
+// characters.
+func checkClassArg(what, class string) error {
+	switch {
+	case strings.TrimSpace(class) == "":
+		return Usagef("%s must not be empty", what)
+	case !utf8.ValidString(class) || strings.ContainsFunc(class, unicode.IsControl):
+		return Usagef("%s %q is not a class name (invalid UTF-8 or control characters)", what, class)
+	}
+	return nil
 }
 
 type bmRemainingRow struct {
@@ -254,6 +270,9 @@ exits 1.`,
   ferry bm steal CopyColumn --retry-dead`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkClassArg("CLASS", args[0]); err != nil {
+				return err
+			}
 			// An explicit 0 would silently mean the default of 1000.
 			if err := checkIntFlags(cmd, intRange{"chunk", 1, maxInt4}); err != nil {
 				return err
@@ -311,7 +330,13 @@ invalid identifiers), 1 if the migration failed.`,
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if err := checkClassArg("CLASS", args[0]); err != nil {
+				return err
+			}
 			raw := json.RawMessage(args[1])
+			if !utf8.Valid(raw) {
+				return Usagef("ARGS_JSON is not valid UTF-8: %.60q", args[1])
+			}
 			var arr []json.RawMessage
 			if err := json.Unmarshal(raw, &arr); err != nil {
 				return Usagef("ARGS_JSON must be a JSON array, e.g. '[\"events\",\"id\",\"id_big\",1,1000]': %v", err)
@@ -350,6 +375,11 @@ first, and marks it succeeded; it stops and exits 1 at the first failure.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			if cmd.Flags().Changed("class") {
+				if err := checkClassArg("--class", class); err != nil {
+					return err
+				}
+			}
 			co, err := a.bmCoordinator(ctx, true)
 			if err != nil {
 				return err
@@ -402,6 +432,9 @@ Exits 1 (after pushing unfinished jobs back) if a job fails.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if err := checkClassArg("CLASS", args[0]); err != nil {
+				return err
+			}
 			co, err := a.bmCoordinator(ctx, false)
 			if err != nil {
 				return err

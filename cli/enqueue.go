@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -72,11 +73,22 @@ array; integers of any size are kept exactly. Prints the job id.`,
 				}
 				opts.At = t
 			}
+			// The library checks again; checking first means bad input is
+			// told as such even when Redis is down.
+			if err := queue.ValidatePush(class, opts); err != nil {
+				return Usage(err)
+			}
+			if err := queue.ValidateArgs(raw); err != nil {
+				return Usagef("ARGS_JSON: %v", err)
+			}
 			rdb, err := a.Redis(cmd.Context())
 			if err != nil {
 				return err
 			}
 			jid, err := queue.NewClient(rdb).Push(cmd.Context(), class, raw, opts)
+			if errors.Is(err, queue.ErrInvalidJob) || errors.Is(err, queue.ErrInvalidArgs) {
+				return Usage(err)
+			}
 			if err != nil {
 				return err
 			}

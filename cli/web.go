@@ -43,10 +43,15 @@ web.password. With credentials set, every page needs them. Listening on a
 non-loopback address without credentials is refused. Every action is
 recorded with who did it in the ferry_web_actions table.
 
+Requests must name the server by a loopback name (localhost, 127.0.0.1,
+[::1]), the host of --listen, or one of web.allowed_hosts in their Host
+header; others get 421 (this defeats DNS rebinding). Behind a proxy, or
+listening on 0.0.0.0, list the names clients and Prometheus use there.
+
 To serve the UI from every worker instead, set web.serve_in_worker: true
 in the config file.`,
 		Example: `  ferry web
-  FERRY_WEB_TOKEN=s3cret ferry web --listen 0.0.0.0:7373`,
+  FERRY_WEB_TOKEN=s3cret ferry web --listen 10.0.0.5:7373`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
@@ -80,7 +85,8 @@ func (a *App) runWeb(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg := web.Config{Listen: a.Cfg.Web.Listen, Redis: rdb, Auth: webAuth(a.Cfg.Web), Logger: a.Log, Version: a.Version}
+	cfg := web.Config{Listen: a.Cfg.Web.Listen, Redis: rdb, Auth: webAuth(a.Cfg.Web), Logger: a.Log, Version: a.Version,
+		AllowedHosts: a.Cfg.Web.AllowedHosts}
 	co, err := a.bmCoordinator(ctx, false)
 	if err != nil {
 		return err
@@ -127,7 +133,7 @@ func webWorkerSetup(ctx context.Context, a *App, env *WorkerEnv) (func(context.C
 		return nil, nil
 	}
 	cfg := web.Config{Listen: a.Cfg.Web.Listen, Redis: env.Redis, DB: env.DB, Auth: webAuth(a.Cfg.Web),
-		Logger: env.Log, Version: a.Version}
+		Logger: env.Log, Version: a.Version, AllowedHosts: a.Cfg.Web.AllowedHosts}
 	runner := &bm.Runner{Registry: BMClasses(a.Reg), Logger: env.Log}
 	if env.DB != nil {
 		runner.DB = env.DB // a nil pool in the interface would look configured

@@ -105,6 +105,9 @@ func (a *App) runWorker(ctx context.Context, ready func(*worker.Runtime)) error 
 		defer runtime.GOMAXPROCS(prev)
 	}
 	qs, err := queue.ParseQueues(a.Cfg.Worker.Queues)
+	for i := 0; err == nil && i < len(qs); i++ {
+		err = queue.ValidateQueueName(qs[i].Name) // as enqueue checks them
+	}
 	if err != nil {
 		return Usage(&config.FieldError{Field: "worker.queues", Msg: err.Error()})
 	}

@@ -7,6 +7,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -56,6 +57,10 @@ type Web struct {
 	Token         string `yaml:"token"`
 	Username      string `yaml:"username"`
 	Password      string `yaml:"password"`
+	// AllowedHosts are host names or IPs (no port) that requests may name
+	// in their Host header besides the loopback names and the listen
+	// address's host; other hosts get 421, which defeats DNS rebinding.
+	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
 // BBM configures batched background migrations.
@@ -233,6 +238,9 @@ func (c *Config) Validate() error {
 	if w.MaxRetries < 0 {
 		return &FieldError{Field: "worker.max_retries", Msg: fmt.Sprintf("must be >= 0, got %d", w.MaxRetries)}
 	}
+	if err := validateHosts(c.Web.AllowedHosts); err != nil {
+		return err
+	}
 	if c.BBM.TargetBatchDuration < 100*time.Millisecond || c.BBM.TargetBatchDuration > 10*time.Minute {
 		return &FieldError{Field: "bbm.target_batch_duration", Msg: fmt.Sprintf("must be between 100ms and 10m, got %s", c.BBM.TargetBatchDuration)}
 	}
@@ -243,6 +251,47 @@ func (c *Config) Validate() error {
 		return &FieldError{Field: "bbm.lock_timeout", Msg: fmt.Sprintf("must be between 1ms and 1m, got %s", c.BBM.LockTimeout)}
 	}
 	return nil
+}
+
+// validateHosts checks web.allowed_hosts: bare host names or IPs, which
+// are compared with the Host header of each request without its port.
+func validateHosts(hosts []string) error {
+	for i, h := range hosts {
+		bad := func(why string) error {
+			return &FieldError{Field: fmt.Sprintf("web.allowed_hosts[%d]", i), Msg: fmt.Sprintf("%s, got %q", why, h)}
+		}
+		host := strings.TrimSuffix(strings.Trim(h, "[]"), ".")
+		switch {
+		case host == "":
+			return bad("must be a host name or IP")
+		case strings.ContainsAny(h, "/@ \t*") || strings.Contains(h, "://"):
+			return bad("must be a bare host name or IP (no scheme, path, user or wildcard)")
+		case net.ParseIP(host) != nil:
+		case strings.Contains(host, ":"):
+			return bad("must not have a port (any port of the host is allowed)")
+		case !validHostname(host):
+			return bad("is not a valid host name")
+		}
+	}
+	return nil
+}
+
+// validHostname accepts DNS names: labels of letters, digits, '-' and '_'.
+func validHostname(h string) bool {
+	if len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, r := range label {
+			if !(r == '-' || r == '_' || (r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z')) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // RedisOptions parses RedisURL.

@@ -30,6 +30,11 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"duty zero", func(c *Config) { c.BBM.MaxDutyUnderLoad = 0 }, "bbm.max_duty_under_load"},
 		{"duty above one", func(c *Config) { c.BBM.MaxDutyUnderLoad = 1.5 }, "bbm.max_duty_under_load"},
 		{"lock timeout zero", func(c *Config) { c.BBM.LockTimeout = 0 }, "bbm.lock_timeout"},
+		{"allowed host url", func(c *Config) { c.Web.AllowedHosts = []string{"https://ferry.example"} }, "web.allowed_hosts[0]"},
+		{"allowed host port", func(c *Config) { c.Web.AllowedHosts = []string{"ok.example", "ferry.example:7373"} }, "web.allowed_hosts[1]"},
+		{"allowed host empty", func(c *Config) { c.Web.AllowedHosts = []string{""} }, "web.allowed_hosts[0]"},
+		{"allowed host wildcard", func(c *Config) { c.Web.AllowedHosts = []string{"*.example"} }, "web.allowed_hosts[0]"},
+		{"allowed host junk", func(c *Config) { c.Web.AllowedHosts = []string{"a..b"} }, "web.allowed_hosts[0]"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -48,6 +53,10 @@ func TestValidateNamesTheField(t *testing.T) {
 	c := Defaults()
 	if err := c.Validate(); err != nil {
 		t.Fatalf("defaults must be valid: %v", err)
+	}
+	c.Web.AllowedHosts = []string{"ferry.internal", "Ferry-2.example.", "10.0.0.5", "::1", "[2001:db8::1]"}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("valid web.allowed_hosts refused: %v", err)
 	}
 }
 

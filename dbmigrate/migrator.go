@@ -271,7 +271,9 @@ func (m *Migrator) run(ctx context.Context, c *lockedConn, mg *Migration, dir st
 			SET finished_at = clock_timestamp(), success = false, dirty = $2, error = $3 WHERE id = $1`, logID, dirty, err.Error()); lerr != nil {
 			m.log.Error("could not record the failure", zap.Error(lerr))
 		}
-		m.log.Error("migration failed", zap.String("version", string(mg.Version)), zap.String("direction", dir), zap.Bool("dirty", dirty), zap.Error(err))
+		// Info, not Error: the caller gets the error and reports it (the
+		// CLI's first stderr line is that error, not this log line).
+		m.log.Info("migration failed", zap.String("version", string(mg.Version)), zap.String("direction", dir), zap.Bool("dirty", dirty), zap.Error(err))
 		return &MigrationError{Version: mg.Version, Name: mg.Name, Direction: dir, Dirty: dirty, Err: err}
 	}
 

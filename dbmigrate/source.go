@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"unicode/utf8"
 )
 
 // Version is a migration version in canonical form: decimal digits without
@@ -128,6 +129,9 @@ func load(fsys fs.FS, dir string) ([]*Migration, error) {
 				return nil, fmt.Errorf("%w: duplicate version %s: %s and %s", ErrBadSource, v, file(prev), file(e.Name()))
 			}
 		}
+		if err := regularFile(fsys, e); err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrBadSource, file(e.Name()), err)
+		}
 		data, err := fs.ReadFile(fsys, e.Name())
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: %w", ErrBadSource, file(e.Name()), err)
@@ -151,6 +155,39 @@ func load(fsys fs.FS, dir string) ([]*Migration, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Version.Compare(out[j].Version) < 0 })
 	return out, nil
+}
+
+// regularFile refuses a migration file that is not a regular file, nor a
+// symlink to one: reading a FIFO blocks until something writes to it (for
+// ever), and a device such as /dev/zero never ends.
+func regularFile(fsys fs.FS, e fs.DirEntry) error {
+	mode := e.Type()
+	if mode&fs.ModeSymlink != 0 {
+		fi, err := fs.Stat(fsys, e.Name()) // follows the link
+		if err != nil {
+			return err
+		}
+		mode = fi.Mode()
+	}
+	if !mode.IsRegular() {
+		return fmt.Errorf("migration files must be regular files, this is a %s", fileKind(mode))
+	}
+	return nil
+}
+
+// fileKind names a non-regular file mode in messages.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		return "named pipe (FIFO)"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m&fs.ModeDevice != 0:
+		return "device"
+	case m.IsDir():
+		return "directory"
+	}
+	return "special file (" + m.Type().String() + ")"
 }
 
 const directivePrefix = "-- ferry:"
@@ -194,6 +231,10 @@ func parseScript(sql string, up bool) (Script, error) {
 // the line, so it may contain spaces.
 func parseBBM(s string) (BBM, error) {
 	var b BBM
+	if !utf8.ValidString(s) || strings.ContainsRune(s, 0) {
+		// It would reach PostgreSQL as a raw encoding error.
+		return b, fmt.Errorf("not valid UTF-8 text: %q", s)
+	}
 	fields := make([]string, 0, 3)
 	s = strings.TrimSpace(s)
 	for len(fields) < 3 && s != "" {

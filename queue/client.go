@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -48,6 +50,74 @@ func RetryTimes(n int) json.RawMessage { return json.RawMessage(fmt.Sprint(n)) }
 // ErrInvalidArgs reports args that are not a JSON array.
 var ErrInvalidArgs = errors.New("job args must be a JSON array")
 
+// ValidatePush checks what [Client.PushBulk] checks of a job's class and
+// options before anything is written: a non-empty class and queue name
+// of printable UTF-8 (Ruby reads both as strings; an invalid byte made
+// the queue key and the payload's queue differ), and valid retry and
+// extra keys. Errors wrap [ErrInvalidJob].
+func ValidatePush(class string, opts PushOptions) error {
+	if err := checkName("class", class); err != nil {
+		return fmt.Errorf("push: %w: %w", ErrInvalidJob, err)
+	}
+	if opts.Queue != "" {
+		if err := ValidateQueueName(opts.Queue); err != nil {
+			return fmt.Errorf("push %s: %w: %w", class, ErrInvalidJob, err)
+		}
+	}
+	if opts.Retry != nil && !validRetry(opts.Retry) {
+		return fmt.Errorf("push %s: %w: retry must be true, false or an integer, got %.40q", class, ErrInvalidJob, string(opts.Retry))
+	}
+	for k, v := range opts.Extra {
+		if reservedKeys[k] {
+			return fmt.Errorf("push %s: %w: PushOptions.Extra must not set %q", class, ErrInvalidJob, k)
+		}
+		if !utf8.ValidString(k) || !json.Valid(v) || !utf8.Valid(v) {
+			return fmt.Errorf("push %s: %w: PushOptions.Extra[%q] is not valid UTF-8 JSON", class, ErrInvalidJob, k)
+		}
+	}
+	return nil
+}
+
+// ValidateArgs checks a job's args: a JSON array of valid UTF-8 (Go's
+// JSON decoder would quietly turn an invalid byte into U+FFFD and Ruby's
+// raises). Errors wrap [ErrInvalidArgs].
+func ValidateArgs(args json.RawMessage) error {
+	if !isJSONArray(args) {
+		return fmt.Errorf("%w (got %.40q)", ErrInvalidArgs, string(args))
+	}
+	if !utf8.Valid(args) {
+		return fmt.Errorf("%w: not valid UTF-8 (got %.40q)", ErrInvalidArgs, string(args))
+	}
+	return nil
+}
+
+// ValidateQueueName requires a queue name of printable UTF-8 without
+// white space: the name is both part of a key (queue:<name>) and a value
+// in payloads and the queues set, which must match byte for byte.
+func ValidateQueueName(name string) error {
+	if err := checkName("queue", name); err != nil {
+		return err
+	}
+	if strings.ContainsFunc(name, unicode.IsSpace) {
+		return fmt.Errorf("queue name %q contains white space", name)
+	}
+	return nil
+}
+
+// checkName requires a non-empty name of valid UTF-8 without control
+// characters.
+func checkName(what, s string) error {
+	switch {
+	case strings.TrimSpace(s) == "":
+		return fmt.Errorf("%s is empty", what)
+	case !utf8.ValidString(s):
+		return fmt.Errorf("%s %q is not valid UTF-8", what, s)
+	case strings.ContainsFunc(s, unicode.IsControl):
+		return fmt.Errorf("%s %q contains control characters", what, s)
+	}
+	return nil
+}
+
 // Push enqueues one job and returns its jid.
 func (c *Client) Push(ctx context.Context, class string, args json.RawMessage, opts PushOptions) (string, error) {
 	jids, err := c.PushBulk(ctx, class, []json.RawMessage{args}, opts)
@@ -60,24 +130,15 @@ func (c *Client) Push(ctx context.Context, class string, args json.RawMessage, o
 // PushBulk enqueues many jobs of one class in a single round trip, each with
 // its own jid, all with the same enqueued_at (as Sidekiq's push_bulk does).
 func (c *Client) PushBulk(ctx context.Context, class string, argsList []json.RawMessage, opts PushOptions) ([]string, error) {
-	if class == "" {
-		return nil, fmt.Errorf("push: %w: class is empty", ErrInvalidJob)
+	if err := ValidatePush(class, opts); err != nil {
+		return nil, err
 	}
 	q := opts.Queue
 	if q == "" {
 		q = "default"
 	}
-	if opts.Retry != nil && !validRetry(opts.Retry) {
-		return nil, fmt.Errorf("push %s: %w: retry must be true, false or an integer, got %.40q", class, ErrInvalidJob, string(opts.Retry))
-	}
 	extraKeys := make([]string, 0, len(opts.Extra))
-	for k, v := range opts.Extra {
-		if reservedKeys[k] {
-			return nil, fmt.Errorf("push %s: %w: PushOptions.Extra must not set %q", class, ErrInvalidJob, k)
-		}
-		if !json.Valid(v) {
-			return nil, fmt.Errorf("push %s: %w: PushOptions.Extra[%q] is not valid JSON", class, ErrInvalidJob, k)
-		}
+	for k := range opts.Extra {
 		extraKeys = append(extraKeys, k)
 	}
 	sort.Strings(extraKeys) // deterministic payload bytes
@@ -90,8 +151,8 @@ func (c *Client) PushBulk(ctx context.Context, class string, argsList []json.Raw
 		if len(args) == 0 {
 			args = json.RawMessage("[]")
 		}
-		if !isJSONArray(args) {
-			return nil, fmt.Errorf("push %s: %w (got %.40q)", class, ErrInvalidArgs, string(args))
+		if err := ValidateArgs(args); err != nil {
+			return nil, fmt.Errorf("push %s: %w", class, err)
 		}
 		j := NewJob(class, args, q)
 		j.SetString("jid", NewJID())

@@ -146,6 +146,14 @@ func TestPushInvalid(t *testing.T) {
 		"bad retry":     {"A", `[]`, PushOptions{Retry: json.RawMessage(`"x"`)}, ErrInvalidJob},
 		"reserved key":  {"A", `[]`, PushOptions{Extra: map[string]json.RawMessage{"jid": json.RawMessage(`"x"`)}}, ErrInvalidJob},
 		"invalid extra": {"A", `[]`, PushOptions{Extra: map[string]json.RawMessage{"x": json.RawMessage(`{`)}}, ErrInvalidJob},
+		"utf8 args":     {"A", "[\"a\xff\"]", PushOptions{}, ErrInvalidArgs},
+		"utf8 class":    {"A\xff", `[]`, PushOptions{}, ErrInvalidJob},
+		"control class": {"A\x00", `[]`, PushOptions{}, ErrInvalidJob},
+		"blank class":   {" ", `[]`, PushOptions{}, ErrInvalidJob},
+		"utf8 queue":    {"A", `[]`, PushOptions{Queue: "q\xff"}, ErrInvalidJob},
+		"space queue":   {"A", `[]`, PushOptions{Queue: "a b"}, ErrInvalidJob},
+		"control queue": {"A", `[]`, PushOptions{Queue: "a\r"}, ErrInvalidJob},
+		"utf8 extra":    {"A", `[]`, PushOptions{Extra: map[string]json.RawMessage{"x": json.RawMessage("\"\xff\"")}}, ErrInvalidJob},
 	} {
 		if _, err := c.Push(tb.ctx, tc.class, json.RawMessage(tc.args), tc.opts); !errors.Is(err, tc.want) {
 			t.Errorf("%s: err = %v, want %v", name, err, tc.want)

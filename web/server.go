@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -69,6 +70,9 @@ type Config struct {
 	Version string
 	// Now is the clock, for tests.
 	Now func() time.Time
+	// AllowedHosts are the host names (or IPs), beside the loopback names
+	// and Listen's own host, that requests may name in their Host header.
+	AllowedHosts []string
 }
 
 // ErrInsecure is returned by [New] for a non-loopback listen address
@@ -86,6 +90,7 @@ type Server struct {
 	registry *prometheus.Registry
 	handler  http.Handler
 	csrfKey  []byte
+	hosts    map[string]bool // allowed Host names besides loopback ones
 }
 
 // New validates cfg and builds the server.
@@ -108,7 +113,7 @@ func New(cfg Config) (*Server, error) {
 	if (cfg.Auth.Username == "") != (cfg.Auth.Password == "") {
 		return nil, errors.New("web: username and password must be set together")
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.Named("web")}
+	s := &Server{cfg: cfg, log: cfg.Logger.Named("web"), hosts: allowedHosts(cfg)}
 	if cfg.DB != nil {
 		s.store = &store{db: cfg.DB, now: cfg.Now}
 		s.mig = cfg.Migrations
@@ -234,7 +239,61 @@ func (s *Server) routes() http.Handler {
 	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "cross-origin request refused", http.StatusForbidden)
 	}))
-	return s.withAuth(cop.Handler(securityHeaders(mux)))
+	return s.checkHost(s.withAuth(cop.Handler(securityHeaders(mux))))
+}
+
+// allowedHosts are the Host names the server answers as, besides loopback
+// ones: the configured names and the listen address's host when it is a
+// specific one (not "" or 0.0.0.0 / ::, which name no host).
+func allowedHosts(cfg Config) map[string]bool {
+	m := map[string]bool{}
+	for _, h := range cfg.AllowedHosts {
+		m[normalHost(h)] = true
+	}
+	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil && host != "" {
+		if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
+			m[normalHost(host)] = true
+		}
+	}
+	return m
+}
+
+// normalHost is a Host header's or a configured name's host, without the
+// port, brackets and trailing dot, in lower case.
+func normalHost(h string) string {
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		h = host
+	}
+	h = strings.TrimSuffix(strings.Trim(h, "[]"), ".")
+	return strings.ToLower(h)
+}
+
+// hostAllowed reports whether the server answers as host (a Host header).
+func (s *Server) hostAllowed(host string) bool {
+	h := normalHost(host)
+	if h == "localhost" || strings.HasSuffix(h, ".localhost") {
+		return true // RFC 6761: always the loopback interface
+	}
+	if ip := net.ParseIP(h); ip != nil && ip.IsLoopback() {
+		return true
+	}
+	return s.hosts[h]
+}
+
+// checkHost refuses requests naming a host the server does not listen as.
+// A DNS-rebinding page (evil.example resolving to 127.0.0.1) is same-origin
+// with the UI as far as the browser knows and could read every page of a
+// read-only loopback server; its requests still say Host: evil.example.
+// /healthz stays open to probes that send the pod's address.
+func (s *Server) checkHost(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" && !s.hostAllowed(r.Host) {
+			http.Error(w, "misdirected request: this ferry web server does not answer for host "+
+				strconv.Quote(r.Host)+" (add it to web.allowed_hosts)", http.StatusMisdirectedRequest)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 func cacheStatic(h http.Handler) http.Handler {
@@ -268,7 +327,12 @@ func who(r *http.Request) principal {
 	return p
 }
 
-func eq(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }
+// eq compares secrets in constant time. Comparing their SHA-256 digests
+// keeps the length of the configured value from showing either.
+func eq(a, b string) bool {
+	ha, hb := sha256.Sum256([]byte(a)), sha256.Sum256([]byte(b))
+	return subtle.ConstantTimeCompare(ha[:], hb[:]) == 1
+}
 
 // authenticate checks the request's credentials against the config.
 func (s *Server) authenticate(r *http.Request) (principal, bool) {
@@ -283,10 +347,13 @@ func (s *Server) authenticate(r *http.Request) (principal, bool) {
 	if !ok {
 		return principal{}, false
 	}
-	if a.Username != "" && eq(user, a.Username) && eq(pass, a.Password) {
+	// Every comparison runs whatever the others gave, so the time taken
+	// does not tell whether the user name matched.
+	userOK, passOK, tokenOK := eq(user, a.Username), eq(pass, a.Password), eq(pass, a.Token)
+	if a.Username != "" && userOK && passOK {
 		return principal{Name: user, Method: "basic"}, true
 	}
-	if a.Token != "" && eq(pass, a.Token) {
+	if a.Token != "" && tokenOK {
 		name := user
 		if name == "" {
 			name = "token"

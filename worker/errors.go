@@ -22,10 +22,27 @@ func (e *UnknownClassError) SidekiqErrorClass() string { return "NameError" }
 type ArgsError struct {
 	Class string
 	Err   error
+	// Fatal sends the job to the dead set at once instead of through the
+	// retry set (the error matches [ErrKill]); see [FatalArgs].
+	Fatal bool
 }
 
 func (e *ArgsError) Error() string { return fmt.Sprintf("%s: bad job arguments: %v", e.Class, e.Err) }
 func (e *ArgsError) Unwrap() error { return e.Err }
+
+// Is makes a fatal ArgsError match ErrKill.
+func (e *ArgsError) Is(target error) bool { return e.Fatal && target == ErrKill }
+
+// FatalArgs is implemented by [Args] types whose jobs no retry can fix
+// when their args do not decode (classes whose jobs the program itself
+// pushes, say): such a job goes straight to the dead set with its
+// ArgumentError, where an operator sees it, instead of failing 25 more
+// times. Other classes keep Sidekiq's behaviour: an ArgumentError is
+// retried.
+type FatalArgs interface {
+	Args
+	BadArgsAreFatal()
+}
 
 // SidekiqErrorClass is the error_class recorded for this failure.
 func (e *ArgsError) SidekiqErrorClass() string { return "ArgumentError" }

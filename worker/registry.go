@@ -83,7 +83,8 @@ func AddWorkerSafely[T Args](r *Registry, w Worker[T]) error {
 	r.entries[kind] = &entry{kind: kind, run: func(ctx context.Context, p *queue.Job) error {
 		var args T
 		if err := decodeArgs(nil, p, &args); err != nil {
-			return &ArgsError{Class: kind, Err: err}
+			_, fatal := any(args).(FatalArgs)
+			return &ArgsError{Class: kind, Err: err, Fatal: fatal}
 		}
 		j := &Job[T]{Args: args, JID: p.JID(), Queue: p.Queue(), Payload: p}
 		if n, ok := p.Int("retry_count"); ok {

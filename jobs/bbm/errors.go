@@ -60,3 +60,9 @@ func (e *StateError) Error() string {
 
 // Is makes StateError match ErrInvalidState.
 func (e *StateError) Is(target error) bool { return target == ErrInvalidState }
+
+// BadArgsAreFatal sends an execution job whose args do not decode straight
+// to the dead set ([worker.FatalArgs]): only ferry pushes these jobs, so
+// such a job was written by hand or by something broken, and retrying it
+// 25 times cannot fix it.
+func (ExecutionArgs) BadArgsAreFatal() {}

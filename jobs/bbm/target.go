@@ -2,8 +2,10 @@ package bbm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -55,6 +57,53 @@ func ValidateIdent(kind, s string) error {
 		return fmt.Errorf("%w: %s %q contains invalid characters", ErrInvalidIdent, kind, s)
 	}
 	return nil
+}
+
+// CheckConfig checks a migration's configuration as given by an operator
+// (class, table, column, JSON arguments) before any SQL: identifiers as
+// [ValidateIdent] (the table optionally schema-qualified) and the class
+// and arguments as valid UTF-8 without NUL, which PostgreSQL refuses
+// with a raw encoding error. Errors wrap ErrInvalidIdent or ErrInvalidArgs.
+func CheckConfig(class, table, column string, args []byte) error {
+	if class == "" || !utf8.ValidString(class) || strings.ContainsRune(class, 0) {
+		return fmt.Errorf("%w: class %q is empty or contains invalid characters", ErrInvalidIdent, class)
+	}
+	if _, _, err := splitTable(table); err != nil {
+		return err
+	}
+	if err := ValidateIdent("column", column); err != nil {
+		return err
+	}
+	if !utf8.Valid(args) || hasNUL(args) {
+		return fmt.Errorf("%w: job arguments must be valid UTF-8 without \\u0000, got %.60q", ErrInvalidArgs, args)
+	}
+	return nil
+}
+
+// hasNUL reports whether JSON text holds a string with U+0000, which
+// jsonb cannot store. Invalid JSON is left to the argument parser.
+func hasNUL(raw []byte) bool {
+	var v any
+	if json.Unmarshal(raw, &v) != nil {
+		return false
+	}
+	var walk func(any) bool
+	walk = func(v any) bool {
+		switch x := v.(type) {
+		case string:
+			return strings.ContainsRune(x, 0)
+		case []any:
+			return slices.ContainsFunc(x, walk)
+		case map[string]any:
+			for k, e := range x {
+				if strings.ContainsRune(k, 0) || walk(e) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	return walk(v)
 }
 
 // splitTable splits "schema.table" (one dot at most; names with dots must

@@ -43,6 +43,11 @@ type WorkerArgs struct {
 // Kind is the Sidekiq class.
 func (WorkerArgs) Kind() string { return WorkerClass }
 
+// BadArgsAreFatal sends a job whose args are not [class, [args...],
+// lease_attempts?] straight to the dead set ([worker.FatalArgs]), as Work
+// does with a migration's own bad arguments: no retry can fix them.
+func (WorkerArgs) BadArgsAreFatal() {}
+
 // Lease is an exclusive lease that is never released, only expires.
 type Lease interface {
 	// Obtain takes key for ttl if nobody holds it; otherwise it reports
