@@ -18,7 +18,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymigrate/ferry/jobs/bbm"
-	"github.com/ferrymigrate/ferry/schema"
 )
 
 const bbmRegistryName = "bbm"
@@ -42,7 +41,7 @@ func bbmWorkerSetup(ctx context.Context, a *App, env *WorkerEnv) (func(context.C
 		env.Log.Info("DATABASE_URL is not set: batched background migrations are not run by this worker")
 		return nil, nil
 	}
-	if err := schema.Apply(ctx, env.DB); err != nil {
+	if err := a.ensureSchema(ctx, env.DB); err != nil {
 		return nil, err
 	}
 	e := bbm.NewEngine(env.DB, bbm.Config{Logger: env.Log, Registry: BBMClasses(a.Reg),
@@ -60,7 +59,7 @@ func (a *App) bbmEngine(ctx context.Context) (*bbm.Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := schema.Apply(ctx, pool); err != nil {
+	if err := a.ensureSchema(ctx, pool); err != nil {
 		return nil, err
 	}
 	e := bbm.NewEngine(pool, bbm.Config{Logger: a.Log, Registry: BBMClasses(a.Reg), TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration,
@@ -745,12 +744,8 @@ func bbmSetCmd(a *App) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			tag, err := e.Pool().Exec(cmd.Context(), `UPDATE batched_background_migrations SET max_parallel_batches = $2, updated_at = now() WHERE id = $1`, id, n)
-			if err != nil {
-				return err
-			}
-			if tag.RowsAffected() == 0 {
-				return Usage(fmt.Errorf("%w: id %d", bbm.ErrNotFound, id))
+			if err := e.SetParallel(cmd.Context(), id, n); err != nil {
+				return bbmErr(err)
 			}
 			fmt.Fprintf(a.Out, "migration %d may run %d batches at once\n", id, n)
 			return nil

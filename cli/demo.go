@@ -55,8 +55,10 @@ The demo table is dropped and recreated on every run.`,
 			pool := e.Pool()
 			fmt.Fprintf(a.Out, "Creating %s with %d rows...\n", demoTable, rows)
 			t0 := time.Now()
-			if _, err := pool.Exec(ctx, `DELETE FROM batched_background_migrations WHERE table_name = '`+demoTable+`';
-				DROP TABLE IF EXISTS `+demoTable+`;
+			if err := e.Forget(ctx, demoTable); err != nil {
+				return err
+			}
+			if _, err := pool.Exec(ctx, `DROP TABLE IF EXISTS `+demoTable+`;
 				CREATE TABLE `+demoTable+` (id integer PRIMARY KEY, user_id integer NOT NULL, action smallint NOT NULL);`); err != nil {
 				return err
 			}
@@ -134,10 +136,8 @@ The demo table is dropped and recreated on every run.`,
 			if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+demoTable+` WHERE id_convert_to_bigint IS DISTINCT FROM id`).Scan(&bad); err != nil {
 				return err
 			}
-			var jobs int
-			_ = pool.QueryRow(ctx, `SELECT count(*) FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, m.ID).Scan(&jobs)
 			fmt.Fprintf(a.Out, "%s in %s: %.0f rows/s, %d batches, final batch size %d, sub-batch %d, rows not copied: %d\n",
-				info.Status, elapsed.Round(time.Millisecond), float64(info.Progress.RowsDone)/elapsed.Seconds(), jobs, info.BatchSize, info.SubBatchSize, bad)
+				info.Status, elapsed.Round(time.Millisecond), float64(info.Progress.RowsDone)/elapsed.Seconds(), info.Progress.Jobs, info.BatchSize, info.SubBatchSize, bad)
 			if info.Status != bbm.Finished || bad != 0 {
 				return No(fmt.Errorf("demo migration ended %s with %d rows not copied; see `ferry bbm show %d`", info.Status, bad, m.ID))
 			}

@@ -15,7 +15,6 @@ import (
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/jobs/bbm"
 	"github.com/ferrymigrate/ferry/jobs/bm"
-	"github.com/ferrymigrate/ferry/schema"
 	"github.com/ferrymigrate/ferry/web"
 )
 
@@ -141,7 +140,7 @@ func webWorkerSetup(ctx context.Context, a *App, env *WorkerEnv) (func(context.C
 	cfg.Stealer = bmStealer{&bm.Coordinator{Redis: env.Redis, Logger: env.Log, Runner: runner}}
 	var fin *web.EngineMigrations
 	if env.DB != nil {
-		if err := schema.Apply(ctx, env.DB); err != nil {
+		if err := a.ensureSchema(ctx, env.DB); err != nil {
 			return nil, err
 		}
 		e := bbm.NewEngine(env.DB, bbm.Config{Logger: env.Log, Registry: BBMClasses(a.Reg),

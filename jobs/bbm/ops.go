@@ -441,6 +441,26 @@ func (e *Engine) SetMaxRunning(ctx context.Context, n int) error {
 	return err
 }
 
+// SetParallel sets how many batches of migration id may run at once.
+func (e *Engine) SetParallel(ctx context.Context, id int64, n int) error {
+	if n < 1 || n > MaxParallelBatches {
+		return fmt.Errorf("%w: parallel must be between 1 and %d, got %d", ErrInvalidOption, MaxParallelBatches, n)
+	}
+	tag, err := e.pool.Exec(ctx, `UPDATE batched_background_migrations SET max_parallel_batches = $2, updated_at = now() WHERE id = $1`, id, n)
+	if err == nil && tag.RowsAffected() == 0 {
+		err = fmt.Errorf("%w: id %d", ErrNotFound, id)
+	}
+	return err
+}
+
+// Forget deletes the migrations of table, with their jobs and transition
+// logs, whatever their status: for throwaway tables (`ferry demo`, the
+// benchmarks) that are dropped and made again.
+func (e *Engine) Forget(ctx context.Context, table string) error {
+	_, err := e.pool.Exec(ctx, `DELETE FROM batched_background_migrations WHERE table_name = $1`, table)
+	return err
+}
+
 // SetPausedAll is the master switch: running batches finish, no new ones
 // start (GitLab's execute_batched_migrations_on_schedule flag).
 func (e *Engine) SetPausedAll(ctx context.Context, paused bool) error {
