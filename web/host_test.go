@@ -61,7 +61,8 @@ func TestHostHeaderChecked(t *testing.T) {
 	}
 }
 
-// The listen address's own host and web.allowed_hosts are answered too.
+// The listen address's own host, web.allowed_hosts and any address (no
+// rebinding page sends one) are answered too.
 func TestHostHeaderAllowed(t *testing.T) {
 	t.Parallel()
 	srv, err := web.New(web.Config{Redis: testenv.Redis(t), Listen: "10.1.2.3:7373", Auth: web.Auth{Token: token},
@@ -74,7 +75,7 @@ func TestHostHeaderAllowed(t *testing.T) {
 	bearer := func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+token) }
 	for host, want := range map[string]int{
 		"10.1.2.3:7373": 200, "ferry.internal": 200, "ferry.internal:443": 200, "192.0.2.7": 200, "localhost:7373": 200,
-		"10.1.2.4": 421, "internal": 421, "evil.example": 421,
+		"10.1.2.4": 200, "[2001:db8::1]:7373": 200, "internal": 421, "evil.example": 421, "10.1.2.3.nip.io": 421,
 	} {
 		if code, body := hostGet(t, ts, host, "/metrics", bearer); code != want {
 			t.Errorf("Host %q: %d %.100q, want %d", host, code, body, want)

@@ -274,7 +274,9 @@ func (s *Server) hostAllowed(host string) bool {
 	if h == "localhost" || strings.HasSuffix(h, ".localhost") {
 		return true // RFC 6761: always the loopback interface
 	}
-	if ip := net.ParseIP(h); ip != nil && ip.IsLoopback() {
+	if net.ParseIP(h) != nil {
+		// An address, not a name: a DNS-rebinding page always sends its
+		// own domain name, and probes and Prometheus scrape by address.
 		return true
 	}
 	return s.hosts[h]
