@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -22,6 +23,11 @@ type Broker struct {
 	// maxRetries is opts.MaxRetries resolved: the limit for retry:true.
 	maxRetries int
 	log        *zap.Logger
+
+	// aliveAt is when (monotonic, since clockBase) the last round trip
+	// that refreshed this process's alive key started; 0 = never.
+	clockBase time.Time
+	aliveAt   atomic.Int64
 }
 
 // BrokerOptions configure a Broker. Zero values take Sidekiq's defaults.
@@ -39,10 +45,18 @@ type BrokerOptions struct {
 	// MaxRecoveries is how many times a job may be rescued from a dead
 	// process before it is treated as a poison pill and sent to the dead set.
 	MaxRecoveries int
-	// AliveTTL is how long a process counts as alive after its last beat;
-	// orphaned work is recovered once it lapses (default 20 s).
+	// AliveTTL is how long a process counts as alive after its last
+	// refresh (heartbeat or fetch) of its alive key (default 20 s).
 	AliveTTL time.Duration
-	Logger   *zap.Logger
+	// RecoveryGrace is how long another process's alive key must have been
+	// missing, continuously, before its in-flight jobs are recovered
+	// (default AliveTTL/2). A live process re-creates a lost key within a
+	// heartbeat, so an empty Redis restart or an evicted key never makes
+	// a live process look dead; a process that really stopped refreshing
+	// stopped its jobs AliveTTL/2 before its key expired (see worker), so
+	// its jobs get AliveTTL/2 + RecoveryGrace to notice cancellation.
+	RecoveryGrace time.Duration
+	Logger        *zap.Logger
 	// Now and Rand are injectable for tests.
 	Now  func() time.Time
 	Rand func(n int) int
@@ -78,6 +92,12 @@ func NewBroker(rdb redis.UniversalClient, opts BrokerOptions) (*Broker, error) {
 	if opts.AliveTTL == 0 {
 		opts.AliveTTL = 20 * time.Second
 	}
+	if opts.RecoveryGrace == 0 {
+		opts.RecoveryGrace = opts.AliveTTL / 2
+	}
+	if opts.AliveTTL < 0 || opts.RecoveryGrace < 0 {
+		return nil, fmt.Errorf("queue: AliveTTL (%s) and RecoveryGrace (%s) must not be negative", opts.AliveTTL, opts.RecoveryGrace)
+	}
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
@@ -92,7 +112,33 @@ func NewBroker(rdb redis.UniversalClient, opts BrokerOptions) (*Broker, error) {
 	}
 	c := NewClient(rdb)
 	c.now = opts.Now
-	return &Broker{rdb: rdb, client: c, identity: opts.Identity, opts: opts, maxRetries: maxRetries, log: opts.Logger}, nil
+	return &Broker{rdb: rdb, client: c, identity: opts.Identity, opts: opts, maxRetries: maxRetries, log: opts.Logger,
+		clockBase: time.Now()}, nil
+}
+
+// LastAliveRefresh is when the last round trip that refreshed this
+// process's alive key (a heartbeat or a fetch) started, on the monotonic
+// clock; zero if none has succeeded. The key lives AliveTTL from a moment
+// after that, so a process may count on its liveness until
+// LastAliveRefresh + AliveTTL, and must stop its jobs well before.
+func (b *Broker) LastAliveRefresh() time.Time {
+	d := b.aliveAt.Load()
+	if d == 0 {
+		return time.Time{}
+	}
+	return b.clockBase.Add(time.Duration(d))
+}
+
+// noteAliveRefresh records a successful refresh that started at start.
+// Refreshes may complete out of order; the latest start wins.
+func (b *Broker) noteAliveRefresh(start time.Time) {
+	d := max(int64(start.Sub(b.clockBase)), 1)
+	for {
+		cur := b.aliveAt.Load()
+		if d <= cur || b.aliveAt.CompareAndSwap(cur, d) {
+			return
+		}
+	}
 }
 
 // NewIdentity returns a Sidekiq-style process identity.

@@ -44,10 +44,14 @@
 // hashes the Busy page reads, the stat counters, and returns the signals
 // (TSTP, TERM, TTIN) the Web UI queued. [Broker.EnqueueDue] moves due
 // retry and scheduled entries to their queues through a staging list, on
-// the interval [PollInterval] computes. [Broker.RecoverOrphans], run
-// periodically under a cluster lock, pushes back the private lists of
-// processes whose liveness key lapsed, and sends a job rescued more than
-// MaxRecoveries times to the dead set as a poison pill.
+// the interval [PollInterval] computes. Heartbeats and fetches both
+// refresh a process's alive key "ferry:alive|<identity>" (AliveTTL, 20 s);
+// [Broker.LastAliveRefresh] tells a runtime how long it may still count on
+// owning its jobs. [Broker.RecoverOrphans], run periodically under a
+// cluster lock, pushes back the private lists of processes whose alive key
+// has been missing for RecoveryGrace (10 s) without a break, and sends a
+// job rescued more than MaxRecoveries times to the dead set as a poison
+// pill.
 //
 // The worker package builds a complete process runtime on top of this.
 package queue

@@ -136,12 +136,15 @@ func (f *Fetcher) TryFetch(ctx context.Context, max int) ([]*Delivery, error) {
 // max jobs, in one round trip.
 func (f *Fetcher) tryFetch(ctx context.Context, acks []*Delivery, max int) ([]*Delivery, error) {
 	order := f.order()
-	keys := f.keys[:0]
+	id := f.b.identity
+	keys := append(f.keys[:0], aliveKey(id), keyMissingSince)
 	for _, n := range order {
-		keys = append(keys, QueueKey(n), inflightKey(f.b.identity, n))
+		keys = append(keys, QueueKey(n), inflightKey(id, n))
 	}
 	f.keys = keys
-	args := append(f.args[:0], max, 0)
+	now := f.b.opts.Now()
+	const fixedArgs = 5
+	args := append(f.args[:0], max, 0, f.b.opts.AliveTTL.Milliseconds(), id, formatFloatTime(epoch(now)))
 	var other []*Delivery
 	for _, d := range acks {
 		i := slices.Index(order, d.Queue)
@@ -149,24 +152,23 @@ func (f *Fetcher) tryFetch(ctx context.Context, acks []*Delivery, max int) ([]*D
 			other = append(other, d)
 			continue
 		}
-		args = append(args, 2*i+2, d.Raw)
+		args = append(args, 2*i+4, d.Raw) // KEYS index of its in-flight list
 	}
-	args[1] = (len(args) - 2) / 2
+	args[1] = (len(args) - fixedArgs) / 2
 	f.args = args
 	if len(other) > 0 {
 		if err := f.b.Ack(ctx, other...); err != nil {
 			return nil, err
 		}
 	}
+	start := time.Now()
 	res, err := fetchScript.Run(ctx, f.b.rdb, keys, args...).Slice()
 	clear(f.args)
-	if err != nil {
-		if errors.Is(err, redis.Nil) {
-			return nil, nil
-		}
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("fetch: %w", err)
 	}
-	now := f.b.opts.Now()
+	// The script ran, so it refreshed our alive key (its first step).
+	f.b.noteAliveRefresh(start)
 	out := make([]*Delivery, 0, len(res)/2)
 	for i := 0; i+1 < len(res); i += 2 {
 		qi, _ := res[i].(int64)
@@ -184,6 +186,11 @@ func (f *Fetcher) tryFetch(ctx context.Context, acks []*Delivery, max int) ([]*D
 // The wait is a BLMOVE (woken at once by a push) on the queue first in
 // this fetch's order; with several queues it blocks one second at a time
 // and checks all queues in between, so no queue waits long.
+//
+// Every fetch refreshes this process's alive key first (a BLMOVE follows
+// a fetch script that did, so a job it moves lands in a private list
+// whose owner was refreshed at most wait earlier); a fetch that fails has
+// not refreshed it ([Broker.LastAliveRefresh]).
 func (f *Fetcher) Fetch(ctx context.Context, max int, wait time.Duration) ([]*Delivery, error) {
 	return f.FetchAndAck(ctx, nil, max, wait)
 }

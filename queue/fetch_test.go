@@ -98,6 +98,13 @@ func TestFetchAckRequeue(t *testing.T) {
 	if err != nil || len(inflight) != 3 || !bytes.Equal(inflight[0].Raw, ds[0].Raw) {
 		t.Errorf("InFlight = %v, %v", inflight, err)
 	}
+	// The fetch refreshed our liveness, as a heartbeat does.
+	if ttl := rdb.PTTL(ctx, aliveKey("host:1:aaaaaaaaaaaa")).Val(); ttl <= 19*time.Second || ttl > 20*time.Second {
+		t.Errorf("alive key TTL after a fetch = %s, want 20s", ttl)
+	}
+	if tb.broker.LastAliveRefresh().IsZero() {
+		t.Error("LastAliveRefresh not set by a fetch")
+	}
 
 	// Ack removes exactly the acknowledged bytes.
 	if err := tb.broker.Ack(ctx, ds[0]); err != nil {
@@ -212,4 +219,32 @@ func TestKillAndDeadTrims(t *testing.T) {
 		t.Errorf("dead = %v, want %v", got, want)
 	}
 	_ = json.Valid
+}
+
+// Acks riding along with a fetch remove exactly their jobs, from the
+// private list of each one's own queue.
+func TestFetchAndAck(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, BrokerOptions{})
+	ctx, rdb := tb.ctx, tb.rdb
+	rdb.LPush(ctx, "queue:x", `{"class":"A","args":["x"]}`)
+	rdb.LPush(ctx, "queue:y", `{"class":"A","args":["y"]}`, `{"class":"A","args":["y2"]}`)
+	f := tb.broker.NewFetcher([]WeightedQueue{{Name: "x", Weight: 1}, {Name: "y", Weight: 1}})
+	var got []*Delivery
+	for len(got) < 3 {
+		ds, err := f.TryFetch(ctx, 3)
+		if err != nil || len(ds) == 0 {
+			t.Fatalf("TryFetch = %v, %v", ds, err)
+		}
+		got = append(got, ds...)
+	}
+	ds, err := f.FetchAndAck(ctx, got[:2], 1, 0)
+	if err != nil || len(ds) != 0 {
+		t.Fatalf("FetchAndAck = %v, %v", ds, err)
+	}
+	id := tb.broker.Identity()
+	left := append(rdb.LRange(ctx, inflightKey(id, "x"), 0, -1).Val(), rdb.LRange(ctx, inflightKey(id, "y"), 0, -1).Val()...)
+	if len(left) != 1 || left[0] != string(got[2].Raw) {
+		t.Errorf("private lists hold %q, want only %s", left, got[2].Raw)
+	}
 }

@@ -82,6 +82,8 @@ func (b *Broker) Heartbeat(ctx context.Context, info ProcessInfo, st BeatState) 
 	rtt := time.Since(start).Microseconds()
 
 	var signals *redis.StringSliceCmd
+	var alive *redis.StatusCmd
+	refresh := time.Now() // before the write is sent: the key outlives this by AliveTTL
 	_, err := b.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		addStats(ctx, p, now, st.Processed, st.Failed)
 		p.Unlink(ctx, workersKey(id), workKey(id))
@@ -106,7 +108,8 @@ func (b *Broker) Heartbeat(ctx context.Context, info ProcessInfo, st BeatState) 
 			"concurrency", info.Concurrency,
 		)
 		p.Expire(ctx, id, processTTL)
-		p.Set(ctx, aliveKey(id), formatFloatTime(epoch(now)), b.opts.AliveTTL)
+		alive = p.Set(ctx, aliveKey(id), formatFloatTime(epoch(now)), b.opts.AliveTTL)
+		p.HDel(ctx, keyMissingSince, id) // alive again: any recovery countdown restarts
 		// Re-register each beat: a recovery pass that ran while this
 		// process could not reach Redis may have dropped the entry.
 		p.HSet(ctx, keyFetchers, id, string(queuesJSON))
@@ -116,6 +119,12 @@ func (b *Broker) Heartbeat(ctx context.Context, info ProcessInfo, st BeatState) 
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("heartbeat: %w", err)
 	}
+	// The transaction's error is its first failed command's; check the
+	// liveness write itself (e.g. refused under maxmemory).
+	if err := alive.Err(); err != nil {
+		return nil, fmt.Errorf("heartbeat: %w", err)
+	}
+	b.noteAliveRefresh(refresh)
 	sigs, _ := signals.Result()
 	return sigs, nil
 }
@@ -134,6 +143,7 @@ func (b *Broker) Unregister(ctx context.Context, queues []string) error {
 	_, err := b.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.SRem(ctx, keyProcesses, b.identity)
 		p.Unlink(ctx, workersKey(b.identity), workKey(b.identity), aliveKey(b.identity))
+		p.HDel(ctx, keyMissingSince, b.identity)
 		return nil
 	})
 	if err != nil {
@@ -161,9 +171,10 @@ func (b *Broker) Signal(ctx context.Context, identity, sig string) error {
 	return err
 }
 
-// ProcessAlive reports whether the ferry process identity has beaten within
-// its alive TTL (20 s by default). Work owned by a process that is not alive
-// is orphaned and may be taken over.
+// ProcessAlive reports whether the ferry process identity has refreshed its
+// alive key (heartbeat or fetch) within its alive TTL (20 s by default).
+// Recovery takes a process's jobs only after it has been not alive for a
+// further grace period (see [BrokerOptions].RecoveryGrace).
 func ProcessAlive(ctx context.Context, rdb redis.UniversalClient, identity string) (bool, error) {
 	n, err := rdb.Exists(ctx, aliveKey(identity)).Result()
 	return n > 0, err

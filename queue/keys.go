@@ -17,7 +17,13 @@ const (
 	keyFetchers      = "ferry:fetchers"       // HASH identity -> JSON list of queues it fetches from
 	keyRecoveryLock  = "ferry:recovery-lock"  // cluster lock for orphan recovery
 	keyStatRecovered = "ferry:stat:recovered" // jobs pushed back from dead processes, ever
-	patternInflight  = "ferry:inflight|*"
+	// keyMissingSince is a HASH identity -> Redis server time (ms) at which
+	// a recovery pass first found that process's alive key missing. Every
+	// refresh of the alive key deletes the field in the same atomic step,
+	// so a field present means "missing ever since"; recovery waits for a
+	// grace period from it (recovery.go).
+	keyMissingSince = "ferry:missing-since"
+	patternInflight = "ferry:inflight|*"
 )
 
 // Sidekiq's shared key names, exported for readers such as the admin UI.

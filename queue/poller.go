@@ -53,14 +53,20 @@ func (b *Broker) EnqueueDue(ctx context.Context) (int, error) {
 // pushStaged pushes one staged entry to its queue (or, if it is not a
 // valid job, to the dead set).
 func (b *Broker) pushStaged(ctx context.Context, staging string, raw []byte) error {
+	return b.pushStagedFenced(ctx, "", staging, raw)
+}
+
+// pushStagedFenced is pushStaged on the staging list of owner ("": ours),
+// done only while owner is still missing (see settleFenced).
+func (b *Broker) pushStagedFenced(ctx context.Context, owner, staging string, raw []byte) error {
 	j, err := ParseJob(raw)
 	if err != nil {
-		_, err = b.settle(ctx, staging, keyDead, raw, raw, "dead", formatFloatTime(epoch(b.opts.Now())))
+		_, err = b.settleFenced(ctx, owner, staging, keyDead, raw, raw, "dead", formatFloatTime(epoch(b.opts.Now())))
 		return err
 	}
 	n := reenqueued(j, b.opts.Now())
 	q := n.Queue()
-	_, err = b.settle(ctx, staging, QueueKey(q), raw, n.Encode(), "lpush", q)
+	_, err = b.settleFenced(ctx, owner, staging, QueueKey(q), raw, n.Encode(), "lpush", q)
 	if err != nil {
 		return fmt.Errorf("enqueue scheduled %s: %w", j.JID(), err)
 	}

@@ -22,16 +22,27 @@ type RecoveryResult struct {
 	Processes int // dead processes whose lists were emptied
 	Requeued  int // jobs pushed back to their queues
 	Killed    int // poison pills and invalid payloads sent to the dead set (or dropped, for dead:false)
+	// Waiting counts processes seen without their alive key but not yet
+	// for RecoveryGrace; the first of them may be recovered after RetryIn.
+	Waiting int
+	RetryIn time.Duration
 }
 
 // ErrLocked means another process holds the recovery lock right now.
 var ErrLocked = errors.New("recovery is running in another process")
 
 // RecoverOrphans pushes the in-flight and staged jobs of dead ferry
-// processes (alive key expired) back to their queues. It runs under a
-// cluster-wide lock so only one process recovers at a time; it is meant to
-// run periodically on every process, not only at boot, so a process that is
-// killed and never returns has its jobs rescued within seconds.
+// processes back to their queues. A process is dead once its alive key has
+// been missing, continuously, for RecoveryGrace: one missing key is not
+// enough, because an empty Redis restart (or an eviction) removes the keys
+// of live processes too, and they re-create them within a heartbeat. Each
+// job moves only if its owner is still missing at that moment (checked in
+// the same script), so a process that comes back keeps its jobs.
+//
+// It runs under a cluster-wide lock so only one process recovers at a time;
+// it is meant to run periodically on every process, not only at boot, so a
+// process that is killed and never returns has its jobs rescued within
+// AliveTTL + RecoveryGrace plus one pass (RetryIn says when to look again).
 func (b *Broker) RecoverOrphans(ctx context.Context) (RecoveryResult, error) {
 	var res RecoveryResult
 	token := NewJID()
@@ -79,29 +90,40 @@ func (b *Broker) RecoverOrphans(ctx context.Context) (RecoveryResult, error) {
 	if err := iter.Err(); err != nil {
 		return res, fmt.Errorf("recovery scan: %w", err)
 	}
+	if err := b.forgetSightings(ctx, lists); err != nil {
+		return res, err
+	}
+	// One clock for every sighting: Redis's, not each recoverer's.
+	now, err := b.rdb.Time(ctx).Result()
+	if err != nil {
+		return res, fmt.Errorf("recovery: %w", err)
+	}
 	for id, queues := range lists {
 		if id == b.identity {
 			continue
 		}
-		alive, err := b.rdb.Exists(ctx, aliveKey(id)).Result()
+		left, err := observeMissingScript.Run(ctx, b.rdb, []string{aliveKey(id), keyMissingSince},
+			id, now.UnixMilli(), b.opts.RecoveryGrace.Milliseconds()).Int64()
 		if err != nil {
 			return res, fmt.Errorf("recovery: %w", err)
 		}
-		if alive > 0 {
+		switch {
+		case left < 0: // alive
+			continue
+		case left > 0:
+			res.Waiting++
+			if in := time.Duration(left) * time.Millisecond; res.RetryIn == 0 || in < res.RetryIn {
+				res.RetryIn = in
+			}
 			continue
 		}
-		for _, q := range queues {
-			if err := b.recoverList(ctx, inflightKey(id, q), q, &res); err != nil {
-				return res, err
+		if err := b.recoverProcess(ctx, id, queues, &res); err != nil {
+			if errors.Is(err, errOwnerBack) {
+				b.log.Info("process came back while its jobs were being recovered; it keeps the rest", zap.String("identity", id))
+				continue
 			}
-		}
-		if err := b.recoverList(ctx, stagingKey(id), "", &res); err != nil {
 			return res, err
 		}
-		if err := b.rdb.HDel(ctx, keyFetchers, id).Err(); err != nil {
-			return res, err
-		}
-		res.Processes++
 	}
 	if res.Requeued+res.Killed > 0 {
 		if err := b.rdb.IncrBy(ctx, keyStatRecovered, int64(res.Requeued+res.Killed)).Err(); err != nil {
@@ -113,9 +135,55 @@ func (b *Broker) RecoverOrphans(ctx context.Context) (RecoveryResult, error) {
 	return res, nil
 }
 
-// recoverList empties one private list. queue == "" means a staging list,
-// whose entries go to the queue named in their payload.
-func (b *Broker) recoverList(ctx context.Context, key, queue string, res *RecoveryResult) error {
+// errOwnerBack means a process refreshed its liveness while its jobs were
+// being recovered: it owns what is left in its lists again.
+var errOwnerBack = errors.New("owner is alive again")
+
+// recoverProcess empties the private lists of dead process id and forgets it.
+func (b *Broker) recoverProcess(ctx context.Context, id string, queues []string, res *RecoveryResult) error {
+	for _, q := range queues {
+		if err := b.recoverList(ctx, id, inflightKey(id, q), q, res); err != nil {
+			return err
+		}
+	}
+	if err := b.recoverList(ctx, id, stagingKey(id), "", res); err != nil {
+		return err
+	}
+	if _, err := b.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HDel(ctx, keyFetchers, id)
+		p.HDel(ctx, keyMissingSince, id)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("recovery: %w", err)
+	}
+	res.Processes++
+	return nil
+}
+
+// forgetSightings drops missing-since entries of processes that have no
+// registration or list left (recovered, or stopped cleanly), so the hash
+// does not grow with every process that ever ran.
+func (b *Broker) forgetSightings(ctx context.Context, lists map[string][]string) error {
+	ids, err := b.rdb.HKeys(ctx, keyMissingSince).Result()
+	if err != nil {
+		return fmt.Errorf("recovery: %w", err)
+	}
+	var stale []string
+	for _, id := range ids {
+		if _, ok := lists[id]; !ok {
+			stale = append(stale, id)
+		}
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	return b.rdb.HDel(ctx, keyMissingSince, stale...).Err()
+}
+
+// recoverList empties one private list of the dead process owner. queue ==
+// "" means a staging list, whose entries go to the queue named in their
+// payload. It returns errOwnerBack as soon as owner refreshes its liveness.
+func (b *Broker) recoverList(ctx context.Context, owner, key, queue string, res *RecoveryResult) error {
 	items, err := b.rdb.LRange(ctx, key, 0, -1).Result()
 	if err != nil {
 		return fmt.Errorf("recovery: %w", err)
@@ -123,7 +191,7 @@ func (b *Broker) recoverList(ctx context.Context, key, queue string, res *Recove
 	for _, s := range items {
 		raw := []byte(s)
 		if queue == "" {
-			if err := b.pushStaged(ctx, key, raw); err != nil {
+			if err := b.pushStagedFenced(ctx, owner, key, raw); err != nil {
 				return err
 			}
 			res.Requeued++
@@ -131,10 +199,13 @@ func (b *Broker) recoverList(ctx context.Context, key, queue string, res *Recove
 		}
 		j, perr := ParseJob(raw)
 		if perr != nil {
-			if _, err := b.settle(ctx, key, keyDead, raw, raw, "dead", formatFloatTime(epoch(b.opts.Now()))); err != nil {
+			ok, err := b.settleFenced(ctx, owner, key, keyDead, raw, raw, "dead", formatFloatTime(epoch(b.opts.Now())))
+			if err != nil {
 				return err
 			}
-			res.Killed++
+			if ok {
+				res.Killed++
+			}
 			continue
 		}
 		n := j.Clone()
@@ -157,7 +228,7 @@ func (b *Broker) recoverList(ctx context.Context, key, queue string, res *Recove
 			if string(j.Get("dead")) == "false" {
 				op = "drop" // as Sidekiq Pro 8 does for dead:false
 			}
-			ok, err := b.settle(ctx, key, keyDead, raw, entry.Encode(), op, formatFloatTime(epoch(b.opts.Now())))
+			ok, err := b.settleFenced(ctx, owner, key, keyDead, raw, entry.Encode(), op, formatFloatTime(epoch(b.opts.Now())))
 			if err != nil {
 				return err
 			}
@@ -166,7 +237,7 @@ func (b *Broker) recoverList(ctx context.Context, key, queue string, res *Recove
 			}
 			continue
 		}
-		ok, err := b.settle(ctx, key, QueueKey(queue), raw, n.Encode(), "rpush", queue)
+		ok, err := b.settleFenced(ctx, owner, key, QueueKey(queue), raw, n.Encode(), "rpush", queue)
 		if err != nil {
 			return fmt.Errorf("recovery: %w", err)
 		}

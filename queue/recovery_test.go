@@ -25,6 +25,7 @@ func TestRecoverOrphans(t *testing.T) {
 	rdb.RPush(ctx, stagingKey("stager:5:eeeeeeeeeeee"), `{"class":"A","args":[6],"queue":"s"}`)
 	// Our own list is never touched by our recovery.
 	rdb.LPush(ctx, inflightKey(tb.broker.Identity(), "q"), `{"class":"A","args":[7]}`)
+	missingLongAgo(t, tb, dead, unreg, "stager:5:eeeeeeeeeeee", live, tb.broker.Identity())
 
 	res, err := tb.broker.RecoverOrphans(ctx)
 	if err != nil {
@@ -60,6 +61,21 @@ func TestRecoverOrphans(t *testing.T) {
 	if rdb.Exists(ctx, keyRecoveryLock).Val() != 0 {
 		t.Error("lock not released")
 	}
+	// Sightings of recovered processes are forgotten; a live one's too.
+	if got := rdb.HKeys(ctx, keyMissingSince).Val(); len(got) != 1 || got[0] != tb.broker.Identity() {
+		t.Errorf("missing-since = %v, want only our own (never looked at) entry", got)
+	}
+}
+
+// missingLongAgo records ids as missing since long before any grace
+// period, as if earlier recovery passes had seen them without alive keys.
+func missingLongAgo(t *testing.T, tb *testBundle, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		if err := tb.rdb.HSet(tb.ctx, keyMissingSince, id, 1).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func TestRecoverPoisonPill(t *testing.T) {
@@ -73,6 +89,7 @@ func TestRecoverPoisonPill(t *testing.T) {
 		{`{"class":"A","args":[],"jid":"p4","ferry_recovered":1}`, "requeued"},
 	} {
 		rdb.LPush(ctx, inflightKey("x:1:"+itoa(i), "q"), tc.job)
+		missingLongAgo(t, tb, "x:1:"+itoa(i))
 	}
 	res, err := tb.broker.RecoverOrphans(ctx)
 	if err != nil {
@@ -105,6 +122,7 @@ func TestRecoveryLock(t *testing.T) {
 	tb := setup(t, BrokerOptions{})
 	tb.rdb.Set(tb.ctx, keyRecoveryLock, "someone-else", time.Minute)
 	tb.rdb.LPush(tb.ctx, inflightKey("dead:1:x", "q"), `{"class":"A","args":[]}`)
+	missingLongAgo(t, tb, "dead:1:x")
 	if _, err := tb.broker.RecoverOrphans(tb.ctx); !errors.Is(err, ErrLocked) {
 		t.Fatalf("err = %v, want ErrLocked", err)
 	}
@@ -129,5 +147,99 @@ func TestRecoveryLock(t *testing.T) {
 	}
 	if n := tb.rdb.LLen(tb.ctx, "queue:q").Val(); n != 201 {
 		t.Errorf("queue:q has %d jobs, want 201 (each exactly once)", n)
+	}
+}
+
+// A process whose alive key is missing is recovered only once it has been
+// missing for the grace period without a break: a refresh in between (a
+// live process re-creating its key after an empty Redis restart) starts
+// the count again.
+func TestRecoveryGrace(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, BrokerOptions{RecoveryGrace: time.Hour})
+	ctx, rdb := tb.ctx, tb.rdb
+	other, err := NewBroker(rdb, BrokerOptions{Identity: "other:2:bbbbbbbbbbbb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb.LPush(ctx, inflightKey(other.Identity(), "q"), `{"class":"A","args":[1]}`)
+
+	res, err := tb.broker.RecoverOrphans(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Processes != 0 || res.Waiting != 1 || res.RetryIn <= 59*time.Minute || res.RetryIn > time.Hour {
+		t.Errorf("first sighting: %+v, want 1 waiting, retry in about an hour", res)
+	}
+	if rdb.LLen(ctx, inflightKey(other.Identity(), "q")).Val() != 1 || !rdb.HExists(ctx, keyMissingSince, other.Identity()).Val() {
+		t.Fatal("first sighting recovered the list, or did not record the sighting")
+	}
+	// The process comes back: its heartbeat clears the sighting.
+	if _, err := other.Heartbeat(ctx, ProcessInfo{}, BeatState{}); err != nil {
+		t.Fatal(err)
+	}
+	if rdb.HExists(ctx, keyMissingSince, other.Identity()).Val() {
+		t.Error("a heartbeat did not clear the sighting")
+	}
+	if other.LastAliveRefresh().IsZero() {
+		t.Error("LastAliveRefresh not set by a heartbeat")
+	}
+	if res, err := tb.broker.RecoverOrphans(ctx); err != nil || res.Waiting != 0 || res.Processes != 0 {
+		t.Errorf("alive process: %+v, %v", res, err)
+	}
+
+	// Gone again, seen missing long ago: recovered.
+	rdb.Del(ctx, aliveKey(other.Identity()))
+	missingLongAgo(t, tb, other.Identity())
+	if res, err := tb.broker.RecoverOrphans(ctx); err != nil || res.Processes != 1 || res.Requeued != 1 {
+		t.Errorf("after the grace: %+v, %v", res, err)
+	}
+	if rdb.HExists(ctx, keyMissingSince, other.Identity()).Val() {
+		t.Error("sighting kept after recovery")
+	}
+}
+
+// Recovery moves a job only while its owner is still missing: a process
+// that refreshes its liveness between the pass's decision and the move
+// keeps its jobs.
+func TestRecoveryStopsWhenOwnerReturns(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, BrokerOptions{})
+	ctx, rdb := tb.ctx, tb.rdb
+	id := "back:3:cccccccccccc"
+	list := inflightKey(id, "q")
+	rdb.LPush(ctx, list, `{"class":"A","args":[1]}`, `{"class":"A","args":[2]}`)
+	rdb.RPush(ctx, stagingKey(id), `{"class":"A","args":[3],"queue":"s"}`)
+
+	for name, comeBack := range map[string]func(){
+		"alive key back":     func() { rdb.Set(ctx, aliveKey(id), "1", time.Minute) },
+		"sighting cleared":   func() { rdb.HDel(ctx, keyMissingSince, id) },
+		"fetch refreshed it": func() { fetchAs(t, tb, id) },
+	} {
+		missingLongAgo(t, tb, id)
+		rdb.Del(ctx, aliveKey(id))
+		comeBack()
+		var res RecoveryResult
+		if err := tb.broker.recoverProcess(ctx, id, []string{"q"}, &res); !errors.Is(err, errOwnerBack) {
+			t.Errorf("%s: err = %v, want errOwnerBack", name, err)
+		}
+		if rdb.LLen(ctx, list).Val() != 2 || rdb.LLen(ctx, stagingKey(id)).Val() != 1 || rdb.Exists(ctx, "queue:q", "queue:s").Val() != 0 {
+			t.Errorf("%s: jobs of a process that came back were moved", name)
+		}
+	}
+}
+
+// fetchAs runs one (empty) fetch as process id.
+func fetchAs(t *testing.T, tb *testBundle, id string) {
+	t.Helper()
+	b, err := NewBroker(tb.rdb, BrokerOptions{Identity: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.NewFetcher([]WeightedQueue{{Name: "empty"}}).TryFetch(tb.ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if b.LastAliveRefresh().IsZero() {
+		t.Error("LastAliveRefresh not set by a fetch")
 	}
 }

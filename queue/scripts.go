@@ -5,27 +5,37 @@ import "github.com/redis/go-redis/v9"
 // All Lua scripts ferry runs live in this file. go-redis runs them with
 // EVALSHA and falls back to EVAL on NOSCRIPT.
 
-// fetchScript takes up to ARGV[1] jobs from the queues in KEYS order and
-// moves each into that queue's in-flight list in the same atomic step, so a
-// job is always either in a public queue or in a private list.
-// KEYS: queue1, inflight1, queue2, inflight2, ...
+// fetchScript refreshes this process's liveness, then takes up to ARGV[1]
+// jobs from the queues in KEYS order and moves each into that queue's
+// in-flight list in the same atomic step, so a job is always either in a
+// public queue or in a private list, and never lands in a private list
+// whose owner looks dead.
+// KEYS: alive key, missing-since hash, then queue1, inflight1, queue2, inflight2, ...
+// ARGV[1] max jobs, ARGV[2] number of acks n, ARGV[3] alive TTL (ms),
+// ARGV[4] identity, ARGV[5] alive value, then n pairs (inflight KEYS index,
+// exact bytes): finished jobs to LREM, so that acks ride along with the
+// fetch instead of costing their own round trip.
 // Returns a flat list: queue index (1-based), job, queue index, job, ...
-// ARGV[2] = number of acks n, then n pairs (inflight KEYS index, exact
-// bytes): finished jobs to LREM first, so that acks ride along with the
-// next fetch instead of costing their own round trip.
+//
+// The SET must be the script's first write: with maxmemory and noeviction,
+// Redis refuses a script's first write that may grow memory (SET) but lets
+// later ones through, so SET first makes the whole fetch fail under OOM,
+// exactly like the heartbeat, instead of fetching without refreshing.
 var fetchScript = redis.NewScript(`
+redis.call('SET', KEYS[1], ARGV[5], 'PX', ARGV[3])
+redis.call('HDEL', KEYS[2], ARGV[4])
 local max = tonumber(ARGV[1])
 local nacks = tonumber(ARGV[2])
 for a = 0, nacks - 1 do
-  redis.call('LREM', KEYS[tonumber(ARGV[3 + 2*a])], -1, ARGV[4 + 2*a])
+  redis.call('LREM', KEYS[tonumber(ARGV[6 + 2*a])], -1, ARGV[7 + 2*a])
 end
 local out = {}
-for i = 1, #KEYS, 2 do
+for i = 3, #KEYS, 2 do
   if max <= 0 then break end
   local jobs = redis.call('RPOP', KEYS[i], max)
   if jobs then
     redis.call('LPUSH', KEYS[i+1], unpack(jobs))
-    local qi = (i + 1) / 2
+    local qi = (i - 1) / 2
     for _, j in ipairs(jobs) do
       out[#out+1] = qi
       out[#out+1] = j
@@ -44,7 +54,16 @@ return out
 // KEYS[1] private list, KEYS[2] destination (queue list or zset), KEYS[3] "queues"
 // ARGV[1] original bytes, ARGV[2] new bytes, ARGV[3] op (lpush|rpush|zadd|dead|drop),
 // ARGV[4] queue name or score, ARGV[5] dead cutoff score, ARGV[6] dead max jobs
+// When recovering another process's list: KEYS[4] its alive key, KEYS[5]
+// the missing-since hash, ARGV[7] its identity. Then it returns -1 and
+// touches nothing if that process refreshed its liveness since recovery
+// decided it was dead (alive key back, or missing-since entry cleared), so
+// a process that comes back keeps its jobs: checked here, atomically with
+// the move, not once per pass.
 var settleScript = redis.NewScript(`
+if KEYS[4] and (redis.call('EXISTS', KEYS[4]) == 1 or redis.call('HEXISTS', KEYS[5], ARGV[7]) == 0) then
+  return -1
+end
 if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end
 local op = ARGV[3]
 if op == 'lpush' then
@@ -61,6 +80,25 @@ elseif op == 'dead' then
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[6]))
 end
 return 1
+`)
+
+// observeMissingScript records when a process was first seen without its
+// alive key and says how long recovery must still wait before taking its
+// jobs (0: the grace has passed). It returns -1, and forgets any earlier
+// sighting, when the key exists. Check and record are one atomic step, so
+// a sighting never survives a refresh (which deletes it) that happened
+// in between.
+// KEYS[1] alive key, KEYS[2] missing-since hash
+// ARGV[1] identity, ARGV[2] Redis server time (ms), ARGV[3] grace (ms)
+var observeMissingScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return -1
+end
+redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
+local left = tonumber(redis.call('HGET', KEYS[2], ARGV[1])) + tonumber(ARGV[3]) - tonumber(ARGV[2])
+if left < 0 then return 0 end
+return left
 `)
 
 // dueScript moves up to ARGV[2] members of a sorted set whose score is at or

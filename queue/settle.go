@@ -51,9 +51,24 @@ func (b *Broker) Requeue(ctx context.Context, ds ...*Delivery) (int, error) {
 }
 
 func (b *Broker) settle(ctx context.Context, from, to string, orig, next []byte, op, arg string) (bool, error) {
+	return b.settleFenced(ctx, "", from, to, orig, next, op, arg)
+}
+
+// settleFenced is settle on the private list of process owner ("": ours),
+// done only while owner is still missing. It returns errOwnerBack if owner
+// refreshed its liveness since recovery found it dead.
+func (b *Broker) settleFenced(ctx context.Context, owner, from, to string, orig, next []byte, op, arg string) (bool, error) {
 	cutoff := formatFloatTime(epoch(b.opts.Now().Add(-b.opts.DeadTimeout)))
-	n, err := settleScript.Run(ctx, b.rdb, []string{from, to, keyQueues},
-		orig, next, op, arg, cutoff, b.opts.DeadMaxJobs).Int()
+	keys := []string{from, to, keyQueues}
+	args := []any{orig, next, op, arg, cutoff, b.opts.DeadMaxJobs}
+	if owner != "" {
+		keys = append(keys, aliveKey(owner), keyMissingSince)
+		args = append(args, owner)
+	}
+	n, err := settleScript.Run(ctx, b.rdb, keys, args...).Int()
+	if err == nil && n < 0 {
+		return false, errOwnerBack
+	}
 	return n == 1, err
 }
 

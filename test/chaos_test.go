@@ -261,18 +261,19 @@ func TestChaosTermUnderLoad(t *testing.T) {
 
 // redisServer is a private redis-server for tests that kill it.
 type redisServer struct {
-	t    *testing.T
-	port int
-	dir  string
-	proc *subproc
+	t     *testing.T
+	port  int
+	dir   string
+	extra []string // redis-server options after (so overriding) the defaults
+	proc  *subproc
 }
 
-func startRedisServer(t *testing.T) *redisServer {
+func startRedisServer(t *testing.T, extra ...string) *redisServer {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Skip("redis-server is not on PATH (install Debian's redis-server)")
 	}
-	s := &redisServer{t: t, port: freePort(t), dir: t.TempDir()}
+	s := &redisServer{t: t, port: freePort(t), dir: t.TempDir(), extra: extra}
 	s.start()
 	return s
 }
@@ -284,9 +285,9 @@ func (s *redisServer) url() string { return fmt.Sprintf("redis://127.0.0.1:%d/0"
 func (s *redisServer) start() {
 	t := s.t
 	t.Helper()
-	s.proc = startProc(t, "redis-server", childEnv(), "redis-server",
+	s.proc = startProc(t, "redis-server", childEnv(), "redis-server", append([]string{
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
-		"--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no")
+		"--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"}, s.extra...)...)
 	c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", s.port), MaxRetries: -1})
 	defer c.Close()
 	testenv.Eventually(t, 20*time.Second, "redis-server to accept commands", func() bool {

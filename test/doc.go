@@ -16,6 +16,11 @@
 //     (another worker recovers its private list); TERM under load exits 0
 //     and leaves nothing behind; a Redis server killed and restarted under
 //     load is survived, with every job still run.
+//   - liveness_test.go: a worker cut off from Redis by a network that stops
+//     forwarding, Redis at maxmemory with noeviction, and Redis restarted
+//     empty: with a test job class that records every execution outside
+//     Redis (test/testdata/liveworker), no job runs on two workers at once
+//     and none is lost.
 //
 // Every test gets its own Redis database (internal/testenv), and the
 // chaos test for Redis restarts starts its own redis-server, so the
@@ -29,6 +34,7 @@
 // Without REDIS_URL the tests skip. The Ruby tests skip (saying so) when
 // `ruby -e 'require "sidekiq"'` fails; install Debian's ruby-sidekiq to run
 // them (CI does). redis-server must be on PATH for the Redis-restart test.
-// The package takes about a minute; the SIGKILL test waits for the killed
-// worker's 20 s liveness key to expire, as recovery does in production.
+// The SIGKILL and network-cut tests wait for a worker's 20 s liveness key
+// to expire and then for the 10 s recovery grace, as recovery does in
+// production.
 package test

@@ -53,11 +53,17 @@ type Config struct {
 	Identity   string // default "<hostname>:<pid>:<12 hex>"
 	Middleware []Middleware
 	Logger     *zap.Logger
-	// AliveTTL is how long after its last heartbeat this process counts as
-	// alive; other processes recover its in-flight jobs once it lapses.
-	// Default max(20 s, 4 × HeartbeatInterval); it must be at least twice
-	// HeartbeatInterval, or live processes would lose their jobs.
+	// AliveTTL is how long after its last refresh (heartbeat or fetch) this
+	// process counts as alive in Redis. Default max(20 s, 4 ×
+	// HeartbeatInterval); it must be at least 4 × HeartbeatInterval. After
+	// AliveTTL/2 without a successful refresh the process stops fetching
+	// and cancels its running jobs ([ErrLivenessLost]), well before others
+	// may take them over (see liveness.go for the timings and why).
 	AliveTTL time.Duration
+	// RecoveryGrace is how long another process's alive key must have been
+	// missing without a break before this process recovers its jobs.
+	// Default AliveTTL/2.
+	RecoveryGrace time.Duration
 }
 
 // DefaultTimeout is Sidekiq's shutdown grace (its -t default).
@@ -99,8 +105,13 @@ func (c *Config) withDefaults() error {
 	if c.AliveTTL == 0 {
 		c.AliveTTL = max(20*time.Second, 4*c.HeartbeatInterval)
 	}
-	if c.AliveTTL < 2*c.HeartbeatInterval {
-		return fmt.Errorf("worker: Config.AliveTTL (%s) must be at least twice Config.HeartbeatInterval (%s)", c.AliveTTL, c.HeartbeatInterval)
+	// The process gives up at AliveTTL/2 without a refresh; that must span
+	// two heartbeats, or one slow beat would cancel every running job.
+	if c.AliveTTL < 4*c.HeartbeatInterval {
+		return fmt.Errorf("worker: Config.AliveTTL (%s) must be at least 4 times Config.HeartbeatInterval (%s)", c.AliveTTL, c.HeartbeatInterval)
+	}
+	if c.RecoveryGrace < 0 {
+		return fmt.Errorf("worker: Config.RecoveryGrace must not be negative, got %s", c.RecoveryGrace)
 	}
 	if c.RecoveryInterval <= 0 {
 		c.RecoveryInterval = 10 * time.Second
@@ -135,11 +146,16 @@ type Runtime struct {
 	stopOnce  sync.Once
 	stopCh    chan struct{} // closed on stop request (TERM via Redis, Stop())
 
-	slots    chan int               // free slot ids
-	slotWork []chan *queue.Delivery // per slot: the job its goroutine runs next
+	slots    chan int       // free slot ids
+	slotWork []chan slotJob // per slot: the job its goroutine runs next
 	mu       sync.Mutex
 	inflight map[int]*running // slot -> job
 	wg       sync.WaitGroup   // running jobs
+
+	live *liveness // set by Run
+	// stranded is set when a job ended because liveness was lost: it is
+	// still in our private list, and the fetch loop pushes it back.
+	stranded atomic.Bool
 
 	// Finished jobs waiting to be acknowledged in one batch. A job is
 	// always in inflight or in one of these two until its ack is written,
@@ -159,6 +175,13 @@ type running struct {
 	runAt time.Time
 }
 
+// slotJob is a job handed to a slot goroutine, with the context it runs
+// under (cancelled at a hard stop or when liveness is lost).
+type slotJob struct {
+	ctx context.Context
+	d   *queue.Delivery
+}
+
 // New validates cfg and builds a Runtime.
 func New(cfg Config) (*Runtime, error) {
 	if err := cfg.withDefaults(); err != nil {
@@ -166,6 +189,7 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	b, err := queue.NewBroker(cfg.Redis, queue.BrokerOptions{
 		Identity: cfg.Identity, MaxRetries: cfg.MaxRetries, Logger: cfg.Logger, AliveTTL: cfg.AliveTTL,
+		RecoveryGrace: cfg.RecoveryGrace,
 	})
 	if err != nil {
 		return nil, err
@@ -188,11 +212,11 @@ func New(cfg Config) (*Runtime, error) {
 		inflight: make(map[int]*running, cfg.Concurrency),
 		ackWake:  make(chan struct{}, 1),
 	}
-	r.slotWork = make([]chan *queue.Delivery, cfg.Concurrency)
+	r.slotWork = make([]chan slotJob, cfg.Concurrency)
 	r.fetcher.DeferParse = true // parsed on the slot goroutines, not in the fetch loop
 	for i := range cfg.Concurrency {
 		r.slots <- i
-		r.slotWork[i] = make(chan *queue.Delivery, 1)
+		r.slotWork[i] = make(chan slotJob, 1)
 	}
 	return r, nil
 }
@@ -242,10 +266,14 @@ func (r *Runtime) Run(ctx context.Context) error {
 	r.log.Info("worker started", zap.String("identity", r.cfg.Identity),
 		zap.Strings("queues", r.info.Queues), zap.Int("concurrency", r.cfg.Concurrency))
 
+	// Jobs run under the current liveness epoch, a child of workCtx: lost
+	// liveness cancels them without stopping the process.
+	r.live = newLiveness(workCtx, r.cfg.AliveTTL/2, r.broker.LastAliveRefresh, r.log)
 	var bg sync.WaitGroup
 	fetchCtx, cancelFetch := context.WithCancel(bgCtx)
 	defer cancelFetch()
-	bg.Add(4)
+	bg.Add(5)
+	go func() { defer bg.Done(); r.live.run(bgCtx) }()
 	go func() { defer bg.Done(); r.heartbeatLoop(bgCtx) }()
 	go func() { defer bg.Done(); r.pollLoop(fetchCtx) }()
 	go func() { defer bg.Done(); r.recoveryLoop(fetchCtx) }()
@@ -263,7 +291,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 	defer cancelAck()
 	go func() { defer close(ackExited); r.ackLoop(ackCtx, ackDone) }()
 	for i := range r.slotWork {
-		go r.slotLoop(workCtx, i)
+		go r.slotLoop(i)
 	}
 	// Slot goroutines end when their channel closes; one still running a
 	// job that ignored cancellation ends when that job returns.
@@ -354,10 +382,22 @@ func (r *Runtime) fetchLoop(fetchCtx context.Context) {
 	// A fetch whose reply was lost may have moved jobs into our private
 	// list that no slot knows about; go-redis may even retry it and report
 	// success. So after a fetch error, and every RecoveryInterval anyway,
-	// look for such jobs and push them back.
+	// look for such jobs and push them back. Jobs cancelled by lost
+	// liveness are pushed back the same way once we are live again.
 	dirty := false
 	lastCheck := time.Now()
+	_, epoch := r.live.current()
 	for fetchCtx.Err() == nil {
+		gen, ok := r.live.wait(fetchCtx) // no fetching while we may not own jobs
+		if !ok {
+			return
+		}
+		if r.stranded.Swap(false) {
+			dirty = true
+		}
+		if gen != epoch {
+			epoch, dirty = gen, true
+		}
 		if dirty || time.Since(lastCheck) >= r.cfg.RecoveryInterval {
 			if _, err := r.requeueUnknown(fetchCtx, true); err != nil {
 				if fetchCtx.Err() != nil {
@@ -372,38 +412,22 @@ func (r *Runtime) fetchLoop(fetchCtx context.Context) {
 			dirty = false
 			lastCheck = time.Now()
 		}
-		var first int
-		select {
-		case <-fetchCtx.Done():
+		ids, ok := r.takeSlots(fetchCtx)
+		if !ok {
 			return
-		case first = <-r.slots:
 		}
-		ids := []int{first}
-	more:
-		for len(ids) < r.cfg.Concurrency {
-			select {
-			case id := <-r.slots:
-				ids = append(ids, id)
-			default:
-				break more
-			}
+		ds, jobCtx, err := r.fetch(fetchCtx, len(ids))
+		if jobCtx.Err() != nil {
+			// Liveness was lost before or during the fetch: what it took
+			// is not ours to run; it is pushed back once we are live again.
+			r.releaseSlots(ids)
+			dirty = true
+			continue
 		}
-		// Acks of finished jobs ride along with the fetch.
-		r.ackMu.Lock()
-		acks := r.ackPending
-		r.ackPending = nil
-		r.ackMu.Unlock()
-		ds, err := r.fetcher.FetchAndAck(fetchCtx, acks, len(ids), 2*time.Second)
 		if err != nil {
 			// The fetch may have moved jobs into our private list before
 			// the error (e.g. the connection dropped before the reply).
 			dirty = true
-			if len(acks) > 0 { // not known to be written: the ack loop retries
-				r.ackMu.Lock()
-				r.ackPending = append(acks, r.ackPending...)
-				r.ackMu.Unlock()
-				r.wakeAcks()
-			}
 		}
 		if err != nil && fetchCtx.Err() == nil {
 			r.log.Warn("fetch failed; retrying", zap.Error(err))
@@ -422,10 +446,56 @@ func (r *Runtime) fetchLoop(fetchCtx context.Context) {
 			ds = nil
 		}
 		for i, d := range ds {
-			r.start(ids[i], d)
+			r.start(jobCtx, ids[i], d)
 		}
 		r.releaseSlots(ids[len(ds):])
 	}
+}
+
+// takeSlots waits for a free slot and takes every other free one.
+func (r *Runtime) takeSlots(ctx context.Context) ([]int, bool) {
+	var first int
+	select {
+	case <-ctx.Done():
+		return nil, false
+	case first = <-r.slots:
+	}
+	ids := []int{first}
+	for len(ids) < r.cfg.Concurrency {
+		select {
+		case id := <-r.slots:
+			ids = append(ids, id)
+		default:
+			return ids, true
+		}
+	}
+	return ids, true
+}
+
+// fetch takes up to n jobs, acknowledging finished ones in the same round
+// trip, and returns the context of the liveness epoch they belong to. The
+// call is abandoned when liveness is lost.
+func (r *Runtime) fetch(fetchCtx context.Context, n int) ([]*queue.Delivery, context.Context, error) {
+	jobCtx, _ := r.live.current()
+	if jobCtx.Err() != nil {
+		return nil, jobCtx, context.Cause(jobCtx)
+	}
+	ctx, cancel := context.WithCancel(fetchCtx)
+	defer cancel()
+	stop := context.AfterFunc(jobCtx, cancel)
+	defer stop()
+	r.ackMu.Lock()
+	acks := r.ackPending
+	r.ackPending = nil
+	r.ackMu.Unlock()
+	ds, err := r.fetcher.FetchAndAck(ctx, acks, n, 2*time.Second)
+	if err != nil && len(acks) > 0 { // not known to be written: the ack loop retries
+		r.ackMu.Lock()
+		r.ackPending = append(acks, r.ackPending...)
+		r.ackMu.Unlock()
+		r.wakeAcks()
+	}
+	return ds, jobCtx, err
 }
 
 func (r *Runtime) releaseSlots(ids []int) {
@@ -436,17 +506,17 @@ func (r *Runtime) releaseSlots(ids []int) {
 
 // start hands d to the goroutine of a free slot. Slot goroutines live as
 // long as Run, so a job does not pay for a new goroutine and its stack.
-func (r *Runtime) start(slot int, d *queue.Delivery) {
+func (r *Runtime) start(ctx context.Context, slot int, d *queue.Delivery) {
 	r.mu.Lock()
 	r.inflight[slot] = &running{d: d, runAt: time.Now()}
 	r.mu.Unlock()
 	r.wg.Add(1)
-	r.slotWork[slot] <- d
+	r.slotWork[slot] <- slotJob{ctx: ctx, d: d}
 }
 
-func (r *Runtime) slotLoop(workCtx context.Context, slot int) {
-	for d := range r.slotWork[slot] {
-		r.process(workCtx, d)
+func (r *Runtime) slotLoop(slot int) {
+	for j := range r.slotWork[slot] {
+		r.process(j.ctx, j.d)
 		r.mu.Lock()
 		delete(r.inflight, slot)
 		r.mu.Unlock()
@@ -466,7 +536,13 @@ func (r *Runtime) process(ctx context.Context, d *queue.Delivery) {
 	err := r.runJob(ctx, d.Job)
 	r.processed.Add(1)
 	if ctx.Err() != nil && err != nil {
-		// Hard shutdown: the job was already pushed back; record nothing.
+		// Hard shutdown: the job was already pushed back. Lost liveness:
+		// it stays in our private list, to be pushed back by the fetch
+		// loop once we are live again, or recovered by another process.
+		// Either way record nothing: it runs again.
+		if errors.Is(context.Cause(ctx), ErrLivenessLost) {
+			r.stranded.Store(true)
+		}
 		return
 	}
 	switch {
@@ -662,17 +738,25 @@ func (r *Runtime) requeueUnknown(ctx context.Context, onlyUnknown bool) (int, er
 }
 
 func (r *Runtime) heartbeatLoop(ctx context.Context) {
-	t := time.NewTicker(r.cfg.HeartbeatInterval)
-	defer t.Stop()
+	// A failed beat is retried within a second, not a whole interval
+	// later, so a short outage never costs the process its liveness.
+	rng := newRand()
+	retry := min(r.cfg.HeartbeatInterval, time.Second)
+	wait := r.cfg.HeartbeatInterval
 	for {
-		select {
-		case <-ctx.Done():
+		if !sleepCtx(ctx, wait) {
 			return
-		case <-t.C:
-			if err := r.beat(ctx); err != nil && ctx.Err() == nil {
-				r.log.Warn("heartbeat failed", zap.Error(err))
-			}
 		}
+		if err := r.beat(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.log.Warn("heartbeat failed", zap.Error(err))
+			wait = retry/2 + time.Duration(rng.Int64N(int64(retry/2)+1))
+			continue
+		}
+		r.live.refreshed()
+		wait = r.cfg.HeartbeatInterval
 	}
 }
 
@@ -749,11 +833,17 @@ func (r *Runtime) recoveryLoop(ctx context.Context) {
 		if !sleepCtx(ctx, wait) {
 			return
 		}
-		if _, err := r.broker.RecoverOrphans(ctx); err != nil && !errors.Is(err, queue.ErrLocked) && ctx.Err() == nil {
+		res, err := r.broker.RecoverOrphans(ctx)
+		if err != nil && !errors.Is(err, queue.ErrLocked) && ctx.Err() == nil {
 			r.log.Warn("orphan recovery failed", zap.Error(err))
 		}
 		// Jitter so processes do not all contend for the lock at once.
 		wait = r.cfg.RecoveryInterval/2 + time.Duration(rng.Int64N(int64(r.cfg.RecoveryInterval)))
+		if res.RetryIn > 0 {
+			// A process found missing becomes recoverable then: look
+			// again right after, not up to a whole interval later.
+			wait = min(wait, res.RetryIn+time.Duration(rng.Int64N(int64(100*time.Millisecond))))
+		}
 	}
 }
 

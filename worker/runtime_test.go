@@ -521,7 +521,7 @@ func TestRuntimeRecoversDeadProcess(t *testing.T) {
 	reg := registry(t, func(r *Registry) {
 		AddWorker(r, WorkFunc[echoArgs](func(_ context.Context, j *Job[echoArgs]) error { ran <- j.Args.N; return nil }))
 	})
-	startRuntime(t, rdb, Config{Registry: reg, RecoveryInterval: 200 * time.Millisecond})
+	startRuntime(t, rdb, Config{Registry: reg, RecoveryInterval: 200 * time.Millisecond, RecoveryGrace: 300 * time.Millisecond})
 	select {
 	case n := <-ran:
 		if n != 42 {
@@ -568,7 +568,7 @@ func TestConfigValidation(t *testing.T) {
 		{Config{Redis: rdb, Registry: NewRegistry(), Timeout: new(-time.Second)}, "Timeout must be positive"},
 		{Config{Redis: rdb, Registry: NewRegistry(), Timeout: new(time.Duration(0))}, "Timeout must be positive"},
 		{Config{Redis: rdb, Registry: NewRegistry(), MaxRetries: new(-1)}, "MaxRetries must be >= 0"},
-		{Config{Redis: rdb, Registry: NewRegistry(), HeartbeatInterval: 10 * time.Second, AliveTTL: 15 * time.Second}, "AliveTTL (15s) must be at least twice"},
+		{Config{Redis: rdb, Registry: NewRegistry(), HeartbeatInterval: 10 * time.Second, AliveTTL: 15 * time.Second}, "AliveTTL (15s) must be at least 4 times"},
 	} {
 		if _, err := New(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("New(%+v) = %v, want %q", tc.cfg, err, tc.want)
