@@ -257,6 +257,9 @@ func canonicalArgs(raw json.RawMessage) ([]json.RawMessage, json.RawMessage, err
 // every identifier is looked up in pg_catalog and quoted, never spliced.
 // Queueing the same configuration twice is a no-op (Existing is set).
 func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error) {
+	if err := CheckConfig(o.Class, o.Table, o.Column, o.Args); err != nil {
+		return nil, err
+	}
 	cls, ok := e.reg.Lookup(o.Class)
 	if !ok {
 		return nil, fmt.Errorf("%w: %q (registered: %s)", ErrUnknownClass, o.Class, strings.Join(e.reg.Names(), ", "))

@@ -133,6 +133,9 @@ func (e *Engine) FindByConfig(ctx context.Context, class, table, column string, 
 // Finalize, check and the schema-migration gates all match this way. It
 // returns [ErrNotFound] when there is none, or no ferry tables at all.
 func FindConfig(ctx context.Context, db Queryer, class, table, column string, args []byte) (*Migration, error) {
+	if err := CheckConfig(class, table, column, args); err != nil {
+		return nil, err
+	}
 	_, canon, err := canonicalArgs(args)
 	if err != nil {
 		return nil, err
