@@ -439,15 +439,13 @@ func (a *App) Redis(ctx context.Context) (*redis.Client, error) {
 	if a.rdb != nil {
 		return a.rdb, nil
 	}
-	o, err := a.Cfg.RedisOptions()
+	rdb, err := a.Cfg.NewRedis(a.Cfg.Worker.Concurrency + 10)
 	if err != nil {
 		return nil, Usage(err)
 	}
-	o.PoolSize = max(o.PoolSize, a.Cfg.Worker.Concurrency+10)
-	rdb := redis.NewClient(o)
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		_ = rdb.Close()
-		return nil, fmt.Errorf("cannot reach Redis at %s: %w", config.RedactURL(a.Cfg.RedisURL), err)
+		return nil, fmt.Errorf("cannot reach Redis at %s: %w", a.Cfg.RedactRedis(), err)
 	}
 	a.rdb = rdb
 	return rdb, nil

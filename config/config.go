@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,9 +26,49 @@ type Config struct {
 	LogLevel    string `yaml:"log_level"`
 	LogFormat   string `yaml:"log_format"` // "json", "console" or "" (auto)
 
+	Redis  Redis  `yaml:"redis"`
 	Worker Worker `yaml:"worker"`
 	Web    Web    `yaml:"web"`
 	BBM    BBM    `yaml:"bbm"`
+
+	// RedisProvider is $REDIS_PROVIDER, kept to validate it: the name of
+	// the variable that holds the Redis URL (Sidekiq's convention).
+	RedisProvider string `yaml:"-"`
+}
+
+// Redis configures the Redis connection beyond its URL, in the shapes
+// Sidekiq and GitLab users write.
+type Redis struct {
+	// Sentinels are the Redis Sentinels to ask for the master ("host:port",
+	// or GitLab's {host: ..., port: ...}); the URL's host is then the
+	// master's name: redis://:password@mymaster/0.
+	Sentinels        []SentinelAddr `yaml:"sentinels"`
+	SentinelUsername string         `yaml:"sentinel_username"`
+	SentinelPassword string         `yaml:"sentinel_password"`
+}
+
+// SentinelAddr is one sentinel's "host:port".
+type SentinelAddr string
+
+// UnmarshalYAML reads "host:port", or a mapping with host and port
+// (26379 when absent) as in GitLab's resque.yml.
+func (a *SentinelAddr) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		*a = SentinelAddr(n.Value)
+		return nil
+	}
+	var m struct {
+		Host string `yaml:"host"`
+		Port int    `yaml:"port"`
+	}
+	if err := n.Decode(&m); err != nil {
+		return err
+	}
+	if m.Port == 0 {
+		m.Port = 26379
+	}
+	*a = SentinelAddr(net.JoinHostPort(m.Host, strconv.Itoa(m.Port)))
+	return nil
 }
 
 // Worker configures `ferry worker`.
@@ -165,11 +206,16 @@ func keyAtLine(n *yaml.Node, line int, prefix string) string {
 
 // Env names ferry reads.
 const (
-	EnvRedisURL    = "REDIS_URL"
-	EnvDatabaseURL = "DATABASE_URL"
-	EnvConfig      = "FERRY_CONFIG"
-	EnvLogLevel    = "FERRY_LOG_LEVEL"
-	EnvWebToken    = "FERRY_WEB_TOKEN"
+	EnvRedisURL = "REDIS_URL"
+	// EnvRedisProvider names the variable that holds the Redis URL.
+	EnvRedisProvider = "REDIS_PROVIDER"
+	// EnvRedisSentinels: comma-separated host:port of Redis Sentinels.
+	EnvRedisSentinels        = "REDIS_SENTINELS"
+	EnvRedisSentinelPassword = "REDIS_SENTINEL_PASSWORD"
+	EnvDatabaseURL           = "DATABASE_URL"
+	EnvConfig                = "FERRY_CONFIG"
+	EnvLogLevel              = "FERRY_LOG_LEVEL"
+	EnvWebToken              = "FERRY_WEB_TOKEN"
 )
 
 // ConfigPathFromEnv returns $FERRY_CONFIG.
@@ -177,8 +223,21 @@ func ConfigPathFromEnv() string { return os.Getenv(EnvConfig) }
 
 // ApplyEnv overlays environment variables.
 func (c *Config) ApplyEnv() {
-	if v := os.Getenv(EnvRedisURL); v != "" {
+	// Sidekiq's lookup: the variable REDIS_PROVIDER names, else REDIS_URL.
+	c.RedisProvider = os.Getenv(EnvRedisProvider)
+	if v := os.Getenv(c.RedisProvider); c.RedisProvider != "" && v != "" {
 		c.RedisURL = v
+	} else if v := os.Getenv(EnvRedisURL); v != "" {
+		c.RedisURL = v
+	}
+	if v := os.Getenv(EnvRedisSentinels); v != "" {
+		c.Redis.Sentinels = nil
+		for _, a := range strings.Split(v, ",") {
+			c.Redis.Sentinels = append(c.Redis.Sentinels, SentinelAddr(strings.TrimSpace(a)))
+		}
+	}
+	if v := os.Getenv(EnvRedisSentinelPassword); v != "" {
+		c.Redis.SentinelPassword = v
 	}
 	if v := os.Getenv(EnvDatabaseURL); v != "" {
 		c.DatabaseURL = v
@@ -202,7 +261,14 @@ func Hostname() string {
 
 // Validate checks the whole configuration once.
 func (c *Config) Validate() error {
+	if strings.Contains(c.RedisProvider, ":") {
+		return &FieldError{Field: EnvRedisProvider, Msg: "must be the name of the variable that holds the Redis URL, not a URL " +
+			"(e.g. REDISTOGO_URL=redis://host:6379/4 and REDIS_PROVIDER=REDISTOGO_URL)"}
+	}
 	if _, err := c.RedisOptions(); err != nil {
+		return err
+	}
+	if err := validateSentinels(c.Redis.Sentinels); err != nil {
 		return err
 	}
 	if c.DatabaseURL != "" {
@@ -292,6 +358,54 @@ func validHostname(h string) bool {
 		}
 	}
 	return true
+}
+
+func validateSentinels(addrs []SentinelAddr) error {
+	for i, a := range addrs {
+		host, port, err := net.SplitHostPort(string(a))
+		if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+			return &FieldError{Field: fmt.Sprintf("redis.sentinels[%d]", i), Msg: fmt.Sprintf("must be host:port, got %q", a)}
+		}
+	}
+	return nil
+}
+
+// NewRedis returns the Redis client the configuration describes: through
+// the sentinels to the master they name when redis.sentinels is set
+// (go-redis's failover client, which follows failovers), else to the
+// URL's server. rediss:// URLs use TLS either way.
+func (c *Config) NewRedis(poolSize int) (*redis.Client, error) {
+	o, err := c.RedisOptions()
+	if err != nil {
+		return nil, err
+	}
+	o.PoolSize = max(o.PoolSize, poolSize)
+	if len(c.Redis.Sentinels) == 0 {
+		return redis.NewClient(o), nil
+	}
+	master, _, err := net.SplitHostPort(o.Addr)
+	if err != nil || master == "" {
+		return nil, &FieldError{Field: "REDIS_URL", Msg: "with redis.sentinels, the URL's host is the master's name (redis://:password@mymaster/0)"}
+	}
+	addrs := make([]string, len(c.Redis.Sentinels))
+	for i, a := range c.Redis.Sentinels {
+		addrs[i] = string(a)
+	}
+	return redis.NewFailoverClient(&redis.FailoverOptions{
+		MasterName: master, SentinelAddrs: addrs,
+		SentinelUsername: c.Redis.SentinelUsername, SentinelPassword: c.Redis.SentinelPassword,
+		Username: o.Username, Password: o.Password, DB: o.DB, TLSConfig: o.TLSConfig, PoolSize: o.PoolSize,
+		DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout,
+	}), nil
+}
+
+// RedactRedis describes where the client connects, without passwords.
+func (c *Config) RedactRedis() string {
+	u := RedactURL(c.RedisURL)
+	if len(c.Redis.Sentinels) > 0 {
+		u += fmt.Sprintf(" (master named by sentinels %v)", c.Redis.Sentinels)
+	}
+	return u
 }
 
 // RedisOptions parses RedisURL.

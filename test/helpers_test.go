@@ -264,7 +264,8 @@ func childEnv(extra ...string) []string {
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case "REDIS_URL", "DATABASE_URL", "FERRY_CONFIG", "FERRY_LOG_LEVEL", "FERRY_WEB_TOKEN":
+		case "REDIS_URL", "DATABASE_URL", "FERRY_CONFIG", "FERRY_LOG_LEVEL", "FERRY_WEB_TOKEN",
+			"REDIS_PROVIDER", "REDIS_SENTINELS", "REDIS_SENTINEL_PASSWORD":
 			continue
 		}
 		out = append(out, kv)

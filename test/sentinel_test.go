@@ -1,0 +1,139 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ferrymigrate/ferry/internal/testenv"
+	"github.com/ferrymigrate/ferry/queue"
+)
+
+// startSentinel runs a Redis Sentinel (redis-server --sentinel, the binary
+// Debian's redis-sentinel links to) watching the master on masterPort as
+// "mymaster", and returns its port.
+func startSentinel(t *testing.T, masterPort int) int {
+	t.Helper()
+	port := freePort(t)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "sentinel.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`port %d
+bind 127.0.0.1
+dir %s
+sentinel monitor mymaster 127.0.0.1 %d 1
+sentinel down-after-milliseconds mymaster 2000
+sentinel failover-timeout mymaster 10000
+`, port, dir, masterPort)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, "redis-sentinel", childEnv(), "redis-server", conf, "--sentinel")
+	c := redis.NewSentinelClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), MaxRetries: -1})
+	defer c.Close()
+	testenv.Eventually(t, 20*time.Second, "the sentinel to see the master and its replica", func() bool {
+		if p.exited() {
+			t.Fatalf("sentinel exited: %s\n%s", p.state(), p.out.String())
+		}
+		r, err := c.Replicas(context.Background(), "mymaster").Result()
+		return err == nil && len(r) == 1 && !strings.Contains(r[0]["flags"], "down")
+	})
+	return port
+}
+
+// Redis behind Sentinel, configured as Sidekiq users do (the URL names the
+// master, the sentinels in REDIS_SENTINELS or YAML in GitLab's shape): a
+// worker runs jobs, carries on through a SENTINEL FAILOVER without a
+// restart and runs the jobs pushed to the new master. REDIS_PROVIDER names
+// the variable holding the URL, as in Sidekiq.
+func TestRedisSentinelFailoverAndProvider(t *testing.T) {
+	t.Parallel()
+	ctx := testenv.Context(t)
+	master := startRedisServer(t)
+	replica := startRedisServer(t)
+	rc := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", replica.port)})
+	defer rc.Close()
+	if err := rc.ReplicaOf(ctx, "127.0.0.1", strconv.Itoa(master.port)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	sport := startSentinel(t, master.port)
+	sentinels := fmt.Sprintf("127.0.0.1:%d", sport)
+	rdb := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: "mymaster", SentinelAddrs: []string{sentinels}})
+	defer rdb.Close()
+
+	w := startProc(t, "ferry worker", childEnv("REDIS_URL=redis://mymaster/0", "REDIS_SENTINELS="+sentinels), ferryBin,
+		"worker", "--queues", "sq", "--concurrency", "5")
+	push := func(n int) {
+		t.Helper()
+		c := queue.NewClient(rdb)
+		for range n {
+			if _, err := c.Push(ctx, "Ferry::Noop", []byte(`[]`), queue.PushOptions{Queue: "sq"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	processed := func(want int64) func() bool {
+		return func() bool {
+			if w.exited() {
+				t.Fatalf("the worker exited: %s", w.state())
+			}
+			n, _ := rdb.Get(ctx, "stat:processed").Int64()
+			return n >= want && rdb.LLen(ctx, "queue:sq").Val() == 0
+		}
+	}
+	push(100)
+	testenv.Eventually(t, 30*time.Second, "the first 100 jobs run", processed(100))
+
+	sc := redis.NewSentinelClient(&redis.Options{Addr: sentinels})
+	defer sc.Close()
+	if err := sc.Failover(ctx, "mymaster").Err(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, "the replica to be the master", func() bool {
+		addr, err := sc.GetMasterAddrByName(ctx, "mymaster").Result()
+		return err == nil && len(addr) == 2 && addr[1] == strconv.Itoa(replica.port)
+	})
+	push(100)
+	testenv.Eventually(t, 60*time.Second, "the worker to run the jobs pushed after the failover", processed(200))
+	newMaster := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", replica.port)})
+	defer newMaster.Close()
+	testenv.Eventually(t, 30*time.Second, "the worker to heartbeat on the new master", func() bool {
+		n, _ := newMaster.SCard(ctx, "processes").Result()
+		return n == 1
+	})
+
+	// GitLab's resque.yml shape: sentinels as host/port mappings.
+	cfg := filepath.Join(t.TempDir(), "ferry.yml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("redis:\n  sentinels:\n    - host: 127.0.0.1\n      port: %d\n", sport)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	enq := startProc(t, "ferry enqueue", childEnv("REDIS_URL=redis://mymaster/0", "FERRY_CONFIG="+cfg), ferryBin,
+		"enqueue", "Ferry::Noop", "[]", "--queue", "yaml_q")
+	if code := enq.waitExit(t, 30*time.Second); code != 0 {
+		t.Fatalf("ferry enqueue with sentinels in YAML: exit %d\n%s", code, enq.out.String())
+	}
+	if n := newMaster.LLen(ctx, "queue:yaml_q").Val(); n != 1 {
+		t.Fatalf("queue:yaml_q on the new master has %d jobs, want 1", n)
+	}
+
+	// REDIS_PROVIDER: the variable it names wins over REDIS_URL.
+	prov := startProc(t, "ferry enqueue", childEnv("REDIS_URL=redis://127.0.0.1:1/0", "REDIS_PROVIDER=MY_REDIS",
+		fmt.Sprintf("MY_REDIS=redis://127.0.0.1:%d/2", replica.port)), ferryBin, "enqueue", "Ferry::Noop", "[]", "--queue", "prov_q")
+	if code := prov.waitExit(t, 30*time.Second); code != 0 {
+		t.Fatalf("ferry enqueue with REDIS_PROVIDER: exit %d\n%s", code, prov.out.String())
+	}
+	db2 := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", replica.port), DB: 2})
+	defer db2.Close()
+	if n := db2.LLen(ctx, "queue:prov_q").Val(); n != 1 {
+		t.Fatalf("queue:prov_q in the database REDIS_PROVIDER's variable names has %d jobs, want 1", n)
+	}
+	bad := startProc(t, "ferry enqueue", childEnv("REDIS_PROVIDER=redis://127.0.0.1:1/0"), ferryBin, "enqueue", "Ferry::Noop", "[]")
+	if code := bad.waitExit(t, 30*time.Second); code != 2 || !strings.Contains(bad.out.String(), "REDIS_PROVIDER: must be the name of the variable") {
+		t.Fatalf("REDIS_PROVIDER holding a URL: exit %d, want 2 naming the mistake\n%s", code, bad.out.String())
+	}
+}
