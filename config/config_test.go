@@ -35,6 +35,9 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"allowed host empty", func(c *Config) { c.Web.AllowedHosts = []string{""} }, "web.allowed_hosts[0]"},
 		{"allowed host wildcard", func(c *Config) { c.Web.AllowedHosts = []string{"*.example"} }, "web.allowed_hosts[0]"},
 		{"allowed host junk", func(c *Config) { c.Web.AllowedHosts = []string{"a..b"} }, "web.allowed_hosts[0]"},
+		{"redis provider url", func(c *Config) { c.RedisProvider = "redis://x:6379" }, "REDIS_PROVIDER"},
+		{"sentinel no port", func(c *Config) { c.Redis.Sentinels = []SentinelAddr{"s1:26379", "s2"} }, "redis.sentinels[1]"},
+		{"sentinel bad port", func(c *Config) { c.Redis.Sentinels = []SentinelAddr{"s1:0"} }, "redis.sentinels[0]"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -153,5 +156,54 @@ func TestRedactURL(t *testing.T) {
 	}
 	if got := RedactURL("redis://127.0.0.1:6379/0"); got != "redis://127.0.0.1:6379/0" {
 		t.Fatalf("RedactURL changed a URL without a password: %q", got)
+	}
+}
+
+// Sentinels in YAML as strings or GitLab's host/port mappings, in the env
+// as a list; the client then asks them for the master the URL names.
+func TestRedisSentinelConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ferry.yml")
+	yml := "redis:\n  sentinel_password: s3cret\n  sentinels:\n    - host: s1.example\n      port: 26380\n    - host: s2.example\n    - s3.example:26381\n"
+	if err := os.WriteFile(path, []byte(yml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := Defaults()
+	if err := c.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	want := []SentinelAddr{"s1.example:26380", "s2.example:26379", "s3.example:26381"}
+	if len(c.Redis.Sentinels) != 3 || c.Redis.Sentinels[0] != want[0] || c.Redis.Sentinels[1] != want[1] || c.Redis.Sentinels[2] != want[2] {
+		t.Fatalf("sentinels %v, want %v", c.Redis.Sentinels, want)
+	}
+	c.RedisURL = "redis://:pw@mymaster/3"
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	rdb, err := c.NewRedis(5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	if o := rdb.Options(); o.DB != 3 || o.Password != "pw" || o.Addr != "FailoverClient" {
+		t.Fatalf("failover client options: db %d, addr %q", o.DB, o.Addr)
+	}
+	if d := c.RedactRedis(); strings.Contains(d, "pw") || !strings.Contains(d, "s1.example:26380") {
+		t.Fatalf("RedactRedis() = %q", d)
+	}
+
+	t.Setenv(EnvRedisSentinels, "a:1, b:2")
+	t.Setenv(EnvRedisProvider, "MY_REDIS")
+	t.Setenv("MY_REDIS", "redis://provided:6379/4")
+	t.Setenv(EnvRedisURL, "redis://ignored:6379/0")
+	c = Defaults()
+	c.ApplyEnv()
+	if len(c.Redis.Sentinels) != 2 || c.Redis.Sentinels[1] != "b:2" || c.RedisURL != "redis://provided:6379/4" {
+		t.Fatalf("from env: sentinels %v, url %q", c.Redis.Sentinels, c.RedisURL)
+	}
+	t.Setenv("MY_REDIS", "")
+	c = Defaults()
+	c.ApplyEnv()
+	if c.RedisURL != "redis://ignored:6379/0" {
+		t.Fatalf("REDIS_PROVIDER's variable unset: url %q, want REDIS_URL's", c.RedisURL)
 	}
 }
