@@ -184,8 +184,9 @@ func TestChaosSigkillWorkerUnderLoad(t *testing.T) {
 
 	b := startFerryWorker(t, url, args...)
 	waitIdentity(ctx, t, rdb, b)
-	// Recovery needs A's 20 s liveness key to expire (and runs every 5-15 s);
-	// allow for a recovery lock A may have died holding (60 s TTL).
+	// Recovery needs A's 20 s liveness key to expire and then stay missing
+	// for the 10 s grace (passes run every 5-15 s); allow for a recovery
+	// lock A may have died holding.
 	testenv.Eventually(t, 100*time.Second, "worker B to recover A's private list and drain the queue", func() bool {
 		if b.exited() {
 			t.Fatalf("worker B exited (%s)", b.state())

@@ -308,8 +308,10 @@ func TestLivenessMaxmemory(t *testing.T) {
 	ctx := testenv.Context(t)
 	rdb := redisFor(t, srv.url())
 	e := newLiveEnv(t)
-	a := e.startWorker(t, "worker A", srv.url(), 5)
-	b := e.startWorker(t, "worker B", srv.url(), 5)
+	// 12 slots for 10 held jobs: idle slots keep fetching, so fetches
+	// under maxmemory are exercised too (they must not refresh liveness).
+	a := e.startWorker(t, "worker A", srv.url(), 6)
+	b := e.startWorker(t, "worker B", srv.url(), 6)
 	idA, _ := waitIdentity(ctx, t, rdb, a)
 	idB, _ := waitIdentity(ctx, t, rdb, b)
 	held := e.push(ctx, t, rdb, 10, -1)

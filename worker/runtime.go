@@ -62,7 +62,9 @@ type Config struct {
 	AliveTTL time.Duration
 	// RecoveryGrace is how long another process's alive key must have been
 	// missing without a break before this process recovers its jobs.
-	// Default AliveTTL/2.
+	// Default AliveTTL/2. Give every process of a cluster the same AliveTTL
+	// and RecoveryGrace: one's cancellation deadline and the others'
+	// recovery delay are computed from them.
 	RecoveryGrace time.Duration
 }
 
