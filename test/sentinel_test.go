@@ -137,3 +137,41 @@ func TestRedisSentinelFailoverAndProvider(t *testing.T) {
 		t.Fatalf("REDIS_PROVIDER holding a URL: exit %d, want 2 naming the mistake\n%s", code, bad.out.String())
 	}
 }
+
+// rediss:// reaches a TLS-only Redis; the server's CA comes from the system
+// trust store (here SSL_CERT_FILE, which Go reads on Linux).
+func TestRedisTLS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	caFile, certFile, keyFile := writeTestCA(t, dir)
+	port := freePort(t)
+	p := startProc(t, "redis-server tls", childEnv(), "redis-server", "--port", "0", "--tls-port", strconv.Itoa(port),
+		"--bind", "127.0.0.1", "--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-ca-cert-file", caFile,
+		"--tls-auth-clients", "no", "--save", "", "--dir", dir)
+	url := fmt.Sprintf("rediss://localhost:%d/0", port)
+	env := childEnv("REDIS_URL="+url, "SSL_CERT_FILE="+caFile)
+	var out string
+	testenv.Eventually(t, 20*time.Second, "ferry enqueue over TLS", func() bool {
+		if p.exited() {
+			t.Fatalf("redis-server exited: %s\n%s", p.state(), p.out.String())
+		}
+		enq := startProc(t, "ferry enqueue", env, ferryBin, "enqueue", "Ferry::Noop", "[]", "--queue", "tls_q")
+		code := enq.waitExit(t, 30*time.Second)
+		out = enq.out.String()
+		return code == 0
+	})
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.TLSConfig = tlsClientConfig(t, caFile)
+	c := redis.NewClient(opt)
+	defer c.Close()
+	if n, err := c.LLen(testenv.Context(t), "queue:tls_q").Result(); err != nil || n != 1 {
+		t.Fatalf("queue:tls_q: %d jobs (%v), want 1; ferry said %s", n, err, out)
+	}
+	plain := startProc(t, "ferry enqueue", childEnv(fmt.Sprintf("REDIS_URL=redis://localhost:%d/0", port)), ferryBin, "enqueue", "Ferry::Noop", "[]")
+	if code := plain.waitExit(t, 30*time.Second); code == 0 {
+		t.Fatalf("redis:// to a TLS-only server succeeded:\n%s", plain.out.String())
+	}
+}
