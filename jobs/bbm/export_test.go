@@ -8,8 +8,12 @@ func SimulateCrash(e *Engine) { e.crashed.Store(true) }
 // UseCatalog points e's health indicators at other relations (tables of
 // fabricated rows shaped like the statistics views).
 func UseCatalog(e *Engine, activity, progressVacuum, replication string) {
-	e.cat = catalog{activity: activity, progressVacuum: progressVacuum, replication: replication, locks: pgCatalog.locks}
+	e.cat = catalog{activity: activity, progressVacuum: progressVacuum, replication: replication, locks: pgCatalog.locks, archiver: e.cat.archiver}
 }
+
+// UseArchiver points e's WAL archiving indicator at a relation of
+// fabricated rows (archive_mode, current_wal, last_archived_wal).
+func UseArchiver(e *Engine, relation string) { e.cat.archiver = relation }
 
 // EvaluateAll runs the health indicators and also returns the errors of
 // those that could not run.

@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
+
+	"github.com/ferrymigrate/ferry/internal/pgwal"
 )
 
 // HealthConfig sets the database signals that throttle migrations. They
@@ -24,6 +26,9 @@ type HealthConfig struct {
 	// MaxReplayLag holds migrations while a standby replays later than
 	// this (default 30s).
 	MaxReplayLag time.Duration
+	// MaxPendingWAL holds migrations while more WAL segments than this
+	// wait for archival (default 42, GitLab's WriteAheadLog indicator).
+	MaxPendingWAL int64
 	// LongTransaction holds migrations while another transaction has been
 	// open this long: it keeps vacuum from cleaning up what we rewrite
 	// (default 10m).
@@ -58,6 +63,9 @@ func (h HealthConfig) withDefaults() HealthConfig {
 	}
 	if h.MaxReplayLag == 0 {
 		h.MaxReplayLag = 30 * time.Second
+	}
+	if h.MaxPendingWAL == 0 {
+		h.MaxPendingWAL = pgwal.DefaultMaxPending
 	}
 	if h.LongTransaction == 0 {
 		h.LongTransaction = 10 * time.Minute
@@ -102,7 +110,7 @@ type Signal struct {
 // indicator is a small type with its own SQL and a pure decision on the
 // row it reads.
 type catalog struct {
-	activity, progressVacuum, replication, locks string
+	activity, progressVacuum, replication, locks, archiver string
 }
 
 var pgCatalog = catalog{
@@ -110,6 +118,7 @@ var pgCatalog = catalog{
 	progressVacuum: "pg_catalog.pg_stat_progress_vacuum",
 	replication:    "pg_catalog.pg_stat_replication",
 	locks:          "pg_catalog.pg_locks",
+	archiver:       pgwal.Archiver,
 }
 
 // healthInput is what an indicator looks at.
@@ -193,6 +202,23 @@ func (r replicationLagIndicator) signal(lagBytes, replaySeconds float64) *Signal
 		Reason: fmt.Sprintf("replication lag %d MB, replay lag %.1fs", int64(lagBytes)>>20, replaySeconds)}
 }
 
+// walArchiveIndicator: WAL segments waiting for archival (pgwal).
+type walArchiveIndicator struct {
+	cat catalog
+	max int64
+}
+
+func (walArchiveIndicator) name() string { return "wal_archive" }
+
+func (w walArchiveIndicator) check(ctx context.Context, db Queryer, _ healthInput) (*Signal, error) {
+	n, ok, err := pgwal.PendingSegments(ctx, db, w.cat.archiver)
+	if err != nil || !ok || n <= w.max {
+		return nil, err
+	}
+	return &Signal{Indicator: "wal_archive", Stop: true,
+		Reason: fmt.Sprintf("%d WAL segments wait for archiving (more than %d): the archiver is behind", n, w.max)}, nil
+}
+
 // lockWaitIndicator: sessions waiting on locks our sub-batches hold, or
 // our sub-batches waiting on others. It sees only what overlaps the check
 // (parallel batches, other engines); a sub-batch of this engine that waits
@@ -259,6 +285,7 @@ func (e *Engine) indicators() []indicator {
 	return []indicator{
 		autovacuumIndicator{cat: e.cat},
 		replicationLagIndicator{cat: e.cat, maxBytes: h.MaxReplicationLagBytes, maxReplay: h.MaxReplayLag},
+		walArchiveIndicator{cat: e.cat, max: h.MaxPendingWAL},
 		lockWaitIndicator{cat: e.cat},
 		longTransactionIndicator{cat: e.cat, age: h.LongTransaction},
 	}

@@ -426,3 +426,50 @@ func TestIndicatorsRunOnPrimary(t *testing.T) {
 		t.Errorf("unexpected signal %+v", s)
 	}
 }
+
+// A WAL archiving backlog above the limit holds a migration, with the
+// count in the reason; below it, or with archiving off, nothing.
+func TestWALArchiveIndicator(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testenv.Context(t)
+	b.table(t, "walq", 10)
+	e := b.engine(t, bbm.Config{})
+	res, err := e.Queue(ctx, bbm.QueueOptions{Class: "CountAndCopy", Table: "walq", Column: "id"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(ctx, `CREATE TABLE fake_archiver (archive_mode text, current_wal text, last_archived_wal text)`); err != nil {
+		t.Fatal(err)
+	}
+	bbm.UseArchiver(e, "public.fake_archiver")
+	oid := tableOID(t, b, "walq")
+	for _, tc := range []struct {
+		name, row, contains string
+	}{
+		{"far behind", `('on', '000000010000000000000030', '000000010000000000000001')`, "47 WAL segments wait for archiving"},
+		{"a little behind", `('on', '000000010000000000000030', '00000001000000000000002D')`, ""},
+		{"archiving off", `('off', '000000010000000000000030', NULL)`, ""},
+		{"nothing archived yet", `('on', '000000010000000000000030', NULL)`, ""},
+	} {
+		if _, err := b.pool.Exec(ctx, `TRUNCATE fake_archiver; INSERT INTO fake_archiver VALUES `+tc.row); err != nil {
+			t.Fatal(err)
+		}
+		sigs, errs := bbm.EvaluateAll(e, ctx, res.Migration, oid)
+		if len(errs) > 0 {
+			t.Fatal(tc.name, errs)
+		}
+		var got *bbm.Signal
+		for i := range sigs {
+			if sigs[i].Indicator == "wal_archive" {
+				got = &sigs[i]
+			}
+		}
+		switch {
+		case tc.contains == "" && got != nil:
+			t.Errorf("%s: unexpected %+v", tc.name, *got)
+		case tc.contains != "" && (got == nil || !got.Stop || !strings.Contains(got.Reason, tc.contains)):
+			t.Errorf("%s: got %+v, want a hold saying %q", tc.name, sigs, tc.contains)
+		}
+	}
+}

@@ -275,3 +275,22 @@ func TestRedisLease(t *testing.T) {
 		t.Fatal("lease key not GitLab's")
 	}
 }
+
+// The default health of legacy jobs includes the WAL archiving backlog:
+// on a server without archiving it is healthy; AllHealthy reports the
+// first check that is not.
+func TestWALArchiveCheckAndAllHealthy(t *testing.T) {
+	pool := testenv.Postgres(t)
+	ctx := testenv.Context(t)
+	if ok, why, err := bm.WALArchiveCheck(pool, 42)(ctx); err != nil || !ok {
+		t.Fatalf("no archiving: %v %q %v", ok, why, err)
+	}
+	sick := func(context.Context) (bool, string, error) { return false, "sick", nil }
+	fine := func(context.Context) (bool, string, error) { return true, "", nil }
+	if ok, why, err := bm.AllHealthy(fine, sick, fine)(ctx); ok || why != "sick" || err != nil {
+		t.Fatalf("AllHealthy: %v %q %v", ok, why, err)
+	}
+	if ok, _, err := bm.AllHealthy(fine, bm.WALArchiveCheck(pool, 42))(ctx); !ok || err != nil {
+		t.Fatalf("AllHealthy of healthy checks: %v %v", ok, err)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/ferrymigrate/ferry/internal/pgwal"
 	"github.com/ferrymigrate/ferry/queue"
 	"github.com/ferrymigrate/ferry/worker"
 )
@@ -123,7 +124,8 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 	}
 	if cfg.Health == nil {
 		if cfg.Runner.DB != nil {
-			cfg.Health = ReplicationLagCheck(cfg.Runner.DB, DefaultMaxReplicationLag)
+			cfg.Health = AllHealthy(ReplicationLagCheck(cfg.Runner.DB, DefaultMaxReplicationLag),
+				WALArchiveCheck(cfg.Runner.DB, pgwal.DefaultMaxPending))
 		} else {
 			cfg.Health = func(context.Context) (bool, string, error) { return true, "", nil }
 		}
@@ -262,6 +264,34 @@ func ReplicationLagCheck(db DB, maxBytes int64) HealthCheck {
 		}
 		if tooGreat > 0 && slots-tooGreat <= 1 {
 			return false, fmt.Sprintf("%d of %d replication slots lag %d bytes or more", tooGreat, slots, maxBytes), nil
+		}
+		return true, "", nil
+	}
+}
+
+// WALArchiveCheck is unhealthy while more than maxSegments WAL segments
+// wait for archival (GitLab's WriteAheadLog indicator; see pgwal).
+func WALArchiveCheck(db DB, maxSegments int64) HealthCheck {
+	return func(ctx context.Context) (bool, string, error) {
+		n, ok, err := pgwal.PendingSegments(ctx, db, pgwal.Archiver)
+		if err != nil {
+			return false, "", fmt.Errorf("WAL archiving: %w", err)
+		}
+		if ok && n > maxSegments {
+			return false, fmt.Sprintf("%d WAL segments wait for archiving (more than %d)", n, maxSegments), nil
+		}
+		return true, "", nil
+	}
+}
+
+// AllHealthy is healthy when every check is, in order; the first that is
+// not gives the reason.
+func AllHealthy(checks ...HealthCheck) HealthCheck {
+	return func(ctx context.Context) (bool, string, error) {
+		for _, c := range checks {
+			if ok, why, err := c(ctx); err != nil || !ok {
+				return ok, why, err
+			}
 		}
 		return true, "", nil
 	}
