@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"runtime"
@@ -11,10 +12,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/config"
+	"github.com/ferrymigrate/ferry/internal/health"
 	"github.com/ferrymigrate/ferry/jobs"
 	"github.com/ferrymigrate/ferry/queue"
 	"github.com/ferrymigrate/ferry/worker"
@@ -35,6 +38,7 @@ func newWorkerCmd(a *App) *cobra.Command {
 		web         bool
 		webListen   string
 		procs       int
+		health      string
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -43,7 +47,7 @@ func newWorkerCmd(a *App) *cobra.Command {
 registered classes (batched and legacy background migrations, Ferry::Noop,
 your own). Jobs are fetched reliably: each is kept in a private list until
 it finishes, and the jobs of a killed worker are pushed back to their queues
-by the other workers within seconds.
+by the other workers within a minute.
 
 Signals: TSTP = quiet (stop fetching), TERM/INT = stop within --timeout
 (unfinished jobs are pushed back to their queues), TTIN = log all
@@ -66,6 +70,7 @@ goroutine stacks. The Sidekiq Web UI's Quiet/Stop buttons work too.`,
 	f.IntVar(&procs, "procs", 0, "OS threads running Go code (GOMAXPROCS; default all cores). 1 is faster when Redis shares a small host")
 	f.BoolVar(&web, "web", false, "also serve the admin UI and /metrics (config web.serve_in_worker)")
 	f.StringVar(&webListen, "web-listen", "", "address for --web (default web.listen, 127.0.0.1:7373)")
+	f.StringVar(&health, "health-listen", "", "serve /liveness and /readiness probes on this address (config worker.health_listen)")
 	a.PreValidate(cmd, func(c *config.Config) {
 		if f.Changed("concurrency") {
 			c.Worker.Concurrency = concurrency
@@ -87,6 +92,9 @@ goroutine stacks. The Sidekiq Web UI's Quiet/Stop buttons work too.`,
 		}
 		if f.Changed("web") {
 			c.Web.ServeInWorker = web
+		}
+		if f.Changed("health-listen") {
+			c.Worker.HealthListen = health
 		}
 		if f.Changed("web-listen") {
 			c.Web.Listen = webListen
@@ -139,7 +147,10 @@ func (a *App) runWorker(ctx context.Context, ready func(*worker.Runtime)) error 
 	}
 	svcCtx, cancelSvc := context.WithCancel(ctx)
 	defer cancelSvc()
-	var services []func(context.Context) error
+	services, err := a.healthServices(rt, rdb, env)
+	if err != nil {
+		return err
+	}
 	for _, setup := range workerSetups {
 		svc, err := setup(svcCtx, a, env)
 		if err != nil {
@@ -194,4 +205,24 @@ func (a *App) runWorker(ctx context.Context, ready func(*worker.Runtime)) error 
 		return fmt.Errorf("worker: %w", err)
 	}
 	return nil
+}
+
+// healthServices are the probes process managers use: HTTP liveness and
+// readiness with --health-listen, systemd's notify protocol under
+// Type=notify. The address is taken before the worker starts, so a taken
+// port fails the start rather than leaving a worker no probe can reach.
+func (a *App) healthServices(rt *worker.Runtime, rdb *redis.Client, env *WorkerEnv) ([]func(context.Context) error, error) {
+	probes := &health.Probes{Runtime: rt, Redis: rdb, DB: env.DB}
+	var out []func(context.Context) error
+	if addr := a.Cfg.Worker.HealthListen; addr != "" {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("worker.health_listen: %w", err)
+		}
+		out = append(out, func(ctx context.Context) error { return health.Serve(ctx, ln, probes.Handler(), a.Log) })
+	}
+	if a.Cfg.Worker.SystemdNotify {
+		out = append(out, func(ctx context.Context) error { probes.Notify(ctx, a.Log); return nil })
+	}
+	return out, nil
 }

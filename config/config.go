@@ -87,6 +87,11 @@ type Worker struct {
 	// default (all cores). 1 leaves the other cores to a Redis or
 	// PostgreSQL on the same host, which is faster there.
 	Procs int `yaml:"procs"`
+	// HealthListen serves /liveness and /readiness on this address (off
+	// when empty).
+	HealthListen string `yaml:"health_listen"`
+	// SystemdNotify: started by systemd with NOTIFY_SOCKET (Type=notify).
+	SystemdNotify bool `yaml:"-"`
 }
 
 // Web configures `ferry web`.
@@ -248,6 +253,7 @@ func (c *Config) ApplyEnv() {
 	if v := os.Getenv(EnvWebToken); v != "" {
 		c.Web.Token = v
 	}
+	c.Worker.SystemdNotify = os.Getenv("NOTIFY_SOCKET") != ""
 }
 
 // Hostname is the host part of process identities.
@@ -303,6 +309,11 @@ func (c *Config) Validate() error {
 	}
 	if w.MaxRetries < 0 {
 		return &FieldError{Field: "worker.max_retries", Msg: fmt.Sprintf("must be >= 0, got %d", w.MaxRetries)}
+	}
+	if a := w.HealthListen; a != "" {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			return &FieldError{Field: "worker.health_listen", Msg: fmt.Sprintf("must be host:port (e.g. 0.0.0.0:8092), got %q", a)}
+		}
 	}
 	if err := validateHosts(c.Web.AllowedHosts); err != nil {
 		return err

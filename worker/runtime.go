@@ -170,6 +170,11 @@ type Runtime struct {
 	processed atomic.Int64
 	failed    atomic.Int64
 	started   atomic.Bool
+
+	// For Health, read from other goroutines.
+	liveRef atomic.Pointer[liveness]
+	running atomic.Bool
+	loopAt  atomic.Int64 // unix nanos of the heartbeat loop's last round
 }
 
 type running struct {
@@ -271,6 +276,10 @@ func (r *Runtime) Run(ctx context.Context) error {
 	// Jobs run under the current liveness epoch, a child of workCtx: lost
 	// liveness cancels them without stopping the process.
 	r.live = newLiveness(workCtx, r.cfg.AliveTTL/2, r.broker.LastAliveRefresh, r.log)
+	r.liveRef.Store(r.live)
+	r.loopAt.Store(time.Now().UnixNano())
+	r.running.Store(true)
+	defer r.running.Store(false)
 	var bg sync.WaitGroup
 	fetchCtx, cancelFetch := context.WithCancel(bgCtx)
 	defer cancelFetch()
@@ -749,6 +758,7 @@ func (r *Runtime) heartbeatLoop(ctx context.Context) {
 		if !sleepCtx(ctx, wait) {
 			return
 		}
+		r.loopAt.Store(time.Now().UnixNano())
 		if err := r.beat(ctx); err != nil {
 			if ctx.Err() != nil {
 				return
