@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 )
 
 // Job is a Sidekiq job payload. It keeps every key of the original JSON
@@ -309,7 +310,12 @@ func (j *Job) Queue() string {
 // Args returns the raw args array.
 func (j *Job) Args() json.RawMessage { return j.Get("args") }
 
-// Float reads a numeric key (timestamps); ok is false when missing or not a number.
+// Time reads a timestamp key by its JSON type (see [ParseTimestamp]): 8.x
+// integer milliseconds or 6.4/7.x float seconds.
+func (j *Job) Time(key string) (time.Time, bool) { return ParseTimestamp(j.Get(key)) }
+
+// Float reads a numeric key; ok is false when missing or not a number.
+// Timestamps are read with [Job.Time], which knows their units.
 func (j *Job) Float(key string) (float64, bool) {
 	v := j.Get(key)
 	if len(v) == 0 {

@@ -175,7 +175,8 @@ func (b *Broker) FailureEntry(j *Job, queue string, f Failure) ([]byte, FailureO
 	exhausted := f.Kill || count >= int64(maxRetries)
 	if !exhausted {
 		if rf, ok := j.Int("retry_for"); ok {
-			if fa, ok := j.Float("failed_at"); ok && fa+float64(rf) < epoch(now) {
+			// failed_at is read by its JSON type: Sidekiq 8 writes ms.
+			if fa, ok := j.Time("failed_at"); ok && epoch(fa)+float64(rf) < epoch(now) {
 				exhausted = true
 			}
 		}

@@ -90,8 +90,8 @@ func AddWorkerSafely[T Args](r *Registry, w Worker[T]) error {
 		if n, ok := p.Int("retry_count"); ok {
 			j.RetryCount = int(n)
 		}
-		if f, ok := p.Float("enqueued_at"); ok {
-			j.EnqueuedAt = time.Unix(0, int64(f*1e9))
+		if at, ok := p.Time("enqueued_at"); ok { // 8.x ms or 6.4/7.x seconds
+			j.EnqueuedAt = at
 		}
 		return w.Work(ctx, j)
 	}}
