@@ -217,21 +217,13 @@ func fmtProgress(p bbm.Progress) string {
 	if p.Failed > 0 {
 		parts = append(parts, fmt.Sprintf("%d failed jobs", p.Failed))
 	}
-	return strings.Join(parts, ", ")
-}
-
-// progressing reports whether a migration in status s advances on its own.
-func progressing(s bbm.Status) bool { return s == bbm.Active || s == bbm.Finalizing }
-
-// dropStaleETAs removes the ETA of migrations that are not progressing.
-// The engine's rate covers the last 30 seconds, so a migration that was
-// just paused or failed still came with an ETA that nothing will meet.
-func dropStaleETAs(ms ...*bbm.MigrationInfo) {
-	for _, m := range ms {
-		if !progressing(m.Status) {
-			m.Progress.ETA = nil
-		}
+	// The engine's read model decides rate, ETA and reason, so this line,
+	// `bbm show`, the web UI and /metrics agree.
+	out := strings.Join(parts, ", ")
+	if p.Reason != "" {
+		out += "; " + p.Reason
 	}
+	return out
 }
 
 func bbmListCmd(a *App, name string) *cobra.Command {
@@ -249,7 +241,6 @@ func bbmListCmd(a *App, name string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			dropStaleETAs(ms...)
 			if asJSON {
 				if ms == nil {
 					ms = []*bbm.MigrationInfo{}
@@ -302,7 +293,6 @@ func bbmShowCmd(a *App) *cobra.Command {
 			if err != nil {
 				return bbmErr(err)
 			}
-			dropStaleETAs(m)
 			recent, err := e.Jobs(ctx, id, false, limit)
 			if err != nil {
 				return err
@@ -322,7 +312,9 @@ func bbmShowCmd(a *App) *cobra.Command {
 			fmt.Fprintf(w, "Id\t%d\n", m.ID)
 			fmt.Fprintf(w, "Migration\t%s\n", m.StatusLine())
 			fmt.Fprintf(w, "Status\t%s\n", m.Status)
-			fmt.Fprintf(w, "Progress\t%s\n", fmtProgress(m.Progress))
+			figures := m.Progress
+			figures.Reason = "" // on its own line below
+			fmt.Fprintf(w, "Progress\t%s\n", fmtProgress(figures))
 			fmt.Fprintf(w, "Min value / Max value\t%d / %d\n", m.MinValue, m.MaxValue)
 			fmt.Fprintf(w, "Batch size / Sub-batch size\t%d / %d (adaptive)\n", m.BatchSize, m.SubBatchSize)
 			fmt.Fprintf(w, "Parallel batches\t%d (running now: %d)\n", m.MaxParallel, m.Progress.Running)
@@ -335,8 +327,9 @@ func bbmShowCmd(a *App) *cobra.Command {
 			if m.SlowUntil != nil && m.SlowUntil.After(time.Now()) {
 				fmt.Fprintf(w, "Slowed until\t%s\n", m.SlowUntil.Format(time.RFC3339))
 			}
-			if m.HoldReason != nil {
-				fmt.Fprintf(w, "Health / reason\t%s\n", *m.HoldReason)
+			fmt.Fprintf(w, "State\t%s\n", m.Progress.State)
+			if m.Progress.Reason != "" {
+				fmt.Fprintf(w, "Reason\t%s\n", m.Progress.Reason)
 			}
 			if settings.PausedAll {
 				fmt.Fprintf(w, "Cluster\tall migrations paused (ferry bbm resume-all)\n")
@@ -599,7 +592,6 @@ on (as list --json prints it), and the progress messages go to stderr.`,
 					}
 					out = append(out, m)
 				}
-				dropStaleETAs(out...)
 				return a.PrintJSON(out)
 			}
 			for {
@@ -619,7 +611,6 @@ on (as list --json prints it), and the progress messages go to stderr.`,
 						waiting = append(waiting, m)
 					}
 				}
-				dropStaleETAs(waiting...)
 				if len(failed) > 0 {
 					fmt.Fprintln(msgs, "Some batched background migrations are in a failed state and must be finalized manually:")
 					for _, m := range failed {

@@ -72,6 +72,7 @@ var versions = []Version{
 	{ID: 1, Name: "batched background migrations", SQL: v1},
 	{ID: 2, Name: "shared pacing clock, finalizer session", SQL: v2},
 	{ID: 3, Name: "engine session heartbeats, claim tokens", SQL: v3},
+	{ID: 4, Name: "web UI action audit", SQL: v4},
 }
 
 const v1 = `
@@ -227,6 +228,24 @@ CREATE TABLE IF NOT EXISTS ferry_bbm_sessions (
 	heartbeat_at timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE batched_background_migration_jobs ADD COLUMN IF NOT EXISTS claim_token bigint;
+`
+
+// v4: the web UI's audit table (who did what from where), which `ferry web`
+// used to create itself. GitLab's transition log needs a job id, which
+// actions on a migration do not have. IF NOT EXISTS: web servers of
+// earlier releases made it already.
+const v4 = `
+CREATE TABLE IF NOT EXISTS ferry_web_actions (
+	id bigserial PRIMARY KEY,
+	created_at timestamptz NOT NULL DEFAULT now(),
+	actor text NOT NULL,
+	remote_addr text NOT NULL DEFAULT '',
+	action text NOT NULL,
+	target text NOT NULL DEFAULT '',
+	migration_id bigint,
+	error text NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS ferry_web_actions_migration_id ON ferry_web_actions (migration_id, id);
 `
 
 // Querier is what [Apply] needs: a pool or a single connection.

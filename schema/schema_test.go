@@ -88,4 +88,5 @@ func ExampleVersions() {
 	// 1 batched background migrations
 	// 2 shared pacing clock, finalizer session
 	// 3 engine session heartbeats, claim tokens
+	// 4 web UI action audit
 }

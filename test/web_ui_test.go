@@ -184,6 +184,28 @@ func TestWebUIBrowser(t *testing.T) {
 		t.Logf("progress %s -> %s", before, now)
 	})
 
+	// The read model's state reaches the open page: pause-all brings a
+	// banner and takes the ETA and the rate away, by the live refresh.
+	t.Run("pause-all banner", func(t *testing.T) {
+		run(t, ctx, nav(detail), visible("#eta-value"))
+		e := bbm.NewEngine(env.db, bbm.Config{})
+		if err := e.SetPausedAll(env.ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = e.SetPausedAll(context.WithoutCancel(env.ctx), false) }()
+		testenv.Eventually(t, 20*time.Second, "the pause-all banner without a reload", func() bool {
+			n, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("#pause-all").length`))
+			return n == 1
+		})
+		eta, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("#eta-value").length`))
+		if err != nil || eta != 0 {
+			t.Fatalf("an ETA under pause-all (%v)", err)
+		}
+		if rate, reason := text(t, ctx, "#rate"), text(t, ctx, "#reason"); rate != "—" || reason != bbm.PausedAllReason {
+			t.Fatalf("under pause-all: rate %q, reason %q", rate, reason)
+		}
+	})
+
 	t.Run("pause and resume", func(t *testing.T) {
 		run(t, ctx, nav(detail), visible("#pause"), click("#pause"), visible("#resume"))
 		if flash, status := text(t, ctx, ".flash.ok"), text(t, ctx, "#status"); flash != "Migration paused." || status != "paused" {

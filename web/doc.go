@@ -27,10 +27,13 @@
 // configured user, or any user name and the token as password) and, for
 // browser sessions, a CSRF token tied to the user plus Go's cross-origin
 // protection. Every action is written to the ferry_web_actions table
-// (created by [Server.Setup]) with who did it and from where.
+// (one of ferry's schema versions) with who did it and from where.
 //
-// # Actions
+// # One truth
 //
-// Actions go through the [Migrations] interface. When no engine is given,
-// [SQLMigrations] applies GitLab's state transitions to the tables directly.
+// The pages and /metrics read migrations through the engine's read model
+// (jobs/bbm: progress, rate, ETA, state and reason), the one `ferry bbm
+// status` and `show` print, and act through the engine's operations via
+// [Migrations] ([EngineMigrations] by default), so the UI has no SQL on
+// the migration tables and no rules of its own.
 package web

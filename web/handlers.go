@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ferrymigrate/ferry/jobs/bbm"
 	"github.com/ferrymigrate/ferry/queue"
 )
 
@@ -32,7 +33,10 @@ type pageData struct {
 	Flash   string
 	Error   string
 	Notice  string
-	Body    any
+	// PausedAll shows the pause-all banner (migration pages).
+	PausedAll       bool
+	PausedAllReason string
+	Body            any
 }
 
 func (s *Server) data(r *http.Request, nav, title string) *pageData {
@@ -155,6 +159,17 @@ type indexBody struct {
 	HasNext    bool
 }
 
+// bbmData is s.data for the migration pages, with the pause-all banner.
+func (s *Server) bbmData(r *http.Request, title string) (*pageData, error) {
+	d := s.data(r, "bbm", title)
+	paused, err := s.store.PausedAll(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	d.PausedAll, d.PausedAllReason = paused, bbm.PausedAllReason
+	return d, nil
+}
+
 func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 	if !s.needDB(w, r) {
 		return
@@ -187,7 +202,11 @@ func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 		ms, b.HasNext = ms[:perPage], true
 	}
 	b.Migrations = ms
-	d := s.data(r, "bbm", "Background migrations")
+	d, err := s.bbmData(r, "Background migrations")
+	if err != nil {
+		s.serverError(w, r, err)
+		return
+	}
 	d.Body = b
 	s.render(w, r, http.StatusOK, "index", d)
 }
@@ -237,12 +256,11 @@ func (s *Server) handleShow(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	b := &showBody{M: m, Confirm: confirm, Risk: risks[confirm]}
-	if b.Recent, err = s.store.Jobs(ctx, id, nil, 20); err != nil {
+	if b.Recent, err = s.store.Jobs(ctx, id, false, 20); err != nil {
 		s.serverError(w, r, err)
 		return
 	}
-	failed := int16(JobFailed)
-	if b.Failed, err = s.store.Jobs(ctx, id, &failed, 50); err != nil {
+	if b.Failed, err = s.store.Jobs(ctx, id, true, 50); err != nil {
 		s.serverError(w, r, err)
 		return
 	}
@@ -258,7 +276,11 @@ func (s *Server) handleShow(w http.ResponseWriter, r *http.Request) {
 		s.log.Warn("read actions", zap.Error(err))
 	}
 	b.Settings = settings(m)
-	d := s.data(r, "bbm", fmt.Sprintf("%s: %s.%s", m.JobClassName, m.TableName, m.ColumnName))
+	d, err := s.bbmData(r, fmt.Sprintf("%s: %s.%s", m.JobClassName, m.TableName, m.ColumnName))
+	if err != nil {
+		s.serverError(w, r, err)
+		return
+	}
 	if confirm != "" {
 		d.Refresh = 0 // do not reload a page with a pending confirmation
 	}
@@ -297,7 +319,7 @@ func settings(m *Migration) [][2]string {
 		{"Interval", fmt.Sprintf("%ds", m.Interval)},
 		{"Pause time", fmt.Sprintf("%d ms", m.PauseMS)},
 		{"Total tuple count (estimate)", i64(m.TotalTupleCount)},
-		{"Migrated tuples", strconv.FormatInt(m.MigratedTuples, 10)},
+		{"Rows done (committed)", strconv.FormatInt(m.RowsDone, 10)},
 		{"Batches", fmt.Sprintf("%d (%d failed)", m.JobCount, m.FailedJobs)},
 		{"Created on", t(&m.CreatedAt)},
 		{"Last updated", t(&m.UpdatedAt)},
@@ -347,7 +369,11 @@ func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 		s.serverError(w, r, err)
 		return
 	}
-	d := s.data(r, "bbm", fmt.Sprintf("Job %d of migration %d", jid, id))
+	d, err := s.bbmData(r, fmt.Sprintf("Job %d of migration %d", jid, id))
+	if err != nil {
+		s.serverError(w, r, err)
+		return
+	}
 	d.Body = &jobBody{M: m, J: j, Transitions: tr}
 	s.render(w, r, http.StatusOK, "job", d)
 }

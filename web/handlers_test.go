@@ -192,10 +192,10 @@ func TestWebWithoutCredentials(t *testing.T) {
 
 func TestWebMigrationActions(t *testing.T) {
 	t.Parallel()
-	for _, useSQL := range []bool{false, true} {
-		t.Run(fmt.Sprintf("sql=%v", useSQL), func(t *testing.T) {
+	for _, defaultMig := range []bool{false, true} {
+		t.Run(fmt.Sprintf("default=%v", defaultMig), func(t *testing.T) {
 			t.Parallel()
-			b := setup(t, &opts{auth: web.Auth{Token: token, Username: user, Password: pass}, useSQL: useSQL})
+			b := setup(t, &opts{auth: web.Auth{Token: token, Username: user, Password: pass}, defaultMig: defaultMig})
 			s := b.seed
 			post := func(id int64, action string, form url.Values) int {
 				t.Helper()
@@ -225,6 +225,14 @@ func TestWebMigrationActions(t *testing.T) {
 			}
 			if c := post(s.Paused, "mark_finished", url.Values{"confirm": {"yes"}}); c != http.StatusSeeOther || b.status(t, s.Paused) != web.StatusFinished {
 				t.Fatalf("mark finished = %d", c)
+			}
+			// Through the engine either way: every batch it closed says who and when.
+			var marked int
+			if err := b.db.QueryRow(b.ctx, `SELECT count(*) FROM batched_background_migration_job_transition_logs l
+				JOIN batched_background_migration_jobs j ON j.id = l.batched_background_migration_job_id
+				WHERE j.batched_background_migration_id = $1 AND l.exception_class = 'Ferry::MarkedFinished'
+				  AND l.exception_message LIKE 'marked finished by token@127.0.0.1 (web) at %'`, s.Paused).Scan(&marked); err != nil || marked == 0 {
+				t.Fatalf("mark finished left no who/when in the transition log: %d rows (%v)", marked, err)
 			}
 			var n int
 			if err := b.db.QueryRow(b.ctx, `SELECT count(*) FROM ferry_web_actions WHERE actor = 'token' AND migration_id = $1`, s.Active).Scan(&n); err != nil {

@@ -39,8 +39,10 @@ type bundle struct {
 }
 
 type opts struct {
-	auth   web.Auth
-	useSQL bool
+	auth web.Auth
+	// defaultMig leaves Config.Migrations unset: web.New builds the
+	// engine-backed default on the pool.
+	defaultMig bool
 }
 
 func setup(t *testing.T, o *opts) *bundle {
@@ -62,7 +64,7 @@ func setup(t *testing.T, o *opts) *bundle {
 	}
 	log := zaptest.NewLogger(t)
 	cfg := web.Config{DB: b.db, Redis: b.rdb, Auth: o.auth, Logger: log, Version: "test"}
-	if !o.useSQL {
+	if !o.defaultMig {
 		e := bbm.NewEngine(b.db, bbm.Config{Logger: log})
 		em := web.NewEngineMigrations(b.ctx, e, log)
 		t.Cleanup(func() { em.Wait(); em.Close() })

@@ -2,7 +2,6 @@ package web
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sort"
 	"strconv"
@@ -14,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/ferrymigrate/ferry/jobs/bbm"
 	"github.com/ferrymigrate/ferry/queue"
 )
 
@@ -23,9 +23,8 @@ import (
 // shared state, rather than counting in-process, means any `ferry web`
 // reports the whole cluster, and no metric is lost when a worker dies.
 type Collector struct {
-	db    *pgxpool.Pool
 	rdb   redis.UniversalClient
-	store *store
+	store *store // nil: no database
 	log   *zap.Logger
 	// timeout bounds one scrape so a slow database cannot pile up scrapes.
 	timeout time.Duration
@@ -34,7 +33,7 @@ type Collector struct {
 	hist queryHistograms
 
 	batchSize, subBatchSize, interval, duration, migrated, total, lastUpdate, updated *prometheus.Desc
-	status, progress, rowsPerSec, eta, failedJobs                                     *prometheus.Desc
+	status, progress, rowsPerSec, eta, failedJobs, state                              *prometheus.Desc
 	queryDur                                                                          *prometheus.Desc
 
 	processed, failed, busy, threads, processes, queueSize, queueLatency *prometheus.Desc
@@ -44,14 +43,23 @@ type Collector struct {
 var migLabels = []string{"migration_id", "migration_identifier"}
 
 // NewCollector returns a collector; db or rdb may be nil to leave their
-// metrics out.
+// metrics out. Migrations are read through the engine's read model
+// ([bbm.Engine.List]), as the pages and `ferry bbm status` read them.
 func NewCollector(db *pgxpool.Pool, rdb redis.UniversalClient, log *zap.Logger) *Collector {
+	var e *bbm.Engine
+	if db != nil {
+		e = bbm.NewEngine(db, bbm.Config{Logger: log})
+	}
+	return newCollector(e, rdb, log)
+}
+
+func newCollector(e *bbm.Engine, rdb redis.UniversalClient, log *zap.Logger) *Collector {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	c := &Collector{db: db, rdb: rdb, log: log, timeout: 10 * time.Second}
-	if db != nil {
-		c.store = &store{db: db, now: time.Now}
+	c := &Collector{rdb: rdb, log: log, timeout: 10 * time.Second}
+	if e != nil {
+		c.store = &store{e: e}
 	}
 	c.hist.byKey = map[histKey]*histogram{}
 	c.hist.seen = map[int64]struct{}{}
@@ -62,14 +70,15 @@ func NewCollector(db *pgxpool.Pool, rdb redis.UniversalClient, log *zap.Logger) 
 	c.subBatchSize = g("batched_migration_job_sub_batch_size", "Sub-batch size of the migration.", migLabels...)
 	c.interval = g("batched_migration_job_interval_seconds", "Minimum seconds between batches of the migration.", migLabels...)
 	c.duration = g("batched_migration_job_duration_seconds", "Duration of the migration's latest finished batch.", migLabels...)
-	c.migrated = g("batched_migration_migrated_tuples_total", "Tuples migrated so far (sum of batch_size of succeeded batches).", migLabels...)
+	c.migrated = g("batched_migration_migrated_tuples_total", "Rows migrated so far (committed rows, the progress numerator).", migLabels...)
 	c.total = g("batched_migration_total_tuple_count", "Estimated tuples to migrate (table statistics at enqueue).", migLabels...)
 	c.lastUpdate = g("batched_migration_last_update_time_seconds", "Unix time the latest batch finished.", migLabels...)
-	c.updated = g("batched_migration_job_updated_tuples_total", "Tuples updated by succeeded batches.", migLabels...)
+	c.updated = g("batched_migration_job_updated_tuples_total", "Rows updated by batches (committed rows).", migLabels...)
 	c.status = g("ferry_batched_migration_status", "Migration status code (0 paused, 1 active, 3 finished, 4 failed, 5 finalizing, 6 finalized).", migLabels...)
-	c.progress = g("ferry_batched_migration_progress_ratio", "Progress between 0 and 1 (absent when unknown).", migLabels...)
-	c.rowsPerSec = g("ferry_batched_migration_rows_per_second", "Wall-clock rows per second over the recent batches.", migLabels...)
-	c.eta = g("ferry_batched_migration_eta_seconds", "Estimated seconds to completion (absent when unknown).", migLabels...)
+	c.progress = g("ferry_batched_migration_progress_ratio", "Progress between 0 and 1, as `ferry bbm status` shows it (absent when unknown).", migLabels...)
+	c.rowsPerSec = g("ferry_batched_migration_rows_per_second", "Wall-clock rows per second over the recent batches (0 when not moving).", migLabels...)
+	c.eta = g("ferry_batched_migration_eta_seconds", "Estimated seconds to completion (absent when not moving or unknown).", migLabels...)
+	c.state = g("ferry_batched_migration_state", "1 for the migration's state (running, paced, paused, paused_all, on_hold, stalled, failed, ...), as `ferry bbm show` says it.", append(migLabels, "state")...)
 	c.failedJobs = g("ferry_batched_migration_failed_jobs", "Batches currently failed.", migLabels...)
 	c.queryDur = g("batched_migration_job_query_duration_seconds", "Duration of the queries of finished batches, from their metrics.timings.", append(migLabels, "operation")...)
 
@@ -90,7 +99,7 @@ func NewCollector(db *pgxpool.Pool, rdb redis.UniversalClient, log *zap.Logger) 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.batchSize, c.subBatchSize, c.interval, c.duration, c.migrated, c.total,
-		c.lastUpdate, c.updated, c.status, c.progress, c.rowsPerSec, c.eta, c.failedJobs, c.queryDur,
+		c.lastUpdate, c.updated, c.status, c.progress, c.rowsPerSec, c.eta, c.failedJobs, c.state, c.queryDur,
 		c.processed, c.failed, c.busy, c.threads, c.processes, c.queueSize, c.queueLatency, c.setSize,
 		c.inflight, c.recoveries, c.up} {
 		ch <- d
@@ -101,7 +110,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
-	if c.db != nil {
+	if c.store != nil {
 		up := 1.0
 		if err := c.collectMigrations(ctx, ch); err != nil {
 			c.log.Warn("metrics: read migrations", zap.Error(err))
@@ -124,10 +133,6 @@ func (c *Collector) collectMigrations(ctx context.Context, ch chan<- prometheus.
 	if err != nil {
 		return err
 	}
-	last, err := c.lastJobs(ctx)
-	if err != nil {
-		return err
-	}
 	idents := map[int64]string{}
 	for _, m := range ms {
 		l := []string{strconv.FormatInt(m.ID, 10), m.Identifier()}
@@ -136,19 +141,19 @@ func (c *Collector) collectMigrations(ctx context.Context, ch chan<- prometheus.
 			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l...)
 		}
 		batch := m.BatchSize
-		if lj, ok := last[m.ID]; ok {
-			batch = lj.size
-			gauge(c.duration, lj.duration)
-			gauge(c.lastUpdate, float64(lj.finished.UnixNano())/1e9)
+		if lb := m.LastBatch; lb != nil {
+			batch = int64(lb.BatchSize)
+			gauge(c.duration, lb.Duration)
+			gauge(c.lastUpdate, float64(lb.FinishedAt.UnixNano())/1e9)
 		}
 		gauge(c.batchSize, float64(batch))
 		gauge(c.subBatchSize, float64(m.SubBatchSize))
 		gauge(c.interval, float64(m.Interval))
-		gauge(c.migrated, float64(m.MigratedTuples))
+		gauge(c.migrated, float64(m.RowsDone))
 		if m.TotalTupleCount != nil {
 			gauge(c.total, float64(*m.TotalTupleCount))
 		}
-		ch <- prometheus.MustNewConstMetric(c.updated, prometheus.CounterValue, float64(m.MigratedTuples), l...)
+		ch <- prometheus.MustNewConstMetric(c.updated, prometheus.CounterValue, float64(m.RowsDone), l...)
 		gauge(c.status, float64(m.Status))
 		gauge(c.failedJobs, float64(m.FailedJobs))
 		gauge(c.rowsPerSec, m.Progress.RowsPerSec)
@@ -158,36 +163,9 @@ func (c *Collector) collectMigrations(ctx context.Context, ch chan<- prometheus.
 		if m.Progress.HasETA {
 			gauge(c.eta, m.Progress.ETA.Seconds())
 		}
+		ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, 1, append(l, m.Progress.Class)...)
 	}
 	return c.collectQueryDurations(ctx, ch, idents)
-}
-
-type lastJob struct {
-	size     int64
-	duration float64
-	finished time.Time
-}
-
-// lastJobs returns the latest finished batch of every migration.
-func (c *Collector) lastJobs(ctx context.Context) (map[int64]lastJob, error) {
-	rows, err := c.db.Query(ctx, `SELECT DISTINCT ON (batched_background_migration_id) batched_background_migration_id,
-		batch_size::bigint, extract(epoch FROM finished_at - started_at)::float8, finished_at
-		FROM `+tblJobs+` WHERE status = 3 AND started_at IS NOT NULL AND finished_at IS NOT NULL
-		ORDER BY batched_background_migration_id, id DESC`)
-	if err != nil {
-		return nil, translate(err)
-	}
-	defer rows.Close()
-	out := map[int64]lastJob{}
-	for rows.Next() {
-		var id int64
-		var lj lastJob
-		if err := rows.Scan(&id, &lj.size, &lj.duration, &lj.finished); err != nil {
-			return nil, err
-		}
-		out[id] = lj
-	}
-	return out, rows.Err()
 }
 
 // queryBuckets are GitLab's buckets for the query duration histogram.
@@ -222,60 +200,40 @@ func (c *Collector) collectQueryDurations(ctx context.Context, ch chan<- prometh
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	h := &c.hist
-	rows, err := c.db.Query(ctx, `SELECT id, batched_background_migration_id, metrics->'timings'
-		FROM `+tblJobs+` WHERE id > $1 AND status IN (2, 3) ORDER BY id LIMIT $2`, h.watermark, maxJobsPerScrape)
+	jobs, oldestOpen, err := c.store.e.FinishedTimings(ctx, h.watermark, maxJobsPerScrape)
 	if err != nil {
 		return translate(err)
 	}
 	var maxSeen int64
-	n := 0
-	for rows.Next() {
-		var id, mid int64
-		var timings []byte
-		if err := rows.Scan(&id, &mid, &timings); err != nil {
-			rows.Close()
-			return err
-		}
-		n++
-		maxSeen = id
-		if _, dup := h.seen[id]; dup {
+	for _, j := range jobs {
+		maxSeen = j.JobID
+		if _, dup := h.seen[j.JobID]; dup {
 			continue
 		}
-		h.seen[id] = struct{}{}
-		var t map[string][]float64
-		if len(timings) > 0 && json.Unmarshal(timings, &t) == nil {
-			for op, vals := range t {
-				k := histKey{mid, op}
-				hg := h.byKey[k]
-				if hg == nil {
-					hg = &histogram{buckets: make([]uint64, len(queryBuckets))}
-					h.byKey[k] = hg
-				}
-				for _, v := range vals {
-					hg.count++
-					hg.sum += v
-					for i, b := range queryBuckets {
-						if v <= b {
-							hg.buckets[i]++
-						}
+		h.seen[j.JobID] = struct{}{}
+		for op, vals := range j.Timings {
+			k := histKey{j.MigrationID, op}
+			hg := h.byKey[k]
+			if hg == nil {
+				hg = &histogram{buckets: make([]uint64, len(queryBuckets))}
+				h.byKey[k] = hg
+			}
+			for _, v := range vals {
+				hg.count++
+				hg.sum += v
+				for i, b := range queryBuckets {
+					if v <= b {
+						hg.buckets[i]++
 					}
 				}
 			}
 		}
 	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return translate(err)
-	}
 	// Advance the watermark to just below the oldest unfinished job (or
 	// the last row read if we hit the page limit), and forget seen ids
 	// below it.
-	var oldestOpen *int64
-	if err := c.db.QueryRow(ctx, `SELECT min(id) FROM `+tblJobs+` WHERE id > $1 AND status IN (0, 1)`, h.watermark).Scan(&oldestOpen); err != nil {
-		return translate(err)
-	}
 	next := maxSeen
-	if n < maxJobsPerScrape {
+	if len(jobs) < maxJobsPerScrape {
 		if oldestOpen != nil {
 			next = *oldestOpen - 1
 		}

@@ -23,6 +23,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/ferrymigrate/ferry/jobs/bbm"
+	"github.com/ferrymigrate/ferry/schema"
 )
 
 //go:embed templates/*.html
@@ -59,7 +62,8 @@ type Config struct {
 	// Redis is the Sidekiq Redis; nil hides the Sidekiq pages.
 	Redis redis.UniversalClient
 	Auth  Auth
-	// Migrations performs actions; default [SQLMigrations] on DB.
+	// Migrations performs actions; default an [EngineMigrations] on DB
+	// (finalizations it starts run until the process exits).
 	Migrations Migrations
 	// Stealer runs legacy migrations inline; nil disables the steal button.
 	Stealer Stealer
@@ -114,11 +118,20 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("web: username and password must be set together")
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger.Named("web"), hosts: allowedHosts(cfg)}
+	var eng *bbm.Engine
 	if cfg.DB != nil {
-		s.store = &store{db: cfg.DB, now: cfg.Now}
+		// Reads go through the engine's read model, writes through its
+		// operations: the UI has no rules of its own for these tables.
+		em, ok := cfg.Migrations.(*EngineMigrations)
+		if ok && em != nil {
+			eng = em.engine
+		} else {
+			eng = bbm.NewEngine(cfg.DB, bbm.Config{Logger: cfg.Logger})
+		}
+		s.store = &store{e: eng}
 		s.mig = cfg.Migrations
 		if s.mig == nil {
-			s.mig = &SQLMigrations{DB: cfg.DB, Now: cfg.Now}
+			s.mig = NewEngineMigrations(context.Background(), eng, cfg.Logger)
 		}
 	}
 	if cfg.Redis != nil {
@@ -136,7 +149,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.pages = p
 	s.registry = prometheus.NewRegistry()
-	s.registry.MustRegister(NewCollector(cfg.DB, cfg.Redis, s.log))
+	s.registry.MustRegister(newCollector(eng, cfg.Redis, s.log))
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.handler = s.routes()
 	return s, nil
@@ -148,13 +161,15 @@ func (s *Server) Registry() *prometheus.Registry { return s.registry }
 // Handler is the whole UI, for embedding in another server or tests.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Setup creates the ferry_web_actions audit table if needed.
+// Setup creates or upgrades ferry's tables (schema.Apply), the
+// ferry_web_actions audit table included. Tables of a newer ferry are
+// left as they are: they hold everything this one reads (rolling deploys).
 func (s *Server) Setup(ctx context.Context) error {
 	if s.cfg.DB == nil {
 		return nil
 	}
-	if _, err := s.cfg.DB.Exec(ctx, actionsDDL); err != nil {
-		return fmt.Errorf("web: create ferry_web_actions: %w", err)
+	if err := schema.Apply(ctx, s.cfg.DB); err != nil && !errors.Is(err, schema.ErrNewerSchema) {
+		return fmt.Errorf("web: %w", err)
 	}
 	return nil
 }

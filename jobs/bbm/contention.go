@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -276,7 +277,10 @@ func (p *pacer) signal() *Signal {
 		why = append(why, fmt.Sprintf("sessions waited on rows a sub-batch had locked: statements shortened to %s", p.stmtCap.Round(100*time.Microsecond)))
 	}
 	if d < 1 {
-		why = append(why, fmt.Sprintf("%.1f other session(s) busy in the database on average: sub-batches paced to a %.0f%% duty cycle", p.load, d*100))
+		// No session count: presence alone (short statements, rarely
+		// caught running) paces too, and "0.0 sessions busy" read as none.
+		why = append(why, fmt.Sprintf("other sessions are using the database: running %s%% of the time (duty cycle), see `bbm.max_duty_under_load`",
+			strconv.FormatFloat(d*100, 'g', 2, 64)))
 	}
 	return &Signal{Indicator: contentionIndicator{}.name(), Paced: true, Duty: d, Reason: strings.Join(why, "; ")}
 }

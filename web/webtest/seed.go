@@ -132,6 +132,7 @@ func Seed(ctx context.Context, db *pgxpool.Pool, now time.Time) (Seeded, error) 
 
 // jobs inserts n batches with the given status, starting at id from,
 // one every step, sized and timed by shape(i) (batch size, seconds).
+// Succeeded ones committed every row of their range, as the engine records.
 func jobs(ctx context.Context, tx pgx.Tx, mid, from int64, start time.Time, n int, step time.Duration, shape func(int) (int, float64), status int16) error {
 	lo := from
 	for i := 0; i < n; i++ {
@@ -140,8 +141,8 @@ func jobs(ctx context.Context, tx pgx.Tx, mid, from int64, start time.Time, n in
 		fin := st.Add(time.Duration(secs * float64(time.Second)))
 		metrics := fmt.Sprintf(`{"timings": {"update_all": [%.3f, %.3f]}}`, secs/2*0.9, secs/2*1.1)
 		if _, err := tx.Exec(ctx, `INSERT INTO batched_background_migration_jobs
-			(batched_background_migration_id, min_value, max_value, batch_size, sub_batch_size, status, attempts, started_at, finished_at, created_at, updated_at, metrics)
-			VALUES ($1, $2, $3, $4, 1000, $5, 1, $6, $7, $6, $7, $8::jsonb)`, mid, lo, lo+int64(size)-1, size, status, st, fin, metrics); err != nil {
+			(batched_background_migration_id, min_value, max_value, batch_size, sub_batch_size, status, attempts, started_at, finished_at, created_at, updated_at, metrics, rows_done)
+			VALUES ($1, $2, $3, $4, 1000, $5, 1, $6, $7, $6, $7, $8::jsonb, CASE WHEN $5::smallint = 3 THEN $4::integer ELSE 0 END)`, mid, lo, lo+int64(size)-1, size, status, st, fin, metrics); err != nil {
 			return fmt.Errorf("seed jobs: %w", err)
 		}
 		lo += int64(size)
@@ -169,7 +170,7 @@ func Advance(ctx context.Context, db *pgxpool.Pool, mid int64, n, size int, secs
 	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		start := now.Add(-time.Duration(n) * step)
 		var done *time.Time
-		if err := tx.QueryRow(ctx, `UPDATE batched_background_migration_jobs SET status = 3,
+		if err := tx.QueryRow(ctx, `UPDATE batched_background_migration_jobs SET status = 3, rows_done = batch_size,
 				finished_at = LEAST(started_at + $2 * interval '1 second', $3), updated_at = $3
 			WHERE batched_background_migration_id = $1 AND status = 1 RETURNING finished_at`, mid, secs*0.9, now).Scan(&done); err != nil && err != pgx.ErrNoRows {
 			return err
