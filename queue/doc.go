@@ -12,6 +12,11 @@
 // integers of any size and unescaped "<", ">" and "&", so retry and dead
 // entries written by ferry look like Ruby's.
 //
+// Timestamps are read by their JSON type, as Sidekiq 8 reads them
+// ([Job.Time], [ParseTimestamp]): an integer is epoch milliseconds (8.x),
+// a number with a fraction epoch seconds (6.4, 7.x). ferry writes float
+// seconds with a fraction, which every version reads.
+//
 // # Pushing jobs
 //
 // A [Client] enqueues jobs the way Sidekiq's client does: SADD queues and
@@ -44,7 +49,9 @@
 // hashes the Busy page reads, the stat counters, and returns the signals
 // (TSTP, TERM, TTIN) the Web UI queued. [Broker.EnqueueDue] moves due
 // retry and scheduled entries to their queues through a staging list, on
-// the interval [PollInterval] computes. Heartbeats and fetches both
+// the interval [PollInterval] computes. [Broker.FlushMetrics] writes what
+// an [ExecMetrics] counted per job class to the keys the Metrics pages of
+// Sidekiq 7.x and 8.x read, with their TTLs. Heartbeats and fetches both
 // refresh a process's alive key "ferry:alive|<identity>" (AliveTTL, 20 s);
 // [Broker.LastAliveRefresh] tells a runtime how long it may still count on
 // owning its jobs. [Broker.RecoverOrphans], run periodically under a

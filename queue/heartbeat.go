@@ -1,10 +1,12 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -12,7 +14,8 @@ import (
 )
 
 // ProcessInfo is the "info" JSON of a process hash, the fields the Sidekiq
-// Busy page renders (sidekiq-protocol.md §2.7).
+// Busy page renders (sidekiq-protocol.md §2.7): 6.4's, plus weights,
+// version and embedded (7.x launcher.rb to_data) and capsules (8.x).
 type ProcessInfo struct {
 	Hostname    string   `json:"hostname"`
 	StartedAt   float64  `json:"started_at"`
@@ -20,11 +23,97 @@ type ProcessInfo struct {
 	Tag         string   `json:"tag"`
 	Concurrency int      `json:"concurrency"`
 	Queues      []string `json:"queues"`
-	Labels      []string `json:"labels"`
-	Identity    string   `json:"identity"`
-	Version     string   `json:"version"`
-	Embedded    bool     `json:"embedded"`
+	// Weights has one object per capsule (ferry has one), queue -> weight
+	// in queue order; 7.x's Busy page prints it as "a: 3, b: 1" and falls
+	// back to Queues only when it is absent.
+	Weights  []QueueWeights `json:"weights,omitempty"`
+	Labels   []string       `json:"labels"`
+	Identity string         `json:"identity"`
+	Version  string         `json:"version"`
+	Embedded bool           `json:"embedded"`
+	// Capsules is 8.x's capsule name -> settings (Capsule#to_h).
+	Capsules map[string]Capsule `json:"capsules,omitempty"`
 }
+
+// Capsule is one Sidekiq 8 capsule as its process info describes it.
+type Capsule struct {
+	Concurrency int          `json:"concurrency"`
+	Mode        string       `json:"mode"` // "strict", "random" or "weighted"
+	Weights     QueueWeights `json:"weights"`
+}
+
+// SetQueues fills Queues, Weights and Capsules (one "default" capsule of
+// Concurrency threads) from a worker's queue list, as Sidekiq 7 and 8
+// describe a process whose queues were given as "-q a,3 -q b,1".
+func (p *ProcessInfo) SetQueues(qs []WeightedQueue) {
+	p.Queues = make([]string, len(qs))
+	for i, q := range qs {
+		p.Queues[i] = q.Name
+	}
+	w := QueueWeights(slices.Clone(qs))
+	p.Weights = []QueueWeights{w}
+	p.Capsules = map[string]Capsule{"default": {Concurrency: p.Concurrency, Mode: w.Mode(), Weights: w}}
+}
+
+// QueueWeights is a JSON object queue name -> weight that keeps the
+// queues' order, as Ruby's Hash does.
+type QueueWeights []WeightedQueue
+
+// Mode is Sidekiq's fetch mode for these weights (7.x/8.x capsule.rb):
+// strict when all are 0, random when all are 1, weighted otherwise.
+func (w QueueWeights) Mode() string {
+	zero, one := true, true
+	for _, q := range w {
+		zero = zero && q.Weight == 0
+		one = one && q.Weight == 1
+	}
+	switch {
+	case zero:
+		return "strict"
+	case one:
+		return "random"
+	}
+	return "weighted"
+}
+
+// MarshalJSON writes {"a":3,"b":1} in queue order.
+func (w QueueWeights) MarshalJSON() ([]byte, error) {
+	b := []byte{'{'}
+	for i, q := range w {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, marshalString(q.Name)...)
+		b = append(b, ':')
+		b = strconv.AppendInt(b, int64(q.Weight), 10)
+	}
+	return append(b, '}'), nil
+}
+
+// UnmarshalJSON reads an object of integer weights, keeping its order.
+func (w *QueueWeights) UnmarshalJSON(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return fmt.Errorf("%w: weights must be a JSON object", ErrInvalidProcessInfo)
+	}
+	var out QueueWeights
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrInvalidProcessInfo, err)
+		}
+		var n int
+		if err := dec.Decode(&n); err != nil {
+			return fmt.Errorf("%w: weight of %v: %v", ErrInvalidProcessInfo, tok, err)
+		}
+		out = append(out, WeightedQueue{Name: tok.(string), Weight: n})
+	}
+	*w = out
+	return nil
+}
+
+// ErrInvalidProcessInfo reports a process "info" field of the wrong shape.
+var ErrInvalidProcessInfo = errors.New("invalid process info")
 
 // WorkEntry is one busy slot as the Busy page reads it.
 type WorkEntry struct {

@@ -1,5 +1,10 @@
 package queue
 
+import (
+	"strconv"
+	"time"
+)
+
 // All Redis key names ferry reads or writes live in this file, so that the
 // Sidekiq wire layout can be checked in one place (sidekiq-protocol.md §2.1).
 
@@ -101,3 +106,45 @@ func stealHoldKey(id string) string { return "ferry:steal-hold|" + id }
 // stealAliveKey is refreshed while a steal runs; once it lapses, any
 // process may push that steal's jobs back.
 func stealAliveKey(id string) string { return "ferry:steal-alive|" + id }
+
+// Execution metrics keys of Sidekiq's Metrics page, all in UTC, unpadded
+// where Sidekiq's strftime is ("%-H"). Each version reads only its own:
+//   - 7.x (7.2.4 lib/sidekiq/metrics/tracking.rb, shared.rb, query.rb): a
+//     HASH per minute "j|%Y%m%d|%-H:%-M" and a BITFIELD histogram per class
+//     and minute "<class>-%d-%H:%-M";
+//   - 8.x (8.0 lib/sidekiq/metrics/tracking.rb, shared.rb, query.rb): a HASH
+//     per minute "j|%y%m%d|%-H:%M", one per ten minutes (the same with the
+//     last digit dropped: "j|250214|8:4" for 08:43) and a histogram
+//     "h|<class>-%-d-%-H:%-M".
+//
+// The two "j|" families cannot collide: their dates have 8 and 6 digits.
+func metricsMinuteKey7(t time.Time) string {
+	t = t.UTC()
+	return "j|" + t.Format("20060102") + "|" + strconv.Itoa(t.Hour()) + ":" + strconv.Itoa(t.Minute())
+}
+
+func metricsMinuteKey8(t time.Time) string {
+	t = t.UTC()
+	return "j|" + t.Format("060102") + "|" + strconv.Itoa(t.Hour()) + ":" + t.Format("04")
+}
+
+func metricsTenMinuteKey8(t time.Time) string {
+	k := metricsMinuteKey8(t)
+	return k[:len(k)-1]
+}
+
+func histogramKey7(class string, t time.Time) string {
+	t = t.UTC()
+	return class + "-" + t.Format("02-15") + ":" + strconv.Itoa(t.Minute())
+}
+
+func histogramKey8(class string, t time.Time) string {
+	t = t.UTC()
+	return "h|" + class + "-" + strconv.Itoa(t.Day()) + "-" + strconv.Itoa(t.Hour()) + ":" + strconv.Itoa(t.Minute())
+}
+
+// metricsFields are a class's fields in the "j|" hashes: executions
+// (failures included), failures, and milliseconds of the successful ones.
+func metricsFields(class string) (processed, failed, ms string) {
+	return class + "|p", class + "|f", class + "|ms"
+}

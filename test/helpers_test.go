@@ -333,9 +333,15 @@ func requireRuby(t testing.TB) {
 // JSON document it prints into out (if out is not nil).
 func runRuby(t testing.TB, redisURL string, out any, script string, args ...string) {
 	t.Helper()
+	runRubyWith(t, "ruby", redisURL, out, script, args...)
+}
+
+// runRubyWith is runRuby with another Ruby command (e.g. Sidekiq 7's rb7).
+func runRubyWith(t testing.TB, ruby, redisURL string, out any, script string, args ...string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ruby", append([]string{filepath.Join(rubyDir, script)}, args...)...)
+	cmd := exec.CommandContext(ctx, ruby, append([]string{filepath.Join(rubyDir, script)}, args...)...)
 	cmd.Env = childEnv("REDIS_URL=" + redisURL)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

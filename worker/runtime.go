@@ -169,6 +169,7 @@ type Runtime struct {
 
 	processed atomic.Int64
 	failed    atomic.Int64
+	metrics   *queue.ExecMetrics // per class, for Sidekiq's Metrics page
 	started   atomic.Bool
 
 	// For Health, read from other goroutines.
@@ -201,24 +202,22 @@ func New(cfg Config) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	names := make([]string, len(cfg.Queues))
-	for i, q := range cfg.Queues {
-		names[i] = q.Name
-	}
 	r := &Runtime{
 		cfg: cfg, broker: b, fetcher: b.NewFetcher(cfg.Queues),
 		log: cfg.Logger.Named("worker"),
 		info: queue.ProcessInfo{
 			Hostname: cfg.Hostname, StartedAt: float64(time.Now().UnixNano()) / 1e9, Pid: os.Getpid(),
-			Tag: cfg.Tag, Concurrency: cfg.Concurrency, Queues: names, Labels: append([]string{"ferry"}, cfg.Labels...),
-			Identity: cfg.Identity, Version: cfg.Version,
+			Tag: cfg.Tag, Concurrency: cfg.Concurrency, Labels: append([]string{"ferry"}, cfg.Labels...),
+			Identity: cfg.Identity, Version: processVersion(cfg.Version),
 		},
 		quietCh:  make(chan struct{}),
 		stopCh:   make(chan struct{}),
 		slots:    make(chan int, cfg.Concurrency),
 		inflight: make(map[int]*running, cfg.Concurrency),
 		ackWake:  make(chan struct{}, 1),
+		metrics:  queue.NewExecMetrics(),
 	}
+	r.info.SetQueues(cfg.Queues) // queues, 7.x weights, 8.x capsules
 	r.slotWork = make([]chan slotJob, cfg.Concurrency)
 	r.fetcher.DeferParse = true // parsed on the slot goroutines, not in the fetch loop
 	for i := range cfg.Concurrency {
@@ -226,6 +225,15 @@ func New(cfg Config) (*Runtime, error) {
 		r.slotWork[i] = make(chan slotJob, 1)
 	}
 	return r, nil
+}
+
+// processVersion is the "version" the Sidekiq 7+ Busy page shows next to a
+// process whose version differs from its own: name ferry there.
+func processVersion(v string) string {
+	if strings.HasPrefix(v, "ferry") {
+		return v
+	}
+	return "ferry " + v
 }
 
 // Identity is the process identity shown on the Sidekiq Busy page.
@@ -283,9 +291,10 @@ func (r *Runtime) Run(ctx context.Context) error {
 	var bg sync.WaitGroup
 	fetchCtx, cancelFetch := context.WithCancel(bgCtx)
 	defer cancelFetch()
-	bg.Add(5)
+	bg.Add(6)
 	go func() { defer bg.Done(); r.live.run(bgCtx) }()
 	go func() { defer bg.Done(); r.heartbeatLoop(bgCtx) }()
+	go func() { defer bg.Done(); r.metricsLoop(bgCtx) }()
 	go func() { defer bg.Done(); r.pollLoop(fetchCtx) }()
 	go func() { defer bg.Done(); r.recoveryLoop(fetchCtx) }()
 	go func() {
@@ -353,6 +362,9 @@ func (r *Runtime) Run(ctx context.Context) error {
 	}
 	if err := r.broker.FlushStats(final, r.processed.Swap(0), r.failed.Swap(0)); err != nil {
 		r.log.Warn("could not flush stats at exit", zap.Error(err))
+	}
+	if err := r.broker.FlushMetrics(final, r.metrics); err != nil { // as Sidekiq 8 does on :exit
+		r.log.Warn("could not flush job metrics at exit", zap.Error(err))
 	}
 	if err := r.broker.Unregister(final, r.info.Queues); err != nil {
 		r.log.Warn("could not unregister", zap.Error(err))
@@ -544,7 +556,11 @@ func (r *Runtime) process(ctx context.Context, d *queue.Delivery) {
 		r.settleFailure(ctx, d, queue.Failure{})
 		return
 	}
+	start := time.Now()
 	err := r.runJob(ctx, d.Job)
+	if uc := (*UnknownClassError)(nil); !errors.As(err, &uc) { // Sidekiq tracks only classes it loaded
+		r.metrics.Record(d.Job, time.Since(start), err != nil)
+	}
 	r.processed.Add(1)
 	if ctx.Err() != nil && err != nil {
 		// Hard shutdown: the job was already pushed back. Lost liveness:
@@ -769,6 +785,17 @@ func (r *Runtime) heartbeatLoop(ctx context.Context) {
 		}
 		r.live.refreshed()
 		wait = r.cfg.HeartbeatInterval
+	}
+}
+
+// metricsLoop flushes the per-class job metrics every heartbeat interval.
+// It is not part of the heartbeat, so a slow metrics write can never delay
+// a liveness refresh.
+func (r *Runtime) metricsLoop(ctx context.Context) {
+	for sleepCtx(ctx, r.cfg.HeartbeatInterval) {
+		if err := r.broker.FlushMetrics(ctx, r.metrics); err != nil && ctx.Err() == nil {
+			r.log.Warn("could not flush job metrics; keeping them for the next try", zap.Error(err))
+		}
 	}
 }
 

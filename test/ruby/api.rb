@@ -39,6 +39,9 @@ def process_json(p)
     "stopping" => p.stopping?,
     "beat_class" => p["beat"].class.name,
     "started_at_class" => p["started_at"].class.name,
+    "weights" => p["weights"],
+    "version" => p["version"],
+    "capsules" => p["capsules"],
   }
 end
 

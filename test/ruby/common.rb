@@ -1,5 +1,6 @@
 # Shared setup for the Ruby side of ferry's interop tests: Sidekiq 6.4
-# (Debian ruby-sidekiq) talking to the Redis database in $REDIS_URL.
+# (Debian ruby-sidekiq), or 7.2 when run with ../shared/sidekiq7/rb7, talking to
+# the Redis database in $REDIS_URL.
 require "json"
 require "sidekiq"
 require "sidekiq/api"
