@@ -329,14 +329,9 @@ func requireRuby(t testing.TB) {
 	}
 }
 
-// runRuby runs test/ruby/<script> args... on redisURL and decodes the one
-// JSON document it prints into out (if out is not nil).
-func runRuby(t testing.TB, redisURL string, out any, script string, args ...string) {
-	t.Helper()
-	runRubyWith(t, "ruby", redisURL, out, script, args...)
-}
-
-// runRubyWith is runRuby with another Ruby command (e.g. Sidekiq 7's rb7).
+// runRubyWith runs test/ruby/<script> args... with the Ruby command ruby
+// ("ruby" for Debian's Sidekiq 6.4, rb7 for 7.2) on redisURL and decodes the
+// one JSON document it prints into out (if out is not nil).
 func runRubyWith(t testing.TB, ruby, redisURL string, out any, script string, args ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -85,9 +85,9 @@ func deref(p *string) string {
 // scheduled, unknown class) are run by ferry; the failure ferry records is
 // a retry entry Ruby's API reads, and Ruby's "Retry Now" hands it back to
 // ferry.
-func TestRubyClientToFerryWorker(t *testing.T) {
-	requireRuby(t)
-	t.Parallel()
+func TestRubyClientToFerryWorker(t *testing.T) { eachSidekiq(t, testRubyClientToFerryWorker) }
+
+func testRubyClientToFerryWorker(t *testing.T, rb sidekiqRuby) {
 	ctx := testenv.Context(t)
 	url := testenv.RedisURL(t)
 	rdb := redisFor(t, url)
@@ -98,7 +98,7 @@ func TestRubyClientToFerryWorker(t *testing.T) {
 		Scheduled string   `json:"scheduled"`
 		Failing   string   `json:"failing"`
 	}
-	runRuby(t, url, &pushed, "api.rb", "push_interop")
+	rb.run(t, url, &pushed, "api.rb", "push_interop")
 	if len(pushed.Bulk) != 50 {
 		t.Fatalf("push_bulk returned %d jids, want 50", len(pushed.Bulk))
 	}
@@ -142,7 +142,7 @@ func TestRubyClientToFerryWorker(t *testing.T) {
 
 	// The retry entry, read by Sidekiq's Ruby API.
 	var e rubyEntry
-	runRuby(t, url, &e, "api.rb", "retry_entry", pushed.Failing)
+	rb.run(t, url, &e, "api.rb", "retry_entry", pushed.Failing)
 	if e.Klass != "Nope::Missing" || deref(e.ErrorClass) != "NameError" || e.Queue != "interop" || !e.Error {
 		t.Errorf("Ruby sees retry entry klass=%q error_class=%q queue=%q error?=%v, want Nope::Missing/NameError/interop/true",
 			e.Klass, deref(e.ErrorClass), e.Queue, e.Error)
@@ -165,7 +165,7 @@ func TestRubyClientToFerryWorker(t *testing.T) {
 	}
 
 	// Ruby's "Retry Now" moves it back to its queue (retry_count - 1, as Sidekiq does).
-	runRuby(t, url, nil, "api.rb", "retry_now", pushed.Failing)
+	rb.run(t, url, nil, "api.rb", "retry_now", pushed.Failing)
 	if n := zcard(ctx, t, rdb, "retry"); n != 0 {
 		t.Fatalf("retry set has %d entries after Ruby's retry, want 0", n)
 	}
@@ -193,9 +193,9 @@ func TestRubyClientToFerryWorker(t *testing.T) {
 
 // ferry → Ruby Sidekiq server: jobs from `ferry enqueue` (immediate and
 // --in) are run by a real `sidekiq` process with their args intact.
-func TestFerryEnqueueToRubyServer(t *testing.T) {
-	requireRuby(t)
-	t.Parallel()
+func TestFerryEnqueueToRubyServer(t *testing.T) { eachSidekiq(t, testFerryEnqueueToRubyServer) }
+
+func testFerryEnqueueToRubyServer(t *testing.T, rb sidekiqRuby) {
 	ctx := testenv.Context(t)
 	url := testenv.RedisURL(t)
 	rdb := redisFor(t, url)
@@ -227,7 +227,7 @@ func TestFerryEnqueueToRubyServer(t *testing.T) {
 		t.Fatal(`ferry enqueue did not SADD "rb" to the queues set`)
 	}
 
-	sk := startProc(t, "sidekiq", childEnv("REDIS_URL="+url), "sidekiq",
+	sk := startProc(t, "sidekiq "+rb.version, childEnv("REDIS_URL="+url), rb.server,
 		"-r", rubyDir+"/app.rb", "-q", "rb", "-c", "2", "-t", "5", "-g", "ferry-interop")
 	testenv.Eventually(t, 45*time.Second, "the Ruby server to run both ferry jobs", func() bool {
 		if sk.exited() {
@@ -267,9 +267,9 @@ func TestFerryEnqueueToRubyServer(t *testing.T) {
 // concurrency, queues, tag, busy, quiet), quiet!/stop! through the signals
 // list, Queue size/latency, and the retry and dead entries ferry wrote,
 // including an invalid-JSON payload.
-func TestSidekiqAPISeesFerry(t *testing.T) {
-	requireRuby(t)
-	t.Parallel()
+func TestSidekiqAPISeesFerry(t *testing.T) { eachSidekiq(t, testSidekiqAPISeesFerry) }
+
+func testSidekiqAPISeesFerry(t *testing.T, rb sidekiqRuby) {
 	ctx := testenv.Context(t)
 	url := testenv.RedisURL(t)
 	rdb := redisFor(t, url)
@@ -302,7 +302,7 @@ func TestSidekiqAPISeesFerry(t *testing.T) {
 	enq, _ := jobJSON(t, oldest)["enqueued_at"].(json.Number).Float64()
 
 	var snap rubySnapshot
-	runRuby(t, url, &snap, "api.rb", "snapshot", "parked")
+	rb.run(t, url, &snap, "api.rb", "snapshot", "parked")
 	p := snap.process(t, id)
 	if p.Concurrency.String() != "7" || !slices.Equal(p.Queues, []string{"x", "y"}) || p.Tag != "interop-tag" ||
 		p.Busy.String() != "0" || p.Quiet != "false" || p.Stopping {
@@ -343,11 +343,11 @@ func TestSidekiqAPISeesFerry(t *testing.T) {
 	}
 
 	// Quiet from Ruby (LPUSH <identity>-signals TSTP): the next beat says so.
-	runRuby(t, url, nil, "api.rb", "quiet", id)
+	rb.run(t, url, nil, "api.rb", "quiet", id)
 	testenv.Eventually(t, 15*time.Second, "ferry's process hash to show quiet=true", func() bool {
 		return rdb.HGet(ctx, id, "quiet").Val() == "true"
 	})
-	runRuby(t, url, &snap, "api.rb", "snapshot")
+	rb.run(t, url, &snap, "api.rb", "snapshot")
 	if p := snap.process(t, id); !p.Stopping {
 		t.Errorf("Ruby Process#stopping? = false after quiet!, want true (%+v)", p)
 	}
@@ -357,7 +357,7 @@ func TestSidekiqAPISeesFerry(t *testing.T) {
 	}
 
 	// Stop from Ruby: ferry exits cleanly and leaves the process set.
-	runRuby(t, url, nil, "api.rb", "stop", id)
+	rb.run(t, url, nil, "api.rb", "stop", id)
 	if code := w.waitExit(t, 30*time.Second); code != 0 {
 		t.Fatalf("ferry exited %d after Ruby's stop!, want 0", code)
 	}
@@ -372,11 +372,11 @@ func TestSidekiqAPISeesFerry(t *testing.T) {
 	}
 }
 
-// The Sidekiq Web UI (6.4, rendered through Rack::MockRequest) shows
+// The Sidekiq Web UI (6.4 and 7.2, rendered through Rack::MockRequest) shows
 // ferry's process, retries, dead jobs, queues and scheduled jobs.
-func TestSidekiqWebUIRendersFerry(t *testing.T) {
-	requireRuby(t)
-	t.Parallel()
+func TestSidekiqWebUIRendersFerry(t *testing.T) { eachSidekiq(t, testSidekiqWebUIRendersFerry) }
+
+func testSidekiqWebUIRendersFerry(t *testing.T, rb sidekiqRuby) {
 	ctx := testenv.Context(t)
 	url := testenv.RedisURL(t)
 	rdb := redisFor(t, url)
@@ -438,7 +438,7 @@ func TestSidekiqWebUIRendersFerry(t *testing.T) {
 		Location *string `json:"location"`
 		Body     string  `json:"body"`
 	}
-	runRuby(t, url, &res, "web.rb", paths...)
+	rb.run(t, url, &res, "web.rb", paths...)
 	for _, path := range paths {
 		r, ok := res[path]
 		if !ok {

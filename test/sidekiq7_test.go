@@ -51,6 +51,34 @@ func requireSidekiq7(t testing.TB) string {
 	return sidekiq7Check.rb7
 }
 
+// sidekiqRuby is one Ruby Sidekiq the interop tests run against.
+type sidekiqRuby struct {
+	version string // "6.4" (Debian's ruby-sidekiq) or "7.2" (../shared/sidekiq7)
+	ruby    string // Ruby with that Sidekiq on its load path
+	server  string // its `sidekiq` server command
+}
+
+// run runs a test/ruby script with this Sidekiq (see runRubyWith).
+func (s sidekiqRuby) run(t testing.TB, redisURL string, out any, script string, args ...string) {
+	t.Helper()
+	runRubyWith(t, s.ruby, redisURL, out, script, args...)
+}
+
+// eachSidekiq runs test as parallel subtests "6.4" and "7.2", one per
+// Ruby Sidekiq; each skips, saying why, when its Sidekiq is not installed.
+func eachSidekiq(t *testing.T, test func(t *testing.T, rb sidekiqRuby)) {
+	t.Run("6.4", func(t *testing.T) {
+		requireRuby(t)
+		t.Parallel()
+		test(t, sidekiqRuby{version: "6.4", ruby: "ruby", server: "sidekiq"})
+	})
+	t.Run("7.2", func(t *testing.T) {
+		rb7 := requireSidekiq7(t)
+		t.Parallel()
+		test(t, sidekiqRuby{version: "7.2", ruby: rb7, server: filepath.Join(filepath.Dir(rb7), "sidekiq7")})
+	})
+}
+
 // metricsTotal sums a field of ferry's 7.x minute hashes ("j|YYYYMMDD|H:M").
 func metricsTotal(t *testing.T, url, field string) int {
 	t.Helper()
