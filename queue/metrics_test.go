@@ -119,3 +119,19 @@ func sum(xs []int64) (n int64) {
 	}
 	return n
 }
+
+// Jobs are filed under "wrapped" (ActiveJob), else "class", decoded.
+func TestMetricsClass(t *testing.T) {
+	t.Parallel()
+	for raw, want := range map[string]string{
+		`{"class":"HardJob","args":[]}`:                        "HardJob",
+		`{"class":"W","wrapped":"MailJob","args":[]}`:          "MailJob",
+		`{"class":"W","wrapped":"","args":[]}`:                 "W",
+		`{"class":"Caf\u00e9Job","args":[]}`:                   "CaféJob",
+		`{"class":"W","wrapped":{"not":"a string"},"args":[]}`: "W",
+	} {
+		if got := string(metricsClass(mustParse(t, raw))); got != want {
+			t.Errorf("metrics class of %s = %q, want %q", raw, got, want)
+		}
+	}
+}

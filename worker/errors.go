@@ -18,6 +18,11 @@ func (e *UnknownClassError) Error() string {
 // SidekiqErrorClass is the error_class recorded for this failure.
 func (e *UnknownClassError) SidekiqErrorClass() string { return "NameError" }
 
+func isUnknownClass(err error) bool {
+	var uc *UnknownClassError
+	return errors.As(err, &uc)
+}
+
 // ArgsError means a job's args did not decode into the worker's args type.
 type ArgsError struct {
 	Class string

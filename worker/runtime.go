@@ -558,7 +558,7 @@ func (r *Runtime) process(ctx context.Context, d *queue.Delivery) {
 	}
 	start := time.Now()
 	err := r.runJob(ctx, d.Job)
-	if uc := (*UnknownClassError)(nil); !errors.As(err, &uc) { // Sidekiq tracks only classes it loaded
+	if err == nil || !isUnknownClass(err) { // Sidekiq tracks only classes it loaded
 		r.metrics.Record(d.Job, time.Since(start), err != nil)
 	}
 	r.processed.Add(1)
