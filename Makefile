@@ -44,11 +44,30 @@ help: ## Show this help
 build: ## Build bin/ferry
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ferry
 
+# The PostgreSQL tests again, every connection through PgBouncer in
+# transaction mode (scripts/services runs one): engines, legacy, web, CLI,
+# schema migrations and the worker-process, gate and legacy interop tests.
+PGBOUNCER_PKGS ?= ./jobs/... ./web/... ./cli/... ./dbmigrate/... ./schema/...
+PGBOUNCER_RUN  ?= BBM|DB|BM|Web|Hostile
+
 .PHONY: test
-test: ## Start services, then go vet and the full race-enabled test suite
+test: ## Start services, then go vet, the full race-enabled test suite, and the PostgreSQL tests through PgBouncer
 	@$(with_services)
 	$(GO) vet $(PKGS)
 	$(GO) test $(TEST_FLAGS) $(PKGS)
+	if [ -n "$${FERRY_PGBOUNCER_URL:-}" ]; then
+		echo "== again through PgBouncer (transaction mode): $(PGBOUNCER_PKGS), ./test -run '$(PGBOUNCER_RUN)'" >&2
+		FERRY_TEST_VIA_PGBOUNCER=1 $(GO) test $(TEST_FLAGS) $(PGBOUNCER_PKGS)
+		FERRY_TEST_VIA_PGBOUNCER=1 $(GO) test $(TEST_FLAGS) -run '$(PGBOUNCER_RUN)' ./test/
+	else
+		echo "== FERRY_PGBOUNCER_URL is not set: skipping the PgBouncer pass" >&2
+	fi
+
+.PHONY: test-pgbouncer
+test-pgbouncer: ## Start services, then only the PgBouncer pass
+	@$(with_services)
+	FERRY_TEST_VIA_PGBOUNCER=1 $(GO) test $(TEST_FLAGS) $(PGBOUNCER_PKGS)
+	FERRY_TEST_VIA_PGBOUNCER=1 $(GO) test $(TEST_FLAGS) -run '$(PGBOUNCER_RUN)' ./test/
 
 .PHONY: test-short
 test-short: ## Start services, then the quick tests (-short, no race detector)

@@ -69,6 +69,7 @@ type App struct {
 	configPath  string
 	redisURL    string
 	databaseURL string
+	directURL   string
 	logLevel    string
 
 	preValidate map[*cobra.Command]func(*config.Config)
@@ -291,6 +292,7 @@ the rest. Exit codes: 0 ok, 1 the answer is no or the operation failed,
 	pf.StringVar(&a.configPath, "config", "", "YAML config file (env FERRY_CONFIG)")
 	pf.StringVar(&a.redisURL, "redis-url", "", "Redis URL (env REDIS_URL, default redis://127.0.0.1:6379/0)")
 	pf.StringVar(&a.databaseURL, "database-url", "", "PostgreSQL URL or DSN (env DATABASE_URL)")
+	pf.StringVar(&a.directURL, "database-direct-url", "", "PostgreSQL without a transaction pooler, for `ferry db` (env DATABASE_DIRECT_URL)")
 	pf.StringVar(&a.logLevel, "log-level", "", "debug, info, warn or error")
 	for _, mk := range commands {
 		root.AddCommand(mk(a))
@@ -358,6 +360,9 @@ func (a *App) load(cmd *cobra.Command) error {
 	}
 	if a.databaseURL != "" {
 		cfg.DatabaseURL = a.databaseURL
+	}
+	if a.directURL != "" {
+		cfg.DatabaseDirectURL = a.directURL
 	}
 	if a.logLevel != "" {
 		cfg.LogLevel = a.logLevel
@@ -461,16 +466,9 @@ func (a *App) DB(ctx context.Context) (*pgxpool.Pool, error) {
 	if err := a.Cfg.RequireDatabase(); err != nil {
 		return nil, Usage(err)
 	}
-	pc, err := pgxpool.ParseConfig(a.Cfg.DatabaseURL)
+	pc, err := config.PoolConfig(a.Cfg.DatabaseURL, int32(a.Cfg.Worker.Concurrency)+4)
 	if err != nil {
 		return nil, Usage(err)
-	}
-	pc.MaxConns = max(pc.MaxConns, int32(a.Cfg.Worker.Concurrency)+4)
-	// Named, so operators see ferry in pg_stat_activity and migrations
-	// do not count ferry's own idle connections as an application to
-	// pace for (jobs/bbm contention.go). An explicit name in the URL wins.
-	if pc.ConnConfig.RuntimeParams["application_name"] == "" {
-		pc.ConnConfig.RuntimeParams["application_name"] = "ferry"
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/dbmigrate"
 	"github.com/ferrymigrate/ferry/jobs/bbm"
 )
@@ -51,8 +52,18 @@ Directives (own lines in an up file):
        migration is committed
 
 Only one migrator runs at a time (advisory lock); others fail at once
-naming the holder, or wait up to --lock-timeout.`,
+naming the holder, or wait up to --lock-timeout.
+
+Behind PgBouncer in transaction mode, set DATABASE_DIRECT_URL (config
+database_direct_url) to a direct connection: these commands need a real
+session (the migrator's lock, pg_dump, pg_restore) and use it when set.`,
 	}
+	a.PreValidate(cmd, func(c *config.Config) {
+		// The direct URL wins, unless --database-url alone names another.
+		if c.DatabaseDirectURL != "" && (a.databaseURL == "" || a.directURL != "") {
+			c.DatabaseURL = c.DatabaseDirectURL
+		}
+	})
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&f.dir, "dir", "db/migrate", "directory of migration files")
 	pf.DurationVar(&f.lockTimeout, "lock-timeout", 0, "wait this long for another migrator (0 = fail at once)")
@@ -156,7 +167,7 @@ func dbErr(err error) error {
 	case errors.As(err, &ee):
 		return err
 	case errors.Is(err, dbmigrate.ErrBadVersion), errors.Is(err, dbmigrate.ErrBadSource),
-		errors.Is(err, dbmigrate.ErrUnknownVersion), errors.Is(err, dbmigrate.ErrNotConfirmed),
+		errors.Is(err, dbmigrate.ErrUnknownVersion), errors.Is(err, dbmigrate.ErrNotConfirmed), errors.Is(err, dbmigrate.ErrNeedsSession),
 		errors.Is(err, dbmigrate.ErrOtherDatabase), errors.Is(err, dbmigrate.ErrBadBackup):
 		return Usage(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"gopkg.in/yaml.v3"
@@ -23,8 +24,12 @@ import (
 type Config struct {
 	RedisURL    string `yaml:"redis_url"`
 	DatabaseURL string `yaml:"database_url"`
-	LogLevel    string `yaml:"log_level"`
-	LogFormat   string `yaml:"log_format"` // "json", "console" or "" (auto)
+	// DatabaseDirectURL reaches PostgreSQL without a transaction pooler
+	// (PgBouncer): `ferry db` uses it for what needs a real session
+	// (the migrator's lock, pg_dump, pg_restore). Empty: DatabaseURL.
+	DatabaseDirectURL string `yaml:"database_direct_url"`
+	LogLevel          string `yaml:"log_level"`
+	LogFormat         string `yaml:"log_format"` // "json", "console" or "" (auto)
 
 	Redis  Redis  `yaml:"redis"`
 	Worker Worker `yaml:"worker"`
@@ -218,9 +223,11 @@ const (
 	EnvRedisSentinels        = "REDIS_SENTINELS"
 	EnvRedisSentinelPassword = "REDIS_SENTINEL_PASSWORD"
 	EnvDatabaseURL           = "DATABASE_URL"
-	EnvConfig                = "FERRY_CONFIG"
-	EnvLogLevel              = "FERRY_LOG_LEVEL"
-	EnvWebToken              = "FERRY_WEB_TOKEN"
+	// EnvDatabaseDirectURL bypasses PgBouncer for `ferry db`.
+	EnvDatabaseDirectURL = "DATABASE_DIRECT_URL"
+	EnvConfig            = "FERRY_CONFIG"
+	EnvLogLevel          = "FERRY_LOG_LEVEL"
+	EnvWebToken          = "FERRY_WEB_TOKEN"
 )
 
 // ConfigPathFromEnv returns $FERRY_CONFIG.
@@ -246,6 +253,9 @@ func (c *Config) ApplyEnv() {
 	}
 	if v := os.Getenv(EnvDatabaseURL); v != "" {
 		c.DatabaseURL = v
+	}
+	if v := os.Getenv(EnvDatabaseDirectURL); v != "" {
+		c.DatabaseDirectURL = v
 	}
 	if v := os.Getenv(EnvLogLevel); v != "" {
 		c.LogLevel = v
@@ -280,6 +290,11 @@ func (c *Config) Validate() error {
 	if c.DatabaseURL != "" {
 		if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
 			return &FieldError{Field: "DATABASE_URL", Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
+		}
+	}
+	if c.DatabaseDirectURL != "" {
+		if _, err := pgxpool.ParseConfig(c.DatabaseDirectURL); err != nil {
+			return &FieldError{Field: EnvDatabaseDirectURL, Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
 		}
 	}
 	switch c.LogLevel {
@@ -429,6 +444,30 @@ func (c *Config) RedisOptions() (*redis.Options, error) {
 		return nil, &FieldError{Field: "REDIS_URL", Msg: fmt.Sprintf("not a valid redis:// URL (%v)", err)}
 	}
 	return o, nil
+}
+
+// PoolConfig is the pool configuration for url (DatabaseURL or
+// DatabaseDirectURL) with ferry's defaults:
+//   - connections named "ferry" (operators see them in pg_stat_activity,
+//     and migrations do not pace for ferry's own idle connections), unless
+//     the URL names them;
+//   - no server-side prepared statements (pgx's exec mode), unless the URL
+//     sets default_query_exec_mode: a transaction pooler (PgBouncer)
+//     hands each transaction to any server connection, where a statement
+//     prepared on another one does not exist.
+func PoolConfig(url string, maxConns int32) (*pgxpool.Config, error) {
+	pc, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	pc.MaxConns = max(pc.MaxConns, maxConns)
+	if pc.ConnConfig.RuntimeParams["application_name"] == "" {
+		pc.ConnConfig.RuntimeParams["application_name"] = "ferry"
+	}
+	if !strings.Contains(url, "default_query_exec_mode") {
+		pc.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
+	}
+	return pc, nil
 }
 
 // RequireDatabase reports a clear error when no database is configured.

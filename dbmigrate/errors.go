@@ -10,6 +10,11 @@ import (
 // Sentinels; every error this package returns wraps one of them (or a
 // pgx/driver error). Match with errors.Is.
 var (
+	// ErrNeedsSession: the connection is not a real session (its
+	// statements run on changing server connections, as behind PgBouncer
+	// in transaction mode), so the migrator's lock cannot hold.
+	ErrNeedsSession = errors.New("ferry db needs a real PostgreSQL session, and DATABASE_URL goes through a transaction pooler " +
+		"(PgBouncer): set DATABASE_DIRECT_URL to a direct connection")
 	// ErrBadVersion: a version argument is not digits.
 	ErrBadVersion = errors.New("bad migration version")
 	// ErrBadSource: the migrations directory has a malformed file.

@@ -237,12 +237,36 @@ func acquire(ctx context.Context, pool *pgxpool.Pool, appName string, timeout ti
 			return fail(err)
 		}
 	}
+	lc := &lockedConn{conn}
+	if err := lc.checkSession(ctx); err != nil {
+		lc.release(ctx)
+		return nil, err
+	}
 	if _, err := conn.Exec(ctx, createTables); err != nil {
-		lc := &lockedConn{conn}
 		lc.release(ctx)
 		return nil, fmt.Errorf("create migration tables: %w", err)
 	}
-	return &lockedConn{conn}, nil
+	return lc, nil
+}
+
+// checkSession makes sure the connection is a real session that holds the
+// lock. Behind a transaction pooler (PgBouncer) each statement may run on
+// another server connection: the lock would protect nothing, and stay
+// behind on a connection other clients get. The tell: the backend pid the
+// server announced at connect (the pooler's made-up one) is not the pid
+// that runs our statements.
+func (c *lockedConn) checkSession(ctx context.Context) error {
+	var pid uint32
+	var held bool
+	if err := c.QueryRow(ctx, `SELECT pg_backend_pid(), EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+		AND pid = pg_backend_pid() AND objsubid = 1 AND classid::int8 = ($1::int8 >> 32) AND objid::int8 = ($1::int8 & 4294967295))`,
+		LockKey).Scan(&pid, &held); err != nil {
+		return err
+	}
+	if pid != c.Conn.Conn().PgConn().PID() || !held {
+		return ErrNeedsSession
+	}
+	return nil
 }
 
 func (c *lockedConn) release(ctx context.Context) {

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/ferrymigrate/ferry/cli"
 	"github.com/ferrymigrate/ferry/dbmigrate"
 	"github.com/ferrymigrate/ferry/internal/testenv"
 )
@@ -205,4 +207,28 @@ func TestDBConcurrentMigrators(t *testing.T) {
 	}
 	_, errs = e.wantExit(1, "migrate", "--lock-timeout", "200ms")
 	wantContains(t, errs, "(waited ", `application_name "holder-H"`)
+}
+
+// Behind PgBouncer in transaction mode, `ferry db migrate` with only the
+// pooled URL refuses before running anything, naming DATABASE_DIRECT_URL;
+// with it, it migrates.
+func TestDBNeedsDirectURLBehindPgBouncer(t *testing.T) {
+	e := newDBEnv(t)
+	pooled := testenv.PooledURL(t, e.url)
+	e.write("1_a.up.sql", "CREATE TABLE a (id int);")
+	var out, errb bytes.Buffer
+	code := cli.Main(e.ctx, []string{"db", "migrate", "--dir", e.dir, "--database-url", pooled}, &out, &errb, cli.Options{})
+	if code != 2 || !strings.HasPrefix(errb.String(), "ferry: ferry db needs a real PostgreSQL session") || !strings.Contains(errb.String(), "DATABASE_DIRECT_URL") {
+		t.Fatalf("db migrate through PgBouncer: exit %d\nstdout: %s\nstderr: %s", code, out.String(), errb.String())
+	}
+	if e.exists("a") {
+		t.Fatal("it ran a migration before refusing")
+	}
+	out.Reset()
+	errb.Reset()
+	code = cli.Main(e.ctx, []string{"db", "migrate", "--dir", e.dir, "--database-url", pooled, "--database-direct-url", testenv.DirectURL(t, e.url)},
+		&out, &errb, cli.Options{})
+	if code != 0 || !e.exists("a") {
+		t.Fatalf("db migrate with DATABASE_DIRECT_URL: exit %d\nstdout: %s\nstderr: %s", code, out.String(), errb.String())
+	}
 }

@@ -28,7 +28,9 @@ type dbEnv struct {
 func newDBEnv(t *testing.T) *dbEnv {
 	t.Helper()
 	e := &dbEnv{t: t, ctx: testenv.Context(t), url: testenv.DatabaseURL(t), dir: t.TempDir()}
-	pool, err := pgxpool.New(e.ctx, e.url)
+	// The test's own statements need a real session (advisory locks that
+	// hold a migrator back), so they bypass PgBouncer.
+	pool, err := pgxpool.New(e.ctx, testenv.DirectURL(t, e.url))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,6 +59,9 @@ func (e *dbEnv) ferry(args ...string) (code int, stdout, stderr string) {
 	var out, errb bytes.Buffer
 	full := append([]string{"db"}, args...)
 	full = append(full, "--dir", e.dir, "--database-url", e.url, "--log-level", "error")
+	if testenv.ViaPgBouncer() {
+		full = append(full, "--database-direct-url", testenv.DirectURL(e.t, e.url))
+	}
 	code = cli.Main(e.ctx, full, &out, &errb, cli.Options{})
 	return code, out.String(), errb.String()
 }

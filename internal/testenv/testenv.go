@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -125,7 +126,46 @@ func DatabaseURL(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", url.PathEscape(cfg.User), cfg.Host, cfg.Port, name)
+	if ViaPgBouncer() {
+		// The pooler maps every database name to the same server.
+		if cfg, err = pgx.ParseConfig(os.Getenv(envPgBouncerURL)); err != nil {
+			t.Fatalf("%s: %v", envPgBouncerURL, err)
+		}
+	}
+	// exec: no server-side prepared statements, as ferry runs (config.PoolConfig),
+	// so the tests' own pools work through the pooler too.
+	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable&default_query_exec_mode=exec", url.PathEscape(cfg.User), cfg.Host, cfg.Port, name)
+}
+
+// envPgBouncerURL is set by scripts/services to its PgBouncer in
+// transaction mode; envViaPgBouncer=1 makes every test database URL go
+// through it (CI's second pass over the PostgreSQL tests).
+const (
+	envPgBouncerURL = "FERRY_PGBOUNCER_URL"
+	envViaPgBouncer = "FERRY_TEST_VIA_PGBOUNCER"
+)
+
+// ViaPgBouncer reports whether test databases are reached through
+// PgBouncer in transaction mode.
+func ViaPgBouncer() bool {
+	return os.Getenv(envViaPgBouncer) == "1" && os.Getenv(envPgBouncerURL) != ""
+}
+
+// DirectURL returns the URL of the same database as u without the pooler
+// (for what needs a real session: pg_dump, pg_terminate_backend of a
+// specific backend).
+func DirectURL(t testing.TB, u string) string {
+	t.Helper()
+	_, base := config.TestURLs()
+	bc, err := pgx.ParseConfig(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := pgx.ParseConfig(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", url.PathEscape(c.User), bc.Host, bc.Port, c.Database)
 }
 
 // Postgres returns a pool on a fresh database, closed at cleanup.
@@ -167,4 +207,23 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 		}
 		<-tick.C
 	}
+}
+
+// PooledURL returns u's database through the PgBouncer of scripts/services
+// (transaction mode); the test skips when there is none.
+func PooledURL(t testing.TB, u string) string {
+	t.Helper()
+	pb := os.Getenv(envPgBouncerURL)
+	if pb == "" {
+		t.Skip(envPgBouncerURL + " is not set (scripts/services starts a PgBouncer when it is installed)")
+	}
+	pc, err := pgx.ParseConfig(pb)
+	if err != nil {
+		t.Fatalf("%s: %v", envPgBouncerURL, err)
+	}
+	c, err := pgx.ParseConfig(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable&default_query_exec_mode=exec", url.PathEscape(c.User), pc.Host, pc.Port, c.Database)
 }

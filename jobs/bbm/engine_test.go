@@ -71,6 +71,23 @@ func (b *bundle) engine(t *testing.T, cfg bbm.Config) *bbm.Engine {
 	return e
 }
 
+// direct is a pool on the bundle's database that bypasses PgBouncer (in
+// CI's pass through it), for statements about specific backends: behind
+// the pooler a server connection's application_name may be another
+// client's, and the test could terminate its own connection.
+func (b *bundle) direct(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	if !testenv.ViaPgBouncer() {
+		return b.pool
+	}
+	pool, err := pgxpool.New(context.Background(), testenv.DirectURL(t, b.url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
 func sepFor(url string) string {
 	if strings.Contains(url, "?") {
 		return "&"

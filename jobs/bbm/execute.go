@@ -264,22 +264,14 @@ u AS (
 SELECT (SELECT hi FROM s), (SELECT n FROM s), (SELECT count(*) FROM c)`
 }
 
-// batchConn takes a connection for a batch's sub-batches, with its
-// session settings.
-func (e *Engine) batchConn(ctx context.Context, cl *claim) (*pgxpool.Conn, error) {
-	conn, err := e.pool.Acquire(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if err := e.sessionSettings(ctx, conn, cl); err != nil {
-		dropConn(conn)
-		return nil, err
-	}
-	return conn, nil
+// batchConn takes a connection for a batch's sub-batches.
+func (e *Engine) batchConn(ctx context.Context, _ *claim) (*pgxpool.Conn, error) {
+	return e.pool.Acquire(ctx)
 }
 
+// releaseBatchConn gives the connection back outside any transaction.
 func (e *Engine) releaseBatchConn(ctx context.Context, conn *pgxpool.Conn) {
-	e.resetSession(ctx, conn)
+	rollback(ctx, conn.Conn())
 	conn.Release()
 }
 
@@ -318,43 +310,33 @@ func (e *Engine) resume(ctx context.Context, cl *claim, res *result, queued *tim
 	}
 }
 
-// sessionSettings sets statement_timeout, lock_timeout and an
-// application_name that health checks use to find our backends on the
-// connection that runs the batch's sub-batches. Session level, not SET
-// LOCAL inside each sub-batch: pgx prepares a new statement (Parse) before
-// the pipelined BEGIN runs, and parsing an UPDATE already takes its table
-// lock, so a transaction-local lock_timeout would not yet apply and the
-// first sub-batch could wait on a table lock indefinitely.
-func (e *Engine) sessionSettings(ctx context.Context, conn *pgxpool.Conn, cl *claim) error {
+// localSettings is the first statement of every sub-batch transaction:
+// statement_timeout, lock_timeout and an application_name that health
+// checks use to find our backends, all SET LOCAL. Never session settings:
+// behind a transaction pooler (PgBouncer) they would stay on a server
+// connection that other clients get next. The pool must send statements
+// unprepared (pgx's exec mode, config.PoolConfig): a statement pgx first
+// prepares outside the transaction would take its table lock while
+// parsing, before lock_timeout applies.
+const localSettings = `SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),
+	set_config('application_name', $3, true)`
+
+func (e *Engine) localSettingsArgs(cl *claim) []any {
 	lockTimeout := "0" // only statement_timeout bounds waits when health checks are off
 	if !e.health.Disabled {
 		lockTimeout = strconv.FormatInt(e.health.LockTimeout.Milliseconds(), 10)
 	}
-	_, err := conn.Exec(ctx, `SELECT set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false),
-			set_config('application_name', $3, false)`,
-		strconv.Itoa(cl.mig.StmtTimeoutMs), lockTimeout, appNamePrefix+strconv.FormatInt(cl.mig.ID, 10))
-	return err
+	return []any{strconv.Itoa(cl.mig.StmtTimeoutMs), lockTimeout, appNamePrefix + strconv.FormatInt(cl.mig.ID, 10)}
 }
 
-// resetSession gives the connection back to the pool as it was; one that
-// cannot be reset is closed, so the pool replaces it.
-func (e *Engine) resetSession(ctx context.Context, conn *pgxpool.Conn) {
-	c := conn.Conn()
-	rollback(ctx, c)
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
-	defer cancel()
-	if _, err := c.Exec(rctx, `RESET statement_timeout; RESET lock_timeout; RESET application_name`); err != nil {
-		_ = c.Close(rctx)
-	}
-}
-
-// subBatchSet runs one sub-batch in one round trip: BEGIN, the statement,
-// with withProbe the probe, COMMIT, pipelined (timeouts: see
-// sessionSettings).
+// subBatchSet runs one sub-batch in one round trip: BEGIN, the settings
+// (localSettings), the statement, with withProbe the probe, COMMIT,
+// pipelined.
 func (e *Engine) subBatchSet(ctx context.Context, conn *pgxpool.Conn, cl *claim, stmt string, start int64, limit int, withProbe bool) (*int64, int64, probe, error) {
 	withProbe = withProbe && e.probeWorks(ctx, conn, cl)
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
+	b.Queue(localSettings, e.localSettingsArgs(cl)...)
 	var hi *int64
 	var n, owned int64
 	var pr probe
@@ -386,6 +368,9 @@ func (e *Engine) subBatchDo(ctx context.Context, conn *pgxpool.Conn, cl *claim, 
 		return nil, 0, probe{}, err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, localSettings, e.localSettingsArgs(cl)...); err != nil {
+		return nil, 0, probe{}, err
+	}
 	col := Quote(cl.mig.Column)
 	var hi *int64
 	var n int64
@@ -457,7 +442,7 @@ func rollback(ctx context.Context, c *pgx.Conn) {
 	}
 }
 
-func metricsJSON(cl *claim, res result) []byte {
+func metricsJSON(cl *claim, res result) string {
 	op := cl.plan.Operation
 	if op == "" {
 		op = "sub_batch"
@@ -470,8 +455,10 @@ func metricsJSON(cl *claim, res result) []byte {
 	if res.pace != nil {
 		m["pacing"] = res.pace
 	}
+	// A string, not []byte: in pgx's exec mode (config.PoolConfig) []byte
+	// is bytea, which a jsonb column refuses.
 	b, _ := json.Marshal(m)
-	return b
+	return string(b)
 }
 
 // finishTx locks the migration (every change of its running count does,

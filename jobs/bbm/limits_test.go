@@ -115,7 +115,7 @@ func TestKilledWorkerBatchResumes(t *testing.T) {
 		return c != nil && *c > 3000
 	})
 	bbm.SimulateCrash(victim)
-	if _, err := b.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'ferry-victim%' OR (application_name LIKE 'ferry-bbm:%' AND pid <> pg_backend_pid())`); err != nil {
+	if _, err := b.direct(t).Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'ferry-victim%' OR (application_name LIKE 'ferry-bbm:%' AND pid <> pg_backend_pid())`); err != nil {
 		t.Fatal(err)
 	}
 	vcancel()

@@ -13,10 +13,10 @@ import (
 // An engine's session says "this process is alive" to the other engines.
 // Job rows name the session that claimed them; a batch counts as
 // abandoned only when its session is gone: no heartbeat for
-// livenessGrace and no advisory lock. Both, because each alone misleads:
-// the lock vanishes with a connection (a PostgreSQL restart, a terminated
-// backend, a failover) while its process lives on, and a heartbeat can be
-// late while the database is slow but the connection is fine.
+// livenessGrace. Not a session advisory lock: it vanishes with a
+// connection (a PostgreSQL restart, a terminated backend, a failover)
+// while its process lives on, and behind a transaction pooler (PgBouncer)
+// it would stay on a server connection after its process died.
 //
 // Whoever rescues must itself have heartbeated for livenessGrace without a
 // gap (Engine.settled): after a restart every heartbeat is old and no lock
@@ -24,23 +24,20 @@ import (
 // to come back before it calls them dead.
 const (
 	heartbeatEvery = time.Second
-	// livenessGrace: a session whose heartbeat is older is gone (unless it
-	// holds its lock). Several heartbeats, so one slow one is not a death.
-	livenessGrace = 4 * time.Second
+	// livenessGrace: a session whose heartbeat is older is gone. Several
+	// heartbeats, so a slow one is not a death; short enough that a
+	// killed worker's batch is taken over within 10 s.
+	livenessGrace = 5 * time.Second
 	// sessionRowsKept: rows of sessions gone this long are deleted.
 	sessionRowsKept = 24 * time.Hour
 )
 
-// sessionLockClass is the first key of the advisory lock each engine holds
-// on its session number ("fery").
-const sessionLockClass int32 = 0x66657279
-
-// Start takes the engine's session: a number, a row heartbeated every
-// second, and a session advisory lock on the number. Job rows carry the
-// number, so when the process dies (even SIGKILL) other engines re-run its
-// batches within seconds, instead of after GitLab's hour. If the session's
-// connection is lost (a restart, a failover), the engine takes a new one
-// under the same number, and its batches stay its own.
+// Start takes the engine's session: a number and a row heartbeated every
+// second. Job rows carry the number, so when the process dies (even
+// SIGKILL) other engines re-run its batches within seconds, instead of
+// after GitLab's hour. If the heartbeat's connection is lost (a restart,
+// a failover), the engine takes a new one under the same number, and its
+// batches stay its own.
 func (e *Engine) Start(ctx context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -64,18 +61,13 @@ func (e *Engine) Start(ctx context.Context) error {
 	return nil
 }
 
-// connectSession takes a connection for session n, its lock and a first
-// heartbeat. pg_try_advisory_lock, not pg_advisory_lock: after a lost
-// connection the old backend may still hold the lock for a while, and it
-// is this process's lock anyway.
+// connectSession takes a connection for session n's heartbeats and beats
+// once. The connection is the engine's own (not shared with batches), so
+// a pool busy with batches never delays a heartbeat.
 func (e *Engine) connectSession(ctx context.Context, n int64) (*pgxpool.Conn, error) {
 	conn, err := e.pool.Acquire(ctx)
 	if err != nil {
 		return nil, err
-	}
-	if _, err := conn.Exec(ctx, `SELECT pg_try_advisory_lock($1::int4, $2::int4)`, sessionLockClass, n); err != nil {
-		dropConn(conn)
-		return nil, fmt.Errorf("session lock: %w", err)
 	}
 	if err := e.beat(ctx, conn, n); err != nil {
 		dropConn(conn)
@@ -99,8 +91,6 @@ func (e *Engine) heartbeat(ctx context.Context, conn *pgxpool.Conn) {
 	defer close(e.hbDone)
 	defer func() {
 		if conn != nil {
-			// Closing the connection (not just unlocking) guarantees the
-			// lock is gone even if an unlock would fail.
 			dctx, cancel := context.WithTimeout(context.Background(), livenessGrace/2)
 			defer cancel()
 			_, _ = conn.Exec(dctx, `DELETE FROM ferry_bbm_sessions WHERE id = $1`, e.Session())
@@ -117,8 +107,8 @@ func (e *Engine) heartbeat(ctx context.Context, conn *pgxpool.Conn) {
 		case <-tick.C:
 		}
 		if e.crashed.Load() {
-			// A simulated death: no more heartbeats, the lock goes with the
-			// connection, and the row stays, as after SIGKILL.
+			// A simulated death: no more heartbeats, and the row stays, as
+			// after SIGKILL.
 			if conn != nil {
 				dropConn(conn)
 				conn = nil
@@ -163,9 +153,8 @@ func dropConn(conn *pgxpool.Conn) {
 	conn.Release()
 }
 
-// Close ends the session: its row is deleted and its lock released, so
-// batches still recorded as running under it are taken over by other
-// engines at once.
+// Close ends the session: its row is deleted, so batches still recorded
+// as running under it are taken over by other engines at once.
 func (e *Engine) Close() {
 	e.mu.Lock()
 	stop, done := e.hbStop, e.hbDone
@@ -197,15 +186,12 @@ func (e *Engine) settled() bool {
 }
 
 // sessionAlive is an SQL condition: the engine session in column col
-// heartbeated within livenessGrace or still holds its advisory lock.
+// heartbeated within livenessGrace.
 func sessionAlive(col string) string {
-	return `(EXISTS (SELECT 1 FROM ferry_bbm_sessions s WHERE s.id = ` + col + `
-		  AND s.heartbeat_at > now() - interval '` + strconv.Itoa(int(livenessGrace/time.Millisecond)) + ` milliseconds' OFFSET 0)
-		OR EXISTS (SELECT 1 FROM pg_locks l
-		WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-		  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-		  AND l.classid = ` + strconv.Itoa(int(sessionLockClass)) + `::oid AND l.objid = ` + col + `::oid
-		OFFSET 0))` // subqueries, not anti-joins: an UPDATE re-checks them against the row's new value after a lock wait
+	// A subquery, not an anti-join: an UPDATE re-checks it against the
+	// row's new value after a lock wait.
+	return `EXISTS (SELECT 1 FROM ferry_bbm_sessions s WHERE s.id = ` + col + `
+		AND s.heartbeat_at > now() - interval '` + strconv.Itoa(int(livenessGrace/time.Millisecond)) + ` milliseconds' OFFSET 0)`
 }
 
 // claimStarted records token as a batch running in this engine, before

@@ -63,6 +63,9 @@ func TestClaimTokenFencesAnEarlierClaimOfTheSameEngine(t *testing.T) {
 // settled engine does not take the live one for dead.
 func TestLostConnectionsAreNotADeath(t *testing.T) {
 	t.Parallel()
+	if testenv.ViaPgBouncer() {
+		t.Skip("terminates one engine's backends by name; behind PgBouncer a server connection may carry another client's name")
+	}
 	b := setup(t)
 	ctx := testenv.Context(t)
 	b.table(t, "cut", 20000)
@@ -104,7 +107,7 @@ func TestLostConnectionsAreNotADeath(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, "mid-batch", func() bool { return cursor() > 3000 })
 	// The session connection and the batch's (renamed ferry-bbm:<id>;
 	// only the cut engine runs a batch).
-	if _, err := b.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+	if _, err := b.direct(t).Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
 		WHERE application_name = 'ferry-cut' OR application_name LIKE 'ferry-bbm:%'`); err != nil {
 		t.Fatal(err)
 	}
