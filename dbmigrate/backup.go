@@ -66,6 +66,11 @@ type dbInfo struct {
 }
 
 func inspect(ctx context.Context, pool *pgxpool.Pool) (*dbInfo, error) {
+	// pg_dump and pg_restore keep session state (SETs, a snapshot across
+	// transactions), which a transaction pooler does not keep.
+	if err := requireSession(ctx, pool); err != nil {
+		return nil, err
+	}
 	in := &dbInfo{}
 	if err := pool.QueryRow(ctx, `SELECT current_database(), current_setting('server_version_num')::int`).Scan(&in.name, &in.version); err != nil {
 		return nil, err

@@ -269,6 +269,24 @@ func (c *lockedConn) checkSession(ctx context.Context) error {
 	return nil
 }
 
+// requireSession returns ErrNeedsSession when pool goes through a
+// transaction pooler (see checkSession).
+func requireSession(ctx context.Context, pool *pgxpool.Pool) error {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	var pid uint32
+	if err := conn.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		return err
+	}
+	if pid != conn.Conn().PgConn().PID() {
+		return ErrNeedsSession
+	}
+	return nil
+}
+
 func (c *lockedConn) release(ctx context.Context) {
 	ctx = context.WithoutCancel(ctx)
 	_, err := c.Exec(ctx, `SELECT pg_advisory_unlock($1)`, LockKey)

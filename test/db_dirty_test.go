@@ -224,6 +224,11 @@ func TestDBNeedsDirectURLBehindPgBouncer(t *testing.T) {
 	if e.exists("a") {
 		t.Fatal("it ran a migration before refusing")
 	}
+	errb.Reset()
+	code = cli.Main(e.ctx, []string{"db", "backup", t.TempDir() + "/b.dump", "--database-url", pooled}, &out, &errb, cli.Options{})
+	if code != 2 || !strings.Contains(errb.String(), "DATABASE_DIRECT_URL") {
+		t.Fatalf("db backup through PgBouncer: exit %d\nstderr: %s", code, errb.String())
+	}
 	out.Reset()
 	errb.Reset()
 	code = cli.Main(e.ctx, []string{"db", "migrate", "--dir", e.dir, "--database-url", pooled, "--database-direct-url", testenv.DirectURL(t, e.url)},
