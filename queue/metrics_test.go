@@ -3,6 +3,8 @@ package queue
 import (
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // A minute with a one-digit hour and minute shows where Sidekiq pads.
@@ -52,7 +54,9 @@ func TestFlushMetrics(t *testing.T) {
 	m.Record(aj, 25*time.Millisecond, false)
 
 	// Redis unreachable: nothing is lost.
-	down, err := NewBroker(dummyRedis(t), BrokerOptions{Identity: "x:1:aaaaaaaaaaaa", Now: func() time.Time { return metricsNow }})
+	unreachable := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1}) // fail at once
+	t.Cleanup(func() { _ = unreachable.Close() })
+	down, err := NewBroker(unreachable, BrokerOptions{Identity: "x:1:aaaaaaaaaaaa", Now: func() time.Time { return metricsNow }})
 	if err != nil {
 		t.Fatal(err)
 	}
