@@ -24,7 +24,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ferrymigrate/ferry/config"
-	"github.com/ferrymigrate/ferry/worker"
+	"github.com/ferrymigrate/ferry/process"
 )
 
 // Options extend the stock binary.
@@ -35,26 +35,9 @@ type Options struct {
 	Version string
 }
 
-// Registries hold every class ferry can run, by their Sidekiq/GitLab names.
-type Registries struct {
-	Workers *worker.Registry
-	// Extra registries (batched and legacy migrations) are added by the
-	// packages that own them through RegistryHooks.
-	ext map[string]any
-}
-
-// Ext returns an extension registry by name, creating it with mk once.
-func (r *Registries) Ext(name string, mk func() any) any {
-	if r.ext == nil {
-		r.ext = map[string]any{}
-	}
-	if v, ok := r.ext[name]; ok {
-		return v
-	}
-	v := mk()
-	r.ext[name] = v
-	return v
-}
+// Registries hold every class ferry can run, by their Sidekiq/GitLab names
+// (see package process).
+type Registries = process.Registries
 
 // App is the state shared by subcommands: configuration, logger and lazily
 // opened connections.
@@ -156,8 +139,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, opts Opt
 	if app.Version == "" {
 		app.Version = "dev"
 	}
-	app.Reg = &Registries{Workers: worker.NewRegistry()}
-	registerBuiltins(app.Reg)
+	app.Reg = process.NewRegistries()
 	if opts.Register != nil {
 		opts.Register(app.Reg)
 	}
@@ -258,16 +240,6 @@ func isNegativeNumber(s string) bool {
 	return err == nil
 }
 
-// builtins lets packages add built-in classes and subcommands without
-// cli importing every package from one file.
-var builtins []func(*Registries)
-
-func registerBuiltins(r *Registries) {
-	for _, f := range builtins {
-		f(r)
-	}
-}
-
 func (a *App) rootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "ferry",
@@ -294,9 +266,8 @@ the rest. Exit codes: 0 ok, 1 the answer is no or the operation failed,
 	pf.StringVar(&a.databaseURL, "database-url", "", "PostgreSQL URL or DSN (env DATABASE_URL)")
 	pf.StringVar(&a.directURL, "database-direct-url", "", "PostgreSQL without a transaction pooler, for `ferry db` (env DATABASE_DIRECT_URL)")
 	pf.StringVar(&a.logLevel, "log-level", "", "debug, info, warn or error")
-	for _, mk := range commands {
-		root.AddCommand(mk(a))
-	}
+	root.AddCommand(newWorkerCmd(a), newEnqueueCmd(a), newSetupCmd(a), newBBMCmd(a), newBMCmd(a), newDBCmd(a),
+		newWebCmd(a), newDemoCmd(a))
 	rejectUnknownSubcommands(root)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return Usage(fmt.Errorf("%w\nrun '%s --help' for usage", err, c.CommandPath()))
@@ -338,9 +309,6 @@ func rejectUnknownSubcommands(c *cobra.Command) {
 		rejectUnknownSubcommands(sub)
 	}
 }
-
-// commands are the subcommand constructors, added by each command's file.
-var commands []func(*App) *cobra.Command
 
 func (a *App) load(cmd *cobra.Command) error {
 	cfg := config.Defaults()

@@ -18,40 +18,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymigrate/ferry/jobs/bbm"
+	"github.com/ferrymigrate/ferry/schema"
 )
 
 const bbmRegistryName = "bbm"
-
-// BBMClasses returns the registry of batched migration classes; register
-// your own classes in it from Options.Register.
-func BBMClasses(r *Registries) *bbm.Registry {
-	return r.Ext(bbmRegistryName, func() any { return bbm.NewRegistry() }).(*bbm.Registry)
-}
-
-func init() {
-	builtins = append(builtins, func(r *Registries) { BBMClasses(r) })
-	commands = append(commands, newBBMCmd)
-	workerSetups = append(workerSetups, bbmWorkerSetup)
-}
-
-// bbmWorkerSetup upgrades the schema and runs the BBM scheduler in every
-// worker process that has a database.
-func bbmWorkerSetup(ctx context.Context, a *App, env *WorkerEnv) (func(context.Context) error, error) {
-	if env.DB == nil {
-		env.Log.Info("DATABASE_URL is not set: batched background migrations are not run by this worker")
-		return nil, nil
-	}
-	if err := a.ensureSchema(ctx, env.DB); err != nil {
-		return nil, err
-	}
-	e := bbm.NewEngine(env.DB, bbm.Config{Logger: env.Log, Registry: BBMClasses(a.Reg),
-		TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration, Identity: env.Identity, Health: bbmHealth(a)})
-	svc := bbm.NewService(e, env.Redis, env.Log)
-	if err := svc.Register(env.Workers); err != nil {
-		return nil, err
-	}
-	return svc.Run, nil
-}
 
 // bbmEngine opens the database, upgrades the schema and returns an engine.
 func (a *App) bbmEngine(ctx context.Context) (*bbm.Engine, error) {
@@ -59,10 +29,10 @@ func (a *App) bbmEngine(ctx context.Context) (*bbm.Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := a.ensureSchema(ctx, pool); err != nil {
+	if err := schema.Ensure(ctx, pool, a.Log); err != nil {
 		return nil, err
 	}
-	e := bbm.NewEngine(pool, bbm.Config{Logger: a.Log, Registry: BBMClasses(a.Reg), TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration,
+	e := bbm.NewEngine(pool, bbm.Config{Logger: a.Log, Registry: a.Reg.BBM, TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration,
 		Identity: "ferry-cli:" + strconv.Itoa(os.Getpid()), Health: bbmHealth(a)})
 	a.OnClose(e.Close)
 	return e, nil

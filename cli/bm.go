@@ -24,35 +24,6 @@ import (
 	"github.com/ferrymigrate/ferry/queue"
 )
 
-const bmRegistryName = "bm"
-
-// BMClasses returns the registry of legacy (non-batched) migration classes;
-// register your own with bm.Add from Options.Register.
-func BMClasses(r *Registries) *bm.Registry {
-	return r.Ext(bmRegistryName, func() any { return bm.NewRegistry() }).(*bm.Registry)
-}
-
-func init() {
-	builtins = append(builtins, func(r *Registries) { bm.AddCopyColumn(BMClasses(r), bm.CopyColumn{}) })
-	commands = append(commands, newBMCmd)
-	workerSetups = append(workerSetups, bmWorkerSetup)
-}
-
-// bmWorkerSetup registers BackgroundMigrationWorker in every worker.
-func bmWorkerSetup(_ context.Context, a *App, env *WorkerEnv) (func(context.Context) error, error) {
-	if env.Workers.Has(bm.WorkerClass) {
-		return nil, nil // the application registered its own
-	}
-	runner := &bm.Runner{Registry: BMClasses(a.Reg), Logger: env.Log}
-	if env.DB != nil {
-		runner.DB = env.DB
-	}
-	err := bm.AddWorker(env.Workers, bm.WorkerConfig{
-		Runner: runner, Client: env.Broker.Client(), Redis: env.Redis, Logger: env.Log,
-	})
-	return nil, err
-}
-
 func newBMCmd(a *App) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bm",
@@ -74,7 +45,7 @@ func (a *App) bmCoordinator(ctx context.Context, needDB bool) (*bm.Coordinator, 
 	if err != nil {
 		return nil, err
 	}
-	runner := &bm.Runner{Registry: BMClasses(a.Reg), Logger: a.Log}
+	runner := &bm.Runner{Registry: a.Reg.BM, Logger: a.Log}
 	if needDB || a.Cfg.DatabaseURL != "" {
 		pool, err := a.DB(ctx)
 		if err != nil {
@@ -341,7 +312,7 @@ invalid identifiers), 1 if the migration failed.`,
 			if err := json.Unmarshal(raw, &arr); err != nil {
 				return Usagef("ARGS_JSON must be a JSON array, e.g. '[\"events\",\"id\",\"id_big\",1,1000]': %v", err)
 			}
-			classes := BMClasses(a.Reg)
+			classes := a.Reg.BM
 			if !classes.Has(args[0]) {
 				return Usage(&bm.UnknownMigrationError{Class: args[0], Known: classes.Classes()})
 			}

@@ -17,8 +17,6 @@ import (
 	"github.com/ferrymigrate/ferry/jobs/bbm"
 )
 
-func init() { commands = append(commands, newDBCmd) }
-
 type dbFlags struct {
 	dir         string
 	lockTimeout time.Duration

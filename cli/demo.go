@@ -18,10 +18,6 @@ import (
 
 const demoTable = "ferry_demo_events"
 
-func init() {
-	commands = append(commands, newDemoCmd)
-}
-
 func newDemoCmd(a *App) *cobra.Command {
 	var rows, parallel, workers int
 	var local bool

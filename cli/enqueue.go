@@ -14,8 +14,6 @@ import (
 	"github.com/ferrymigrate/ferry/queue"
 )
 
-func init() { commands = append(commands, newEnqueueCmd) }
-
 func newEnqueueCmd(a *App) *cobra.Command {
 	var (
 		q     string

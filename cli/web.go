@@ -6,22 +6,15 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strconv"
 	"syscall"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/config"
-	"github.com/ferrymigrate/ferry/jobs/bbm"
-	"github.com/ferrymigrate/ferry/jobs/bm"
+	"github.com/ferrymigrate/ferry/process"
 	"github.com/ferrymigrate/ferry/web"
 )
-
-func init() {
-	commands = append(commands, newWebCmd)
-	workerSetups = append(workerSetups, webWorkerSetup)
-}
 
 func newWebCmd(a *App) *cobra.Command {
 	var listen string
@@ -90,7 +83,7 @@ func (a *App) runWeb(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg.Stealer = bmStealer{co}
+	cfg.Stealer = process.Stealer{Co: co}
 	var fin *web.EngineMigrations
 	if a.Cfg.DatabaseURL != "" {
 		e, err := a.bbmEngine(ctx) // also creates/upgrades the tables
@@ -114,57 +107,4 @@ func (a *App) runWeb(ctx context.Context) error {
 		fin.Wait()
 	}
 	return err
-}
-
-// bmStealer is jobs/bm's steal behind the UI's button: queued and
-// scheduled jobs of the class run inline in this process.
-type bmStealer struct{ co *bm.Coordinator }
-
-func (s bmStealer) Steal(ctx context.Context, class string) (int, error) {
-	res, err := s.co.Steal(ctx, class, bm.StealOptions{})
-	return res.Performed, err
-}
-
-// webWorkerSetup serves the UI and /metrics from a worker process when
-// configured, on web.listen, with the worker's connections.
-func webWorkerSetup(ctx context.Context, a *App, env *WorkerEnv) (func(context.Context) error, error) {
-	if !a.Cfg.Web.ServeInWorker {
-		return nil, nil
-	}
-	cfg := web.Config{Listen: a.Cfg.Web.Listen, Redis: env.Redis, DB: env.DB, Auth: webAuth(a.Cfg.Web),
-		Logger: env.Log, Version: a.Version, AllowedHosts: a.Cfg.Web.AllowedHosts}
-	runner := &bm.Runner{Registry: BMClasses(a.Reg), Logger: env.Log}
-	if env.DB != nil {
-		runner.DB = env.DB // a nil pool in the interface would look configured
-	}
-	cfg.Stealer = bmStealer{&bm.Coordinator{Redis: env.Redis, Logger: env.Log, Runner: runner}}
-	var fin *web.EngineMigrations
-	if env.DB != nil {
-		if err := a.ensureSchema(ctx, env.DB); err != nil {
-			return nil, err
-		}
-		e := bbm.NewEngine(env.DB, bbm.Config{Logger: env.Log, Registry: BBMClasses(a.Reg),
-			TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration, Identity: env.Identity + ":web:" + strconv.Itoa(os.Getpid()), Health: bbmHealth(a)})
-		fin = web.NewEngineMigrations(ctx, e, env.Log)
-		cfg.Migrations = fin
-		defer func() {
-			if fin == nil {
-				e.Close()
-			}
-		}()
-	}
-	srv, err := web.New(cfg)
-	if err != nil {
-		fin = nil // closes the engine
-		return nil, webErr(err)
-	}
-	eng := fin
-	return func(ctx context.Context) error {
-		err := srv.Run(ctx, nil)
-		if eng != nil {
-			eng.Wait()
-			eng.Close()
-		}
-		return err
-	}, nil
 }

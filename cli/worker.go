@@ -8,25 +8,18 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"sync"
 	"syscall"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
-	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/config"
-	"github.com/ferrymigrate/ferry/internal/health"
-	"github.com/ferrymigrate/ferry/jobs"
+	"github.com/ferrymigrate/ferry/jobs/bbm"
+	"github.com/ferrymigrate/ferry/process"
 	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/web"
 	"github.com/ferrymigrate/ferry/worker"
 )
-
-func init() {
-	builtins = append(builtins, func(r *Registries) { jobs.AddNoop(r.Workers) })
-	commands = append(commands, newWorkerCmd)
-}
 
 func newWorkerCmd(a *App) *cobra.Command {
 	var (
@@ -112,117 +105,97 @@ func (a *App) runWorker(ctx context.Context, ready func(*worker.Runtime)) error 
 		prev := runtime.GOMAXPROCS(n)
 		defer runtime.GOMAXPROCS(prev)
 	}
-	qs, err := queue.ParseQueues(a.Cfg.Worker.Queues)
-	for i := 0; err == nil && i < len(qs); i++ {
-		err = queue.ValidateQueueName(qs[i].Name) // as enqueue checks them
-	}
-	if err != nil {
-		return Usage(&config.FieldError{Field: "worker.queues", Msg: err.Error()})
-	}
-	rdb, err := a.Redis(ctx)
+	o, err := a.processOptions(ctx)
 	if err != nil {
 		return err
 	}
-	cfg := worker.Config{
-		Redis: rdb, Registry: a.Reg.Workers, Queues: qs,
-		// Timeout and MaxRetries are always passed, so that a configured
-		// value (max_retries: 0 included) is never replaced by a default.
-		Concurrency: a.Cfg.Worker.Concurrency, Timeout: new(a.Cfg.Worker.Timeout),
-		PollInterval: a.Cfg.Worker.PollInterval, MaxRetries: new(a.Cfg.Worker.MaxRetries),
-		Tag: a.Cfg.Worker.Tag, Version: "ferry " + a.Version, Hostname: a.Cfg.Worker.Hostname,
-		Logger: a.Log,
-	}
-	if cfg.Hostname == "" {
-		cfg.Hostname = config.Hostname()
-	}
-	rt, err := worker.New(cfg)
+	p, err := process.New(ctx, o)
 	if err != nil {
-		return Usage(err)
-	}
-	env := &WorkerEnv{Workers: a.Reg.Workers, Broker: rt.Broker(), Redis: rdb, Log: a.Log, Identity: rt.Identity()}
-	if a.Cfg.DatabaseURL != "" {
-		if env.DB, err = a.DB(ctx); err != nil {
-			return err
+		if o.HealthListener != nil {
+			_ = o.HealthListener.Close()
 		}
-	}
-	svcCtx, cancelSvc := context.WithCancel(ctx)
-	defer cancelSvc()
-	services, err := a.healthServices(rt, rdb, env)
-	if err != nil {
-		return err
-	}
-	for _, setup := range workerSetups {
-		svc, err := setup(svcCtx, a, env)
-		if err != nil {
-			return err
+		if errors.Is(err, process.ErrInvalidOptions) {
+			return Usage(err)
 		}
-		if svc != nil {
-			services = append(services, svc)
-		}
+		return webErr(err)
 	}
-	// OS signals other than TERM/INT (handled through ctx) are mapped to
-	// the runtime here, the only place ferry traps them.
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTSTP, syscall.SIGTTIN)
-	defer signal.Stop(sigs)
-	go func() {
-		for {
-			select {
-			case <-svcCtx.Done():
-				return
-			case s := <-sigs:
-				if s == syscall.SIGTSTP {
-					rt.Quiet()
-				} else {
-					rt.DumpGoroutines()
-				}
-			}
-		}
-	}()
-	var wg sync.WaitGroup
-	for _, svc := range services {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := svc(svcCtx); err != nil && !errors.Is(err, context.Canceled) {
-				a.Log.Error("background service stopped", zap.Error(err))
-			}
-		}()
-	}
+	rt := p.Runtime()
+	sigCtx, stopSigs := context.WithCancel(ctx)
+	defer stopSigs()
+	go a.mapSignals(sigCtx, rt)
 	if ready != nil {
 		go func() {
 			select {
 			case <-time.After(50 * time.Millisecond):
 				ready(rt)
-			case <-svcCtx.Done():
+			case <-sigCtx.Done():
 			}
 		}()
 	}
-	err = rt.Run(ctx)
-	cancelSvc()
-	wg.Wait()
-	if err != nil {
-		return fmt.Errorf("worker: %w", err)
-	}
-	return nil
+	return p.Run(ctx)
 }
 
-// healthServices are the probes process managers use: HTTP liveness and
-// readiness with --health-listen, systemd's notify protocol under
-// Type=notify. The address is taken before the worker starts, so a taken
-// port fails the start rather than leaving a worker no probe can reach.
-func (a *App) healthServices(rt *worker.Runtime, rdb *redis.Client, env *WorkerEnv) ([]func(context.Context) error, error) {
-	probes := &health.Probes{Runtime: rt, Redis: rdb, DB: env.DB}
-	var out []func(context.Context) error
-	if addr := a.Cfg.Worker.HealthListen; addr != "" {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return nil, fmt.Errorf("worker.health_listen: %w", err)
+// mapSignals maps OS signals other than TERM/INT (handled through ctx) to
+// the runtime: the only place ferry traps them.
+func (a *App) mapSignals(ctx context.Context, rt *worker.Runtime) {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTSTP, syscall.SIGTTIN)
+	defer signal.Stop(sigs)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case s := <-sigs:
+			if s == syscall.SIGTSTP {
+				rt.Quiet()
+			} else {
+				rt.DumpGoroutines()
+			}
 		}
-		out = append(out, func(ctx context.Context) error { return health.Serve(ctx, ln, probes.Handler(), a.Log) })
 	}
-	if a.Cfg.Worker.SystemdNotify {
-		out = append(out, func(ctx context.Context) error { probes.Notify(ctx, a.Log); return nil })
+}
+
+// processOptions maps ferry's configuration to the worker process's
+// options (package process, the composition root).
+func (a *App) processOptions(ctx context.Context) (process.Options, error) {
+	qs, err := queue.ParseQueues(a.Cfg.Worker.Queues)
+	for i := 0; err == nil && i < len(qs); i++ {
+		err = queue.ValidateQueueName(qs[i].Name) // as enqueue checks them
 	}
-	return out, nil
+	if err != nil {
+		return process.Options{}, Usage(&config.FieldError{Field: "worker.queues", Msg: err.Error()})
+	}
+	o := process.Options{Registries: a.Reg, Logger: a.Log, SystemdNotify: a.Cfg.Worker.SystemdNotify,
+		Worker: worker.Config{
+			Queues: qs, Concurrency: a.Cfg.Worker.Concurrency,
+			// Timeout and MaxRetries are always passed, so that a configured
+			// value (max_retries: 0 included) is never replaced by a default.
+			Timeout: new(a.Cfg.Worker.Timeout), MaxRetries: new(a.Cfg.Worker.MaxRetries),
+			PollInterval: a.Cfg.Worker.PollInterval, Tag: a.Cfg.Worker.Tag, Version: "ferry " + a.Version,
+			Hostname: a.Cfg.Worker.Hostname,
+		},
+		BBM: bbm.Config{TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration, Health: bbmHealth(a)},
+	}
+	if o.Worker.Hostname == "" {
+		o.Worker.Hostname = config.Hostname()
+	}
+	if o.Redis, err = a.Redis(ctx); err != nil {
+		return o, err
+	}
+	if a.Cfg.DatabaseURL != "" {
+		if o.DB, err = a.DB(ctx); err != nil {
+			return o, err
+		}
+	}
+	if a.Cfg.Web.ServeInWorker {
+		o.Web = &web.Config{Listen: a.Cfg.Web.Listen, Auth: webAuth(a.Cfg.Web), Version: a.Version, AllowedHosts: a.Cfg.Web.AllowedHosts}
+	}
+	// The probes' address is taken before the worker starts, so a taken
+	// port fails the start rather than leaving a worker no probe can reach.
+	if addr := a.Cfg.Worker.HealthListen; addr != "" {
+		if o.HealthListener, err = net.Listen("tcp", addr); err != nil {
+			return o, fmt.Errorf("worker.health_listen: %w", err)
+		}
+	}
+	return o, nil
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
 )
 
 // Status codes of batched_background_migrations.status (GitLab's enum).
@@ -322,4 +323,18 @@ func Current(ctx context.Context, db interface {
 	var v int
 	err := db.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM ferry_schema_versions`).Scan(&v)
 	return v, err
+}
+
+// Ensure is Apply for processes that use ferry's tables: tables of a newer
+// ferry are left alone with a warning, since during a rolling deploy an
+// older worker that restarts after the new release upgraded them must come
+// back up (versions only add). `ferry setup` uses Apply, which refuses, so
+// an operator sees it.
+func Ensure(ctx context.Context, db Querier, log *zap.Logger) error {
+	err := Apply(ctx, db)
+	if errors.Is(err, ErrNewerSchema) {
+		log.Warn("ferry's tables were set up by a newer ferry; running on them as they are (upgrade this binary)", zap.Error(err))
+		return nil
+	}
+	return err
 }

@@ -230,7 +230,7 @@ func TestBMConcurrentStealsNeverDoubleRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	opts := cli.Options{Register: func(r *cli.Registries) {
-		bm.Add(cli.BMClasses(r), bm.PerformFunc[bmCountArgs](func(ctx context.Context, j *bm.Job[bmCountArgs]) error {
+		bm.Add(r.BM, bm.PerformFunc[bmCountArgs](func(ctx context.Context, j *bm.Job[bmCountArgs]) error {
 			_, err := j.DB.Exec(ctx, `INSERT INTO performs VALUES ($1)`, j.Args.N)
 			return err
 		}))

@@ -174,25 +174,23 @@ func (s *sidekiq) Queues(ctx context.Context) ([]QueueInfo, error) {
 	return out, nil
 }
 
-// latency is Sidekiq's Queue#latency: now - enqueued_at of the oldest job.
+// latency is Sidekiq's Queue#latency: now - enqueued_at of the oldest job,
+// read by its JSON type as Sidekiq 8 does (integer: epoch milliseconds).
 func latency(raw string, now time.Time) float64 {
 	if raw == "" {
 		return 0
 	}
 	var j struct {
-		EnqueuedAt json.Number `json:"enqueued_at"`
+		EnqueuedAt json.RawMessage `json:"enqueued_at"`
 	}
-	if json.Unmarshal([]byte(raw), &j) != nil || j.EnqueuedAt == "" {
+	if json.Unmarshal([]byte(raw), &j) != nil {
 		return 0
 	}
-	f, err := j.EnqueuedAt.Float64()
-	if err != nil {
+	at, ok := queue.ParseTimestamp(j.EnqueuedAt)
+	if !ok {
 		return 0
 	}
-	if f > 1e11 { // Sidekiq 8 writes integer milliseconds
-		f /= 1000
-	}
-	return math.Max(0, float64(now.UnixNano())/1e9-f)
+	return math.Max(0, now.Sub(at).Seconds())
 }
 
 // SetName validates a sorted-set name from the URL.

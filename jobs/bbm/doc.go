@@ -60,5 +60,5 @@
 // A [Class] names itself, its argument count and a Plan function that
 // returns either an UPDATE SET list (fast path, one statement per
 // sub-batch) or a Do function run inside the sub-batch transaction.
-// Register it in a [Registry] (from your main, via cli.BBMClasses).
+// Register it in a [Registry] (from your main: process.Registries.BBM, e.g. in cli.Options.Register).
 package bbm

@@ -1,0 +1,216 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/ferrymigrate/ferry/internal/health"
+	"github.com/ferrymigrate/ferry/jobs/bbm"
+	"github.com/ferrymigrate/ferry/jobs/bm"
+	"github.com/ferrymigrate/ferry/schema"
+	"github.com/ferrymigrate/ferry/web"
+	"github.com/ferrymigrate/ferry/worker"
+)
+
+// ErrInvalidOptions wraps the errors of options that cannot work (e.g.
+// a concurrency out of range).
+var ErrInvalidOptions = errors.New("process: invalid options")
+
+// Options build a [Process].
+type Options struct {
+	// Redis is required.
+	Redis *redis.Client
+	// DB enables migrations; nil runs Sidekiq jobs only.
+	DB *pgxpool.Pool
+	// Registries default to [NewRegistries].
+	Registries *Registries
+	Logger     *zap.Logger
+	// Worker configures the runtime; its Redis, Registry and Logger are
+	// set from the fields above.
+	Worker worker.Config
+	// BBM configures the batched migration engine (TargetBatchDuration,
+	// Health); Registry, Logger and Identity are set here.
+	BBM bbm.Config
+	// Web, when set, serves the admin UI and /metrics from the process on
+	// Web.Listen; its connections, logger and actions are set here.
+	Web *web.Config
+	// HealthListener, when set, serves /liveness and /readiness on it.
+	HealthListener net.Listener
+	// SystemdNotify speaks systemd's notify protocol (Type=notify).
+	SystemdNotify bool
+}
+
+// Process is a built worker process; Run runs it.
+type Process struct {
+	o        Options
+	rt       *worker.Runtime
+	services []func(context.Context) error
+	closers  []func()
+}
+
+// New builds a process: the runtime, ferry's tables when there is a
+// database, and the services of each feature.
+func New(ctx context.Context, o Options) (*Process, error) {
+	if o.Redis == nil {
+		return nil, errors.New("process: Options.Redis is required")
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.Registries == nil {
+		o.Registries = NewRegistries()
+	}
+	o.Worker.Redis, o.Worker.Registry, o.Worker.Logger = o.Redis, o.Registries.Workers, o.Logger
+	rt, err := worker.New(o.Worker)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
+	}
+	p := &Process{o: o, rt: rt}
+	if o.DB != nil {
+		if err := schema.Ensure(ctx, o.DB, o.Logger); err != nil {
+			return nil, err
+		}
+	}
+	for _, add := range []func(context.Context) error{p.addBBM, p.addBM, p.addWeb, p.addHealth} {
+		if err := add(ctx); err != nil {
+			p.close()
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// Runtime is the process's Sidekiq runtime (Quiet, Stop, Health).
+func (p *Process) Runtime() *worker.Runtime { return p.rt }
+
+// Run runs the runtime and every service until ctx is done, then stops
+// them: running jobs get the runtime's Timeout, then go back to their
+// queues.
+func (p *Process) Run(ctx context.Context) error {
+	defer p.close()
+	svcCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, svc := range p.services {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := svc(svcCtx); err != nil && !errors.Is(err, context.Canceled) {
+				p.o.Logger.Error("background service stopped", zap.Error(err))
+			}
+		}()
+	}
+	err := p.rt.Run(ctx)
+	cancel()
+	wg.Wait()
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	return nil
+}
+
+func (p *Process) close() {
+	for i := len(p.closers) - 1; i >= 0; i-- {
+		p.closers[i]()
+	}
+	p.closers = nil
+}
+
+// addBBM runs batched background migrations: the scheduler ticks and the
+// execution jobs.
+func (p *Process) addBBM(context.Context) error {
+	if p.o.DB == nil {
+		p.o.Logger.Info("no database: batched background migrations are not run by this worker")
+		return nil
+	}
+	cfg := p.o.BBM
+	cfg.Logger, cfg.Registry, cfg.Identity = p.o.Logger, p.o.Registries.BBM, p.rt.Identity()
+	svc := bbm.NewService(bbm.NewEngine(p.o.DB, cfg), p.o.Redis, p.o.Logger)
+	if err := svc.Register(p.o.Registries.Workers); err != nil {
+		return err
+	}
+	p.services = append(p.services, svc.Run)
+	return nil
+}
+
+// addBM runs BackgroundMigrationWorker jobs, unless the application
+// registered its own class of that name.
+func (p *Process) addBM(context.Context) error {
+	if p.o.Registries.Workers.Has(bm.WorkerClass) {
+		return nil
+	}
+	return bm.AddWorker(p.o.Registries.Workers, bm.WorkerConfig{
+		Runner: p.bmRunner(), Client: p.rt.Broker().Client(), Redis: p.o.Redis, Logger: p.o.Logger,
+	})
+}
+
+func (p *Process) bmRunner() *bm.Runner {
+	r := &bm.Runner{Registry: p.o.Registries.BM, Logger: p.o.Logger}
+	if p.o.DB != nil {
+		r.DB = p.o.DB // a nil pool in the interface would look configured
+	}
+	return r
+}
+
+// addWeb serves the admin UI and /metrics from the process.
+func (p *Process) addWeb(ctx context.Context) error {
+	if p.o.Web == nil {
+		return nil
+	}
+	cfg := *p.o.Web
+	cfg.Redis, cfg.Logger = p.o.Redis, p.o.Logger
+	cfg.Stealer = Stealer{&bm.Coordinator{Redis: p.o.Redis, Logger: p.o.Logger, Runner: p.bmRunner()}}
+	var fin *web.EngineMigrations
+	if p.o.DB != nil {
+		cfg.DB = p.o.DB
+		bc := p.o.BBM
+		bc.Logger, bc.Registry, bc.Identity = p.o.Logger, p.o.Registries.BBM, p.rt.Identity()+":web:"+strconv.Itoa(os.Getpid())
+		e := bbm.NewEngine(p.o.DB, bc)
+		p.closers = append(p.closers, e.Close)
+		fin = web.NewEngineMigrations(ctx, e, p.o.Logger)
+		cfg.Migrations = fin
+	}
+	srv, err := web.New(cfg)
+	if err != nil {
+		return err
+	}
+	p.services = append(p.services, func(ctx context.Context) error {
+		err := srv.Run(ctx, nil)
+		if fin != nil {
+			fin.Wait()
+		}
+		return err
+	})
+	return nil
+}
+
+// addHealth serves the probes and speaks systemd's notify protocol.
+func (p *Process) addHealth(context.Context) error {
+	probes := &health.Probes{Runtime: p.rt, Redis: p.o.Redis, DB: p.o.DB}
+	if ln := p.o.HealthListener; ln != nil {
+		p.services = append(p.services, func(ctx context.Context) error { return health.Serve(ctx, ln, probes.Handler(), p.o.Logger) })
+	}
+	if p.o.SystemdNotify {
+		p.services = append(p.services, func(ctx context.Context) error { probes.Notify(ctx, p.o.Logger); return nil })
+	}
+	return nil
+}
+
+// Stealer is jobs/bm's steal behind the admin UI's button: the queued and
+// scheduled jobs of a legacy class run inline in this process.
+type Stealer struct{ Co *bm.Coordinator }
+
+// Steal implements web's stealer.
+func (s Stealer) Steal(ctx context.Context, class string) (int, error) {
+	res, err := s.Co.Steal(ctx, class, bm.StealOptions{})
+	return res.Performed, err
+}
