@@ -21,8 +21,6 @@ import (
 	"github.com/ferrymigrate/ferry/schema"
 )
 
-const bbmRegistryName = "bbm"
-
 // bbmEngine opens the database, upgrades the schema and returns an engine.
 func (a *App) bbmEngine(ctx context.Context) (*bbm.Engine, error) {
 	pool, err := a.DB(ctx)

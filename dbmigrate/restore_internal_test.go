@@ -54,7 +54,7 @@ func TestParseCopyMax(t *testing.T) {
 // are rolled back.
 func TestApplyRestoreRollsBackWhenPgRestoreDies(t *testing.T) {
 	ctx := testenv.Context(t)
-	pool := testenv.Postgres(t)
+	pool := testenv.DirectPostgres(t) // pg_restore needs a real session
 	if _, err := pool.Exec(ctx, `CREATE TABLE users (id bigint PRIMARY KEY, email text);
 		INSERT INTO users SELECT i, md5(i::text) FROM generate_series(1, 20000) i`); err != nil {
 		t.Fatal(err)

@@ -227,3 +227,16 @@ func PooledURL(t testing.TB, u string) string {
 	}
 	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable&default_query_exec_mode=exec", url.PathEscape(c.User), pc.Host, pc.Port, c.Database)
 }
+
+// DirectPostgres returns a pool on a fresh database that never goes
+// through PgBouncer, for what needs a real session (pg_dump, pg_restore,
+// session locks), closed at cleanup.
+func DirectPostgres(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), DirectURL(t, DatabaseURL(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
