@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/term"
@@ -144,10 +145,13 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, opts Opt
 		opts.Register(app.Reg)
 	}
 	root := app.rootCmd()
-	root.SetArgs(negativeArgs(root, args))
-	root.SetOut(stdout)
-	root.SetErr(stderr)
-	err := root.ExecuteContext(ctx)
+	args, err := rewriteRake(args, takesValue(root.PersistentFlags()))
+	if err == nil {
+		root.SetArgs(negativeArgs(root, args))
+		root.SetOut(stdout)
+		root.SetErr(stderr)
+		err = root.ExecuteContext(ctx)
+	}
 	app.Close()
 	if err == nil {
 		return 0
@@ -184,22 +188,7 @@ func negativeArgs(root *cobra.Command, args []string) []string {
 		path++
 	}
 	cmd.InheritedFlags() // merges the parents' persistent flags into Flags
-	flags := cmd.Flags()
-	// takesValue: flag argument s ("--name", "-n") is followed by its value.
-	takesValue := func(s string) bool {
-		if strings.Contains(s, "=") {
-			return false
-		}
-		name, long := strings.CutPrefix(s, "--")
-		f := flags.Lookup(name)
-		if !long {
-			f = nil
-			if len(s) == 2 {
-				f = flags.ShorthandLookup(s[1:])
-			}
-		}
-		return f != nil && f.NoOptDefVal == ""
-	}
+	takesValue := takesValue(cmd.Flags())
 	var lead, pos []string
 	moved := false
 	for i := 0; i < len(args); i++ {
@@ -228,6 +217,25 @@ func negativeArgs(root *cobra.Command, args []string) []string {
 		return args // every negative number was a flag's value
 	}
 	return append(append(lead, "--"), pos...)
+}
+
+// takesValue reports whether flag argument s ("--name", "-n") of flags is
+// followed by its value.
+func takesValue(flags *pflag.FlagSet) func(s string) bool {
+	return func(s string) bool {
+		if strings.Contains(s, "=") {
+			return false
+		}
+		name, long := strings.CutPrefix(s, "--")
+		f := flags.Lookup(name)
+		if !long {
+			f = nil
+			if len(s) == 2 {
+				f = flags.ShorthandLookup(s[1:])
+			}
+		}
+		return f != nil && f.NoOptDefVal == ""
+	}
 }
 
 // isNegativeNumber matches "-5", "-0.5" and "-1e3": never one of ferry's

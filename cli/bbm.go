@@ -240,11 +240,11 @@ func bbmShowCmd(a *App) *cobra.Command {
 	var asJSON bool
 	var limit int
 	cmd := &cobra.Command{
-		Use:   "show ID",
+		Use:   "show ID | CLASS TABLE COLUMN ARGS_JSON | show[ID] | finalize[CLASS,TABLE,COLUMN,ARGS_JSON]",
 		Short: "Show a migration, its recent jobs and its failed jobs with their errors",
-		Args:  cobra.ExactArgs(1),
+		Args:  idOrConfigArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
+			ref, err := parseRef(args)
 			if err != nil {
 				return err
 			}
@@ -254,6 +254,10 @@ func bbmShowCmd(a *App) *cobra.Command {
 			}
 			ctx := cmd.Context()
 			e, err := a.bbmEngine(ctx)
+			if err != nil {
+				return err
+			}
+			id, err := ref.resolve(ctx, e)
 			if err != nil {
 				return err
 			}
@@ -302,7 +306,12 @@ func bbmShowCmd(a *App) *cobra.Command {
 			if settings.PausedAll {
 				fmt.Fprintf(w, "Cluster\tall migrations paused (ferry bbm resume-all)\n")
 			}
-			fmt.Fprintf(w, "Finalize with\t%s\n", m.FinalizeCommand())
+			if a.runnable(m.Migration) {
+				fmt.Fprintf(w, "Finalize with\t%s\n", m.FinalizeCommand())
+			} else {
+				fmt.Fprintf(w, "Finish with\t%s (class %s is not in this binary, so finalize cannot run it; remaining rows are NOT migrated)\n",
+					markFinishedCommand(m.Migration), m.Class)
+			}
 			w.Flush()
 			printJobs := func(title string, jobs []bbm.Job) {
 				fmt.Fprintf(a.Out, "\n%s\n", title)
@@ -336,15 +345,19 @@ func bbmShowCmd(a *App) *cobra.Command {
 
 func bbmSimpleCmd(a *App, name, short string, op func(*bbm.Engine, context.Context, int64) (*bbm.Migration, error)) *cobra.Command {
 	return &cobra.Command{
-		Use:   name + " ID",
+		Use:   name + " ID | CLASS TABLE COLUMN ARGS_JSON",
 		Short: short,
-		Args:  cobra.ExactArgs(1),
+		Args:  idOrConfigArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
+			ref, err := parseRef(args)
 			if err != nil {
 				return err
 			}
 			e, err := a.bbmEngine(cmd.Context())
+			if err != nil {
+				return err
+			}
+			id, err := ref.resolve(cmd.Context(), e)
 			if err != nil {
 				return err
 			}
@@ -358,26 +371,6 @@ func bbmSimpleCmd(a *App, name, short string, op func(*bbm.Engine, context.Conte
 	}
 }
 
-// parseRakeFinalize accepts GitLab's pasted rake form, with or without the
-// task prefix and with the shell's quoting still in or already removed:
-// finalize[Class,table,column,'[["id"]\, ["id_convert_to_bigint"]]'].
-func parseRakeFinalize(s string) (class, table, column, args string, err error) {
-	i := strings.Index(s, "[")
-	j := strings.LastIndex(s, "]")
-	if i < 0 || j <= i || !strings.Contains(s[:i], "finalize") {
-		return "", "", "", "", Usagef("expected CLASS TABLE COLUMN ARGS_JSON or finalize[CLASS,TABLE,COLUMN,ARGS_JSON], got %q", s)
-	}
-	inner := s[i+1 : j]
-	parts := strings.SplitN(inner, ",", 4)
-	if len(parts) != 4 {
-		return "", "", "", "", Usagef("finalize[...] needs 4 arguments: job_class_name,table_name,column_name,job_arguments")
-	}
-	a := strings.TrimSpace(parts[3])
-	a = strings.TrimPrefix(strings.TrimSuffix(a, "'"), "'")
-	a = strings.ReplaceAll(a, `\,`, ",")
-	return strings.TrimSpace(parts[0]), strings.TrimSpace(parts[1]), strings.TrimSpace(parts[2]), a, nil
-}
-
 func bbmFinalizeCmd(a *App) *cobra.Command {
 	var quiet bool
 	return finalizeFlags(&cobra.Command{
@@ -389,26 +382,13 @@ batches, and this process runs them, ignoring holds and max-running. The
 pasted rake form works too, e.g.
   ferry bbm finalize "finalize[CopyColumnUsingBackgroundMigrationJob,events,id,'[[\"id\"]\, [\"id_convert_to_bigint\"]]']"
 Interrupting it (Ctrl-C) makes the migration active again.`,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) != 1 && len(args) != 4 {
-				return Usagef("finalize takes CLASS TABLE COLUMN ARGS_JSON, or the single finalize[...] form")
-			}
-			return nil
-		},
+		Args: idOrConfigArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			class, table, column, jargs := "", "", "", ""
-			if len(args) == 1 {
-				var err error
-				if class, table, column, jargs, err = parseRakeFinalize(args[0]); err != nil {
-					return err
-				}
-			} else {
-				class, table, column, jargs = args[0], args[1], args[2], args[3]
-			}
 			// Before any SQL: PostgreSQL answers invalid UTF-8 with a raw
 			// SQLSTATE 22021 and exit 1.
-			if err := bbm.CheckConfig(class, table, column, []byte(jargs)); err != nil {
-				return bbmErr(err)
+			ref, err := parseRef(args)
+			if err != nil {
+				return err
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
@@ -416,13 +396,22 @@ Interrupting it (Ctrl-C) makes the migration active again.`,
 			if err != nil {
 				return err
 			}
-			m, err := e.FindByConfig(ctx, class, table, column, []byte(jargs))
+			id, err := ref.resolve(ctx, e)
+			if err != nil {
+				return err
+			}
+			info, err := e.Get(ctx, id)
 			if err != nil {
 				return bbmErr(err)
 			}
+			m := info.Migration
 			if m.Status.Done() {
 				fmt.Fprintf(a.Err, "Batched background migration for the given configuration is already finished: %s\n", m.StatusLine())
 				return nil
+			}
+			if !a.runnable(m) {
+				return bbmErr(fmt.Errorf("%w %s: this ferry binary cannot finalize migration %d. If its rows were migrated another way, "+
+					"mark it finished (its remaining rows are NOT migrated):\n\t%s", bbm.ErrUnknownClass, m.Class, m.ID, markFinishedCommand(m)))
 			}
 			var bar *finalizeBar
 			if !quiet {
@@ -483,23 +472,27 @@ func finalizeFlags(cmd *cobra.Command, quiet *bool) *cobra.Command {
 func bbmMarkFinishedCmd(a *App) *cobra.Command {
 	var yes bool
 	cmd := &cobra.Command{
-		Use:   "mark-finished ID --yes",
+		Use:   "mark-finished ID | CLASS TABLE COLUMN ARGS_JSON --yes",
 		Short: "Mark a migration finished WITHOUT migrating its remaining rows (logged)",
 		Long: `Mark a migration and all its batches finished without running them, for
 when the data was fixed another way. Remaining rows are NOT migrated.
 Who and when is recorded in the transition log of every batch changed.`,
-		Args: cobra.ExactArgs(1),
+		Args: idOrConfigArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
+			ref, err := parseRef(args)
+			if err != nil {
+				return err
+			}
+			e, err := a.bbmEngine(cmd.Context())
+			if err != nil {
+				return err
+			}
+			id, err := ref.resolve(cmd.Context(), e)
 			if err != nil {
 				return err
 			}
 			if !yes {
 				return Usagef("refusing to mark migration %d finished without --yes: its remaining rows would not be migrated", id)
-			}
-			e, err := a.bbmEngine(cmd.Context())
-			if err != nil {
-				return err
 			}
 			who := "unknown"
 			if u, err := user.Current(); err == nil {
@@ -582,7 +575,7 @@ on (as list --json prints it), and the progress messages go to stderr.`,
 				if len(failed) > 0 {
 					fmt.Fprintln(msgs, "Some batched background migrations are in a failed state and must be finalized manually:")
 					for _, m := range failed {
-						fmt.Fprintf(msgs, "\t%s\n\t\t%s\n", m.StatusLine(), m.FinalizeCommand())
+						fmt.Fprintf(msgs, "\t%s\n\t\t%s\n", m.StatusLine(), a.finishCommand(m.Migration))
 					}
 					if err := final(); err != nil {
 						return err
@@ -611,11 +604,46 @@ on (as list --json prints it), and the progress messages go to stderr.`,
 }
 
 // CheckMessage is the upgrade-blocking text for one unfinished migration.
-func CheckMessage(m *bbm.Migration) string {
+func CheckMessage(m *bbm.Migration) string { return checkMessage(m, true) }
+
+// checkMessage is CheckMessage for a migration whose class this binary
+// can run (runnable) or not: finalize would then fail, and the way out is
+// mark-finished.
+func checkMessage(m *bbm.Migration, runnable bool) string {
 	cfg, _ := json.Marshal(m.Config())
-	return fmt.Sprintf("Expected batched background migration for the given configuration to be marked as 'finished', but it is '%s':\t%s\n\n"+
-		"Finalize it manually by running the following command in a `bash` or `sh` shell:\n\n\t%s\n",
-		m.Status, cfg, m.FinalizeCommand())
+	head := fmt.Sprintf("Expected batched background migration for the given configuration to be marked as 'finished', but it is '%s':\t%s\n\n",
+		m.Status, cfg)
+	if !runnable {
+		return head + unregisteredNote(m) + "\n\n\t" + markFinishedCommand(m) + "\n"
+	}
+	return head + "Finalize it manually by running the following command in a `bash` or `sh` shell:\n\n\t" + m.FinalizeCommand() + "\n"
+}
+
+// runnable reports whether this binary registers m's class.
+func (a *App) runnable(m *bbm.Migration) bool {
+	_, ok := a.Reg.BBM.Lookup(m.Class)
+	return ok
+}
+
+// finishCommand is the command that gets m finished: finalize, or
+// mark-finished when this binary cannot run its class.
+func (a *App) finishCommand(m *bbm.Migration) string {
+	if a.runnable(m) {
+		return m.FinalizeCommand()
+	}
+	return markFinishedCommand(m)
+}
+
+func markFinishedCommand(m *bbm.Migration) string {
+	return fmt.Sprintf("ferry bbm mark-finished %d --yes", m.ID)
+}
+
+// unregisteredNote says why finalize is not the way out, and what
+// mark-finished does not do.
+func unregisteredNote(m *bbm.Migration) string {
+	return fmt.Sprintf("Class %s is not registered in this ferry binary, so `ferry bbm finalize` cannot run it "+
+		"(a binary that registers it can). If its rows were migrated another way, mark it finished; "+
+		"its remaining rows are NOT migrated:", m.Class)
 }
 
 func bbmCheckCmd(a *App) *cobra.Command {
@@ -639,7 +667,8 @@ with its configuration and the ferry bbm finalize command that fixes it.`,
 			if asJSON {
 				out := []map[string]any{}
 				for _, m := range ms {
-					out = append(out, map[string]any{"id": m.ID, "status": m.Status, "configuration": m.Config(), "finalize_command": m.FinalizeCommand(), "message": CheckMessage(m.Migration)})
+					out = append(out, map[string]any{"id": m.ID, "status": m.Status, "configuration": m.Config(), "finalize_command": a.finishCommand(m.Migration),
+						"message": checkMessage(m.Migration, a.runnable(m.Migration))})
 				}
 				if err := a.PrintJSON(out); err != nil {
 					return err
@@ -649,7 +678,7 @@ with its configuration and the ferry bbm finalize command that fixes it.`,
 					if i > 0 {
 						fmt.Fprintln(a.Out)
 					}
-					fmt.Fprint(a.Out, CheckMessage(m.Migration))
+					fmt.Fprint(a.Out, checkMessage(m.Migration, a.runnable(m.Migration)))
 				}
 				if len(ms) == 0 {
 					fmt.Fprintln(a.Out, "All batched background migrations are finished.")

@@ -157,9 +157,13 @@ func TestParseRakeFinalize(t *testing.T) {
 		`sudo gitlab-rake gitlab:background_migrations:finalize[CopyColumnUsingBackgroundMigrationJob,events,id,'[["id"]\,["id_convert_to_bigint"]]']`,
 		`finalize[CopyColumnUsingBackgroundMigrationJob,events,id,[["id"]\, ["id_convert_to_bigint"]]]`,
 	} {
-		c, tb, col, args, err := parseRakeFinalize(in)
-		if err != nil || c != "CopyColumnUsingBackgroundMigrationJob" || tb != "events" || col != "id" || strings.ReplaceAll(args, " ", "") != `[["id"],["id_convert_to_bigint"]]` {
-			t.Errorf("%s: %q %q %q %q %v", in, c, tb, col, args, err)
+		ref, err := parseRef([]string{in})
+		if err != nil || ref.cfg == nil {
+			t.Fatalf("%s: %+v %v", in, ref, err)
+		}
+		c := ref.cfg
+		if c.Class != "CopyColumnUsingBackgroundMigrationJob" || c.Table != "events" || c.Column != "id" || strings.ReplaceAll(string(c.Args), " ", "") != `[["id"],["id_convert_to_bigint"]]` {
+			t.Errorf("%s: %+v", in, c)
 		}
 	}
 }

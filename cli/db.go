@@ -85,15 +85,30 @@ func (f *dbFlags) checkLockTimeout() error {
 
 // migrator loads the files and opens the database.
 func (a *App) migrator(ctx context.Context, f *dbFlags, finalize bool) (*dbmigrate.Migrator, error) {
+	return a.openMigrator(ctx, f, finalize, true)
+}
+
+// recordMigrator is a migrator for the commands that only record a
+// version (mark-complete, repair): they work outside the application's
+// folder, without the default migrations directory. A --dir given on
+// the command line must still exist (a typo there is not "no directory").
+func (a *App) recordMigrator(cmd *cobra.Command, f *dbFlags) (*dbmigrate.Migrator, error) {
+	return a.openMigrator(cmd.Context(), f, false, cmd.Flags().Changed("dir"))
+}
+
+func (a *App) openMigrator(ctx context.Context, f *dbFlags, finalize, needDir bool) (*dbmigrate.Migrator, error) {
 	if err := f.checkLockTimeout(); err != nil {
 		return nil, err
 	}
-	migs, err := dbmigrate.LoadDir(f.dir)
-	if err != nil {
-		if _, serr := os.Stat(f.dir); serr != nil {
-			return nil, Usagef("migrations directory %s: %v (set --dir)", f.dir, serr)
+	var migs []*dbmigrate.Migration
+	if _, serr := os.Stat(f.dir); serr == nil || needDir {
+		var err error
+		if migs, err = dbmigrate.LoadDir(f.dir); err != nil {
+			if serr != nil {
+				return nil, Usagef("migrations directory %s: %v (set --dir)", f.dir, serr)
+			}
+			return nil, Usage(err)
 		}
-		return nil, Usage(err)
 	}
 	pool, err := a.DB(ctx)
 	if err != nil {
@@ -284,8 +299,13 @@ func dbStatusCmd(a *App, f *dbFlags) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show applied, pending, failed and dirty migrations",
-		Args:  cobra.NoArgs,
+		Short: "Show applied, pending, failed and dirty migrations; exit 1 when dirty or a migration is pending",
+		Long: `Show applied, pending, failed and dirty migrations.
+
+Exit 0 when the database is up to date with --dir; exit 1 when it is dirty
+or a migration in --dir is not applied (so a deploy script can gate on it);
+the output, and --json, are the same either way.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			m, err := a.migrator(ctx, f, false)
@@ -297,7 +317,10 @@ func dbStatusCmd(a *App, f *dbFlags) *cobra.Command {
 				return dbErr(err)
 			}
 			if asJSON {
-				return a.PrintJSON(st)
+				if err := a.PrintJSON(st); err != nil {
+					return err
+				}
+				return statusExit(st)
 			}
 			if d := st.DirtyMigration; d != nil {
 				// First, on one line, so nobody reads past it.
@@ -332,11 +355,20 @@ func dbStatusCmd(a *App, f *dbFlags) *cobra.Command {
 			if d := st.DirtyMigration; d != nil {
 				fmt.Fprintf(a.Out, "The database is DIRTY at migration %s_%s: see the first line.\n", d.Version, d.Name)
 			}
-			return nil
+			return statusExit(st)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "machine-readable output")
 	return cmd
+}
+
+// statusExit answers "is the database ready?": no (1) when it is dirty or
+// a migration is pending; what is wrong was printed already.
+func statusExit(st *dbmigrate.Status) error {
+	if st.Dirty || st.Pending > 0 {
+		return No(errSilent)
+	}
+	return nil
 }
 
 func oneLine(s string) string { return strings.ReplaceAll(s, "\n", " ") }
@@ -391,22 +423,26 @@ no-transaction migration, so down files should tolerate a partial state
 
 func dbMarkCompleteCmd(a *App, f *dbFlags) *cobra.Command {
 	return &cobra.Command{
-		Use:   "mark-complete VERSION",
+		Use:   "mark-complete VERSION | mark_migration_complete[VERSION]",
 		Short: "Record VERSION as applied without running it (GitLab's mark_migration_complete)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Record VERSION in schema_migrations without running it, as GitLab's
+gitlab:db:mark_migration_complete[VERSION] does (that form is accepted too).
+It needs no migrations directory; when --dir exists and has no file for
+VERSION it warns and records it anyway.`,
+		Example: `  ferry db mark-complete 20151103134857
+  ferry db mark_migration_complete[20151103134857]`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			v, err := parseVersionArg(args[0])
+			v, err := markCompleteVersion(args[0])
 			if err != nil {
 				return err
 			}
-			if v == "0" {
-				return Usagef("Must give a version argument that is a non-zero integer")
-			}
-			m, err := a.migrator(ctx, f, false)
+			m, err := a.recordMigrator(cmd, f)
 			if err != nil {
 				return err
 			}
+			a.warnNoFile(m, f, v)
 			already, err := m.MarkComplete(ctx, v)
 			if err != nil {
 				return dbErr(err)
@@ -423,6 +459,42 @@ func dbMarkCompleteCmd(a *App, f *dbFlags) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// markCompleteVersion reads VERSION, also in GitLab's rake form
+// (mark_migration_complete[VERSION], with or without gitlab:db: and :main).
+func markCompleteVersion(arg string) (dbmigrate.Version, error) {
+	if rc, ok := parseRake(arg); ok {
+		if rc.Task != "mark_migration_complete" || len(rc.Args) != 1 {
+			return "", Usagef("expected VERSION or mark_migration_complete[VERSION], got %q", arg)
+		}
+		if err := rc.checkDB(); err != nil {
+			return "", err
+		}
+		arg = rc.Args[0]
+	}
+	v, err := parseVersionArg(arg)
+	if err != nil {
+		return "", err
+	}
+	if v == "0" {
+		return "", Usagef("Must give a version argument that is a non-zero integer")
+	}
+	return v, nil
+}
+
+// warnNoFile warns when the migrations directory exists but has no file
+// for v: a typo in a version is otherwise recorded silently.
+func (a *App) warnNoFile(m *dbmigrate.Migrator, f *dbFlags, v dbmigrate.Version) {
+	if _, err := os.Stat(f.dir); err != nil {
+		return
+	}
+	for _, mg := range m.Migrations() {
+		if mg.Version == v {
+			return
+		}
+	}
+	fmt.Fprintf(a.Err, "warning: %s has no migration file for version %s; recording it anyway\n", f.dir, v)
 }
 
 func dbRepairCmd(a *App, f *dbFlags) *cobra.Command {
@@ -443,7 +515,7 @@ re-runs it; if you completed it by hand, also run "ferry db mark-complete".`,
 					return err
 				}
 			}
-			m, err := a.migrator(ctx, f, false)
+			m, err := a.recordMigrator(cmd, f)
 			if err != nil {
 				return err
 			}

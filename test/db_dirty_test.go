@@ -41,7 +41,7 @@ func TestDBDirtyDetectionAndRepair(t *testing.T) {
 		t.Fatal("migrate ran past a dirty migration")
 	}
 	var st dbmigrate.Status
-	if err := json.Unmarshal([]byte(e.mustFerry("status", "--json")), &st); err != nil {
+	if err := json.Unmarshal([]byte(e.notReady("--json")), &st); err != nil {
 		t.Fatal(err)
 	}
 	if !st.Dirty || st.DirtyMigration == nil || st.DirtyMigration.Version != "2" || st.Migrations[1].State != "dirty" {
@@ -54,7 +54,7 @@ func TestDBDirtyDetectionAndRepair(t *testing.T) {
 	if e.exists("t_x") {
 		t.Fatal("downto did not undo the half-applied migration")
 	}
-	out = e.mustFerry("status")
+	out = e.notReady()
 	if strings.Contains(out, "DIRTY") {
 		t.Fatalf("still dirty after downto:\n%s", out)
 	}
@@ -102,7 +102,7 @@ func TestDBDiedMigratorIsToldApart(t *testing.T) {
 	if strings.Contains(errs, "failed with") {
 		t.Fatalf("a died migrator must not be reported as failed:\n%s", errs)
 	}
-	out := e.mustFerry("status")
+	out := e.notReady()
 	wantContains(t, out, "its migrator died")
 
 	// A transactional attempt that died was rolled back by PostgreSQL:
@@ -113,7 +113,7 @@ func TestDBDiedMigratorIsToldApart(t *testing.T) {
 		VALUES ('3', 'tx', 'up', false, 999999)`); err != nil {
 		t.Fatal(err)
 	}
-	out = e.mustFerry("status")
+	out = e.notReady()
 	wantContains(t, out, "interrupted")
 	e.mustFerry("migrate")
 }
@@ -161,7 +161,7 @@ func TestDBConcurrentMigrators(t *testing.T) {
 	wantContains(t, errs, "another ferry db migrator is running", fmt.Sprintf("backend pid %d", pidA), `application_name "migrator-A"`)
 
 	// Status shows it running.
-	out := e.mustFerry("status")
+	out := e.notReady()
 	wantContains(t, out, "running", "A migrator is running: backend pid")
 
 	// B with --lock-timeout waits for A, then finds nothing to do.

@@ -84,6 +84,14 @@ func (e *dbEnv) wantExit(want int, args ...string) (stdout, stderr string) {
 	return out, errs
 }
 
+// notReady runs `ferry db status <args>` where it must answer "no" (exit
+// 1: dirty or a migration pending) and returns its stdout.
+func (e *dbEnv) notReady(args ...string) string {
+	e.t.Helper()
+	out, _ := e.wantExit(1, append([]string{"status"}, args...)...)
+	return out
+}
+
 func (e *dbEnv) exists(rel string) bool {
 	e.t.Helper()
 	var ok bool

@@ -8,22 +8,23 @@ import (
 	"github.com/ferrymigrate/ferry/dbmigrate"
 )
 
-// status stays a read (exit 0) but a dirty database is the first thing it
-// says, with the version and both ways out; --json has "dirty": true.
+// status answers "no" (exit 1) while a migration is pending or the
+// database is dirty; a dirty database is the first thing it says, with the
+// version and both ways out; --json has "dirty": true.
 func TestDBStatusShowsDirtyFirst(t *testing.T) {
 	e := newDBEnv(t)
 	e.write("1_t.up.sql", "CREATE TABLE t (id int, x int);")
 	e.write("2_index.up.sql", "-- ferry:no-transaction\nCREATE INDEX CONCURRENTLY t_x ON t (x);\nCREATE INDEX CONCURRENTLY t_y ON t (nope);\n")
 	e.write("2_index.down.sql", "-- ferry:no-transaction\nDROP INDEX CONCURRENTLY IF EXISTS t_y;\nDROP INDEX CONCURRENTLY IF EXISTS t_x;\n")
 
-	clean := e.mustFerry("status", "--json")
+	clean := e.notReady("--json")
 	wantContains(t, clean, `"dirty": false`)
 	if strings.Contains(clean, "dirty_migration") {
 		t.Fatalf("clean status has dirty details:\n%s", clean)
 	}
 
 	e.wantExit(1, "migrate")
-	out := e.mustFerry("status")
+	out := e.notReady()
 	first, rest, _ := strings.Cut(out, "\n")
 	if !strings.HasPrefix(first, "DIRTY: migration 2_index (up) failed with: ") {
 		t.Fatalf("first line of status is not the dirty state:\n%s", out)
@@ -32,7 +33,7 @@ func TestDBStatusShowsDirtyFirst(t *testing.T) {
 	wantContains(t, rest, "dirty", "Current version: 1")
 
 	var st dbmigrate.Status
-	raw := e.mustFerry("status", "--json")
+	raw := e.notReady("--json")
 	if err := json.Unmarshal([]byte(raw), &st); err != nil {
 		t.Fatal(err)
 	}
@@ -45,12 +46,12 @@ func TestDBStatusShowsDirtyFirst(t *testing.T) {
 
 	// Without a down file the way out says so.
 	e.remove("2_index.down.sql")
-	first, _, _ = strings.Cut(e.mustFerry("status"), "\n")
+	first, _, _ = strings.Cut(e.notReady(), "\n")
 	wantContains(t, first, "that file does not exist yet")
 
 	e.write("2_index.down.sql", "-- ferry:no-transaction\nDROP INDEX CONCURRENTLY IF EXISTS t_y;\nDROP INDEX CONCURRENTLY IF EXISTS t_x;\n")
 	e.mustFerry("downto", "1")
-	out = e.mustFerry("status")
+	out = e.notReady()
 	if strings.Contains(out, "DIRTY") {
 		t.Fatalf("still dirty after downto:\n%s", out)
 	}

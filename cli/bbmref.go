@@ -1,0 +1,92 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrymigrate/ferry/jobs/bbm"
+)
+
+// A migration is named by its id or by the configuration a runbook hands
+// the operator: CLASS TABLE COLUMN ARGS_JSON, GitLab's rake form
+// (finalize[CLASS,TABLE,COLUMN,ARGS], show[ID]) or the configuration hash
+// `ferry bbm check` prints ({"job_class_name":...}).
+
+// bbmRef is a parsed migration reference: an id, or a configuration.
+type bbmRef struct {
+	id  int64
+	cfg *bbm.MigrationConfig
+}
+
+const refUsage = "ID, CLASS TABLE COLUMN ARGS_JSON, a rake form (finalize[CLASS,TABLE,COLUMN,ARGS_JSON], show[ID]) or the configuration hash `ferry bbm check` prints"
+
+// idOrConfigArgs is the Args check of the commands that take a migration.
+func idOrConfigArgs(cmd *cobra.Command, args []string) error {
+	if len(args) != 1 && len(args) != 4 {
+		return Usagef("%s takes %s", cmd.Name(), refUsage)
+	}
+	return nil
+}
+
+// parseRef reads the arguments checked by idOrConfigArgs.
+func parseRef(args []string) (bbmRef, error) {
+	if len(args) == 4 {
+		return configRef(args[0], args[1], args[2], args[3])
+	}
+	s := strings.TrimSpace(args[0])
+	if strings.HasPrefix(s, "{") {
+		var c bbm.MigrationConfig
+		if err := json.Unmarshal([]byte(s), &c); err != nil || c.Class == "" {
+			return bbmRef{}, Usagef("%q is not a migration's configuration (job_class_name, table_name, column_name, job_arguments)", s)
+		}
+		return bbmRef{cfg: &c}, nil
+	}
+	if rc, ok := parseRake(s); ok {
+		if err := rc.checkDB(); err != nil {
+			return bbmRef{}, err
+		}
+		switch len(rc.Args) {
+		case 1:
+			return idRef(rc.Args[0])
+		case 4:
+			return configRef(rc.Args[0], rc.Args[1], rc.Args[2], rc.Args[3])
+		}
+		return bbmRef{}, Usagef("%s[...] needs an id or 4 arguments: job_class_name,table_name,column_name,job_arguments", rc.Task)
+	}
+	return idRef(s)
+}
+
+func configRef(class, table, column, args string) (bbmRef, error) {
+	if err := bbm.CheckConfig(class, table, column, []byte(args)); err != nil {
+		return bbmRef{}, bbmErr(err)
+	}
+	return bbmRef{cfg: &bbm.MigrationConfig{Class: class, Table: table, Column: column, Args: json.RawMessage(args)}}, nil
+}
+
+// idRef reads an id, also as GitLab prints it for several databases
+// (main_85).
+func idRef(s string) (bbmRef, error) {
+	if db, n, ok := strings.Cut(s, "_"); ok {
+		if err := (rakeCall{DB: db, raw: s}).checkDB(); err != nil {
+			return bbmRef{}, err
+		}
+		s = n
+	}
+	id, err := parseID(s)
+	return bbmRef{id: id}, err
+}
+
+// resolve returns the id of the migration ref names.
+func (r bbmRef) resolve(ctx context.Context, e *bbm.Engine) (int64, error) {
+	if r.cfg == nil {
+		return r.id, nil
+	}
+	m, err := e.FindByConfig(ctx, r.cfg.Class, r.cfg.Table, r.cfg.Column, r.cfg.Args)
+	if err != nil {
+		return 0, bbmErr(err)
+	}
+	return m.ID, nil
+}

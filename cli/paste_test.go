@@ -1,0 +1,158 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const (
+	pasteArgs = `[["id"]\, ["id_convert_to_bigint"]]` // as the shell passes '[["id"]\, ["id_convert_to_bigint"]]'
+	pasteCfg  = `CopyColumnUsingBackgroundMigrationJob,events,id,` + pasteArgs
+)
+
+// Every way a runbook's rake task reaches ferry becomes the subcommand
+// followed by the task, which the subcommand reads.
+func TestRewriteRake(t *testing.T) {
+	t.Parallel()
+	root := (&App{}).rootCmd()
+	vf := takesValue(root.PersistentFlags())
+	for _, tc := range []struct{ in, want []string }{
+		{[]string{"bbm", "finalize[" + pasteCfg + "]"}, []string{"bbm", "finalize", "finalize[" + pasteCfg + "]"}},
+		{[]string{"--log-level", "error", "bbm", "gitlab:background_migrations:finalize[" + pasteCfg + "]"},
+			[]string{"--log-level", "error", "bbm", "finalize", "gitlab:background_migrations:finalize[" + pasteCfg + "]"}},
+		{[]string{"bbm", "finalize:main[" + pasteCfg + "]", "--no-progress"}, []string{"bbm", "finalize", "finalize:main[" + pasteCfg + "]", "--no-progress"}},
+		{[]string{"bbm", "show[main_3]"}, []string{"bbm", "show", "show[main_3]"}},
+		{[]string{"bbm", "gitlab:background_migrations:status"}, []string{"bbm", "status"}},
+		{[]string{"db", "mark_migration_complete[20151103134857]"}, []string{"db", "mark-complete", "mark_migration_complete[20151103134857]"}},
+		{[]string{"db", "gitlab:db:mark_migration_complete:main[1]"}, []string{"db", "mark-complete", "gitlab:db:mark_migration_complete:main[1]"}},
+		// Left alone: plain subcommands, their arguments, other groups.
+		{[]string{"bbm", "finalize", "finalize[" + pasteCfg + "]"}, []string{"bbm", "finalize", "finalize[" + pasteCfg + "]"}},
+		{[]string{"bbm", "show", "1"}, []string{"bbm", "show", "1"}},
+		{[]string{"bm", "finalize[x]"}, []string{"bm", "finalize[x]"}},
+		{[]string{"bbm", "nosuchtask[1]"}, []string{"bbm", "nosuchtask[1]"}},
+	} {
+		got, err := rewriteRake(tc.in, vf)
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("%q: got %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+	for _, in := range [][]string{{"bbm", "finalize:ci[" + pasteCfg + "]"}, {"db", "mark_migration_complete:ci[1]"}} {
+		if _, err := rewriteRake(in, vf); !errors.Is(err, ErrOtherDatabase) || !strings.Contains(err.Error(), `"ci"`) ||
+			!strings.Contains(err.Error(), "one database, main") {
+			t.Errorf("%q: %v", in, err)
+		}
+	}
+}
+
+func TestParseRefForms(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		id   int64
+	}{
+		{[]string{"7"}, 7}, {[]string{"main_7"}, 7}, {[]string{"show[7]"}, 7}, {[]string{"gitlab:background_migrations:show:main[main_7]"}, 7},
+	} {
+		ref, err := parseRef(tc.args)
+		if err != nil || ref.id != tc.id || ref.cfg != nil {
+			t.Errorf("%q: %+v %v", tc.args, ref, err)
+		}
+	}
+	for _, args := range [][]string{
+		{"CopyColumnUsingBackgroundMigrationJob", "events", "id", `[["id"],["id_convert_to_bigint"]]`},
+		{"finalize[" + pasteCfg + "]"},
+		{"show[" + pasteCfg + "]"},
+		{`{"job_class_name":"CopyColumnUsingBackgroundMigrationJob","table_name":"events","column_name":"id","job_arguments":[["id"],["id_convert_to_bigint"]]}`},
+	} {
+		ref, err := parseRef(args)
+		if err != nil || ref.cfg == nil || ref.cfg.Table != "events" || strings.ReplaceAll(string(ref.cfg.Args), " ", "") != `[["id"],["id_convert_to_bigint"]]` {
+			t.Errorf("%q: %+v %v", args, ref.cfg, err)
+		}
+	}
+	for _, bad := range []string{"ci_7", "show[1,2]", "show:ci[7]", "0", "{}"} {
+		if _, err := parseRef([]string{bad}); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// The runbook's forms end to end: finalize pasted with and without the
+// rake prefix and :main; show and mark-finished by configuration; a
+// database ferry does not have is refused naming the configured one.
+func TestBBMPasteForms(t *testing.T) {
+	c := newBBMCLI(t)
+	cfg := []string{"CopyColumnUsingBackgroundMigrationJob", "events", "id", `[["id"],["id_convert_to_bigint"]]`}
+	if code, _, errs := c.run(append([]string{"bbm", "queue"}, cfg...)...); code != 0 {
+		t.Fatal(errs)
+	}
+	for _, show := range [][]string{cfg, {"finalize[" + pasteCfg + "]"}, {"show[main_1]"}, {"main_1"}} {
+		code, out, errs := c.run(append([]string{"bbm", "show"}, show...)...)
+		if code != 0 || !strings.Contains(out, "Id  ") || !strings.Contains(out, "Finalize with") {
+			t.Fatalf("show %q: %d %s %s", show, code, out, errs)
+		}
+	}
+	if code, _, errs := c.run("bbm", "show["+pasteCfg+"]"); code != 0 {
+		t.Fatalf("show[...]: %d %s", code, errs)
+	}
+	code, _, errs := c.run("bbm", "finalize:ci["+pasteCfg+"]")
+	if code != 2 || !strings.Contains(firstLine(errs), `names database "ci", but ferry has one database, main`) {
+		t.Fatalf("finalize:ci: %d %s", code, errs)
+	}
+	if code, out, errs := c.run("bbm", "finalize", "--no-progress", "finalize:ci["+pasteCfg+"]"); code != 2 {
+		t.Fatalf("finalize finalize:ci: %d %s %s", code, out, errs)
+	}
+	if code, out, errs := c.run("bbm", "gitlab:background_migrations:finalize:main["+pasteCfg+"]", "--no-progress"); code != 0 || !strings.Contains(out, "Done.") {
+		t.Fatalf("gitlab:background_migrations:finalize:main: %d %s %s", code, out, errs)
+	}
+	// Again, in the form left after replacing the rake prefix: already done.
+	if code, _, errs := c.run("bbm", "finalize["+pasteCfg+"]", "--no-progress"); code != 0 || !strings.Contains(errs, "already finished") {
+		t.Fatalf("finalize[...]: %d %s", code, errs)
+	}
+
+	// mark-finished by configuration, in the rake form.
+	if _, err := c.pool.Exec(context.Background(), `ALTER TABLE events ADD COLUMN other bigint`); err != nil {
+		t.Fatal(err)
+	}
+	other := `[["id"],["other"]]`
+	if code, _, errs := c.run("bbm", "queue", "CopyColumnUsingBackgroundMigrationJob", "events", "id", other); code != 0 {
+		t.Fatal(errs)
+	}
+	rake := `finalize[CopyColumnUsingBackgroundMigrationJob,events,id,[["id"]\,["other"]]]`
+	if code, _, errs := c.run("bbm", "mark-finished", rake); code != 2 || !strings.Contains(errs, "refusing to mark migration 2 finished without --yes") {
+		t.Fatalf("mark-finished without --yes: %d %s", code, errs)
+	}
+	if code, out, errs := c.run("bbm", "mark-finished", "CopyColumnUsingBackgroundMigrationJob", "events", "id", other, "--yes"); code != 0 || !strings.HasPrefix(out, "finished |") {
+		t.Fatalf("mark-finished by configuration: %d %s %s", code, out, errs)
+	}
+	if code, _, errs := c.run("bbm", "show", "CopyColumnUsingBackgroundMigrationJob", "events", "id", `[["nope"],["other"]]`); code != 2 || !strings.Contains(errs, "not found") {
+		t.Fatalf("show of an unknown configuration: %d %s", code, errs)
+	}
+}
+
+// A migration whose class this binary does not have: check, show and
+// finalize point at mark-finished (with what it does not do), never at a
+// finalize that would fail.
+func TestBBMUnregisteredClassHints(t *testing.T) {
+	c := newBBMCLI(t)
+	if code, _, errs := c.run("bbm", "queue", "CopyColumnUsingBackgroundMigrationJob", "events", "id", `[["id"],["id_convert_to_bigint"]]`, "--paused"); code != 0 {
+		t.Fatal(errs)
+	}
+	if _, err := c.pool.Exec(context.Background(), `UPDATE batched_background_migrations SET job_class_name = 'Gone::Backfill'`); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := c.run("bbm", "check")
+	if code != 1 || !strings.Contains(out, "ferry bbm mark-finished 1 --yes") || strings.Contains(out, "\tferry bbm finalize") ||
+		!strings.Contains(out, "Class Gone::Backfill is not registered") || !strings.Contains(out, "NOT migrated") {
+		t.Fatalf("check: %d\n%s", code, out)
+	}
+	if _, out, _ := c.run("bbm", "show", "1"); !regexp.MustCompile(`Finish with +ferry bbm mark-finished 1 --yes`).MatchString(out) || strings.Contains(out, "Finalize with") {
+		t.Fatalf("show:\n%s", out)
+	}
+	code, _, errs := c.run("bbm", "finalize", "--no-progress", "1")
+	if code != 2 || !strings.Contains(errs, "ferry bbm mark-finished 1 --yes") || !strings.Contains(errs, "NOT migrated") {
+		t.Fatalf("finalize: %d %s", code, errs)
+	}
+}

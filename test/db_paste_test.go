@@ -1,0 +1,93 @@
+package test
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/ferrymigrate/ferry/cli"
+	"github.com/ferrymigrate/ferry/internal/testenv"
+)
+
+// ferryNoDir runs `ferry db <args>` without --dir, from the test's working
+// directory, which has no db/migrate: an operator outside the app's folder.
+func (e *dbEnv) ferryNoDir(args ...string) (code int, stdout, stderr string) {
+	e.t.Helper()
+	var out, errb bytes.Buffer
+	full := append(append([]string{"db"}, args...), "--database-url", testenv.DirectURL(e.t, e.url), "--log-level", "error")
+	code = cli.Main(e.ctx, full, &out, &errb, cli.Options{})
+	return code, out.String(), errb.String()
+}
+
+// mark-complete and repair only record a version: they work outside the
+// app's folder, in GitLab's rake form too, and warn about a version that
+// has no file in a migrations directory that exists.
+func TestDBMarkCompletePasteForms(t *testing.T) {
+	e := newDBEnv(t)
+	for _, tc := range []struct {
+		arg, version string
+	}{
+		{"20151103134857", "20151103134857"},
+		{"mark_migration_complete[20151103134858]", "20151103134858"},
+		{"gitlab:db:mark_migration_complete[20151103134859]", "20151103134859"},
+		{"gitlab:db:mark_migration_complete:main[20151103134860]", "20151103134860"},
+	} {
+		code, out, errs := e.ferryNoDir("mark-complete", tc.arg)
+		if code != 0 || !strings.Contains(out, "Successfully marked '"+tc.version+"' as complete on database") || errs != "" {
+			t.Fatalf("mark-complete %s: exit %d\n%s\n%s", tc.arg, code, out, errs)
+		}
+	}
+	// The form left after replacing `sudo gitlab-rake gitlab:db:` with `ferry db `.
+	code, out, errs := e.ferryNoDir("mark_migration_complete[20151103134861]")
+	if code != 0 || !strings.Contains(out, "Successfully marked '20151103134861'") {
+		t.Fatalf("ferry db mark_migration_complete[...]: exit %d\n%s\n%s", code, out, errs)
+	}
+	if code, out, _ := e.ferryNoDir("mark_migration_complete[20151103134861]"); code != 0 || !strings.Contains(out, "is already marked complete") {
+		t.Fatalf("again: exit %d\n%s", code, out)
+	}
+	code, _, errs = e.ferryNoDir("mark_migration_complete:ci[20151103134862]")
+	if code != 2 || !strings.Contains(errs, `names database "ci", but ferry has one database, main`) {
+		t.Fatalf(":ci: exit %d\n%s", code, errs)
+	}
+	if code, _, errs := e.ferryNoDir("mark-complete", "mark_migration_complete[0]"); code != 2 || !strings.Contains(errs, "non-zero integer") {
+		t.Fatalf("[0]: exit %d\n%s", code, errs)
+	}
+	wantApplied := []string{"20151103134857", "20151103134858", "20151103134859", "20151103134860", "20151103134861"}
+	if got := strings.Join(e.applied(), " "); got != strings.Join(wantApplied, " ") {
+		t.Fatalf("applied: %s", got)
+	}
+
+	// A directory that exists but has no such file: recorded, with a warning.
+	e.write("1_a.up.sql", "CREATE TABLE a (id int);")
+	_, errs = e.wantExit(0, "mark-complete", "20151103134863")
+	wantContains(t, errs, "warning: "+e.dir+" has no migration file for version 20151103134863")
+	if _, errs := e.wantExit(0, "mark-complete", "1"); errs != "" {
+		t.Fatalf("warned about a version that has a file: %s", errs)
+	}
+
+	// repair needs no directory either: it says there is nothing to repair.
+	code, _, errs = e.ferryNoDir("repair")
+	if code != 1 || !strings.Contains(errs, "not dirty") {
+		t.Fatalf("repair: exit %d\n%s", code, errs)
+	}
+}
+
+// db status answers "is the database ready?": 0 up to date, 1 when a
+// migration is pending or the database is dirty, with the same output.
+func TestDBStatusExitCodes(t *testing.T) {
+	e := newDBEnv(t)
+	e.write("1_a.up.sql", "CREATE TABLE a (id int);")
+	out, _ := e.wantExit(1, "status")
+	wantContains(t, out, "1 pending")
+	e.wantExit(1, "status", "--json")
+	e.mustFerry("migrate")
+	e.wantExit(0, "status")
+	e.wantExit(0, "status", "--json")
+	e.write("2_idx.up.sql", "-- ferry:no-transaction\nCREATE INDEX CONCURRENTLY a_nope ON a (nope);\n")
+	e.wantExit(1, "migrate")
+	out, _ = e.wantExit(1, "status")
+	wantContains(t, out, "DIRTY")
+	e.mustFerry("repair")
+	e.mustFerry("mark-complete", "2")
+	e.wantExit(0, "status")
+}
