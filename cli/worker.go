@@ -15,6 +15,7 @@ import (
 
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/jobs/bbm"
+	"github.com/ferrymigrate/ferry/jobs/bm"
 	"github.com/ferrymigrate/ferry/process"
 	"github.com/ferrymigrate/ferry/queue"
 	"github.com/ferrymigrate/ferry/web"
@@ -32,6 +33,8 @@ func newWorkerCmd(a *App) *cobra.Command {
 		webListen   string
 		procs       int
 		health      string
+		bmConc      int
+		bmMax       int
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -64,6 +67,8 @@ goroutine stacks. The Sidekiq Web UI's Quiet/Stop buttons work too.`,
 	f.BoolVar(&web, "web", false, "also serve the admin UI and /metrics (config web.serve_in_worker)")
 	f.StringVar(&webListen, "web-listen", "", "address for --web (default web.listen, 127.0.0.1:7373)")
 	f.StringVar(&health, "health-listen", "", "serve /liveness and /readiness probes on this address (config worker.health_listen)")
+	f.IntVar(&bmConc, "bm-concurrency", 0, "legacy migration jobs of one class run at once, cluster-wide (config bm.concurrency, default 1)")
+	f.IntVar(&bmMax, "bm-max-running", 0, "legacy migration jobs of all classes run at once, cluster-wide (config bm.max_running, default 4)")
 	a.PreValidate(cmd, func(c *config.Config) {
 		if f.Changed("concurrency") {
 			c.Worker.Concurrency = concurrency
@@ -88,6 +93,12 @@ goroutine stacks. The Sidekiq Web UI's Quiet/Stop buttons work too.`,
 		}
 		if f.Changed("health-listen") {
 			c.Worker.HealthListen = health
+		}
+		if f.Changed("bm-concurrency") {
+			c.BM.Concurrency = bmConc
+		}
+		if f.Changed("bm-max-running") {
+			c.BM.MaxRunning = bmMax
 		}
 		if f.Changed("web-listen") {
 			c.Web.Listen = webListen
@@ -175,6 +186,8 @@ func (a *App) processOptions(ctx context.Context) (process.Options, error) {
 			Hostname: a.Cfg.Worker.Hostname,
 		},
 		BBM: bbm.Config{TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration, Health: bbmHealth(a)},
+		BM: bm.WorkerConfig{Concurrency: a.Cfg.BM.Concurrency, MaxRunning: a.Cfg.BM.MaxRunning,
+			LeaseWait: a.Cfg.BM.LeaseWait, MinInterval: a.Cfg.BM.MinInterval},
 	}
 	if o.Worker.Hostname == "" {
 		o.Worker.Hostname = config.Hostname()

@@ -35,6 +35,7 @@ type Config struct {
 	Worker Worker `yaml:"worker"`
 	Web    Web    `yaml:"web"`
 	BBM    BBM    `yaml:"bbm"`
+	BM     BM     `yaml:"bm"`
 
 	// RedisProvider is $REDIS_PROVIDER, kept to validate it: the name of
 	// the variable that holds the Redis URL (Sidekiq's convention).
@@ -126,6 +127,22 @@ type BBM struct {
 	LockTimeout time.Duration `yaml:"lock_timeout"`
 }
 
+// BM configures legacy (BackgroundMigrationWorker) migrations in `ferry
+// worker`. The limits are cluster-wide; give every worker the same values.
+type BM struct {
+	// Concurrency is how many jobs of one migration class run at once.
+	Concurrency int `yaml:"concurrency"`
+	// MaxRunning is how many legacy jobs of all classes run at once.
+	MaxRunning int `yaml:"max_running"`
+	// LeaseWait is how long a job waits for its class's running slot
+	// before it is rescheduled that much later.
+	LeaseWait time.Duration `yaml:"lease_wait"`
+	// MinInterval > 0 restores GitLab's fixed cadence: one job per class
+	// per interval (GitLab: 2m), lease never released, jobs given up after
+	// 5 misses. Concurrency does not apply then.
+	MinInterval time.Duration `yaml:"min_interval"`
+}
+
 // Defaults returns the built-in configuration.
 func Defaults() Config {
 	return Config{
@@ -140,6 +157,7 @@ func Defaults() Config {
 		},
 		Web: Web{Listen: "127.0.0.1:7373"},
 		BBM: BBM{TargetBatchDuration: 2 * time.Second, MaxDutyUnderLoad: 0.02, LockTimeout: 500 * time.Millisecond},
+		BM:  BM{Concurrency: 1, MaxRunning: 4, LeaseWait: 5 * time.Second},
 	}
 }
 
@@ -341,6 +359,25 @@ func (c *Config) Validate() error {
 	}
 	if c.BBM.LockTimeout < time.Millisecond || c.BBM.LockTimeout > time.Minute {
 		return &FieldError{Field: "bbm.lock_timeout", Msg: fmt.Sprintf("must be between 1ms and 1m, got %s", c.BBM.LockTimeout)}
+	}
+	return c.BM.validate()
+}
+
+func (b BM) validate() error {
+	if b.Concurrency < 1 || b.Concurrency > 1000 {
+		return &FieldError{Field: "bm.concurrency", Msg: fmt.Sprintf("must be between 1 and 1000, got %d", b.Concurrency)}
+	}
+	if b.MaxRunning < 1 || b.MaxRunning > 10000 {
+		return &FieldError{Field: "bm.max_running", Msg: fmt.Sprintf("must be between 1 and 10000, got %d", b.MaxRunning)}
+	}
+	if b.MaxRunning < b.Concurrency {
+		return &FieldError{Field: "bm.max_running", Msg: fmt.Sprintf("must be at least bm.concurrency (%d), got %d", b.Concurrency, b.MaxRunning)}
+	}
+	if b.LeaseWait < 10*time.Millisecond || b.LeaseWait > time.Minute {
+		return &FieldError{Field: "bm.lease_wait", Msg: fmt.Sprintf("must be between 10ms and 1m, got %s", b.LeaseWait)}
+	}
+	if b.MinInterval != 0 && (b.MinInterval < time.Second || b.MinInterval > 24*time.Hour) {
+		return &FieldError{Field: "bm.min_interval", Msg: fmt.Sprintf("must be 0 (run at the database's pace) or between 1s and 24h (GitLab: 2m), got %s", b.MinInterval)}
 	}
 	return nil
 }

@@ -40,6 +40,9 @@ type Options struct {
 	// BBM configures the batched migration engine (TargetBatchDuration,
 	// Health); Registry, Logger and Identity are set here.
 	BBM bbm.Config
+	// BM configures BackgroundMigrationWorker (limits, MinInterval);
+	// Runner, Client, Redis and Logger are set here.
+	BM bm.WorkerConfig
 	// Web, when set, serves the admin UI and /metrics from the process on
 	// Web.Listen; its connections, logger and actions are set here.
 	Web *web.Config
@@ -144,13 +147,52 @@ func (p *Process) addBBM(context.Context) error {
 
 // addBM runs BackgroundMigrationWorker jobs, unless the application
 // registered its own class of that name.
-func (p *Process) addBM(context.Context) error {
+func (p *Process) addBM(ctx context.Context) error {
 	if p.o.Registries.Workers.Has(bm.WorkerClass) {
 		return nil
 	}
-	return bm.AddWorker(p.o.Registries.Workers, bm.WorkerConfig{
-		Runner: p.bmRunner(), Client: p.rt.Broker().Client(), Redis: p.o.Redis, Logger: p.o.Logger,
-	})
+	cfg := p.o.BM
+	cfg.Runner, cfg.Client, cfg.Redis, cfg.Logger = p.bmRunner(), p.rt.Broker().Client(), p.o.Redis, p.o.Logger
+	if err := bm.AddWorker(p.o.Registries.Workers, cfg); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidOptions, err)
+	}
+	p.warnUnconsumedBM(ctx)
+	return nil
+}
+
+// warnUnconsumedBM says, at start, when BackgroundMigrationWorker jobs wait
+// in a queue this worker does not fetch: GitLab 16+ routes every job to
+// `default` unless routing rules say otherwise, and such jobs would sit
+// there unseen.
+func (p *Process) warnUnconsumedBM(ctx context.Context) {
+	consumed := map[string]bool{}
+	if len(p.o.Worker.Queues) == 0 {
+		consumed[bm.QueueName] = true // the runtime's default
+	}
+	for _, q := range p.o.Worker.Queues {
+		consumed[q.Name] = true
+	}
+	var missing []string
+	for _, q := range bm.DefaultQueues {
+		if !consumed[q] {
+			missing = append(missing, q)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	waiting, err := bm.Waiting(ctx, p.o.Redis, missing)
+	if err != nil {
+		p.o.Logger.Debug("could not look for legacy migration jobs in other queues", zap.Error(err))
+		return
+	}
+	for _, q := range missing {
+		if n := waiting[q]; n > 0 {
+			p.o.Logger.Warn("BackgroundMigrationWorker jobs wait in a queue this worker does not consume; "+
+				"add it to --queues (worker.queues) or run `ferry bm steal CLASS --queue "+q+"`",
+				zap.String("queue", q), zap.Int("jobs_seen", n))
+		}
+	}
 }
 
 func (p *Process) bmRunner() *bm.Runner {

@@ -148,3 +148,16 @@ func histogramKey8(class string, t time.Time) string {
 func metricsFields(class string) (processed, failed, ms string) {
 	return class + "|p", class + "|f", class + "|ms"
 }
+
+// bmRunningKey is a ZSET of the legacy migration jobs of one class running
+// now, member = holder token, score = Redis time (ms) at which the holder's
+// slot lapses unless refreshed; bmRunningAllKey is the same across classes
+// (member = "<class>\n<token>"), for the cluster-wide limit. A holder that
+// dies stops refreshing, so its slot frees itself.
+func bmRunningKey(class string) string { return "ferry:bm:running|" + class }
+
+const bmRunningAllKey = "ferry:bm:running"
+
+// BMThrottledKey holds why legacy migrations were last held back (database
+// health), with a short TTL, so `ferry bm remaining` can show it.
+const BMThrottledKey = "ferry:bm:throttled"

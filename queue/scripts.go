@@ -234,3 +234,44 @@ else
 end
 return 1
 `)
+
+// bmSlotScript takes (ARGV[1] = "acquire"), refreshes ("refresh") or gives
+// back ("release") one running slot of a legacy migration class: a member
+// in the class's ZSET and in the cluster-wide one, scored with the Redis
+// time (ms) at which it lapses. Lapsed members are dropped first, so a
+// worker that died frees its slot after the TTL. Redis's clock is used so
+// that workers with skewed clocks agree.
+// KEYS[1] class running zset, KEYS[2] cluster running zset
+// ARGV[2] token, ARGV[3] class|token, ARGV[4] ttl (ms), ARGV[5] per-class
+// limit, ARGV[6] cluster limit.
+// Returns 1 when done, 0 when the class is at its limit, -1 when the
+// cluster is; a refresh whose slot had lapsed takes it again if it can
+// and then returns 2.
+var bmSlotScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[4])
+if ARGV[1] == 'release' then
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  return 1
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if ARGV[1] == 'refresh' and redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+  redis.call('ZADD', KEYS[2], now + ttl, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ttl * 2)
+  redis.call('PEXPIRE', KEYS[2], ttl * 2)
+  return 1
+end
+local res = 1
+if ARGV[1] == 'refresh' then res = 2 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[5]) then return 0 end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[6]) then return -1 end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+redis.call('PEXPIRE', KEYS[2], ttl * 2)
+return res
+`)

@@ -42,11 +42,10 @@ Sidekiq::Client.push_bulk('class' => 'BackgroundMigrationWorker', 'queue' => 'ba
 	classes := bm.NewRegistry()
 	bm.AddCopyColumn(classes, bm.CopyColumn{})
 	log := zaptest.NewLogger(t)
-	// A short lease keeps the per-class cadence (jobs of one class are
-	// rescheduled while it is held) without making the test wait minutes.
+	// Jobs of one class run one at a time, each as soon as the previous ends.
 	if err := bm.AddWorker(reg, bm.WorkerConfig{
 		Runner: &bm.Runner{Registry: classes, DB: b.db, Logger: log},
-		Client: queue.NewClient(b.rdb), Redis: b.rdb, LeaseTTL: 30 * time.Millisecond, Logger: log,
+		Client: queue.NewClient(b.rdb), Redis: b.rdb, Logger: log,
 	}); err != nil {
 		t.Fatal(err)
 	}

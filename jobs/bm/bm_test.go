@@ -117,7 +117,7 @@ func setupWorker(t *testing.T) *workerBundle {
 	}))
 	w, err := bm.NewWorker(bm.WorkerConfig{
 		Runner: &bm.Runner{Registry: reg}, Client: queue.NewClient(b.rdb), Redis: b.rdb,
-		Lease:  b.lease,
+		Lease: b.lease, MinInterval: bm.DefaultLeaseTTL,
 		Health: func(context.Context) (bool, string, error) { return b.healthy, "replica lag 200MB", nil },
 		Now:    func() time.Time { return b.now }, Logger: zaptest.NewLogger(t),
 	})

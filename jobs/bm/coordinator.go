@@ -131,3 +131,31 @@ func (c *Coordinator) Finalize(ctx context.Context, class string, opts StealOpti
 	}
 	return res, err
 }
+
+// DefaultQueues are where `ferry bm remaining`, `steal` and `pending` look
+// for BackgroundMigrationWorker jobs: the worker's own queue, and
+// `default`, where GitLab 16+ routes every job unless routing rules say
+// otherwise.
+var DefaultQueues = []string{QueueName, "default"}
+
+// waitingPeek bounds the look into each queue at a worker's start.
+const waitingPeek = 1000
+
+// Waiting counts the BackgroundMigrationWorker jobs among the next 1,000
+// jobs of each queue: enough to tell that some wait there, cheap enough
+// for every worker start.
+func Waiting(ctx context.Context, rdb redis.UniversalClient, queues []string) (map[string]int, error) {
+	out := map[string]int{}
+	for _, q := range queues {
+		xs, err := rdb.LRange(ctx, queue.QueueKey(q), -waitingPeek, -1).Result()
+		if err != nil {
+			return out, fmt.Errorf("bm: peek at queue %s: %w", q, err)
+		}
+		for _, x := range xs {
+			if j, err := queue.ParseJob([]byte(x)); err == nil && j.Class() == WorkerClass {
+				out[q]++
+			}
+		}
+	}
+	return out, nil
+}

@@ -37,20 +37,32 @@ type CopyColumn struct {
 // AddCopyColumn registers the built-in CopyColumn.
 func AddCopyColumn(r *Registry, c CopyColumn) { Add[CopyColumnArgs](r, c) }
 
+// Validate implements Validator: the range is ordered, the identifiers
+// are plain and the table and columns exist.
+func (c CopyColumn) Validate(ctx context.Context, job *Job[CopyColumnArgs]) error {
+	_, err := c.table(ctx, job)
+	return err
+}
+
+func (CopyColumn) table(ctx context.Context, job *Job[CopyColumnArgs]) (*Table, error) {
+	a := job.Args
+	if job.DB == nil {
+		return nil, ErrNoDatabase
+	}
+	if a.StartID > a.EndID {
+		return nil, &ArgsError{Class: job.Class, Err: fmt.Errorf("start_id %d is greater than end_id %d", a.StartID, a.EndID)}
+	}
+	if job.Tables == nil {
+		job.Tables = NewTables(0)
+	}
+	return job.Tables.Resolve(ctx, job.DB, a.Table, "id", a.FromColumn, a.ToColumn)
+}
+
 // Perform implements Migration.
 func (c CopyColumn) Perform(ctx context.Context, job *Job[CopyColumnArgs]) error {
 	a := job.Args
-	if job.DB == nil {
-		return ErrNoDatabase
-	}
-	if a.StartID > a.EndID {
-		return &ArgsError{Class: job.Class, Err: fmt.Errorf("start_id %d is greater than end_id %d", a.StartID, a.EndID)}
-	}
-	tbl, err := ResolveTable(ctx, job.DB, a.Table)
+	tbl, err := c.table(ctx, job)
 	if err != nil {
-		return err
-	}
-	if err := tbl.RequireColumns(ctx, job.DB, "id", a.FromColumn, a.ToColumn); err != nil {
 		return err
 	}
 	from, to := pgx.Identifier{a.FromColumn}.Sanitize(), pgx.Identifier{a.ToColumn}.Sanitize()

@@ -29,15 +29,20 @@
 //
 // # The worker
 //
-// [Worker] (registered with [AddWorker]) follows GitLab's
-// BackgroundMigrationWorker: a job first takes a per-migration-class
-// [Lease] that is never released and expires after 2 minutes, so at most
-// one job of a class starts per interval; then a [HealthCheck] (replication
-// slot lag by default). If either fails, the job is rescheduled after the
-// lease's remaining time with one lease attempt less; with none left it is
-// dropped with a warning. While [Pause] is in effect every job is
-// rescheduled 4 hours later instead. Every decision is logged with its
-// reason.
+// [Worker] (registered with [AddWorker]) runs BackgroundMigrationWorker
+// jobs at the database's pace. A job's arguments are decoded and checked
+// first ([Validator]: tables and columns exist), so a bad job goes to the
+// dead set at once. Then it waits (up to WorkerConfig.LeaseWait) for a
+// running slot of its class: at most Concurrency jobs of a class (default
+// 1) and MaxRunning legacy jobs in all run at once across the cluster; a
+// slot is held while the job runs and released when it ends, so the next
+// job starts at once. A [HealthCheck] (replication slot lag and WAL
+// archiving by default) holds jobs back while the database is unhealthy.
+// Held jobs are rescheduled, never dropped. WorkerConfig.MinInterval
+// restores GitLab's BackgroundMigrationWorker instead: a per-class [Lease]
+// that is never released and lapses after the interval, with a bounded
+// number of lease attempts. While [Pause] is in effect every job is
+// rescheduled 4 hours later. Every decision is logged with its reason.
 //
 // # Operator tools
 //

@@ -47,6 +47,9 @@ type Job[T Args] struct {
 	// DB is nil when no database is configured.
 	DB     DB
 	Logger *zap.Logger
+	// Tables resolves table and column names through pg_catalog once per
+	// table rather than once per job (see [Tables]).
+	Tables *Tables
 }
 
 // MarkSucceeded marks this job's tracking rows succeeded, as GitLab
@@ -66,6 +69,16 @@ type Migration[T Args] interface {
 	Perform(ctx context.Context, job *Job[T]) error
 }
 
+// Validator is implemented by migrations that can check a job's
+// arguments against the database before it runs (tables and columns
+// exist, ranges are ordered). The worker calls it before it takes the
+// class's running slot, so a job no retry can fix fails at once instead of
+// waiting its turn. An error matching ErrInvalidArgs or
+// ErrInvalidIdentifier sends the job to the dead set.
+type Validator[T Args] interface {
+	Validate(ctx context.Context, job *Job[T]) error
+}
+
 // PerformFunc adapts a function to a Migration.
 type PerformFunc[T Args] func(ctx context.Context, job *Job[T]) error
 
@@ -76,17 +89,21 @@ func (f PerformFunc[T]) Perform(ctx context.Context, job *Job[T]) error { return
 // it is safe for concurrent reads afterwards.
 type Registry struct {
 	mu sync.RWMutex
-	m  map[string]func(ctx context.Context, env runEnv, class string, raw json.RawMessage) error
+	m  map[string]prepareFunc
 }
 
+// prepareFunc decodes and validates a job and returns its perform.
+type prepareFunc func(ctx context.Context, env runEnv, class string, raw json.RawMessage) (func(context.Context) error, error)
+
 type runEnv struct {
-	db  DB
-	log *zap.Logger
+	db     DB
+	log    *zap.Logger
+	tables *Tables
 }
 
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry {
-	return &Registry{m: map[string]func(context.Context, runEnv, string, json.RawMessage) error{}}
+	return &Registry{m: map[string]prepareFunc{}}
 }
 
 // Add registers m under T's Kind. It panics on an empty or duplicate
@@ -109,12 +126,18 @@ func AddSafely[T Args](r *Registry, m Migration[T]) error {
 	if _, dup := r.m[name]; dup {
 		return fmt.Errorf("bm: migration class %q is already registered", name)
 	}
-	r.m[name] = func(ctx context.Context, env runEnv, class string, raw json.RawMessage) error {
+	r.m[name] = func(ctx context.Context, env runEnv, class string, raw json.RawMessage) (func(context.Context) error, error) {
 		var args T
 		if err := worker.DecodeArgs(raw, &args); err != nil {
-			return &ArgsError{Class: class, Err: err}
+			return nil, &ArgsError{Class: class, Err: err}
 		}
-		return m.Perform(ctx, &Job[T]{Args: args, Class: class, RawArgs: raw, DB: env.db, Logger: env.log})
+		job := &Job[T]{Args: args, Class: class, RawArgs: raw, DB: env.db, Logger: env.log, Tables: env.tables}
+		if v, ok := m.(Validator[T]); ok {
+			if err := v.Validate(ctx, job); err != nil {
+				return nil, err
+			}
+		}
+		return func(ctx context.Context) error { return m.Perform(ctx, job) }, nil
 	}
 	return nil
 }
@@ -155,6 +178,10 @@ type Runner struct {
 	// forgets mark_all_as_succeeded leaves rows pending forever and blocks
 	// upgrades (a recurring GitLab support case).
 	NoAutoTrack bool
+	// Tables caches table and column lookups; nil gets one with
+	// DefaultTablesTTL on first use.
+	Tables *Tables
+	once   sync.Once
 }
 
 // PanicError is a panic recovered from a migration.
@@ -165,36 +192,78 @@ type PanicError struct {
 
 func (e *PanicError) Error() string { return fmt.Sprintf("panic: %v", e.Value) }
 
-// Perform runs class with args (a JSON array; empty means []) inline.
-func (r *Runner) Perform(ctx context.Context, class string, args json.RawMessage) (err error) {
+// Prepared is a job whose arguments were decoded and validated; Run
+// performs it.
+type Prepared struct {
+	r       *Runner
+	class   string
+	args    json.RawMessage
+	perform func(context.Context) error
+}
+
+// Prepare decodes args for class and runs the migration's [Validator], if
+// any, without performing it. Errors are as Perform's.
+func (r *Runner) Prepare(ctx context.Context, class string, args json.RawMessage) (p *Prepared, err error) {
 	class = normalizeClass(class)
 	if len(args) == 0 || string(args) == "null" {
 		args = json.RawMessage("[]")
 	}
 	r.Registry.mu.RLock()
-	run := r.Registry.m[class]
+	prepare := r.Registry.m[class]
 	r.Registry.mu.RUnlock()
-	if run == nil {
-		return &UnknownMigrationError{Class: class, Known: r.Registry.Classes()}
+	if prepare == nil {
+		return nil, &UnknownMigrationError{Class: class, Known: r.Registry.Classes()}
 	}
 	log := r.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	defer func() {
-		if v := recover(); v != nil {
-			err = &PanicError{Value: v, Stack: string(debug.Stack())}
-		}
-	}()
-	if err := run(ctx, runEnv{db: r.DB, log: log.With(zap.String("migration", class))}, class, args); err != nil {
+	defer recoverPanic(&err)
+	env := runEnv{db: r.DB, log: log.With(zap.String("migration", class)), tables: r.tables()}
+	perform, err := prepare(ctx, env, class, args)
+	if err != nil {
+		return nil, err
+	}
+	return &Prepared{r: r, class: class, args: args, perform: perform}, nil
+}
+
+// Run performs the job, then marks its tracking rows succeeded.
+func (p *Prepared) Run(ctx context.Context) (err error) {
+	defer recoverPanic(&err)
+	if err := p.perform(ctx); err != nil {
 		return err
 	}
-	if r.DB != nil && !r.NoAutoTrack {
-		if _, err := MarkSucceeded(ctx, r.DB, class, args); err != nil && !isUndefinedTable(err) {
-			return fmt.Errorf("%s: performed, but marking its tracking rows succeeded failed: %w", class, err)
+	if p.r.DB != nil && !p.r.NoAutoTrack {
+		if _, err := MarkSucceeded(ctx, p.r.DB, p.class, p.args); err != nil && !isUndefinedTable(err) {
+			return fmt.Errorf("%s: performed, but marking its tracking rows succeeded failed: %w", p.class, err)
 		}
 	}
 	return nil
+}
+
+// Perform runs class with args (a JSON array; empty means []) inline.
+func (r *Runner) Perform(ctx context.Context, class string, args json.RawMessage) error {
+	p, err := r.Prepare(ctx, class, args)
+	if err != nil {
+		return err
+	}
+	return p.Run(ctx)
+}
+
+func recoverPanic(err *error) {
+	if v := recover(); v != nil {
+		*err = &PanicError{Value: v, Stack: string(debug.Stack())}
+	}
+}
+
+// tables is the runner's name cache, made on first use.
+func (r *Runner) tables() *Tables {
+	r.once.Do(func() {
+		if r.Tables == nil {
+			r.Tables = NewTables(DefaultTablesTTL)
+		}
+	})
+	return r.Tables
 }
 
 func isUndefinedTable(err error) bool {
