@@ -83,7 +83,7 @@ func TestHostileMigrationFileNotRegular(t *testing.T) {
 			for _, args := range [][]string{{"db", "migrate"}, {"db", "status"}, {"db", "migrate", "--dry-run"}} {
 				args = append(args, "--dir", dir)
 				start := time.Now()
-				code, _, errs := hostileRun(t, "", e.url, 20*time.Second, args...)
+				code, _, errs := hostileRun(t, "", testenv.DirectURL(t, e.url), 20*time.Second, args...)
 				wantUsage(t, args, code, errs, "2_b.", "migration files must be regular files")
 				if d := time.Since(start); d > 10*time.Second {
 					t.Errorf("ferry %q took %s", args, d)
@@ -103,7 +103,7 @@ func TestHostileGateDirective(t *testing.T) {
 	e := newDBEnv(t)
 	e.write("1_a.up.sql", "-- ferry:require-bbm CopyColumnUsingBackgroundMigrationJob ev\xffents id [[\"id\"],[\"id_big\"]]\nCREATE TABLE a (id int);\n")
 	args := []string{"db", "migrate", "--dir", e.dir}
-	code, _, errs := hostileRun(t, "", e.url, 30*time.Second, args...)
+	code, _, errs := hostileRun(t, "", testenv.DirectURL(t, e.url), 30*time.Second, args...)
 	wantUsage(t, args, code, errs, "1_a.up.sql", "line 1", "not valid UTF-8")
 	if e.exists("a") {
 		t.Error("the migration ran")
@@ -118,14 +118,14 @@ func TestHostileFailedMigrationFirstLine(t *testing.T) {
 	e.write("1_a.up.sql", "CREATE TABLE a (id int);")
 	e.write("2_b.up.sql", "SELECT no_such_column FROM a;")
 	args := []string{"db", "migrate", "--dir", e.dir}
-	code, out, errs := hostileRun(t, "", e.url, 30*time.Second, args...)
+	code, out, errs := hostileRun(t, "", testenv.DirectURL(t, e.url), 30*time.Second, args...)
 	first, _, _ := strings.Cut(errs, "\n")
 	if code != 1 || !strings.HasPrefix(first, "ferry: migration 2_b (up) failed with: ") || !strings.Contains(first, "no_such_column") {
 		t.Errorf("exit %d, first stderr line %q; want 1 and the migration's error\nstdout: %s\nstderr: %s", code, first, out, errs)
 	}
 	// An explicit log level still logs.
 	e.write("2_b.up.sql", "SELECT also_missing FROM a;")
-	_, _, errs = hostileRun(t, "", e.url, 30*time.Second, append(args, "--log-level", "info")...)
+	_, _, errs = hostileRun(t, "", testenv.DirectURL(t, e.url), 30*time.Second, append(args, "--log-level", "info")...)
 	if !strings.Contains(errs, `"msg":"running migration"`) {
 		t.Errorf("--log-level info logged nothing:\n%s", errs)
 	}
