@@ -42,6 +42,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/jobs/bbm"
 	"github.com/ferrymigrate/ferry/schema"
 )
@@ -80,9 +81,9 @@ func run(ctx context.Context, o options) error {
 	if url == "" {
 		return fmt.Errorf("DATABASE_URL is not set")
 	}
-	// Named like ferry's own pools, so the contention signal does not
-	// count the engine's idle connections as an application.
-	pc, err := pgxpool.ParseConfig(url)
+	// As ferry's own pools (exec mode), named like them, so the contention
+	// signal does not count the engine's idle connections as an application.
+	pc, err := config.PoolConfig(url, 8)
 	if err != nil {
 		return err
 	}
