@@ -160,6 +160,11 @@ func (g *engineGate) Queue(ctx context.Context, b dbmigrate.BBM, v dbmigrate.Ver
 }
 
 func (g *engineGate) Finalize(ctx context.Context, b dbmigrate.BBM) error {
+	if _, ok := g.a.Reg.BBM.Lookup(b.Class); !ok {
+		// Finalizing would only fail the migration; the gate's error
+		// gives the way out (WayOut).
+		return fmt.Errorf("%w %s", bbm.ErrUnknownClass, b.Class)
+	}
 	e, err := g.engine(ctx)
 	if err != nil {
 		return err
@@ -169,6 +174,19 @@ func (g *engineGate) Finalize(ctx context.Context, b dbmigrate.BBM) error {
 		return err
 	}
 	return e.Finalize(ctx, m)
+}
+
+// WayOut implements [dbmigrate.WayOuter]: a class this binary lacks
+// cannot be finalized here, mark-finished is the way out.
+func (g *engineGate) WayOut(ctx context.Context, b dbmigrate.BBM) string {
+	if _, ok := g.a.Reg.BBM.Lookup(b.Class); ok {
+		return ""
+	}
+	m, err := bbm.FindConfig(ctx, g.table.DB, b.Class, b.Table, b.Column, b.Args)
+	if err != nil {
+		return ""
+	}
+	return unregisteredNote(m) + "\n\n\t" + markFinishedCommand(m)
 }
 
 // dbErr maps dbmigrate errors to exit codes: bad input 2, the rest 1.
@@ -371,7 +389,11 @@ func statusExit(st *dbmigrate.Status) error {
 	return nil
 }
 
-func oneLine(s string) string { return strings.ReplaceAll(s, "\n", " ") }
+// oneLine joins a multi-line error (PostgreSQL's DETAIL, HINT and
+// position come on indented lines) into one.
+func oneLine(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "\n  ", "; "), "\n", " ")
+}
 
 func dbDowntoCmd(a *App, f *dbFlags) *cobra.Command {
 	var dry bool

@@ -136,7 +136,16 @@ func (e *MigrationError) Error() string {
 	if e.Dirty {
 		how = "it ran outside a transaction, so the database is now dirty (see `ferry db status`)"
 	}
-	return fmt.Sprintf("migration %s_%s (%s) failed with: %v; %s", e.Version, e.Name, e.Direction, e.Err, how)
+	if e.Direction == "up" && duplicateObject(e.Err) {
+		// The documented way out: the schema change is there already.
+		how += fmt.Sprintf(". If it exists because this migration was applied already (by hand, or kept by a restore), "+
+			"record it without running it: `ferry db mark-complete %s`", e.Version)
+		if e.Dirty {
+			how = fmt.Sprintf("it ran outside a transaction, so the database is now dirty. If the object exists because this migration "+
+				"was applied already, record it: `ferry db repair` then `ferry db mark-complete %s` (see `ferry db status`)", e.Version)
+		}
+	}
+	return fmt.Sprintf("migration %s_%s (%s) failed with: %v\n%s", e.Version, e.Name, e.Direction, e.Err, how)
 }
 func (e *MigrationError) Unwrap() error        { return e.Err }
 func (e *MigrationError) Is(target error) bool { return target == ErrMigrationFailed }

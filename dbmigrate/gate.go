@@ -49,14 +49,33 @@ type GateError struct {
 	Status string
 	// RequiredBy is the schema migration that required it.
 	RequiredBy string
+	// WayOut, when set, replaces the finalize advice: the gate knows
+	// finalize cannot work (see [WayOuter]).
+	WayOut string
+	// FinalizeErr is why `migrate --finalize` could not finish it.
+	FinalizeErr error
+}
+
+// WayOuter is an optional part of a [BBMGate]: the way out of an
+// unfinished migration when finalize is not one ("" when it is), e.g.
+// because this binary lacks its class.
+type WayOuter interface {
+	WayOut(ctx context.Context, b BBM) string
 }
 
 func (e *GateError) Error() string {
 	cfg, _ := json.Marshal(e.BBM)
-	return fmt.Sprintf("Expected batched background migration for the given configuration to be marked as 'finished', but it is '%s':\t%s\n\n"+
-		"Finalize it manually by running the following command in a `bash` or `sh` shell:\n\n\t%s\n\n"+
+	head := fmt.Sprintf("Expected batched background migration for the given configuration to be marked as 'finished', but it is '%s':\t%s\n\n",
+		e.Status, cfg)
+	if e.FinalizeErr != nil {
+		head += fmt.Sprintf("--finalize could not finish it: %v\n\n", e.FinalizeErr)
+	}
+	if e.WayOut != "" {
+		return head + e.WayOut + fmt.Sprintf("\n\n(Required by migration %s.)", e.RequiredBy)
+	}
+	return head + fmt.Sprintf("Finalize it manually by running the following command in a `bash` or `sh` shell:\n\n\t%s\n\n"+
 		"or let the migration finalize it inline with `ferry db migrate --finalize`. (Required by migration %s.)",
-		e.Status, cfg, e.BBM.FinalizeCommand(), e.RequiredBy)
+		e.BBM.FinalizeCommand(), e.RequiredBy)
 }
 func (e *GateError) Is(target error) bool { return target == ErrGate }
 

@@ -277,10 +277,14 @@ func (m *Migrator) run(ctx context.Context, c *lockedConn, mg *Migration, dir st
 		return &MigrationError{Version: mg.Version, Name: mg.Name, Direction: dir, Dirty: dirty, Err: err}
 	}
 
+	file := joinDir(m.o.Dir, mg.UpFile)
+	if dir == "down" {
+		file = joinDir(m.o.Dir, mg.DownFile)
+	}
 	if sc.NoTransaction {
 		for _, stmt := range sc.Statements() {
 			if _, err := c.Exec(ctx, stmt); err != nil {
-				return failed(err, true)
+				return failed(sqlError(err, file, sc.SQL, stmt), true)
 			}
 		}
 	}
@@ -292,7 +296,7 @@ func (m *Migrator) run(ctx context.Context, c *lockedConn, mg *Migration, dir st
 	if !sc.NoTransaction {
 		if _, err := tx.Exec(ctx, sc.SQL); err != nil {
 			_ = tx.Rollback(context.WithoutCancel(ctx))
-			return failed(err, false)
+			return failed(sqlError(err, file, sc.SQL, sc.SQL), false)
 		}
 	}
 	if _, err := tx.Exec(ctx, record, string(mg.Version)); err != nil {
@@ -346,10 +350,12 @@ func (m *Migrator) ensureFinished(ctx context.Context, mg *Migration, b BBM) err
 	if statusDone(status) {
 		return nil
 	}
+	var finalizeErr error
 	if m.o.Finalize {
 		fmt.Fprintf(m.o.Out, "-- finalizing batched background migration %s %s %s %s (it is '%s')\n", b.Class, b.Table, b.Column, b.Args, status)
-		if err := m.o.Gate.Finalize(ctx, b); err != nil {
-			m.log.Warn("inline finalize failed", zap.Error(err))
+		if finalizeErr = m.o.Gate.Finalize(ctx, b); finalizeErr != nil {
+			// Info: the GateError below carries it, printed once.
+			m.log.Info("inline finalize failed", zap.Error(finalizeErr))
 		}
 		if status, _, err = m.o.Gate.Status(ctx, b); err != nil {
 			return err
@@ -358,7 +364,11 @@ func (m *Migrator) ensureFinished(ctx context.Context, mg *Migration, b BBM) err
 			return nil
 		}
 	}
-	return &GateError{BBM: b, Status: status, RequiredBy: mg.ID()}
+	ge := &GateError{BBM: b, Status: status, RequiredBy: mg.ID(), FinalizeErr: finalizeErr}
+	if w, ok := m.o.Gate.(WayOuter); ok {
+		ge.WayOut = w.WayOut(ctx, b)
+	}
+	return ge
 }
 
 // MarkComplete records version as applied without running it (GitLab's

@@ -342,6 +342,10 @@ func percent(v *MigrationInfo) *float64 {
 	return &f
 }
 
+// notRegistered ends the reason Engine.claim records for a migration it
+// failed because this binary lacks its class.
+const notRegistered = " is not registered in this ferry binary"
+
 // state says what the migration is doing and why, in the order an
 // operator needs it: what they did (status, pause-all) before what ferry
 // does (holds, pacing).
@@ -357,6 +361,11 @@ func state(v *MigrationInfo, c cluster, now time.Time) (State, string) {
 	case Failed:
 		if reason == "" {
 			reason = fmt.Sprintf("%d failed batch(es)", a.failed)
+		}
+		if strings.HasSuffix(reason, notRegistered) {
+			// retry would fail the same way in this binary.
+			return StateFailed, fmt.Sprintf("%s: a binary that registers it can `ferry bbm retry %d`; if its rows were migrated "+
+				"another way, `ferry bbm mark-finished %d --yes` (its remaining rows are NOT migrated)", reason, m.ID, m.ID)
 		}
 		return StateFailed, fmt.Sprintf("%s: `ferry bbm show %d` lists the errors, `ferry bbm retry %d` runs them again", reason, m.ID, m.ID)
 	case Paused:

@@ -129,3 +129,17 @@ func TestBBMReadModelEstimate(t *testing.T) {
 		}
 	})
 }
+
+// A migration failed because this binary lacks its class: retry would fail
+// again here, so the reason names mark-finished (and what it skips).
+func TestBBMStateUnregisteredClassWayOut(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	v := activeView(now)
+	reason := "class Gone::Backfill is not registered in this ferry binary"
+	v.Status, v.HoldReason = Failed, &reason
+	st, why := state(v, cluster{}, now)
+	if st != StateFailed || !strings.Contains(why, "`ferry bbm mark-finished 7 --yes` (its remaining rows are NOT migrated)") {
+		t.Fatalf("%s: %s", st, why)
+	}
+}

@@ -1,0 +1,92 @@
+package dbmigrate
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// SQLError is a statement's PostgreSQL error with what pgconn's Error()
+// leaves out: DETAIL ("Key (author_id)=(0) is duplicated."), HINT, the
+// context of a function, and where in the file the statement failed.
+type SQLError struct {
+	Err *pgconn.PgError
+	// File is the migration file; Line and Column are 1-based, 0 when
+	// PostgreSQL gave no position.
+	File         string
+	Line, Column int
+	// Text is the failing line of the file.
+	Text string
+}
+
+func (e *SQLError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Err.Error())
+	for _, f := range [][2]string{{"DETAIL", e.Err.Detail}, {"HINT", e.Err.Hint}, {"CONTEXT", e.Err.Where}} {
+		if f[1] != "" {
+			fmt.Fprintf(&b, "\n  %s: %s", f[0], f[1])
+		}
+	}
+	if e.Line > 0 {
+		fmt.Fprintf(&b, "\n  at %s line %d, column %d: %s", e.File, e.Line, e.Column, e.Text)
+	}
+	return b.String()
+}
+
+func (e *SQLError) Unwrap() error { return e.Err }
+
+// sqlError adds PostgreSQL's details to err, which came from running stmt;
+// stmt is a part of file's text script (all of it for a transactional
+// file, one statement of a no-transaction one). Other errors are returned
+// unchanged.
+func sqlError(err error, file, script, stmt string) error {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	e := &SQLError{Err: pe, File: file}
+	if pe.Position > 0 {
+		base := max(strings.Index(script, stmt), 0)
+		e.Line, e.Column, e.Text = position(script, base, int(pe.Position))
+	}
+	return e
+}
+
+// position turns PostgreSQL's 1-based character position in the
+// statement starting at byte base of script into the line, column and
+// text of that line in the whole script.
+func position(script string, base, pos int) (line, col int, text string) {
+	off := base
+	for i := range script[base:] {
+		if pos--; pos == 0 {
+			off = base + i
+			break
+		}
+	}
+	start := strings.LastIndexByte(script[:off], '\n') + 1
+	end := strings.IndexByte(script[off:], '\n')
+	if end < 0 {
+		end = len(script) - off
+	}
+	line = strings.Count(script[:off], "\n") + 1
+	col = len([]rune(script[start:off])) + 1
+	return line, col, strings.TrimSpace(script[start : off+end])
+}
+
+// duplicateObject reports whether err says an object the migration
+// creates exists already (duplicate table, object, column, schema or
+// function): the migration was most likely applied before, by hand or
+// before a restore, and `ferry db mark-complete` records it.
+func duplicateObject(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	switch pe.Code {
+	case "42P07", "42710", "42701", "42P06", "42723":
+		return true
+	}
+	return false
+}

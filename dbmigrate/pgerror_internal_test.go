@@ -1,0 +1,28 @@
+package dbmigrate
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+func TestSQLErrorKeepsDetailHintAndPosition(t *testing.T) {
+	t.Parallel()
+	script := "-- ferry:no-transaction\nCREATE TABLE t (id int);\nCREATE INDEX CONCURRENTLY t_é ON t (nope);\n"
+	stmt := "CREATE INDEX CONCURRENTLY t_é ON t (nope)"
+	pe := &pgconn.PgError{Severity: "ERROR", Code: "42703", Message: `column "nope" does not exist`,
+		Detail: "some detail", Hint: "some hint", Position: 37} // characters, not bytes: "nope" after the é
+	err := sqlError(fmt.Errorf("exec: %w", pe), "db/migrate/2_x.up.sql", script, stmt)
+	got := err.Error()
+	for _, want := range []string{`column "nope" does not exist (SQLSTATE 42703)`, "\n  DETAIL: some detail", "\n  HINT: some hint",
+		"\n  at db/migrate/2_x.up.sql line 3, column 37: " + stmt + ";"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("missing %q in\n%s", want, got)
+		}
+	}
+	if !duplicateObject(&pgconn.PgError{Code: "42P07"}) || duplicateObject(pe) {
+		t.Error("duplicateObject")
+	}
+}
