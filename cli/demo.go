@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,6 +19,37 @@ import (
 )
 
 const demoTable = "ferry_demo_events"
+
+// tryCommand is a ferry command line that works when pasted into the
+// user's own shell, which may not have this process's environment (make
+// demo exports the URLs only to itself): the binary as it was invoked and
+// the database URL, unless the URL holds a password.
+func (a *App) tryCommand(args string) string {
+	bin := os.Args[0]
+	if !strings.ContainsRune(bin, '/') {
+		bin = "ferry" // found in $PATH
+	}
+	cmd := shQuote(bin) + " " + args
+	dbURL := a.Cfg.DatabaseURL
+	if u, err := url.Parse(dbURL); strings.Contains(dbURL, "password=") || (err == nil && u.User != nil && hasPassword(u.User)) {
+		return cmd + "   (with DATABASE_URL set as for this demo)"
+	}
+	return "DATABASE_URL=" + shQuote(dbURL) + " " + cmd
+}
+
+func hasPassword(u *url.Userinfo) bool {
+	_, ok := u.Password()
+	return ok
+}
+
+// shQuote quotes s for sh when it needs it.
+func shQuote(s string) string {
+	const plain = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:@=,"
+	if s != "" && strings.Trim(s, plain) == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
 
 func newDemoCmd(a *App) *cobra.Command {
 	var rows, parallel, workers int
@@ -137,7 +170,7 @@ The demo table is dropped and recreated on every run.`,
 			if info.Status != bbm.Finished || bad != 0 {
 				return No(fmt.Errorf("demo migration ended %s with %d rows not copied; see `ferry bbm show %d`", info.Status, bad, m.ID))
 			}
-			fmt.Fprintf(a.Out, "Try: ferry bbm show %d\n", m.ID)
+			fmt.Fprintf(a.Out, "Try: %s\n", a.tryCommand(fmt.Sprintf("bbm show %d", m.ID)))
 			return nil
 		},
 	}
