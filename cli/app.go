@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,7 +21,6 @@ import (
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"golang.org/x/term"
 
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/process"
@@ -55,6 +53,10 @@ type App struct {
 	databaseURL string
 	directURL   string
 	logLevel    string
+	// progressMode is --progress; errOut is stderr as the logger writes
+	// it, so log lines do not break a progress bar.
+	progressMode string
+	errOut       *stderrGuard
 
 	preValidate map[*cobra.Command]func(*config.Config)
 
@@ -136,7 +138,7 @@ var errSilent = errors.New("")
 
 // Main runs the ferry command line and returns the process exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer, opts Options) int {
-	app := &App{Out: stdout, Err: stderr, Version: opts.Version}
+	app := &App{Out: stdout, Err: stderr, Version: opts.Version, errOut: &stderrGuard{w: stderr}}
 	if app.Version == "" {
 		app.Version = "dev"
 	}
@@ -274,6 +276,7 @@ the rest. Exit codes: 0 ok, 1 the answer is no or the operation failed,
 	pf.StringVar(&a.databaseURL, "database-url", "", "PostgreSQL URL or DSN (env DATABASE_URL)")
 	pf.StringVar(&a.directURL, "database-direct-url", "", "PostgreSQL without a transaction pooler, for `ferry db` (env DATABASE_DIRECT_URL)")
 	pf.StringVar(&a.logLevel, "log-level", "", "debug, info, warn or error")
+	pf.StringVar(&a.progressMode, "progress", progressAuto, "progress of long work on stderr: auto (a bar on a terminal, else a line every 5s), bar, lines or none")
 	root.AddCommand(newWorkerCmd(a), newEnqueueCmd(a), newSetupCmd(a), newBBMCmd(a), newBMCmd(a), newDBCmd(a),
 		newWebCmd(a), newDemoCmd(a))
 	rejectUnknownSubcommands(root)
@@ -355,7 +358,10 @@ func (a *App) load(cmd *cobra.Command) error {
 	if err := a.Cfg.Validate(); err != nil {
 		return Usage(err)
 	}
-	log, err := newLogger(a.Cfg, a.Err)
+	if err := a.checkProgressFlag(); err != nil {
+		return err
+	}
+	log, err := newLogger(a.Cfg, a.errOut, isTerminal(a.Err))
 	if err != nil {
 		return Usage(err)
 	}
@@ -389,7 +395,8 @@ func (a *App) PreValidate(cmd *cobra.Command, f func(*config.Config)) {
 	a.preValidate[cmd] = f
 }
 
-func newLogger(cfg config.Config, w io.Writer) (*zap.Logger, error) {
+// newLogger logs to w; tty says whether w ends on a terminal.
+func newLogger(cfg config.Config, w io.Writer, tty bool) (*zap.Logger, error) {
 	var lvl zapcore.Level
 	if err := lvl.Set(cfg.LogLevel); err != nil {
 		return nil, &config.FieldError{Field: "log_level", Msg: err.Error()}
@@ -397,7 +404,7 @@ func newLogger(cfg config.Config, w io.Writer) (*zap.Logger, error) {
 	format := cfg.LogFormat
 	if format == "" {
 		format = "json"
-		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		if tty {
 			format = "console"
 		}
 	}

@@ -413,60 +413,66 @@ Interrupting it (Ctrl-C) makes the migration active again.`,
 				return bbmErr(fmt.Errorf("%w %s: this ferry binary cannot finalize migration %d. If its rows were migrated another way, "+
 					"mark it finished (its remaining rows are NOT migrated):\n\t%s", bbm.ErrUnknownClass, m.Class, m.ID, markFinishedCommand(m)))
 			}
-			var bar *finalizeBar
-			if !quiet {
-				// The rows done before this run are the bar's starting
-				// point, not part of its rate.
-				var rows0, total int64
-				if info, err := e.Get(ctx, m.ID); err == nil {
-					rows0 = info.Progress.RowsDone
-				}
-				if m.TotalTuples != nil {
-					total = *m.TotalTuples
-				}
-				bar = newFinalizeBar(a.Err, fmt.Sprintf("%s %s.%s", m.Class, m.Table, m.Column), total, rows0, time.Now())
+			if quiet {
+				a.progressMode = progressNone
 			}
-			done := make(chan error, 1)
-			go func() { done <- e.Finalize(ctx, m) }()
-			tick := time.NewTicker(300 * time.Millisecond)
-			defer tick.Stop()
-			for {
-				select {
-				case err := <-done:
-					if bar != nil {
-						rows := int64(-1)
-						if info, gerr := e.Get(context.WithoutCancel(ctx), m.ID); gerr == nil {
-							rows = info.Progress.RowsDone
-						}
-						// 100% only when the migration is done; after an
-						// interrupt or a failure the bar shows where it is.
-						bar.end(rows, err == nil, time.Now())
-					}
-					if err != nil {
-						if ctx.Err() != nil {
-							// Finalize gave the migration back to the workers.
-							return No(fmt.Errorf("finalize interrupted; migration %d is active again", m.ID))
-						}
-						return bbmErr(err)
-					}
-					fmt.Fprintln(a.Out, "Done.")
-					return nil
-				case <-tick.C:
-					if bar == nil {
-						continue
-					}
-					if info, err := e.Get(ctx, m.ID); err == nil {
-						bar.update(info.Progress.RowsDone, time.Now())
-					}
+			if err := a.finalizeWithProgress(ctx, e, m); err != nil {
+				if ctx.Err() != nil {
+					// Finalize gave the migration back to the workers.
+					return No(fmt.Errorf("finalize interrupted; migration %d is active again", m.ID))
 				}
+				return bbmErr(err)
 			}
+			fmt.Fprintln(a.Out, "Done.")
+			return nil
 		},
 	}, &quiet)
 }
 
 func finalizeFlags(cmd *cobra.Command, quiet *bool) *cobra.Command {
-	cmd.Flags().BoolVar(quiet, "no-progress", false, "do not draw the progress bar")
+	cmd.Flags().BoolVar(quiet, "no-progress", false, "do not draw the progress bar (same as --progress none)")
 	return cmd
+}
+
+// finalizeWithProgress finalizes m in this process (bbm finalize, db
+// migrate --finalize), showing its progress.
+func (a *App) finalizeWithProgress(ctx context.Context, e *bbm.Engine, m *bbm.Migration) error {
+	// The rows done before this run are the progress's starting point,
+	// not part of its rate.
+	var rows0, total int64
+	if info, err := e.Get(ctx, m.ID); err == nil {
+		rows0 = info.Progress.RowsDone
+	}
+	if m.TotalTuples != nil {
+		total = *m.TotalTuples
+	}
+	p := a.newProgress(fmt.Sprintf("%s %s.%s", m.Class, m.Table, m.Column), total, rows0, time.Now())
+	done := make(chan error, 1)
+	go func() { done <- e.Finalize(ctx, m) }()
+	tick := time.NewTicker(300 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			if p != nil {
+				rows := int64(-1)
+				if info, gerr := e.Get(context.WithoutCancel(ctx), m.ID); gerr == nil {
+					rows = info.Progress.RowsDone
+				}
+				// 100% only when the migration is done; after an
+				// interrupt or a failure it shows where it is.
+				p.end(rows, err == nil, time.Now())
+			}
+			return err
+		case <-tick.C:
+			if p == nil {
+				continue
+			}
+			if info, err := e.Get(ctx, m.ID); err == nil {
+				p.update(info.Progress.RowsDone, time.Now())
+			}
+		}
+	}
 }
 
 func bbmMarkFinishedCmd(a *App) *cobra.Command {

@@ -178,7 +178,7 @@ func TestBBMFinalizeBarOnFailure(t *testing.T) {
 	if code, _, errs := c.run("bbm", "queue", "CopyColumnUsingBackgroundMigrationJob", "events", "id", copyArgs, "--batch-size", "2000", "--sub-batch-size", "500"); code != 0 {
 		t.Fatal(errs)
 	}
-	code, out, errs := c.run("bbm", "finalize", "CopyColumnUsingBackgroundMigrationJob", "events", "id", copyArgs)
+	code, out, errs := c.run("bbm", "finalize", "--progress", "bar", "CopyColumnUsingBackgroundMigrationJob", "events", "id", copyArgs)
 	var done int64
 	if err := c.pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE id_convert_to_bigint = id`).Scan(&done); err != nil {
 		t.Fatal(err)
@@ -196,7 +196,7 @@ func TestBBMFinalizeBarOnFailure(t *testing.T) {
 	if _, err := c.pool.Exec(ctx, `ALTER TABLE events DROP CONSTRAINT small`); err != nil {
 		t.Fatal(err)
 	}
-	code, out, errs = c.run("bbm", "finalize", "CopyColumnUsingBackgroundMigrationJob", "events", "id", copyArgs)
+	code, out, errs = c.run("bbm", "finalize", "--progress", "bar", "CopyColumnUsingBackgroundMigrationJob", "events", "id", copyArgs)
 	drawn = lastDrawn(errs)
 	if code != 0 || !strings.Contains(out, "Done.") || !strings.HasPrefix(drawn, "100%") || !strings.Contains(drawn, "(20000/20000)") {
 		t.Fatalf("finalize: exit %d, drawn %q\nstdout %s\nstderr %q", code, drawn, out, errs)

@@ -173,7 +173,8 @@ func (g *engineGate) Finalize(ctx context.Context, b dbmigrate.BBM) error {
 	if err != nil {
 		return err
 	}
-	return e.Finalize(ctx, m)
+	// Hours on a real table: show it, as `ferry bbm finalize` does.
+	return g.a.finalizeWithProgress(ctx, e, m)
 }
 
 // WayOut implements [dbmigrate.WayOuter]: a class this binary lacks

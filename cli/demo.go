@@ -11,7 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymigrate/ferry/config"
@@ -122,10 +121,8 @@ The demo table is dropped and recreated on every run.`,
 				go func() { runErr <- e.RunLocal(runCtx, workers, true) }()
 			}
 			fmt.Fprintf(a.Out, "Running %s, up to %d batches at once...\n", how, parallel)
-			bar := progressbar.NewOptions64(int64(rows), progressbar.OptionSetWriter(a.Err), progressbar.OptionSetDescription("copy id -> id_convert_to_bigint"),
-				progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("rows"),
-				progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionFullWidth())
 			start := time.Now()
+			bar := a.newProgress("copy id -> id_convert_to_bigint", int64(rows), 0, start)
 			tick := time.NewTicker(250 * time.Millisecond)
 			defer tick.Stop()
 			var info *bbm.MigrationInfo
@@ -144,7 +141,9 @@ The demo table is dropped and recreated on every run.`,
 				if err != nil {
 					return err
 				}
-				_ = bar.Set64(info.Progress.RowsDone)
+				if bar != nil {
+					bar.update(info.Progress.RowsDone, time.Now())
+				}
 				if info.Status.Done() || info.Status == bbm.Failed {
 					break
 				}
@@ -153,10 +152,10 @@ The demo table is dropped and recreated on every run.`,
 				}
 			}
 			elapsed := time.Since(start)
-			if info.Status.Done() {
-				_ = bar.Finish()
-			} // else a failed migration: the bar stays at its real count, not 100%
-			fmt.Fprintln(a.Err)
+			if bar != nil {
+				// A failed migration: the bar stays at its real count, not 100%.
+				bar.end(info.Progress.RowsDone, info.Status.Done(), time.Now())
+			}
 			cancel()
 			if runErr != nil {
 				<-runErr // let the worker push back and unregister before connections close

@@ -70,12 +70,8 @@ func (b *finalizeBar) update(rows int64, now time.Time) {
 		b.bar.ChangeMax64(b.barMax)
 	}
 	desc := b.desc
-	if r, ok := b.meter.rate(finalizeMinRateSpan); ok {
-		desc += fmt.Sprintf(": %.0f rows/s", r)
-		if r > 0 && b.total > rows {
-			eta := time.Duration(float64(b.total-rows) / r * float64(time.Second))
-			desc += ", ETA " + eta.Round(time.Second).String()
-		}
+	if s := rateETA(&b.meter, b.total, rows); s != "" {
+		desc += ":" + s[1:] // ": R rows/s, ETA D"
 	}
 	_ = b.bar.Set64(rows)
 	b.bar.Describe(desc) // draws again, with the rate

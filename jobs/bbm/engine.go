@@ -66,6 +66,9 @@ type Engine struct {
 	// rescued: migrations with a dead worker's batch rescued since the
 	// last RescueAll (claims rescue too); their lanes need reopening.
 	rescued map[int64]struct{}
+	// slowed logs "slowed to one batch at a time" per migration once
+	// when it starts, every minute while it lasts, and when it ends.
+	slowed repeatLog
 }
 
 // NewEngine returns an engine on pool. Name pool's connections with an

@@ -1,0 +1,22 @@
+package test
+
+import (
+	"strings"
+	"testing"
+)
+
+// db migrate --finalize shows the inline finalize's progress, as plain
+// lines when stderr is not a terminal (no carriage-return frames).
+func TestDBMigrateFinalizeShowsProgress(t *testing.T) {
+	e := newDBEnv(t)
+	e.write("1_events.up.sql", "CREATE TABLE events (id bigserial PRIMARY KEY, payload text);\nINSERT INTO events (payload) SELECT 'p' || g FROM generate_series(1, 3000) g;\nANALYZE events;\n")
+	e.write("2_add_big.up.sql", "-- ferry:queue-bbm CopyColumnUsingBackgroundMigrationJob events id [[\"id\"], [\"id_big\"]]\nALTER TABLE events ADD COLUMN id_big bigint;\n")
+	e.write("3_require.up.sql", "-- ferry:require-bbm CopyColumnUsingBackgroundMigrationJob events id [[\"id\"],[\"id_big\"]]\nALTER TABLE events ALTER COLUMN id_big SET NOT NULL;\n")
+	out, errs := e.wantExit(0, "migrate", "--finalize")
+	wantContains(t, out, "finalizing batched background migration", "3 require: migrated")
+	wantContains(t, errs, "CopyColumnUsingBackgroundMigrationJob events.id: started at 0/3000 rows (0.0%)\n",
+		"CopyColumnUsingBackgroundMigrationJob events.id: done, 3000 rows in ")
+	if strings.Contains(errs, "\r") {
+		t.Fatalf("carriage returns on a non-terminal:\n%q", errs)
+	}
+}
