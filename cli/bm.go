@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/user"
 	"slices"
@@ -39,8 +40,37 @@ these commands let an operator see and drain them, e.g. before an upgrade.`,
 	return cmd
 }
 
-// bmCoordinator opens Redis and, when configured, the database.
+// bmQueuesFlag adds --queue: where BackgroundMigrationWorker jobs are
+// looked for.
+func bmQueuesFlag(cmd *cobra.Command, qs *[]string) {
+	cmd.Flags().StringSliceVar(qs, "queue", nil, "only these queues (repeat or comma-separate; default "+strings.Join(bm.DefaultQueues, ",")+")")
+}
+
+// bmQueues checks --queue and returns the queues to look in.
+func bmQueues(qs []string) ([]string, error) {
+	if len(qs) == 0 {
+		return bm.DefaultQueues, nil
+	}
+	for _, q := range qs {
+		if err := queue.ValidateQueueName(q); err != nil {
+			return nil, Usagef("--queue: %v", err)
+		}
+	}
+	return qs, nil
+}
+
+// bmCoordinator opens Redis and, when configured, the database; the
+// coordinator looks in the default queues.
 func (a *App) bmCoordinator(ctx context.Context, needDB bool) (*bm.Coordinator, error) {
+	return a.bmCoordinatorIn(ctx, needDB, nil)
+}
+
+// bmCoordinatorIn is bmCoordinator looking in queues (--queue).
+func (a *App) bmCoordinatorIn(ctx context.Context, needDB bool, queues []string) (*bm.Coordinator, error) {
+	queues, err := bmQueues(queues)
+	if err != nil {
+		return nil, err
+	}
 	rdb, err := a.Redis(ctx)
 	if err != nil {
 		return nil, err
@@ -53,7 +83,7 @@ func (a *App) bmCoordinator(ctx context.Context, needDB bool) (*bm.Coordinator, 
 		}
 		runner.DB = pool
 	}
-	return &bm.Coordinator{Redis: rdb, Runner: runner, Logger: a.Log}, nil
+	return &bm.Coordinator{Redis: rdb, Runner: runner, Logger: a.Log, Queues: queues}, nil
 }
 
 // bmExit maps the error of an inline perform to an exit code: bad input
@@ -90,103 +120,151 @@ func checkClassArg(what, class string) error {
 }
 
 type bmRemainingRow struct {
-	Class     string `json:"class"`
-	Queue     int    `json:"queue"`
-	Scheduled int    `json:"scheduled"`
-	Remaining int    `json:"remaining"`
-	Retry     *int   `json:"retry,omitempty"`
-	Dead      *int   `json:"dead,omitempty"`
+	Class     string         `json:"class"`
+	Queue     int            `json:"queue"`
+	ByQueue   map[string]int `json:"by_queue,omitempty"`
+	Scheduled int            `json:"scheduled"`
+	Remaining int            `json:"remaining"`
+	Running   int            `json:"running"`
+	Retry     *int           `json:"retry,omitempty"`
+	Dead      *int           `json:"dead,omitempty"`
+}
+
+// bmRemainingRows turns counts into sorted rows; without retryDead,
+// classes with nothing remaining (and nothing running) are left out.
+func bmRemainingRows(counts map[string]*queue.JobCounts, running map[string]int, retryDead bool) ([]bmRemainingRow, int) {
+	rows := make([]bmRemainingRow, 0, len(counts))
+	total := 0
+	for class, c := range counts {
+		r := bmRemainingRow{Class: class, Queue: c.Queue, ByQueue: c.ByQueue, Scheduled: c.Scheduled, Remaining: c.Remaining(), Running: running[class]}
+		if retryDead {
+			r.Retry, r.Dead = &c.Retry, &c.Dead
+		} else if r.Remaining == 0 && r.Running == 0 {
+			continue
+		}
+		total += r.Remaining
+		rows = append(rows, r)
+	}
+	slices.SortFunc(rows, func(x, y bmRemainingRow) int { return strings.Compare(x.Class, y.Class) })
+	return rows, total
 }
 
 func bmRemainingCmd(a *App) *cobra.Command {
 	var asJSON, retryDead bool
+	var queues []string
 	cmd := &cobra.Command{
 		Use:   "remaining",
 		Short: "Count queued + scheduled legacy migration jobs per migration class",
-		Long: `Count BackgroundMigrationWorker jobs per migration class in the background_migration
-queue and the scheduled set (what Gitlab::BackgroundMigration.remaining counts).
---retry-dead also shows the retry and dead sets (not included in "remaining").`,
+		Long: `Count BackgroundMigrationWorker jobs per migration class in the queues and the scheduled
+set (what Gitlab::BackgroundMigration.remaining counts), and the jobs running now. The
+queues are background_migration and default (GitLab 16+ routes every job to default
+unless routing rules say otherwise); --queue narrows. --retry-dead also shows the retry
+and dead sets (not included in "remaining").`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			qs, err := bmQueues(queues)
+			if err != nil {
+				return err
+			}
 			rdb, err := a.Redis(ctx)
 			if err != nil {
 				return err
 			}
-			co := &bm.Coordinator{Redis: rdb, Logger: a.Log}
+			co := &bm.Coordinator{Redis: rdb, Logger: a.Log, Queues: qs}
 			counts, err := co.Remaining(ctx, retryDead)
 			if err != nil {
 				return err
 			}
-			rows := make([]bmRemainingRow, 0, len(counts))
-			total := 0
-			for class, c := range counts {
-				r := bmRemainingRow{Class: class, Queue: c.Queue, Scheduled: c.Scheduled, Remaining: c.Remaining()}
-				if retryDead {
-					r.Retry, r.Dead = &c.Retry, &c.Dead
-				} else if r.Remaining == 0 {
-					continue
-				}
-				total += r.Remaining
-				rows = append(rows, r)
+			running, err := queue.BMRunning(ctx, rdb)
+			if err != nil {
+				return err
 			}
-			slices.SortFunc(rows, func(x, y bmRemainingRow) int {
-				if x.Class < y.Class {
-					return -1
+			for class := range running {
+				if counts[class] == nil {
+					counts[class] = &queue.JobCounts{}
 				}
-				if x.Class > y.Class {
-					return 1
-				}
-				return 0
-			})
+			}
+			rows, total := bmRemainingRows(counts, running, retryDead)
 			paused, err := bm.PauseStatus(ctx, rdb)
 			if err != nil {
 				return err
 			}
+			throttled, err := bm.Throttled(ctx, rdb)
+			if err != nil {
+				return err
+			}
 			if asJSON {
-				return a.PrintJSON(map[string]any{"queue": bm.QueueName, "remaining": total, "classes": rows, "paused": paused})
+				return a.PrintJSON(map[string]any{"queues": qs, "remaining": total, "classes": rows, "paused": paused, "throttled": throttled})
 			}
-			if paused != nil {
-				fmt.Fprintf(a.Err, "legacy background migrations are PAUSED (by %s at %s); `ferry bm resume` resumes them\n",
-					paused.By, paused.At.Format(time.RFC3339))
-			}
+			a.printBMState(paused, throttled)
 			if len(rows) == 0 {
-				fmt.Fprintln(a.Out, "no legacy background migration jobs are queued or scheduled")
+				fmt.Fprintf(a.Out, "no legacy background migration jobs are queued or scheduled (queues: %s)\n", strings.Join(qs, ", "))
 				return nil
 			}
-			tw := tabwriter.NewWriter(a.Out, 0, 4, 2, ' ', 0)
-			if retryDead {
-				fmt.Fprintln(tw, "CLASS\tQUEUED\tSCHEDULED\tREMAINING\tRETRY\tDEAD")
-			} else {
-				fmt.Fprintln(tw, "CLASS\tQUEUED\tSCHEDULED\tREMAINING")
-			}
-			for _, r := range rows {
-				if retryDead {
-					fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\n", r.Class, r.Queue, r.Scheduled, r.Remaining, *r.Retry, *r.Dead)
-				} else {
-					fmt.Fprintf(tw, "%s\t%d\t%d\t%d\n", r.Class, r.Queue, r.Scheduled, r.Remaining)
-				}
-			}
-			fmt.Fprintf(tw, "total\t\t\t%d\n", total)
-			return tw.Flush()
+			return a.printRemaining(rows, total, qs, retryDead)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().BoolVar(&retryDead, "retry-dead", false, "also count the retry and dead sets")
+	bmQueuesFlag(cmd, &queues)
 	return cmd
 }
 
-// stealProgress shows a progress bar when stderr is a terminal and
-// otherwise logs a line every few seconds, so CI logs stay readable.
-// finish(ok) ends the last bar: at 100% only when ok, so a failed steal
-// does not look complete.
+// printBMState says on stderr why workers hold legacy jobs back, if they do.
+func (a *App) printBMState(paused *bm.PauseInfo, throttled *bm.ThrottleInfo) {
+	if paused != nil {
+		fmt.Fprintf(a.Err, "legacy background migrations are PAUSED (by %s at %s); `ferry bm resume` resumes them\n",
+			paused.By, paused.At.Format(time.RFC3339))
+	}
+	if throttled != nil {
+		fmt.Fprintf(a.Err, "workers hold legacy migrations back: %s (last at %s)\n", throttled.Reason, throttled.At.Format(time.RFC3339))
+	}
+}
+
+func (a *App) printRemaining(rows []bmRemainingRow, total int, qs []string, retryDead bool) error {
+	tw := tabwriter.NewWriter(a.Out, 0, 4, 2, ' ', 0)
+	head := "CLASS\tQUEUED\tSCHEDULED\tREMAINING\tRUNNING"
+	if retryDead {
+		head += "\tRETRY\tDEAD"
+	}
+	fmt.Fprintln(tw, head)
+	outside := map[string]int{} // jobs in queues other than the worker's default
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d", r.Class, r.Queue, r.Scheduled, r.Remaining, r.Running)
+		if retryDead {
+			fmt.Fprintf(tw, "\t%d\t%d", *r.Retry, *r.Dead)
+		}
+		fmt.Fprintln(tw)
+		for q, n := range r.ByQueue {
+			if q != bm.QueueName {
+				outside[q] += n
+			}
+		}
+	}
+	fmt.Fprintf(tw, "total\t\t\t%d\n", total)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.Out, "queues: %s\n", strings.Join(qs, ", "))
+	for _, q := range slices.Sorted(maps.Keys(outside)) {
+		fmt.Fprintf(a.Err, "%d job(s) wait in queue %s: a worker runs them only with --queues %s,%s; or `ferry bm steal CLASS --queue %s`\n",
+			outside[q], q, bm.QueueName, q, q)
+	}
+	return nil
+}
+
+// stealProgress shows a progress bar with rate and ETA when stderr is a
+// terminal, and otherwise logs a line (done, rate, ETA) every few seconds,
+// so CI logs stay readable. finish(ok) ends the last bar: at 100% only
+// when ok, so a failed steal does not look complete.
 func (a *App) stealProgress(class string) (func(queue.StealProgress), func(ok bool)) {
 	var bar *progressbar.ProgressBar
 	tty := false
 	if f, ok := a.Err.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		tty = true
 	}
-	var last time.Time
+	var start, last time.Time
 	finish := func(ok bool) {
 		if bar != nil {
 			if ok {
@@ -207,7 +285,7 @@ func (a *App) stealProgress(class string) (func(queue.StealProgress), func(ok bo
 					progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("jobs"),
 					progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(100*time.Millisecond))
 			}
-			last = time.Now()
+			start, last = time.Now(), time.Now()
 			return
 		}
 		if bar != nil {
@@ -216,45 +294,67 @@ func (a *App) stealProgress(class string) (func(queue.StealProgress), func(ok bo
 		}
 		if time.Since(last) >= 5*time.Second || p.Done == p.Total {
 			last = time.Now()
+			rate, eta := progressRate(p.Done, p.Total, time.Since(start))
 			a.Log.Info("steal progress", zap.String("class", class), zap.String("source", string(p.Source)),
-				zap.Int("done", p.Done), zap.Int("total", p.Total))
+				zap.Int("done", p.Done), zap.Int("total", p.Total), zap.Int("failed", p.Failed),
+				zap.String("rate", fmt.Sprintf("%.0f jobs/s", rate)), zap.Duration("eta", eta))
 		}
 	}, finish
 }
 
+// progressRate is done per second so far and the time the rest takes at
+// that rate.
+func progressRate(done, total int, elapsed time.Duration) (float64, time.Duration) {
+	if done <= 0 || elapsed <= 0 {
+		return 0, 0
+	}
+	rate := float64(done) / elapsed.Seconds()
+	return rate, (time.Duration(float64(total-done)/rate*1e3) * time.Millisecond).Round(time.Second)
+}
+
+// defaultStealConcurrency performs a few jobs at once: enough to overlap
+// round trips, few enough not to load a production database much more
+// than its workers do.
+const defaultStealConcurrency = 4
+
 func bmStealCmd(a *App) *cobra.Command {
-	var retryDead, asJSON bool
-	var chunk int
+	var retryDead, asJSON, keepGoing bool
+	var chunk, concurrency int
+	var queues []string
 	cmd := &cobra.Command{
 		Use:   "steal CLASS",
 		Short: "Take a migration class's jobs out of Sidekiq and perform them here",
-		Long: `Take every BackgroundMigrationWorker job of migration CLASS out of the scheduled set,
-then the background_migration queue (then the retry and dead sets with --retry-dead), and
-perform each inline (Gitlab::BackgroundMigration.steal). A job is performed only by the
-process that removed it, so several steals may run at once. Each set is partitioned in
-one pass, so a steal takes time linear in the number of jobs.
+		Long: `Take every BackgroundMigrationWorker job of migration CLASS out of the queues
+(background_migration and default; --queue narrows), then the scheduled set (then the
+retry and dead sets with --retry-dead), and perform them inline, oldest due first,
+--concurrency at once (Gitlab::BackgroundMigration.steal). A job is performed only by
+the process that removed it, so several steals may run at once. Each set is partitioned
+in one pass, so a steal takes time linear in the number of jobs.
 
 On an error the failing job and every stolen job not yet performed are pushed back where
 they came from (the queue, or their set with their original score), and the command
-exits 1.`,
+exits 1. With --keep-going only the failing job is put back, the others are performed,
+and the command exits 1 at the end with a summary of the failures.`,
 		Example: `  ferry bm steal CopyColumn
-  ferry bm steal CopyColumn --retry-dead`,
+  ferry bm steal CopyColumn --concurrency 8 --keep-going
+  ferry bm steal CopyColumn --queue default --retry-dead`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkClassArg("CLASS", args[0]); err != nil {
 				return err
 			}
 			// An explicit 0 would silently mean the default of 1000.
-			if err := checkIntFlags(cmd, intRange{"chunk", 1, maxInt4}); err != nil {
+			if err := checkIntFlags(cmd, intRange{"chunk", 1, maxInt4}, intRange{"concurrency", 1, 256}); err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			co, err := a.bmCoordinator(ctx, false)
+			co, err := a.bmCoordinatorIn(ctx, false, queues)
 			if err != nil {
 				return err
 			}
 			progress, finish := a.stealProgress(args[0])
-			res, err := co.Steal(ctx, args[0], bm.StealOptions{RetryDead: retryDead, Progress: progress, Chunk: chunk})
+			res, err := co.Steal(ctx, args[0], bm.StealOptions{RetryDead: retryDead, Progress: progress, Chunk: chunk,
+				Concurrency: concurrency, KeepGoing: keepGoing})
 			finish(err == nil)
 			return a.printSteal(args[0], res, err, asJSON)
 		},
@@ -262,12 +362,18 @@ exits 1.`,
 	cmd.Flags().BoolVar(&retryDead, "retry-dead", false, "also steal jobs from the retry and dead sets")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	cmd.Flags().IntVar(&chunk, "chunk", 1000, "jobs handled per Redis script call")
+	cmd.Flags().IntVar(&concurrency, "concurrency", defaultStealConcurrency, "jobs performed at once")
+	cmd.Flags().BoolVar(&keepGoing, "keep-going", false, "put a failing job back and perform the others; exit 1 at the end")
+	bmQueuesFlag(cmd, &queues)
 	return cmd
 }
 
 func (a *App) printSteal(class string, res queue.StealResult, err error, asJSON bool) error {
 	if asJSON {
 		out := map[string]any{"class": class, "stolen": res.Stolen, "performed": res.Performed, "pushed_back": res.Returned}
+		if len(res.Failed) > 0 {
+			out["failed"] = res.Failed
+		}
 		if err != nil {
 			out["error"] = err.Error()
 		}
@@ -275,18 +381,35 @@ func (a *App) printSteal(class string, res queue.StealResult, err error, asJSON 
 			return perr
 		}
 	} else {
-		fmt.Fprintf(a.Out, "%s: performed %d jobs (stolen: scheduled %d, queue %d, retry %d, dead %d)",
-			class, res.Performed, res.Stolen[queue.SourceSchedule], res.Stolen[queue.SourceQueue],
+		fmt.Fprintf(a.Out, "%s: performed %d jobs (stolen: queue %d, scheduled %d, retry %d, dead %d)",
+			class, res.Performed, res.Stolen[queue.SourceQueue], res.Stolen[queue.SourceSchedule],
 			res.Stolen[queue.SourceRetry], res.Stolen[queue.SourceDead])
 		if res.Returned > 0 {
 			fmt.Fprintf(a.Out, "; %d pushed back", res.Returned)
 		}
 		fmt.Fprintln(a.Out)
+		a.printStealFailures(res.Failed)
 	}
 	if err != nil {
 		return No(fmt.Errorf("steal %s: %w", class, err))
 	}
 	return nil
+}
+
+// printStealFailures lists the failed jobs of a --keep-going steal, at
+// most 20, with their errors.
+func (a *App) printStealFailures(failed []queue.StealFailure) {
+	if len(failed) == 0 {
+		return
+	}
+	fmt.Fprintf(a.Out, "%d job(s) failed and were put back where they came from:\n", len(failed))
+	for i, f := range failed {
+		if i == 20 {
+			fmt.Fprintf(a.Out, "  ... and %d more (see --json)\n", len(failed)-i)
+			break
+		}
+		fmt.Fprintf(a.Out, "  %s (%s): %s\n", f.JID, f.Source, f.Error)
+	}
 }
 
 func bmPerformCmd(a *App) *cobra.Command {
@@ -337,12 +460,17 @@ invalid identifiers), 1 if the migration failed.`,
 func bmPendingCmd(a *App) *cobra.Command {
 	var perform, asJSON bool
 	var class string
+	var queues []string
 	cmd := &cobra.Command{
 		Use:   "pending",
 		Short: "List (and with --perform run) pending rows of background_migration_jobs",
 		Long: `List the rows of the tracking table background_migration_jobs that are still pending
-(status 0). Pre-upgrade checks fail while any remain. --perform runs each inline, oldest
-first, and marks it succeeded; it stops and exits 1 at the first failure.`,
+(status 0), with their count and, per class, how many of its jobs Sidekiq still holds
+(queues background_migration and default, --queue narrows; and the scheduled set).
+Pre-upgrade checks fail while any remain. Rows of classes this ferry does not have are
+shown apart: run them elsewhere, then ` + "`ferry bm mark`" + ` them. --perform runs each row
+of a class ferry has inline, oldest first, and marks it succeeded; it stops and exits 1
+at the first failure.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -351,17 +479,12 @@ first, and marks it succeeded; it stops and exits 1 at the first failure.`,
 					return err
 				}
 			}
-			co, err := a.bmCoordinator(ctx, true)
+			co, err := a.bmCoordinatorIn(ctx, true, queues)
 			if err != nil {
 				return err
 			}
 			if perform {
-				n, err := co.PerformPending(ctx, class, func(j bm.TrackedJob) {
-					a.Log.Info("performed pending migration", zap.Int64("id", j.ID), zap.String("class", j.Class),
-						zap.String("arguments", string(j.Arguments)))
-				})
-				fmt.Fprintf(a.Out, "performed %d pending jobs\n", n)
-				return bmExit(err)
+				return a.performPending(ctx, co, class)
 			}
 			jobs, err := bm.PendingJobs(ctx, co.Runner.DB, class)
 			if err != nil {
@@ -377,22 +500,84 @@ first, and marks it succeeded; it stops and exits 1 at the first failure.`,
 				fmt.Fprintln(a.Out, "no pending background migration jobs")
 				return nil
 			}
-			tw := tabwriter.NewWriter(a.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tCLASS\tARGUMENTS\tCREATED")
-			for _, j := range jobs {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", j.ID, j.Class, j.Arguments, j.CreatedAt.Format(time.RFC3339))
+			counts, err := co.Remaining(ctx, false)
+			if err != nil {
+				return err
 			}
-			return tw.Flush()
+			return a.printPending(jobs, counts, co.Queues)
 		},
 	}
 	cmd.Flags().BoolVar(&perform, "perform", false, "perform each pending job inline")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().StringVar(&class, "class", "", "only this migration class")
+	bmQueuesFlag(cmd, &queues)
 	return cmd
+}
+
+func (a *App) performPending(ctx context.Context, co *bm.Coordinator, class string) error {
+	n, err := co.PerformPending(ctx, class, func(j bm.TrackedJob) {
+		a.Log.Info("performed pending migration", zap.Int64("id", j.ID), zap.String("class", j.Class),
+			zap.String("arguments", string(j.Arguments)))
+	})
+	fmt.Fprintf(a.Out, "performed %d pending jobs\n", n)
+	var unknown *bm.UnknownClassesError
+	if errors.As(err, &unknown) {
+		fmt.Fprintf(a.Err, "%s\n", unknown)
+		return No(errSilent)
+	}
+	return bmExit(err)
+}
+
+// printPending lists pending rows of the classes ferry has, then those of
+// classes it does not have, each with what Sidekiq still holds of it.
+func (a *App) printPending(jobs []bm.TrackedJob, counts map[string]*queue.JobCounts, queues []string) error {
+	known, unknown := bm.SplitKnown(jobs, a.Reg.BM)
+	fmt.Fprintf(a.Out, "%d pending tracking rows", len(jobs))
+	if len(unknown) > 0 {
+		fmt.Fprintf(a.Out, ", %d of classes this ferry does not have", len(unknown))
+	}
+	fmt.Fprintln(a.Out)
+	for _, part := range []struct {
+		title string
+		jobs  []bm.TrackedJob
+	}{
+		{"", known},
+		{"\nclasses this ferry does not have (run them elsewhere, then `ferry bm mark ID|CLASS --yes`, or `--skip`):", unknown},
+	} {
+		if len(part.jobs) == 0 {
+			continue
+		}
+		if part.title != "" {
+			fmt.Fprintln(a.Out, part.title)
+		}
+		tw := tabwriter.NewWriter(a.Out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tCLASS\tARGUMENTS\tCREATED")
+		for _, j := range part.jobs {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", j.ID, j.Class, j.Arguments, j.CreatedAt.Format(time.RFC3339))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	classes := map[string]bool{}
+	for _, j := range jobs {
+		classes[j.Class] = true
+	}
+	fmt.Fprintf(a.Out, "\njobs Sidekiq still holds (queues %s and the scheduled set):\n", strings.Join(queues, ", "))
+	for _, c := range slices.Sorted(maps.Keys(classes)) {
+		n := 0
+		if counts[c] != nil {
+			n = counts[c].Remaining()
+		}
+		fmt.Fprintf(a.Out, "  %s: %d\n", c, n)
+	}
+	return nil
 }
 
 func bmFinalizeCmd(a *App) *cobra.Command {
 	var retryDead, deleteSucceeded, asJSON bool
+	var queues []string
+	var concurrency int
 	cmd := &cobra.Command{
 		Use:   "finalize CLASS",
 		Short: "Finish a legacy migration now: steal, perform pending rows, steal again",
@@ -406,12 +591,15 @@ Exits 1 (after pushing unfinished jobs back) if a job fails.`,
 			if err := checkClassArg("CLASS", args[0]); err != nil {
 				return err
 			}
-			co, err := a.bmCoordinator(ctx, false)
+			if err := checkIntFlags(cmd, intRange{"concurrency", 1, 256}); err != nil {
+				return err
+			}
+			co, err := a.bmCoordinatorIn(ctx, false, queues)
 			if err != nil {
 				return err
 			}
 			progress, finish := a.stealProgress(args[0])
-			res, err := co.Finalize(ctx, args[0], bm.StealOptions{RetryDead: retryDead, Progress: progress}, deleteSucceeded)
+			res, err := co.Finalize(ctx, args[0], bm.StealOptions{RetryDead: retryDead, Progress: progress, Concurrency: concurrency}, deleteSucceeded)
 			finish(err == nil)
 			if asJSON {
 				out := map[string]any{"class": args[0], "stolen": res.Stolen, "pending_performed": res.PendingPerformed,
@@ -439,6 +627,8 @@ Exits 1 (after pushing unfinished jobs back) if a job fails.`,
 	cmd.Flags().BoolVar(&retryDead, "retry-dead", false, "also steal jobs from the retry and dead sets")
 	cmd.Flags().BoolVar(&deleteSucceeded, "delete-succeeded", false, "delete the class's succeeded tracking rows at the end")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	cmd.Flags().IntVar(&concurrency, "concurrency", defaultStealConcurrency, "stolen jobs performed at once")
+	bmQueuesFlag(cmd, &queues)
 	return cmd
 }
 

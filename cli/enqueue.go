@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ferrymigrate/ferry/jobs/bm"
 	"github.com/ferrymigrate/ferry/queue"
 )
 
@@ -44,6 +45,11 @@ array; integers of any size are kept exactly. Prints the job id.`,
 				return Usagef("ARGS_JSON must be a JSON array (Sidekiq's positional args), e.g. '[1,\"two\"]'; got %.60s", args[1])
 			}
 			opts := queue.PushOptions{Queue: q} // Push defaults "" to "default"
+			if q == "" && class == bm.WorkerClass {
+				// Where `ferry worker` and `ferry bm` look by default, as
+				// GitLab's BackgroundMigrationWorker declares.
+				opts.Queue = bm.QueueName
+			}
 			switch {
 			case retry == "":
 			case retry == "true" || retry == "false":
@@ -95,7 +101,7 @@ array; integers of any size are kept exactly. Prints the job id.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVarP(&q, "queue", "q", "", "queue (default \"default\")")
+	f.StringVarP(&q, "queue", "q", "", "queue (default \"default\"; \"background_migration\" for BackgroundMigrationWorker)")
 	f.DurationVar(&in, "in", 0, "run after this delay, e.g. 30s or 5m")
 	f.StringVar(&at, "at", "", "run at this time: RFC 3339 (2026-01-02T15:04:05Z) or epoch seconds")
 	f.StringVar(&retry, "retry", "", "retry option: N, true or false (default true = 25 retries)")

@@ -196,26 +196,32 @@ redis.call('LTRIM', KEYS[1], #xs, -1)
 return redis.call('LLEN', KEYS[1])
 `)
 
-// stealZsetScript runs one ZSCAN step over a sorted set (schedule, retry,
-// dead) and moves each matching member it removed itself (ZREM returned 1)
-// into the private list as "<source key>\n<score>\n<raw>". ZSCAN may return
-// a member twice; the ZREM check makes that harmless.
+// stealZsetScript walks a sorted set (schedule, retry, dead) by score
+// from the cursor (ARGV[1] score, ARGV[2] members kept at that score, which
+// are skipped) and moves each matching member it removed itself (ZREM
+// returned 1) into the private list as "<source key>\n<score>\n<raw>", in
+// score order.
 // KEYS[1] zset, KEYS[2] private list
-// ARGV[1] cursor, ARGV[2] count, ARGV[3] worker class, ARGV[4] first arg,
-// ARGV[5] worker needle, ARGV[6] first-arg needle, ARGV[7] source key
-// Returns {next cursor, stolen}.
+// ARGV[1] score, ARGV[2] kept at that score, ARGV[3] count, ARGV[4] worker
+// class, ARGV[5] first arg, ARGV[6] worker needle, ARGV[7] first-arg
+// needle, ARGV[8] source key
+// Returns {next score, kept at it, stolen, members seen}.
 var stealZsetScript = redis.NewScript(stealLuaLib + `
-local r = redis.call('ZSCAN', KEYS[1], ARGV[1], 'COUNT', tonumber(ARGV[2]))
-local items = r[2]
+local items = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', tonumber(ARGV[2]), tonumber(ARGV[3]))
+local last, kept = ARGV[1], tonumber(ARGV[2])
 local mine = {}
 for i = 1, #items, 2 do
   local raw, score = items[i], items[i+1]
-  if match(raw, ARGV[3], ARGV[4], ARGV[5], ARGV[6]) and redis.call('ZREM', KEYS[1], raw) == 1 then
-    mine[#mine+1] = ARGV[7] .. '\n' .. score .. '\n' .. raw
+  if match(raw, ARGV[4], ARGV[5], ARGV[6], ARGV[7]) and redis.call('ZREM', KEYS[1], raw) == 1 then
+    mine[#mine+1] = ARGV[8] .. '\n' .. score .. '\n' .. raw
+  elseif score == last then
+    kept = kept + 1
+  else
+    last, kept = score, 1
   end
 end
 pushAll('RPUSH', KEYS[2], mine)
-return {r[1], #mine}
+return {last, kept, #mine, #items / 2}
 `)
 
 // stealReturnScript puts one stolen job back where it came from, only if it

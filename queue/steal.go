@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -53,10 +55,20 @@ type StealOptions struct {
 	// value its first argument must equal (the migration class).
 	Class string
 	Arg0  string
-	// Queue is the queue list to scan (without "queue:").
-	Queue string
+	// Queue is the queue list to scan (without "queue:"); Queues, when
+	// set, are several, scanned in order (Queue is then ignored).
+	Queue  string
+	Queues []string
 	// RetryDead also steals from the retry and dead sets.
 	RetryDead bool
+	// Concurrency is how many stolen jobs are performed at once (default
+	// 1). Jobs start in order: oldest due first.
+	Concurrency int
+	// KeepGoing puts a failing job back where it came from and goes on
+	// with the others; Steal then returns a *StealFailures. Without it the
+	// first failure stops the steal and every job not performed is put
+	// back.
+	KeepGoing bool
 	// Chunk bounds the work one Lua call does (default 1000), so Redis is
 	// never blocked for long whatever the size of a set.
 	Chunk int
@@ -64,7 +76,7 @@ type StealOptions struct {
 	// refresh; default 30 s.
 	AliveTTL time.Duration
 	// Progress, if set, is called after each source has been partitioned
-	// and after each performed job.
+	// and after each performed or failed job, never concurrently.
 	Progress func(StealProgress)
 	Logger   *zap.Logger
 }
@@ -72,8 +84,9 @@ type StealOptions struct {
 // StealProgress reports a steal's progress through one source.
 type StealProgress struct {
 	Source StealSource
-	Done   int // jobs of this source performed so far
+	Done   int // jobs of this source performed (or failed) so far
 	Total  int // jobs stolen from this source
+	Failed int // jobs of this source that failed (KeepGoing)
 }
 
 // StolenJob is one job a steal owns.
@@ -92,6 +105,15 @@ type StealResult struct {
 	Performed int
 	// Returned is how many stolen jobs were put back after an error.
 	Returned int
+	// Failed are the jobs that failed and were put back (KeepGoing).
+	Failed []StealFailure
+}
+
+// StealFailure is one job that failed during a KeepGoing steal.
+type StealFailure struct {
+	JID    string      `json:"jid"`
+	Source StealSource `json:"source"`
+	Error  string      `json:"error"`
 }
 
 // ErrStealFailed matches the error of a steal whose perform failed.
@@ -102,6 +124,7 @@ var ErrStealFailed = errors.New("steal: job failed")
 type StealError struct {
 	Job *StolenJob
 	Err error
+	env string // its envelope in the private list
 }
 
 func (e *StealError) Error() string {
@@ -114,15 +137,31 @@ func (e *StealError) Error() string {
 func (e *StealError) Unwrap() error        { return e.Err }
 func (e *StealError) Is(target error) bool { return target == ErrStealFailed }
 
+// StealFailures is returned by a KeepGoing steal in which jobs failed:
+// each was put back where it came from, the others were performed.
+type StealFailures struct{ Failed []StealFailure }
+
+func (e *StealFailures) Error() string {
+	f := e.Failed[0]
+	return fmt.Sprintf("%d job(s) failed and were put back where they came from; first: job %s from %s: %s",
+		len(e.Failed), f.JID, f.Source, f.Error)
+}
+func (e *StealFailures) Is(target error) bool { return target == ErrStealFailed }
+
 // Steal moves the matching jobs of each source into a private list and
-// calls perform for each, in order: scheduled set, queue, then (with
-// RetryDead) the retry and dead sets. It returns a *StealError when perform
-// fails.
+// calls perform for each, oldest due first: the queues (oldest end first),
+// the scheduled set by time, then (with RetryDead) the retry and dead
+// sets. It returns a *StealError when perform fails, or with KeepGoing a
+// *StealFailures once every other job ran.
 func Steal(ctx context.Context, rdb redis.UniversalClient, opts StealOptions, perform func(context.Context, *StolenJob) error) (res StealResult, err error) {
 	res.Stolen = map[StealSource]int{}
-	if opts.Class == "" || opts.Queue == "" {
+	if len(opts.Queues) == 0 && opts.Queue != "" {
+		opts.Queues = []string{opts.Queue}
+	}
+	if opts.Class == "" || len(opts.Queues) == 0 {
 		return res, errors.New("steal: Class and Queue are required")
 	}
+	opts.Concurrency = max(opts.Concurrency, 1)
 	if opts.Chunk <= 0 {
 		opts.Chunk = 1000
 	}
@@ -132,7 +171,7 @@ func Steal(ctx context.Context, rdb redis.UniversalClient, opts StealOptions, pe
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
-	s := &stealer{rdb: rdb, opts: opts, id: NewJID(), log: opts.Logger.Named("steal")}
+	s := &stealer{rdb: rdb, opts: opts, id: NewJID(), log: opts.Logger.Named("steal"), holdQueue: opts.Queues[0]}
 	s.private, s.hold = stealPrivateKey(s.id), stealHoldKey(s.id)
 	s.nW, s.nC = needle(opts.Class), needle(opts.Arg0)
 
@@ -153,31 +192,49 @@ func Steal(ctx context.Context, rdb redis.UniversalClient, opts StealOptions, pe
 		s.unregister(ctx, &res)
 	}()
 
-	sources := []StealSource{SourceSchedule, SourceQueue}
-	if opts.RetryDead {
-		sources = append(sources, SourceRetry, SourceDead)
-	}
-	for _, src := range sources {
+	for _, src := range s.sources() {
 		n, err := s.move(ctx, src)
-		res.Stolen[src] += n
+		res.Stolen[src.source] += n
 		if err != nil {
 			return res, err
 		}
 		if n == 0 {
 			continue
 		}
-		s.log.Info("stole jobs", zap.String("source", string(src)), zap.Int("jobs", n),
+		s.log.Info("stole jobs", zap.String("source", string(src.source)), zap.String("key", src.key), zap.Int("jobs", n),
 			zap.String("class", opts.Class), zap.String("arg0", opts.Arg0))
 		if opts.Progress != nil {
-			opts.Progress(StealProgress{Source: src, Total: n})
+			opts.Progress(StealProgress{Source: src.source, Total: n})
 		}
-		done, err := s.drain(ctx, src, n, perform)
-		res.Performed += done
-		if err != nil {
+		if err := s.drain(ctx, src.source, n, perform, &res); err != nil {
 			return res, err
 		}
 	}
+	if len(res.Failed) > 0 {
+		return res, &StealFailures{Failed: res.Failed}
+	}
 	return res, nil
+}
+
+// stealSource is one place a steal visits: a source kind and its key.
+type stealSource struct {
+	source StealSource
+	key    string
+	queue  string // for a queue
+}
+
+// sources lists the places to visit, oldest due first: queued jobs are
+// due now, scheduled ones at their time.
+func (s *stealer) sources() []stealSource {
+	var out []stealSource
+	for _, q := range s.opts.Queues {
+		out = append(out, stealSource{source: SourceQueue, key: QueueKey(q), queue: q})
+	}
+	out = append(out, stealSource{source: SourceSchedule, key: keySchedule})
+	if s.opts.RetryDead {
+		out = append(out, stealSource{source: SourceRetry, key: keyRetry}, stealSource{source: SourceDead, key: keyDead})
+	}
+	return out
 }
 
 type stealer struct {
@@ -187,24 +244,15 @@ type stealer struct {
 	private, hold string
 	nW, nC        string
 	log           *zap.Logger
-}
-
-func (s *stealer) sourceKey(src StealSource) string {
-	switch src {
-	case SourceSchedule:
-		return keySchedule
-	case SourceRetry:
-		return keyRetry
-	case SourceDead:
-		return keyDead
-	}
-	return QueueKey(s.opts.Queue)
+	// holdQueue is the queue the hold list belongs to (the one being
+	// partitioned); keySteals names it too, for recovery.
+	holdQueue string
 }
 
 func (s *stealer) register(ctx context.Context) error {
 	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, stealAliveKey(s.id), "1", s.opts.AliveTTL)
-		p.HSet(ctx, keySteals, s.id, s.opts.Queue)
+		p.HSet(ctx, keySteals, s.id, s.opts.Queues[0])
 		return nil
 	})
 	if err != nil {
@@ -234,7 +282,7 @@ func (s *stealer) keepAlive(ctx context.Context) {
 func (s *stealer) unregister(ctx context.Context, res *StealResult) {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	n, err := restoreHold(cctx, s.rdb, s.hold, s.opts.Queue, s.opts.Chunk)
+	n, err := restoreHold(cctx, s.rdb, s.hold, s.holdQueue, s.opts.Chunk)
 	if err == nil {
 		var m int
 		m, err = returnAll(cctx, s.rdb, s.private, s.opts.Chunk)
@@ -252,11 +300,18 @@ func (s *stealer) unregister(ctx context.Context, res *StealResult) {
 
 // move partitions one source into the private list and returns how many
 // jobs it stole.
-func (s *stealer) move(ctx context.Context, src StealSource) (int, error) {
-	key := s.sourceKey(src)
-	if src != SourceQueue {
-		return s.moveZset(ctx, key)
+func (s *stealer) move(ctx context.Context, src stealSource) (int, error) {
+	if src.source != SourceQueue {
+		return s.moveZset(ctx, src.key)
 	}
+	if src.queue != s.holdQueue {
+		// The hold list is empty between queues; point recovery at this one.
+		if err := s.rdb.HSet(ctx, keySteals, s.id, src.queue).Err(); err != nil {
+			return 0, fmt.Errorf("steal: register: %w", err)
+		}
+		s.holdQueue = src.queue
+	}
+	key := src.key
 	budget, err := s.rdb.LLen(ctx, key).Result()
 	if err != nil {
 		return 0, fmt.Errorf("steal: %s: %w", key, err)
@@ -276,86 +331,180 @@ func (s *stealer) move(ctx context.Context, src StealSource) (int, error) {
 			break // the queue ran dry (workers are consuming it too)
 		}
 	}
-	if _, err := restoreHold(ctx, s.rdb, s.hold, s.opts.Queue, s.opts.Chunk); err != nil {
+	if _, err := restoreHold(ctx, s.rdb, s.hold, src.queue, s.opts.Chunk); err != nil {
 		return stolen, err
 	}
 	return stolen, nil
 }
 
+// moveZset walks a sorted set by score, so the private list gets its jobs
+// in the order they are due. The cursor is (score, members kept at that
+// score): stolen members leave the set, so members removed by others
+// (the poller, other steals) cannot make the walk skip one.
 func (s *stealer) moveZset(ctx context.Context, key string) (int, error) {
-	cursor := "0"
+	last, kept := "-inf", 0
 	stolen := 0
 	for {
 		r, err := stealZsetScript.Run(ctx, s.rdb, []string{key, s.private},
-			cursor, s.opts.Chunk, s.opts.Class, s.opts.Arg0, s.nW, s.nC, key).Slice()
+			last, kept, s.opts.Chunk, s.opts.Class, s.opts.Arg0, s.nW, s.nC, key).Slice()
 		if err != nil {
 			return stolen, fmt.Errorf("steal: %s: %w", key, err)
 		}
-		cursor, _ = r[0].(string)
-		n, _ := r[1].(int64)
+		last, _ = r[0].(string)
+		k, _ := r[1].(int64)
+		n, _ := r[2].(int64)
+		seen, _ := r[3].(int64)
+		kept = int(k)
 		stolen += int(n)
-		if cursor == "0" || cursor == "" {
+		if seen < int64(s.opts.Chunk) {
 			return stolen, nil
 		}
 	}
 }
 
-// drainBatch is how many performed jobs are removed from the private list
-// per round trip. A crash between a perform and its removal runs that job
-// again after recovery (Sidekiq's at-least-once), so keep it small.
+// drainBatch is how many stolen jobs are read per round trip, at least;
+// their removal once performed is one pipelined round trip too. A crash
+// between a perform and its removal runs that job again after recovery
+// (Sidekiq's at-least-once), so keep it small.
 const drainBatch = 100
 
-// drain performs the stolen jobs from the head of the private list.
-func (s *stealer) drain(ctx context.Context, src StealSource, total int, perform func(context.Context, *StolenJob) error) (int, error) {
-	done := 0
+// drain performs the stolen jobs from the head of the private list, a page
+// at a time, Concurrency at once, in list order.
+func (s *stealer) drain(ctx context.Context, src StealSource, total int, perform func(context.Context, *StolenJob) error, res *StealResult) error {
+	d := &drainer{s: s, src: src, total: total, perform: perform, res: res}
+	page := int64(max(drainBatch, 4*s.opts.Concurrency))
 	for {
-		envs, err := s.rdb.LRange(ctx, s.private, 0, drainBatch-1).Result()
+		envs, err := s.rdb.LRange(ctx, s.private, 0, page-1).Result()
 		if err != nil {
-			return done, fmt.Errorf("steal: read private list: %w", err)
+			return fmt.Errorf("steal: read private list: %w", err)
 		}
 		if len(envs) == 0 {
-			return done, nil
+			return nil
 		}
-		var ok []string
-		var failed *StealError
-		for _, env := range envs {
-			sj := parseEnvelope(env)
-			if sj.Err == nil {
-				sj.Job, sj.Err = ParseJob(sj.Raw)
-			}
-			perr := sj.Err
-			if perr == nil {
-				perr = perform(ctx, sj)
-			}
-			if perr != nil {
-				failed = &StealError{Job: sj, Err: perr}
-				break
-			}
-			ok = append(ok, env)
-			done++
-			if s.opts.Progress != nil {
-				s.opts.Progress(StealProgress{Source: src, Done: done, Total: total})
-			}
+		ok, failed := d.page(ctx, envs)
+		if err := s.settle(ctx, ok, failed, res); err != nil {
+			return err
 		}
-		if len(ok) > 0 {
-			// Without cancellation: these jobs ran, so their removal must
-			// not be skipped because the operator pressed ^C meanwhile.
-			rctx := context.WithoutCancel(ctx)
-			if _, err := s.rdb.Pipelined(rctx, func(p redis.Pipeliner) error {
-				for _, env := range ok {
-					p.LRem(rctx, s.private, 1, env)
-				}
-				return nil
-			}); err != nil {
-				return done, fmt.Errorf("steal: remove performed jobs: %w", err)
-			}
+		if !s.opts.KeepGoing && len(failed) > 0 {
+			f := failed[0]
+			s.log.Warn("stolen job failed; pushing it and the rest back", zap.String("source", string(f.Job.Source)), zap.Error(f.Err))
+			return f // unregister pushes everything back
 		}
-		if failed != nil {
-			s.log.Warn("stolen job failed; pushing it and the rest back", zap.String("source", string(failed.Job.Source)),
-				zap.Error(failed.Err))
-			return done, failed // unregister pushes everything back
+		if err := ctx.Err(); err != nil {
+			return err
 		}
 	}
+}
+
+// settle removes the performed jobs from the private list and, with
+// KeepGoing, puts the failed ones back where they came from.
+func (s *stealer) settle(ctx context.Context, ok []string, failed []*StealError, res *StealResult) error {
+	// Without cancellation: these jobs ran, so their removal must not be
+	// skipped because the operator pressed ^C meanwhile.
+	rctx := context.WithoutCancel(ctx)
+	if len(ok) > 0 {
+		if _, err := s.rdb.Pipelined(rctx, func(p redis.Pipeliner) error {
+			for _, env := range ok {
+				p.LRem(rctx, s.private, 1, env)
+			}
+			return nil
+		}); err != nil {
+			return fmt.Errorf("steal: remove performed jobs: %w", err)
+		}
+	}
+	if !s.opts.KeepGoing {
+		return nil
+	}
+	for _, f := range failed {
+		if _, err := returnOne(rctx, s.rdb, s.private, f.env); err != nil {
+			return fmt.Errorf("steal: put back a failed job: %w", err)
+		}
+		res.Returned++
+		jid := ""
+		if f.Job.Job != nil {
+			jid = f.Job.Job.JID()
+		}
+		res.Failed = append(res.Failed, StealFailure{JID: jid, Source: f.Job.Source, Error: f.Err.Error()})
+		s.log.Warn("stolen job failed; put back where it came from", zap.String("jid", jid),
+			zap.String("source", string(f.Job.Source)), zap.Error(f.Err))
+	}
+	return nil
+}
+
+// drainer performs pages of stolen jobs.
+type drainer struct {
+	s       *stealer
+	src     StealSource
+	total   int
+	perform func(context.Context, *StolenJob) error
+	res     *StealResult
+
+	mu           sync.Mutex
+	done, failed int
+}
+
+// page performs envs, Concurrency at once, starting them in order. Without
+// KeepGoing, no job starts after one failed. It returns the envelopes
+// performed and the failures, in list order.
+func (d *drainer) page(ctx context.Context, envs []string) (ok []string, failed []*StealError) {
+	errs := make([]error, len(envs))
+	jobs := make([]*StolenJob, len(envs))
+	started := make([]bool, len(envs))
+	var stop atomic.Bool
+	// A job starts only once a slot is free and no job has failed, so
+	// without KeepGoing nothing starts after a failure is known.
+	slots := make(chan struct{}, d.s.opts.Concurrency)
+	var wg sync.WaitGroup
+	for i := range envs {
+		slots <- struct{}{}
+		if stop.Load() || ctx.Err() != nil {
+			break
+		}
+		started[i] = true
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			jobs[i], errs[i] = d.one(ctx, envs[i])
+			if errs[i] != nil && !d.s.opts.KeepGoing {
+				stop.Store(true)
+			}
+		}()
+	}
+	wg.Wait()
+	for i, env := range envs {
+		switch {
+		case !started[i]:
+		case errs[i] == nil:
+			ok = append(ok, env)
+		default:
+			failed = append(failed, &StealError{Job: jobs[i], Err: errs[i], env: env})
+		}
+	}
+	return ok, failed
+}
+
+// one performs one stolen job and reports progress.
+func (d *drainer) one(ctx context.Context, env string) (*StolenJob, error) {
+	sj := parseEnvelope(env)
+	if sj.Err == nil {
+		sj.Job, sj.Err = ParseJob(sj.Raw)
+	}
+	err := sj.Err
+	if err == nil {
+		err = d.perform(ctx, sj)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.done++
+	if err == nil {
+		d.res.Performed++
+	} else {
+		d.failed++
+	}
+	if d.s.opts.Progress != nil {
+		d.s.opts.Progress(StealProgress{Source: d.src, Done: d.done, Total: d.total, Failed: d.failed})
+	}
+	return sj, err
 }
 
 // parseEnvelope splits "<key>\n<score>\n<raw>".
@@ -490,10 +639,20 @@ func needle(s string) string {
 
 // JobCounts are the jobs of one first argument in each place.
 type JobCounts struct {
-	Queue     int `json:"queue"`
-	Scheduled int `json:"scheduled"`
-	Retry     int `json:"retry"`
-	Dead      int `json:"dead"`
+	// Queue sums the queues counted; ByQueue splits it.
+	Queue     int            `json:"queue"`
+	ByQueue   map[string]int `json:"by_queue,omitempty"`
+	Scheduled int            `json:"scheduled"`
+	Retry     int            `json:"retry"`
+	Dead      int            `json:"dead"`
+}
+
+func (c *JobCounts) addQueue(q string) {
+	if c.ByQueue == nil {
+		c.ByQueue = map[string]int{}
+	}
+	c.ByQueue[q]++
+	c.Queue++
 }
 
 // Remaining is what GitLab's remaining counts: queue + scheduled.
@@ -503,9 +662,15 @@ func (c JobCounts) Remaining() int { return c.Queue + c.Scheduled }
 // and (with retryDead) the retry and dead sets, grouped by their first
 // argument when it is a string. It reads in pages and never blocks Redis.
 func CountByArg0(ctx context.Context, rdb redis.UniversalClient, class, queue string, retryDead bool) (map[string]*JobCounts, error) {
+	return CountByArg0Queues(ctx, rdb, class, []string{queue}, retryDead)
+}
+
+// CountByArg0Queues is CountByArg0 over several queues; the scheduled,
+// retry and dead sets are counted once.
+func CountByArg0Queues(ctx context.Context, rdb redis.UniversalClient, class string, queues []string, retryDead bool) (map[string]*JobCounts, error) {
 	out := map[string]*JobCounts{}
 	nW := []byte(needle(class))
-	add := func(raw string, field func(*JobCounts) *int) {
+	add := func(raw string, inc func(*JobCounts)) {
 		if len(nW) > 0 && !bytes.Contains([]byte(raw), nW) {
 			return
 		}
@@ -525,10 +690,10 @@ func CountByArg0(ctx context.Context, rdb redis.UniversalClient, class, queue st
 			c = &JobCounts{}
 			out[a0] = c
 		}
-		*field(c)++
+		inc(c)
 	}
 	const page = 1000
-	scan := func(key string, isList bool, field func(*JobCounts) *int) error {
+	scan := func(key string, isList bool, inc func(*JobCounts)) error {
 		for start := int64(0); ; start += page {
 			var xs []string
 			var err error
@@ -541,24 +706,26 @@ func CountByArg0(ctx context.Context, rdb redis.UniversalClient, class, queue st
 				return fmt.Errorf("count %s: %w", key, err)
 			}
 			for _, x := range xs {
-				add(x, field)
+				add(x, inc)
 			}
 			if len(xs) < page {
 				return nil
 			}
 		}
 	}
-	if err := scan(QueueKey(queue), true, func(c *JobCounts) *int { return &c.Queue }); err != nil {
-		return nil, err
+	for _, q := range queues {
+		if err := scan(QueueKey(q), true, func(c *JobCounts) { c.addQueue(q) }); err != nil {
+			return nil, err
+		}
 	}
-	if err := scan(keySchedule, false, func(c *JobCounts) *int { return &c.Scheduled }); err != nil {
+	if err := scan(keySchedule, false, func(c *JobCounts) { c.Scheduled++ }); err != nil {
 		return nil, err
 	}
 	if retryDead {
-		if err := scan(keyRetry, false, func(c *JobCounts) *int { return &c.Retry }); err != nil {
+		if err := scan(keyRetry, false, func(c *JobCounts) { c.Retry++ }); err != nil {
 			return nil, err
 		}
-		if err := scan(keyDead, false, func(c *JobCounts) *int { return &c.Dead }); err != nil {
+		if err := scan(keyDead, false, func(c *JobCounts) { c.Dead++ }); err != nil {
 			return nil, err
 		}
 	}

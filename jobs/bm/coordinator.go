@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -18,16 +21,17 @@ import (
 type Coordinator struct {
 	Redis  redis.UniversalClient
 	Runner *Runner
-	// Queue defaults to QueueName.
-	Queue  string
+	// Queues are where BackgroundMigrationWorker jobs are looked for;
+	// default DefaultQueues.
+	Queues []string
 	Logger *zap.Logger
 }
 
-func (c *Coordinator) queue() string {
-	if c.Queue == "" {
-		return QueueName
+func (c *Coordinator) queues() []string {
+	if len(c.Queues) == 0 {
+		return DefaultQueues
 	}
-	return c.Queue
+	return c.Queues
 }
 
 func (c *Coordinator) log() *zap.Logger {
@@ -38,10 +42,10 @@ func (c *Coordinator) log() *zap.Logger {
 }
 
 // Remaining counts BackgroundMigrationWorker jobs per migration class in
-// the queue and the scheduled set (what GitLab's remaining counts, see
+// the queues and the scheduled set (what GitLab's remaining counts, see
 // JobCounts.Remaining); retryDead also fills the retry and dead counts.
 func (c *Coordinator) Remaining(ctx context.Context, retryDead bool) (map[string]*queue.JobCounts, error) {
-	return queue.CountByArg0(ctx, c.Redis, WorkerClass, c.queue(), retryDead)
+	return queue.CountByArg0Queues(ctx, c.Redis, WorkerClass, c.queues(), retryDead)
 }
 
 // StealOptions configure [Coordinator.Steal].
@@ -51,12 +55,18 @@ type StealOptions struct {
 	Progress  func(queue.StealProgress)
 	// Chunk bounds the work of one Redis script call (default 1000).
 	Chunk int
+	// Concurrency is how many jobs are performed at once (default 1);
+	// KeepGoing puts failing jobs back and goes on (see queue.StealOptions).
+	Concurrency int
+	KeepGoing   bool
 }
 
 // Steal takes every queued and scheduled job of migration class out of
-// Redis and performs it here; each job is performed only by the process
-// that removed it. On the first failure that job and the rest are put back
-// where they came from and a *queue.StealError is returned.
+// Redis and performs it here, oldest due first; each job is performed only
+// by the process that removed it. On the first failure that job and the
+// rest not performed are put back where they came from and a
+// *queue.StealError is returned; with KeepGoing only the failing jobs are,
+// and a *queue.StealFailures is returned at the end.
 func (c *Coordinator) Steal(ctx context.Context, class string, opts StealOptions) (queue.StealResult, error) {
 	perform := func(ctx context.Context, sj *queue.StolenJob) error {
 		var wa WorkerArgs
@@ -66,15 +76,18 @@ func (c *Coordinator) Steal(ctx context.Context, class string, opts StealOptions
 		return c.Runner.Perform(ctx, wa.Class, wa.Args)
 	}
 	return queue.Steal(ctx, c.Redis, queue.StealOptions{
-		Class: WorkerClass, Arg0: class, Queue: c.queue(), RetryDead: opts.RetryDead,
+		Class: WorkerClass, Arg0: class, Queues: c.queues(), RetryDead: opts.RetryDead,
 		Chunk: opts.Chunk, Progress: opts.Progress, Logger: c.log(),
+		Concurrency: opts.Concurrency, KeepGoing: opts.KeepGoing,
 	}, perform)
 }
 
 // PerformPending performs the pending tracking rows of class ("" = all),
 // oldest first, and stops at the first failure. A success marks the row
 // succeeded (unless the runner has NoAutoTrack and the migration does not
-// mark it itself). It returns how many it performed.
+// mark it itself). It returns how many it performed. With class "", rows
+// of classes the registry does not have are left alone and reported at
+// the end with an *UnknownClassesError.
 func (c *Coordinator) PerformPending(ctx context.Context, class string, each func(TrackedJob)) (int, error) {
 	if c.Runner.DB == nil {
 		return 0, ErrNoDatabase
@@ -82,6 +95,10 @@ func (c *Coordinator) PerformPending(ctx context.Context, class string, each fun
 	jobs, err := PendingJobs(ctx, c.Runner.DB, class)
 	if err != nil {
 		return 0, err
+	}
+	var unknown []TrackedJob
+	if class == "" {
+		jobs, unknown = SplitKnown(jobs, c.Runner.Registry)
 	}
 	for i, j := range jobs {
 		if err := c.Runner.Perform(ctx, j.Class, j.Arguments); err != nil {
@@ -91,8 +108,44 @@ func (c *Coordinator) PerformPending(ctx context.Context, class string, each fun
 			each(j)
 		}
 	}
+	if len(unknown) > 0 {
+		return len(jobs), &UnknownClassesError{Jobs: unknown}
+	}
 	return len(jobs), nil
 }
+
+// SplitKnown splits tracking rows into those of classes reg has and the
+// others, keeping their order.
+func SplitKnown(jobs []TrackedJob, reg *Registry) (known, unknown []TrackedJob) {
+	for _, j := range jobs {
+		if reg.Has(j.Class) {
+			known = append(known, j)
+		} else {
+			unknown = append(unknown, j)
+		}
+	}
+	return known, unknown
+}
+
+// UnknownClassesError reports pending tracking rows of classes ferry does
+// not have: an operator runs them elsewhere and then marks them.
+type UnknownClassesError struct{ Jobs []TrackedJob }
+
+func (e *UnknownClassesError) Error() string {
+	classes := map[string]int{}
+	for _, j := range e.Jobs {
+		classes[j.Class]++
+	}
+	parts := make([]string, 0, len(classes))
+	for _, c := range slices.Sorted(maps.Keys(classes)) {
+		parts = append(parts, fmt.Sprintf("%s (%d)", c, classes[c]))
+	}
+	return fmt.Sprintf("%d pending tracking rows are of classes this ferry does not have: %s; "+
+		"run them elsewhere, then `ferry bm mark CLASS --yes` (or --skip)", len(e.Jobs), strings.Join(parts, ", "))
+}
+
+// Is matches ErrUnknownMigration.
+func (e *UnknownClassesError) Is(target error) bool { return target == ErrUnknownMigration }
 
 // FinalizeResult counts what Finalize did.
 type FinalizeResult struct {
