@@ -580,6 +580,21 @@ func dbBackupCmd(a *App, f *dbFlags) *cobra.Command {
 	return cmd
 }
 
+// warnConnected warns that ferry processes use the database a restore
+// replaces: their tables change under them.
+func (a *App) warnConnected(res *dbmigrate.RestoreResult) {
+	names := make([]string, len(res.Connected))
+	for i, s := range res.Connected {
+		names[i] = s.String()
+	}
+	then := "the restore replaces their tables under them; stop those workers (or run `ferry bbm pause-all`) first, or re-run with --yes to restore anyway"
+	if res.Restored {
+		then = "the restore replaced their tables under them (--yes)"
+	}
+	fmt.Fprintf(a.Err, "warning: %d other ferry session(s) are connected to database %s: %s; %s.\n",
+		len(res.Connected), res.Database, strings.Join(names, ", "), then)
+}
+
 func dbRestoreCmd(a *App, f *dbFlags) *cobra.Command {
 	var yes, force bool
 	cmd := &cobra.Command{
@@ -622,6 +637,9 @@ Without --yes it only checks and prints what it would drop (exit 2).`,
 			if errors.Is(err, os.ErrNotExist) {
 				return Usage(err)
 			}
+			if res != nil && len(res.Connected) > 0 && (err == nil || errors.Is(err, dbmigrate.ErrNotConfirmed)) {
+				a.warnConnected(res)
+			}
 			if res != nil && (err == nil || errors.Is(err, dbmigrate.ErrNotConfirmed)) {
 				verb := "Dropped"
 				if !res.Restored {
@@ -641,6 +659,11 @@ Without --yes it only checks and prints what it would drop (exit 2).`,
 				return dbErr(err)
 			}
 			fmt.Fprintf(a.Out, "Restored %s into database %s.\n", args[0], res.Database)
+			for _, t := range dbmigrate.RecordTables {
+				if n, ok := res.Kept[t]; ok {
+					fmt.Fprintf(a.Out, "Kept the record of the time since the backup: %s had %d rows before the restore; those the backup lacks are back.\n", t, n)
+				}
+			}
 			return nil
 		},
 	}

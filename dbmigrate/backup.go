@@ -356,7 +356,7 @@ func planDrops(ctx context.Context, pool *pgxpool.Pool, t *toc) ([]Object, error
 			FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 			WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND ` + userSchema + ` AND ` + fmt.Sprintf(userObject, "c", "pg_class") + `
 			ORDER BY CASE WHEN c.relkind IN ('v', 'm') THEN 0 WHEN c.relkind = 'S' THEN 2 ELSE 1 END, 2, 3`,
-			func(o *Object) bool { return t.relations[[2]string{o.Schema, o.Name}] }},
+			func(o *Object) bool { return t.relations[[2]string{o.Schema, o.Name}] || isRecordRelation(o.Schema, o.Name) }},
 		// Signatures as pg_dump's tags: name(argtype, ...), input
 		// arguments only, "(*)" for an aggregate without arguments.
 		{`SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, n.nspname::text,
@@ -424,6 +424,12 @@ type RestoreResult struct {
 	Meta     *BackupMeta `json:"backup,omitempty"`
 	Dropped  []Object    `json:"dropped"`
 	Restored bool        `json:"restored"`
+	// Connected are other ferry sessions on the database when the
+	// restore started: workers whose tables it replaces under them.
+	Connected []Session `json:"connected_ferry_sessions,omitempty"`
+	// Kept counts, per record table ([RecordTables]), the rows from
+	// before the restore that it kept.
+	Kept map[string]int `json:"kept_rows,omitempty"`
 }
 
 // Restore puts the database back to the state in file.
@@ -448,7 +454,11 @@ type RestoreResult struct {
 // A failure at any point rolls all of it back ([ErrRestoreFailed]).
 // Built-in objects, objects that belong to an extension and internal
 // parts of other objects (array types, identity sequences) are never
-// dropped. Without Yes it returns the plan and [ErrNotConfirmed].
+// dropped. The rows of ferry's record tables ([RecordTables]) survive:
+// those the backup lacks are put back in the same transaction, and a
+// record table the backup does not contain is not dropped. Without Yes it
+// returns the plan (with the other ferry sessions connected) and
+// [ErrNotConfirmed].
 func Restore(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOptions) (*RestoreResult, error) {
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
@@ -469,6 +479,9 @@ func Restore(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOptio
 	if res.Dropped, err = planDrops(ctx, pool, t); err != nil {
 		return res, err
 	}
+	if res.Connected, err = ferrySessions(ctx, pool); err != nil {
+		return res, err
+	}
 	if !o.Yes {
 		return res, ErrNotConfirmed
 	}
@@ -478,9 +491,15 @@ func Restore(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOptio
 		return res, err
 	}
 	defer c.release(ctx)
-	if err := applyRestore(ctx, in, file, res.Dropped, o.PgBin); err != nil {
+	// Under the migration lock: no migrator adds to the log meanwhile.
+	saved, err := saveRecords(ctx, pool)
+	if err != nil {
 		return res, err
 	}
+	if err := applyRestore(ctx, in, file, res.Dropped, saved.sql(), o.PgBin); err != nil {
+		return res, err
+	}
+	res.Kept = saved.count
 	for _, r := range res.Dropped {
 		o.Logger.Info("dropped object not in backup", zap.Stringer("object", r))
 	}

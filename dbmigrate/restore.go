@@ -262,7 +262,7 @@ const restoreTail = 16 << 10
 // The script's tail, which holds the COMMIT, reaches psql only after
 // pg_restore exited 0; on any failure psql's input just ends, and
 // PostgreSQL rolls back a transaction whose session ends without COMMIT.
-func applyRestore(parent context.Context, in *dbInfo, file string, drops []Object, bin string) error {
+func applyRestore(parent context.Context, in *dbInfo, file string, drops []Object, keep, bin string) error {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	psql := exec.CommandContext(ctx, tool("psql", bin, in.version), "--no-psqlrc", "--quiet",
@@ -298,7 +298,7 @@ func applyRestore(parent context.Context, in *dbInfo, file string, drops []Objec
 	restoreErr := pgr.Wait()
 	commit := copyErr == nil && restoreErr == nil && bytes.Contains(tail, []byte("\nCOMMIT;\n"))
 	if commit {
-		_, copyErr = stdin.Write(tail)
+		_, copyErr = stdin.Write(beforeCommit(tail, keep))
 	}
 	_ = stdin.Close()
 	psqlRunErr := psql.Wait()

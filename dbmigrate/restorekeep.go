@@ -1,0 +1,160 @@
+package dbmigrate
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// A restore after a failed upgrade must not erase the record of that
+// upgrade: ferry's migration log (what ran, what failed, who repaired)
+// and the web UI's audit rows. Restore saves their rows before it starts
+// and puts back, in its own transaction, those the backup lacks; a record
+// table the backup does not contain at all is left in place.
+
+// RecordTables are ferry's tables whose rows survive a restore.
+var RecordTables = []string{LogTable, "ferry_web_actions"}
+
+// savedRecords are the rows of the record tables before the restore, as
+// JSON arrays, by table.
+type savedRecords struct {
+	rows  map[string]string
+	count map[string]int
+}
+
+func saveRecords(ctx context.Context, pool *pgxpool.Pool) (*savedRecords, error) {
+	s := &savedRecords{rows: map[string]string{}, count: map[string]int{}}
+	for _, t := range RecordTables {
+		var exists bool
+		if err := pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, "public."+t).Scan(&exists); err != nil {
+			return nil, err
+		}
+		if !exists {
+			continue
+		}
+		var js string
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT coalesce(json_agg(r ORDER BY r.id), '[]')::text, count(*) FROM public.`+
+			pgx.Identifier{t}.Sanitize()+` r`).Scan(&js, &n); err != nil {
+			return nil, fmt.Errorf("save %s before the restore: %w", t, err)
+		}
+		s.rows[t], s.count[t] = js, n
+	}
+	return s, nil
+}
+
+// sql puts the saved rows back into the restored tables: the columns
+// both have, rows whose id the backup lacks, and the id sequence past
+// them. It never fails the restore: a problem is a WARNING.
+func (s *savedRecords) sql() string {
+	var b strings.Builder
+	for _, t := range RecordTables {
+		js, ok := s.rows[t]
+		if !ok || s.count[t] == 0 {
+			continue
+		}
+		inner := freeDollarTag(js, "ferry_rows")
+		outer := freeDollarTag(js+inner, "ferry_keep")
+		fmt.Fprintf(&b, `DO %[4]s
+DECLARE
+	saved json := %[1]s%[2]s%[1]s;
+	cols text;
+BEGIN
+	SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+	FROM pg_attribute a
+	WHERE a.attrelid = 'public.%[3]s'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+	  AND a.attname IN (SELECT json_object_keys(saved -> 0));
+	EXECUTE format('INSERT INTO public.%[3]s (%%s) SELECT %%s FROM json_populate_recordset(NULL::public.%[3]s, $1) ON CONFLICT (id) DO NOTHING', cols, cols)
+		USING saved;
+	PERFORM setval(pg_get_serial_sequence('public.%[3]s', 'id'), (SELECT max(id) FROM public.%[3]s));
+EXCEPTION WHEN others THEN
+	RAISE WARNING 'ferry: could not keep the rows of %[3]s: %%', SQLERRM;
+END
+%[4]s;
+`, inner, js, t, outer)
+	}
+	return b.String()
+}
+
+// freeDollarTag is a dollar-quote tag, made of name, that does not occur in s.
+func freeDollarTag(s, name string) string {
+	tag := "$" + name + "$"
+	for i := 0; strings.Contains(s, tag); i++ {
+		tag = fmt.Sprintf("$%s%d$", name, i)
+	}
+	return tag
+}
+
+// beforeCommit inserts extra before the final COMMIT of a pg_restore
+// script's tail.
+func beforeCommit(tail []byte, extra string) []byte {
+	i := bytes.LastIndex(tail, []byte("\nCOMMIT;\n"))
+	if i < 0 || extra == "" {
+		return tail
+	}
+	out := append([]byte{}, tail[:i+1]...)
+	out = append(out, extra...)
+	return append(out, tail[i+1:]...)
+}
+
+// isRecordRelation: a record table or its id sequence, which a restore
+// keeps even when the backup lacks it.
+func isRecordRelation(schema, name string) bool {
+	if schema != "public" {
+		return false
+	}
+	for _, t := range RecordTables {
+		if name == t || name == t+"_id_seq" {
+			return true
+		}
+	}
+	return false
+}
+
+// Session is a database session of another ferry process.
+type Session struct {
+	PID             int       `json:"pid"`
+	ApplicationName string    `json:"application_name"`
+	ClientAddr      string    `json:"client_addr,omitempty"`
+	BackendStart    time.Time `json:"backend_start"`
+}
+
+func (s Session) String() string {
+	out := fmt.Sprintf("pid %d (%s", s.PID, s.ApplicationName)
+	if s.ClientAddr != "" {
+		out += " from " + s.ClientAddr
+	}
+	return out + ")"
+}
+
+// ferrySessions lists the sessions on the database named by ferry
+// (application_name ferry...) other than pool's own: workers that go on
+// running while their tables are replaced under them.
+func ferrySessions(ctx context.Context, pool *pgxpool.Pool) ([]Session, error) {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	own := []int64{int64(conn.Conn().PgConn().PID())}
+	for _, c := range pool.AcquireAllIdle(ctx) {
+		own = append(own, int64(c.Conn().PgConn().PID()))
+		defer c.Release()
+	}
+	defer conn.Release()
+	rows, err := conn.Query(ctx, `SELECT pid, application_name, coalesce(host(client_addr), ''), coalesce(backend_start, 'epoch')
+		FROM pg_stat_activity
+		WHERE datname = current_database() AND application_name LIKE 'ferry%' AND pid <> ALL($1::bigint[])
+		ORDER BY pid`, own)
+	if err != nil {
+		return nil, fmt.Errorf("list ferry sessions: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Session, error) {
+		var s Session
+		return s, r.Scan(&s.PID, &s.ApplicationName, &s.ClientAddr, &s.BackendStart)
+	})
+}

@@ -1,0 +1,85 @@
+package test
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ferrymigrate/ferry/internal/testenv"
+	"github.com/ferrymigrate/ferry/schema"
+)
+
+// The failed-upgrade runbook: backup, a failed upgrade, restore. The
+// restore warns that a ferry worker is connected, and the record of the
+// failed upgrade (ferry_migration_log, ferry_web_actions) survives it,
+// with the ids going on after it.
+func TestDBRestoreKeepsTheRecord(t *testing.T) {
+	e := newDBEnv(t)
+	if err := schema.Apply(e.ctx, e.pool); err != nil {
+		t.Fatal(err)
+	}
+	e.write("1_v1.up.sql", "CREATE TABLE users (id bigserial PRIMARY KEY);\n")
+	e.mustFerry("migrate")
+	if _, err := e.pool.Exec(e.ctx, `INSERT INTO ferry_web_actions (actor, action) VALUES ('alice', 'pause')`); err != nil {
+		t.Fatal(err)
+	}
+	dump := filepath.Join(t.TempDir(), "v1.dump")
+	e.mustFerry("backup", dump)
+
+	e.write("2_broken.up.sql", "UPDATE users SET nope = 1;\n")
+	e.wantExit(1, "migrate")
+	if _, err := e.pool.Exec(e.ctx, `INSERT INTO ferry_web_actions (actor, action) VALUES ('bob', 'finalize')`); err != nil {
+		t.Fatal(err)
+	}
+	before := e.rows(`SELECT version || ':' || direction || ':' || coalesce(success::text, '') FROM ferry_migration_log ORDER BY id`)
+
+	// A worker's connection, as ferry names them.
+	cc, err := pgx.ParseConfig(testenv.DirectURL(t, e.url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc.RuntimeParams["application_name"] = "ferry"
+	worker, err := pgx.ConnectConfig(e.ctx, cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer worker.Close(e.ctx)
+
+	_, errs := e.wantExit(2, "restore", dump)
+	wantContains(t, errs, "warning: 1 other ferry session(s) are connected to database", "(ferry", "re-run with --yes")
+	out, errs := e.wantExit(0, "restore", dump, "--yes")
+	wantContains(t, errs, "warning: 1 other ferry session(s)", "replaced their tables under them")
+	wantContains(t, out, "Restored", "ferry_migration_log had 2 rows before the restore", "ferry_web_actions had 2 rows")
+
+	after := e.rows(`SELECT version || ':' || direction || ':' || coalesce(success::text, '') FROM ferry_migration_log ORDER BY id`)
+	if strings.Join(after, " ") != strings.Join(before, " ") {
+		t.Fatalf("migration log after the restore %q, before %q", after, before)
+	}
+	if got := strings.Join(e.rows(`SELECT actor FROM ferry_web_actions ORDER BY id`), " "); got != "alice bob" {
+		t.Fatalf("web actions after the restore: %s", got)
+	}
+	// The failed attempt is still there to read, and new rows go after it.
+	if _, err := e.pool.Exec(e.ctx, `INSERT INTO ferry_web_actions (actor, action) VALUES ('carol', 'resume')`); err != nil {
+		t.Fatalf("an insert after the restore: %v", err)
+	}
+	if e.exists("users") && len(e.applied()) != 1 {
+		t.Fatalf("applied after the restore: %v", e.applied())
+	}
+	e.remove("2_broken.up.sql")
+	e.mustFerry("migrate")
+}
+
+func (e *dbEnv) rows(q string) []string {
+	e.t.Helper()
+	rows, err := e.pool.Query(e.ctx, q)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
