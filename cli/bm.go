@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/user"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/jobs/bm"
 	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/schema"
 )
 
 func newBMCmd(a *App) *cobra.Command {
@@ -36,7 +38,7 @@ class every 2 minutes, rescheduled while the database is unhealthy or while paus
 these commands let an operator see and drain them, e.g. before an upgrade.`,
 	}
 	cmd.AddCommand(bmRemainingCmd(a), bmStealCmd(a), bmPerformCmd(a), bmPendingCmd(a),
-		bmFinalizeCmd(a), bmPauseCmd(a), bmResumeCmd(a))
+		bmFinalizeCmd(a), bmMarkCmd(a), bmPauseCmd(a), bmResumeCmd(a))
 	return cmd
 }
 
@@ -630,6 +632,75 @@ Exits 1 (after pushing unfinished jobs back) if a job fails.`,
 	cmd.Flags().IntVar(&concurrency, "concurrency", defaultStealConcurrency, "stolen jobs performed at once")
 	bmQueuesFlag(cmd, &queues)
 	return cmd
+}
+
+func bmMarkCmd(a *App) *cobra.Command {
+	var yes, skip bool
+	cmd := &cobra.Command{
+		Use:   "mark ID|CLASS --yes",
+		Short: "Mark pending tracking rows done by hand (after running them elsewhere), or --skip them",
+		Long: `Close pending rows of background_migration_jobs without running them here: the row with
+that ID, or every pending row of migration CLASS. Use it for classes this ferry does
+not have (` + "`ferry bm pending`" + ` lists them apart) once the work was done elsewhere, or
+with --skip when it is not needed. The rows get status succeeded, so upgrade checks
+pass; who and when are recorded (columns ferry_marked, ferry_marked_by,
+ferry_marked_at). Without --yes it only says how many rows it would mark.`,
+		Example: `  ferry bm mark PopulateThings --yes
+  ferry bm mark 42 --yes --skip`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			target, err := bmMarkTarget(args[0])
+			if err != nil {
+				return err
+			}
+			how := bm.MarkedSucceeded
+			if skip {
+				how = bm.MarkedSkipped
+			}
+			pool, err := a.DB(ctx)
+			if err != nil {
+				return err
+			}
+			// The record's columns come with ferry's schema (v5).
+			if err := schema.Ensure(ctx, pool, a.Log); err != nil {
+				return err
+			}
+			by := bmOperator()
+			n, err := bm.Mark(ctx, pool, target, how, by, !yes)
+			if err != nil {
+				return err
+			}
+			if !yes {
+				return Usagef("refusing without --yes: would mark %d pending tracking row(s) of %s %s", n, args[0], how)
+			}
+			if n == 0 {
+				return No(fmt.Errorf("no pending tracking row matches %s", args[0]))
+			}
+			a.Log.Info("legacy tracking rows marked", zap.String("target", args[0]), zap.String("how", string(how)),
+				zap.Int64("rows", n), zap.String("by", by))
+			fmt.Fprintf(a.Out, "marked %d pending tracking row(s) of %s %s (by %s at %s)\n", n, args[0], how, by,
+				time.Now().UTC().Format(time.RFC3339))
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&yes, "yes", false, "really mark them")
+	cmd.Flags().BoolVar(&skip, "skip", false, "record them as skipped (not needed) instead of done elsewhere")
+	return cmd
+}
+
+// bmMarkTarget reads ID|CLASS: digits are a row id, anything else a class.
+func bmMarkTarget(s string) (bm.MarkTarget, error) {
+	if id, err := strconv.ParseInt(s, 10, 64); err == nil {
+		if id <= 0 {
+			return bm.MarkTarget{}, Usagef("ID must be positive, got %d", id)
+		}
+		return bm.MarkTarget{ID: id}, nil
+	}
+	if err := checkClassArg("CLASS", s); err != nil {
+		return bm.MarkTarget{}, err
+	}
+	return bm.MarkTarget{Class: s}, nil
 }
 
 func bmPauseCmd(a *App) *cobra.Command {

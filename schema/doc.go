@@ -12,7 +12,8 @@
 //   - batched_background_migration_jobs (job: pending 0, running 1,
 //     failed 2, succeeded 3)
 //   - batched_background_migration_job_transition_logs
-//   - background_migration_jobs (legacy tracking: pending 0, succeeded 1)
+//   - background_migration_jobs (legacy tracking: pending 0, succeeded 1;
+//     ferry_marked, _by, _at: rows an operator marked done, `ferry bm mark`)
 //   - ferry_bbm_settings (one row: max_running, paused_all)
 //   - ferry_bbm_pace (one row: when the next paced sub-batch may start,
 //     shared by every batch of every process)

@@ -74,6 +74,7 @@ var versions = []Version{
 	{ID: 2, Name: "shared pacing clock, finalizer session", SQL: v2},
 	{ID: 3, Name: "engine session heartbeats, claim tokens", SQL: v3},
 	{ID: 4, Name: "web UI action audit", SQL: v4},
+	{ID: 5, Name: "legacy tracking rows marked by an operator", SQL: v5},
 }
 
 const v1 = `
@@ -247,6 +248,16 @@ CREATE TABLE IF NOT EXISTS ferry_web_actions (
 	error text NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS ferry_web_actions_migration_id ON ferry_web_actions (migration_id, id);
+`
+
+// v5: who marked a legacy tracking row done by hand, and how (`ferry bm
+// mark`: "succeeded" after running it elsewhere, or "skipped"). Such rows
+// get status succeeded, so GitLab's pending checks pass.
+const v5 = `
+ALTER TABLE background_migration_jobs
+	ADD COLUMN IF NOT EXISTS ferry_marked text,
+	ADD COLUMN IF NOT EXISTS ferry_marked_by text,
+	ADD COLUMN IF NOT EXISTS ferry_marked_at timestamptz;
 `
 
 // Querier is what [Apply] needs: a pool or a single connection.

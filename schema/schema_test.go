@@ -89,4 +89,5 @@ func ExampleVersions() {
 	// 2 shared pacing clock, finalizer session
 	// 3 engine session heartbeats, claim tokens
 	// 4 web UI action audit
+	// 5 legacy tracking rows marked by an operator
 }

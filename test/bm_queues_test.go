@@ -2,6 +2,7 @@ package test
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -120,5 +121,38 @@ func TestBMPendingUnknownClasses(t *testing.T) {
 	code, out, stderr := b.ferry(t, cli.Options{}, "bm", "pending", "--perform")
 	if code != 1 || !strings.Contains(out, "performed 1 pending jobs") || !strings.Contains(stderr, "PopulateThings (2)") || b.copied(t) != 10 {
 		t.Fatalf("--perform: exit %d %s %s", code, out, stderr)
+	}
+}
+
+// `bm mark` closes pending rows of a class ferry does not have, only with
+// --yes, recording how, who and when; pending then has nothing left.
+func TestBMMarkUnknownClass(t *testing.T) {
+	t.Parallel()
+	b := bmSetup(t)
+	if err := bm.Track(b.ctx, b.db, "PopulateThings", json.RawMessage(`[1,100]`), json.RawMessage(`[101,200]`)); err != nil {
+		t.Fatal(err)
+	}
+	first := b.int(t, `SELECT min(id) FROM background_migration_jobs`)
+	code, _, stderr := b.ferry(t, cli.Options{}, "bm", "mark", "PopulateThings")
+	if code != 2 || !strings.Contains(stderr, "refusing without --yes: would mark 2 pending tracking row(s) of PopulateThings succeeded") ||
+		b.int(t, `SELECT count(*) FROM background_migration_jobs WHERE status = 0`) != 2 {
+		t.Fatalf("without --yes: exit %d %s", code, stderr)
+	}
+	if code, out, stderr := b.ferry(t, cli.Options{}, "bm", "mark", fmt.Sprint(first), "--yes", "--skip"); code != 0 || !strings.Contains(out, "marked 1 pending") {
+		t.Fatalf("mark ID --skip: exit %d %s %s", code, out, stderr)
+	}
+	if code, out, stderr := b.ferry(t, cli.Options{}, "bm", "mark", "PopulateThings", "--yes"); code != 0 || !strings.Contains(out, "marked 1 pending") {
+		t.Fatalf("mark CLASS: exit %d %s %s", code, out, stderr)
+	}
+	if n := b.int(t, `SELECT count(*) FROM background_migration_jobs
+		WHERE status = 1 AND ferry_marked_by LIKE '%@%' AND ferry_marked_at IS NOT NULL
+		  AND ferry_marked = CASE WHEN id = $1 THEN 'skipped' ELSE 'succeeded' END`, first); n != 2 {
+		t.Fatalf("%d rows recorded as marked", n)
+	}
+	if code, out, _ := b.ferry(t, cli.Options{}, "bm", "pending"); code != 0 || !strings.Contains(out, "no pending") {
+		t.Fatalf("pending after mark: %s", out)
+	}
+	if code, _, _ := b.ferry(t, cli.Options{}, "bm", "mark", "PopulateThings", "--yes"); code != 1 {
+		t.Fatalf("nothing left to mark: exit %d", code)
 	}
 }

@@ -204,3 +204,41 @@ func workerArgs(class string, args json.RawMessage, leaseAttempts *int) (json.Ra
 	}
 	return append(out, ']'), nil
 }
+
+// MarkHow is how an operator closed a pending tracking row by hand.
+type MarkHow string
+
+// Ways to mark: both set status succeeded, so upgrade checks pass; the
+// record tells them apart.
+const (
+	MarkedSucceeded MarkHow = "succeeded" // the work was done elsewhere
+	MarkedSkipped   MarkHow = "skipped"   // the work is not needed
+)
+
+// MarkTarget selects pending tracking rows: one by ID, or all of Class.
+type MarkTarget struct {
+	ID    int64
+	Class string
+}
+
+// Mark closes the pending tracking rows of target, recording how, by whom
+// and when (columns ferry_marked, ferry_marked_by, ferry_marked_at), and
+// returns how many it changed. With dryRun it only counts them.
+func Mark(ctx context.Context, db DB, target MarkTarget, how MarkHow, by string, dryRun bool) (int64, error) {
+	where := `status = 0 AND (id = $1 OR ($1 = 0 AND class_name = $2))`
+	args := []any{target.ID, normalizeClass(target.Class)}
+	if dryRun {
+		var n int64
+		if err := db.QueryRow(ctx, `SELECT count(*) FROM background_migration_jobs WHERE `+where, args...).Scan(&n); err != nil {
+			return 0, fmt.Errorf("bm: mark: %w", err)
+		}
+		return n, nil
+	}
+	tag, err := db.Exec(ctx, `UPDATE background_migration_jobs
+		SET status = 1, updated_at = now(), ferry_marked = $3, ferry_marked_by = $4, ferry_marked_at = now()
+		WHERE `+where, append(args, string(how), by)...)
+	if err != nil {
+		return 0, fmt.Errorf("bm: mark: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
