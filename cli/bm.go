@@ -32,10 +32,12 @@ func newBMCmd(a *App) *cobra.Command {
 		Use:   "bm",
 		Short: "Legacy (non-batched) background migrations: BackgroundMigrationWorker jobs",
 		Long: `Legacy background migrations are Sidekiq jobs of class BackgroundMigrationWorker
-in queue background_migration, with args [MigrationClassName, [args...], lease_attempts?],
-as Rails/GitLab apps enqueue them. ` + "`ferry worker`" + ` runs them (one job per migration
-class every 2 minutes, rescheduled while the database is unhealthy or while paused);
-these commands let an operator see and drain them, e.g. before an upgrade.`,
+in queue background_migration (or default), with args [MigrationClassName, [args...],
+lease_attempts?], as Rails/GitLab apps enqueue them. ` + "`ferry worker`" + ` runs them at the
+database's pace (bm.concurrency jobs of a class at once, default 1, each starting as the
+previous ends; rescheduled while the database is unhealthy or while paused; GitLab's
+2-minute cadence with bm.min_interval: 2m); these commands let an operator see and drain
+them, e.g. before an upgrade.`,
 	}
 	cmd.AddCommand(bmRemainingCmd(a), bmStealCmd(a), bmPerformCmd(a), bmPendingCmd(a),
 		bmFinalizeCmd(a), bmMarkCmd(a), bmPauseCmd(a), bmResumeCmd(a))
