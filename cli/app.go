@@ -449,16 +449,14 @@ func (a *App) DB(ctx context.Context) (*pgxpool.Pool, error) {
 	if err := a.Cfg.RequireDatabase(); err != nil {
 		return nil, Usage(err)
 	}
-	pc, err := config.PoolConfig(a.Cfg.DatabaseURL, int32(a.Cfg.Worker.Concurrency)+4)
-	if err != nil {
-		return nil, Usage(err)
+	pool, err := config.NewPool(ctx, a.Cfg.DatabaseURL, int32(a.Cfg.Worker.Concurrency)+4)
+	if err == nil {
+		err = pool.Ping(ctx)
 	}
-	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
-		return nil, err
-	}
-	if err := pool.Ping(ctx); err != nil {
-		pool.Close()
+		if pool != nil {
+			pool.Close()
+		}
 		return nil, fmt.Errorf("cannot reach PostgreSQL at %s: %w", config.RedactURL(a.Cfg.DatabaseURL), err)
 	}
 	a.pool = pool

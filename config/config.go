@@ -5,6 +5,7 @@
 package config
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -505,6 +506,43 @@ func PoolConfig(url string, maxConns int32) (*pgxpool.Config, error) {
 		pc.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
 	}
 	return pc, nil
+}
+
+// NewPool opens a pool with PoolConfig's defaults. When the URL leaves the
+// exec mode to ferry, it first asks whether connections are real sessions:
+// behind a transaction pooler the backend pid the server announced at
+// connect (the pooler's own) is not the one that runs statements. Real
+// sessions then prepare each statement once (pgx's statement cache), which
+// spares PostgreSQL planning every sub-batch again; pooled ones stay
+// unprepared.
+func NewPool(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error) {
+	pc, err := PoolConfig(url, maxConns)
+	if err != nil {
+		return nil, err
+	}
+	if !strings.Contains(url, "default_query_exec_mode") {
+		pooled, err := behindPooler(ctx, pc.ConnConfig)
+		if err != nil {
+			return nil, err
+		}
+		if !pooled {
+			pc.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeCacheStatement
+		}
+	}
+	return pgxpool.NewWithConfig(ctx, pc)
+}
+
+func behindPooler(ctx context.Context, cc *pgx.ConnConfig) (bool, error) {
+	c, err := pgx.ConnectConfig(ctx, cc.Copy())
+	if err != nil {
+		return false, err
+	}
+	defer c.Close(context.WithoutCancel(ctx))
+	var pid uint32
+	if err := c.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		return false, err
+	}
+	return pid != c.PgConn().PID(), nil
 }
 
 // RequireDatabase reports a clear error when no database is configured.

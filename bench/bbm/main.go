@@ -39,7 +39,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/config"
@@ -83,12 +82,7 @@ func run(ctx context.Context, o options) error {
 	}
 	// As ferry's own pools (exec mode), named like them, so the contention
 	// signal does not count the engine's idle connections as an application.
-	pc, err := config.PoolConfig(url, 8)
-	if err != nil {
-		return err
-	}
-	pc.ConnConfig.RuntimeParams["application_name"] = "ferry-bench"
-	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	pool, err := config.NewPool(ctx, url+sep(url)+"application_name=ferry-bench", 8)
 	if err != nil {
 		return err
 	}
@@ -494,4 +488,11 @@ func gitlabPacing(rows int, rate float64) (time.Duration, int) {
 		size = max(1000, min(int(float64(size)*min(0.95/eff, 1.2)), 2_000_000))
 	}
 	return time.Duration(total * float64(time.Second)), batches
+}
+
+func sep(url string) string {
+	if strings.Contains(url, "?") {
+		return "&"
+	}
+	return "?"
 }

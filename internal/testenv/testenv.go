@@ -132,9 +132,13 @@ func DatabaseURL(t testing.TB) string {
 			t.Fatalf("%s: %v", envPgBouncerURL, err)
 		}
 	}
-	// exec: no server-side prepared statements, as ferry runs (config.PoolConfig),
-	// so the tests' own pools work through the pooler too.
-	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable&default_query_exec_mode=exec", url.PathEscape(cfg.User), cfg.Host, cfg.Port, name)
+	u := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", url.PathEscape(cfg.User), cfg.Host, cfg.Port, name)
+	if ViaPgBouncer() {
+		// No server-side prepared statements, as ferry runs behind a pooler
+		// (config.NewPool), so the tests' own pools work through it too.
+		u += "&default_query_exec_mode=exec"
+	}
+	return u
 }
 
 // envPgBouncerURL is set by scripts/services to its PgBouncer in

@@ -83,11 +83,6 @@ func NewEngine(pool *pgxpool.Pool, cfg Config) *Engine {
 		cfg.Logger.Warn("the pool's connections are not named ferry*: batched background migrations will count them as other sessions and pace for them",
 			zap.String("application_name", name))
 	}
-	if mode := pool.Config().ConnConfig.DefaultQueryExecMode; mode != pgx.QueryExecModeExec && mode != pgx.QueryExecModeSimpleProtocol {
-		cfg.Logger.Warn("the pool prepares statements (pgx's default_query_exec_mode is not exec): it cannot go through PgBouncer in transaction mode, "+
-			"and a sub-batch's first statement may wait on a table lock without lock_timeout; build it with config.PoolConfig or add default_query_exec_mode=exec",
-			zap.Stringer("default_query_exec_mode", mode))
-	}
 	if cfg.Registry == nil {
 		cfg.Registry = NewRegistry()
 	}

@@ -133,6 +133,10 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 	stmt := ""
 	if cl.plan.Set != "" {
 		stmt = e.setStatement(cl)
+		if err := e.prepare(ctx, conn, cl, stmt); err != nil {
+			res.err = err
+			return res
+		}
 	}
 	start := cl.lo
 	if cl.cursor != nil {
@@ -160,7 +164,10 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		}
 		if isConnLoss(err) && ctx.Err() == nil {
 			e.releaseBatchConn(ctx, conn)
-			if conn, err = e.resume(ctx, cl, &res, &queued); err == nil {
+			if conn, err = e.resume(ctx, cl, &res, &queued); err == nil && stmt != "" {
+				err = e.prepare(ctx, conn, cl, stmt)
+			}
+			if err == nil {
 				start = cl.lo
 				if res.cursor != nil {
 					start = *res.cursor + 1
@@ -262,6 +269,31 @@ u AS (
   UPDATE ` + tbl + ` AS t SET ` + cl.plan.Set + `
   WHERE t.` + col + ` >= $1 AND t.` + col + ` <= (SELECT hi FROM s) AND EXISTS (SELECT 1 FROM c)` + where + `)
 SELECT (SELECT hi FROM s), (SELECT n FROM s), (SELECT count(*) FROM c)`
+}
+
+// prepare prepares stmt on conn inside a transaction with the batch's
+// lock_timeout, when the pool prepares statements (real sessions, see
+// config.NewPool): parsing an UPDATE takes its table lock, and pgx would
+// otherwise prepare it before the pipelined BEGIN, where a table lock held
+// by a migration's ALTER TABLE could be waited on without a limit.
+// Prepared once per connection, the statement is not planned again for
+// every sub-batch.
+func (e *Engine) prepare(ctx context.Context, conn *pgxpool.Conn, cl *claim, stmt string) error {
+	if e.pool.Config().ConnConfig.DefaultQueryExecMode != pgx.QueryExecModeCacheStatement {
+		return nil
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, localSettings, e.localSettingsArgs(cl)...); err != nil {
+		return err
+	}
+	if _, err := tx.Prepare(ctx, stmt, stmt); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
 }
 
 // batchConn takes a connection for a batch's sub-batches.
