@@ -75,7 +75,7 @@ test-short: ## Start services, then the quick tests (-short, no race detector)
 	$(GO) test $(SHORT_FLAGS) $(PKGS)
 
 .PHONY: bench
-bench: build ## Side-by-side benchmarks (vs Ruby Sidekiq / a PL/pgSQL loop); results go in BENCHMARKS.md
+bench: build ## Side-by-side benchmarks (vs Ruby Sidekiq / a PL/pgSQL loop) and failovers; results go in BENCHMARKS.md
 	@$(with_services)
 	echo "== go run ./bench/throughput -runs 3   (no-op jobs: ferry vs Ruby Sidekiq 6.4)" >&2
 	$(GO) run ./bench/throughput -runs 3 -ferry $(BIN)
@@ -85,6 +85,10 @@ bench: build ## Side-by-side benchmarks (vs Ruby Sidekiq / a PL/pgSQL loop); res
 	$(GO) run ./bench/bbm -rows 500000 -load -only-load
 	echo "== go run ./bench/steal -jobs 10000,100000   (legacy steal: ferry vs Ruby scan-and-delete)" >&2
 	$(GO) run ./bench/steal -jobs 10000,100000
+	echo "== go run ./bench/failover -ferry $(BIN)   (Redis Sentinel: SENTINEL FAILOVER, SIGKILL of the master, 20,000 jobs; PostgreSQL stop -m fast/immediate mid-migration, direct and via PgBouncer)" >&2
+	$(GO) run ./bench/failover -ferry $(BIN)
+	echo "== go run ./bench/failover -only redis -redis-faults failover,sigkill-lag -jobs 300 -rate 20 -job-ms 2000   (a backlog of 2 s jobs: what a failover loses)" >&2
+	$(GO) run ./bench/failover -only redis -redis-faults failover,sigkill-lag -jobs 300 -rate 20 -job-ms 2000
 
 .PHONY: demo
 demo: build ## Start services, build, and run `bin/ferry demo`
