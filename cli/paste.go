@@ -57,20 +57,31 @@ func parseRake(tok string) (rc rakeCall, ok bool) {
 
 // splitRakeArgs splits as rake does, on commas not escaped as `\,`, and
 // drops the single quotes the shell leaves in when the whole task was
-// pasted inside double quotes.
+// pasted inside double quotes. Commas inside single quotes or inside the
+// JSON arguments' brackets do not split either: operators paste
+// '[["id"],["id_big"]]' without GitLab's escapes too.
 func splitRakeArgs(s string) []string {
 	var out []string
 	var cur strings.Builder
+	quoted, depth := false, 0
 	for i := 0; i < len(s); i++ {
-		switch {
-		case s[i] == '\\' && i+1 < len(s) && s[i+1] == ',':
+		switch c := s[i]; {
+		case c == '\\' && i+1 < len(s) && s[i+1] == ',':
 			cur.WriteByte(',')
 			i++
-		case s[i] == ',':
+		case c == ',' && !quoted && depth == 0:
 			out = append(out, cur.String())
 			cur.Reset()
 		default:
-			cur.WriteByte(s[i])
+			switch {
+			case c == '\'':
+				quoted = !quoted
+			case c == '[' && !quoted:
+				depth++
+			case c == ']' && !quoted && depth > 0:
+				depth--
+			}
+			cur.WriteByte(c)
 		}
 	}
 	out = append(out, cur.String())
