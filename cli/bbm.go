@@ -446,7 +446,7 @@ func (a *App) finalizeWithProgress(ctx context.Context, e *bbm.Engine, m *bbm.Mi
 	if m.TotalTuples != nil {
 		total = *m.TotalTuples
 	}
-	p := a.newProgress(fmt.Sprintf("%s %s.%s", m.Class, m.Table, m.Column), total, rows0, time.Now())
+	p := a.newProgress(fmt.Sprintf("%s %s.%s", m.Class, m.Table, m.Column), "rows", total, rows0, time.Now())
 	done := make(chan error, 1)
 	go func() { done <- e.Finalize(ctx, m) }()
 	tick := time.NewTicker(300 * time.Millisecond)

@@ -567,7 +567,9 @@ func dbBackupCmd(a *App, f *dbFlags) *cobra.Command {
 			if err != nil {
 				return dbErr(err)
 			}
-			meta, err := dbmigrate.Backup(ctx, pool, args[0], dbmigrate.BackupOptions{Logger: a.Log, PgBin: f.pgBin})
+			report, end := a.tableProgress("pg_dump " + args[0])
+			meta, err := dbmigrate.Backup(ctx, pool, args[0], dbmigrate.BackupOptions{Logger: a.Log, PgBin: f.pgBin, Progress: report})
+			end(err == nil)
 			if err != nil {
 				return dbErr(err)
 			}
@@ -632,8 +634,10 @@ Without --yes it only checks and prints what it would drop (exit 2).`,
 			if err != nil {
 				return dbErr(err)
 			}
+			report, end := a.tableProgress("restore " + args[0])
 			res, err := dbmigrate.Restore(ctx, pool, args[0], dbmigrate.BackupOptions{Logger: a.Log, PgBin: f.pgBin,
-				Yes: yes, ForceOtherDatabase: force, LockTimeout: f.lockTimeout})
+				Yes: yes, ForceOtherDatabase: force, LockTimeout: f.lockTimeout, Progress: report})
+			end(err == nil)
 			if errors.Is(err, os.ErrNotExist) {
 				return Usage(err)
 			}

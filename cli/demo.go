@@ -122,7 +122,7 @@ The demo table is dropped and recreated on every run.`,
 			}
 			fmt.Fprintf(a.Out, "Running %s, up to %d batches at once...\n", how, parallel)
 			start := time.Now()
-			bar := a.newProgress("copy id -> id_convert_to_bigint", int64(rows), 0, start)
+			bar := a.newProgress("copy id -> id_convert_to_bigint", "rows", int64(rows), 0, start)
 			tick := time.NewTicker(250 * time.Millisecond)
 			defer tick.Stop()
 			var info *bbm.MigrationInfo

@@ -22,9 +22,10 @@ type finalizeBar struct {
 	w      io.Writer
 	bar    *progressbar.ProgressBar
 	desc   string
-	total  int64 // total_tuple_count, an estimate; 0 when unknown
-	barMax int64 // the bar's max; -1 when the total is unknown
-	rows   int64 // last count drawn
+	unit   string // what is counted: "rows" unless set
+	total  int64  // total_tuple_count, an estimate; 0 when unknown
+	barMax int64  // the bar's max; -1 when the total is unknown
+	rows   int64  // last count drawn
 	start  rateSample
 	meter  rateMeter
 }
@@ -37,7 +38,7 @@ const (
 )
 
 func newFinalizeBar(w io.Writer, desc string, total, rows int64, now time.Time) *finalizeBar {
-	b := &finalizeBar{w: w, desc: desc, barMax: -1, rows: rows, start: rateSample{now, rows},
+	b := &finalizeBar{w: w, desc: desc, unit: "rows", barMax: -1, rows: rows, start: rateSample{now, rows},
 		meter: rateMeter{window: finalizeRateWindow}}
 	if total > 0 {
 		b.total = total
@@ -70,7 +71,7 @@ func (b *finalizeBar) update(rows int64, now time.Time) {
 		b.bar.ChangeMax64(b.barMax)
 	}
 	desc := b.desc
-	if s := rateETA(&b.meter, b.total, rows); s != "" {
+	if s := rateETA(&b.meter, b.unit, b.total, rows); s != "" {
 		desc += ":" + s[1:] // ": R rows/s, ETA D"
 	}
 	_ = b.bar.Set64(rows)
@@ -92,7 +93,7 @@ func (b *finalizeBar) end(rows int64, finished bool, now time.Time) {
 	}
 	desc := b.desc
 	if d := now.Sub(b.start.at); rows > b.start.rows && d > 0 {
-		desc += fmt.Sprintf(": %.0f rows/s", float64(rows-b.start.rows)/d.Seconds())
+		desc += fmt.Sprintf(": %.0f %s/s", float64(rows-b.start.rows)/d.Seconds(), b.unit)
 	}
 	b.bar.Describe(desc)
 	if b.barMax > 0 && rows > 0 {

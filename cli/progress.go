@@ -42,10 +42,10 @@ func (a *App) checkProgressFlag() error {
 	return Usagef("--progress must be auto, bar, lines or none, got %q", a.progressMode)
 }
 
-// newProgress starts reporting on stderr the progress of desc, total rows
-// (0: unknown), rows0 of them done before. It returns nil with
-// --progress none.
-func (a *App) newProgress(desc string, total, rows0 int64, now time.Time) progress {
+// newProgress starts reporting on stderr the progress of desc, counted in
+// unit ("rows", "tables"): total (0: unknown), rows0 of them done before.
+// It returns nil with --progress none.
+func (a *App) newProgress(desc, unit string, total, rows0 int64, now time.Time) progress {
 	mode := a.progressMode
 	if mode == progressAuto || mode == "" {
 		mode = progressLines
@@ -56,10 +56,11 @@ func (a *App) newProgress(desc string, total, rows0 int64, now time.Time) progre
 	switch mode {
 	case progressBar:
 		b := newFinalizeBar(a.errOut.w, desc, total, rows0, now)
+		b.unit = unit
 		a.errOut.show(b)
 		return &guardedBar{g: a.errOut, b: b}
 	case progressLines:
-		return newPlainProgress(a.errOut, desc, total, rows0, now)
+		return newPlainProgress(a.errOut, desc, unit, total, rows0, now)
 	}
 	return nil
 }
@@ -120,14 +121,15 @@ func (p *guardedBar) end(rows int64, finished bool, now time.Time) {
 type plainProgress struct {
 	w     io.Writer
 	desc  string
+	unit  string
 	total int64
 	start rateSample
 	meter rateMeter
 	last  time.Time
 }
 
-func newPlainProgress(w io.Writer, desc string, total, rows0 int64, now time.Time) *plainProgress {
-	p := &plainProgress{w: w, desc: desc, total: total, start: rateSample{now, rows0}, meter: rateMeter{window: finalizeRateWindow}, last: now}
+func newPlainProgress(w io.Writer, desc, unit string, total, rows0 int64, now time.Time) *plainProgress {
+	p := &plainProgress{w: w, desc: desc, unit: unit, total: total, start: rateSample{now, rows0}, meter: rateMeter{window: finalizeRateWindow}, last: now}
 	p.meter.add(now, rows0)
 	fmt.Fprintf(p.w, "%s: started at %s\n", p.desc, p.count(rows0))
 	return p
@@ -135,9 +137,9 @@ func newPlainProgress(w io.Writer, desc string, total, rows0 int64, now time.Tim
 
 func (p *plainProgress) count(rows int64) string {
 	if p.total <= 0 {
-		return fmt.Sprintf("%d rows", rows)
+		return fmt.Sprintf("%d %s", rows, p.unit)
 	}
-	return fmt.Sprintf("%d/%d rows (%.1f%%)", rows, p.total, 100*float64(rows)/float64(p.total))
+	return fmt.Sprintf("%d/%d %s (%.1f%%)", rows, p.total, p.unit, 100*float64(rows)/float64(p.total))
 }
 
 func (p *plainProgress) update(rows int64, now time.Time) {
@@ -146,7 +148,7 @@ func (p *plainProgress) update(rows int64, now time.Time) {
 		return
 	}
 	p.last = now
-	fmt.Fprintf(p.w, "%s: %s%s\n", p.desc, p.count(rows), rateETA(&p.meter, p.total, rows))
+	fmt.Fprintf(p.w, "%s: %s%s\n", p.desc, p.count(rows), rateETA(&p.meter, p.unit, p.total, rows))
 }
 
 func (p *plainProgress) end(rows int64, finished bool, now time.Time) {
@@ -163,20 +165,49 @@ func (p *plainProgress) end(rows int64, finished bool, now time.Time) {
 	}
 	rate := ""
 	if d > 0 && rows > p.start.rows {
-		rate = fmt.Sprintf(" (%.0f rows/s)", float64(rows-p.start.rows)/d.Seconds())
+		rate = fmt.Sprintf(" (%.0f %s/s)", float64(rows-p.start.rows)/d.Seconds(), p.unit)
 	}
-	fmt.Fprintf(p.w, "%s: done, %d rows in %s%s\n", p.desc, rows, d.Round(time.Second), rate)
+	fmt.Fprintf(p.w, "%s: done, %d %s in %s%s\n", p.desc, rows, p.unit, d.Round(time.Second), rate)
 }
 
-// rateETA is ", R rows/s, ETA D" once the meter has a rate ("" before).
-func rateETA(m *rateMeter, total, rows int64) string {
+// rateETA is ", R units/s, ETA D" once the meter has a rate ("" before).
+func rateETA(m *rateMeter, unit string, total, rows int64) string {
 	r, ok := m.rate(finalizeMinRateSpan)
 	if !ok {
 		return ""
 	}
-	s := fmt.Sprintf(", %.0f rows/s", r)
+	s := fmt.Sprintf(", %.0f %s/s", r, unit)
 	if r > 0 && total > rows {
 		s += ", ETA " + (time.Duration(float64(total-rows) / r * float64(time.Second))).Round(time.Second).String()
 	}
 	return s
+}
+
+// tableProgress reports the progress of db backup and restore, which
+// count tables: report starts it at the first call; end draws the final
+// state. report is nil with --progress none.
+func (a *App) tableProgress(desc string) (report func(done, total int64), end func(finished bool)) {
+	if a.progressMode == progressNone {
+		return nil, func(bool) {}
+	}
+	var p progress
+	var last, total int64
+	report = func(done, n int64) {
+		now := time.Now()
+		if p == nil {
+			p = a.newProgress(desc, "tables", n, done, now)
+		}
+		last, total = done, n
+		p.update(done, now)
+	}
+	end = func(finished bool) {
+		if p == nil {
+			return
+		}
+		if finished {
+			last = total
+		}
+		p.end(last, finished, time.Now())
+	}
+	return report, end
 }

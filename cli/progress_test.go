@@ -13,7 +13,7 @@ func TestPlainProgressLines(t *testing.T) {
 	t.Parallel()
 	var w bytes.Buffer
 	t0 := time.Now()
-	p := newPlainProgress(&w, "Copy events.id", 100000, 10000, t0)
+	p := newPlainProgress(&w, "Copy events.id", "rows", 100000, 10000, t0)
 	for i := 1; i <= 20; i++ { // every 500ms for 10s, 1000 rows/s
 		p.update(10000+int64(i)*500, t0.Add(time.Duration(i)*500*time.Millisecond))
 	}
@@ -27,7 +27,7 @@ func TestPlainProgressLines(t *testing.T) {
 		t.Fatalf("got\n%s\nwant\n%s", got, want)
 	}
 	w.Reset()
-	p = newPlainProgress(&w, "x", 0, 0, t0)
+	p = newPlainProgress(&w, "x", "rows", 0, 0, t0)
 	p.end(-1, false, t0.Add(3*time.Second))
 	if !strings.HasSuffix(w.String(), "x: stopped at 0 rows after 3s\n") {
 		t.Fatalf("%q", w.String())
@@ -42,7 +42,7 @@ func TestLogLinesDoNotBreakTheBar(t *testing.T) {
 	var w bytes.Buffer
 	a := &App{Err: &w, errOut: &stderrGuard{w: &w}, progressMode: progressBar}
 	t0 := time.Now()
-	p := a.newProgress("Copy events.id", 1000, 0, t0)
+	p := a.newProgress("Copy events.id", "rows", 1000, 0, t0)
 	p.update(500, t0.Add(2*time.Second))
 	if _, err := a.errOut.Write([]byte("WARN something happened\n")); err != nil {
 		t.Fatal(err)

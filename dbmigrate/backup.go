@@ -36,6 +36,9 @@ type BackupOptions struct {
 	// LockTimeout: restore holds the migration lock so no migrator runs
 	// meanwhile.
 	LockTimeout time.Duration
+	// Progress, when set, is called as tables are dumped or restored:
+	// done of total tables with data.
+	Progress func(done, total int64)
 }
 
 // BackupMeta is the sidecar FILE.meta.json that ties a dump to its database.
@@ -140,7 +143,7 @@ func Backup(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOption
 		return nil, err
 	}
 	pgDump := tool("pg_dump", o.PgBin, in.version)
-	if _, err := runTool(ctx, in.env, pgDump, "--format=custom", "--file="+file, "--dbname="+in.connArgs); err != nil {
+	if err := dumpWithProgress(ctx, pool, in, pgDump, file, o.Progress); err != nil {
 		return nil, err
 	}
 	fi, err := os.Stat(file)
@@ -213,6 +216,7 @@ func displayIdent(s string) string {
 // "<schema> <tag>" as `pg_restore --list` prints them (owner removed).
 type toc struct {
 	dbname    string
+	data      int64 // TABLE DATA entries
 	relations map[[2]string]bool
 	objects   map[string]map[[2]string]bool // "type", "func", "schema", "ext", "evt", "fk"
 }
@@ -253,6 +257,9 @@ func readTOC(ctx context.Context, in *dbInfo, file, bin string) (*toc, error) {
 			continue
 		}
 		rest := m[1]
+		if strings.HasPrefix(rest, "TABLE DATA ") {
+			t.data++
+		}
 		var desc, class string
 		for _, k := range tocKinds {
 			if strings.HasPrefix(rest, k.desc) {
@@ -356,7 +363,9 @@ func planDrops(ctx context.Context, pool *pgxpool.Pool, t *toc) ([]Object, error
 			FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 			WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND ` + userSchema + ` AND ` + fmt.Sprintf(userObject, "c", "pg_class") + `
 			ORDER BY CASE WHEN c.relkind IN ('v', 'm') THEN 0 WHEN c.relkind = 'S' THEN 2 ELSE 1 END, 2, 3`,
-			func(o *Object) bool { return t.relations[[2]string{o.Schema, o.Name}] || isRecordRelation(o.Schema, o.Name) }},
+			func(o *Object) bool {
+				return t.relations[[2]string{o.Schema, o.Name}] || isRecordRelation(o.Schema, o.Name)
+			}},
 		// Signatures as pg_dump's tags: name(argtype, ...), input
 		// arguments only, "(*)" for an aggregate without arguments.
 		{`SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, n.nspname::text,
@@ -496,7 +505,11 @@ func Restore(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOptio
 	if err != nil {
 		return res, err
 	}
-	if err := applyRestore(ctx, in, file, res.Dropped, saved.sql(), o.PgBin); err != nil {
+	var progress func(int64)
+	if o.Progress != nil {
+		progress = func(done int64) { o.Progress(done, t.data) }
+	}
+	if err := applyRestore(ctx, in, file, res.Dropped, saved.sql(), o.PgBin, progress); err != nil {
 		return res, err
 	}
 	res.Kept = saved.count

@@ -262,7 +262,10 @@ const restoreTail = 16 << 10
 // The script's tail, which holds the COMMIT, reaches psql only after
 // pg_restore exited 0; on any failure psql's input just ends, and
 // PostgreSQL rolls back a transaction whose session ends without COMMIT.
-func applyRestore(parent context.Context, in *dbInfo, file string, drops []Object, keep, bin string) error {
+//
+// keep is SQL run before the COMMIT (see savedRecords); progress, when
+// set, is called with the tables whose data has been sent.
+func applyRestore(parent context.Context, in *dbInfo, file string, drops []Object, keep, bin string, progress func(done int64)) error {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	psql := exec.CommandContext(ctx, tool("psql", bin, in.version), "--no-psqlrc", "--quiet",
@@ -291,7 +294,12 @@ func applyRestore(parent context.Context, in *dbInfo, file string, drops []Objec
 		_ = psql.Wait()
 		return fmt.Errorf("%w: pg_restore: %w", ErrTool, err)
 	}
-	tail, copyErr := sendScript(stdin, script, drops)
+	var src io.Reader = script
+	if progress != nil {
+		progress(0)
+		src = &copyCounter{r: script, progress: progress}
+	}
+	tail, copyErr := sendScript(stdin, src, drops)
 	if copyErr != nil {
 		cancel() // psql stopped reading; pg_restore must not block on a full pipe
 	}

@@ -85,7 +85,7 @@ func TestApplyRestoreRollsBackWhenPgRestoreDies(t *testing.T) {
 	if err != nil || len(drops) != 1 || drops[0].Name != "extra" {
 		t.Fatalf("plan: %v, %v", drops, err)
 	}
-	err = applyRestore(ctx, in, file, drops, "", "")
+	err = applyRestore(ctx, in, file, drops, "", "", nil)
 	if !errors.Is(err, ErrRestoreFailed) || !strings.Contains(err.Error(), "end of file") {
 		t.Fatalf("restore of a cut archive: %v", err)
 	}

@@ -20,3 +20,22 @@ func TestDBMigrateFinalizeShowsProgress(t *testing.T) {
 		t.Fatalf("carriage returns on a non-terminal:\n%q", errs)
 	}
 }
+
+// backup and restore show their progress in tables.
+func TestDBBackupRestoreShowProgress(t *testing.T) {
+	e := newDBEnv(t)
+	e.write("1_t.up.sql", "CREATE TABLE a (id int); CREATE TABLE b (id int); INSERT INTO a SELECT generate_series(1, 1000);\n")
+	e.mustFerry("migrate")
+	dump := t.TempDir() + "/x.dump"
+	_, errs := e.wantExit(0, "backup", dump)
+	// a, b, schema_migrations and ferry_migration_log.
+	wantContains(t, errs, "pg_dump "+dump+": started at 0/4 tables (0.0%)\n", "pg_dump "+dump+": done, 4 tables in ")
+	_, errs = e.wantExit(0, "restore", dump, "--yes")
+	wantContains(t, errs, "restore "+dump+": started at 0/4 tables (0.0%)\n", "restore "+dump+": done, 4 tables in ")
+	if strings.Contains(errs, "\r") {
+		t.Fatalf("carriage returns on a non-terminal:\n%q", errs)
+	}
+	if _, errs := e.wantExit(0, "backup", dump, "--progress", "none"); errs != "" {
+		t.Fatalf("--progress none: %q", errs)
+	}
+}

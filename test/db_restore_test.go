@@ -393,7 +393,14 @@ INSERT INTO users (email) SELECT md5(i::text) || '@example.com' FROM generate_se
 	}
 }
 
+// restoreFirstLine is the first line of the error ("ferry: ..."), which
+// follows the progress lines of a restore that got as far as restoring.
 func restoreFirstLine(s string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, "ferry: ") {
+			return l
+		}
+	}
 	first, _, _ := strings.Cut(s, "\n")
 	return first
 }
