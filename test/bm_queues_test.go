@@ -156,3 +156,24 @@ func TestBMMarkUnknownClass(t *testing.T) {
 		t.Fatalf("nothing left to mark: exit %d", code)
 	}
 }
+
+// A steal marks the tracking rows of the jobs it performs (GitLab's
+// track_jobs), and skips the tracking UPDATE only for a class without
+// pending rows.
+func TestBMStealMarksTrackedJobs(t *testing.T) {
+	t.Parallel()
+	b := bmSetup(t)
+	if err := bm.Track(b.ctx, b.db, "CopyColumn", json.RawMessage(`["users","legacy_id","id_big",1,100]`),
+		json.RawMessage(`["users","legacy_id","id_big",101,200]`)); err != nil {
+		t.Fatal(err)
+	}
+	b.ruby(t, `
+bm_push(['CopyColumn', ['users', 'legacy_id', 'id_big', 1, 100]])
+bm_push(['CopyColumn', ['users', 'legacy_id', 'id_big', 101, 200]], at: Time.now.to_f + 3600)`)
+	if code, _, stderr := b.ferry(t, cli.Options{}, "bm", "steal", "CopyColumn"); code != 0 {
+		t.Fatalf("exit %d %s", code, stderr)
+	}
+	if n := b.int(t, `SELECT count(*) FROM background_migration_jobs WHERE status = 1`); n != 2 || b.copied(t) != 200 {
+		t.Fatalf("%d rows marked, %d copied", n, b.copied(t))
+	}
+}

@@ -2,11 +2,15 @@
 // doing what GitLab's steal does (iterate the scheduled set and the queue,
 // JobRecord#delete each match), on identical data in the same run.
 //
-// ferry steals *and performs* every job (a trivial migration class); Ruby
-// only deletes them. Both start from the same N jobs: half queued, half
-// scheduled, plus -other non-matching jobs interleaved.
+// ferry steals *and performs* every job; Ruby only deletes them. Both
+// start from the same N jobs (Sidekiq 6.4's payloads, byte for byte): half
+// queued, half scheduled, plus -other non-matching jobs interleaved. With
+// -class copy (the default) each job is a CopyColumn of 10 rows of a table
+// made for it in DATABASE_URL's database, tracked as GitLab tracks jobs
+// (background_migration_jobs exists, so each job's mark_all_as_succeeded
+// runs); -class noop performs nothing.
 //
-//	go run ./bench/steal -jobs 10000,100000
+//	go run ./bench/steal -jobs 10000,100000 -concurrency 16
 //
 // It flushes and uses Redis database -db of REDIS_URL, after claiming it
 // the way internal/testenv does (SETNX ferry:test:db:<n> on database 0), so
@@ -26,22 +30,27 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/jobs/bm"
 	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/schema"
 )
 
 type noopArgs []json.RawMessage
 
 func (noopArgs) Kind() string { return "BenchNoop" }
 
+// copyTable is the table -class copy jobs copy in, 10 rows per job.
+const copyTable = "bench_steal_copy"
+
 const rubyScript = `
 require 'sidekiq'
 require 'sidekiq/api'
 Sidekiq.configure_client { |c| c.redis = { url: ENV.fetch('REDIS_URL') } }
-match = ->(j) { j.klass == 'BackgroundMigrationWorker' && j.args[0] == 'BenchNoop' }
+match = ->(j) { j.klass == 'BackgroundMigrationWorker' && j.args[0] == ENV.fetch('CLASS') }
 t = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 n = 0
 Sidekiq::ScheduledSet.new.each { |j| if match.(j) then j.delete; n += 1 end }
@@ -54,7 +63,12 @@ func main() {
 	other := flag.Float64("other", 0.1, "extra non-matching jobs, as a fraction of -jobs")
 	db := flag.Int("db", 13, "Redis database number to use")
 	skipRuby := flag.Bool("skip-ruby", false, "only time ferry")
+	class := flag.String("class", "copy", "what each job does: copy (CopyColumn of 10 rows, needs DATABASE_URL) or noop")
+	concurrency := flag.Int("concurrency", 16, "jobs ferry performs at once (bm steal --concurrency)")
 	flag.Parse()
+	if *class != "copy" && *class != "noop" {
+		fail(fmt.Errorf("-class must be copy or noop, got %q", *class))
+	}
 
 	cfg := config.Defaults()
 	cfg.ApplyEnv()
@@ -93,29 +107,31 @@ func main() {
 		if err != nil || n <= 0 {
 			fail(fmt.Errorf("-jobs: bad count %q", s))
 		}
-		members := makeJobs(n, int(float64(n)**other))
+		migration := "BenchNoop"
+		if *class == "copy" {
+			migration = "CopyColumn"
+		}
+		members := makeJobs(n, int(float64(n)**other), migration)
 		r := row{n: n}
 
 		load(ctx, rdb, members)
-		var performed atomic.Int64
-		reg := bm.NewRegistry()
-		bm.Add(reg, bm.PerformFunc[noopArgs](func(context.Context, *bm.Job[noopArgs]) error {
-			performed.Add(1)
-			return nil
-		}))
-		co := &bm.Coordinator{Redis: rdb, Runner: &bm.Runner{Registry: reg}}
+		runner, check := newRunner(ctx, *class, n, *concurrency)
+		co := &bm.Coordinator{Redis: rdb, Runner: runner, Queues: []string{bm.QueueName}}
 		start := time.Now()
-		res, err := co.Steal(ctx, "BenchNoop", bm.StealOptions{})
+		res, err := co.Steal(ctx, migration, bm.StealOptions{Concurrency: *concurrency})
 		r.ferry = time.Since(start)
-		if err != nil || int(performed.Load()) != n || res.Performed != n {
-			fail(fmt.Errorf("ferry steal: performed %d of %d: %w", performed.Load(), n, err))
+		if err == nil {
+			err = check()
+		}
+		if err != nil || res.Performed != n {
+			fail(fmt.Errorf("ferry steal: performed %d of %d: %w", res.Performed, n, err))
 		}
 		r.ferryPerJobUs = float64(r.ferry.Microseconds()) / float64(n)
 
 		if !*skipRuby {
 			load(ctx, rdb, members)
 			cmd := exec.Command("ruby", "-e", rubyScript)
-			cmd.Env = append(os.Environ(), "REDIS_URL="+u)
+			cmd.Env = append(os.Environ(), "REDIS_URL="+u, "CLASS="+migration)
 			cmd.Stderr = nil
 			out, err := cmd.Output()
 			if err != nil {
@@ -129,9 +145,13 @@ func main() {
 		}
 		rdb.FlushDB(ctx)
 		rows = append(rows, r)
-		fmt.Printf("jobs=%d (+%d other)  ferry steal+perform: %s (%.1f µs/job)  ruby scan+delete: %s (deleted %d)  ruby/ferry: %.1fx\n",
-			n, int(float64(n)**other), r.ferry.Round(time.Millisecond), r.ferryPerJobUs, r.ruby.Round(time.Millisecond),
-			r.rubyDeleted, r.ruby.Seconds()/r.ferry.Seconds())
+		fmt.Printf("jobs=%d %s (+%d other)  ferry steal+perform (concurrency %d): %s (%.1f µs/job, %.0f jobs/s)  ruby scan+delete: %s (deleted %d, %.0f jobs/s)  ruby/ferry: %.1fx\n",
+			n, migration, int(float64(n)**other), *concurrency, r.ferry.Round(time.Millisecond), r.ferryPerJobUs, float64(n)/r.ferry.Seconds(),
+			r.ruby.Round(time.Millisecond), r.rubyDeleted, float64(r.rubyDeleted)/max(r.ruby.Seconds(), 1e-9), r.ruby.Seconds()/r.ferry.Seconds())
+	}
+	if pool != nil {
+		_, _ = pool.Exec(ctx, `DROP TABLE IF EXISTS `+copyTable)
+		pool.Close()
 	}
 	for i := 1; i < len(rows); i++ {
 		a, b := rows[i-1], rows[i]
@@ -145,9 +165,67 @@ type member struct {
 	score float64 // 0 = queued
 }
 
+// newRunner returns the runner the steal performs with and a check of
+// the work done: a counter for noop; for copy, a fresh table of 10 rows per
+// job, ferry's tables, and a count of the rows copied.
+func newRunner(ctx context.Context, class string, n, concurrency int) (*bm.Runner, func() error) {
+	reg := bm.NewRegistry()
+	if class == "noop" {
+		var performed atomic.Int64
+		bm.Add(reg, bm.PerformFunc[noopArgs](func(context.Context, *bm.Job[noopArgs]) error {
+			performed.Add(1)
+			return nil
+		}))
+		return &bm.Runner{Registry: reg}, func() error {
+			if int(performed.Load()) != n {
+				return fmt.Errorf("performed %d", performed.Load())
+			}
+			return nil
+		}
+	}
+	bm.AddCopyColumn(reg, bm.CopyColumn{})
+	url := os.Getenv("DATABASE_URL")
+	if url == "" {
+		fail(fmt.Errorf("-class copy needs DATABASE_URL (or use -class noop)"))
+	}
+	if pool == nil {
+		p, err := config.NewPool(ctx, url, int32(concurrency)+2)
+		if err != nil {
+			fail(err)
+		}
+		pool = p
+		if err := schema.Apply(ctx, pool); err != nil {
+			fail(err)
+		}
+	}
+	for _, q := range []string{
+		`DROP TABLE IF EXISTS ` + copyTable,
+		`CREATE TABLE ` + copyTable + ` (id bigint PRIMARY KEY, a integer NOT NULL, b bigint)`,
+		fmt.Sprintf(`INSERT INTO %s SELECT g, g FROM generate_series(1, %d) g`, copyTable, n*10),
+		`VACUUM ANALYZE ` + copyTable,
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			fail(fmt.Errorf("%s: %w", q, err))
+		}
+	}
+	return &bm.Runner{Registry: reg, DB: pool}, func() error {
+		var copied int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+copyTable+` WHERE b = a`).Scan(&copied); err != nil {
+			return err
+		}
+		if copied != n*10 {
+			return fmt.Errorf("copied %d rows of %d", copied, n*10)
+		}
+		return nil
+	}
+}
+
+// pool is the -class copy database, opened once.
+var pool *pgxpool.Pool
+
 // makeJobs builds Sidekiq 6.4-shaped payloads: n matching (half queued,
 // half scheduled) and extra others interleaved.
-func makeJobs(n, extra int) []member {
+func makeJobs(n, extra int, migration string) []member {
 	now := float64(time.Now().Unix())
 	out := make([]member, 0, n+extra)
 	every := 0
@@ -155,7 +233,11 @@ func makeJobs(n, extra int) []member {
 		every = max(n/extra, 1)
 	}
 	for i := range n {
-		j := queue.NewJob(bm.WorkerClass, json.RawMessage(fmt.Sprintf(`["BenchNoop",[%d,%d]]`, i*100, i*100+99)), bm.QueueName)
+		args := fmt.Sprintf(`["BenchNoop",[%d,%d]]`, i*100, i*100+99)
+		if migration == "CopyColumn" {
+			args = fmt.Sprintf(`["CopyColumn",[%q,"a","b",%d,%d]]`, copyTable, i*10+1, i*10+10)
+		}
+		j := queue.NewJob(bm.WorkerClass, json.RawMessage(args), bm.QueueName)
 		j.SetString("jid", queue.NewJID())
 		j.Set("retry", json.RawMessage("3"))
 		j.SetTime("created_at", now)
@@ -211,6 +293,9 @@ var release = func() {}
 
 func fail(err error) {
 	release()
+	if pool != nil {
+		pool.Close()
+	}
 	fmt.Fprintln(os.Stderr, "bench/steal:", err)
 	os.Exit(1)
 }

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -68,18 +69,61 @@ type StealOptions struct {
 // *queue.StealError is returned; with KeepGoing only the failing jobs are,
 // and a *queue.StealFailures is returned at the end.
 func (c *Coordinator) Steal(ctx context.Context, class string, opts StealOptions) (queue.StealResult, error) {
+	runners := &stealRunners{co: c, class: class}
 	perform := func(ctx context.Context, sj *queue.StolenJob) error {
 		var wa WorkerArgs
 		if err := worker.DecodeArgs(sj.Job.Args(), &wa); err != nil {
 			return &ArgsError{Class: WorkerClass, Err: err}
 		}
-		return c.Runner.Perform(ctx, wa.Class, wa.Args)
+		r, err := runners.forSource(ctx, sj.Source)
+		if err != nil {
+			return err
+		}
+		return r.Perform(ctx, wa.Class, wa.Args)
 	}
 	return queue.Steal(ctx, c.Redis, queue.StealOptions{
 		Class: WorkerClass, Arg0: class, Queues: c.queues(), RetryDead: opts.RetryDead,
 		Chunk: opts.Chunk, Progress: opts.Progress, Logger: c.log(),
 		Concurrency: opts.Concurrency, KeepGoing: opts.KeepGoing,
 	}, perform)
+}
+
+// stealRunners spares a steal the tracking-table UPDATE per job when the
+// class has no pending tracking row: rows are inserted before their jobs
+// are enqueued (GitLab's helpers, Schedule), so when none is pending once
+// a source's jobs are all in the steal's hands, none of those jobs has
+// one. It is asked again for each source, whose jobs are taken later.
+type stealRunners struct {
+	co    *Coordinator
+	class string
+
+	mu    sync.Mutex
+	bySrc map[queue.StealSource]*Runner
+}
+
+func (s *stealRunners) forSource(ctx context.Context, src queue.StealSource) (*Runner, error) {
+	r := s.co.Runner
+	if r.DB == nil || r.NoAutoTrack {
+		return r, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if got := s.bySrc[src]; got != nil {
+		return got, nil
+	}
+	pending, err := HasPending(ctx, r.DB, s.class)
+	if err != nil {
+		return nil, err
+	}
+	got := r
+	if !pending {
+		got = &Runner{Registry: r.Registry, DB: r.DB, Logger: r.Logger, NoAutoTrack: true, Tables: r.tables()}
+	}
+	if s.bySrc == nil {
+		s.bySrc = map[queue.StealSource]*Runner{}
+	}
+	s.bySrc[src] = got
+	return got, nil
 }
 
 // PerformPending performs the pending tracking rows of class ("" = all),

@@ -77,6 +77,18 @@ func MarkSucceeded(ctx context.Context, db DB, class string, args json.RawMessag
 	return tag.RowsAffected(), nil
 }
 
+// HasPending reports whether class has a pending tracking row (false
+// when the tracking table does not exist).
+func HasPending(ctx context.Context, db DB, class string) (bool, error) {
+	var ok bool
+	err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM background_migration_jobs WHERE class_name = $1 AND status = 0)`,
+		normalizeClass(class)).Scan(&ok)
+	if err != nil && !isUndefinedTable(err) {
+		return false, fmt.Errorf("bm: pending tracking rows: %w", err)
+	}
+	return ok, nil
+}
+
 // PendingJobs lists pending rows, oldest first; class "" means all classes.
 func PendingJobs(ctx context.Context, db DB, class string) ([]TrackedJob, error) {
 	rows, err := db.Query(ctx, `
