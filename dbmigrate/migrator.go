@@ -259,7 +259,9 @@ func (m *Migrator) run(ctx context.Context, c *lockedConn, mg *Migration, dir st
 		VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`, string(mg.Version), mg.Name, dir, sc.NoTransaction, os.Getpid(), hostname()).Scan(&logID); err != nil {
 		return fmt.Errorf("record attempt: %w", err)
 	}
-	m.log.Info("running migration", zap.String("version", string(mg.Version)), zap.String("name", mg.Name),
+	// Debug: Out prints the step already ("== V name: migrating =="), and
+	// each event is printed once.
+	m.log.Debug("running migration", zap.String("version", string(mg.Version)), zap.String("name", mg.Name),
 		zap.String("direction", dir), zap.Bool("no_transaction", sc.NoTransaction))
 	record := `INSERT INTO schema_migrations (version) SELECT $1::text WHERE NOT EXISTS (SELECT 1 FROM schema_migrations WHERE version::text = $1::text)`
 	if dir == "down" {
@@ -271,9 +273,9 @@ func (m *Migrator) run(ctx context.Context, c *lockedConn, mg *Migration, dir st
 			SET finished_at = clock_timestamp(), success = false, dirty = $2, error = $3 WHERE id = $1`, logID, dirty, err.Error()); lerr != nil {
 			m.log.Error("could not record the failure", zap.Error(lerr))
 		}
-		// Info, not Error: the caller gets the error and reports it (the
+		// Debug, not Error: the caller gets the error and reports it (the
 		// CLI's first stderr line is that error, not this log line).
-		m.log.Info("migration failed", zap.String("version", string(mg.Version)), zap.String("direction", dir), zap.Bool("dirty", dirty), zap.Error(err))
+		m.log.Debug("migration failed", zap.String("version", string(mg.Version)), zap.String("direction", dir), zap.Bool("dirty", dirty), zap.Error(err))
 		return &MigrationError{Version: mg.Version, Name: mg.Name, Direction: dir, Dirty: dirty, Err: err}
 	}
 
@@ -343,7 +345,7 @@ func (m *Migrator) ensureFinished(ctx context.Context, mg *Migration, b BBM) err
 		// As GitLab: a migration that was never queued (e.g. a fresh
 		// install whose data needed no backfill) does not block.
 		fmt.Fprintf(m.o.Out, "-- required batched background migration %s was never queued in this database (a fresh install needs no backfill); continuing\n", b)
-		m.log.Warn("required batched background migration was never queued; continuing",
+		m.log.Debug("required batched background migration was never queued; continuing",
 			zap.String("class", b.Class), zap.String("table", b.Table), zap.String("column", b.Column), zap.String("args", string(b.Args)))
 		return nil
 	}
@@ -355,7 +357,7 @@ func (m *Migrator) ensureFinished(ctx context.Context, mg *Migration, b BBM) err
 		fmt.Fprintf(m.o.Out, "-- finalizing batched background migration %s %s %s %s (it is '%s')\n", b.Class, b.Table, b.Column, b.Args, status)
 		if finalizeErr = m.o.Gate.Finalize(ctx, b); finalizeErr != nil {
 			// Info: the GateError below carries it, printed once.
-			m.log.Info("inline finalize failed", zap.Error(finalizeErr))
+			m.log.Debug("inline finalize failed", zap.Error(finalizeErr))
 		}
 		if status, _, err = m.o.Gate.Status(ctx, b); err != nil {
 			return err
@@ -423,7 +425,7 @@ func (m *Migrator) Repair(ctx context.Context, version Version) (*Attempt, error
 		fmt.Sprintf("cleared dirty state of %s attempt #%d", d.Direction, d.ID)); err != nil {
 		return nil, fmt.Errorf("record repair: %w", err)
 	}
-	m.log.Info("dirty state cleared", zap.String("version", string(d.Version)), zap.Int64("attempt", d.ID))
+	m.log.Debug("dirty state cleared", zap.String("version", string(d.Version)), zap.Int64("attempt", d.ID))
 	d.Applied = st.applied[d.Version]
 	return d, nil
 }

@@ -123,11 +123,15 @@ func TestHostileFailedMigrationFirstLine(t *testing.T) {
 	if code != 1 || !strings.HasPrefix(first, "ferry: migration 2_b (up) failed with: ") || !strings.Contains(first, "no_such_column") {
 		t.Errorf("exit %d, first stderr line %q; want 1 and the migration's error\nstdout: %s\nstderr: %s", code, first, out, errs)
 	}
-	// An explicit log level still logs.
+	// The steps are on stdout, each once; --log-level debug logs them too.
 	e.write("2_b.up.sql", "SELECT also_missing FROM a;")
 	_, _, errs = hostileRun(t, "", testenv.DirectURL(t, e.url), 30*time.Second, append(args, "--log-level", "info")...)
+	if strings.Contains(errs, `"msg":"running migration"`) || strings.Contains(errs, `"msg":"migration failed"`) {
+		t.Errorf("--log-level info repeats the steps and the error:\n%s", errs)
+	}
+	_, _, errs = hostileRun(t, "", testenv.DirectURL(t, e.url), 30*time.Second, append(args, "--log-level", "debug")...)
 	if !strings.Contains(errs, `"msg":"running migration"`) {
-		t.Errorf("--log-level info logged nothing:\n%s", errs)
+		t.Errorf("--log-level debug logged nothing:\n%s", errs)
 	}
 }
 
