@@ -379,8 +379,11 @@ func bbmFinalizeCmd(a *App) *cobra.Command {
 		Long: `Finish a migration synchronously (GitLab's gitlab:background_migrations:finalize):
 failed batches get fresh attempts, background workers stop taking its
 batches, and this process runs them, ignoring holds and max-running. The
-pasted rake form works too, e.g.
-  ferry bbm finalize "finalize[CopyColumnUsingBackgroundMigrationJob,events,id,'[[\"id\"]\, [\"id_convert_to_bigint\"]]']"
+pasted rake form works too, with GitLab's prefix replaced by "ferry bbm " or
+kept, and after "ferry bbm finalize"; :main names ferry's one database:
+  ferry bbm finalize[CopyColumnUsingBackgroundMigrationJob,events,id,'[["id"]\, ["id_convert_to_bigint"]]']
+  ferry bbm gitlab:background_migrations:finalize:main[...]
+The migration may also be given by id. Progress goes to stderr (--progress).
 Interrupting it (Ctrl-C) makes the migration active again.`,
 		Args: idOrConfigArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {

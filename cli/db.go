@@ -623,6 +623,9 @@ drops and recreates every table of the backup, so columns, indexes and
 triggers that the failed upgrade added to them go too. If anything fails
 the transaction is rolled back and the database is as it was (exit 1).
 Built-in objects and objects belonging to extensions are left alone.
+The rows of ferry_migration_log and ferry_web_actions that the backup lacks
+(the record of the failed upgrade) are put back in the same transaction.
+Other ferry sessions connected to the database are named in a warning.
 Without --yes it only checks and prints what it would drop (exit 2).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
