@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ferrymigrate/ferry/internal/testenv"
@@ -108,9 +110,23 @@ func (b *pacedBundle) finish(t *testing.T, errs chan error) {
 	}
 }
 
+// scheduled returns the args of the scheduled jobs; queued those of the
+// queue, oldest first.
 func (b *pacedBundle) scheduled(t *testing.T) []string {
 	t.Helper()
-	xs, err := b.cfg.Redis.ZRange(b.ctx, "schedule", 0, -1).Result()
+	return b.args(t, b.cfg.Redis.ZRange(b.ctx, "schedule", 0, -1))
+}
+
+func (b *pacedBundle) queued(t *testing.T) []string {
+	t.Helper()
+	xs := b.args(t, b.cfg.Redis.LRange(b.ctx, "queue:background_migration", 0, -1))
+	slices.Reverse(xs)
+	return xs
+}
+
+func (b *pacedBundle) args(t *testing.T, cmd *redis.StringSliceCmd) []string {
+	t.Helper()
+	xs, err := cmd.Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,17 +169,17 @@ func TestPacedSlotReleasedWhenJobEnds(t *testing.T) {
 	}
 }
 
-// A job that finds no free slot within LeaseWait is rescheduled with its
-// lease attempts unchanged (waiting is not failing), and a per-class
-// concurrency of 2 runs two at once.
+// A job that finds no free slot within LeaseWait goes back to the end of
+// its queue with its lease attempts unchanged (waiting is not failing),
+// and a per-class concurrency of 2 runs two at once.
 func TestPacedBusyClassReschedulesWithoutLosingAttempts(t *testing.T) {
 	t.Parallel()
 	b := setupPaced(t, func(c *bm.WorkerConfig) { c.Concurrency, c.LeaseWait = 2, 50*time.Millisecond })
 	errs := b.begin(`["BlockIt",[1]]`, `["BlockIt",[2]]`)
 	b.mustWork(t, `["BlockIt",[3],2]`, `["BlockIt",[4]]`)
 	b.finish(t, errs)
-	if s := strings.Join(b.scheduled(t), " "); s != `["BlockIt",[3],2] ["BlockIt",[4]]` && s != `["BlockIt",[4]] ["BlockIt",[3],2]` {
-		t.Fatalf("scheduled %s", s)
+	if s := strings.Join(b.queued(t), " "); s != `["BlockIt",[3],2] ["BlockIt",[4]]` || len(b.scheduled(t)) != 0 {
+		t.Fatalf("queued %s, scheduled %v", s, b.scheduled(t))
 	}
 }
 
@@ -174,8 +190,8 @@ func TestPacedClusterLimit(t *testing.T) {
 	errs := b.begin(`["BlockIt",[1]]`)
 	b.mustWork(t, `["CountIt",[1]]`)
 	b.finish(t, errs)
-	if s := b.scheduled(t); len(s) != 1 || s[0] != `["CountIt",[1]]` {
-		t.Fatalf("scheduled %v", s)
+	if s := b.queued(t); len(s) != 1 || s[0] != `["CountIt",[1]]` {
+		t.Fatalf("queued %v", s)
 	}
 }
 

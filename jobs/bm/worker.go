@@ -258,7 +258,10 @@ func (w *Worker) workPaced(ctx context.Context, job *worker.Job[WorkerArgs], cla
 		return err
 	}
 	if slot == nil {
-		return w.deferJob(ctx, job, class, w.cfg.LeaseWait, why, log)
+		// Back at the end of its queue, not into the scheduled set: it
+		// comes round again as soon as the jobs ahead of it have, without
+		// waiting for the poller.
+		return w.deferJob(ctx, job, class, 0, why, log)
 	}
 	defer w.release(ctx, class, slot)
 	return failure(w.runHolding(ctx, slot, prep, log))
@@ -324,14 +327,18 @@ func (w *Worker) workGitLab(ctx context.Context, job *worker.Job[WorkerArgs], cl
 
 // reschedule is GitLab's perform_in(delay, class, args, attempts): a new
 // job (new jid) in the same queue with the same retry option; nil
-// attempts keeps the args without lease_attempts.
+// attempts keeps the args without lease_attempts; delay 0 pushes it to
+// the queue at once.
 func (w *Worker) reschedule(ctx context.Context, job *worker.Job[WorkerArgs], class string, delay time.Duration, attempts *int) (time.Time, error) {
 	args, err := workerArgs(class, job.Args.Args, attempts)
 	if err != nil {
 		return time.Time{}, killError{err}
 	}
 	at := w.cfg.Now().Add(delay)
-	opts := queue.PushOptions{Queue: job.Queue, At: at}
+	opts := queue.PushOptions{Queue: job.Queue}
+	if delay > 0 {
+		opts.At = at
+	}
 	if job.Payload != nil && job.Payload.Has("retry") {
 		opts.Retry = job.Payload.Get("retry")
 	}
