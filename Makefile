@@ -85,6 +85,8 @@ bench: build ## Side-by-side benchmarks (vs Ruby Sidekiq / a PL/pgSQL loop) and 
 	$(GO) run ./bench/bbm -rows 500000 -load -only-load
 	echo "== go run ./bench/steal -jobs 10000,100000   (legacy steal: ferry vs Ruby scan-and-delete)" >&2
 	$(GO) run ./bench/steal -jobs 10000,100000
+	echo "== go run ./bench/bmdrain -jobs 2000 -workers 1,3 -class-concurrency 1,4   (legacy jobs drained by worker processes)" >&2
+	$(GO) run ./bench/bmdrain -ferry $(BIN) -jobs 2000 -workers 1,3 -class-concurrency 1,4
 	echo "== go run ./bench/failover -ferry $(BIN)   (Redis Sentinel: SENTINEL FAILOVER, SIGKILL of the master, 20,000 jobs; PostgreSQL stop -m fast/immediate mid-migration, direct and via PgBouncer)" >&2
 	$(GO) run ./bench/failover -ferry $(BIN)
 	echo "== go run ./bench/failover -only redis -redis-faults failover,sigkill-lag -jobs 300 -rate 20 -job-ms 2000   (a backlog of 2 s jobs: what a failover loses)" >&2
