@@ -136,7 +136,7 @@ type BM struct {
 	// MaxRunning is how many legacy jobs of all classes run at once.
 	MaxRunning int `yaml:"max_running"`
 	// LeaseWait is how long a job waits for its class's running slot
-	// before it is rescheduled that much later.
+	// before it goes back to the end of its queue.
 	LeaseWait time.Duration `yaml:"lease_wait"`
 	// MinInterval > 0 restores GitLab's fixed cadence: one job per class
 	// per interval (GitLab: 2m), lease never released, jobs given up after

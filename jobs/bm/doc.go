@@ -38,7 +38,8 @@
 // slot is held while the job runs and released when it ends, so the next
 // job starts at once. A [HealthCheck] (replication slot lag and WAL
 // archiving by default) holds jobs back while the database is unhealthy.
-// Held jobs are rescheduled, never dropped. WorkerConfig.MinInterval
+// A job that got no slot goes back to the end of its queue, one held for
+// health is rescheduled: never dropped. WorkerConfig.MinInterval
 // restores GitLab's BackgroundMigrationWorker instead: a per-class [Lease]
 // that is never released and lapses after the interval, with a bounded
 // number of lease attempts. While [Pause] is in effect every job is

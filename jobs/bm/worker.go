@@ -42,7 +42,7 @@ const (
 	// cluster, all classes together.
 	DefaultMaxRunning = 4
 	// DefaultLeaseWait is how long a job waits for its class's running
-	// slot before it is rescheduled (as Sidekiq Enterprise's concurrent
+	// slot before it goes back to its queue (as Sidekiq Enterprise's concurrent
 	// limiter waits 5 s).
 	DefaultLeaseWait = 5 * time.Second
 	// DefaultHealthDelay is how far a job is pushed back while the
@@ -112,8 +112,8 @@ type WorkerConfig struct {
 	// legacy jobs of all classes (default DefaultMaxRunning). Every worker
 	// should be given the same values: each enforces its own.
 	Concurrency, MaxRunning int
-	// LeaseWait is how long a job waits for a running slot before it is
-	// rescheduled that much later (default DefaultLeaseWait).
+	// LeaseWait is how long a job waits for a running slot before it goes
+	// back to the end of its queue (default DefaultLeaseWait).
 	LeaseWait time.Duration
 	// SlotTTL defaults to DefaultSlotTTL; a running job refreshes its slot
 	// every third of it.
