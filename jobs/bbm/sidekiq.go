@@ -10,11 +10,13 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/queue"
 	"github.com/ferrymigrate/ferry/scheduler"
+	"github.com/ferrymigrate/ferry/schema"
 	"github.com/ferrymigrate/ferry/worker"
 )
 
@@ -83,10 +85,23 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	defer s.engine.Close()
 	sch := scheduler.New(s.log)
-	if err := sch.Add("bbm", "@every 1s", s.Tick); err != nil {
+	if err := sch.Add("bbm", "@every 1s", s.tickOrSetUp); err != nil {
 		return err
 	}
 	return sch.Run(ctx)
+}
+
+// tickOrSetUp ticks; when ferry's tables are gone (a `ferry db restore` of a
+// backup from before ferry, or a dropped schema), it sets them up again, so
+// running workers carry on without a restart.
+func (s *Service) tickOrSetUp(ctx context.Context) error {
+	err := s.Tick(ctx)
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "42P01" {
+		return err
+	}
+	s.log.Warn("ferry's tables are gone (a restore?); setting them up again", zap.Error(err))
+	return schema.Ensure(ctx, s.engine.pool, s.log)
 }
 
 // Tick revives migrations whose finalizer died, rescues batches of dead
