@@ -57,7 +57,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	hctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	e.session, e.settledFrom = n, time.Now()
 	e.hbStop, e.hbDone = stop, make(chan struct{})
-	go e.heartbeat(hctx, conn)
+	go e.heartbeat(hctx, conn, e.hbDone)
 	return nil
 }
 
@@ -86,9 +86,10 @@ func (e *Engine) beat(ctx context.Context, conn *pgxpool.Conn, n int64) error {
 }
 
 // heartbeat keeps the session alive until Close, taking a new connection
-// whenever the one it has fails.
-func (e *Engine) heartbeat(ctx context.Context, conn *pgxpool.Conn) {
-	defer close(e.hbDone)
+// whenever the one it has fails. It closes done on return (a parameter:
+// Close clears the field before it waits on the channel).
+func (e *Engine) heartbeat(ctx context.Context, conn *pgxpool.Conn, done chan struct{}) {
+	defer close(done)
 	defer func() {
 		if conn != nil {
 			dctx, cancel := context.WithTimeout(context.Background(), livenessGrace/2)

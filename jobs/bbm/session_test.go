@@ -127,3 +127,22 @@ func TestLostConnectionsAreNotADeath(t *testing.T) {
 		t.Fatalf("%d failed transitions, %d attempts: a live engine's batch was taken for a dead one's", died, attempts)
 	}
 }
+
+// Closing an engine right after it started (a worker stopped at once)
+// neither panics nor leaves its session row behind.
+func TestEngineCloseRightAfterStart(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testenv.Context(t)
+	for range 20 {
+		e := b.engine(t, bbm.Config{})
+		if err := e.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		e.Close()
+	}
+	var n int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM ferry_bbm_sessions`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d session rows left (%v)", n, err)
+	}
+}
