@@ -208,6 +208,11 @@ func acquire(ctx context.Context, pool *pgxpool.Pool, appName string, timeout ti
 		conn.Release()
 		return nil, err
 	}
+	// Before any session state: behind a transaction pooler it would stay
+	// on a server connection other clients get.
+	if err := connIsSession(ctx, conn); err != nil {
+		return fail(err)
+	}
 	if _, err := conn.Exec(ctx, `SELECT set_config('application_name', $1, false)`, appName); err != nil {
 		return fail(err)
 	}
@@ -277,6 +282,12 @@ func requireSession(ctx context.Context, pool *pgxpool.Pool) error {
 		return err
 	}
 	defer conn.Release()
+	return connIsSession(ctx, conn)
+}
+
+// connIsSession returns ErrNeedsSession unless conn's statements run on the
+// backend the server announced at connect (see checkSession).
+func connIsSession(ctx context.Context, conn *pgxpool.Conn) error {
 	var pid uint32
 	if err := conn.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
 		return err
@@ -289,7 +300,11 @@ func requireSession(ctx context.Context, pool *pgxpool.Pool) error {
 
 func (c *lockedConn) release(ctx context.Context) {
 	ctx = context.WithoutCancel(ctx)
-	_, err := c.Exec(ctx, `SELECT pg_advisory_unlock($1)`, LockKey)
+	var unlocked bool
+	err := c.QueryRow(ctx, `SELECT pg_advisory_unlock($1)`, LockKey).Scan(&unlocked)
+	if err == nil && !unlocked {
+		err = errors.New("the migration lock was not held by this connection")
+	}
 	if err == nil {
 		_, err = c.Exec(ctx, `RESET application_name`)
 	}

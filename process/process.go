@@ -137,7 +137,11 @@ func (p *Process) addBBM(context.Context) error {
 	}
 	cfg := p.o.BBM
 	cfg.Logger, cfg.Registry, cfg.Identity = p.o.Logger, p.o.Registries.BBM, p.rt.Identity()
-	svc := bbm.NewService(bbm.NewEngine(p.o.DB, cfg), p.o.Redis, p.o.Logger)
+	e := bbm.NewEngine(p.o.DB, cfg)
+	// Closed after the runtime's jobs returned (Run), not with the
+	// scheduler: batches still running need the engine's session.
+	p.closers = append(p.closers, e.Close)
+	svc := bbm.NewService(e, p.o.Redis, p.o.Logger)
 	if err := svc.Register(p.o.Registries.Workers); err != nil {
 		return err
 	}

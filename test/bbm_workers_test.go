@@ -332,3 +332,53 @@ func TestBBMOnlyWorkerKilled(t *testing.T) {
 		t.Fatal("no batch of the killed worker was rescued")
 	}
 }
+
+// A worker stopped with TERM in the middle of a batch keeps its engine's
+// session until its jobs have returned: the batch finishes or is handed
+// back by the worker itself, never taken for a dead worker's (which would
+// use one of its three attempts at every rolling restart).
+func TestBBMWorkerTermKeepsItsSession(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs worker processes")
+	}
+	bin, redisURL, dbURL, ctx, pool := bbmProcessEnv(t)
+	countingTable(ctx, t, pool, "termed", 60000)
+	// Slow enough that a batch still runs for seconds after TERM.
+	if _, err := pool.Exec(ctx, `CREATE FUNCTION termed_slow() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF NEW.id % 50 = 0 THEN PERFORM pg_sleep(0.005); END IF; RETURN NEW; END $$;
+		CREATE TRIGGER termed_slow BEFORE UPDATE ON termed FOR EACH ROW EXECUTE FUNCTION termed_slow()`); err != nil {
+		t.Fatal(err)
+	}
+	w1 := bbmStartWorker(t, bin, redisURL, dbURL)
+	bbmStartWorker(t, bin, redisURL, dbURL)
+	// Both settled: a worker judges others only after 5 s of its own
+	// heartbeats, and the bug this guards against needs a judge.
+	testenv.Eventually(t, 30*time.Second, "two settled workers", func() bool {
+		var n int
+		_ = pool.QueryRow(ctx, `SELECT count(*) FROM ferry_bbm_sessions WHERE started_at < now() - interval '6 seconds'`).Scan(&n)
+		return n >= 2
+	})
+	cmd := exec.CommandContext(ctx, bin, "bbm", "queue", "CopyColumnUsingBackgroundMigrationJob", "termed", "id", `[["v"],["v_big"]]`,
+		"--batch-size", "20000", "--target-batch-duration", "5s")
+	cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL, "DATABASE_URL="+dbURL)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("bbm queue: %v\n%s", err, out)
+	}
+	testenv.Eventually(t, 60*time.Second, "a batch under way", func() bool {
+		var n int64
+		_ = pool.QueryRow(ctx, `SELECT count(*) FROM batched_background_migration_jobs WHERE status = 1 AND cursor_value IS NOT NULL`).Scan(&n)
+		return n > 0
+	})
+	_ = w1.cmd.Process.Signal(syscall.SIGTERM)
+	_ = w1.cmd.Wait()
+	testenv.Eventually(t, 90*time.Second, "finished", func() bool {
+		var s int
+		_ = pool.QueryRow(ctx, `SELECT status FROM batched_background_migrations WHERE table_name = 'termed'`).Scan(&s)
+		return s == 3
+	})
+	copiedOnce(ctx, t, pool, "termed")
+	var died int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM batched_background_migration_job_transition_logs WHERE exception_class = 'Ferry::WorkerDied'`).Scan(&died); err != nil || died != 0 {
+		t.Fatalf("%d batches of a worker stopped with TERM were taken for a dead worker's (%v)", died, err)
+	}
+}

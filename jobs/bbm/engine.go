@@ -59,6 +59,8 @@ type Engine struct {
 	settledFrom time.Time
 	hbStop      context.CancelFunc
 	hbDone      chan struct{}
+	closed      bool      // Close ran: no new session
+	beatAt      time.Time // last successful heartbeat
 	// running: claim tokens of the batches this engine's goroutines run.
 	running    map[int64]struct{}
 	lastHealth map[int64]time.Time
@@ -173,6 +175,9 @@ func (e *Engine) runBatch(ctx context.Context, id int64, md mode) (Outcome, erro
 		if err := e.Start(ctx); err != nil {
 			return NotExecutable, err
 		}
+	}
+	if !e.sessionFresh() {
+		return NotExecutable, nil // the heartbeat is behind (session.go)
 	}
 	cl, out, err := e.claim(ctx, id, md)
 	if isLockTimeout(err) && md == modeBackground && !e.health.Disabled {
@@ -429,7 +434,9 @@ func (e *Engine) failMigration(ctx context.Context, tx pgx.Tx, m *Migration, rea
 func (e *Engine) rescue(ctx context.Context, tx pgx.Tx, id int64) (int, error) {
 	rows, err := tx.Query(ctx, `
 		WITH dead AS (
-			UPDATE batched_background_migration_jobs j SET status = 2, finished_at = now(), updated_at = now()
+			UPDATE batched_background_migration_jobs j SET status = 2, finished_at = now(), updated_at = now(),
+				-- an outcome lost with the connection is nobody's fault: no attempt used
+				attempts = CASE WHEN j.worker_session = $3 THEN greatest(j.attempts - 1, 0) ELSE j.attempts END
 			WHERE j.batched_background_migration_id = $1 AND j.status = 1
 			  AND (($2 AND j.worker_session IS DISTINCT FROM $3
 			        AND ((j.worker_session IS NOT NULL AND NOT `+sessionAlive("j.worker_session")+`)

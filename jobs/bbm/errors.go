@@ -9,6 +9,8 @@ import (
 // them with errors.Is. ErrInvalid* and ErrUnknownClass are bad input
 // (the CLI exits 2 on them).
 var (
+	// ErrClosed: the engine was closed and runs nothing more.
+	ErrClosed           = errors.New("bbm: engine closed")
 	ErrUnknownClass     = errors.New("unknown batched migration class")
 	ErrInvalidArgs      = errors.New("invalid job arguments")
 	ErrInvalidIdent     = errors.New("invalid identifier")

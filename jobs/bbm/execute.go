@@ -33,6 +33,11 @@ const (
 
 var errLostOwnership = errors.New("bbm: this batch was taken over by another worker (its session was considered dead)")
 
+// errCursorMoved: the job's cursor is not where this claim last saw it
+// (a sub-batch whose COMMIT reply was lost committed after all), or the
+// job is no longer this claim's; readCursor tells which.
+var errCursorMoved = errors.New("bbm: the batch's cursor moved")
+
 type result struct {
 	rows    int64
 	subs    int
@@ -113,10 +118,11 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 				Blocked: pc.blocked - blocked0, MinCap: float64(minCap.Microseconds()) / 1000}
 		}()
 	}
-	conn, err := e.batchConn(ctx, cl)
-	if isConnLoss(err) && ctx.Err() == nil {
-		conn, err = e.resume(ctx, cl, &res, &queued)
+	stmt := ""
+	if cl.plan.Set != "" {
+		stmt = e.setStatement(cl)
 	}
+	conn, err := e.openBatch(ctx, cl, stmt, &res, &queued, false)
 	if err != nil {
 		if ctx.Err() != nil && !errors.Is(err, errLostOwnership) {
 			res.yield = true // shutdown: not the batch's fault
@@ -130,14 +136,6 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 			e.releaseBatchConn(ctx, conn)
 		}
 	}()
-	stmt := ""
-	if cl.plan.Set != "" {
-		stmt = e.setStatement(cl)
-		if err := e.prepare(ctx, conn, cl, stmt); err != nil {
-			res.err = err
-			return res
-		}
-	}
 	start := cl.lo
 	if cl.cursor != nil {
 		start = *cl.cursor + 1
@@ -158,22 +156,28 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		var n int64
 		var pr probe
 		if stmt != "" {
-			hi, n, pr, err = e.subBatchSet(ctx, conn, cl, stmt, start, limit, sampling)
+			hi, n, pr, err = e.subBatchSet(ctx, conn, cl, stmt, start, limit, res.cursor, sampling)
 		} else {
-			hi, n, pr, err = e.subBatchDo(ctx, conn, cl, start, limit, sampling)
+			hi, n, pr, err = e.subBatchDo(ctx, conn, cl, start, limit, res.cursor, sampling)
 		}
-		if isConnLoss(err) && ctx.Err() == nil {
+		retry := false
+		switch {
+		case errors.Is(err, errCursorMoved):
+			// An earlier sub-batch whose reply was lost committed after
+			// all: go on from the row's cursor, never over it again.
+			res.cursor, err = readCursor(ctx, conn, cl)
+			retry = err == nil
+		case isConnLoss(err) && ctx.Err() == nil:
 			e.releaseBatchConn(ctx, conn)
-			if conn, err = e.resume(ctx, cl, &res, &queued); err == nil && stmt != "" {
-				err = e.prepare(ctx, conn, cl, stmt)
+			conn, err = e.openBatch(ctx, cl, stmt, &res, &queued, true)
+			retry = err == nil
+		}
+		if retry {
+			start = cl.lo
+			if res.cursor != nil {
+				start = *res.cursor + 1
 			}
-			if err == nil {
-				start = cl.lo
-				if res.cursor != nil {
-					start = *res.cursor + 1
-				}
-				continue
-			}
+			continue
 		}
 		if err != nil {
 			if ctx.Err() != nil && !errors.Is(err, errLostOwnership) {
@@ -263,7 +267,8 @@ func (e *Engine) setStatement(cl *claim) string {
     SELECT ` + col + ` AS k FROM ` + tbl + ` WHERE ` + col + ` >= $1 AND ` + col + ` <= $2 ORDER BY ` + col + ` LIMIT $3) x),
 c AS (
   UPDATE batched_background_migration_jobs j SET cursor_value = s.hi, rows_done = j.rows_done + s.n, updated_at = now()
-  FROM s WHERE j.id = $4 AND j.status = 1 AND j.claim_token = $5 AND s.hi IS NOT NULL
+  FROM s WHERE j.id = $4 AND j.status = 1 AND j.claim_token = $5 AND j.cursor_value IS NOT DISTINCT FROM $6::bigint
+    AND s.hi IS NOT NULL
   RETURNING 1),
 u AS (
   UPDATE ` + tbl + ` AS t SET ` + cl.plan.Set + `
@@ -325,20 +330,53 @@ func (e *Engine) resume(ctx context.Context, cl *claim, res *result, queued *tim
 		conn, err := e.batchConn(ctx, cl)
 		if err == nil {
 			var cur *int64
-			err = conn.QueryRow(ctx, `SELECT cursor_value FROM batched_background_migration_jobs
-				WHERE id = $1 AND status = 1 AND claim_token = $2`, cl.jobID, cl.token).Scan(&cur)
-			if err == nil {
+			if cur, err = readCursor(ctx, conn, cl); err == nil {
 				res.cursor = cur
 				return conn, nil
 			}
 			e.releaseBatchConn(ctx, conn)
-			if errors.Is(err, pgx.ErrNoRows) {
-				return nil, errLostOwnership
-			}
 		}
 		if !isConnLoss(err) {
 			return nil, err
 		}
+	}
+}
+
+// readCursor reads the claimed job's committed cursor; errLostOwnership
+// when the job is no longer this claim's.
+func readCursor(ctx context.Context, conn *pgxpool.Conn, cl *claim) (*int64, error) {
+	var cur *int64
+	err := conn.QueryRow(ctx, `SELECT cursor_value FROM batched_background_migration_jobs
+		WHERE id = $1 AND status = 1 AND claim_token = $2`, cl.jobID, cl.token).Scan(&cur)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, errLostOwnership
+	}
+	return cur, err
+}
+
+// openBatch returns a connection ready for the batch's sub-batches, its
+// statement prepared. After a lost connection (lost) it first waits for the
+// database and re-reads the committed cursor (resume); losses on the way
+// are waited out too.
+func (e *Engine) openBatch(ctx context.Context, cl *claim, stmt string, res *result, queued *time.Duration, lost bool) (*pgxpool.Conn, error) {
+	for {
+		var conn *pgxpool.Conn
+		var err error
+		if lost {
+			conn, err = e.resume(ctx, cl, res, queued)
+		} else {
+			conn, err = e.batchConn(ctx, cl)
+		}
+		if err == nil && stmt != "" {
+			if err = e.prepare(ctx, conn, cl, stmt); err != nil {
+				e.releaseBatchConn(ctx, conn)
+				conn = nil
+			}
+		}
+		if err == nil || !isConnLoss(err) || ctx.Err() != nil {
+			return conn, err
+		}
+		lost = true
 	}
 }
 
@@ -364,7 +402,7 @@ func (e *Engine) localSettingsArgs(cl *claim) []any {
 // subBatchSet runs one sub-batch in one round trip: BEGIN, the settings
 // (localSettings), the statement, with withProbe the probe, COMMIT,
 // pipelined.
-func (e *Engine) subBatchSet(ctx context.Context, conn *pgxpool.Conn, cl *claim, stmt string, start int64, limit int, withProbe bool) (*int64, int64, probe, error) {
+func (e *Engine) subBatchSet(ctx context.Context, conn *pgxpool.Conn, cl *claim, stmt string, start int64, limit int, cursor *int64, withProbe bool) (*int64, int64, probe, error) {
 	withProbe = withProbe && e.probeWorks(ctx, conn, cl)
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
@@ -372,7 +410,7 @@ func (e *Engine) subBatchSet(ctx context.Context, conn *pgxpool.Conn, cl *claim,
 	var hi *int64
 	var n, owned int64
 	var pr probe
-	b.Queue(stmt, start, cl.hi, limit, cl.jobID, cl.token).QueryRow(func(r pgx.Row) error {
+	b.Queue(stmt, start, cl.hi, limit, cl.jobID, cl.token, cursor).QueryRow(func(r pgx.Row) error {
 		return r.Scan(&hi, &n, &owned)
 	})
 	if withProbe {
@@ -385,7 +423,7 @@ func (e *Engine) subBatchSet(ctx context.Context, conn *pgxpool.Conn, cl *claim,
 		return nil, 0, probe{}, err
 	}
 	if hi != nil && owned == 0 {
-		return nil, 0, probe{}, errLostOwnership
+		return nil, 0, probe{}, errCursorMoved // or lost: readCursor tells
 	}
 	pr.ok = withProbe
 	return hi, n, pr, nil
@@ -393,7 +431,7 @@ func (e *Engine) subBatchSet(ctx context.Context, conn *pgxpool.Conn, cl *claim,
 
 // subBatchDo runs a Do plan: bounds, ownership check, the class's work,
 // the progress record and, with withProbe, the probe in one transaction.
-func (e *Engine) subBatchDo(ctx context.Context, conn *pgxpool.Conn, cl *claim, start int64, limit int, withProbe bool) (*int64, int64, probe, error) {
+func (e *Engine) subBatchDo(ctx context.Context, conn *pgxpool.Conn, cl *claim, start int64, limit int, cursor *int64, withProbe bool) (*int64, int64, probe, error) {
 	withProbe = withProbe && e.probeWorks(ctx, conn, cl)
 	tx, err := conn.Begin(ctx)
 	if err != nil {
@@ -414,12 +452,12 @@ func (e *Engine) subBatchDo(ctx context.Context, conn *pgxpool.Conn, cl *claim, 
 		return nil, 0, probe{}, nil
 	}
 	tag, err := tx.Exec(ctx, `UPDATE batched_background_migration_jobs SET cursor_value = $3, rows_done = rows_done + $4, updated_at = now()
-		WHERE id = $1 AND status = 1 AND claim_token = $2`, cl.jobID, cl.token, *hi, n)
+		WHERE id = $1 AND status = 1 AND claim_token = $2 AND cursor_value IS NOT DISTINCT FROM $5::bigint`, cl.jobID, cl.token, *hi, n, cursor)
 	if err != nil {
 		return nil, 0, probe{}, err
 	}
 	if tag.RowsAffected() == 0 {
-		return nil, 0, probe{}, errLostOwnership
+		return nil, 0, probe{}, errCursorMoved // or lost: readCursor tells
 	}
 	if _, err := cl.plan.Do(ctx, tx, start, *hi); err != nil {
 		return nil, 0, probe{}, err
@@ -458,7 +496,8 @@ func (e *Engine) probeWorks(ctx context.Context, conn *pgxpool.Conn, cl *claim) 
 	}
 	var pr probe
 	if err := conn.QueryRow(ctx, e.probeQuery(), cl.tgt.OID).Scan(&pr.busy, &pr.recent, &pr.blocked); err != nil {
-		if ctx.Err() == nil {
+		var pe *pgconn.PgError
+		if ctx.Err() == nil && errors.As(err, &pe) { // a lost connection says nothing about the views
 			e.probeState.Store(probeBroken)
 			e.log.Warn("cannot read pg_stat_activity/pg_locks: sub-batches will not see the sessions they block", zap.Error(err))
 		}

@@ -1,6 +1,9 @@
 package bbm
 
-import "context"
+import (
+	"context"
+	"errors"
+)
 
 // SimulateCrash makes e behave like a killed process: it records nothing more.
 func SimulateCrash(e *Engine) { e.crashed.Store(true) }
@@ -44,9 +47,28 @@ func WriteSubBatch(ctx context.Context, e *Engine, cl *Claim, limit int) error {
 		return err
 	}
 	defer e.releaseBatchConn(ctx, conn)
-	_, _, _, err = e.subBatchSet(ctx, conn, cl, e.setStatement(cl), cl.lo, limit, false)
+	_, _, _, err = e.subBatchSet(ctx, conn, cl, e.setStatement(cl), cl.lo, limit, cl.cursor, false)
+	if errors.Is(err, errCursorMoved) {
+		_, err = readCursor(ctx, conn, cl)
+	}
 	return err
 }
 
 // ErrLostOwnership is what a write of a batch claimed again elsewhere gets.
 var ErrLostOwnership = errLostOwnership
+
+// WriteSubBatchAt runs one sub-batch of cl from its start, expecting the
+// job's cursor at cursor (what a claim believes after its last reply).
+func WriteSubBatchAt(ctx context.Context, e *Engine, cl *Claim, limit int, cursor *int64) error {
+	conn, err := e.batchConn(ctx, cl)
+	if err != nil {
+		return err
+	}
+	defer e.releaseBatchConn(ctx, conn)
+	_, _, _, err = e.subBatchSet(ctx, conn, cl, e.setStatement(cl), cl.lo, limit, cursor, false)
+	return err
+}
+
+// ErrCursorMoved is what a sub-batch gets when the job's cursor is not
+// where its claim last saw it.
+var ErrCursorMoved = errCursorMoved

@@ -41,6 +41,9 @@ const (
 func (e *Engine) Start(ctx context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
 	if e.session != 0 {
 		return nil
 	}
@@ -55,7 +58,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	// Sessions of processes gone for a day are of no use to anyone.
 	_, _ = e.pool.Exec(ctx, `DELETE FROM ferry_bbm_sessions WHERE heartbeat_at < now() - $1::interval`, sessionRowsKept.String())
 	hctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	e.session, e.settledFrom = n, time.Now()
+	e.session, e.settledFrom, e.beatAt = n, time.Now(), time.Now()
 	e.hbStop, e.hbDone = stop, make(chan struct{})
 	go e.heartbeat(hctx, conn, e.hbDone)
 	return nil
@@ -146,6 +149,9 @@ func (e *Engine) beatOnce(ctx context.Context, conn *pgxpool.Conn, n int64) *pgx
 		e.log.Info("database session back", zap.Int64("session", n))
 		e.settledFrom = time.Now()
 	}
+	if err == nil {
+		e.beatAt = time.Now()
+	}
 	return conn
 }
 
@@ -155,11 +161,12 @@ func dropConn(conn *pgxpool.Conn) {
 }
 
 // Close ends the session: its row is deleted, so batches still recorded
-// as running under it are taken over by other engines at once.
+// as running under it are taken over by other engines at once. A closed
+// engine does not start again ([ErrClosed]).
 func (e *Engine) Close() {
 	e.mu.Lock()
 	stop, done := e.hbStop, e.hbDone
-	e.hbStop, e.hbDone = nil, nil
+	e.hbStop, e.hbDone, e.closed = nil, nil, true
 	e.mu.Unlock()
 	if stop == nil {
 		return
@@ -176,6 +183,15 @@ func (e *Engine) Session() int64 {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.session
+}
+
+// sessionFresh reports whether this engine heartbeated recently enough to
+// claim: a claim under a session others may soon judge gone would only be
+// rescued from under it (and use an attempt each time).
+func (e *Engine) sessionFresh() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return time.Since(e.beatAt) < livenessGrace/2
 }
 
 // settled reports whether this engine has heartbeated without a gap for

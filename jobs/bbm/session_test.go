@@ -146,3 +146,45 @@ func TestEngineCloseRightAfterStart(t *testing.T) {
 		t.Fatalf("%d session rows left (%v)", n, err)
 	}
 }
+
+// A sub-batch whose COMMIT reply was lost may have committed after all:
+// the claim then runs the next sub-batch still believing the old cursor.
+// The write checks the cursor it expects, so the range is not written
+// twice; the claim reads the row's cursor and goes on from there.
+func TestSubBatchChecksTheCursorItExpects(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testenv.Context(t)
+	b.table(t, "cas", 1000)
+	e := b.engine(t, bbm.Config{})
+	res, err := e.Queue(ctx, bbm.QueueOptions{Class: "CountAndCopy", Table: "cas", Column: "id", BatchSize: 1000, SubBatchSize: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := bbm.ClaimBatch(ctx, e, res.Migration.ID)
+	if err != nil || cl == nil {
+		t.Fatalf("claim: %v %v", cl, err)
+	}
+	if err := bbm.WriteSubBatchAt(ctx, e, cl, 100, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The same sub-batch again, as after a reply that never came.
+	if err := bbm.WriteSubBatchAt(ctx, e, cl, 100, nil); !errors.Is(err, bbm.ErrCursorMoved) {
+		t.Fatalf("a repeat of a committed sub-batch: %v, want the cursor-moved error", err)
+	}
+	var twice, done int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE n > 1), count(*) FILTER (WHERE n = 1) FROM cas`).Scan(&twice, &done); err != nil {
+		t.Fatal(err)
+	}
+	if twice != 0 || done != 100 {
+		t.Fatalf("%d rows written twice, %d once; want 0 and 100", twice, done)
+	}
+	bbm.RunClaim(ctx, e, cl) // goes on from the row's cursor
+	if err := e.RunLocal(ctx, 1, true); err != nil {
+		t.Fatal(err)
+	}
+	b.checkExactlyOnce(t, "cas")
+}

@@ -78,12 +78,15 @@ func (s *Service) Register(reg *worker.Registry) error {
 	return worker.AddWorkerSafely(reg, worker.WorkFunc[ExecutionArgs](s.work))
 }
 
-// Run runs the scheduler until ctx is done.
+// Run runs the scheduler until ctx is done. It does not close the engine:
+// its batches may run for the worker's whole shutdown grace after the
+// scheduler stops, and they need the engine's session until they end, or
+// other workers take them for a dead worker's. Close the engine once the
+// worker's jobs have returned.
 func (s *Service) Run(ctx context.Context) error {
 	if err := s.engine.Start(ctx); err != nil {
 		return err
 	}
-	defer s.engine.Close()
 	sch := scheduler.New(s.log)
 	if err := sch.Add("bbm", "@every 1s", s.tickOrSetUp); err != nil {
 		return err
