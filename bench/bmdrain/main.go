@@ -84,7 +84,6 @@ func ints(s string) []int {
 	return out
 }
 
-
 func run(ctx context.Context, o options) error {
 	dbURL := os.Getenv("DATABASE_URL")
 	if dbURL == "" {
