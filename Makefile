@@ -98,7 +98,7 @@ demo: build ## Start services, build, and run `bin/ferry demo`
 	$(BIN) demo $(DEMO_ARGS)
 
 .PHONY: lint
-lint: ## go vet + staticcheck (pinned)
+lint: fmt-check ## gofmt -s check, go vet + staticcheck (pinned)
 	$(GO) vet $(PKGS)
 	$(GO) run $(STATICCHECK) $(PKGS)
 
