@@ -172,7 +172,7 @@ func (e *Engine) RunBatch(ctx context.Context, id int64) (Outcome, error) {
 
 func (e *Engine) runBatch(ctx context.Context, id int64, md mode) (Outcome, error) {
 	if e.Session() == 0 {
-		if err := e.Start(ctx); err != nil {
+		if err := e.startWaiting(ctx); err != nil {
 			return NotExecutable, err
 		}
 	}

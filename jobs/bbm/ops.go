@@ -195,7 +195,7 @@ func (e *Engine) Finalize(ctx context.Context, m *Migration) error {
 	// The session first: the migration records it as its finalizer, so if
 	// this process dies the workers see it and take the migration back
 	// (ReviveFinalizing).
-	if err := e.Start(ctx); err != nil {
+	if err := e.startWaiting(ctx); err != nil {
 		return err
 	}
 	tx, err := e.pool.Begin(ctx)
@@ -387,7 +387,7 @@ const (
 // `ferry demo` and tests use it; `ferry worker` spreads the same batches
 // over Sidekiq jobs instead.
 func (e *Engine) RunLocal(ctx context.Context, n int, untilIdle bool) error {
-	if err := e.Start(ctx); err != nil {
+	if err := e.startWaiting(ctx); err != nil {
 		return err
 	}
 	var mu sync.Mutex

@@ -64,6 +64,24 @@ func (e *Engine) Start(ctx context.Context) error {
 	return nil
 }
 
+// startWaiting is Start, waiting out a database that is away (a restart, a
+// failover, a terminated connection) instead of failing: a worker whose
+// first session fails must not run without migrations until restarted.
+func (e *Engine) startWaiting(ctx context.Context) error {
+	for wait := reconnectMin; ; wait = min(2*wait, reconnectMax) {
+		err := e.Start(ctx)
+		if !isConnLoss(err) || ctx.Err() != nil {
+			return err
+		}
+		if wait == reconnectMin {
+			e.log.Warn("database unreachable; batched background migrations wait for it", zap.Error(err))
+		}
+		if !sleepCtx(ctx, wait) {
+			return ctx.Err()
+		}
+	}
+}
+
 // connectSession takes a connection for session n's heartbeats and beats
 // once. The connection is the engine's own (not shared with batches), so
 // a pool busy with batches never delays a heartbeat.

@@ -84,7 +84,7 @@ func (s *Service) Register(reg *worker.Registry) error {
 // other workers take them for a dead worker's. Close the engine once the
 // worker's jobs have returned.
 func (s *Service) Run(ctx context.Context) error {
-	if err := s.engine.Start(ctx); err != nil {
+	if err := s.engine.startWaiting(ctx); err != nil {
 		return err
 	}
 	sch := scheduler.New(s.log)
