@@ -47,7 +47,7 @@ build: ## Build bin/ferry
 # The PostgreSQL tests again, every connection through PgBouncer in
 # transaction mode (scripts/services runs one): engines, legacy, web, CLI,
 # schema migrations and the worker-process, gate and legacy interop tests.
-PGBOUNCER_PKGS ?= ./jobs/... ./web/... ./cli/... ./dbmigrate/... ./schema/...
+PGBOUNCER_PKGS ?= ./internal/batched/... ./internal/legacy/... ./internal/web/... ./internal/dbmigrate/... ./internal/ferryschema/... ./jobs/... ./cli/...
 PGBOUNCER_RUN  ?= BBM|DB|BM|Web|Hostile
 
 .PHONY: test

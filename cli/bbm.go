@@ -17,20 +17,20 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ferrymigrate/ferry/jobs/bbm"
-	"github.com/ferrymigrate/ferry/schema"
+	"github.com/ferrymigrate/ferry/internal/batched"
+	"github.com/ferrymigrate/ferry/internal/ferryschema"
 )
 
 // bbmEngine opens the database, upgrades the schema and returns an engine.
-func (a *App) bbmEngine(ctx context.Context) (*bbm.Engine, error) {
+func (a *App) bbmEngine(ctx context.Context) (*batched.Engine, error) {
 	pool, err := a.DB(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := schema.Ensure(ctx, pool, a.Log); err != nil {
+	if err := ferryschema.Ensure(ctx, pool, a.Log); err != nil {
 		return nil, err
 	}
-	e := bbm.NewEngine(pool, bbm.Config{Logger: a.Log, Registry: a.Reg.BBM, TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration,
+	e := batched.NewEngine(pool, batched.Config{Logger: a.Log, Registry: a.Reg.BBM, TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration,
 		Identity: "ferry-cli:" + strconv.Itoa(os.Getpid()), Health: bbmHealth(a)})
 	a.OnClose(e.Close)
 	return e, nil
@@ -41,7 +41,7 @@ func bbmErr(err error) error {
 	if err == nil {
 		return nil
 	}
-	if bbm.IsBadInput(err) || errors.Is(err, bbm.ErrNotFound) {
+	if batched.IsBadInput(err) || errors.Is(err, batched.ErrNotFound) {
 		return Usage(err)
 	}
 	return No(err)
@@ -51,7 +51,7 @@ func bbmErr(err error) error {
 const bbmMaxRunning = 1000
 
 // bbmMaxParallel is the engine's bound on max_parallel_batches.
-const bbmMaxParallel = bbm.MaxParallelBatches
+const bbmMaxParallel = batched.MaxParallelBatches
 
 func parseID(s string) (int64, error) {
 	id, err := strconv.ParseInt(s, 10, 64)
@@ -62,8 +62,8 @@ func parseID(s string) (int64, error) {
 }
 
 // bbmHealth is the engine's health configuration from ferry's.
-func bbmHealth(a *App) bbm.HealthConfig {
-	return bbm.HealthConfig{MaxDutyUnderLoad: a.Cfg.BBM.MaxDutyUnderLoad, LockTimeout: a.Cfg.BBM.LockTimeout}
+func bbmHealth(a *App) batched.HealthConfig {
+	return batched.HealthConfig{MaxDutyUnderLoad: a.Cfg.BBM.MaxDutyUnderLoad, LockTimeout: a.Cfg.BBM.LockTimeout}
 }
 
 func newBBMCmd(a *App) *cobra.Command {
@@ -82,16 +82,16 @@ and the cluster-wide max-running. Batch sizes adapt to a target duration
 (autovacuum, replication lag, lock waits, long transactions).`,
 	}
 	root.AddCommand(bbmQueueCmd(a), bbmListCmd(a, "list"), bbmListCmd(a, "status"), bbmShowCmd(a),
-		bbmSimpleCmd(a, "pause", "Pause an active migration (running batches finish)", (*bbm.Engine).Pause),
-		bbmSimpleCmd(a, "resume", "Resume a paused migration, or one whose finalize process died", (*bbm.Engine).Resume),
-		bbmSimpleCmd(a, "retry", "Re-run the failed batches of a failed migration and make it active", (*bbm.Engine).Retry),
+		bbmSimpleCmd(a, "pause", "Pause an active migration (running batches finish)", (*batched.Engine).Pause),
+		bbmSimpleCmd(a, "resume", "Resume a paused migration, or one whose finalize process died", (*batched.Engine).Resume),
+		bbmSimpleCmd(a, "retry", "Re-run the failed batches of a failed migration and make it active", (*batched.Engine).Retry),
 		bbmFinalizeCmd(a), bbmMarkFinishedCmd(a), bbmWaitCmd(a), bbmCheckCmd(a), bbmSetCmd(a),
 		bbmPauseAllCmd(a, "pause-all", true), bbmPauseAllCmd(a, "resume-all", false))
 	return root
 }
 
 func bbmQueueCmd(a *App) *cobra.Command {
-	var o bbm.QueueOptions
+	var o batched.QueueOptions
 	var minV, maxV int64
 	var target, stmtTimeout time.Duration
 	cmd := &cobra.Command{
@@ -125,15 +125,15 @@ nothing (with a warning). An empty table is queued as finished.`,
 			if cmd.Flags().Changed("target-batch-duration") && target == 0 {
 				// Engine.Queue reads 0 as "bbm.target_batch_duration"; its
 				// own check gives the range of the rest.
-				return Usagef("--target-batch-duration must be between %s and %s, got 0", bbm.MinTargetBatch, bbm.MaxTargetBatch)
+				return Usagef("--target-batch-duration must be between %s and %s, got 0", batched.MinTargetBatch, batched.MaxTargetBatch)
 			}
 			o.TargetBatch = target
 			if cmd.Flags().Changed("statement-timeout") && stmtTimeout == 0 {
 				// 0 would silently mean the default; say so instead.
-				return Usagef("--statement-timeout must be between %s and %s, got 0", bbm.MinStatementTimeout, bbm.MaxStatementTimeout)
+				return Usagef("--statement-timeout must be between %s and %s, got 0", batched.MinStatementTimeout, batched.MaxStatementTimeout)
 			}
 			o.StatementTimeout = stmtTimeout
-			if err := bbm.CheckConfig(o.Class, o.Table, o.Column, o.Args); err != nil {
+			if err := batched.CheckConfig(o.Class, o.Table, o.Column, o.Args); err != nil {
 				return bbmErr(err)
 			}
 			e, err := a.bbmEngine(cmd.Context())
@@ -168,7 +168,7 @@ nothing (with a warning). An empty table is queued as finished.`,
 	return cmd
 }
 
-func fmtProgress(p bbm.Progress) string {
+func fmtProgress(p batched.Progress) string {
 	parts := []string{}
 	if p.Percent != nil {
 		parts = append(parts, fmt.Sprintf("%.2f%%", *p.Percent))
@@ -211,7 +211,7 @@ func bbmListCmd(a *App, name string) *cobra.Command {
 			}
 			if asJSON {
 				if ms == nil {
-					ms = []*bbm.MigrationInfo{}
+					ms = []*batched.MigrationInfo{}
 				}
 				return a.PrintJSON(ms)
 			}
@@ -313,7 +313,7 @@ func bbmShowCmd(a *App) *cobra.Command {
 					markFinishedCommand(m.Migration), m.Class)
 			}
 			w.Flush()
-			printJobs := func(title string, jobs []bbm.Job) {
+			printJobs := func(title string, jobs []batched.Job) {
 				fmt.Fprintf(a.Out, "\n%s\n", title)
 				w := tabwriter.NewWriter(a.Out, 0, 0, 2, ' ', 0)
 				fmt.Fprintln(w, "Id\tStatus\tMin value\tMax value\tBatch size\tSub-batch\tAttempts\tRows\tDuration\tError")
@@ -343,7 +343,7 @@ func bbmShowCmd(a *App) *cobra.Command {
 	return cmd
 }
 
-func bbmSimpleCmd(a *App, name, short string, op func(*bbm.Engine, context.Context, int64) (*bbm.Migration, error)) *cobra.Command {
+func bbmSimpleCmd(a *App, name, short string, op func(*batched.Engine, context.Context, int64) (*batched.Migration, error)) *cobra.Command {
 	return &cobra.Command{
 		Use:   name + " ID | CLASS TABLE COLUMN ARGS_JSON",
 		Short: short,
@@ -414,7 +414,7 @@ Interrupting it (Ctrl-C) makes the migration active again.`,
 			}
 			if !a.runnable(m) {
 				return bbmErr(fmt.Errorf("%w %s: this ferry binary cannot finalize migration %d. If its rows were migrated another way, "+
-					"mark it finished (its remaining rows are NOT migrated):\n\t%s", bbm.ErrUnknownClass, m.Class, m.ID, markFinishedCommand(m)))
+					"mark it finished (its remaining rows are NOT migrated):\n\t%s", batched.ErrUnknownClass, m.Class, m.ID, markFinishedCommand(m)))
 			}
 			if quiet {
 				a.progressMode = progressNone
@@ -439,7 +439,7 @@ func finalizeFlags(cmd *cobra.Command, quiet *bool) *cobra.Command {
 
 // finalizeWithProgress finalizes m in this process (bbm finalize, db
 // migrate --finalize), showing its progress.
-func (a *App) finalizeWithProgress(ctx context.Context, e *bbm.Engine, m *bbm.Migration) error {
+func (a *App) finalizeWithProgress(ctx context.Context, e *batched.Engine, m *batched.Migration) error {
 	// The rows done before this run are the progress's starting point,
 	// not part of its rate.
 	var rows0, total int64
@@ -551,10 +551,10 @@ on (as list --json prints it), and the progress messages go to stderr.`,
 				if !asJSON {
 					return nil
 				}
-				out := []*bbm.MigrationInfo{}
+				out := []*batched.MigrationInfo{}
 				for _, id := range waitedOn {
 					m, err := e.Get(ctx, id)
-					if errors.Is(err, bbm.ErrNotFound) {
+					if errors.Is(err, batched.ErrNotFound) {
 						continue // deleted meanwhile
 					}
 					if err != nil {
@@ -569,13 +569,13 @@ on (as list --json prints it), and the progress messages go to stderr.`,
 				if err != nil {
 					return err
 				}
-				var failed, waiting []*bbm.MigrationInfo
+				var failed, waiting []*batched.MigrationInfo
 				for _, m := range ms {
 					if !seen[m.ID] {
 						seen[m.ID] = true
 						waitedOn = append(waitedOn, m.ID)
 					}
-					if m.Status == bbm.Failed {
+					if m.Status == batched.Failed {
 						failed = append(failed, m)
 					} else {
 						waiting = append(waiting, m)
@@ -613,12 +613,12 @@ on (as list --json prints it), and the progress messages go to stderr.`,
 }
 
 // CheckMessage is the upgrade-blocking text for one unfinished migration.
-func CheckMessage(m *bbm.Migration) string { return checkMessage(m, true) }
+func CheckMessage(m *batched.Migration) string { return checkMessage(m, true) }
 
 // checkMessage is CheckMessage for a migration whose class this binary
 // can run (runnable) or not: finalize would then fail, and the way out is
 // mark-finished.
-func checkMessage(m *bbm.Migration, runnable bool) string {
+func checkMessage(m *batched.Migration, runnable bool) string {
 	cfg, _ := json.Marshal(m.Config())
 	head := fmt.Sprintf("Expected batched background migration for the given configuration to be marked as 'finished', but it is '%s':\t%s\n\n",
 		m.Status, cfg)
@@ -629,27 +629,27 @@ func checkMessage(m *bbm.Migration, runnable bool) string {
 }
 
 // runnable reports whether this binary registers m's class.
-func (a *App) runnable(m *bbm.Migration) bool {
+func (a *App) runnable(m *batched.Migration) bool {
 	_, ok := a.Reg.BBM.Lookup(m.Class)
 	return ok
 }
 
 // finishCommand is the command that gets m finished: finalize, or
 // mark-finished when this binary cannot run its class.
-func (a *App) finishCommand(m *bbm.Migration) string {
+func (a *App) finishCommand(m *batched.Migration) string {
 	if a.runnable(m) {
 		return m.FinalizeCommand()
 	}
 	return markFinishedCommand(m)
 }
 
-func markFinishedCommand(m *bbm.Migration) string {
+func markFinishedCommand(m *batched.Migration) string {
 	return fmt.Sprintf("ferry bbm mark-finished %d --yes", m.ID)
 }
 
 // unregisteredNote says why finalize is not the way out, and what
 // mark-finished does not do.
-func unregisteredNote(m *bbm.Migration) string {
+func unregisteredNote(m *batched.Migration) string {
 	return fmt.Sprintf("Class %s is not registered in this ferry binary, so `ferry bbm finalize` cannot run it "+
 		"(a binary that registers it can). If its rows were migrated another way, mark it finished; "+
 		"its remaining rows are NOT migrated:", m.Class)

@@ -12,8 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ferrymigrate/ferry/internal/batched"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/jobs/bbm"
 )
 
 type bbmCLI struct {
@@ -227,9 +227,9 @@ func TestBBMShowLockWaitHold(t *testing.T) {
 	if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&holder); err != nil {
 		t.Fatal(err)
 	}
-	e := bbm.NewEngine(c.pool, bbm.Config{Registry: bbm.NewRegistry(), Health: bbm.HealthConfig{LockTimeout: 50 * time.Millisecond}})
+	e := batched.NewEngine(c.pool, batched.Config{Registry: batched.NewRegistry(), Health: batched.HealthConfig{LockTimeout: 50 * time.Millisecond}})
 	defer e.Close()
-	if out, err := e.RunBatch(ctx, 1); err != nil || out != bbm.Ran {
+	if out, err := e.RunBatch(ctx, 1); err != nil || out != batched.Ran {
 		t.Fatalf("batch: %v %v", out, err)
 	}
 	want := fmt.Sprintf("lock_waits: a sub-batch waited over 50ms for a lock on events; sessions holding locks on it: pid %d", holder)

@@ -12,9 +12,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ferrymigrate/ferry/internal/batched"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/jobs/bbm"
-	"github.com/ferrymigrate/ferry/web"
+	"github.com/ferrymigrate/ferry/internal/web"
 )
 
 // seen is what one screen says about a migration.
@@ -82,7 +82,7 @@ func (s *truthScreens) cliJSON() seen {
 	s.t.Helper()
 	code, out, errs := s.c.run("bbm", "list", "--json")
 	var doc []struct {
-		Progress bbm.Progress `json:"progress_info"`
+		Progress batched.Progress `json:"progress_info"`
 	}
 	if code != 0 || json.Unmarshal([]byte(out), &doc) != nil || len(doc) != 1 {
 		s.t.Fatalf("list --json: %d %s %s", code, out, errs)
@@ -137,7 +137,7 @@ func (s *truthScreens) metrics() (seen, string) {
 // same asserts every screen shows the same progress figure and reason,
 // and (ETA or not) the same answer to "is it moving"; it returns what
 // they show.
-func (s *truthScreens) same(tab string, state bbm.State) seen {
+func (s *truthScreens) same(tab string, state batched.State) seen {
 	s.t.Helper()
 	want := s.cliShow()
 	screens := map[string]seen{"bbm list": s.cliList(), "bbm list --json": s.cliJSON(), "web list": s.webList(tab)}
@@ -185,7 +185,7 @@ func TestBBMOneTruthCLIAndWeb(t *testing.T) {
 		UPDATE batched_background_migrations SET status = 4, hold_reason = 'stopped: 1 of 2 batches failed' WHERE id = 1`); err != nil {
 		t.Fatal(err)
 	}
-	got := s.same("failed", bbm.StateFailed)
+	got := s.same("failed", batched.StateFailed)
 	if got.percent != "31.17%" || got.eta ||
 		got.reason != "stopped: 1 of 2 batches failed: `ferry bbm show 1` lists the errors, `ferry bbm retry 1` runs them again" {
 		t.Fatalf("failed: %+v", got)
@@ -201,7 +201,7 @@ func TestBBMOneTruthCLIAndWeb(t *testing.T) {
 		VALUES (1, 10001, 12000, 2000, 100, 3, 2000, 1, now() - interval '2 seconds', now(), now())`); err != nil {
 		t.Fatal(err)
 	}
-	if got := s.same("queued", bbm.StateRunning); got.percent != "41.17%" || !got.eta || got.reason != "" {
+	if got := s.same("queued", batched.StateRunning); got.percent != "41.17%" || !got.eta || got.reason != "" {
 		t.Fatalf("running: %+v", got)
 	}
 
@@ -210,7 +210,7 @@ func TestBBMOneTruthCLIAndWeb(t *testing.T) {
 	if _, err := c.pool.Exec(ctx, `UPDATE batched_background_migrations SET hold_reason = $1 WHERE id = 1`, "contention: "+paced); err != nil {
 		t.Fatal(err)
 	}
-	if got := s.same("queued", bbm.StatePaced); !got.eta || got.reason != paced {
+	if got := s.same("queued", batched.StatePaced); !got.eta || got.reason != paced {
 		t.Fatalf("paced: %+v", got)
 	}
 
@@ -218,11 +218,11 @@ func TestBBMOneTruthCLIAndWeb(t *testing.T) {
 	if code, _, errs := c.run("bbm", "pause-all"); code != 0 {
 		t.Fatal(errs)
 	}
-	if got := s.same("queued", bbm.StatePausedAll); got.percent != "41.17%" || got.eta || got.reason != bbm.PausedAllReason {
+	if got := s.same("queued", batched.StatePausedAll); got.percent != "41.17%" || got.eta || got.reason != batched.PausedAllReason {
 		t.Fatalf("pause-all: %+v", got)
 	}
 	_, page := s.webShow()
-	if !strings.Contains(page, `id="pause-all"`) || !strings.Contains(html.UnescapeString(page), bbm.PausedAllReason) ||
+	if !strings.Contains(page, `id="pause-all"`) || !strings.Contains(html.UnescapeString(page), batched.PausedAllReason) ||
 		!strings.Contains(page, `<dd id="rate">—</dd>`) {
 		t.Errorf("web page under pause-all: want the banner and no rate\n%s", page)
 	}
@@ -237,7 +237,7 @@ func TestBBMOneTruthCLIAndWeb(t *testing.T) {
 	if code, _, errs := c.run("bbm", "resume-all"); code != 0 {
 		t.Fatal(errs)
 	}
-	if got := s.same("queued", bbm.StatePaced); !got.eta {
+	if got := s.same("queued", batched.StatePaced); !got.eta {
 		t.Fatalf("after resume-all: %+v", got)
 	}
 	if _, page := s.webShow(); strings.Contains(page, `id="pause-all"`) {

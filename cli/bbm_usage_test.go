@@ -9,13 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymigrate/ferry/internal/batched"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/jobs/bbm"
 )
 
 const copyArgs = `[["id"],["id_convert_to_bigint"]]`
 
-// listedMigration is what a test reads of list --json (bbm.Status has no
+// listedMigration is what a test reads of list --json (batched.Status has no
 // UnmarshalText).
 type listedMigration struct {
 	ID       int64  `json:"id"`
@@ -87,9 +87,9 @@ func TestBBMListETAAndPauseAll(t *testing.T) {
 		t.Fatalf("active: want an ETA: %q %+v", out, doc[0].Progress)
 	}
 	for _, st := range []struct {
-		status bbm.Status
+		status batched.Status
 		name   string
-	}{{bbm.Paused, "paused"}, {bbm.Failed, "failed"}, {bbm.Finished, "finished"}} {
+	}{{batched.Paused, "paused"}, {batched.Failed, "failed"}, {batched.Finished, "finished"}} {
 		if _, err := c.pool.Exec(ctx, `UPDATE batched_background_migrations SET status = $1`, int16(st.status)); err != nil {
 			t.Fatal(err)
 		}
@@ -130,7 +130,7 @@ func TestBBMWaitJSON(t *testing.T) {
 		t.Fatal(errs)
 	}
 	// Workers of this test finish it while wait polls.
-	e := bbm.NewEngine(c.pool, bbm.Config{Registry: bbm.NewRegistry()})
+	e := batched.NewEngine(c.pool, batched.Config{Registry: batched.NewRegistry()})
 	defer e.Close()
 	ran := make(chan error, 1)
 	go func() {

@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ferrymigrate/ferry/jobs/bbm"
+	"github.com/ferrymigrate/ferry/internal/batched"
 )
 
 // A migration is named by its id or by the configuration a runbook hands
@@ -18,7 +18,7 @@ import (
 // bbmRef is a parsed migration reference: an id, or a configuration.
 type bbmRef struct {
 	id  int64
-	cfg *bbm.MigrationConfig
+	cfg *batched.MigrationConfig
 }
 
 const refUsage = "ID, CLASS TABLE COLUMN ARGS_JSON, a rake form (finalize[CLASS,TABLE,COLUMN,ARGS_JSON], show[ID]) or the configuration hash `ferry bbm check` prints"
@@ -38,7 +38,7 @@ func parseRef(args []string) (bbmRef, error) {
 	}
 	s := strings.TrimSpace(args[0])
 	if strings.HasPrefix(s, "{") {
-		var c bbm.MigrationConfig
+		var c batched.MigrationConfig
 		if err := json.Unmarshal([]byte(s), &c); err != nil || c.Class == "" {
 			return bbmRef{}, Usagef("%q is not a migration's configuration (job_class_name, table_name, column_name, job_arguments)", s)
 		}
@@ -60,10 +60,10 @@ func parseRef(args []string) (bbmRef, error) {
 }
 
 func configRef(class, table, column, args string) (bbmRef, error) {
-	if err := bbm.CheckConfig(class, table, column, []byte(args)); err != nil {
+	if err := batched.CheckConfig(class, table, column, []byte(args)); err != nil {
 		return bbmRef{}, bbmErr(err)
 	}
-	return bbmRef{cfg: &bbm.MigrationConfig{Class: class, Table: table, Column: column, Args: json.RawMessage(args)}}, nil
+	return bbmRef{cfg: &batched.MigrationConfig{Class: class, Table: table, Column: column, Args: json.RawMessage(args)}}, nil
 }
 
 // idRef reads an id, also as GitLab prints it for several databases
@@ -80,7 +80,7 @@ func idRef(s string) (bbmRef, error) {
 }
 
 // resolve returns the id of the migration ref names.
-func (r bbmRef) resolve(ctx context.Context, e *bbm.Engine) (int64, error) {
+func (r bbmRef) resolve(ctx context.Context, e *batched.Engine) (int64, error) {
 	if r.cfg == nil {
 		return r.id, nil
 	}

@@ -22,9 +22,9 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ferrymigrate/ferry/config"
-	"github.com/ferrymigrate/ferry/jobs/bm"
+	"github.com/ferrymigrate/ferry/internal/ferryschema"
+	"github.com/ferrymigrate/ferry/internal/legacy"
 	"github.com/ferrymigrate/ferry/queue"
-	"github.com/ferrymigrate/ferry/schema"
 )
 
 func newBMCmd(a *App) *cobra.Command {
@@ -47,13 +47,13 @@ them, e.g. before an upgrade.`,
 // bmQueuesFlag adds --queue: where BackgroundMigrationWorker jobs are
 // looked for.
 func bmQueuesFlag(cmd *cobra.Command, qs *[]string) {
-	cmd.Flags().StringSliceVar(qs, "queue", nil, "only these queues (repeat or comma-separate; default "+strings.Join(bm.DefaultQueues, ",")+")")
+	cmd.Flags().StringSliceVar(qs, "queue", nil, "only these queues (repeat or comma-separate; default "+strings.Join(legacy.DefaultQueues, ",")+")")
 }
 
 // bmQueues checks --queue and returns the queues to look in.
 func bmQueues(qs []string) ([]string, error) {
 	if len(qs) == 0 {
-		return bm.DefaultQueues, nil
+		return legacy.DefaultQueues, nil
 	}
 	for _, q := range qs {
 		if err := queue.ValidateQueueName(q); err != nil {
@@ -65,12 +65,12 @@ func bmQueues(qs []string) ([]string, error) {
 
 // bmCoordinator opens Redis and, when configured, the database; the
 // coordinator looks in the default queues.
-func (a *App) bmCoordinator(ctx context.Context, needDB bool) (*bm.Coordinator, error) {
+func (a *App) bmCoordinator(ctx context.Context, needDB bool) (*legacy.Coordinator, error) {
 	return a.bmCoordinatorIn(ctx, needDB, nil)
 }
 
 // bmCoordinatorIn is bmCoordinator looking in queues (--queue).
-func (a *App) bmCoordinatorIn(ctx context.Context, needDB bool, queues []string) (*bm.Coordinator, error) {
+func (a *App) bmCoordinatorIn(ctx context.Context, needDB bool, queues []string) (*legacy.Coordinator, error) {
 	queues, err := bmQueues(queues)
 	if err != nil {
 		return nil, err
@@ -79,7 +79,7 @@ func (a *App) bmCoordinatorIn(ctx context.Context, needDB bool, queues []string)
 	if err != nil {
 		return nil, err
 	}
-	runner := &bm.Runner{Registry: a.Reg.BM, Logger: a.Log}
+	runner := &legacy.Runner{Registry: a.Reg.BM, Logger: a.Log}
 	if needDB || a.Cfg.DatabaseURL != "" {
 		pool, err := a.DB(ctx)
 		if err != nil {
@@ -87,7 +87,7 @@ func (a *App) bmCoordinatorIn(ctx context.Context, needDB bool, queues []string)
 		}
 		runner.DB = pool
 	}
-	return &bm.Coordinator{Redis: rdb, Runner: runner, Logger: a.Log, Queues: queues}, nil
+	return &legacy.Coordinator{Redis: rdb, Runner: runner, Logger: a.Log, Queues: queues}, nil
 }
 
 // bmExit maps the error of an inline perform to an exit code: bad input
@@ -100,7 +100,7 @@ func bmExit(err error) error {
 	if errors.Is(err, queue.ErrStealFailed) {
 		return No(err)
 	}
-	if bm.IsBadInput(err) || errors.Is(err, bm.ErrNotFound) || errors.Is(err, bm.ErrNoDatabase) {
+	if legacy.IsBadInput(err) || errors.Is(err, legacy.ErrNotFound) || errors.Is(err, legacy.ErrNoDatabase) {
 		return Usage(err)
 	}
 	var ee *ExitError
@@ -175,7 +175,7 @@ and dead sets (not included in "remaining").`,
 			if err != nil {
 				return err
 			}
-			co := &bm.Coordinator{Redis: rdb, Logger: a.Log, Queues: qs}
+			co := &legacy.Coordinator{Redis: rdb, Logger: a.Log, Queues: qs}
 			counts, err := co.Remaining(ctx, retryDead)
 			if err != nil {
 				return err
@@ -190,11 +190,11 @@ and dead sets (not included in "remaining").`,
 				}
 			}
 			rows, total := bmRemainingRows(counts, running, retryDead)
-			paused, err := bm.PauseStatus(ctx, rdb)
+			paused, err := legacy.PauseStatus(ctx, rdb)
 			if err != nil {
 				return err
 			}
-			throttled, err := bm.Throttled(ctx, rdb)
+			throttled, err := legacy.Throttled(ctx, rdb)
 			if err != nil {
 				return err
 			}
@@ -216,7 +216,7 @@ and dead sets (not included in "remaining").`,
 }
 
 // printBMState says on stderr why workers hold legacy jobs back, if they do.
-func (a *App) printBMState(paused *bm.PauseInfo, throttled *bm.ThrottleInfo) {
+func (a *App) printBMState(paused *legacy.PauseInfo, throttled *legacy.ThrottleInfo) {
 	if paused != nil {
 		fmt.Fprintf(a.Err, "legacy background migrations are PAUSED (by %s at %s); `ferry bm resume` resumes them\n",
 			paused.By, paused.At.Format(time.RFC3339))
@@ -241,7 +241,7 @@ func (a *App) printRemaining(rows []bmRemainingRow, total int, qs []string, retr
 		}
 		fmt.Fprintln(tw)
 		for q, n := range r.ByQueue {
-			if q != bm.QueueName {
+			if q != legacy.QueueName {
 				outside[q] += n
 			}
 		}
@@ -253,7 +253,7 @@ func (a *App) printRemaining(rows []bmRemainingRow, total int, qs []string, retr
 	fmt.Fprintf(a.Out, "queues: %s\n", strings.Join(qs, ", "))
 	for _, q := range slices.Sorted(maps.Keys(outside)) {
 		fmt.Fprintf(a.Err, "%d job(s) wait in queue %s: a worker runs them only with --queues %s,%s; or `ferry bm steal CLASS --queue %s`\n",
-			outside[q], q, bm.QueueName, q, q)
+			outside[q], q, legacy.QueueName, q, q)
 	}
 	return nil
 }
@@ -357,7 +357,7 @@ and the command exits 1 at the end with a summary of the failures.`,
 				return err
 			}
 			progress, finish := a.stealProgress(args[0])
-			res, err := co.Steal(ctx, args[0], bm.StealOptions{RetryDead: retryDead, Progress: progress, Chunk: chunk,
+			res, err := co.Steal(ctx, args[0], legacy.StealOptions{RetryDead: retryDead, Progress: progress, Chunk: chunk,
 				Concurrency: concurrency, KeepGoing: keepGoing})
 			finish(err == nil)
 			return a.printSteal(args[0], res, err, asJSON)
@@ -441,9 +441,9 @@ invalid identifiers), 1 if the migration failed.`,
 			}
 			classes := a.Reg.BM
 			if !classes.Has(args[0]) {
-				return Usage(&bm.UnknownMigrationError{Class: args[0], Known: classes.Classes()})
+				return Usage(&legacy.UnknownMigrationError{Class: args[0], Known: classes.Classes()})
 			}
-			runner := &bm.Runner{Registry: classes, Logger: a.Log}
+			runner := &legacy.Runner{Registry: classes, Logger: a.Log}
 			if a.Cfg.DatabaseURL != "" {
 				pool, err := a.DB(ctx)
 				if err != nil {
@@ -490,13 +490,13 @@ at the first failure.`,
 			if perform {
 				return a.performPending(ctx, co, class)
 			}
-			jobs, err := bm.PendingJobs(ctx, co.Runner.DB, class)
+			jobs, err := legacy.PendingJobs(ctx, co.Runner.DB, class)
 			if err != nil {
 				return err
 			}
 			if asJSON {
 				if jobs == nil {
-					jobs = []bm.TrackedJob{}
+					jobs = []legacy.TrackedJob{}
 				}
 				return a.PrintJSON(jobs)
 			}
@@ -518,13 +518,13 @@ at the first failure.`,
 	return cmd
 }
 
-func (a *App) performPending(ctx context.Context, co *bm.Coordinator, class string) error {
-	n, err := co.PerformPending(ctx, class, func(j bm.TrackedJob) {
+func (a *App) performPending(ctx context.Context, co *legacy.Coordinator, class string) error {
+	n, err := co.PerformPending(ctx, class, func(j legacy.TrackedJob) {
 		a.Log.Info("performed pending migration", zap.Int64("id", j.ID), zap.String("class", j.Class),
 			zap.String("arguments", string(j.Arguments)))
 	})
 	fmt.Fprintf(a.Out, "performed %d pending jobs\n", n)
-	var unknown *bm.UnknownClassesError
+	var unknown *legacy.UnknownClassesError
 	if errors.As(err, &unknown) {
 		fmt.Fprintf(a.Err, "%s\n", unknown)
 		return No(errSilent)
@@ -534,8 +534,8 @@ func (a *App) performPending(ctx context.Context, co *bm.Coordinator, class stri
 
 // printPending lists pending rows of the classes ferry has, then those of
 // classes it does not have, each with what Sidekiq still holds of it.
-func (a *App) printPending(jobs []bm.TrackedJob, counts map[string]*queue.JobCounts, queues []string) error {
-	known, unknown := bm.SplitKnown(jobs, a.Reg.BM)
+func (a *App) printPending(jobs []legacy.TrackedJob, counts map[string]*queue.JobCounts, queues []string) error {
+	known, unknown := legacy.SplitKnown(jobs, a.Reg.BM)
 	fmt.Fprintf(a.Out, "%d pending tracking rows", len(jobs))
 	if len(unknown) > 0 {
 		fmt.Fprintf(a.Out, ", %d of classes this ferry does not have", len(unknown))
@@ -543,7 +543,7 @@ func (a *App) printPending(jobs []bm.TrackedJob, counts map[string]*queue.JobCou
 	fmt.Fprintln(a.Out)
 	for _, part := range []struct {
 		title string
-		jobs  []bm.TrackedJob
+		jobs  []legacy.TrackedJob
 	}{
 		{"", known},
 		{"\nclasses this ferry does not have (run them elsewhere, then `ferry bm mark ID|CLASS --yes`, or `--skip`):", unknown},
@@ -603,7 +603,7 @@ Exits 1 (after pushing unfinished jobs back) if a job fails.`,
 				return err
 			}
 			progress, finish := a.stealProgress(args[0])
-			res, err := co.Finalize(ctx, args[0], bm.StealOptions{RetryDead: retryDead, Progress: progress, Concurrency: concurrency}, deleteSucceeded)
+			res, err := co.Finalize(ctx, args[0], legacy.StealOptions{RetryDead: retryDead, Progress: progress, Concurrency: concurrency}, deleteSucceeded)
 			finish(err == nil)
 			if asJSON {
 				out := map[string]any{"class": args[0], "stolen": res.Stolen, "pending_performed": res.PendingPerformed,
@@ -656,20 +656,20 @@ ferry_marked_at). Without --yes it only says how many rows it would mark.`,
 			if err != nil {
 				return err
 			}
-			how := bm.MarkedSucceeded
+			how := legacy.MarkedSucceeded
 			if skip {
-				how = bm.MarkedSkipped
+				how = legacy.MarkedSkipped
 			}
 			pool, err := a.DB(ctx)
 			if err != nil {
 				return err
 			}
 			// The record's columns come with ferry's schema (v5).
-			if err := schema.Ensure(ctx, pool, a.Log); err != nil {
+			if err := ferryschema.Ensure(ctx, pool, a.Log); err != nil {
 				return err
 			}
 			by := bmOperator()
-			n, err := bm.Mark(ctx, pool, target, how, by, !yes)
+			n, err := legacy.Mark(ctx, pool, target, how, by, !yes)
 			if err != nil {
 				return err
 			}
@@ -692,17 +692,17 @@ ferry_marked_at). Without --yes it only says how many rows it would mark.`,
 }
 
 // bmMarkTarget reads ID|CLASS: digits are a row id, anything else a class.
-func bmMarkTarget(s string) (bm.MarkTarget, error) {
+func bmMarkTarget(s string) (legacy.MarkTarget, error) {
 	if id, err := strconv.ParseInt(s, 10, 64); err == nil {
 		if id <= 0 {
-			return bm.MarkTarget{}, Usagef("ID must be positive, got %d", id)
+			return legacy.MarkTarget{}, Usagef("ID must be positive, got %d", id)
 		}
-		return bm.MarkTarget{ID: id}, nil
+		return legacy.MarkTarget{ID: id}, nil
 	}
 	if err := checkClassArg("CLASS", s); err != nil {
-		return bm.MarkTarget{}, err
+		return legacy.MarkTarget{}, err
 	}
-	return bm.MarkTarget{Class: s}, nil
+	return legacy.MarkTarget{Class: s}, nil
 }
 
 func bmPauseCmd(a *App) *cobra.Command {
@@ -719,8 +719,8 @@ instead of running it; nothing is dropped. steal/perform/finalize are not affect
 			if err != nil {
 				return err
 			}
-			info := bm.PauseInfo{By: bmOperator(), At: time.Now().UTC(), Reason: reason}
-			if err := bm.Pause(cmd.Context(), rdb, info); err != nil {
+			info := legacy.PauseInfo{By: bmOperator(), At: time.Now().UTC(), Reason: reason}
+			if err := legacy.Pause(cmd.Context(), rdb, info); err != nil {
 				return err
 			}
 			a.Log.Info("legacy background migrations paused", zap.String("by", info.By), zap.String("reason", reason))
@@ -744,7 +744,7 @@ to 4 hours later); ` + "`ferry bm steal CLASS`" + ` runs them now.`,
 			if err != nil {
 				return err
 			}
-			was, err := bm.Resume(cmd.Context(), rdb)
+			was, err := legacy.Resume(cmd.Context(), rdb)
 			if err != nil {
 				return err
 			}

@@ -13,8 +13,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/config"
-	"github.com/ferrymigrate/ferry/dbmigrate"
-	"github.com/ferrymigrate/ferry/jobs/bbm"
+	"github.com/ferrymigrate/ferry/internal/batched"
+	"github.com/ferrymigrate/ferry/internal/dbmigrate"
 )
 
 type dbFlags struct {
@@ -127,10 +127,10 @@ type engineGate struct {
 	a     *App
 	table dbmigrate.TableGate
 	once  sync.Mutex
-	e     *bbm.Engine
+	e     *batched.Engine
 }
 
-func (g *engineGate) engine(ctx context.Context) (*bbm.Engine, error) {
+func (g *engineGate) engine(ctx context.Context) (*batched.Engine, error) {
 	g.once.Lock()
 	defer g.once.Unlock()
 	if g.e == nil {
@@ -152,7 +152,7 @@ func (g *engineGate) Queue(ctx context.Context, b dbmigrate.BBM, v dbmigrate.Ver
 	if err != nil {
 		return err
 	}
-	res, err := e.Queue(ctx, bbm.QueueOptions{Class: b.Class, Table: b.Table, Column: b.Column, Args: b.Args, Version: string(v)})
+	res, err := e.Queue(ctx, batched.QueueOptions{Class: b.Class, Table: b.Table, Column: b.Column, Args: b.Args, Version: string(v)})
 	if err == nil && res.Existing {
 		g.a.Log.Info("batched background migration already queued", zap.String("class", b.Class))
 	}
@@ -163,7 +163,7 @@ func (g *engineGate) Finalize(ctx context.Context, b dbmigrate.BBM) error {
 	if _, ok := g.a.Reg.BBM.Lookup(b.Class); !ok {
 		// Finalizing would only fail the migration; the gate's error
 		// gives the way out (WayOut).
-		return fmt.Errorf("%w %s", bbm.ErrUnknownClass, b.Class)
+		return fmt.Errorf("%w %s", batched.ErrUnknownClass, b.Class)
 	}
 	e, err := g.engine(ctx)
 	if err != nil {
@@ -183,7 +183,7 @@ func (g *engineGate) WayOut(ctx context.Context, b dbmigrate.BBM) string {
 	if _, ok := g.a.Reg.BBM.Lookup(b.Class); ok {
 		return ""
 	}
-	m, err := bbm.FindConfig(ctx, g.table.DB, b.Class, b.Table, b.Column, b.Args)
+	m, err := batched.FindConfig(ctx, g.table.DB, b.Class, b.Table, b.Column, b.Args)
 	if err != nil {
 		return ""
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymigrate/ferry/config"
-	"github.com/ferrymigrate/ferry/jobs/bbm"
+	"github.com/ferrymigrate/ferry/internal/batched"
 )
 
 const demoTable = "ferry_demo_events"
@@ -99,7 +99,7 @@ The demo table is dropped and recreated on every run.`,
 				}
 			}
 			fmt.Fprintf(a.Out, "Created in %s.\n", time.Since(t0).Round(time.Millisecond))
-			res, err := e.Queue(ctx, bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: demoTable, Column: "id",
+			res, err := e.Queue(ctx, batched.QueueOptions{Class: batched.CopyColumnClass, Table: demoTable, Column: "id",
 				Args: []byte(`[["id"],["id_convert_to_bigint"]]`), MaxParallel: parallel})
 			if err != nil {
 				return bbmErr(err)
@@ -113,9 +113,9 @@ The demo table is dropped and recreated on every run.`,
 			runErr := make(chan error, 1)
 			how := fmt.Sprintf("in-process, %d goroutines as workers", workers)
 			if _, rerr := a.Redis(ctx); rerr == nil && !local {
-				how = fmt.Sprintf("through the worker runtime (queue %s, concurrency %d)", bbm.Queue, workers)
+				how = fmt.Sprintf("through the worker runtime (queue %s, concurrency %d)", batched.Queue, workers)
 				a.Cfg.Worker.Concurrency = workers
-				a.Cfg.Worker.Queues = bbm.Queue
+				a.Cfg.Worker.Queues = batched.Queue
 				go func() { runErr <- a.runWorker(runCtx, nil) }()
 			} else {
 				go func() { runErr <- e.RunLocal(runCtx, workers, true) }()
@@ -125,7 +125,7 @@ The demo table is dropped and recreated on every run.`,
 			bar := a.newProgress("copy id -> id_convert_to_bigint", "rows", int64(rows), 0, start)
 			tick := time.NewTicker(250 * time.Millisecond)
 			defer tick.Stop()
-			var info *bbm.MigrationInfo
+			var info *batched.MigrationInfo
 			for {
 				select {
 				case <-ctx.Done():
@@ -144,7 +144,7 @@ The demo table is dropped and recreated on every run.`,
 				if bar != nil {
 					bar.update(info.Progress.RowsDone, time.Now())
 				}
-				if info.Status.Done() || info.Status == bbm.Failed {
+				if info.Status.Done() || info.Status == batched.Failed {
 					break
 				}
 				if runErr == nil {
@@ -166,7 +166,7 @@ The demo table is dropped and recreated on every run.`,
 			}
 			fmt.Fprintf(a.Out, "%s in %s: %.0f rows/s, %d batches, final batch size %d, sub-batch %d, rows not copied: %d\n",
 				info.Status, elapsed.Round(time.Millisecond), float64(info.Progress.RowsDone)/elapsed.Seconds(), info.Progress.Jobs, info.BatchSize, info.SubBatchSize, bad)
-			if info.Status != bbm.Finished || bad != 0 {
+			if info.Status != batched.Finished || bad != 0 {
 				return No(fmt.Errorf("demo migration ended %s with %d rows not copied; see `ferry bbm show %d`", info.Status, bad, m.ID))
 			}
 			fmt.Fprintf(a.Out, "Try: %s\n", a.tryCommand(fmt.Sprintf("bbm show %d", m.ID)))

@@ -11,7 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ferrymigrate/ferry/jobs/bm"
+	"github.com/ferrymigrate/ferry/internal/legacy"
 	"github.com/ferrymigrate/ferry/queue"
 )
 
@@ -45,10 +45,10 @@ array; integers of any size are kept exactly. Prints the job id.`,
 				return Usagef("ARGS_JSON must be a JSON array (Sidekiq's positional args), e.g. '[1,\"two\"]'; got %.60s", args[1])
 			}
 			opts := queue.PushOptions{Queue: q} // Push defaults "" to "default"
-			if q == "" && class == bm.WorkerClass {
+			if q == "" && class == legacy.WorkerClass {
 				// Where `ferry worker` and `ferry bm` look by default, as
 				// GitLab's BackgroundMigrationWorker declares.
-				opts.Queue = bm.QueueName
+				opts.Queue = legacy.QueueName
 			}
 			switch {
 			case retry == "":

@@ -5,7 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ferrymigrate/ferry/schema"
+	"github.com/ferrymigrate/ferry/internal/ferryschema"
 )
 
 func newSetupCmd(a *App) *cobra.Command {
@@ -22,10 +22,10 @@ holds an advisory lock. ` + "`ferry worker`" + ` does the same at start.`,
 			if err != nil {
 				return err
 			}
-			if err := schema.Apply(cmd.Context(), pool); err != nil {
+			if err := ferryschema.Apply(cmd.Context(), pool); err != nil {
 				return err
 			}
-			v, err := schema.Current(cmd.Context(), pool)
+			v, err := ferryschema.Current(cmd.Context(), pool)
 			if err != nil {
 				return err
 			}

@@ -12,8 +12,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/config"
+	"github.com/ferrymigrate/ferry/internal/web"
 	"github.com/ferrymigrate/ferry/process"
-	"github.com/ferrymigrate/ferry/web"
 )
 
 func newWebCmd(a *App) *cobra.Command {

@@ -14,11 +14,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymigrate/ferry/config"
-	"github.com/ferrymigrate/ferry/jobs/bbm"
-	"github.com/ferrymigrate/ferry/jobs/bm"
+	"github.com/ferrymigrate/ferry/internal/batched"
+	"github.com/ferrymigrate/ferry/internal/legacy"
+	"github.com/ferrymigrate/ferry/internal/web"
 	"github.com/ferrymigrate/ferry/process"
 	"github.com/ferrymigrate/ferry/queue"
-	"github.com/ferrymigrate/ferry/web"
 	"github.com/ferrymigrate/ferry/worker"
 )
 
@@ -185,8 +185,8 @@ func (a *App) processOptions(ctx context.Context) (process.Options, error) {
 			PollInterval: a.Cfg.Worker.PollInterval, Tag: a.Cfg.Worker.Tag, Version: "ferry " + a.Version,
 			Hostname: a.Cfg.Worker.Hostname,
 		},
-		BBM: bbm.Config{TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration, Health: bbmHealth(a)},
-		BM: bm.WorkerConfig{Concurrency: a.Cfg.BM.Concurrency, MaxRunning: a.Cfg.BM.MaxRunning,
+		BBM: batched.Config{TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration, Health: bbmHealth(a)},
+		BM: legacy.WorkerConfig{Concurrency: a.Cfg.BM.Concurrency, MaxRunning: a.Cfg.BM.MaxRunning,
 			LeaseWait: a.Cfg.BM.LeaseWait, MinInterval: a.Cfg.BM.MinInterval},
 	}
 	if o.Worker.Hostname == "" {

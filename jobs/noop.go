@@ -1,5 +1,3 @@
-// Package jobs holds ferry's built-in job classes. Batched background
-// migrations live in jobs/bbm and legacy ones in jobs/bm.
 package jobs
 
 import (

@@ -9,8 +9,8 @@
 //   - the Sidekiq-compatible runtime (package worker) on the configured
 //     queues, with every class of Registries.Workers;
 //   - with a database: ferry's tables created or upgraded, batched
-//     background migrations (jobs/bbm's scheduler and execution jobs), and
-//     legacy BackgroundMigrationWorker jobs (jobs/bm) that can use it;
+//     background migrations (internal/batched's scheduler and execution jobs), and
+//     legacy BackgroundMigrationWorker jobs (internal/legacy) that can use it;
 //   - optionally the admin UI and /metrics (package web), HTTP liveness and
 //     readiness probes, and systemd's notify protocol.
 //

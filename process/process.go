@@ -13,11 +13,11 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/ferrymigrate/ferry/internal/batched"
+	"github.com/ferrymigrate/ferry/internal/ferryschema"
 	"github.com/ferrymigrate/ferry/internal/health"
-	"github.com/ferrymigrate/ferry/jobs/bbm"
-	"github.com/ferrymigrate/ferry/jobs/bm"
-	"github.com/ferrymigrate/ferry/schema"
-	"github.com/ferrymigrate/ferry/web"
+	"github.com/ferrymigrate/ferry/internal/legacy"
+	"github.com/ferrymigrate/ferry/internal/web"
 	"github.com/ferrymigrate/ferry/worker"
 )
 
@@ -39,10 +39,10 @@ type Options struct {
 	Worker worker.Config
 	// BBM configures the batched migration engine (TargetBatchDuration,
 	// Health); Registry, Logger and Identity are set here.
-	BBM bbm.Config
+	BBM batched.Config
 	// BM configures BackgroundMigrationWorker (limits, MinInterval);
 	// Runner, Client, Redis and Logger are set here.
-	BM bm.WorkerConfig
+	BM legacy.WorkerConfig
 	// Web, when set, serves the admin UI and /metrics from the process on
 	// Web.Listen; its connections, logger and actions are set here.
 	Web *web.Config
@@ -79,7 +79,7 @@ func New(ctx context.Context, o Options) (*Process, error) {
 	}
 	p := &Process{o: o, rt: rt}
 	if o.DB != nil {
-		if err := schema.Ensure(ctx, o.DB, o.Logger); err != nil {
+		if err := ferryschema.Ensure(ctx, o.DB, o.Logger); err != nil {
 			return nil, err
 		}
 	}
@@ -137,11 +137,11 @@ func (p *Process) addBBM(context.Context) error {
 	}
 	cfg := p.o.BBM
 	cfg.Logger, cfg.Registry, cfg.Identity = p.o.Logger, p.o.Registries.BBM, p.rt.Identity()
-	e := bbm.NewEngine(p.o.DB, cfg)
+	e := batched.NewEngine(p.o.DB, cfg)
 	// Closed after the runtime's jobs returned (Run), not with the
 	// scheduler: batches still running need the engine's session.
 	p.closers = append(p.closers, e.Close)
-	svc := bbm.NewService(e, p.o.Redis, p.o.Logger)
+	svc := batched.NewService(e, p.o.Redis, p.o.Logger)
 	if err := svc.Register(p.o.Registries.Workers); err != nil {
 		return err
 	}
@@ -152,12 +152,12 @@ func (p *Process) addBBM(context.Context) error {
 // addBM runs BackgroundMigrationWorker jobs, unless the application
 // registered its own class of that name.
 func (p *Process) addBM(ctx context.Context) error {
-	if p.o.Registries.Workers.Has(bm.WorkerClass) {
+	if p.o.Registries.Workers.Has(legacy.WorkerClass) {
 		return nil
 	}
 	cfg := p.o.BM
 	cfg.Runner, cfg.Client, cfg.Redis, cfg.Logger = p.bmRunner(), p.rt.Broker().Client(), p.o.Redis, p.o.Logger
-	if err := bm.AddWorker(p.o.Registries.Workers, cfg); err != nil {
+	if err := legacy.AddWorker(p.o.Registries.Workers, cfg); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidOptions, err)
 	}
 	p.warnUnconsumedBM(ctx)
@@ -171,13 +171,13 @@ func (p *Process) addBM(ctx context.Context) error {
 func (p *Process) warnUnconsumedBM(ctx context.Context) {
 	consumed := map[string]bool{}
 	if len(p.o.Worker.Queues) == 0 {
-		consumed[bm.QueueName] = true // the runtime's default
+		consumed[legacy.QueueName] = true // the runtime's default
 	}
 	for _, q := range p.o.Worker.Queues {
 		consumed[q.Name] = true
 	}
 	var missing []string
-	for _, q := range bm.DefaultQueues {
+	for _, q := range legacy.DefaultQueues {
 		if !consumed[q] {
 			missing = append(missing, q)
 		}
@@ -185,7 +185,7 @@ func (p *Process) warnUnconsumedBM(ctx context.Context) {
 	if len(missing) == 0 {
 		return
 	}
-	waiting, err := bm.Waiting(ctx, p.o.Redis, missing)
+	waiting, err := legacy.Waiting(ctx, p.o.Redis, missing)
 	if err != nil {
 		p.o.Logger.Debug("could not look for legacy migration jobs in other queues", zap.Error(err))
 		return
@@ -199,8 +199,8 @@ func (p *Process) warnUnconsumedBM(ctx context.Context) {
 	}
 }
 
-func (p *Process) bmRunner() *bm.Runner {
-	r := &bm.Runner{Registry: p.o.Registries.BM, Logger: p.o.Logger}
+func (p *Process) bmRunner() *legacy.Runner {
+	r := &legacy.Runner{Registry: p.o.Registries.BM, Logger: p.o.Logger}
 	if p.o.DB != nil {
 		r.DB = p.o.DB // a nil pool in the interface would look configured
 	}
@@ -214,13 +214,13 @@ func (p *Process) addWeb(ctx context.Context) error {
 	}
 	cfg := *p.o.Web
 	cfg.Redis, cfg.Logger = p.o.Redis, p.o.Logger
-	cfg.Stealer = Stealer{&bm.Coordinator{Redis: p.o.Redis, Logger: p.o.Logger, Runner: p.bmRunner()}}
+	cfg.Stealer = Stealer{&legacy.Coordinator{Redis: p.o.Redis, Logger: p.o.Logger, Runner: p.bmRunner()}}
 	var fin *web.EngineMigrations
 	if p.o.DB != nil {
 		cfg.DB = p.o.DB
 		bc := p.o.BBM
 		bc.Logger, bc.Registry, bc.Identity = p.o.Logger, p.o.Registries.BBM, p.rt.Identity()+":web:"+strconv.Itoa(os.Getpid())
-		e := bbm.NewEngine(p.o.DB, bc)
+		e := batched.NewEngine(p.o.DB, bc)
 		p.closers = append(p.closers, e.Close)
 		fin = web.NewEngineMigrations(ctx, e, p.o.Logger)
 		cfg.Migrations = fin
@@ -251,12 +251,12 @@ func (p *Process) addHealth(context.Context) error {
 	return nil
 }
 
-// Stealer is jobs/bm's steal behind the admin UI's button: the queued and
+// Stealer is internal/legacy's steal behind the admin UI's button: the queued and
 // scheduled jobs of a legacy class run inline in this process.
-type Stealer struct{ Co *bm.Coordinator }
+type Stealer struct{ Co *legacy.Coordinator }
 
 // Steal implements web's stealer.
 func (s Stealer) Steal(ctx context.Context, class string) (int, error) {
-	res, err := s.Co.Steal(ctx, class, bm.StealOptions{})
+	res, err := s.Co.Steal(ctx, class, legacy.StealOptions{})
 	return res.Performed, err
 }

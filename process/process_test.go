@@ -15,8 +15,8 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ferrymigrate/ferry/config"
+	"github.com/ferrymigrate/ferry/internal/batched"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/jobs/bbm"
 	"github.com/ferrymigrate/ferry/process"
 	"github.com/ferrymigrate/ferry/queue"
 	"github.com/ferrymigrate/ferry/worker"
@@ -54,8 +54,8 @@ func TestProcessRunsJobsMigrationsAndProbes(t *testing.T) {
 	}
 	p, err := process.New(ctx, process.Options{
 		Redis: rdb, DB: pool, Registries: reg, Logger: zaptest.NewLogger(t), HealthListener: ln,
-		Worker: worker.Config{Queues: []queue.WeightedQueue{{Name: "default", Weight: 1}, {Name: bbm.Queue, Weight: 1}}, Concurrency: 4},
-		BBM:    bbm.Config{TargetBatchDuration: 200 * time.Millisecond},
+		Worker: worker.Config{Queues: []queue.WeightedQueue{{Name: "default", Weight: 1}, {Name: batched.Queue, Weight: 1}}, Concurrency: 4},
+		BBM:    batched.Config{TargetBatchDuration: 200 * time.Millisecond},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -73,15 +73,15 @@ func TestProcessRunsJobsMigrationsAndProbes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	e := bbm.NewEngine(pool, bbm.Config{Registry: reg.BBM})
+	e := batched.NewEngine(pool, batched.Config{Registry: reg.BBM})
 	defer e.Close()
-	res, err := e.Queue(ctx, bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: "events", Column: "id", Args: []byte(`[["v"],["v_big"]]`)})
+	res, err := e.Queue(ctx, batched.QueueOptions{Class: batched.CopyColumnClass, Table: "events", Column: "id", Args: []byte(`[["v"],["v_big"]]`)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 60*time.Second, "jobs run and the migration finished", func() bool {
 		m, err := e.Get(ctx, res.Migration.ID)
-		return invoices.Load() == 20 && rdb.LLen(ctx, "queue:default").Val() == 0 && err == nil && m.Status == bbm.Finished
+		return invoices.Load() == 20 && rdb.LLen(ctx, "queue:default").Val() == 0 && err == nil && m.Status == batched.Finished
 	})
 	for _, path := range []string{"/liveness", "/readiness"} {
 		resp, err := http.Get("http://" + ln.Addr().String() + path)

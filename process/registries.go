@@ -1,9 +1,9 @@
 package process
 
 import (
+	"github.com/ferrymigrate/ferry/internal/batched"
+	"github.com/ferrymigrate/ferry/internal/legacy"
 	"github.com/ferrymigrate/ferry/jobs"
-	"github.com/ferrymigrate/ferry/jobs/bbm"
-	"github.com/ferrymigrate/ferry/jobs/bm"
 	"github.com/ferrymigrate/ferry/worker"
 )
 
@@ -12,16 +12,16 @@ import (
 // legacy (BackgroundMigrationWorker) migrations.
 type Registries struct {
 	Workers *worker.Registry
-	BBM     *bbm.Registry
-	BM      *bm.Registry
+	BBM     *batched.Registry
+	BM      *legacy.Registry
 }
 
 // NewRegistries returns registries holding ferry's built-in classes:
-// Ferry::Noop, the built-in batched migrations (bbm.Builtins) and the
+// Ferry::Noop, the built-in batched migrations (batched.Builtins) and the
 // legacy CopyColumn.
 func NewRegistries() *Registries {
-	r := &Registries{Workers: worker.NewRegistry(), BBM: bbm.NewRegistry(), BM: bm.NewRegistry()}
+	r := &Registries{Workers: worker.NewRegistry(), BBM: batched.NewRegistry(), BM: legacy.NewRegistry()}
 	jobs.AddNoop(r.Workers)
-	bm.AddCopyColumn(r.BM, bm.CopyColumn{})
+	legacy.AddCopyColumn(r.BM, legacy.CopyColumn{})
 	return r
 }

@@ -9,7 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// BMSlot is one running slot of a legacy migration class (jobs/bm): held
+// BMSlot is one running slot of a legacy migration class (internal/legacy): held
 // while a job of the class runs, refreshed meanwhile, given back when it
 // ends. Slots are counted per class and cluster-wide.
 type BMSlot struct {

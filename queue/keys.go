@@ -78,7 +78,7 @@ func workersKey(identity string) string { return identity + ":workers" }
 func workKey(identity string) string    { return identity + ":work" }
 func signalsKey(identity string) string { return identity + "-signals" }
 
-// Legacy background migrations (jobs/bm, `ferry bm ...`).
+// Legacy background migrations (internal/legacy, `ferry bm ...`).
 
 // ExclusiveLeaseKey is the Redis key of GitLab's Gitlab::ExclusiveLease
 // ("gitlab:exclusive_lease:<key>"). ferry uses the same key for the

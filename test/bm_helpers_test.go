@@ -11,8 +11,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ferrymigrate/ferry/cli"
+	"github.com/ferrymigrate/ferry/internal/ferryschema"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/schema"
 )
 
 // bmBundle is the environment of a legacy-migration integration test: a
@@ -40,7 +40,7 @@ func bmSetup(t *testing.T) *bmBundle {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.db.Close)
-	if err := schema.Apply(b.ctx, b.db); err != nil {
+	if err := ferryschema.Apply(b.ctx, b.db); err != nil {
 		t.Fatal(err)
 	}
 	b.exec(t, `CREATE TABLE users (id bigserial PRIMARY KEY, legacy_id integer, id_big bigint);

@@ -13,8 +13,8 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ferrymigrate/ferry/cli"
+	"github.com/ferrymigrate/ferry/internal/legacy"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/jobs/bm"
 	"github.com/ferrymigrate/ferry/queue"
 	"github.com/ferrymigrate/ferry/worker"
 )
@@ -29,7 +29,7 @@ func TestBMRubyJobsRunByFerryWorker(t *testing.T) {
 		// Spaces differ from Ruby's encoding on purpose: rows match as jsonb.
 		tracked = append(tracked, json.RawMessage(fmt.Sprintf(`["users", "legacy_id", "id_big", %d, %d]`, lo, lo+49)))
 	}
-	if err := bm.Track(b.ctx, b.db, "CopyColumn", tracked...); err != nil {
+	if err := legacy.Track(b.ctx, b.db, "CopyColumn", tracked...); err != nil {
 		t.Fatal(err)
 	}
 	b.ruby(t, `
@@ -39,12 +39,12 @@ Sidekiq::Client.push_bulk('class' => 'BackgroundMigrationWorker', 'queue' => 'ba
   'args' => [['CopyColumn', ['users', 'legacy_id', 'id_big', 101, 150]], ['CopyColumn', ['users', 'legacy_id', 'id_big', 151, 200]]])
 `)
 	reg := worker.NewRegistry()
-	classes := bm.NewRegistry()
-	bm.AddCopyColumn(classes, bm.CopyColumn{})
+	classes := legacy.NewRegistry()
+	legacy.AddCopyColumn(classes, legacy.CopyColumn{})
 	log := zaptest.NewLogger(t)
 	// Jobs of one class run one at a time, each as soon as the previous ends.
-	if err := bm.AddWorker(reg, bm.WorkerConfig{
-		Runner: &bm.Runner{Registry: classes, DB: b.db, Logger: log},
+	if err := legacy.AddWorker(reg, legacy.WorkerConfig{
+		Runner: &legacy.Runner{Registry: classes, DB: b.db, Logger: log},
 		Client: queue.NewClient(b.rdb), Redis: b.rdb, Logger: log,
 	}); err != nil {
 		t.Fatal(err)
@@ -228,14 +228,14 @@ func TestBMConcurrentStealsNeverDoubleRun(t *testing.T) {
 		}
 	}
 	c := queue.NewClient(b.rdb)
-	if _, err := c.PushBulk(b.ctx, bm.WorkerClass, queued, queue.PushOptions{Queue: bm.QueueName}); err != nil {
+	if _, err := c.PushBulk(b.ctx, legacy.WorkerClass, queued, queue.PushOptions{Queue: legacy.QueueName}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.PushBulk(b.ctx, bm.WorkerClass, scheduled, queue.PushOptions{Queue: bm.QueueName, At: time.Now().Add(time.Hour)}); err != nil {
+	if _, err := c.PushBulk(b.ctx, legacy.WorkerClass, scheduled, queue.PushOptions{Queue: legacy.QueueName, At: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	opts := cli.Options{Register: func(r *cli.Registries) {
-		bm.Add(r.BM, bm.PerformFunc[bmCountArgs](func(ctx context.Context, j *bm.Job[bmCountArgs]) error {
+		legacy.Add(r.BM, legacy.PerformFunc[bmCountArgs](func(ctx context.Context, j *legacy.Job[bmCountArgs]) error {
 			_, err := j.DB.Exec(ctx, `INSERT INTO performs VALUES ($1)`, j.Args.N)
 			return err
 		}))
@@ -297,9 +297,9 @@ func TestBMPerformCopyColumnAndHostileIdentifiers(t *testing.T) {
 	}
 	// Sub-batches copy the same exact range.
 	b.exec(t, `UPDATE users SET id_big = NULL`)
-	classes := bm.NewRegistry()
-	bm.AddCopyColumn(classes, bm.CopyColumn{SubBatchSize: 3})
-	r := &bm.Runner{Registry: classes, DB: b.db}
+	classes := legacy.NewRegistry()
+	legacy.AddCopyColumn(classes, legacy.CopyColumn{SubBatchSize: 3})
+	r := &legacy.Runner{Registry: classes, DB: b.db}
 	if err := r.Perform(b.ctx, "CopyColumn", json.RawMessage(`["public.users","legacy_id","id_big",5,105]`)); err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +307,7 @@ func TestBMPerformCopyColumnAndHostileIdentifiers(t *testing.T) {
 		t.Fatalf("sub-batches copied %d", b.copied(t))
 	}
 	err := r.Perform(b.ctx, "CopyColumn", json.RawMessage(`["users","legacy_id","id_big",9,1]`))
-	if !errors.Is(err, bm.ErrInvalidArgs) {
+	if !errors.Is(err, legacy.ErrInvalidArgs) {
 		t.Fatalf("reversed range: %v", err)
 	}
 }
@@ -321,14 +321,14 @@ func TestBMTrackingPendingAndFinalize(t *testing.T) {
 	for lo := 1; lo <= 200; lo += 50 {
 		args = append(args, json.RawMessage(fmt.Sprintf(`["users","legacy_id","id_big",%d,%d]`, lo, lo+49)))
 	}
-	jids, err := bm.Schedule(b.ctx, queue.NewClient(b.rdb), b.db, "CopyColumn", args,
-		bm.ScheduleOptions{Interval: 2 * time.Minute, Track: true})
+	jids, err := legacy.Schedule(b.ctx, queue.NewClient(b.rdb), b.db, "CopyColumn", args,
+		legacy.ScheduleOptions{Interval: 2 * time.Minute, Track: true})
 	if err != nil || len(jids) != 4 {
 		t.Fatal(jids, err)
 	}
 	code, out, _ := b.ferry(t, cli.Options{}, "bm", "pending", "--json")
-	var pending []bm.TrackedJob
-	if code != 0 || json.Unmarshal([]byte(out), &pending) != nil || len(pending) != 4 || pending[0].Status != bm.StatusPending {
+	var pending []legacy.TrackedJob
+	if code != 0 || json.Unmarshal([]byte(out), &pending) != nil || len(pending) != 4 || pending[0].Status != legacy.StatusPending {
 		t.Fatalf("pending (exit %d): %s", code, out)
 	}
 	code, _, stderr := b.ferry(t, cli.Options{}, "bm", "pending", "--perform")
@@ -356,7 +356,7 @@ func TestBMPauseResumeCLI(t *testing.T) {
 	if code, _, stderr := b.ferry(t, cli.Options{}, "bm", "pause", "--reason", "upgrade window"); code != 0 {
 		t.Fatal(stderr)
 	}
-	p, err := bm.PauseStatus(b.ctx, b.rdb)
+	p, err := legacy.PauseStatus(b.ctx, b.rdb)
 	if err != nil || p == nil || p.Reason != "upgrade window" {
 		t.Fatalf("%+v %v", p, err)
 	}
@@ -366,7 +366,7 @@ func TestBMPauseResumeCLI(t *testing.T) {
 	if code, out, _ := b.ferry(t, cli.Options{}, "bm", "resume"); code != 0 || !strings.Contains(out, "resumed") {
 		t.Fatal(out)
 	}
-	if p, _ := bm.PauseStatus(b.ctx, b.rdb); p != nil {
+	if p, _ := legacy.PauseStatus(b.ctx, b.rdb); p != nil {
 		t.Fatal("still paused")
 	}
 }

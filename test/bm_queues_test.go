@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/ferrymigrate/ferry/cli"
+	"github.com/ferrymigrate/ferry/internal/legacy"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/jobs/bm"
 )
 
 // `ferry enqueue BackgroundMigrationWorker` goes to background_migration
@@ -91,7 +91,7 @@ func TestBMWorkerWarnsOfUnconsumedQueue(t *testing.T) {
 		return len(p.grep("wait in a queue this worker does not consume", 1)) == 1 && len(p.grep(`"queue":"default"`, 1)) == 1
 	})
 	// The worker is left to the cleanup's SIGKILL: a TERM this soon after
-	// start trips over jobs/bbm's session heartbeat (reported).
+	// start trips over internal/batched's session heartbeat (reported).
 	if n := b.rdb.LLen(b.ctx, "queue:default").Val(); n != 1 {
 		t.Fatalf("default holds %d", n)
 	}
@@ -102,10 +102,10 @@ func TestBMWorkerWarnsOfUnconsumedQueue(t *testing.T) {
 func TestBMPendingUnknownClasses(t *testing.T) {
 	t.Parallel()
 	b := bmSetup(t)
-	if err := bm.Track(b.ctx, b.db, "CopyColumn", json.RawMessage(`["users","legacy_id","id_big",1,10]`)); err != nil {
+	if err := legacy.Track(b.ctx, b.db, "CopyColumn", json.RawMessage(`["users","legacy_id","id_big",1,10]`)); err != nil {
 		t.Fatal(err)
 	}
-	if err := bm.Track(b.ctx, b.db, "PopulateThings", json.RawMessage(`[1,100]`), json.RawMessage(`[101,200]`)); err != nil {
+	if err := legacy.Track(b.ctx, b.db, "PopulateThings", json.RawMessage(`[1,100]`), json.RawMessage(`[101,200]`)); err != nil {
 		t.Fatal(err)
 	}
 	b.ruby(t, `bm_push(['PopulateThings', [1, 100]])`)
@@ -129,7 +129,7 @@ func TestBMPendingUnknownClasses(t *testing.T) {
 func TestBMMarkUnknownClass(t *testing.T) {
 	t.Parallel()
 	b := bmSetup(t)
-	if err := bm.Track(b.ctx, b.db, "PopulateThings", json.RawMessage(`[1,100]`), json.RawMessage(`[101,200]`)); err != nil {
+	if err := legacy.Track(b.ctx, b.db, "PopulateThings", json.RawMessage(`[1,100]`), json.RawMessage(`[101,200]`)); err != nil {
 		t.Fatal(err)
 	}
 	first := b.int(t, `SELECT min(id) FROM background_migration_jobs`)
@@ -163,7 +163,7 @@ func TestBMMarkUnknownClass(t *testing.T) {
 func TestBMStealMarksTrackedJobs(t *testing.T) {
 	t.Parallel()
 	b := bmSetup(t)
-	if err := bm.Track(b.ctx, b.db, "CopyColumn", json.RawMessage(`["users","legacy_id","id_big",1,100]`),
+	if err := legacy.Track(b.ctx, b.db, "CopyColumn", json.RawMessage(`["users","legacy_id","id_big",1,100]`),
 		json.RawMessage(`["users","legacy_id","id_big",101,200]`)); err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/ferrymigrate/ferry/cli"
-	"github.com/ferrymigrate/ferry/dbmigrate"
+	"github.com/ferrymigrate/ferry/internal/dbmigrate"
 	"github.com/ferrymigrate/ferry/internal/testenv"
 )
 

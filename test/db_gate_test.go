@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/ferrymigrate/ferry/cli"
-	"github.com/ferrymigrate/ferry/schema"
+	"github.com/ferrymigrate/ferry/internal/ferryschema"
 )
 
 const gateText = "Expected batched background migration for the given configuration to be marked as 'finished', but it is "
@@ -16,7 +16,7 @@ const gateText = "Expected batched background migration for the given configurat
 // finished, migrate goes on.
 func TestDBGateStopsUntilBBMFinished(t *testing.T) {
 	e := newDBEnv(t)
-	if err := schema.Apply(e.ctx, e.pool); err != nil {
+	if err := ferryschema.Apply(e.ctx, e.pool); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.pool.Exec(e.ctx, `INSERT INTO batched_background_migrations
@@ -95,7 +95,7 @@ func TestDBGateWithEngine(t *testing.T) {
 // looked for and continues, as GitLab does.
 func TestDBGateMatchesEverySpellingOfTheTable(t *testing.T) {
 	e := newDBEnv(t)
-	if err := schema.Apply(e.ctx, e.pool); err != nil {
+	if err := ferryschema.Apply(e.ctx, e.pool); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.pool.Exec(e.ctx, `CREATE TABLE events (id int PRIMARY KEY, v int, v_big bigint);

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ferrymigrate/ferry/schema"
+	"github.com/ferrymigrate/ferry/internal/ferryschema"
 )
 
 // A failed migration keeps PostgreSQL's DETAIL and where in the file it
@@ -37,7 +37,7 @@ func TestDBErrorsKeepDetailAndHint(t *testing.T) {
 // mark-finished, not a finalize that would fail.
 func TestDBGateUnregisteredClassWayOut(t *testing.T) {
 	e := newDBEnv(t)
-	if err := schema.Apply(e.ctx, e.pool); err != nil {
+	if err := ferryschema.Apply(e.ctx, e.pool); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.pool.Exec(e.ctx, `INSERT INTO batched_background_migrations

@@ -7,8 +7,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/ferrymigrate/ferry/internal/ferryschema"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/schema"
 )
 
 // The failed-upgrade runbook: backup, a failed upgrade, restore. The
@@ -17,7 +17,7 @@ import (
 // with the ids going on after it.
 func TestDBRestoreKeepsTheRecord(t *testing.T) {
 	e := newDBEnv(t)
-	if err := schema.Apply(e.ctx, e.pool); err != nil {
+	if err := ferryschema.Apply(e.ctx, e.pool); err != nil {
 		t.Fatal(err)
 	}
 	e.write("1_v1.up.sql", "CREATE TABLE users (id bigserial PRIMARY KEY);\n")

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ferrymigrate/ferry/dbmigrate"
+	"github.com/ferrymigrate/ferry/internal/dbmigrate"
 )
 
 // status answers "no" (exit 1) while a migration is pending or the

@@ -17,11 +17,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/ferrymigrate/ferry/internal/batched"
+	"github.com/ferrymigrate/ferry/internal/ferryschema"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/jobs/bbm"
-	"github.com/ferrymigrate/ferry/schema"
-	"github.com/ferrymigrate/ferry/web"
-	"github.com/ferrymigrate/ferry/web/webtest"
+	"github.com/ferrymigrate/ferry/internal/web"
+	"github.com/ferrymigrate/ferry/internal/web/webtest"
 )
 
 const chromiumPath = "/usr/bin/chromium"
@@ -75,7 +75,7 @@ func startWeb(t *testing.T) *webEnv {
 	ctx := testenv.Context(t)
 	db := testenv.Postgres(t)
 	rdb := testenv.Redis(t)
-	if err := schema.Apply(ctx, db); err != nil {
+	if err := ferryschema.Apply(ctx, db); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
@@ -87,7 +87,7 @@ func startWeb(t *testing.T) *webEnv {
 		t.Fatal(err)
 	}
 	log := zaptest.NewLogger(t)
-	em := web.NewEngineMigrations(ctx, bbm.NewEngine(db, bbm.Config{Logger: log}), log)
+	em := web.NewEngineMigrations(ctx, batched.NewEngine(db, batched.Config{Logger: log}), log)
 	t.Cleanup(func() { em.Wait(); em.Close() })
 	srv, err := web.New(web.Config{DB: db, Redis: rdb, Logger: log, Migrations: em, Version: "dev",
 		Auth: web.Auth{Username: "admin", Password: "hunter2"}, Refresh: time.Second})
@@ -188,7 +188,7 @@ func TestWebUIBrowser(t *testing.T) {
 	// banner and takes the ETA and the rate away, by the live refresh.
 	t.Run("pause-all banner", func(t *testing.T) {
 		run(t, ctx, nav(detail), visible("#eta-value"))
-		e := bbm.NewEngine(env.db, bbm.Config{})
+		e := batched.NewEngine(env.db, batched.Config{})
 		if err := e.SetPausedAll(env.ctx, true); err != nil {
 			t.Fatal(err)
 		}
@@ -201,7 +201,7 @@ func TestWebUIBrowser(t *testing.T) {
 		if err != nil || eta != 0 {
 			t.Fatalf("an ETA under pause-all (%v)", err)
 		}
-		if rate, reason := text(t, ctx, "#rate"), text(t, ctx, "#reason"); rate != "—" || reason != bbm.PausedAllReason {
+		if rate, reason := text(t, ctx, "#rate"), text(t, ctx, "#reason"); rate != "—" || reason != batched.PausedAllReason {
 			t.Fatalf("under pause-all: rate %q, reason %q", rate, reason)
 		}
 	})

@@ -42,8 +42,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/config"
-	"github.com/ferrymigrate/ferry/jobs/bbm"
-	"github.com/ferrymigrate/ferry/schema"
+	"github.com/ferrymigrate/ferry/internal/batched"
+	"github.com/ferrymigrate/ferry/internal/ferryschema"
 )
 
 type options struct {
@@ -87,7 +87,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	defer pool.Close()
-	if err := schema.Apply(ctx, pool); err != nil {
+	if err := ferryschema.Apply(ctx, pool); err != nil {
 		return err
 	}
 	prepare := func(table string) error {
@@ -106,7 +106,7 @@ func run(ctx context.Context, o options) error {
 		}
 		return nil
 	}
-	e := bbm.NewEngine(pool, bbm.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: bbm.HealthConfig{MaxDutyUnderLoad: o.maxDuty, MinDutyUnderLoad: o.minDuty}})
+	e := batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: batched.HealthConfig{MaxDutyUnderLoad: o.maxDuty, MinDutyUnderLoad: o.minDuty}})
 	defer e.Close()
 	if o.load && o.onlyLoad {
 		return underLoad(ctx, o, url, e, prepare)
@@ -158,7 +158,7 @@ func run(ctx context.Context, o options) error {
 
 // underLoad is the politeness run: the same migration on a table under a
 // write load.
-func underLoad(ctx context.Context, o options, url string, e *bbm.Engine, prepare func(string) error) error {
+func underLoad(ctx context.Context, o options, url string, e *batched.Engine, prepare func(string) error) error {
 	rows, workers, parallel := o.rows, o.workers, o.parallel
 	if err := prepare("bench_load"); err != nil {
 		return err
@@ -250,16 +250,16 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 type migrated struct {
-	*bbm.MigrationInfo
+	*batched.MigrationInfo
 	summary string
 }
 
 // migrate queues the copy of v into v_big on table with default settings
 // and runs it to the end, timed from queue to finished.
-func migrate(ctx context.Context, e *bbm.Engine, table string, parallel, workers int) (time.Duration, migrated, error) {
+func migrate(ctx context.Context, e *batched.Engine, table string, parallel, workers int) (time.Duration, migrated, error) {
 	pool := e.Pool()
 	t0 := time.Now()
-	res, err := e.Queue(ctx, bbm.QueueOptions{Class: bbm.CopyColumnClass, Table: table, Column: "id",
+	res, err := e.Queue(ctx, batched.QueueOptions{Class: batched.CopyColumnClass, Table: table, Column: "id",
 		Args: []byte(`[["v"],["v_big"]]`), MaxParallel: parallel})
 	if err != nil {
 		return 0, migrated{}, err
@@ -283,7 +283,7 @@ func migrate(ctx context.Context, e *bbm.Engine, table string, parallel, workers
 			coalesce(min((metrics->'pacing'->>'min_duty_cycle')::float8), 1), coalesce(sum((metrics->'pacing'->>'paused_s')::float8), 0),
 			coalesce(sum((metrics->'pacing'->>'blocked_sessions')::int), 0), coalesce(min((metrics->'pacing'->>'min_stmt_cap_ms')::float8), 0)
 		FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, m.ID).Scan(&jobs, &paced, &minDuty, &pausedS, &blocked, &minCap)
-	if m.Status != bbm.Finished || bad != 0 {
+	if m.Status != batched.Finished || bad != 0 {
 		return 0, migrated{}, fmt.Errorf("migration of %s ended %s with %d rows not copied", table, m.Status, bad)
 	}
 	return took, migrated{m, fmt.Sprintf("%d batches, final batch %d, sub-batch %d, rows not copied %d; paced batches %d, lowest duty cycle %.2f, paused %.1fs, sessions blocked %d, shortest statement cap %.1fms",

@@ -29,7 +29,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ferrymigrate/ferry/config"
-	"github.com/ferrymigrate/ferry/schema"
+	"github.com/ferrymigrate/ferry/internal/ferryschema"
 )
 
 const table = "bench_bm_drain"
@@ -114,7 +114,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	defer pool.Close()
-	if err := schema.Apply(ctx, pool); err != nil {
+	if err := ferryschema.Apply(ctx, pool); err != nil {
 		return err
 	}
 	defer pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+table) //nolint:errcheck // best effort

@@ -34,9 +34,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ferrymigrate/ferry/config"
-	"github.com/ferrymigrate/ferry/jobs/bm"
+	"github.com/ferrymigrate/ferry/internal/ferryschema"
+	"github.com/ferrymigrate/ferry/internal/legacy"
 	"github.com/ferrymigrate/ferry/queue"
-	"github.com/ferrymigrate/ferry/schema"
 )
 
 type noopArgs []json.RawMessage
@@ -116,9 +116,9 @@ func main() {
 
 		load(ctx, rdb, members)
 		runner, check := newRunner(ctx, *class, n, *concurrency)
-		co := &bm.Coordinator{Redis: rdb, Runner: runner, Queues: []string{bm.QueueName}}
+		co := &legacy.Coordinator{Redis: rdb, Runner: runner, Queues: []string{legacy.QueueName}}
 		start := time.Now()
-		res, err := co.Steal(ctx, migration, bm.StealOptions{Concurrency: *concurrency})
+		res, err := co.Steal(ctx, migration, legacy.StealOptions{Concurrency: *concurrency})
 		r.ferry = time.Since(start)
 		if err == nil {
 			err = check()
@@ -168,22 +168,22 @@ type member struct {
 // newRunner returns the runner the steal performs with and a check of
 // the work done: a counter for noop; for copy, a fresh table of 10 rows per
 // job, ferry's tables, and a count of the rows copied.
-func newRunner(ctx context.Context, class string, n, concurrency int) (*bm.Runner, func() error) {
-	reg := bm.NewRegistry()
+func newRunner(ctx context.Context, class string, n, concurrency int) (*legacy.Runner, func() error) {
+	reg := legacy.NewRegistry()
 	if class == "noop" {
 		var performed atomic.Int64
-		bm.Add(reg, bm.PerformFunc[noopArgs](func(context.Context, *bm.Job[noopArgs]) error {
+		legacy.Add(reg, legacy.PerformFunc[noopArgs](func(context.Context, *legacy.Job[noopArgs]) error {
 			performed.Add(1)
 			return nil
 		}))
-		return &bm.Runner{Registry: reg}, func() error {
+		return &legacy.Runner{Registry: reg}, func() error {
 			if int(performed.Load()) != n {
 				return fmt.Errorf("performed %d", performed.Load())
 			}
 			return nil
 		}
 	}
-	bm.AddCopyColumn(reg, bm.CopyColumn{})
+	legacy.AddCopyColumn(reg, legacy.CopyColumn{})
 	url := os.Getenv("DATABASE_URL")
 	if url == "" {
 		fail(fmt.Errorf("-class copy needs DATABASE_URL (or use -class noop)"))
@@ -194,7 +194,7 @@ func newRunner(ctx context.Context, class string, n, concurrency int) (*bm.Runne
 			fail(err)
 		}
 		pool = p
-		if err := schema.Apply(ctx, pool); err != nil {
+		if err := ferryschema.Apply(ctx, pool); err != nil {
 			fail(err)
 		}
 	}
@@ -208,7 +208,7 @@ func newRunner(ctx context.Context, class string, n, concurrency int) (*bm.Runne
 			fail(fmt.Errorf("%s: %w", q, err))
 		}
 	}
-	return &bm.Runner{Registry: reg, DB: pool}, func() error {
+	return &legacy.Runner{Registry: reg, DB: pool}, func() error {
 		var copied int
 		if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+copyTable+` WHERE b = a`).Scan(&copied); err != nil {
 			return err
@@ -237,7 +237,7 @@ func makeJobs(n, extra int, migration string) []member {
 		if migration == "CopyColumn" {
 			args = fmt.Sprintf(`["CopyColumn",[%q,"a","b",%d,%d]]`, copyTable, i*10+1, i*10+10)
 		}
-		j := queue.NewJob(bm.WorkerClass, json.RawMessage(args), bm.QueueName)
+		j := queue.NewJob(legacy.WorkerClass, json.RawMessage(args), legacy.QueueName)
 		j.SetString("jid", queue.NewJID())
 		j.Set("retry", json.RawMessage("3"))
 		j.SetTime("created_at", now)
@@ -251,7 +251,7 @@ func makeJobs(n, extra int, migration string) []member {
 		out = append(out, m)
 		if every > 0 && i%every == 0 && extra > 0 {
 			extra--
-			o := queue.NewJob(bm.WorkerClass, json.RawMessage(fmt.Sprintf(`["OtherMigration",[%d]]`, i)), bm.QueueName)
+			o := queue.NewJob(legacy.WorkerClass, json.RawMessage(fmt.Sprintf(`["OtherMigration",[%d]]`, i)), legacy.QueueName)
 			o.SetString("jid", queue.NewJID())
 			o.SetTime("created_at", now)
 			om := member{}
@@ -270,10 +270,10 @@ func makeJobs(n, extra int, migration string) []member {
 func load(ctx context.Context, rdb *redis.Client, members []member) {
 	rdb.FlushDB(ctx)
 	p := rdb.Pipeline()
-	p.SAdd(ctx, "queues", bm.QueueName)
+	p.SAdd(ctx, "queues", legacy.QueueName)
 	for i, m := range members {
 		if m.score == 0 {
-			p.LPush(ctx, queue.QueueKey(bm.QueueName), m.raw)
+			p.LPush(ctx, queue.QueueKey(legacy.QueueName), m.raw)
 		} else {
 			p.ZAdd(ctx, "schedule", redis.Z{Score: m.score, Member: m.raw})
 		}

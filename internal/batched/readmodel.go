@@ -1,0 +1,632 @@
+package batched
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// The read model: what `ferry bbm status/list/show`, the web UI and
+// /metrics say about a migration, computed in one place so they agree.
+//
+// Progress is committed rows over the table's row estimate: the rows_done
+// of every batch (committed with each sub-batch, so a failed or running
+// batch counts what it did) divided by total_tuple_count, capped at 99.99%
+// until the migration is finished (GitLab divides the batch sizes of
+// succeeded batches by the same estimate). Without an estimate (rows not
+// queued by ferry, NULL or 0), it is the share of the id range covered by
+// succeeded batches.
+//
+// A migration that is not moving (paused, pause-all, on hold, failed,
+// finished, or no batch for stalledAfter) has no rate and no ETA, only a
+// reason that names the command that changes it.
+
+// Progress of a migration.
+type Progress struct {
+	RowsDone    int64    `json:"rows_done"`
+	TotalTuples int64    `json:"total_tuple_count"`
+	Percent     *float64 `json:"progress"` // nil: unknown
+	// RowsPerSec is the committed rows per wall-clock second over the
+	// recent batches of the current run; 0 when not moving or unknown.
+	RowsPerSec float64 `json:"rows_per_second"`
+	// ETA in seconds; nil when not moving or not measured yet.
+	ETA     *float64 `json:"eta_seconds"`
+	Running int      `json:"running_jobs"`
+	Failed  int      `json:"failed_jobs"`
+	Jobs    int      `json:"jobs"`
+	// State is one of the State* constants.
+	State State `json:"state"`
+	// Reason says, in plain words with the command that changes it, why
+	// the migration is not moving or is slowed; empty when nothing to say.
+	Reason string `json:"reason,omitempty"`
+}
+
+// Moving reports whether the migration advances on its own now.
+func (p Progress) Moving() bool {
+	switch p.State {
+	case StateRunning, StateEstimating, StatePaced, StateSlowed, StateFinalizing:
+		return true
+	}
+	return false
+}
+
+// State is a one-word summary of what a migration is doing.
+type State string
+
+// States. Only the first five are moving.
+const (
+	StateRunning    State = "running"
+	StateEstimating State = "estimating" // running, rate not measured yet
+	StatePaced      State = "paced"      // running a share of the time while others use the database
+	StateSlowed     State = "slowed"     // one batch at a time (a health signal)
+	StateFinalizing State = "finalizing"
+	StatePaused     State = "paused"
+	StatePausedAll  State = "paused_all"
+	StateOnHold     State = "on_hold"
+	StateStalled    State = "stalled"
+	StateFailed     State = "failed"
+	StateFinished   State = "finished"
+)
+
+// PausedAllReason is the reason of every migration while pause-all is on.
+const PausedAllReason = "paused by `ferry bbm pause-all`; `ferry bbm resume-all` resumes"
+
+// stalledAfter: an active migration with no batch activity for this long is
+// said not to move (no worker, or never its turn).
+const stalledAfter = 5 * time.Minute
+
+// rateWindow is how many recent batches the rate is measured over: enough
+// to smooth noise, few enough to follow the optimizer's batch size changes.
+const rateWindow = 20
+
+// BatchSample is a migration's latest succeeded batch (for /metrics).
+type BatchSample struct {
+	BatchSize  int       `json:"batch_size"`
+	Duration   float64   `json:"duration_s"`
+	FinishedAt time.Time `json:"finished_at"`
+}
+
+// MigrationInfo is a migration with its progress: one entry of the read
+// model.
+type MigrationInfo struct {
+	*Migration
+	Progress  Progress     `json:"progress_info"`
+	Interval  int          `json:"interval"`
+	UpdatedAt time.Time    `json:"updated_at"`
+	LastBatch *BatchSample `json:"last_batch,omitempty"`
+
+	agg agg
+	win window
+}
+
+// agg sums up a migration's jobs.
+type agg struct {
+	rowsDone              int64
+	running, failed, jobs int
+	cursor                *int64     // highest max_value of any job
+	leftIDs               int64      // ids still to do inside unfinished jobs
+	doneIDs               int64      // ids of succeeded jobs
+	touched               *time.Time // latest job update
+	finalizerGone         bool
+}
+
+// window summarises the most recent succeeded batches of the current run
+// (finished since the migration was last made active: after a pause or a
+// retry, older batches would make the rate look slower than it is).
+type window struct {
+	jobs       int
+	start, end time.Time // first started_at, last finished_at
+	rows       int64     // Σ rows_done
+	sizes      int64     // Σ batch_size
+	ids        int64     // Σ (max_value - min_value + 1)
+	busy       float64   // Σ (finished_at - started_at), seconds
+}
+
+// cluster is the state shared by every migration.
+type cluster struct {
+	Settings
+	workers bool // an engine session is alive
+}
+
+// viewSQL selects a migration with everything its progress needs. The
+// lateral subqueries' columns are prefixed so migrationCols stays
+// unambiguous.
+var viewSQL = `SELECT ` + migrationCols + `, "interval", updated_at, (` + finalizerGone + `),
+	coalesce(a.a_rows, 0), coalesce(a.a_running, 0), coalesce(a.a_failed, 0), coalesce(a.a_n, 0),
+	a.a_cursor, coalesce(a.a_left, 0), coalesce(a.a_done, 0), a.a_touched,
+	coalesce(w.w_n, 0), w.w_t0, w.w_t1, coalesce(w.w_rows, 0), coalesce(w.w_sizes, 0), coalesce(w.w_ids, 0), coalesce(w.w_busy, 0),
+	l.l_size, l.l_dur, l.l_at, now()
+FROM batched_background_migrations m
+LEFT JOIN LATERAL (
+	SELECT sum(j.rows_done)::bigint AS a_rows, count(*) FILTER (WHERE j.status = 1)::int AS a_running,
+		count(*) FILTER (WHERE j.status = 2)::int AS a_failed, count(*)::int AS a_n, max(j.max_value) AS a_cursor,
+		(sum(j.max_value - greatest(coalesce(j.cursor_value, j.min_value - 1), j.min_value - 1)) FILTER (WHERE j.status <> 3))::bigint AS a_left,
+		(sum(j.max_value - j.min_value + 1) FILTER (WHERE j.status = 3))::bigint AS a_done,
+		max(j.updated_at) AS a_touched
+	FROM batched_background_migration_jobs j WHERE j.batched_background_migration_id = m.id) a ON true
+LEFT JOIN LATERAL (
+	SELECT count(*)::int AS w_n, min(r.started_at) AS w_t0, max(r.finished_at) AS w_t1, sum(r.rows_done)::bigint AS w_rows,
+		sum(r.batch_size)::bigint AS w_sizes, sum(r.max_value - r.min_value + 1)::bigint AS w_ids,
+		sum(extract(epoch FROM r.finished_at - r.started_at))::float8 AS w_busy
+	FROM (SELECT j.started_at, j.finished_at, j.rows_done, j.batch_size, j.min_value, j.max_value
+		FROM batched_background_migration_jobs j
+		WHERE j.batched_background_migration_id = m.id AND j.status = 3 AND j.started_at IS NOT NULL AND j.finished_at IS NOT NULL
+			AND (m.started_at IS NULL OR j.finished_at >= m.started_at)
+		ORDER BY j.id DESC LIMIT ` + strconv.Itoa(rateWindow) + `) r) w ON true
+LEFT JOIN LATERAL (
+	SELECT j.batch_size AS l_size, extract(epoch FROM j.finished_at - j.started_at)::float8 AS l_dur, j.finished_at AS l_at
+	FROM batched_background_migration_jobs j
+	WHERE j.batched_background_migration_id = m.id AND j.status = 3 AND j.started_at IS NOT NULL AND j.finished_at IS NOT NULL
+	ORDER BY j.id DESC LIMIT 1) l ON true`
+
+func scanView(row pgx.Row) (*MigrationInfo, time.Time, error) {
+	v := &MigrationInfo{Migration: &Migration{}}
+	m, a, w := v.Migration, &v.agg, &v.win
+	var args []byte
+	var t0, t1, lastAt *time.Time
+	var lastSize *int
+	var lastDur *float64
+	var now time.Time
+	err := row.Scan(&m.ID, &m.Class, &m.Table, &m.Column, &args, &m.Status,
+		&m.MinValue, &m.MaxValue, &m.BatchSize, &m.SubBatchSize, &m.MaxBatchSize, &m.PauseMs,
+		&m.TotalTuples, &m.MaxParallel, &m.AllowSameTable, &m.TargetBatchMs, &m.StmtTimeoutMs,
+		&m.CreatedAt, &m.StartedAt, &m.FinishedAt, &m.OnHoldUntil, &m.HoldReason, &m.SlowUntil,
+		&v.Interval, &v.UpdatedAt, &a.finalizerGone,
+		&a.rowsDone, &a.running, &a.failed, &a.jobs, &a.cursor, &a.leftIDs, &a.doneIDs, &a.touched,
+		&w.jobs, &t0, &t1, &w.rows, &w.sizes, &w.ids, &w.busy,
+		&lastSize, &lastDur, &lastAt, &now)
+	if err != nil {
+		return nil, now, err
+	}
+	m.Args = compactJSON(args)
+	if t0 != nil && t1 != nil {
+		w.start, w.end = *t0, *t1
+	}
+	if lastSize != nil && lastDur != nil && lastAt != nil {
+		v.LastBatch = &BatchSample{BatchSize: *lastSize, Duration: *lastDur, FinishedAt: *lastAt}
+	}
+	return v, now, nil
+}
+
+// cluster reads the cluster-wide state the reasons depend on.
+func (e *Engine) cluster(ctx context.Context) (cluster, error) {
+	var c cluster
+	err := e.pool.QueryRow(ctx, `SELECT max_running, paused_all,
+		EXISTS (SELECT 1 FROM ferry_bbm_sessions WHERE heartbeat_at > now() - interval '`+strconv.Itoa(int(livenessGrace/time.Millisecond))+` milliseconds')
+		FROM ferry_bbm_settings WHERE id = 1`).Scan(&c.MaxRunning, &c.PausedAll, &c.workers)
+	return c, err
+}
+
+// list reads the migrations matching where (a condition on
+// batched_background_migrations), oldest first, with their progress.
+func (e *Engine) list(ctx context.Context, where string, args ...any) ([]*MigrationInfo, error) {
+	return e.query(ctx, where+` ORDER BY id`, args...)
+}
+
+// query is list with the ORDER BY (and LIMIT) given by the caller.
+func (e *Engine) query(ctx context.Context, whereOrder string, args ...any) ([]*MigrationInfo, error) {
+	c, err := e.cluster(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := e.pool.Query(ctx, viewSQL+` WHERE `+whereOrder, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []*MigrationInfo{}
+	for rows.Next() {
+		v, now, err := scanView(rows)
+		if err != nil {
+			return nil, err
+		}
+		if v.agg.finalizerGone {
+			// Also in hold_reason, where `show --json` readers look.
+			r := fmt.Sprintf("its finalize process is gone: workers make it active again, or run `ferry bbm resume %d` (or finalize again)", v.ID)
+			v.HoldReason = &r
+		}
+		v.Progress = summarize(v, c, now)
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// List returns every migration, oldest first, with progress.
+func (e *Engine) List(ctx context.Context) ([]*MigrationInfo, error) {
+	return e.list(ctx, `TRUE`)
+}
+
+// ListStatus returns one page of the migrations in the given statuses,
+// oldest first (execution order) or newest first.
+func (e *Engine) ListStatus(ctx context.Context, statuses []Status, newestFirst bool, limit, offset int) ([]*MigrationInfo, error) {
+	if limit < 0 || offset < 0 {
+		return nil, fmt.Errorf("%w: limit and offset must be >= 0, got %d and %d", ErrInvalidOption, limit, offset)
+	}
+	order := "ASC"
+	if newestFirst {
+		order = "DESC"
+	}
+	codes := make([]int16, len(statuses))
+	for i, s := range statuses {
+		codes[i] = int16(s)
+	}
+	return e.query(ctx, `status = ANY($1) ORDER BY id `+order+` LIMIT $2 OFFSET $3`, codes, limit, offset)
+}
+
+// CountByStatus counts the migrations of every status.
+func (e *Engine) CountByStatus(ctx context.Context) (map[Status]int64, error) {
+	rows, err := e.pool.Query(ctx, `SELECT status, count(*) FROM batched_background_migrations GROUP BY status`)
+	if err != nil {
+		return nil, err
+	}
+	out := map[Status]int64{}
+	var s Status
+	var n int64
+	_, err = pgx.ForEachRow(rows, []any{&s, &n}, func() error {
+		out[s] = n
+		return nil
+	})
+	return out, err
+}
+
+// Get returns one migration.
+func (e *Engine) Get(ctx context.Context, id int64) (*MigrationInfo, error) {
+	ms, err := e.list(ctx, `id = $1`, id)
+	if err != nil {
+		return nil, err
+	}
+	if len(ms) == 0 {
+		return nil, fmt.Errorf("%w: id %d", ErrNotFound, id)
+	}
+	return ms[0], nil
+}
+
+// summarize computes the progress of v at now.
+func summarize(v *MigrationInfo, c cluster, now time.Time) Progress {
+	m, a := v.Migration, v.agg
+	p := Progress{RowsDone: a.rowsDone, Running: a.running, Failed: a.failed, Jobs: a.jobs}
+	if m.TotalTuples != nil {
+		p.TotalTuples = *m.TotalTuples
+	}
+	p.Percent = percent(v)
+	p.State, p.Reason = state(v, c, now)
+	if !p.Moving() {
+		return p
+	}
+	if v.win.jobs >= 1 {
+		if span := v.win.end.Sub(v.win.start).Seconds(); span > 0 {
+			p.RowsPerSec = float64(v.win.rows) / span
+		}
+	}
+	remaining := float64(a.leftIDs)
+	from := m.MinValue - 1
+	if a.cursor != nil {
+		from = *a.cursor
+	}
+	remaining += float64(max(m.MaxValue-from, 0))
+	switch rate := predictedIDRate(v); {
+	case remaining <= 0:
+		eta := 0.0
+		p.ETA = &eta
+	case rate > 0:
+		eta := remaining / rate
+		p.ETA = &eta
+	case p.State == StateRunning:
+		p.State = StateEstimating
+	}
+	return p
+}
+
+// percent is the progress figure (see the package's read model comment).
+func percent(v *MigrationInfo) *float64 {
+	m := v.Migration
+	var f float64
+	switch {
+	case m.Status.Done():
+		f = 100
+	case m.TotalTuples != nil && *m.TotalTuples > 0:
+		f = 100 * float64(v.agg.rowsDone) / float64(*m.TotalTuples)
+	case m.MaxValue >= m.MinValue:
+		f = 100 * float64(v.agg.doneIDs) / float64(m.MaxValue-m.MinValue+1)
+	default:
+		return nil
+	}
+	if !m.Status.Done() {
+		f = min(f, 99.99)
+	}
+	return &f
+}
+
+// notRegistered ends the reason Engine.claim records for a migration it
+// failed because this binary lacks its class.
+const notRegistered = " is not registered in this ferry binary"
+
+// state says what the migration is doing and why, in the order an
+// operator needs it: what they did (status, pause-all) before what ferry
+// does (holds, pacing).
+func state(v *MigrationInfo, c cluster, now time.Time) (State, string) {
+	m, a := v.Migration, v.agg
+	reason := ""
+	if m.HoldReason != nil {
+		reason = *m.HoldReason
+	}
+	switch m.Status {
+	case Finished, Finalized:
+		return StateFinished, reason
+	case Failed:
+		if reason == "" {
+			reason = fmt.Sprintf("%d failed batch(es)", a.failed)
+		}
+		if strings.HasSuffix(reason, notRegistered) {
+			// retry would fail the same way in this binary.
+			return StateFailed, fmt.Sprintf("%s: a binary that registers it can `ferry bbm retry %d`; if its rows were migrated "+
+				"another way, `ferry bbm mark-finished %d --yes` (its remaining rows are NOT migrated)", reason, m.ID, m.ID)
+		}
+		return StateFailed, fmt.Sprintf("%s: `ferry bbm show %d` lists the errors, `ferry bbm retry %d` runs them again", reason, m.ID, m.ID)
+	case Paused:
+		return StatePaused, fmt.Sprintf("paused; `ferry bbm resume %d` resumes", m.ID)
+	case Finalizing:
+		if a.finalizerGone {
+			return StateStalled, reason
+		}
+		return StateFinalizing, "`ferry bbm finalize` is running it"
+	}
+	if c.PausedAll {
+		return StatePausedAll, PausedAllReason
+	}
+	if m.OnHoldUntil != nil && m.OnHoldUntil.After(now) {
+		if reason == "" {
+			reason = "a health check (no reason recorded)"
+		}
+		return StateOnHold, fmt.Sprintf("on hold until %s: %s; it goes on by itself then",
+			m.OnHoldUntil.UTC().Format("15:04:05 MST"), trimIndicator(reason))
+	}
+	last := m.CreatedAt
+	for _, t := range []*time.Time{m.StartedAt, a.touched} {
+		if t != nil && t.After(last) {
+			last = *t
+		}
+	}
+	if idle := now.Sub(last); idle >= stalledAfter {
+		if !c.workers {
+			return StateStalled, fmt.Sprintf("no worker has run a batch for %s: is `ferry worker` running?", humanMinutes(idle))
+		}
+		return StateStalled, fmt.Sprintf("no batch for %s although ferry workers are running: at most %d migrations run at once "+
+			"(`ferry bbm set max-running N`), one per table", humanMinutes(idle), c.MaxRunning)
+	}
+	switch {
+	case m.SlowUntil != nil && m.SlowUntil.After(now):
+		return StateSlowed, "one batch at a time: " + trimIndicator(reason)
+	case strings.HasPrefix(reason, contentionIndicator{}.name()+": "):
+		return StatePaced, trimIndicator(reason)
+	}
+	return StateRunning, trimIndicator(reason)
+}
+
+// trimIndicator drops the "contention: " an engine prefixes to a pacing
+// reason: the reason says it in words.
+func trimIndicator(reason string) string {
+	return strings.TrimPrefix(reason, contentionIndicator{}.name()+": ")
+}
+
+// humanMinutes prints "5 minutes", "2 hours".
+func humanMinutes(d time.Duration) string {
+	if d >= 2*time.Hour {
+		return fmt.Sprintf("%d hours", int(d/time.Hour))
+	}
+	n := int(d / time.Minute)
+	if n == 1 {
+		return "1 minute"
+	}
+	return fmt.Sprintf("%d minutes", n)
+}
+
+// predictedIDRate returns the expected ids per second at the current batch
+// size, 0 when there is not enough data. It starts from the measured
+// wall-clock cycle of the recent batches, then rescales the batch duration
+// to the migration's current batch_size, so the ETA moves at once when the
+// optimizer (or an operator) changes it.
+func predictedIDRate(v *MigrationInfo) float64 {
+	w := v.win
+	if w.jobs < 1 || w.sizes <= 0 || w.ids <= 0 {
+		return 0
+	}
+	n := float64(w.jobs)
+	cycle := w.end.Sub(w.start).Seconds() / n // wall time per batch
+	if cycle <= 0 {
+		return 0
+	}
+	avgDur := w.busy / n
+	avgRows := float64(w.sizes) / n
+	cur := float64(v.BatchSize)
+	if cur <= 0 {
+		cur = avgRows
+	}
+	// Batch duration scales roughly linearly with rows.
+	newDur := avgDur * cur / avgRows
+	interval := float64(v.Interval)
+	var newCycle float64
+	if interval > 0 && cycle <= 1.1*interval {
+		// Interval-bound: a new batch starts every interval unless the
+		// batch itself takes longer.
+		newCycle = max(cycle, newDur)
+	} else {
+		// Duration-bound: keep the measured overhead (pauses, scheduling).
+		newCycle = max(cycle-avgDur, 0) + newDur
+	}
+	if newCycle <= 0 {
+		return 0
+	}
+	return cur * float64(w.ids) / float64(w.sizes) / newCycle
+}
+
+// Job is one row of batched_background_migration_jobs, with the error of
+// its last transition (none once a retry succeeded; a mark-finished note
+// stays).
+type Job struct {
+	ID           int64      `json:"id"`
+	MigrationID  int64      `json:"batched_background_migration_id"`
+	Status       JobStatus  `json:"status"`
+	MinValue     int64      `json:"min_value"`
+	MaxValue     int64      `json:"max_value"`
+	BatchSize    int        `json:"batch_size"`
+	SubBatchSize int        `json:"sub_batch_size"`
+	Attempts     int        `json:"attempts"`
+	PauseMs      int        `json:"pause_ms"`
+	RowsDone     int64      `json:"rows_done"`
+	CreatedAt    time.Time  `json:"created_at"`
+	StartedAt    *time.Time `json:"started_at"`
+	FinishedAt   *time.Time `json:"finished_at"`
+	Worker       *string    `json:"worker_identity"`
+	ErrorClass   *string    `json:"exception_class,omitempty"`
+	ErrorMessage *string    `json:"exception_message,omitempty"`
+	// Metrics is the job's metrics JSON (timings, pacing); left out of
+	// lists' JSON, where it would dwarf the rest.
+	Metrics json.RawMessage `json:"-"`
+}
+
+const jobSQL = `SELECT j.id, j.batched_background_migration_id, j.status, coalesce(j.min_value, 0), coalesce(j.max_value, 0),
+		j.batch_size, j.sub_batch_size, j.attempts, j.pause_ms, j.rows_done, j.created_at, j.started_at, j.finished_at,
+		j.worker_identity, l.exception_class, l.exception_message, j.metrics
+	FROM batched_background_migration_jobs j
+	LEFT JOIN LATERAL (SELECT exception_class, exception_message FROM batched_background_migration_job_transition_logs
+	                   WHERE batched_background_migration_job_id = j.id
+	                   ORDER BY id DESC LIMIT 1) l ON true`
+
+func collectJobs(rows pgx.Rows) ([]Job, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Job, error) {
+		var j Job
+		var metrics []byte
+		err := r.Scan(&j.ID, &j.MigrationID, &j.Status, &j.MinValue, &j.MaxValue, &j.BatchSize, &j.SubBatchSize, &j.Attempts,
+			&j.PauseMs, &j.RowsDone, &j.CreatedAt, &j.StartedAt, &j.FinishedAt, &j.Worker, &j.ErrorClass, &j.ErrorMessage, &metrics)
+		j.Metrics = metrics
+		return j, err
+	})
+}
+
+// Jobs returns the migration's latest jobs (failedOnly: only failed ones).
+func (e *Engine) Jobs(ctx context.Context, id int64, failedOnly bool, limit int) ([]Job, error) {
+	if limit < 0 {
+		return nil, fmt.Errorf("%w: limit must be >= 0, got %d", ErrInvalidOption, limit)
+	}
+	rows, err := e.pool.Query(ctx, jobSQL+`
+		WHERE j.batched_background_migration_id = $1 AND (NOT $2 OR j.status = 2)
+		ORDER BY j.id DESC LIMIT $3`, id, failedOnly, limit)
+	if err != nil {
+		return nil, err
+	}
+	return collectJobs(rows)
+}
+
+// Job returns one job of migration id.
+func (e *Engine) Job(ctx context.Context, id, jobID int64) (*Job, error) {
+	rows, err := e.pool.Query(ctx, jobSQL+` WHERE j.batched_background_migration_id = $1 AND j.id = $2`, id, jobID)
+	if err != nil {
+		return nil, err
+	}
+	jobs, err := collectJobs(rows)
+	if err != nil {
+		return nil, err
+	}
+	if len(jobs) == 0 {
+		return nil, fmt.Errorf("%w: migration %d has no job %d", ErrNotFound, id, jobID)
+	}
+	return &jobs[0], nil
+}
+
+// Transition is one row of a job's transition log.
+type Transition struct {
+	ID               int64     `json:"id"`
+	JobID            int64     `json:"batched_background_migration_job_id"`
+	PreviousStatus   JobStatus `json:"previous_status"`
+	NextStatus       JobStatus `json:"next_status"`
+	ExceptionClass   string    `json:"exception_class"`
+	ExceptionMessage string    `json:"exception_message"`
+	CreatedAt        time.Time `json:"created_at"`
+}
+
+// Transitions returns a job's transition log, oldest first.
+func (e *Engine) Transitions(ctx context.Context, jobID int64) ([]Transition, error) {
+	rows, err := e.pool.Query(ctx, `SELECT id, batched_background_migration_job_id, previous_status, next_status,
+		coalesce(exception_class, ''), coalesce(exception_message, ''), created_at
+		FROM batched_background_migration_job_transition_logs WHERE batched_background_migration_job_id = $1 ORDER BY created_at, id`, jobID)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Transition, error) {
+		var t Transition
+		err := r.Scan(&t.ID, &t.JobID, &t.PreviousStatus, &t.NextStatus, &t.ExceptionClass, &t.ExceptionMessage, &t.CreatedAt)
+		return t, err
+	})
+}
+
+// ChartPoint is one succeeded batch of a migration's chart series.
+type ChartPoint struct {
+	At         time.Time `json:"at"`
+	BatchSize  int64     `json:"batch_size"`
+	Duration   float64   `json:"duration_s"`
+	RowsPerSec float64   `json:"rows_per_second"` // rows done / duration
+}
+
+// Chart returns up to limit succeeded batches of migration id, oldest first.
+func (e *Engine) Chart(ctx context.Context, id int64, limit int) ([]ChartPoint, error) {
+	rows, err := e.pool.Query(ctx, `SELECT finished_at, batch_size::bigint, extract(epoch FROM finished_at - started_at)::float8, rows_done
+		FROM (SELECT id, finished_at, started_at, batch_size, rows_done FROM batched_background_migration_jobs
+			WHERE batched_background_migration_id = $1 AND status = 3 AND started_at IS NOT NULL AND finished_at IS NOT NULL
+			ORDER BY id DESC LIMIT $2) r ORDER BY finished_at`, id, limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (ChartPoint, error) {
+		var p ChartPoint
+		var done int64
+		err := r.Scan(&p.At, &p.BatchSize, &p.Duration, &done)
+		if p.Duration > 0 {
+			p.RowsPerSec = float64(done) / p.Duration
+		}
+		return p, err
+	})
+}
+
+// JobTimings is the query timings of one finished job (metrics.timings).
+type JobTimings struct {
+	JobID       int64
+	MigrationID int64
+	Timings     map[string][]float64
+}
+
+// FinishedTimings returns up to limit finished (succeeded or failed) jobs
+// with an id above after, in id order, and the id of the oldest
+// unfinished job above after (nil when none): a reader that has counted
+// everything below it never needs to read those jobs again.
+func (e *Engine) FinishedTimings(ctx context.Context, after int64, limit int) ([]JobTimings, *int64, error) {
+	rows, err := e.pool.Query(ctx, `SELECT id, batched_background_migration_id, metrics->'timings'
+		FROM batched_background_migration_jobs WHERE id > $1 AND status IN (2, 3) ORDER BY id LIMIT $2`, after, limit)
+	if err != nil {
+		return nil, nil, err
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (JobTimings, error) {
+		var t JobTimings
+		var raw []byte
+		if err := r.Scan(&t.JobID, &t.MigrationID, &raw); err != nil {
+			return t, err
+		}
+		if len(raw) > 0 && json.Unmarshal(raw, &t.Timings) != nil {
+			t.Timings = nil // not ferry's or GitLab's shape: no timings
+		}
+		return t, nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	var open *int64
+	if err := e.pool.QueryRow(ctx, `SELECT min(id) FROM batched_background_migration_jobs WHERE id > $1 AND status IN (0, 1)`, after).Scan(&open); err != nil {
+		return nil, nil, err
+	}
+	return out, open, nil
+}

@@ -1,0 +1,145 @@
+package batched
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// activeView has done ids 1..100k in 20 batches of 5k, one every 10s
+// (interval 10s, batches take 2s), out of 1M ids, and is running.
+func activeView(now time.Time) *MigrationInfo {
+	total := int64(1_000_000)
+	started := now.Add(-time.Hour)
+	cursor := int64(100_000)
+	touched := now.Add(-2 * time.Second)
+	return &MigrationInfo{
+		Migration: &Migration{ID: 7, Status: Active, BatchSize: 5_000, MinValue: 1, MaxValue: 1_000_000, TotalTuples: &total,
+			CreatedAt: started, StartedAt: &started},
+		Interval: 10,
+		agg:      agg{rowsDone: 100_000, jobs: 20, cursor: &cursor, doneIDs: 100_000, touched: &touched},
+		win: window{jobs: 20, start: now.Add(-200 * time.Second), end: now.Add(-2 * time.Second),
+			rows: 100_000, sizes: 100_000, ids: 100_000, busy: 40},
+	}
+}
+
+func etaOf(t *testing.T, p Progress) time.Duration {
+	t.Helper()
+	if p.ETA == nil {
+		t.Fatalf("no ETA: %+v", p)
+	}
+	return time.Duration(*p.ETA * float64(time.Second))
+}
+
+func TestBBMReadModelEstimate(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	idle := cluster{Settings: Settings{MaxRunning: 2}, workers: true}
+
+	t.Run("steady", func(t *testing.T) {
+		p := summarize(activeView(now), idle, now)
+		// 900k ids left at 5k ids per ~9.9s cycle.
+		if eta := etaOf(t, p); p.State != StateRunning || eta < 29*time.Minute || eta > 31*time.Minute {
+			t.Fatalf("%+v", p)
+		}
+		if *p.Percent != 10 || p.RowsPerSec <= 0 || p.Reason != "" {
+			t.Fatalf("%+v", p)
+		}
+	})
+	t.Run("batch size doubled: interval-bound ETA halves at once", func(t *testing.T) {
+		v := activeView(now)
+		base := etaOf(t, summarize(v, idle, now))
+		v.BatchSize = 10_000
+		eta := etaOf(t, summarize(v, idle, now))
+		if ratio := eta.Seconds() / base.Seconds(); ratio < 0.45 || ratio > 0.55 {
+			t.Fatalf("ETA %s -> %s (ratio %.2f), want about half", base, eta, ratio)
+		}
+	})
+	t.Run("batch size doubled: duration-bound ETA barely moves", func(t *testing.T) {
+		v := activeView(now)
+		v.Interval = 0
+		v.win.busy = 190 // batches back to back
+		base := etaOf(t, summarize(v, idle, now))
+		v.BatchSize = 10_000
+		eta := etaOf(t, summarize(v, idle, now))
+		if ratio := eta.Seconds() / base.Seconds(); ratio < 0.9 || ratio > 1.1 {
+			t.Fatalf("ETA %s -> %s (ratio %.2f), want about the same", base, eta, ratio)
+		}
+	})
+	// Not moving: no rate, no ETA, a reason with the command that changes it.
+	for _, tc := range []struct {
+		name   string
+		change func(v *MigrationInfo, c *cluster)
+		at     time.Time
+		state  State
+		reason string
+	}{
+		{"on hold says why", func(v *MigrationInfo, _ *cluster) {
+			until, r := now.Add(10*time.Minute), "autovacuum: WAL rate above SLO"
+			v.OnHoldUntil, v.HoldReason = &until, &r
+		}, now, StateOnHold, "on hold until 12:10:00 UTC: autovacuum: WAL rate above SLO"},
+		{"paused", func(v *MigrationInfo, _ *cluster) { v.Status = Paused }, now, StatePaused, "paused; `ferry bbm resume 7` resumes"},
+		{"pause-all", func(_ *MigrationInfo, c *cluster) { c.PausedAll = true }, now, StatePausedAll, PausedAllReason},
+		{"failed", func(v *MigrationInfo, _ *cluster) { v.Status, v.agg.failed = Failed, 2 }, now, StateFailed,
+			"2 failed batch(es): `ferry bbm show 7` lists the errors, `ferry bbm retry 7` runs them again"},
+		{"stalled without workers", func(_ *MigrationInfo, c *cluster) { c.workers = false }, now.Add(time.Hour), StateStalled,
+			"no worker has run a batch for 60 minutes: is `ferry worker` running?"},
+		{"stalled with workers", func(*MigrationInfo, *cluster) {}, now.Add(10 * time.Minute), StateStalled, "`ferry bbm set max-running N`"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v, c := activeView(now), idle
+			tc.change(v, &c)
+			p := summarize(v, c, tc.at)
+			if p.State != tc.state || p.ETA != nil || p.RowsPerSec != 0 || !strings.Contains(p.Reason, tc.reason) {
+				t.Fatalf("%+v, want state %s and reason %q", p, tc.state, tc.reason)
+			}
+			if *p.Percent != 10 {
+				t.Fatalf("percent %v", *p.Percent)
+			}
+		})
+	}
+	t.Run("paced keeps its rate and says why", func(t *testing.T) {
+		v := activeView(now)
+		r := "contention: other sessions are using the database: running 2% of the time (duty cycle), see `bbm.max_duty_under_load`"
+		v.HoldReason = &r
+		p := summarize(v, idle, now)
+		if p.State != StatePaced || p.ETA == nil || p.Reason != strings.TrimPrefix(r, "contention: ") {
+			t.Fatalf("%+v", p)
+		}
+	})
+	t.Run("no batch since it (re)started is not a rate", func(t *testing.T) {
+		v := activeView(now)
+		v.win = window{}
+		if p := summarize(v, idle, now); p.ETA != nil || p.State != StateEstimating {
+			t.Fatalf("%+v", p)
+		}
+	})
+	t.Run("unknown total falls back to the id range", func(t *testing.T) {
+		v := activeView(now)
+		v.TotalTuples = nil
+		if p := summarize(v, idle, now); *p.Percent < 9.9 || *p.Percent > 10.1 {
+			t.Fatalf("%+v", p)
+		}
+	})
+	t.Run("not finished is never 100%", func(t *testing.T) {
+		v := activeView(now)
+		v.agg.rowsDone = 2_000_000
+		if p := summarize(v, idle, now); *p.Percent != 99.99 {
+			t.Fatalf("%+v", p)
+		}
+	})
+}
+
+// A migration failed because this binary lacks its class: retry would fail
+// again here, so the reason names mark-finished (and what it skips).
+func TestBBMStateUnregisteredClassWayOut(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	v := activeView(now)
+	reason := "class Gone::Backfill is not registered in this ferry binary"
+	v.Status, v.HoldReason = Failed, &reason
+	st, why := state(v, cluster{}, now)
+	if st != StateFailed || !strings.Contains(why, "`ferry bbm mark-finished 7 --yes` (its remaining rows are NOT migrated)") {
+		t.Fatalf("%s: %s", st, why)
+	}
+}

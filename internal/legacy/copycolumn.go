@@ -1,0 +1,191 @@
+package legacy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+)
+
+// CopyColumnArgs are GitLab's CopyColumn arguments:
+// [table, from_column, to_column, start_id, end_id].
+type CopyColumnArgs struct {
+	Table      string
+	FromColumn string
+	ToColumn   string
+	StartID    int64
+	EndID      int64
+}
+
+// Kind is the migration class name.
+func (CopyColumnArgs) Kind() string { return "CopyColumn" }
+
+// CopyColumn copies from_column into to_column for the rows whose id is in
+// [start_id, end_id], like GitLab's CopyColumn. Identifiers are checked
+// against pg_catalog and quoted, so an argument can never inject SQL.
+type CopyColumn struct {
+	// SubBatchSize > 0 splits the id range into statements of that many
+	// ids, each its own transaction, so a huge range with dense ids does
+	// not hold row locks for long. 0 copies the range in one statement.
+	SubBatchSize int64
+}
+
+// AddCopyColumn registers the built-in CopyColumn.
+func AddCopyColumn(r *Registry, c CopyColumn) { Add[CopyColumnArgs](r, c) }
+
+// Validate implements Validator: the range is ordered, the identifiers
+// are plain and the table and columns exist.
+func (c CopyColumn) Validate(ctx context.Context, job *Job[CopyColumnArgs]) error {
+	_, err := c.table(ctx, job)
+	return err
+}
+
+func (CopyColumn) table(ctx context.Context, job *Job[CopyColumnArgs]) (*Table, error) {
+	a := job.Args
+	if job.DB == nil {
+		return nil, ErrNoDatabase
+	}
+	if a.StartID > a.EndID {
+		return nil, &ArgsError{Class: job.Class, Err: fmt.Errorf("start_id %d is greater than end_id %d", a.StartID, a.EndID)}
+	}
+	if job.Tables == nil {
+		job.Tables = NewTables(0)
+	}
+	return job.Tables.Resolve(ctx, job.DB, a.Table, "id", a.FromColumn, a.ToColumn)
+}
+
+// Perform implements Migration.
+func (c CopyColumn) Perform(ctx context.Context, job *Job[CopyColumnArgs]) error {
+	a := job.Args
+	tbl, err := c.table(ctx, job)
+	if err != nil {
+		return err
+	}
+	from, to := pgx.Identifier{a.FromColumn}.Sanitize(), pgx.Identifier{a.ToColumn}.Sanitize()
+	sql := fmt.Sprintf(`UPDATE %s SET %s = %s WHERE id BETWEEN $1 AND $2`, tbl.Quoted, to, from)
+	var rows int64
+	for lo := a.StartID; ; {
+		hi := a.EndID
+		if c.SubBatchSize > 0 && a.EndID-lo >= c.SubBatchSize {
+			hi = lo + c.SubBatchSize - 1
+		}
+		tag, err := job.DB.Exec(ctx, sql, lo, hi)
+		if err != nil {
+			return fmt.Errorf("CopyColumn %s.%s -> %s ids %d..%d: %w", a.Table, a.FromColumn, a.ToColumn, lo, hi, err)
+		}
+		rows += tag.RowsAffected()
+		if hi >= a.EndID {
+			break
+		}
+		lo = hi + 1
+	}
+	job.Logger.Debug("copied column", zap.String("table", a.Table), zap.String("from", a.FromColumn),
+		zap.String("to", a.ToColumn), zap.Int64("start_id", a.StartID), zap.Int64("end_id", a.EndID), zap.Int64("rows", rows))
+	return nil
+}
+
+// maxIdentifierLen is PostgreSQL's NAMEDATALEN-1: longer names would be
+// silently truncated, i.e. could name a different object.
+const maxIdentifierLen = 63
+
+// identRe is the conservative shape ferry accepts for table and column
+// names in migration arguments: what Rails and GitLab migrations use. It
+// rules out quotes, semicolons, spaces and comments before any lookup.
+var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*$`)
+
+// ValidateIdentifier checks the shape and length of a table or column name.
+func ValidateIdentifier(what, name string) error {
+	switch {
+	case name == "":
+		return &IdentifierError{What: what, Name: name, Reason: "is empty"}
+	case len(name) > maxIdentifierLen:
+		return &IdentifierError{What: what, Name: name,
+			Reason: fmt.Sprintf("is %d bytes long; PostgreSQL identifiers are at most %d bytes", len(name), maxIdentifierLen)}
+	case !identRe.MatchString(name):
+		return &IdentifierError{What: what, Name: name,
+			Reason: "is not a plain identifier (only letters, digits, _ and $, not starting with a digit, are accepted)"}
+	}
+	return nil
+}
+
+// Table is a table resolved through pg_catalog.
+type Table struct {
+	Name   string // as given
+	OID    uint32
+	Quoted string // schema-qualified, quoted with pgx.Identifier
+}
+
+// ResolveTable validates name ("table" or "schema.table") and finds it on
+// the search path.
+func ResolveTable(ctx context.Context, db DB, name string) (*Table, error) {
+	parts := strings.Split(name, ".")
+	if len(parts) > 2 {
+		return nil, &IdentifierError{What: "table", Name: name, Reason: "has more than one '.'"}
+	}
+	for _, p := range parts {
+		if err := ValidateIdentifier("table", p); err != nil {
+			e := err.(*IdentifierError)
+			e.Name = name
+			return nil, e
+		}
+	}
+	schema, rel := "", parts[0]
+	if len(parts) == 2 {
+		schema, rel = parts[0], parts[1]
+	}
+	t := &Table{Name: name}
+	var nsp, relname string
+	err := db.QueryRow(ctx, `
+		SELECT c.oid, n.nspname, c.relname
+		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relname = $1 AND c.relkind IN ('r', 'p')
+		  AND (CASE WHEN $2 = '' THEN n.nspname = ANY (current_schemas(false)) ELSE n.nspname = $2 END)
+		ORDER BY array_position(current_schemas(false), n.nspname::text)
+		LIMIT 1`, rel, schema).Scan(&t.OID, &nsp, &relname)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, &IdentifierError{What: "table", Name: name, Reason: "does not exist (or is not a table) on the search path", Missing: true}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up table %q: %w", name, err)
+	}
+	t.Quoted = pgx.Identifier{nsp, relname}.Sanitize()
+	return t, nil
+}
+
+// RequireColumns checks that each column is a valid name and exists.
+func (t *Table) RequireColumns(ctx context.Context, db DB, cols ...string) error {
+	for _, c := range cols {
+		if err := ValidateIdentifier("column", c); err != nil {
+			return err
+		}
+	}
+	rows, err := db.Query(ctx, `
+		SELECT attname FROM pg_catalog.pg_attribute
+		WHERE attrelid = $1 AND attname = ANY ($2) AND attnum > 0 AND NOT attisdropped`, t.OID, cols)
+	if err != nil {
+		return fmt.Errorf("look up columns of %s: %w", t.Name, err)
+	}
+	found, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("look up columns of %s: %w", t.Name, err)
+	}
+	for _, c := range cols {
+		if !containsString(found, c) {
+			return &IdentifierError{What: "column", Name: c, Reason: fmt.Sprintf("does not exist in table %s", t.Name), Missing: true}
+		}
+	}
+	return nil
+}
+
+func containsString(xs []string, s string) bool {
+	for _, x := range xs {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

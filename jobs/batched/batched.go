@@ -1,0 +1,55 @@
+// Package batched is the API for writing your own batched background
+// migration classes (GitLab's model: a table walked in batches of ids, each
+// batch in sub-batches). A class says what to do with the rows of one
+// sub-batch; ferry's engine does the rest (claiming batches across workers,
+// pacing, retries, progress).
+//
+// Register classes in the process's registry (process.Registries.BBM, or
+// cli.Options.Register in your own main) under their GitLab name; queue
+// them with `ferry bbm queue CLASS TABLE COLUMN ARGS_JSON`.
+package batched
+
+import engine "github.com/ferrymigrate/ferry/internal/batched"
+
+// Class is a batched migration class: its name, how many job arguments it
+// takes, and its Plan.
+type Class = engine.Class
+
+// PlanContext is what a class's Plan gets: the target table as it is now
+// and the job arguments (decode them with its Arg method).
+type PlanContext = engine.PlanContext
+
+// Plan is how one sub-batch is migrated: an SQL SET (and WHERE) for the
+// engine's one-statement fast path, or a Do function.
+type Plan = engine.Plan
+
+// Target is the migration's table, resolved through pg_catalog: its schema,
+// name and columns (Ident, Has).
+type Target = engine.Target
+
+// Registry maps class names to classes; safe for concurrent use.
+type Registry = engine.Registry
+
+// NewRegistry returns a registry holding ferry's built-in classes.
+func NewRegistry() *Registry { return engine.NewRegistry() }
+
+// Add registers c in r and panics if the name is taken or c is incomplete:
+// for a main that registers its classes once at start.
+func Add(r *Registry, c Class) { r.MustRegister(c) }
+
+// AddSafely registers c in r, or returns an error wrapping
+// ErrDuplicateClass.
+func AddSafely(r *Registry, c Class) error { return r.Register(c) }
+
+// Quote quotes one SQL identifier. Build a Plan's Set and Where from quoted
+// identifiers only, never from raw input.
+func Quote(name string) string { return engine.Quote(name) }
+
+// Errors a class returns from Plan (wrap them with %w) so that operators
+// see a failed job with a clear reason and no retry is wasted.
+var (
+	ErrInvalidArgs    = engine.ErrInvalidArgs
+	ErrColumnNotFound = engine.ErrColumnNotFound
+	ErrTableNotFound  = engine.ErrTableNotFound
+	ErrDuplicateClass = engine.ErrDuplicateClass
+)
