@@ -32,6 +32,10 @@ type Config struct {
 	LogLevel          string `yaml:"log_level"`
 	LogFormat         string `yaml:"log_format"` // "json", "console" or "" (auto)
 
+	// Databases are named databases besides (or including) the default
+	// one, "main", which DatabaseURL reaches (see DatabaseList).
+	Databases map[string]Database `yaml:"databases"`
+
 	Redis  Redis  `yaml:"redis"`
 	Worker Worker `yaml:"worker"`
 	Web    Web    `yaml:"web"`
@@ -273,6 +277,7 @@ func (c *Config) ApplyEnv() {
 	if v := os.Getenv(EnvDatabaseURL); v != "" {
 		c.DatabaseURL = v
 	}
+	c.applyDatabaseEnv()
 	if v := os.Getenv(EnvDatabaseDirectURL); v != "" {
 		c.DatabaseDirectURL = v
 	}
@@ -315,6 +320,9 @@ func (c *Config) Validate() error {
 		if _, err := pgxpool.ParseConfig(c.DatabaseDirectURL); err != nil {
 			return &FieldError{Field: EnvDatabaseDirectURL, Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
 		}
+	}
+	if err := c.validateDatabases(); err != nil {
+		return err
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
