@@ -619,13 +619,11 @@ func CheckMessage(m *batched.Migration) string { return checkMessage(m, true) }
 // can run (runnable) or not: finalize would then fail, and the way out is
 // mark-finished.
 func checkMessage(m *batched.Migration, runnable bool) string {
-	cfg, _ := json.Marshal(m.Config())
-	head := fmt.Sprintf("Expected batched background migration for the given configuration to be marked as 'finished', but it is '%s':\t%s\n\n",
-		m.Status, cfg)
+	head := batched.UnfinishedHead(m.Status.String(), m.Config())
 	if !runnable {
 		return head + unregisteredNote(m) + "\n\n\t" + markFinishedCommand(m) + "\n"
 	}
-	return head + "Finalize it manually by running the following command in a `bash` or `sh` shell:\n\n\t" + m.FinalizeCommand() + "\n"
+	return head + batched.FinalizeAdvice(m.FinalizeCommand()) + "\n"
 }
 
 // runnable reports whether this binary registers m's class.

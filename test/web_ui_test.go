@@ -18,10 +18,10 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ferrymigrate/ferry/internal/batched"
+	"github.com/ferrymigrate/ferry/internal/batched/batchedtest"
 	"github.com/ferrymigrate/ferry/internal/ferryschema"
 	"github.com/ferrymigrate/ferry/internal/testenv"
 	"github.com/ferrymigrate/ferry/internal/web"
-	"github.com/ferrymigrate/ferry/internal/web/webtest"
 )
 
 const chromiumPath = "/usr/bin/chromium"
@@ -66,7 +66,7 @@ type webEnv struct {
 	db   *pgxpool.Pool
 	ctx  context.Context
 	url  string
-	seed webtest.Seeded
+	seed batchedtest.Seeded
 	srv  *web.Server
 }
 
@@ -79,11 +79,11 @@ func startWeb(t *testing.T) *webEnv {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	seed, err := webtest.Seed(ctx, db, now)
+	seed, err := batchedtest.Seed(ctx, db, now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := webtest.SeedRedis(ctx, rdb, now); err != nil {
+	if _, _, err := batchedtest.SeedRedis(ctx, rdb, now); err != nil {
 		t.Fatal(err)
 	}
 	log := zaptest.NewLogger(t)
@@ -168,7 +168,7 @@ func TestWebUIBrowser(t *testing.T) {
 		run(t, ctx, nav(detail), visible("#progress"))
 		before := text(t, ctx, "#progress")
 		// Stand in for the engine: ten more batches succeed.
-		if err := webtest.Advance(env.ctx, env.db, env.seed.Active, 10, 25_000, 3, time.Now()); err != nil {
+		if err := batchedtest.Advance(env.ctx, env.db, env.seed.Active, 10, 25_000, 3, time.Now()); err != nil {
 			t.Fatal(err)
 		}
 		var now string

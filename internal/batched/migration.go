@@ -157,23 +157,12 @@ func (m *Migration) StatusLine() string {
 // FinalizeCommand is the ferry command that finalizes this migration, quoted
 // for bash/sh.
 func (m *Migration) FinalizeCommand() string {
-	return "ferry bbm finalize " + shellQuote(m.Class) + " " + shellQuote(m.Table) + " " +
-		shellQuote(m.Column) + " " + shellQuote(string(m.Args))
+	return FinalizeCommand(m.Class, m.Table, m.Column, m.Args)
 }
 
 // GitLabFinalizeCommand is the rake form GitLab prints (commas escaped).
 func (m *Migration) GitLabFinalizeCommand() string {
-	return fmt.Sprintf("sudo gitlab-rake gitlab:background_migrations:finalize[%s,%s,%s,'%s']",
-		m.Class, m.Table, m.Column, strings.ReplaceAll(string(m.Args), ",", `\,`))
-}
-
-func shellQuote(s string) string {
-	if s != "" && strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_-.:/=,@", r))
-	}) < 0 {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+	return GitLabFinalizeCommand(m.Class, m.Table, m.Column, m.Args)
 }
 
 // QueueOptions configure [Engine.Queue]. Zero values take defaults.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/ferrymigrate/ferry/internal/batched"
 )
@@ -23,8 +22,7 @@ func (b BBM) String() string { return b.Class + "," + b.Table + "," + b.Column +
 
 // FinalizeCommand is the ferry command that finishes b, quoted for sh.
 func (b BBM) FinalizeCommand() string {
-	return "ferry bbm finalize " + shellQuote(b.Class) + " " + shellQuote(b.Table) + " " +
-		shellQuote(b.Column) + " " + shellQuote(string(b.Args))
+	return batched.FinalizeCommand(b.Class, b.Table, b.Column, b.Args)
 }
 
 // BBMGate is what migrations need from the batched migration engine.
@@ -64,18 +62,15 @@ type WayOuter interface {
 }
 
 func (e *GateError) Error() string {
-	cfg, _ := json.Marshal(e.BBM)
-	head := fmt.Sprintf("Expected batched background migration for the given configuration to be marked as 'finished', but it is '%s':\t%s\n\n",
-		e.Status, cfg)
+	head := batched.UnfinishedHead(e.Status, e.BBM)
 	if e.FinalizeErr != nil {
 		head += fmt.Sprintf("--finalize could not finish it: %v\n\n", e.FinalizeErr)
 	}
 	if e.WayOut != "" {
 		return head + e.WayOut + fmt.Sprintf("\n\n(Required by migration %s.)", e.RequiredBy)
 	}
-	return head + fmt.Sprintf("Finalize it manually by running the following command in a `bash` or `sh` shell:\n\n\t%s\n\n"+
-		"or let the migration finalize it inline with `ferry db migrate --finalize`. (Required by migration %s.)",
-		e.BBM.FinalizeCommand(), e.RequiredBy)
+	return head + batched.FinalizeAdvice(e.BBM.FinalizeCommand()) + fmt.Sprintf("\n\n"+
+		"or let the migration finalize it inline with `ferry db migrate --finalize`. (Required by migration %s.)", e.RequiredBy)
 }
 func (e *GateError) Is(target error) bool { return target == ErrGate }
 
@@ -106,13 +101,3 @@ func (TableGate) Queue(context.Context, BBM, Version) error { return ErrNoBBMEng
 
 // Finalize implements [BBMGate]; it always fails.
 func (TableGate) Finalize(context.Context, BBM) error { return ErrNoBBMEngine }
-
-// shellQuote quotes s for sh unless it is plainly safe.
-func shellQuote(s string) string {
-	if s != "" && strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_-.:/=,@", r))
-	}) < 0 {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}

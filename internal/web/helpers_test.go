@@ -15,10 +15,10 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ferrymigrate/ferry/internal/batched"
+	"github.com/ferrymigrate/ferry/internal/batched/batchedtest"
 	"github.com/ferrymigrate/ferry/internal/ferryschema"
 	"github.com/ferrymigrate/ferry/internal/testenv"
 	"github.com/ferrymigrate/ferry/internal/web"
-	"github.com/ferrymigrate/ferry/internal/web/webtest"
 )
 
 const (
@@ -33,7 +33,7 @@ type bundle struct {
 	rdb      *redis.Client
 	srv      *web.Server
 	ts       *httptest.Server
-	seed     webtest.Seeded
+	seed     batchedtest.Seeded
 	retryJID string
 	deadJID  string
 }
@@ -56,10 +56,10 @@ func setup(t *testing.T, o *opts) *bundle {
 	}
 	now := time.Now()
 	var err error
-	if b.seed, err = webtest.Seed(b.ctx, b.db, now); err != nil {
+	if b.seed, err = batchedtest.Seed(b.ctx, b.db, now); err != nil {
 		t.Fatal(err)
 	}
-	if b.retryJID, b.deadJID, err = webtest.SeedRedis(b.ctx, b.rdb, now); err != nil {
+	if b.retryJID, b.deadJID, err = batchedtest.SeedRedis(b.ctx, b.rdb, now); err != nil {
 		t.Fatal(err)
 	}
 	log := zaptest.NewLogger(t)

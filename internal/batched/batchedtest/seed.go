@@ -1,7 +1,8 @@
-// Package webtest fills ferry's tables and Redis with a realistic mid-upgrade
-// state (migrations in every status, batches with errors, busy processes,
-// retries) for the web UI's tests, screenshots and demos.
-package webtest
+// Package batchedtest fills the batched-migration tables (a fixture of their
+// owner, internal/batched) and Redis with a realistic mid-upgrade state
+// (migrations in every status, batches with errors, busy processes,
+// retries) for the web UI.s tests, screenshots and demos.
+package batchedtest
 
 import (
 	"context"
