@@ -10,11 +10,9 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
-)
 
-// maxIdentLen is PostgreSQL's NAMEDATALEN-1: longer names would be silently
-// truncated by the server, so they are rejected instead.
-const maxIdentLen = 63
+	"github.com/ferrymigrate/ferry/internal/pgcatalog"
+)
 
 // Target is a table resolved in pg_catalog, with its columns.
 type Target struct {
@@ -45,18 +43,18 @@ func (t *Target) spellings(given string) []string {
 // Has reports whether the table has column c.
 func (t *Target) Has(c string) bool { _, ok := t.Columns[c]; return ok }
 
-// ValidateIdent checks a single identifier: non-empty, valid UTF-8, no NUL,
-// at most 63 bytes.
+// ValidateIdent checks a single identifier (pgcatalog.IdentProblem).
 func ValidateIdent(kind, s string) error {
-	switch {
+	switch p := pgcatalog.IdentProblem(s); {
+	case p == "":
+		return nil
 	case s == "":
-		return fmt.Errorf("%w: %s is empty", ErrInvalidIdent, kind)
-	case len(s) > maxIdentLen:
-		return fmt.Errorf("%w: %s %.70q is longer than %d bytes", ErrInvalidIdent, kind, s, maxIdentLen)
-	case !utf8.ValidString(s) || strings.ContainsRune(s, 0):
-		return fmt.Errorf("%w: %s %q contains invalid characters", ErrInvalidIdent, kind, s)
+		return fmt.Errorf("%w: %s %s", ErrInvalidIdent, kind, p)
+	case len(s) > pgcatalog.MaxIdentLen:
+		return fmt.Errorf("%w: %s %.70q is longer than %d bytes", ErrInvalidIdent, kind, s, pgcatalog.MaxIdentLen)
+	default:
+		return fmt.Errorf("%w: %s %q %s", ErrInvalidIdent, kind, s, p)
 	}
-	return nil
 }
 
 // CheckConfig checks a migration's configuration as given by an operator
@@ -109,17 +107,14 @@ func hasNUL(raw []byte) bool {
 // splitTable splits "schema.table" (one dot at most; names with dots must
 // be given unqualified... and then cannot be resolved, by design).
 func splitTable(name string) (schema, table string, err error) {
-	parts := strings.Split(name, ".")
-	switch len(parts) {
-	case 1:
-		table = parts[0]
-	case 2:
-		schema, table = parts[0], parts[1]
+	schema, table, ok := pgcatalog.SplitTable(name)
+	if !ok {
+		return "", "", fmt.Errorf("%w: table %q has more than one dot", ErrInvalidIdent, name)
+	}
+	if schema != "" {
 		if err := ValidateIdent("schema", schema); err != nil {
 			return "", "", err
 		}
-	default:
-		return "", "", fmt.Errorf("%w: table %q has more than one dot", ErrInvalidIdent, name)
 	}
 	if err := ValidateIdent("table", table); err != nil {
 		return "", "", err
@@ -128,15 +123,10 @@ func splitTable(name string) (schema, table string, err error) {
 }
 
 // Queryer is a pool, a connection or a transaction.
-type Queryer interface {
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-}
+type Queryer = pgcatalog.Queryer
 
 // ResolveTarget finds table (optionally schema-qualified) and column by
 // exact name in pg_catalog, following search_path for unqualified names.
-// Names are compared, never parsed as SQL, so hostile input just does not
-// match anything.
 func ResolveTarget(ctx context.Context, q Queryer, table, column string) (*Target, error) {
 	schema, tbl, err := splitTable(table)
 	if err != nil {
@@ -145,36 +135,16 @@ func ResolveTarget(ctx context.Context, q Queryer, table, column string) (*Targe
 	if err := ValidateIdent("column", column); err != nil {
 		return nil, err
 	}
-	t := &Target{Column: column, Columns: map[string]string{}}
-	err = q.QueryRow(ctx, `
-		SELECT c.oid, n.nspname, c.relname, pg_table_is_visible(c.oid)
-		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.relname = $1 AND c.relkind IN ('r', 'p')
-		  AND ( ($2 <> '' AND n.nspname = $2)
-		     OR ($2 = '' AND n.nspname = ANY (current_schemas(false))) )
-		ORDER BY array_position(current_schemas(false), n.nspname::text) NULLS LAST
-		LIMIT 1`, tbl, schema).Scan(&t.OID, &t.Schema, &t.Table, &t.Visible)
-	if errors.Is(err, pgx.ErrNoRows) {
+	found, err := pgcatalog.FindTable(ctx, q, schema, tbl)
+	if errors.Is(err, pgcatalog.ErrNoTable) {
 		return nil, fmt.Errorf("%w: %q does not exist", ErrTableNotFound, table)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("bbm: look up table %q: %w", table, err)
+		return nil, fmt.Errorf("bbm: %w", err)
 	}
-	rows, err := q.Query(ctx, `
-		SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
-		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped`, t.OID)
-	if err != nil {
+	t := &Target{OID: found.OID, Schema: found.Schema, Table: found.Name, Visible: found.Visible, Column: column}
+	if t.Columns, err = pgcatalog.Columns(ctx, q, t.OID); err != nil {
 		return nil, fmt.Errorf("bbm: read columns of %q: %w", table, err)
-	}
-	for rows.Next() {
-		var n, typ string
-		if err := rows.Scan(&n, &typ); err != nil {
-			return nil, err
-		}
-		t.Columns[n] = typ
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
 	}
 	if _, ok := t.Columns[column]; !ok {
 		return nil, fmt.Errorf("%w: %q has no column %q", ErrColumnNotFound, table, column)

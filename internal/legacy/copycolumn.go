@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
+
+	"github.com/ferrymigrate/ferry/internal/pgcatalog"
 )
 
 // CopyColumnArgs are GitLab's CopyColumn arguments:
@@ -88,26 +89,13 @@ func (c CopyColumn) Perform(ctx context.Context, job *Job[CopyColumnArgs]) error
 	return nil
 }
 
-// maxIdentifierLen is PostgreSQL's NAMEDATALEN-1: longer names would be
-// silently truncated, i.e. could name a different object.
-const maxIdentifierLen = 63
-
-// identRe is the conservative shape ferry accepts for table and column
-// names in migration arguments: what Rails and GitLab migrations use. It
-// rules out quotes, semicolons, spaces and comments before any lookup.
-var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*$`)
-
-// ValidateIdentifier checks the shape and length of a table or column name.
+// ValidateIdentifier checks a table or column name from job arguments
+// (pgcatalog.PlainIdentProblem: the shape Rails and GitLab migrations use,
+// which rules out quotes, semicolons, spaces and comments before any
+// lookup).
 func ValidateIdentifier(what, name string) error {
-	switch {
-	case name == "":
-		return &IdentifierError{What: what, Name: name, Reason: "is empty"}
-	case len(name) > maxIdentifierLen:
-		return &IdentifierError{What: what, Name: name,
-			Reason: fmt.Sprintf("is %d bytes long; PostgreSQL identifiers are at most %d bytes", len(name), maxIdentifierLen)}
-	case !identRe.MatchString(name):
-		return &IdentifierError{What: what, Name: name,
-			Reason: "is not a plain identifier (only letters, digits, _ and $, not starting with a digit, are accepted)"}
+	if p := pgcatalog.PlainIdentProblem(name); p != "" {
+		return &IdentifierError{What: what, Name: name, Reason: p}
 	}
 	return nil
 }
@@ -122,9 +110,13 @@ type Table struct {
 // ResolveTable validates name ("table" or "schema.table") and finds it on
 // the search path.
 func ResolveTable(ctx context.Context, db DB, name string) (*Table, error) {
-	parts := strings.Split(name, ".")
-	if len(parts) > 2 {
+	schema, rel, ok := pgcatalog.SplitTable(name)
+	if !ok {
 		return nil, &IdentifierError{What: "table", Name: name, Reason: "has more than one '.'"}
+	}
+	parts := []string{rel}
+	if strings.Contains(name, ".") {
+		parts = append(parts, schema)
 	}
 	for _, p := range parts {
 		if err := ValidateIdentifier("table", p); err != nil {
@@ -133,27 +125,14 @@ func ResolveTable(ctx context.Context, db DB, name string) (*Table, error) {
 			return nil, e
 		}
 	}
-	schema, rel := "", parts[0]
-	if len(parts) == 2 {
-		schema, rel = parts[0], parts[1]
-	}
-	t := &Table{Name: name}
-	var nsp, relname string
-	err := db.QueryRow(ctx, `
-		SELECT c.oid, n.nspname, c.relname
-		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.relname = $1 AND c.relkind IN ('r', 'p')
-		  AND (CASE WHEN $2 = '' THEN n.nspname = ANY (current_schemas(false)) ELSE n.nspname = $2 END)
-		ORDER BY array_position(current_schemas(false), n.nspname::text)
-		LIMIT 1`, rel, schema).Scan(&t.OID, &nsp, &relname)
-	if errors.Is(err, pgx.ErrNoRows) {
+	found, err := pgcatalog.FindTable(ctx, db, schema, rel)
+	if errors.Is(err, pgcatalog.ErrNoTable) {
 		return nil, &IdentifierError{What: "table", Name: name, Reason: "does not exist (or is not a table) on the search path", Missing: true}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("look up table %q: %w", name, err)
+		return nil, err
 	}
-	t.Quoted = pgx.Identifier{nsp, relname}.Sanitize()
-	return t, nil
+	return &Table{Name: name, OID: found.OID, Quoted: found.Quoted()}, nil
 }
 
 // RequireColumns checks that each column is a valid name and exists.
@@ -163,29 +142,14 @@ func (t *Table) RequireColumns(ctx context.Context, db DB, cols ...string) error
 			return err
 		}
 	}
-	rows, err := db.Query(ctx, `
-		SELECT attname FROM pg_catalog.pg_attribute
-		WHERE attrelid = $1 AND attname = ANY ($2) AND attnum > 0 AND NOT attisdropped`, t.OID, cols)
-	if err != nil {
-		return fmt.Errorf("look up columns of %s: %w", t.Name, err)
-	}
-	found, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	found, err := pgcatalog.Columns(ctx, db, t.OID)
 	if err != nil {
 		return fmt.Errorf("look up columns of %s: %w", t.Name, err)
 	}
 	for _, c := range cols {
-		if !containsString(found, c) {
+		if _, ok := found[c]; !ok {
 			return &IdentifierError{What: "column", Name: c, Reason: fmt.Sprintf("does not exist in table %s", t.Name), Missing: true}
 		}
 	}
 	return nil
-}
-
-func containsString(xs []string, s string) bool {
-	for _, x := range xs {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
