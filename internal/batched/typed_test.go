@@ -1,0 +1,57 @@
+package batched_test
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+
+	"github.com/ferrymigrate/ferry/internal/batched"
+)
+
+type renameArgs struct {
+	From  string
+	To    string
+	Limit int64
+}
+
+func (renameArgs) Kind() string { return "RenameThings" }
+
+type notAStruct []string
+
+func (notAStruct) Kind() string { return "Bad" }
+
+func TestTypedClassDecodesArgsPositionally(t *testing.T) {
+	var got renameArgs
+	cls, err := batched.ClassOf(batched.PlanFunc[renameArgs](func(_ batched.PlanContext, a renameArgs) (*batched.Plan, error) {
+		got = a
+		return &batched.Plan{Skip: true}, nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cls.Name != "RenameThings" || cls.NumArgs != 3 {
+		t.Fatalf("ClassOf = %q with %d args, want RenameThings with 3", cls.Name, cls.NumArgs)
+	}
+	args := []json.RawMessage{json.RawMessage(`"a"`), json.RawMessage(`"b"`), json.RawMessage(`9007199254740993`)}
+	if _, err := cls.Plan(batched.PlanContext{Args: args}); err != nil {
+		t.Fatal(err)
+	}
+	if got != (renameArgs{From: "a", To: "b", Limit: 9007199254740993}) {
+		t.Fatalf("decoded %+v", got)
+	}
+	bad := []json.RawMessage{json.RawMessage(`1`), json.RawMessage(`"b"`), json.RawMessage(`3`)}
+	if _, err := cls.Plan(batched.PlanContext{Args: bad}); !errors.Is(err, batched.ErrInvalidArgs) {
+		t.Fatalf("Plan with a number for a string = %v, want ErrInvalidArgs", err)
+	}
+	if _, err := batched.ClassOf(batched.PlanFunc[notAStruct](func(batched.PlanContext, notAStruct) (*batched.Plan, error) { return nil, nil })); err == nil {
+		t.Fatal("ClassOf(slice args) succeeded, want an error")
+	}
+	reg := batched.NewRegistry()
+	p := batched.PlanFunc[renameArgs](func(batched.PlanContext, renameArgs) (*batched.Plan, error) { return nil, nil })
+	if err := batched.AddTyped(reg, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := batched.AddTyped(reg, p); !errors.Is(err, batched.ErrDuplicateClass) {
+		t.Fatalf("second AddTyped = %v, want ErrDuplicateClass", err)
+	}
+}
