@@ -147,7 +147,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, opts Opt
 		opts.Register(app.Reg)
 	}
 	root := app.rootCmd()
-	args, err := rewriteRake(args, takesValue(root.PersistentFlags()))
+	args, err := rewriteRake(goFlagArgs(root, args), takesValue(root.PersistentFlags()))
 	if err == nil {
 		root.SetArgs(negativeArgs(root, args))
 		root.SetOut(stdout)

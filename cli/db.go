@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
@@ -19,8 +21,11 @@ import (
 
 type dbFlags struct {
 	dir         string
+	db          string
 	lockTimeout time.Duration
 	pgBin       string
+	// pools are the databases opened besides App.DB (see dbPool).
+	pools map[string]*pgxpool.Pool
 }
 
 func newDBCmd(a *App) *cobra.Command {
@@ -54,7 +59,18 @@ naming the holder, or wait up to --lock-timeout.
 
 Behind PgBouncer in transaction mode, set DATABASE_DIRECT_URL (config
 database_direct_url) to a direct connection: these commands need a real
-session (the migrator's lock, pg_dump, pg_restore) and use it when set.`,
+session (the migrator's lock, pg_dump, pg_restore) and use it when set.
+
+More than one database (databases: in the config file, DATABASE_URL_<NAME>):
+--db NAME (also --database, and Sourcegraph's -db=NAME) selects one, a
+comma-separated list, or all. Without --db, migrate, status, leaves and
+mark-complete work on every database, main first; downto, repair, backup
+and restore refuse ("Please specify the database"). Each database uses its
+own databases.NAME.migrations directory (else --dir), and every output line
+starts with the database's name. One database failing or down does not
+stop the others; the exit code is the worst. Sourcegraph's migrator
+spelling works as written: "up -db=all", "upto -db=X -target=V",
+"downto -db=X -target=V".`,
 	}
 	a.PreValidate(cmd, func(c *config.Config) {
 		// The direct URL wins, unless --database-url alone names another.
@@ -63,10 +79,12 @@ session (the migrator's lock, pg_dump, pg_restore) and use it when set.`,
 		}
 	})
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&f.dir, "dir", "db/migrate", "directory of migration files")
+	pf.StringVar(&f.dir, "dir", "db/migrate", "directory of migration files (databases.NAME.migrations wins for that database)")
+	pf.StringVar(&f.db, "db", "", "database(s) to work on: NAME, NAME,NAME or all (default: see --help)")
+	pf.StringVar(&f.db, "database", "", "same as --db")
 	pf.DurationVar(&f.lockTimeout, "lock-timeout", 0, "wait this long for another migrator (0 = fail at once)")
 	cmd.AddCommand(dbMigrateCmd(a, f), dbStatusCmd(a, f), dbDowntoCmd(a, f), dbMarkCompleteCmd(a, f),
-		dbRepairCmd(a, f), dbBackupCmd(a, f), dbRestoreCmd(a, f))
+		dbRepairCmd(a, f), dbBackupCmd(a, f), dbRestoreCmd(a, f), dbLeavesCmd(a, f))
 	return cmd
 }
 
@@ -83,48 +101,70 @@ func (f *dbFlags) checkLockTimeout() error {
 	return nil
 }
 
-// migrator loads the files and opens the database.
-func (a *App) migrator(ctx context.Context, f *dbFlags, finalize bool) (*dbmigrate.Migrator, error) {
-	return a.openMigrator(ctx, f, finalize, true)
+// migrator loads the target's files and opens its database.
+func (a *App) migrator(ctx context.Context, f *dbFlags, t dbTarget, finalize bool) (*dbmigrate.Migrator, error) {
+	return a.openMigrator(ctx, f, t, finalize, true)
 }
 
 // recordMigrator is a migrator for the commands that only record a
 // version (mark-complete, repair): they work outside the application's
-// folder, without the default migrations directory. A --dir given on
-// the command line must still exist (a typo there is not "no directory").
-func (a *App) recordMigrator(cmd *cobra.Command, f *dbFlags) (*dbmigrate.Migrator, error) {
-	return a.openMigrator(cmd.Context(), f, false, cmd.Flags().Changed("dir"))
+// folder, without the default migrations directory. A directory named on
+// the command line or in the config must still exist (a typo there is
+// not "no directory").
+func (a *App) recordMigrator(ctx context.Context, f *dbFlags, t dbTarget) (*dbmigrate.Migrator, error) {
+	return a.openMigrator(ctx, f, t, false, t.dirGiven)
 }
 
-func (a *App) openMigrator(ctx context.Context, f *dbFlags, finalize, needDir bool) (*dbmigrate.Migrator, error) {
+func (a *App) openMigrator(ctx context.Context, f *dbFlags, t dbTarget, finalize, needDir bool) (*dbmigrate.Migrator, error) {
 	if err := f.checkLockTimeout(); err != nil {
 		return nil, err
 	}
-	var migs []*dbmigrate.Migration
-	if _, serr := os.Stat(f.dir); serr == nil || needDir {
-		var err error
-		if migs, err = dbmigrate.LoadDir(f.dir); err != nil {
-			if serr != nil {
-				return nil, Usagef("migrations directory %s: %v (set --dir)", f.dir, serr)
-			}
-			return nil, Usage(err)
-		}
+	migs, err := loadMigrations(t, needDir)
+	if err != nil {
+		return nil, err
 	}
-	pool, err := a.DB(ctx)
+	pool, err := a.dbPool(ctx, f, t)
 	if err != nil {
 		return nil, dbErr(err)
 	}
-	return dbmigrate.New(pool, migs, dbmigrate.Options{
-		Logger: a.Log, Dir: f.dir, Out: a.Out, Finalize: finalize, LockTimeout: f.lockTimeout,
-		Gate: &engineGate{a: a, table: dbmigrate.TableGate{DB: pool}},
-	}), nil
+	o := dbmigrate.Options{
+		Logger: a.Log, Dir: t.dir, Out: t.out, Finalize: finalize, LockTimeout: f.lockTimeout,
+		Gate: &engineGate{a: a, pool: pool, table: dbmigrate.TableGate{DB: pool}},
+	}
+	if t.named {
+		o.Database = t.Name
+	}
+	return dbmigrate.New(pool, migs, o), nil
 }
 
-// engineGate connects gates to the batched migration engine, opening it
-// (and so creating ferry's tables) only when a migration queues or
-// finalizes one; status checks read the table directly.
+// loadMigrations reads t's directory; without needDir a missing one is
+// no migrations.
+func loadMigrations(t dbTarget, needDir bool) ([]*dbmigrate.Migration, error) {
+	_, serr := os.Stat(t.dir)
+	if serr != nil && !needDir {
+		return nil, nil
+	}
+	migs, err := dbmigrate.LoadDir(t.dir)
+	if err != nil {
+		if serr != nil {
+			how := "set --dir"
+			if t.named {
+				how = "set databases." + t.Name + ".migrations or --dir"
+			}
+			return nil, Usagef("migrations directory %s: %v (%s)", t.dir, serr, how)
+		}
+		return nil, Usage(err)
+	}
+	return migs, nil
+}
+
+// engineGate connects gates to the batched migration engine of the
+// database the migration runs on, opening it (and so creating ferry's
+// tables) only when a migration queues or finalizes one; status checks
+// read the table directly.
 type engineGate struct {
 	a     *App
+	pool  *pgxpool.Pool
 	table dbmigrate.TableGate
 	once  sync.Mutex
 	e     *batched.Engine
@@ -134,7 +174,7 @@ func (g *engineGate) engine(ctx context.Context) (*batched.Engine, error) {
 	g.once.Lock()
 	defer g.once.Unlock()
 	if g.e == nil {
-		e, err := g.a.bbmEngine(ctx)
+		e, err := g.a.bbmEngineOn(ctx, g.pool)
 		if err != nil {
 			return nil, err
 		}
@@ -214,12 +254,12 @@ func parseVersionArg(s string) (dbmigrate.Version, error) {
 	return v, nil
 }
 
-func (a *App) printPlan(ctx context.Context, mr *dbmigrate.Migrator, p *dbmigrate.Plan) {
+func printPlan(ctx context.Context, w io.Writer, mr *dbmigrate.Migrator, p *dbmigrate.Plan) {
 	if len(p.Migrations) == 0 {
-		fmt.Fprintln(a.Out, "Nothing to do (dry run).")
+		fmt.Fprintln(w, "Nothing to do (dry run).")
 		return
 	}
-	fmt.Fprintf(a.Out, "Dry run: would run %d migration(s) %s, in this order:\n", len(p.Migrations), p.Direction)
+	fmt.Fprintf(w, "Dry run: would run %d migration(s) %s, in this order:\n", len(p.Migrations), p.Direction)
 	for _, m := range p.Migrations {
 		sc, file := m.Up, m.UpFile
 		if p.Direction == "down" {
@@ -229,19 +269,19 @@ func (a *App) printPlan(ctx context.Context, mr *dbmigrate.Migrator, p *dbmigrat
 		if sc.NoTransaction {
 			how = "outside a transaction, statement by statement"
 		}
-		fmt.Fprintf(a.Out, "\n== %s %s (%s, %s) ==\n", m.Version, m.Name, file, how)
+		fmt.Fprintf(w, "\n== %s %s (%s, %s) ==\n", m.Version, m.Name, file, how)
 		for _, b := range sc.Require {
-			fmt.Fprintf(a.Out, "-- requires finished batched background migration: %s %s %s %s (%s)\n", b.Class, b.Table, b.Column, b.Args, gateNote(ctx, mr, b))
+			fmt.Fprintf(w, "-- requires finished batched background migration: %s %s %s %s (%s)\n", b.Class, b.Table, b.Column, b.Args, gateNote(ctx, mr, b))
 		}
 		if sc.NoTransaction {
 			for i, s := range sc.Statements() {
-				fmt.Fprintf(a.Out, "-- statement %d\n%s;\n", i+1, s)
+				fmt.Fprintf(w, "-- statement %d\n%s;\n", i+1, s)
 			}
 		} else {
-			fmt.Fprintln(a.Out, strings.TrimRight(sc.SQL, "\n"))
+			fmt.Fprintln(w, strings.TrimRight(sc.SQL, "\n"))
 		}
 		for _, b := range sc.Queue {
-			fmt.Fprintf(a.Out, "-- then queues batched background migration: %s %s %s %s\n", b.Class, b.Table, b.Column, b.Args)
+			fmt.Fprintf(w, "-- then queues batched background migration: %s %s %s %s\n", b.Class, b.Table, b.Column, b.Args)
 		}
 	}
 }
@@ -261,54 +301,84 @@ func gateNote(ctx context.Context, m *dbmigrate.Migrator, b dbmigrate.BBM) strin
 }
 
 func dbMigrateCmd(a *App, f *dbFlags) *cobra.Command {
-	var to string
+	var to, target string
 	var dry, finalize bool
 	cmd := &cobra.Command{
-		Use:   "migrate",
-		Short: "Apply pending migrations (all, or up to --to VERSION)",
+		Use:     "migrate",
+		Aliases: []string{"up", "upto"},
+		Short:   "Apply pending migrations (all, or up to --to VERSION); every database without --db",
+		Long: `Apply pending migrations, in version order, up to and including --to.
+
+Without --db every configured database is migrated, main first (as
+Sourcegraph's "up -db=all"); a database that fails stops only its own
+migrations. "up" and "upto" are Sourcegraph's names for it ("upto" needs
+-target).`,
 		Example: `  ferry db migrate
   ferry db migrate --to 20240101120000 --dry-run
-  ferry db migrate --finalize --lock-timeout 30s`,
+  ferry db migrate --finalize --lock-timeout 30s
+  ferry db migrate --db ci
+  ferry db up -db=all
+  ferry db upto -db=frontend -target=1528395968`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			var target dbmigrate.Version
+			if cmd.Flags().Changed("to") && cmd.Flags().Changed("target") {
+				return Usagef("--to and --target are the same flag; give one")
+			}
+			if cmd.Flags().Changed("target") {
+				to = target
+			}
+			if cmd.CalledAs() == "upto" && !cmd.Flags().Changed("target") && !cmd.Flags().Changed("to") {
+				return Usagef("upto needs -target=VERSION (or use up / migrate for every pending migration)")
+			}
+			var tv dbmigrate.Version
 			// An explicit --to "" (an unset shell variable) must not mean "all".
-			if to != "" || cmd.Flags().Changed("to") {
-				v, err := parseVersionArg(to)
+			if to != "" || cmd.Flags().Changed("to") || cmd.Flags().Changed("target") {
+				v, err := parseTargetArg(to)
 				if err != nil {
 					return err
 				}
-				target = v
+				tv = v
 			}
-			m, err := a.migrator(ctx, f, finalize)
+			ts, err := a.dbTargets(cmd, f, selAll)
 			if err != nil {
 				return err
 			}
-			if dry {
-				p, err := m.PlanUp(ctx, target)
+			if tv != "" && len(ts) > 1 {
+				// A version belongs to one database's history.
+				return Usagef("--to %s names a version of one database; add --db NAME (configured databases are %s)", tv, strings.Join(a.Cfg.DatabaseNames(), ", "))
+			}
+			return a.eachDB(ts, func(t dbTarget) error {
+				m, err := a.migrator(ctx, f, t, finalize)
+				if err != nil {
+					return err
+				}
+				if dry {
+					p, err := m.PlanUp(ctx, tv)
+					if err != nil {
+						return dbErr(err)
+					}
+					if p.Dirty != nil {
+						fmt.Fprintf(t.out, "Note: migrate would refuse: %v\n\n", p.Dirty)
+					}
+					printPlan(ctx, t.out, m, p)
+					return nil
+				}
+				done, err := m.Migrate(ctx, tv)
 				if err != nil {
 					return dbErr(err)
 				}
-				if p.Dirty != nil {
-					fmt.Fprintf(a.Out, "Note: migrate would refuse: %v\n\n", p.Dirty)
+				if len(done) == 0 {
+					fmt.Fprintln(t.out, "Nothing to migrate: the database is up to date.")
+				} else {
+					fmt.Fprintf(t.out, "Applied %d migration(s).\n", len(done))
 				}
-				a.printPlan(ctx, m, p)
 				return nil
-			}
-			done, err := m.Migrate(ctx, target)
-			if err != nil {
-				return dbErr(err)
-			}
-			if len(done) == 0 {
-				fmt.Fprintln(a.Out, "Nothing to migrate: the database is up to date.")
-			} else {
-				fmt.Fprintf(a.Out, "Applied %d migration(s).\n", len(done))
-			}
-			return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "stop after this version (inclusive)")
+	cmd.Flags().StringVar(&target, "target", "", "same as --to (Sourcegraph's -target)")
 	cmd.Flags().BoolVar(&dry, "dry-run", false, "print the plan and SQL, change nothing")
 	cmd.Flags().BoolVar(&finalize, "finalize", false, "finalize unfinished required batched background migrations inline")
 	return cmd
@@ -327,58 +397,73 @@ the output, and --json, are the same either way.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			m, err := a.migrator(ctx, f, false)
+			ts, err := a.dbTargets(cmd, f, selAll)
 			if err != nil {
 				return err
 			}
-			st, err := m.Status(ctx)
-			if err != nil {
-				return dbErr(err)
+			if asJSON && ts[0].named {
+				return a.multiStatusJSON(ctx, f, ts)
 			}
-			if asJSON {
-				if err := a.PrintJSON(st); err != nil {
+			return a.eachDB(ts, func(t dbTarget) error {
+				m, err := a.migrator(ctx, f, t, false)
+				if err != nil {
 					return err
 				}
+				st, err := m.Status(ctx)
+				if err != nil {
+					return dbErr(err)
+				}
+				if asJSON {
+					if err := a.PrintJSON(st); err != nil {
+						return err
+					}
+					return statusExit(st)
+				}
+				printStatus(t, st)
 				return statusExit(st)
-			}
-			if d := st.DirtyMigration; d != nil {
-				// First, on one line, so nobody reads past it.
-				what := "failed with: " + oneLine(d.Error)
-				if d.Died {
-					what = "was interrupted: its migrator died (started " + d.StartedAt.UTC().Format(time.RFC3339) + ")"
-				}
-				fmt.Fprintf(a.Out, "DIRTY: migration %s_%s (%s) %s; it ran outside a transaction, so the database may be half-migrated and `ferry db migrate` refuses to run. Ways out: %s; or %s.\n\n",
-					d.Version, d.Name, d.Direction, what, d.WaysOut[0], d.WaysOut[1])
-			}
-			fmt.Fprintf(a.Out, "%-16s %-12s %-22s %s\n", "VERSION", "STATE", "WHEN", "NAME")
-			for _, ms := range st.Migrations {
-				when := ""
-				if ms.AppliedAt != nil {
-					when = ms.AppliedAt.UTC().Format("2006-01-02 15:04:05Z")
-				} else if la := ms.LastAttempt; la != nil {
-					when = la.StartedAt.UTC().Format("2006-01-02 15:04:05Z")
-				}
-				name := ms.Name
-				if !ms.HasFile {
-					name += " (no file in " + f.dir + ")"
-				}
-				fmt.Fprintf(a.Out, "%-16s %-12s %-22s %s\n", ms.Version, ms.State, when, name)
-				if la := ms.LastAttempt; la != nil && (ms.State == "failed" || ms.State == "dirty") {
-					fmt.Fprintf(a.Out, "%16s error: %s\n", "", oneLine(la.Error))
-				}
-			}
-			fmt.Fprintf(a.Out, "\nCurrent version: %s; %d pending.\n", st.Current, st.Pending)
-			if st.Holder != nil {
-				fmt.Fprintf(a.Out, "A migrator is running: %s\n", st.Holder)
-			}
-			if d := st.DirtyMigration; d != nil {
-				fmt.Fprintf(a.Out, "The database is DIRTY at migration %s_%s: see the first line.\n", d.Version, d.Name)
-			}
-			return statusExit(st)
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "machine-readable output")
 	return cmd
+}
+
+// printStatus prints one database's status table to t.out.
+func printStatus(t dbTarget, st *dbmigrate.Status) {
+	out := t.out
+	if d := st.DirtyMigration; d != nil {
+		// First, on one line, so nobody reads past it.
+		what := "failed with: " + oneLine(d.Error)
+		if d.Died {
+			what = "was interrupted: its migrator died (started " + d.StartedAt.UTC().Format(time.RFC3339) + ")"
+		}
+		fmt.Fprintf(out, "DIRTY: migration %s_%s (%s) %s; it ran outside a transaction, so the database may be half-migrated and `ferry db migrate` refuses to run. Ways out: %s; or %s.\n\n",
+			d.Version, d.Name, d.Direction, what, d.WaysOut[0], d.WaysOut[1])
+	}
+	fmt.Fprintf(out, "%-16s %-12s %-22s %s\n", "VERSION", "STATE", "WHEN", "NAME")
+	for _, ms := range st.Migrations {
+		when := ""
+		if ms.AppliedAt != nil {
+			when = ms.AppliedAt.UTC().Format("2006-01-02 15:04:05Z")
+		} else if la := ms.LastAttempt; la != nil {
+			when = la.StartedAt.UTC().Format("2006-01-02 15:04:05Z")
+		}
+		name := ms.Name
+		if !ms.HasFile {
+			name += " (no file in " + t.dir + ")"
+		}
+		fmt.Fprintf(out, "%-16s %-12s %-22s %s\n", ms.Version, ms.State, when, name)
+		if la := ms.LastAttempt; la != nil && (ms.State == "failed" || ms.State == "dirty") {
+			fmt.Fprintf(out, "%16s error: %s\n", "", oneLine(la.Error))
+		}
+	}
+	fmt.Fprintf(out, "\nCurrent version: %s; %d pending.\n", st.Current, st.Pending)
+	if st.Holder != nil {
+		fmt.Fprintf(out, "A migrator is running: %s\n", st.Holder)
+	}
+	if d := st.DirtyMigration; d != nil {
+		fmt.Fprintf(out, "The database is DIRTY at migration %s_%s: see the first line.\n", d.Version, d.Name)
+	}
 }
 
 // statusExit answers "is the database ready?": no (1) when it is dirty or
@@ -398,50 +483,109 @@ func oneLine(s string) string {
 
 func dbDowntoCmd(a *App, f *dbFlags) *cobra.Command {
 	var dry bool
+	var target, release string
 	cmd := &cobra.Command{
-		Use:   "downto VERSION",
-		Short: "Revert every migration newer than VERSION (VERSION stays applied; 0 reverts all)",
+		Use:   "downto VERSION | downto --to-release DIR",
+		Short: "Revert every migration newer than VERSION, or every one an older release does not know",
 		Long: `Runs the down files of every applied migration newer than VERSION, newest
 first; VERSION itself stays applied (as Rails' "db:migrate VERSION=x" going
 down, goose down-to and Sourcegraph's downto). A dirty migration newer than
 VERSION is reverted too: this is the way out of a half-applied
 no-transaction migration, so down files should tolerate a partial state
-(IF EXISTS). Nothing runs unless every needed down file exists.`,
+(IF EXISTS). Nothing runs unless every needed down file exists and none is
+marked "-- ferry:irreversible". -target=VERSION (Sourcegraph) is the same.
+
+With several databases configured, --db NAME is required: a version
+belongs to one database's history.
+
+--to-release DIR is the rollback after going back to an older release's
+code: it reverts, newest first, every applied migration that the older
+release's migrations directory does not hold, with THIS release's down
+files ("make the database what the old code expects"). DIR is the older
+release's migrations: for each database ferry uses DIR/NAME if it exists
+(Sourcegraph's migrations/frontend, migrations/codeintel, ...), else
+DIR/<its migrations directory> (a release tree holding db/migrate), else,
+with one database, DIR itself. Both ferry's files and Sourcegraph's
+<version>/up.sql directories are read (only which versions exist).
+Before anything runs, the plan of every selected database is printed,
+with each step that cannot be reverted and why (this release has no files
+for it, no down file, or irreversible); if any step of any database cannot
+be reverted, or a database cannot be reached, nothing is reverted anywhere
+(exit 1): half a rollback leaves a schema neither release expects. With
+several databases, --db NAME or --db all is required.`,
 		Example: `  ferry db downto 20240101120000 --dry-run
-  ferry db downto 0`,
-		Args: cobra.ExactArgs(1),
+  ferry db downto 0
+  ferry db downto -db=frontend -target=1528395968
+  ferry db downto --to-release /srv/app-v3.36.0/migrations --db all --dry-run`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			n := 1
+			if cmd.Flags().Changed("target") || cmd.Flags().Changed("to-release") {
+				n = 0
+			}
+			if n == 0 && len(args) > 0 {
+				return Usagef("downto takes no VERSION argument with -target or --to-release, got %q", args)
+			}
+			return cobra.ExactArgs(n)(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			target, err := parseVersionArg(args[0])
+			if cmd.Flags().Changed("to-release") {
+				if cmd.Flags().Changed("target") {
+					return Usagef("give -target or --to-release, not both")
+				}
+				return a.downToRelease(cmd, f, release, dry)
+			}
+			v := target
+			if len(args) == 1 {
+				v = args[0]
+			}
+			tv, err := parseTargetArg(v)
 			if err != nil {
 				return err
 			}
-			m, err := a.migrator(ctx, f, false)
+			ts, err := a.dbTargets(cmd, f, selOne)
 			if err != nil {
 				return err
 			}
-			if dry {
-				p, err := m.PlanDown(ctx, target)
+			return a.eachDB(ts, func(t dbTarget) error {
+				m, err := a.migrator(ctx, f, t, false)
+				if err != nil {
+					return err
+				}
+				if dry {
+					p, err := m.PlanDown(ctx, tv)
+					if err != nil {
+						return dbErr(err)
+					}
+					printPlan(ctx, t.out, m, p)
+					return nil
+				}
+				done, err := m.DownTo(ctx, tv)
 				if err != nil {
 					return dbErr(err)
 				}
-				a.printPlan(ctx, m, p)
+				if len(done) == 0 {
+					fmt.Fprintf(t.out, "Nothing to revert: no migration newer than %s is applied.\n", tv)
+				} else {
+					fmt.Fprintf(t.out, "Reverted %d migration(s); now at %s.\n", len(done), tv)
+				}
 				return nil
-			}
-			done, err := m.DownTo(ctx, target)
-			if err != nil {
-				return dbErr(err)
-			}
-			if len(done) == 0 {
-				fmt.Fprintf(a.Out, "Nothing to revert: no migration newer than %s is applied.\n", target)
-			} else {
-				fmt.Fprintf(a.Out, "Reverted %d migration(s); now at %s.\n", len(done), target)
-			}
-			return nil
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&dry, "dry-run", false, "print the plan and SQL, change nothing")
+	cmd.Flags().StringVar(&target, "target", "", "the VERSION argument (Sourcegraph's -target)")
+	cmd.Flags().StringVar(&release, "to-release", "", "revert every applied migration the older release's migrations directory DIR does not hold")
 	return cmd
+}
+
+// parseTargetArg is parseVersionArg for --to/-target, which Sourcegraph
+// allows to hold several comma-separated versions (a non-linear history).
+func parseTargetArg(s string) (dbmigrate.Version, error) {
+	if strings.Contains(s, ",") {
+		return "", Usagef("target %q: ferry's migrations are linear, give one version (the newest of them)", s)
+	}
+	return parseVersionArg(s)
 }
 
 func dbMarkCompleteCmd(a *App, f *dbFlags) *cobra.Command {
@@ -451,65 +595,91 @@ func dbMarkCompleteCmd(a *App, f *dbFlags) *cobra.Command {
 		Long: `Record VERSION in schema_migrations without running it, as GitLab's
 gitlab:db:mark_migration_complete[VERSION] does (that form is accepted too).
 It needs no migrations directory; when --dir exists and has no file for
-VERSION it warns and records it anyway.`,
+VERSION it warns and records it anyway.
+
+With several databases and no --db it records VERSION on every one, as
+GitLab's task does on a multi-database install, one line per database;
+mark_migration_complete:ci[VERSION] (or --db ci) records it on ci only.`,
 		Example: `  ferry db mark-complete 20151103134857
-  ferry db mark_migration_complete[20151103134857]`,
+  ferry db mark_migration_complete[20151103134857]
+  ferry db mark-complete 20151103134857 --db ci
+  ferry db mark_migration_complete:ci[20151103134857]`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			v, err := markCompleteVersion(args[0])
+			v, rakeDB, err := markCompleteVersion(args[0])
 			if err != nil {
 				return err
 			}
-			m, err := a.recordMigrator(cmd, f)
+			if rakeDB != "" {
+				if names := a.Cfg.DatabaseNames(); len(names) == 1 && names[0] == config.DefaultDatabase && rakeDB != names[0] {
+					rc, _ := parseRake(args[0])
+					return rc.checkDB() // ferry's one-database message
+				}
+				if f.db != "" && f.db != rakeDB {
+					return Usagef("%s names database %s, but --db says %s", args[0], rakeDB, f.db)
+				}
+				f.db = rakeDB
+			}
+			ts, err := a.dbTargets(cmd, f, selAll)
 			if err != nil {
 				return err
 			}
-			a.warnNoFile(m, f, v)
-			already, err := m.MarkComplete(ctx, v)
-			if err != nil {
-				return dbErr(err)
-			}
-			db := a.Cfg.DatabaseURL
-			if pool, err := a.DB(ctx); err == nil {
-				db = pool.Config().ConnConfig.Database
-			}
-			if already {
-				fmt.Fprintf(a.Out, "Migration version '%s' is already marked complete on database %s\n", v, db)
-			} else {
-				fmt.Fprintf(a.Out, "Successfully marked '%s' as complete on database %s\n", v, db)
-			}
-			return nil
+			return a.eachDB(ts, func(t dbTarget) error {
+				m, err := a.recordMigrator(ctx, f, t)
+				if err != nil {
+					return err
+				}
+				a.warnNoFile(m, t, v)
+				already, err := m.MarkComplete(ctx, v)
+				if err != nil {
+					return dbErr(err)
+				}
+				// GitLab's lines, which name the database already: ferry's
+				// name when several are configured, else PostgreSQL's.
+				db := t.Name
+				if !t.named {
+					db = a.Cfg.DatabaseURL
+					if pool, err := a.dbPool(ctx, f, t); err == nil {
+						db = pool.Config().ConnConfig.Database
+					}
+				}
+				if already {
+					fmt.Fprintf(a.Out, "Migration version '%s' is already marked complete on database %s\n", v, db)
+				} else {
+					fmt.Fprintf(a.Out, "Successfully marked '%s' as complete on database %s\n", v, db)
+				}
+				return nil
+			})
 		},
 	}
 }
 
 // markCompleteVersion reads VERSION, also in GitLab's rake form
-// (mark_migration_complete[VERSION], with or without gitlab:db: and :main).
-func markCompleteVersion(arg string) (dbmigrate.Version, error) {
+// (mark_migration_complete[VERSION], with or without gitlab:db: and with
+// a database suffix, :main or :ci, which it returns).
+func markCompleteVersion(arg string) (dbmigrate.Version, string, error) {
+	db := ""
 	if rc, ok := parseRake(arg); ok {
 		if rc.Task != "mark_migration_complete" || len(rc.Args) != 1 {
-			return "", Usagef("expected VERSION or mark_migration_complete[VERSION], got %q", arg)
+			return "", "", Usagef("expected VERSION or mark_migration_complete[VERSION], got %q", arg)
 		}
-		if err := rc.checkDB(); err != nil {
-			return "", err
-		}
-		arg = rc.Args[0]
+		arg, db = rc.Args[0], rc.DB
 	}
 	v, err := parseVersionArg(arg)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	if v == "0" {
-		return "", Usagef("Must give a version argument that is a non-zero integer")
+		return "", "", Usagef("Must give a version argument that is a non-zero integer")
 	}
-	return v, nil
+	return v, db, nil
 }
 
 // warnNoFile warns when the migrations directory exists but has no file
 // for v: a typo in a version is otherwise recorded silently.
-func (a *App) warnNoFile(m *dbmigrate.Migrator, f *dbFlags, v dbmigrate.Version) {
-	if _, err := os.Stat(f.dir); err != nil {
+func (a *App) warnNoFile(m *dbmigrate.Migrator, t dbTarget, v dbmigrate.Version) {
+	if _, err := os.Stat(t.dir); err != nil {
 		return
 	}
 	for _, mg := range m.Migrations() {
@@ -517,7 +687,11 @@ func (a *App) warnNoFile(m *dbmigrate.Migrator, f *dbFlags, v dbmigrate.Version)
 			return
 		}
 	}
-	fmt.Fprintf(a.Err, "warning: %s has no migration file for version %s; recording it anyway\n", f.dir, v)
+	on := ""
+	if t.named {
+		on = " (database " + t.Name + ")"
+	}
+	fmt.Fprintf(a.Err, "warning: %s has no migration file for version %s%s; recording it anyway\n", t.dir, v, on)
 }
 
 func dbRepairCmd(a *App, f *dbFlags) *cobra.Command {
@@ -538,20 +712,30 @@ re-runs it; if you completed it by hand, also run "ferry db mark-complete".`,
 					return err
 				}
 			}
-			m, err := a.recordMigrator(cmd, f)
+			ts, err := a.dbTargets(cmd, f, selOne)
 			if err != nil {
 				return err
 			}
-			d, err := m.Repair(ctx, v)
-			if err != nil {
-				return dbErr(err)
-			}
-			state := "pending: the next `ferry db migrate` runs it again (or `ferry db mark-complete " + string(d.Version) + "` if you applied it by hand)"
-			if d.Applied {
-				state = "applied"
-			}
-			fmt.Fprintf(a.Out, "Cleared the dirty state of migration %s_%s (%s attempt #%d). It is %s.\n", d.Version, d.Name, d.Direction, d.ID, state)
-			return nil
+			return a.eachDB(ts, func(t dbTarget) error {
+				m, err := a.recordMigrator(ctx, f, t)
+				if err != nil {
+					return err
+				}
+				d, err := m.Repair(ctx, v)
+				if err != nil {
+					return dbErr(err)
+				}
+				sel := ""
+				if t.named {
+					sel = " --db " + t.Name
+				}
+				state := "pending: the next `ferry db migrate" + sel + "` runs it again (or `ferry db mark-complete " + string(d.Version) + sel + "` if you applied it by hand)"
+				if d.Applied {
+					state = "applied"
+				}
+				fmt.Fprintf(t.out, "Cleared the dirty state of migration %s_%s (%s attempt #%d). It is %s.\n", d.Version, d.Name, d.Direction, d.ID, state)
+				return nil
+			})
 		},
 	}
 }
@@ -559,23 +743,33 @@ re-runs it; if you completed it by hand, also run "ferry db mark-complete".`,
 func dbBackupCmd(a *App, f *dbFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "backup FILE",
-		Short: "pg_dump the whole database (custom format) to FILE, with FILE.meta.json",
-		Args:  cobra.ExactArgs(1),
+		Short: "pg_dump the whole database (custom format) to FILE, with FILE.meta.json naming the database",
+		Long: `pg_dump the whole database (custom format) to FILE; FILE.meta.json records
+the database (ferry's name for it, e.g. main or ci, and PostgreSQL's), the
+cluster, size and SHA-256, which "ferry db restore" checks. With several
+databases configured, --db NAME says which one.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			pool, err := a.DB(ctx)
+			ts, err := a.dbTargets(cmd, f, selOne)
 			if err != nil {
-				return dbErr(err)
+				return err
 			}
-			report, end := a.tableProgress("pg_dump " + args[0])
-			meta, err := dbmigrate.Backup(ctx, pool, args[0], dbmigrate.BackupOptions{Logger: a.Log, PgBin: f.pgBin, Progress: report})
-			end(err == nil)
-			if err != nil {
-				return dbErr(err)
-			}
-			fmt.Fprintf(a.Out, "Backed up database %s (%d tables/views/sequences, %d bytes) to %s; metadata in %s\n",
-				meta.Database, meta.Relations, meta.Size, args[0], dbmigrate.MetaPath(args[0]))
-			return nil
+			return a.eachDB(ts, func(t dbTarget) error {
+				pool, err := a.dbPool(ctx, f, t)
+				if err != nil {
+					return dbErr(err)
+				}
+				report, end := a.tableProgress("pg_dump " + args[0])
+				meta, err := dbmigrate.Backup(ctx, pool, args[0], dbmigrate.BackupOptions{Logger: a.Log, PgBin: f.pgBin, Progress: report, Name: t.Name})
+				end(err == nil)
+				if err != nil {
+					return dbErr(err)
+				}
+				fmt.Fprintf(t.out, "Backed up database %s (%d tables/views/sequences, %d bytes) to %s; metadata in %s\n",
+					meta.Database, meta.Relations, meta.Size, args[0], dbmigrate.MetaPath(args[0]))
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&f.pgBin, "pg-bin", "", "directory of pg_dump/pg_restore (default: matching the server version)")
@@ -602,7 +796,9 @@ func dbRestoreCmd(a *App, f *dbFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "restore FILE",
 		Short: "Restore FILE, first dropping every object it does not contain",
-		Long: `Restores a "ferry db backup" into the configured database.
+		Long: `Restores a "ferry db backup" into the configured database (with several
+configured, --db NAME; a backup whose FILE.meta.json names another
+database, e.g. ci's into main, is refused unless --force-other-database).
 
 First it checks the whole file and changes nothing when a check fails
 (exit 2): a pg_dump custom-format archive, the size and SHA-256 that
@@ -633,49 +829,58 @@ Without --yes it only checks and prints what it would drop (exit 2).`,
 				return err
 			}
 			ctx := cmd.Context()
-			pool, err := a.DB(ctx)
+			ts, err := a.dbTargets(cmd, f, selOne)
 			if err != nil {
-				return dbErr(err)
+				return err
 			}
-			report, end := a.tableProgress("restore " + args[0])
-			res, err := dbmigrate.Restore(ctx, pool, args[0], dbmigrate.BackupOptions{Logger: a.Log, PgBin: f.pgBin,
-				Yes: yes, ForceOtherDatabase: force, LockTimeout: f.lockTimeout, Progress: report})
-			end(err == nil)
-			if errors.Is(err, os.ErrNotExist) {
-				return Usage(err)
-			}
-			if res != nil && len(res.Connected) > 0 && (err == nil || errors.Is(err, dbmigrate.ErrNotConfirmed)) {
-				a.warnConnected(res)
-			}
-			if res != nil && (err == nil || errors.Is(err, dbmigrate.ErrNotConfirmed)) {
-				verb := "Dropped"
-				if !res.Restored {
-					verb = "Would drop"
-				}
-				if len(res.Dropped) == 0 {
-					fmt.Fprintf(a.Out, "%s nothing: every object of database %s is in the backup.\n", verb, res.Database)
-				}
-				for _, r := range res.Dropped {
-					fmt.Fprintf(a.Out, "%s %s (not in the backup)\n", verb, r)
-				}
-			}
-			if errors.Is(err, dbmigrate.ErrNotConfirmed) {
-				return Usagef("restore replaces every object of database %s with the backup's; re-run with --yes to do it", res.Database)
-			}
-			if err != nil {
-				return dbErr(err)
-			}
-			fmt.Fprintf(a.Out, "Restored %s into database %s.\n", args[0], res.Database)
-			for _, t := range dbmigrate.RecordTables {
-				if n, ok := res.Kept[t]; ok {
-					fmt.Fprintf(a.Out, "Kept the record of the time since the backup: %s had %d rows before the restore; those the backup lacks are back.\n", t, n)
-				}
-			}
-			return nil
+			return a.eachDB(ts, func(t dbTarget) error { return a.restoreOne(ctx, f, t, args[0], yes, force) })
 		},
 	}
 	cmd.Flags().BoolVar(&yes, "yes", false, "really drop and restore")
 	cmd.Flags().BoolVar(&force, "force-other-database", false, "restore a backup taken from another database")
 	cmd.Flags().StringVar(&f.pgBin, "pg-bin", "", "directory of pg_dump/pg_restore/psql (default: matching the server version)")
 	return cmd
+}
+
+// restoreOne restores file into t.
+func (a *App) restoreOne(ctx context.Context, f *dbFlags, t dbTarget, file string, yes, force bool) error {
+	pool, err := a.dbPool(ctx, f, t)
+	if err != nil {
+		return dbErr(err)
+	}
+	report, end := a.tableProgress("restore " + file)
+	res, err := dbmigrate.Restore(ctx, pool, file, dbmigrate.BackupOptions{Logger: a.Log, PgBin: f.pgBin,
+		Yes: yes, ForceOtherDatabase: force, Name: t.Name, LockTimeout: f.lockTimeout, Progress: report})
+	end(err == nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return Usage(err)
+	}
+	if res != nil && len(res.Connected) > 0 && (err == nil || errors.Is(err, dbmigrate.ErrNotConfirmed)) {
+		a.warnConnected(res)
+	}
+	if res != nil && (err == nil || errors.Is(err, dbmigrate.ErrNotConfirmed)) {
+		verb := "Dropped"
+		if !res.Restored {
+			verb = "Would drop"
+		}
+		if len(res.Dropped) == 0 {
+			fmt.Fprintf(t.out, "%s nothing: every object of database %s is in the backup.\n", verb, res.Database)
+		}
+		for _, r := range res.Dropped {
+			fmt.Fprintf(t.out, "%s %s (not in the backup)\n", verb, r)
+		}
+	}
+	if errors.Is(err, dbmigrate.ErrNotConfirmed) {
+		return Usagef("restore replaces every object of database %s with the backup's; re-run with --yes to do it", res.Database)
+	}
+	if err != nil {
+		return dbErr(err)
+	}
+	fmt.Fprintf(t.out, "Restored %s into database %s.\n", file, res.Database)
+	for _, table := range dbmigrate.RecordTables {
+		if n, ok := res.Kept[table]; ok {
+			fmt.Fprintf(t.out, "Kept the record of the time since the backup: %s had %d rows before the restore; those the backup lacks are back.\n", table, n)
+		}
+	}
+	return nil
 }

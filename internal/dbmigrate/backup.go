@@ -36,6 +36,11 @@ type BackupOptions struct {
 	// LockTimeout: restore holds the migration lock so no migrator runs
 	// meanwhile.
 	LockTimeout time.Duration
+	// Name is ferry's name for the database ("main", "ci"): Backup
+	// records it in the sidecar, Restore refuses a backup of another
+	// named database unless ForceOtherDatabase. Empty: not recorded or
+	// checked (by name; the archive's own database is always checked).
+	Name string
 	// Progress, when set, is called as tables are dumped or restored:
 	// done of total tables with data.
 	Progress func(done, total int64)
@@ -43,7 +48,10 @@ type BackupOptions struct {
 
 // BackupMeta is the sidecar FILE.meta.json that ties a dump to its database.
 type BackupMeta struct {
-	Database         string    `json:"database"`
+	Database string `json:"database"`
+	// Name is ferry's name for the database (databases: in the config;
+	// "main" is DATABASE_URL's).
+	Name             string    `json:"ferry_database,omitempty"`
 	SystemIdentifier string    `json:"system_identifier,omitempty"`
 	ServerVersion    int       `json:"server_version_num"`
 	CreatedAt        time.Time `json:"created_at"`
@@ -158,7 +166,7 @@ func Backup(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOption
 	if err != nil {
 		return nil, err
 	}
-	meta := &BackupMeta{Database: in.name, SystemIdentifier: in.sysID, ServerVersion: in.version,
+	meta := &BackupMeta{Database: in.name, Name: o.Name, SystemIdentifier: in.sysID, ServerVersion: in.version,
 		CreatedAt: time.Now().UTC(), Host: hostname(), Tool: pgDump, Size: fi.Size(), SHA256: sum, Relations: len(toc.relations)}
 	data, _ := json.MarshalIndent(meta, "", "  ")
 	if err := os.WriteFile(MetaPath(file), append(data, '\n'), 0o644); err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/ferrymigrate/ferry/internal/batched"
 )
@@ -21,8 +22,17 @@ type BBM struct {
 func (b BBM) String() string { return b.Class + "," + b.Table + "," + b.Column + "," + string(b.Args) }
 
 // FinalizeCommand is the ferry command that finishes b, quoted for sh.
-func (b BBM) FinalizeCommand() string {
-	return batched.FinalizeCommand(b.Class, b.Table, b.Column, b.Args)
+func (b BBM) FinalizeCommand() string { return b.FinalizeCommandIn("") }
+
+// FinalizeCommandIn is FinalizeCommand for the named database ("": the
+// only one, no --database).
+func (b BBM) FinalizeCommandIn(db string) string {
+	cmd := batched.FinalizeCommand(b.Class, b.Table, b.Column, b.Args)
+	if db == "" {
+		return cmd
+	}
+	const verb = "ferry bbm finalize "
+	return verb + "--database " + batched.ShellQuote(db) + " " + strings.TrimPrefix(cmd, verb)
 }
 
 // BBMGate is what migrations need from the batched migration engine.
@@ -52,6 +62,9 @@ type GateError struct {
 	WayOut string
 	// FinalizeErr is why `migrate --finalize` could not finish it.
 	FinalizeErr error
+	// Database names the database when several are configured (the
+	// finalize command then selects it).
+	Database string
 }
 
 // WayOuter is an optional part of a [BBMGate]: the way out of an
@@ -69,7 +82,7 @@ func (e *GateError) Error() string {
 	if e.WayOut != "" {
 		return head + e.WayOut + fmt.Sprintf("\n\n(Required by migration %s.)", e.RequiredBy)
 	}
-	return head + batched.FinalizeAdvice(e.BBM.FinalizeCommand()) + fmt.Sprintf("\n\n"+
+	return head + batched.FinalizeAdvice(e.BBM.FinalizeCommandIn(e.Database)) + fmt.Sprintf("\n\n"+
 		"or let the migration finalize it inline with `ferry db migrate --finalize`. (Required by migration %s.)", e.RequiredBy)
 }
 func (e *GateError) Is(target error) bool { return target == ErrGate }

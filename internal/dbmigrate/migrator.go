@@ -28,6 +28,9 @@ type Options struct {
 	LockTimeout time.Duration
 	// Out receives one progress line per migration (Rails' "== ... migrating").
 	Out io.Writer
+	// Database is ferry's name for the database when several are
+	// configured: messages that give a command then select it.
+	Database string
 	// ApplicationName is set on the lock session so others can see who
 	// holds it (default "ferry db migrator host=<host> pid=<pid>").
 	ApplicationName string
@@ -116,6 +119,8 @@ func (m *Migrator) planDown(st *state, target Version) ([]*Migration, error) {
 			missing = append(missing, fmt.Sprintf("version %s is applied but has no files in %s", v, m.o.Dir))
 		case mg.DownFile == "":
 			missing = append(missing, joinDir(m.o.Dir, mg.ID()+".down.sql")+" does not exist")
+		case mg.Down.Irreversible != "":
+			missing = append(missing, fmt.Sprintf("%s is irreversible (%s)", joinDir(m.o.Dir, mg.DownFile), mg.Down.Irreversible))
 		default:
 			plan = append(plan, mg)
 		}
@@ -366,7 +371,7 @@ func (m *Migrator) ensureFinished(ctx context.Context, mg *Migration, b BBM) err
 			return nil
 		}
 	}
-	ge := &GateError{BBM: b, Status: status, RequiredBy: mg.ID(), FinalizeErr: finalizeErr}
+	ge := &GateError{BBM: b, Status: status, RequiredBy: mg.ID(), FinalizeErr: finalizeErr, Database: m.o.Database}
 	if w, ok := m.o.Gate.(WayOuter); ok {
 		ge.WayOut = w.WayOut(ctx, b)
 	}

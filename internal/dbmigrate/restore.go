@@ -195,6 +195,13 @@ func checkArchiveFull(ctx context.Context, in *dbInfo, file string, o BackupOpti
 		if err := checkAgainstMeta(file, meta); err != nil {
 			return nil, meta, err
 		}
+		// GitLab's main and ci often share a cluster and a schema
+		// shape: the archive's own database name may not tell them
+		// apart, ferry's name does.
+		if meta.Name != "" && o.Name != "" && meta.Name != o.Name && !o.ForceOtherDatabase {
+			return nil, meta, fmt.Errorf("%w: %s is a backup of database %s, not %s (its %s says so); nothing was changed. Restore it with --db %s, or pass --force-other-database to restore it into %s anyway",
+				ErrOtherDatabase, file, meta.Name, o.Name, MetaPath(file), meta.Name, o.Name)
+		}
 	}
 	t, err := readTOC(ctx, in, file, o.PgBin)
 	if err != nil {

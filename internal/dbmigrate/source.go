@@ -62,6 +62,10 @@ type Script struct {
 	// Require and Queue are the batched background migration gates.
 	Require []BBM
 	Queue   []BBM
+	// Irreversible is set by "-- ferry:irreversible [why]" in a down file
+	// (Rails' IrreversibleMigration): downto refuses to run it. It holds
+	// the reason, or "marked -- ferry:irreversible".
+	Irreversible string
 }
 
 // Statements splits the SQL into statements (for no-transaction scripts,
@@ -220,8 +224,16 @@ func parseScript(sql string, up bool) (Script, error) {
 			} else {
 				sc.Require = append(sc.Require, b)
 			}
+		case "irreversible":
+			if up {
+				return sc, fmt.Errorf("line %d: %s%s belongs in a down file", i+1, directivePrefix, word)
+			}
+			sc.Irreversible = strings.TrimSpace(arg)
+			if sc.Irreversible == "" {
+				sc.Irreversible = "marked " + directivePrefix + word
+			}
 		default:
-			return sc, fmt.Errorf("line %d: unknown directive %s%s (known: no-transaction, queue-bbm, require-bbm)", i+1, directivePrefix, word)
+			return sc, fmt.Errorf("line %d: unknown directive %s%s (known: no-transaction, queue-bbm, require-bbm, irreversible)", i+1, directivePrefix, word)
 		}
 	}
 	return sc, nil
