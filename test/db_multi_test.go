@@ -19,8 +19,7 @@ import (
 
 // multiEnv is several databases named in a config file (databases:),
 // each with its own migrations directory, driven as an operator would:
-// `ferry db ... --config FILE`. DATABASE_URL is cleared so the file alone
-// names the databases (it would be "main" otherwise).
+// `ferry db ... --config FILE`.
 type multiEnv struct {
 	t     *testing.T
 	ctx   context.Context
@@ -60,9 +59,14 @@ func newMultiEnv(t *testing.T, names ...string) *multiEnv {
 	if err := os.WriteFile(e.cfg, []byte(yml.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return e
+}
+
+// onlyConfigFile clears DATABASE_URL, which would add (or override) the
+// database main; call it after every newMultiEnv (testenv reads it).
+func onlyConfigFile(t *testing.T) {
 	t.Setenv("DATABASE_URL", "")
 	t.Setenv("DATABASE_DIRECT_URL", "")
-	return e
 }
 
 func (e *multiEnv) write(db, name, sql string) {
@@ -148,6 +152,7 @@ func everyLineNamed(t *testing.T, out string, names ...string) {
 // lines; backups name their database and a ci backup is refused by main.
 func TestDBMultiGitLabMainAndCI(t *testing.T) {
 	e := newMultiEnv(t, "main", "ci")
+	onlyConfigFile(t)
 	const copyCI = `CopyColumnUsingBackgroundMigrationJob ci_builds id [["id"],["id_big"]]`
 	e.write("main", "1_projects.up.sql", "CREATE TABLE projects (id bigserial PRIMARY KEY);\n")
 	e.write("main", "1_projects.down.sql", "DROP TABLE projects;\n")
@@ -256,6 +261,7 @@ func TestDBMultiGitLabMainAndCI(t *testing.T) {
 // One database down: the others keep working, the error names it, exit 1.
 func TestDBMultiOneDatabaseDown(t *testing.T) {
 	e := newMultiEnv(t, "main", "ci")
+	onlyConfigFile(t)
 	e.write("main", "1_a.up.sql", "CREATE TABLE a (id int);\n")
 	e.write("ci", "1_b.up.sql", "CREATE TABLE b (id int);\n")
 	// ci points at a port nothing listens on.
