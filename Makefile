@@ -77,7 +77,7 @@ test-short: ## Start services, then the quick tests (-short, no race detector)
 .PHONY: bench
 bench: build ## Side-by-side benchmarks (vs Ruby Sidekiq / a PL/pgSQL loop) and failovers; results go in BENCHMARKS.md
 	@$(with_services)
-	echo "== go run ./bench/throughput -runs 3   (no-op jobs: ferry vs Ruby Sidekiq 6.4)" >&2
+	echo "== go run ./bench/throughput -runs 3   (no-op jobs: ferry vs Ruby Sidekiq 6.4 and 7.2)" >&2
 	$(GO) run ./bench/throughput -runs 3 -ferry $(BIN)
 	echo "== go run ./bench/bbm -rows 5000000   (backfill: ferry vs PL/pgSQL keyset loop)" >&2
 	$(GO) run ./bench/bbm -rows 5000000

@@ -45,7 +45,7 @@ func BenchmarkRuntimeNoop(b *testing.B) {
 	runCtx, cancel := context.WithCancel(ctx)
 	stopped := make(chan error, 1)
 	b.ReportAllocs()
-	redisCPU0, goCPU0 := redisCPU(b, rdb), processCPU()
+	redisCPU0, goCPU0, calls0 := redisCPU(b, rdb), processCPU(), redisCalls(b, rdb)
 	b.ResetTimer()
 	start := time.Now()
 	go func() { stopped <- rt.Run(runCtx) }()
@@ -54,7 +54,7 @@ func BenchmarkRuntimeNoop(b *testing.B) {
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()
-	goCPU, rCPU := processCPU()-goCPU0, redisCPU(b, rdb)-redisCPU0
+	goCPU, rCPU, calls := processCPU()-goCPU0, redisCPU(b, rdb)-redisCPU0, redisCalls(b, rdb)-calls0
 	cancel()
 	if err := <-stopped; err != nil {
 		b.Fatal(err)
@@ -66,8 +66,31 @@ func BenchmarkRuntimeNoop(b *testing.B) {
 	// CPU per job is meaningful even on a busy machine, where wall time is not.
 	b.ReportMetric(float64(goCPU.Microseconds())/float64(b.N), "go-cpu-µs/job")
 	b.ReportMetric(rCPU*1e6/float64(b.N), "redis-cpu-µs/job")
+	// Scripts per job: each fetch is one, so this is about round trips per job.
+	b.ReportMetric(float64(calls)/float64(b.N), "scripts/job")
 }
 
+// redisCalls counts the scripts (EVALSHA, EVAL) Redis has run.
+func redisCalls(b *testing.B, rdb *redis.Client) int64 {
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var n int64
+	for _, line := range strings.Split(info, "\r\n") {
+		for _, k := range []string{"cmdstat_evalsha:calls=", "cmdstat_eval:calls="} {
+			if rest, ok := strings.CutPrefix(line, k); ok {
+				c, _, _ := strings.Cut(rest, ",")
+				v, err := strconv.ParseInt(c, 10, 64)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n += v
+			}
+		}
+	}
+	return n
+}
 func processCPU() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
