@@ -41,6 +41,12 @@ type rtBundle struct {
 // ends. cfg.Redis defaults to that database; Queues to "q".
 func startRuntime(t *testing.T, rdb *redis.Client, cfg Config) *rtBundle {
 	t.Helper()
+	return startRuntimeWith(t, rdb, cfg, nil)
+}
+
+// startRuntimeWith is startRuntime calling setup, if not nil, before Run.
+func startRuntimeWith(t *testing.T, rdb *redis.Client, cfg Config, setup func(*Runtime)) *rtBundle {
+	t.Helper()
 	if rdb == nil {
 		rdb = testenv.Redis(t)
 	}
@@ -68,6 +74,9 @@ func startRuntime(t *testing.T, rdb *redis.Client, cfg Config) *rtBundle {
 	rt, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if setup != nil {
+		setup(rt)
 	}
 	ctx, cancel := context.WithCancel(testenv.Context(t))
 	b := &rtBundle{rdb: rdb, rt: rt, client: queue.NewClient(rdb), ctx: testenv.Context(t), cancel: cancel, done: make(chan error, 1)}

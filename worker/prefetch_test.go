@@ -1,0 +1,223 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ferrymigrate/ferry/internal/testenv"
+	"github.com/ferrymigrate/ferry/queue"
+)
+
+func TestPrefetchTarget(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	p := prefetcher{at: t0}
+	if n := p.target(t0.Add(time.Millisecond), 500, 10); n != 0 {
+		t.Errorf("before the first window: %d, want 0", n)
+	}
+	// 1,000 jobs in 20 ms (50,000/s) run 100 in the 2 ms horizon; the cap is
+	// 4 × concurrency, but nothing while the queues are shallow.
+	if n := p.target(t0.Add(prefetchWindow), 1000, 10); n != 0 {
+		t.Errorf("shallow queues: %d, want 0", n)
+	}
+	p.deep = true
+	if n := p.target(t0.Add(prefetchWindow+time.Millisecond), 1000, 10); n != 40 {
+		t.Errorf("fast jobs, deep queue: %d, want 40 (4 × concurrency)", n)
+	}
+	// 10 jobs in the next 20 ms: 500/s, one job per 2 ms.
+	if n := p.target(t0.Add(2*prefetchWindow), 1010, 10); n != 1 {
+		t.Errorf("500 jobs/s: %d, want 1", n)
+	}
+	// 5 jobs in 100 ms (50/s, e.g. concurrency 10 and 200 ms jobs): none.
+	if n := p.target(t0.Add(2*prefetchWindow+100*time.Millisecond), 1015, 10); n != 0 {
+		t.Errorf("50 jobs/s: %d, want 0", n)
+	}
+}
+
+// argLog records the N of each Echo job run, and blocks the one whose N is
+// blockN until release is closed (or its context ends).
+type argLog struct {
+	mu      sync.Mutex
+	done    []int // N of runs that finished
+	aborted []int // N of runs cancelled
+	blocked chan int
+}
+
+func (l *argLog) registry(t *testing.T, blockN int, release <-chan struct{}) *Registry {
+	return registry(t, func(r *Registry) {
+		AddWorker(r, WorkFunc[echoArgs](func(ctx context.Context, j *Job[echoArgs]) error {
+			if j.Args.N == blockN {
+				l.blocked <- j.Args.N
+				select {
+				case <-release:
+				case <-ctx.Done():
+					l.mu.Lock()
+					l.aborted = append(l.aborted, j.Args.N)
+					l.mu.Unlock()
+					return ctx.Err()
+				}
+			}
+			l.mu.Lock()
+			l.done = append(l.done, j.Args.N)
+			l.mu.Unlock()
+			return nil
+		}))
+	})
+}
+
+func (l *argLog) snapshot() (done, aborted []int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.done), slices.Clone(l.aborted)
+}
+
+// Jobs fetched ahead of a free slot run, each exactly once, and the
+// private list is empty at the end.
+func TestRuntimePrefetchRunsEveryJobOnce(t *testing.T) {
+	t.Parallel()
+	l := &argLog{blocked: make(chan int, 1)}
+	b := startRuntimeWith(t, nil, Config{Registry: l.registry(t, -1, nil), Concurrency: 3},
+		func(r *Runtime) { r.prefetchHook = func() int { return 8 } })
+	const n = 500
+	for i := range n {
+		b.push(t, "Echo", fmt.Sprintf("[%d]", i), queue.PushOptions{})
+	}
+	testenv.Eventually(t, 30*time.Second, "every job run and acknowledged", func() bool {
+		done, _ := l.snapshot()
+		return len(done) >= n && b.inflight("q") == 0 && b.rdb.LLen(b.ctx, "queue:q").Val() == 0
+	})
+	done, _ := l.snapshot()
+	slices.Sort(done)
+	for i, got := range done {
+		if got != i {
+			t.Fatalf("runs (sorted) = %v..., want each of 0..%d once", done[:min(len(done), i+3)], n-1)
+		}
+	}
+	if len(done) != n {
+		t.Errorf("%d runs, want %d", len(done), n)
+	}
+	if b.rt.ranAhead.Load() == 0 {
+		t.Errorf("no job was started from the jobs fetched ahead")
+	}
+}
+
+// Quiet with jobs fetched ahead: they do not start and go back to the
+// front of their queue in their order; the Busy page shows only the
+// running job.
+func TestRuntimePrefetchQuietPushesBack(t *testing.T) {
+	t.Parallel()
+	l := &argLog{blocked: make(chan int, 1)}
+	release := make(chan struct{})
+	rdb := testenv.Redis(t)
+	const n = 20
+	pushEchos(t, rdb, 0, n) // before the start: the first fetch takes 1 + 4
+	b := startRuntimeWith(t, rdb, Config{Registry: l.registry(t, 0, release), Concurrency: 1},
+		func(r *Runtime) { r.prefetchHook = func() int { return 4 } })
+	<-l.blocked // job 0 runs
+	testenv.Eventually(t, 10*time.Second, "4 jobs fetched ahead of the running one", func() bool { return b.inflight("q") == 5 })
+	testenv.Eventually(t, 5*time.Second, "heartbeat shows 1 busy", func() bool {
+		return b.rdb.HGet(b.ctx, b.rt.Identity(), "busy").Val() == "1" && b.rdb.HLen(b.ctx, b.rt.Identity()+":work").Val() == 1
+	})
+	b.rt.Quiet()
+	testenv.Eventually(t, 10*time.Second, "jobs fetched ahead pushed back", func() bool { return b.inflight("q") == 1 })
+	// The queue's right end is fetched next: 1, 2, ... n-1 from the right.
+	raw := b.rdb.LRange(b.ctx, "queue:q", 0, -1).Val()
+	var got []int
+	for i := len(raw) - 1; i >= 0; i-- {
+		j, err := queue.ParseJob([]byte(raw[i]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var args []int
+		if err := json.Unmarshal(j.Args(), &args); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, args[0])
+	}
+	want := make([]int, 0, n-1)
+	for i := 1; i < n; i++ {
+		want = append(want, i)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("queue after quiet, next first: %v, want %v", got, want)
+	}
+	close(release)
+	testenv.Eventually(t, 10*time.Second, "the running job to finish", func() bool { return b.inflight("q") == 0 })
+	if done, _ := l.snapshot(); !slices.Equal(done, []int{0}) {
+		t.Errorf("runs = %v, want only the job running at quiet (0)", done)
+	}
+}
+
+// Lost liveness with jobs fetched ahead: they never start under the lost
+// epoch, stay in the private list, and once Redis answers again are pushed
+// back and run, each once.
+func TestRuntimePrefetchLivenessLost(t *testing.T) {
+	t.Parallel()
+	o, err := redis.ParseURL(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := redis.NewClient(o)
+	t.Cleanup(func() { _ = direct.Close() })
+	px := newProxy(t, o.Addr)
+	po := *o
+	po.Addr = px.ln.Addr().String()
+	po.MaxRetries = 1
+	po.DialTimeout = 200 * time.Millisecond
+	viaProxy := redis.NewClient(&po)
+	t.Cleanup(func() { _ = viaProxy.Close() })
+
+	l := &argLog{blocked: make(chan int, 4)}
+	release := make(chan struct{})
+	pushEchos(t, direct, 1, 4) // before the start: the first fetch takes 1 + 3
+	b := startRuntimeWith(t, direct, Config{Redis: viaProxy, Registry: l.registry(t, 1, release), Concurrency: 1,
+		AliveTTL: time.Second, RecoveryInterval: 200 * time.Millisecond},
+		func(r *Runtime) { r.prefetchHook = func() int { return 3 } })
+	<-l.blocked // job 1 runs
+	testenv.Eventually(t, 10*time.Second, "3 jobs fetched ahead", func() bool { return b.inflight("q") == 4 })
+	px.cut()
+	testenv.Eventually(t, 20*time.Second, "the running job to be cancelled", func() bool {
+		_, aborted := l.snapshot()
+		return len(aborted) == 1
+	})
+	if done, _ := l.snapshot(); len(done) != 0 {
+		t.Errorf("jobs ran after liveness was lost: %v", done)
+	}
+	if n := b.inflight("q"); n != 4 {
+		t.Errorf("private list holds %d jobs after liveness was lost, want all 4", n)
+	}
+	px.restore()
+	<-l.blocked // job 1 again
+	close(release)
+	testenv.Eventually(t, 20*time.Second, "every job run once and acknowledged", func() bool {
+		done, _ := l.snapshot()
+		return len(done) == 4 && b.inflight("q") == 0 && direct.LLen(b.ctx, "queue:q").Val() == 0
+	})
+	done, aborted := l.snapshot()
+	slices.Sort(done)
+	if !slices.Equal(done, []int{1, 2, 3, 4}) || !slices.Equal(aborted, []int{1}) {
+		t.Errorf("finished runs %v, cancelled %v; want 1-4 once each and only 1 cancelled", done, aborted)
+	}
+	if n := direct.ZCard(b.ctx, "retry").Val() + direct.ZCard(b.ctx, "dead").Val(); n != 0 {
+		t.Errorf("%d retry/dead entries, want none", n)
+	}
+}
+
+// pushEchos pushes Echo jobs [from] .. [from+n-1] to queue q in one call,
+// oldest (next to be fetched) first.
+func pushEchos(t *testing.T, rdb *redis.Client, from, n int) {
+	t.Helper()
+	args := make([]json.RawMessage, n)
+	for i := range args {
+		args[i] = json.RawMessage(fmt.Sprintf("[%d]", from+i))
+	}
+	if _, err := queue.NewClient(rdb).PushBulk(testenv.Context(t), "Echo", args, queue.PushOptions{Queue: "q"}); err != nil {
+		t.Fatal(err)
+	}
+}
