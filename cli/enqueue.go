@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -89,7 +90,16 @@ array; integers of any size are kept exactly. Prints the job id.`,
 			if err != nil {
 				return err
 			}
-			jid, err := queue.NewClient(rdb).Push(cmd.Context(), class, raw, opts)
+			ctx := cmd.Context()
+			r := a.Cfg.Redis
+			if r.WaitReplicas > 0 {
+				// Replicas that never confirm (all down) end the command
+				// with an error rather than hang it.
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+				defer cancel()
+			}
+			jid, err := queue.NewClient(rdb, queue.WaitForReplicas(r.WaitReplicas, r.WaitTimeout)).Push(ctx, class, raw, opts)
 			if errors.Is(err, queue.ErrInvalidJob) || errors.Is(err, queue.ErrInvalidArgs) {
 				return Usage(err)
 			}

@@ -19,11 +19,36 @@ import (
 type Client struct {
 	rdb redis.UniversalClient
 	now func() time.Time
+	// waitReplicas > 0: a push counts only once that many replicas have it
+	// (WaitForReplicas).
+	waitReplicas int
+	waitTimeout  time.Duration
+}
+
+// ClientOption configures a Client.
+type ClientOption func(*Client)
+
+// WaitForReplicas makes every push wait (Redis WAIT, up to timeout) until n
+// replicas have it, and push again what they did not confirm, until they
+// do or ctx ends. Redis replicates asynchronously: without it, a push the
+// master acknowledged just before a Sentinel failover can vanish with the
+// old master. The price is a round trip to the replicas per push, and
+// pushes that block while fewer than n replicas are connected (as Redis'
+// own min-replicas-to-write refuses writes).
+func WaitForReplicas(n int, timeout time.Duration) ClientOption {
+	return func(c *Client) { c.waitReplicas, c.waitTimeout = n, timeout }
 }
 
 // NewClient wraps a go-redis client.
-func NewClient(rdb redis.UniversalClient) *Client {
-	return &Client{rdb: rdb, now: time.Now}
+func NewClient(rdb redis.UniversalClient, opts ...ClientOption) *Client {
+	c := &Client{rdb: rdb, now: time.Now}
+	for _, o := range opts {
+		o(c)
+	}
+	if c.waitReplicas > 0 && c.waitTimeout <= 0 {
+		c.waitTimeout = time.Second
+	}
+	return c
 }
 
 // Redis returns the underlying go-redis client.
@@ -176,36 +201,88 @@ func (c *Client) PushBulk(ctx context.Context, class string, argsList []json.Raw
 	if len(jids) == 0 {
 		return jids, nil
 	}
-	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		if scheduled {
-			for start := 0; start < len(zs); start += 1000 {
-				p.ZAdd(ctx, keySchedule, zs[start:min(start+1000, len(zs))]...)
-			}
-			return nil
-		}
-		p.SAdd(ctx, keyQueues, q)
-		for start := 0; start < len(members); start += 1000 {
-			p.LPush(ctx, QueueKey(q), members[start:min(start+1000, len(members))]...)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := c.write(ctx, q, members, zs); err != nil {
 		return nil, fmt.Errorf("push %s: %w", class, err)
 	}
 	return jids, nil
 }
 
+// write pushes members to queue q (or zs to the schedule) in one round
+// trip; with waitReplicas it then makes sure replicas have them: while they
+// do not confirm, the master may be one a failover is leaving behind, so it
+// pushes again (to whichever master the client reaches by then) without
+// doubling what is there.
+func (c *Client) write(ctx context.Context, q string, members []any, zs []redis.Z) error {
+	for again := false; ; again = true {
+		ok, err := c.writeOnce(ctx, q, members, zs, again)
+		if ok || (err != nil && (!again || !failingOver(err))) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %d replica(s) did not confirm it: %w", ErrNotReplicated, c.waitReplicas, ctx.Err())
+		case <-time.After(c.waitTimeout / 4):
+		}
+	}
+}
+
+// writeOnce is one attempt of write; ok when replicas confirmed it (or
+// none are asked for).
+func (c *Client) writeOnce(ctx context.Context, q string, members []any, zs []redis.Z, again bool) (ok bool, err error) {
+	var wait *redis.Cmd
+	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		switch {
+		case len(zs) > 0:
+			// ZADD of the same member only moves its score: safe again.
+			for start := 0; start < len(zs); start += 1000 {
+				p.ZAdd(ctx, keySchedule, zs[start:min(start+1000, len(zs))]...)
+			}
+		case again:
+			// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT.
+			pushMissingScript.Eval(ctx, p, []string{QueueKey(q), keyQueues}, append([]any{q}, members...)...)
+		default:
+			p.SAdd(ctx, keyQueues, q)
+			for start := 0; start < len(members); start += 1000 {
+				p.LPush(ctx, QueueKey(q), members[start:min(start+1000, len(members))]...)
+			}
+		}
+		if c.waitReplicas > 0 {
+			wait = p.Do(ctx, "WAIT", c.waitReplicas, c.waitTimeout.Milliseconds())
+		}
+		return nil
+	})
+	if err != nil || wait == nil {
+		return err == nil, err
+	}
+	n, _ := wait.Int()
+	return n >= c.waitReplicas, nil
+}
+
+// failingOver reports the errors of a Redis in the middle of a failover
+// (gone, a replica now, loading, no master), which a push made again rides
+// out; any other error ends it.
+func failingOver(err error) bool {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return true // connection refused, reset, timeout
+	}
+	for _, p := range []string{"READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN"} {
+		if redis.HasErrorPrefix(err, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrNotReplicated: replicas did not confirm a push before its context
+// ended (Client with WaitForReplicas); the job may or may not be in Redis.
+var ErrNotReplicated = errors.New("push not confirmed by Redis replicas")
+
 // PushJob enqueues an existing payload to its queue now, resetting
 // enqueued_at and removing "at" (the path the poller and manual retries use).
 func (c *Client) PushJob(ctx context.Context, j *Job) error {
 	j = reenqueued(j, c.now())
-	q := j.Queue()
-	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.SAdd(ctx, keyQueues, q)
-		p.LPush(ctx, QueueKey(q), j.Encode())
-		return nil
-	})
-	return err
+	return c.write(ctx, j.Queue(), []any{j.Encode()}, nil)
 }
 
 // reenqueued is a copy of j as it is pushed back to its queue at now (by

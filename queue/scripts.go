@@ -281,3 +281,20 @@ redis.call('PEXPIRE', KEYS[1], ttl * 2)
 redis.call('PEXPIRE', KEYS[2], ttl * 2)
 return res
 `)
+
+// pushMissingScript is a push made again after Redis could not confirm it
+// reached a replica (Client's WaitReplicas): it pushes each payload only if
+// that exact payload is not already in the queue, so a first push that did
+// survive is not doubled. KEYS[1] queue list, KEYS[2] "queues";
+// ARGV[1] queue name, then payloads. Returns how many it pushed.
+var pushMissingScript = redis.NewScript(`
+local n = 0
+for i = 2, #ARGV do
+  if not redis.call('LPOS', KEYS[1], ARGV[i]) then
+    redis.call('LPUSH', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('SADD', KEYS[2], ARGV[1]) end
+return n
+`)

@@ -57,6 +57,7 @@ type options struct {
 	downAfter, redisSettle, redisTimeout   time.Duration
 	lag                                    time.Duration
 	redisFaults                            string
+	waitReplicas                           int
 
 	// PostgreSQL
 	pgModes, pgPaths    string
@@ -82,6 +83,7 @@ func main() {
 	flag.DurationVar(&o.redisSettle, "settle", 30*time.Second, "Redis: stop waiting for missing jobs after this long without a new completion")
 	flag.DurationVar(&o.redisTimeout, "redis-timeout", 3*time.Minute, "Redis: bound on each run")
 	flag.StringVar(&o.redisFaults, "redis-faults", "failover,sigkill", "Redis: faults to run, in order (failover: SENTINEL FAILOVER; sigkill: SIGKILL of the master;\nsigkill-lag: the replica is stopped for -lag, then the master SIGKILLed, so the replica misses writes)")
+	flag.IntVar(&o.waitReplicas, "wait-replicas", 0, "Redis: the producer's pushes wait for this many replicas (redis.wait_replicas; 0: Sidekiq's behaviour)")
 	flag.DurationVar(&o.lag, "lag", time.Second, "Redis, sigkill-lag: how long the replica misses the master's writes")
 	flag.StringVar(&o.pgModes, "pg-modes", "fast,immediate", "PostgreSQL: pg_ctl stop modes, one restart each")
 	flag.StringVar(&o.pgPaths, "pg-paths", "direct,pgbouncer", "PostgreSQL: worker sets, restarted together (direct, pgbouncer)")

@@ -1,0 +1,87 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ferrymigrate/ferry/internal/testenv"
+	"github.com/ferrymigrate/ferry/queue"
+)
+
+// With WaitForReplicas (redis.wait_replicas), a push counts only once a
+// replica has it; while none confirms, it is made again without doubling
+// what the master already holds, and gives up with ErrNotReplicated only
+// when its context ends.
+func TestPushWaitsForReplicas(t *testing.T) {
+	t.Parallel()
+	ctx := testenv.Context(t)
+	master := startRedisServer(t)
+	replica := startRedisServer(t)
+	mc := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", master.port)})
+	defer mc.Close()
+	rc := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", replica.port)})
+	defer rc.Close()
+	follow := func() {
+		t.Helper()
+		if err := rc.ReplicaOf(ctx, "127.0.0.1", strconv.Itoa(master.port)).Err(); err != nil {
+			t.Fatal(err)
+		}
+		testenv.Eventually(t, 30*time.Second, "the replica in sync", func() bool {
+			return strings.Contains(rc.Info(ctx, "replication").Val(), "master_link_status:up")
+		})
+	}
+	follow()
+	c := queue.NewClient(mc, queue.WaitForReplicas(1, 100*time.Millisecond))
+	jid, err := c.Push(ctx, "Ferry::Noop", []byte(`[1]`), queue.PushOptions{Queue: "durable"})
+	if err != nil {
+		t.Fatalf("push with a replica in sync: %v", err)
+	}
+	// Confirmed means the replica has it now, not eventually.
+	if got := rc.LRange(ctx, "queue:durable", 0, -1).Val(); len(got) != 1 || !strings.Contains(got[0], jid) {
+		t.Fatalf("replica's queue:durable = %q, want the job %s", got, jid)
+	}
+
+	// No replica: the push lands on the master once, is never confirmed,
+	// and fails when its context ends, after several attempts.
+	if err := rc.ReplicaOf(ctx, "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, "the master to see no replica", func() bool {
+		return strings.Contains(mc.Info(ctx, "replication").Val(), "connected_slaves:0")
+	})
+	short, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+	defer cancel()
+	_, err = c.Push(short, "Ferry::Noop", []byte(`[2]`), queue.PushOptions{Queue: "alone"})
+	if !errors.Is(err, queue.ErrNotReplicated) {
+		t.Fatalf("push without a replica = %v, want ErrNotReplicated", err)
+	}
+	if n := mc.LLen(ctx, "queue:alone").Val(); n != 1 {
+		t.Fatalf("queue:alone holds %d jobs after the attempts, want 1 (made again without doubling)", n)
+	}
+
+	// A push that waits through the replica's return succeeds, once.
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Push(ctx, "Ferry::Noop", []byte(`[3]`), queue.PushOptions{Queue: "back"})
+		done <- err
+	}()
+	follow()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("push while the replica came back: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("push did not finish after the replica came back")
+	}
+	if n := rc.LLen(ctx, "queue:back").Val(); n != 1 {
+		t.Fatalf("replica's queue:back holds %d jobs, want 1", n)
+	}
+}
