@@ -2,6 +2,8 @@ package queue
 
 import (
 	"context"
+	"crypto/sha1"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -170,8 +172,7 @@ func (c *Client) PushBulk(ctx context.Context, class string, argsList []json.Raw
 	now := c.now()
 	scheduled := !opts.At.IsZero() && opts.At.After(now)
 	jids := make([]string, len(argsList))
-	members := make([]any, 0, len(argsList))
-	zs := make([]redis.Z, 0)
+	jobs := make([]push, 0, len(argsList))
 	for i, args := range argsList {
 		if len(args) == 0 {
 			args = json.RawMessage("[]")
@@ -192,29 +193,38 @@ func (c *Client) PushBulk(ctx context.Context, class string, argsList []json.Raw
 		j.SetTime("created_at", epoch(now))
 		jids[i] = j.JID()
 		if scheduled {
-			zs = append(zs, redis.Z{Score: epoch(opts.At), Member: j.Encode()})
+			jobs = append(jobs, push{score: epoch(opts.At), payload: string(j.Encode())})
 		} else {
 			j.SetTime("enqueued_at", epoch(now))
-			members = append(members, j.Encode())
+			jobs = append(jobs, push{payload: string(j.Encode())})
 		}
 	}
 	if len(jids) == 0 {
 		return jids, nil
 	}
-	if err := c.write(ctx, q, members, zs); err != nil {
+	if err := c.write(ctx, q, jobs); err != nil {
 		return nil, fmt.Errorf("push %s: %w", class, err)
 	}
 	return jids, nil
 }
 
-// write pushes members to queue q (or zs to the schedule) in one round
-// trip; with waitReplicas it then makes sure replicas have them: while they
-// do not confirm, the master may be one a failover is leaving behind, so it
-// pushes again (to whichever master the client reaches by then) without
-// doubling what is there.
-func (c *Client) write(ctx context.Context, q string, members []any, zs []redis.Z) error {
+// push is one job to write: its schedule score (0: now) and bytes.
+type push struct {
+	score   float64
+	payload string
+}
+
+// write pushes jobs to queue q (or to the schedule) in one round trip. With
+// waitReplicas it then makes sure replicas have them: while they do not
+// confirm, the master may be one a failover is leaving behind, so it pushes
+// again (to whichever master the client reaches by then), each job only
+// where its marker is missing (durablePushScript).
+func (c *Client) write(ctx context.Context, q string, jobs []push) error {
+	if c.waitReplicas == 0 {
+		return c.writePlain(ctx, q, jobs)
+	}
 	for again := false; ; again = true {
-		ok, err := c.writeOnce(ctx, q, members, zs, again)
+		ok, err := c.writeDurable(ctx, q, jobs)
 		if ok || (err != nil && (!again || !failingOver(err))) {
 			return err
 		}
@@ -226,33 +236,56 @@ func (c *Client) write(ctx context.Context, q string, members []any, zs []redis.
 	}
 }
 
-// writeOnce is one attempt of write; ok when replicas confirmed it (or
-// none are asked for).
-func (c *Client) writeOnce(ctx context.Context, q string, members []any, zs []redis.Z, again bool) (ok bool, err error) {
-	var wait *redis.Cmd
-	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		switch {
-		case len(zs) > 0:
-			// ZADD of the same member only moves its score: safe again.
+func (c *Client) writePlain(ctx context.Context, q string, jobs []push) error {
+	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if jobs[0].score > 0 {
+			zs := make([]redis.Z, len(jobs))
+			for i, j := range jobs {
+				zs[i] = redis.Z{Score: j.score, Member: j.payload}
+			}
 			for start := 0; start < len(zs); start += 1000 {
 				p.ZAdd(ctx, keySchedule, zs[start:min(start+1000, len(zs))]...)
 			}
-		case again:
-			// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT.
-			pushMissingScript.Eval(ctx, p, []string{QueueKey(q), keyQueues}, append([]any{q}, members...)...)
-		default:
-			p.SAdd(ctx, keyQueues, q)
-			for start := 0; start < len(members); start += 1000 {
-				p.LPush(ctx, QueueKey(q), members[start:min(start+1000, len(members))]...)
-			}
+			return nil
 		}
-		if c.waitReplicas > 0 {
-			wait = p.Do(ctx, "WAIT", c.waitReplicas, c.waitTimeout.Milliseconds())
+		members := make([]any, len(jobs))
+		for i, j := range jobs {
+			members[i] = j.payload
+		}
+		p.SAdd(ctx, keyQueues, q)
+		for start := 0; start < len(members); start += 1000 {
+			p.LPush(ctx, QueueKey(q), members[start:min(start+1000, len(members))]...)
 		}
 		return nil
 	})
-	if err != nil || wait == nil {
-		return err == nil, err
+	return err
+}
+
+// writeDurable is one attempt of a push replicas must confirm; ok when
+// they did.
+func (c *Client) writeDurable(ctx context.Context, q string, jobs []push) (ok bool, err error) {
+	key, name := QueueKey(q), q
+	if jobs[0].score > 0 {
+		key, name = keySchedule, ""
+	}
+	var wait *redis.Cmd
+	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for start := 0; start < len(jobs); start += 1000 {
+			args := []any{name, keyPushedPrefix, int(pushedTTL.Seconds())}
+			for _, j := range jobs[start:min(start+1000, len(jobs))] {
+				// The marker names these exact bytes: a later push of the
+				// same jid (a retry) differs and is not mistaken for this one.
+				sum := sha1.Sum([]byte(j.payload))
+				args = append(args, hex.EncodeToString(sum[:]), j.score, j.payload)
+			}
+			// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT.
+			durablePushScript.Eval(ctx, p, []string{key, keyQueues}, args...)
+		}
+		wait = p.Do(ctx, "WAIT", c.waitReplicas, c.waitTimeout.Milliseconds())
+		return nil
+	})
+	if err != nil {
+		return false, err
 	}
 	n, _ := wait.Int()
 	return n >= c.waitReplicas, nil
@@ -282,7 +315,7 @@ var ErrNotReplicated = errors.New("push not confirmed by Redis replicas")
 // enqueued_at and removing "at" (the path the poller and manual retries use).
 func (c *Client) PushJob(ctx context.Context, j *Job) error {
 	j = reenqueued(j, c.now())
-	return c.write(ctx, j.Queue(), []any{j.Encode()}, nil)
+	return c.write(ctx, j.Queue(), []push{{payload: string(j.Encode())}})
 }
 
 // reenqueued is a copy of j as it is pushed back to its queue at now (by

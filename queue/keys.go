@@ -29,7 +29,15 @@ const (
 	// grace period from it (recovery.go).
 	keyMissingSince = "ferry:missing-since"
 	patternInflight = "ferry:inflight|*"
+	// keyPushedPrefix + the payload's SHA-1 marks a push made with
+	// WaitForReplicas, for pushedTTL: a push made again finds it on a
+	// master that kept the first one, and does not push a job that a worker
+	// may already have taken.
+	keyPushedPrefix = "ferry:pushed:"
 )
+
+// pushedTTL outlives any failover a push waits through.
+const pushedTTL = 10 * time.Minute
 
 // Sidekiq's shared key names, exported for readers such as the admin UI.
 const (

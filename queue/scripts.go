@@ -282,19 +282,29 @@ redis.call('PEXPIRE', KEYS[2], ttl * 2)
 return res
 `)
 
-// pushMissingScript is a push made again after Redis could not confirm it
-// reached a replica (Client's WaitReplicas): it pushes each payload only if
-// that exact payload is not already in the queue, so a first push that did
-// survive is not doubled. KEYS[1] queue list, KEYS[2] "queues";
-// ARGV[1] queue name, then payloads. Returns how many it pushed.
-var pushMissingScript = redis.NewScript(`
+// durablePushScript pushes jobs that replicas must confirm (Client's
+// WaitForReplicas), each only if its marker is absent, and sets the marker
+// with it: a push made again after an unconfirmed one finds the marker on a
+// master that kept the first push (even if a worker already took the job),
+// and finds neither on a new master that lost it.
+// KEYS[1] queue list or schedule zset, KEYS[2] "queues";
+// ARGV[1] queue name ("" for the schedule), ARGV[2] marker prefix,
+// ARGV[3] marker TTL (s), then triples: payload digest, score (schedule), payload.
+// Returns how many it pushed.
+var durablePushScript = redis.NewScript(`
 local n = 0
-for i = 2, #ARGV do
-  if not redis.call('LPOS', KEYS[1], ARGV[i]) then
-    redis.call('LPUSH', KEYS[1], ARGV[i])
+for i = 4, #ARGV, 3 do
+  local marker = ARGV[2] .. ARGV[i]
+  if redis.call('EXISTS', marker) == 0 then
+    if ARGV[1] == '' then
+      redis.call('ZADD', KEYS[1], ARGV[i+1], ARGV[i+2])
+    else
+      redis.call('LPUSH', KEYS[1], ARGV[i+2])
+    end
+    redis.call('SET', marker, '1', 'EX', ARGV[3])
     n = n + 1
   end
 end
-if n > 0 then redis.call('SADD', KEYS[2], ARGV[1]) end
+if n > 0 and ARGV[1] ~= '' then redis.call('SADD', KEYS[2], ARGV[1]) end
 return n
 `)

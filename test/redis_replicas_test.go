@@ -65,6 +65,28 @@ func TestPushWaitsForReplicas(t *testing.T) {
 	if n := mc.LLen(ctx, "queue:alone").Val(); n != 1 {
 		t.Fatalf("queue:alone holds %d jobs after the attempts, want 1 (made again without doubling)", n)
 	}
+	// A worker taking the job between attempts must not make it come back.
+	if err := mc.Del(ctx, "queue:alone").Err(); err != nil {
+		t.Fatal(err)
+	}
+	short2, cancel2 := context.WithTimeout(ctx, 1500*time.Millisecond)
+	defer cancel2()
+	took := make(chan struct{})
+	go func() {
+		defer close(took)
+		for short2.Err() == nil { // take it as a worker's fetch would
+			if _, err := mc.RPop(short2, "queue:taken").Result(); err == nil {
+				return
+			}
+		}
+	}()
+	if _, err := c.Push(short2, "Ferry::Noop", []byte(`[4]`), queue.PushOptions{Queue: "taken"}); !errors.Is(err, queue.ErrNotReplicated) {
+		t.Fatalf("second push without a replica = %v, want ErrNotReplicated", err)
+	}
+	<-took
+	if n := mc.LLen(ctx, "queue:taken").Val(); n != 0 {
+		t.Fatalf("queue:taken holds %d jobs after a worker took the only one, want 0 (not pushed again)", n)
+	}
 
 	// A push that waits through the replica's return succeeds, once.
 	done := make(chan error, 1)
