@@ -4,11 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -384,102 +382,6 @@ func TestChaosRedisOutageLogsStayJSON(t *testing.T) {
 	assertJSONLogs(t, w, true)
 }
 
-// cutProxy is a TCP proxy to Redis that can swallow replies: commands keep
-// reaching Redis (and run there) but their replies never come back, then
-// every connection is cut — what a client sees when a network partition or
-// a Redis failover happens just after a command was sent.
-type cutProxy struct {
-	ln       net.Listener
-	upstream string
-	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
-	swallow  bool
-	wg       sync.WaitGroup
-}
-
-func startCutProxy(t *testing.T, upstream string) *cutProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{ln: ln, upstream: upstream, conns: map[net.Conn]struct{}{}}
-	p.wg.Add(1)
-	go p.serve()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		p.cutAll()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *cutProxy) addr() string { return p.ln.Addr().String() }
-
-func (p *cutProxy) serve() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		u, err := net.Dial("tcp", p.upstream)
-		if err != nil {
-			_ = c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns[c], p.conns[u] = struct{}{}, struct{}{}
-		p.mu.Unlock()
-		p.wg.Add(2)
-		go func() { defer p.wg.Done(); p.pipe(u, c, false) }() // commands: always forwarded
-		go func() { defer p.wg.Done(); p.pipe(c, u, true) }()  // replies: swallowed while cutting
-	}
-}
-
-func (p *cutProxy) pipe(dst, src net.Conn, replies bool) {
-	defer dst.Close()
-	defer src.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			p.mu.Lock()
-			drop := replies && p.swallow
-			p.mu.Unlock()
-			if !drop {
-				if _, werr := dst.Write(buf[:n]); werr != nil {
-					return
-				}
-			}
-		}
-		if err != nil { // EOF, or closed by cutAll
-			return
-		}
-	}
-}
-
-func (p *cutProxy) cutAll() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for c := range p.conns {
-		_ = c.Close()
-	}
-	clear(p.conns)
-}
-
-// swallowThenCut drops every reply for d, then closes all connections.
-func (p *cutProxy) swallowThenCut(d time.Duration) {
-	p.mu.Lock()
-	p.swallow = true
-	p.mu.Unlock()
-	time.Sleep(d) // the length of the simulated partition, not a wait for a condition
-	p.cutAll()
-	p.mu.Lock()
-	p.swallow = false
-	p.mu.Unlock()
-}
-
 // A fetch that ran in Redis but whose reply was lost (connection cut right
 // after the command was sent) leaves jobs in the worker's own private
 // list. The worker never learns about them and recovery skips live
@@ -494,7 +396,7 @@ func TestChaosLostFetchReply(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := startCutProxy(t, o.Addr)
+	proxy := startProxy(t, o.Addr)
 	failing := chaosLoad(ctx, t, rdb, 10, 1000)
 	const total = 20000
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -255,7 +254,7 @@ func TestLivenessNetworkCut(t *testing.T) {
 	srv := startRedisServer(t)
 	ctx := testenv.Context(t)
 	rdb := redisFor(t, srv.url())
-	px := startBlackholeProxy(t, fmt.Sprintf("127.0.0.1:%d", srv.port))
+	px := startProxy(t, fmt.Sprintf("127.0.0.1:%d", srv.port))
 	e := newLiveEnv(t)
 
 	a := e.startWorker(t, "worker A (through the proxy)", "redis://"+px.addr()+"/0", 10)
@@ -436,113 +435,5 @@ func TestLivenessRedisRestartEmpty(t *testing.T) {
 		if l := w.grep("recovered jobs of dead processes", 1); len(l) > 0 {
 			t.Errorf("%s recovered jobs of a live worker: %.300s", w.name, l[0])
 		}
-	}
-}
-
-// blackholeProxy is a TCP proxy that can stop forwarding without closing
-// anything: bytes are held, as a network that drops packets holds them in
-// TCP retransmission, and delivered once it heals. New connections are
-// accepted but carry nothing until then.
-type blackholeProxy struct {
-	ln       net.Listener
-	upstream string
-	mu       sync.Mutex
-	open     chan struct{} // closed while forwarding
-	conns    map[net.Conn]struct{}
-	closed   chan struct{}
-	wg       sync.WaitGroup
-}
-
-func startBlackholeProxy(t *testing.T, upstream string) *blackholeProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &blackholeProxy{ln: ln, upstream: upstream, open: make(chan struct{}), conns: map[net.Conn]struct{}{}, closed: make(chan struct{})}
-	close(p.open)
-	p.wg.Add(1)
-	go p.serve()
-	t.Cleanup(func() {
-		close(p.closed)
-		_ = ln.Close()
-		p.mu.Lock()
-		for c := range p.conns {
-			_ = c.Close()
-		}
-		p.mu.Unlock()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *blackholeProxy) addr() string { return p.ln.Addr().String() }
-
-func (p *blackholeProxy) serve() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		u, err := net.Dial("tcp", p.upstream)
-		if err != nil {
-			_ = c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns[c], p.conns[u] = struct{}{}, struct{}{}
-		p.mu.Unlock()
-		p.wg.Add(2)
-		go func() { defer p.wg.Done(); p.pipe(u, c) }()
-		go func() { defer p.wg.Done(); p.pipe(c, u) }()
-	}
-}
-
-func (p *blackholeProxy) pipe(dst, src net.Conn) {
-	defer func() {
-		_ = dst.Close()
-		_ = src.Close()
-		p.mu.Lock()
-		delete(p.conns, dst)
-		delete(p.conns, src)
-		p.mu.Unlock()
-	}()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			p.mu.Lock()
-			open := p.open
-			p.mu.Unlock()
-			select {
-			case <-open:
-			case <-p.closed:
-				return
-			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// blackhole stops forwarding; heal resumes it.
-func (p *blackholeProxy) blackhole() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.open = make(chan struct{})
-}
-
-func (p *blackholeProxy) heal() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	select {
-	case <-p.open:
-	default:
-		close(p.open)
 	}
 }
