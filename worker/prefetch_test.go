@@ -21,18 +21,18 @@ func TestPrefetchTarget(t *testing.T) {
 	if n := p.target(t0.Add(time.Millisecond), 500, 10); n != 0 {
 		t.Errorf("before the first window: %d, want 0", n)
 	}
-	// 1,000 jobs in 20 ms (50,000/s) run 100 in the 2 ms horizon; the cap is
-	// 4 × concurrency, but nothing while the queues are shallow.
+	// 1,000 jobs in 20 ms (50,000/s) run 250 in the 5 ms horizon; the cap is
+	// 16 × concurrency, but nothing while the queues are shallow.
 	if n := p.target(t0.Add(prefetchWindow), 1000, 10); n != 0 {
 		t.Errorf("shallow queues: %d, want 0", n)
 	}
 	p.deep = true
-	if n := p.target(t0.Add(prefetchWindow+time.Millisecond), 1000, 10); n != 40 {
-		t.Errorf("fast jobs, deep queue: %d, want 40 (4 × concurrency)", n)
+	if n := p.target(t0.Add(prefetchWindow+time.Millisecond), 1000, 10); n != 160 {
+		t.Errorf("fast jobs, deep queue: %d, want 160 (16 × concurrency)", n)
 	}
-	// 10 jobs in the next 20 ms: 500/s, one job per 2 ms.
-	if n := p.target(t0.Add(2*prefetchWindow), 1010, 10); n != 1 {
-		t.Errorf("500 jobs/s: %d, want 1", n)
+	// 10 jobs in the next 20 ms: 500/s, 2.5 jobs in 5 ms.
+	if n := p.target(t0.Add(2*prefetchWindow), 1010, 10); n != 2 {
+		t.Errorf("500 jobs/s: %d, want 2", n)
 	}
 	// 5 jobs in 100 ms (50/s, e.g. concurrency 10 and 200 ms jobs): none.
 	if n := p.target(t0.Add(2*prefetchWindow+100*time.Millisecond), 1015, 10); n != 0 {
@@ -219,5 +219,78 @@ func pushEchos(t *testing.T, rdb *redis.Client, from, n int) {
 	}
 	if _, err := queue.NewClient(rdb).PushBulk(testenv.Context(t), "Echo", args, queue.PushOptions{Queue: "q"}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Fetching ahead keeps Sidekiq's queue order: strict queues are drained
+// in order, and weighted ones are first in proportion to their weights.
+func TestRuntimePrefetchQueueOrder(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name        string
+		queues      []queue.WeightedQueue
+		concurrency int
+		each        int
+	}{
+		{"strict", []queue.WeightedQueue{{Name: "a"}, {Name: "b"}}, 1, 300},
+		{"weighted", []queue.WeightedQueue{{Name: "a", Weight: 3}, {Name: "b", Weight: 1}}, 2, 1500},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var mu sync.Mutex
+			var ran []string
+			reg := registry(t, func(r *Registry) {
+				AddWorker(r, WorkFunc[echoArgs](func(_ context.Context, j *Job[echoArgs]) error {
+					mu.Lock()
+					ran = append(ran, j.Queue)
+					mu.Unlock()
+					return nil
+				}))
+			})
+			rdb := testenv.Redis(t)
+			c := queue.NewClient(rdb)
+			args := make([]json.RawMessage, tc.each)
+			for i := range args {
+				args[i] = json.RawMessage(fmt.Sprintf("[%d]", i))
+			}
+			for _, q := range []string{"a", "b"} {
+				if _, err := c.PushBulk(testenv.Context(t), "Echo", args, queue.PushOptions{Queue: q}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b := startRuntimeWith(t, rdb, Config{Registry: reg, Queues: tc.queues, Concurrency: tc.concurrency},
+				func(r *Runtime) { r.prefetchHook = func() int { return 4 * tc.concurrency } })
+			testenv.Eventually(t, 60*time.Second, "both queues drained", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(ran) == 2*tc.each && b.inflight("a")+b.inflight("b") == 0
+			})
+			if b.rt.ranAhead.Load() == 0 {
+				t.Errorf("no job was started from the jobs fetched ahead")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if tc.name == "strict" {
+				for i, q := range ran {
+					if want := map[bool]string{true: "a", false: "b"}[i < tc.each]; q != want {
+						t.Fatalf("job %d ran from queue %s, want %s: strict order drains a first", i, q, want)
+					}
+				}
+				return
+			}
+			// While both are full, a is first in 3 of 4 fetches (weights 3:1).
+			const window = 1000
+			na := 0
+			for _, q := range ran[:window] {
+				if q == "a" {
+					na++
+				}
+			}
+			share := float64(na) / window
+			t.Logf("queue a ran %.2f of the first %d jobs", share, window)
+			if share < 0.6 || share > 0.9 {
+				t.Errorf("queue a ran %.2f of the first %d jobs, want about 0.75", share, window)
+			}
+		})
 	}
 }

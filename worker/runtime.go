@@ -206,14 +206,15 @@ type running struct {
 // and Redis together, as four jobs.
 const (
 	// prefetchHorizon: fetch ahead what this process runs in that time at
-	// its recent rate, so a prefetched job waits about that long.
-	prefetchHorizon = 2 * time.Millisecond
+	// its recent rate, so a prefetched job waits about that long. It must
+	// cover a round trip to Redis, which on a busy host includes waiting
+	// for a CPU: 2 ms (at most 4 × concurrency) left slots idle there, 5 ms
+	// took no-op jobs from about 12 to 9.5 µs of CPU each (Go and Redis).
+	prefetchHorizon = 5 * time.Millisecond
 	// prefetchWindow is how long the completion rate is counted over.
 	prefetchWindow = 20 * time.Millisecond
-	// prefetchMax caps what is fetched ahead, in multiples of Concurrency:
-	// 4 took the CPU per no-op job from about 15 to 9 µs (Go and Redis);
-	// 8 gained nothing more.
-	prefetchMax = 4
+	// prefetchMax caps what is fetched ahead, in multiples of Concurrency.
+	prefetchMax = 16
 )
 
 // slotJob is a job handed to a slot goroutine, with the context it runs
