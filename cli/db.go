@@ -53,6 +53,8 @@ Directives (own lines in an up file):
        inline with "migrate --finalize", otherwise migrate stops)
   -- ferry:queue-bbm CLASS TABLE COLUMN ARGS_JSON     queue it once this
        migration is committed
+Directive of a down file:
+  -- ferry:irreversible [WHY]    downto refuses to run it, naming it and WHY
 
 Only one migrator runs at a time (advisory lock); others fail at once
 naming the holder, or wait up to --lock-timeout.

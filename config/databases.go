@@ -23,6 +23,12 @@ const EnvDatabaseURLPrefix = "DATABASE_URL_"
 // EnvDatabaseDirectURLPrefix is DATABASE_DIRECT_URL_<NAME>.
 const EnvDatabaseDirectURLPrefix = "DATABASE_DIRECT_URL_"
 
+// EnvDatabaseMigrationsPrefix is DATABASE_MIGRATIONS_<NAME>, the
+// database's schema-migrations directory (databases.NAME.migrations), so
+// that a configuration made of environment variables alone can give ci or
+// codeintel their own directory. DATABASE_MIGRATIONS_MAIN is main's.
+const EnvDatabaseMigrationsPrefix = "DATABASE_MIGRATIONS_"
+
 // Database is one named PostgreSQL database ferry works on.
 type Database struct {
 	// Name is the key in `databases:` ("main", "ci", "codeintel").
@@ -43,31 +49,35 @@ var databaseName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
 // db_config_name and Sourcegraph's schema names are).
 func ValidDatabaseName(name string) bool { return databaseName.MatchString(name) }
 
-// applyDatabaseEnv reads DATABASE_URL_<NAME> and DATABASE_DIRECT_URL_<NAME>.
+// applyDatabaseEnv reads DATABASE_URL_<NAME>, DATABASE_DIRECT_URL_<NAME>
+// and DATABASE_MIGRATIONS_<NAME>.
 func (c *Config) applyDatabaseEnv() {
 	for _, kv := range os.Environ() {
 		k, v, _ := strings.Cut(kv, "=")
 		if v == "" {
 			continue
 		}
-		var name string
-		direct := false
-		switch {
-		case strings.HasPrefix(k, EnvDatabaseDirectURLPrefix):
-			name, direct = strings.ToLower(strings.TrimPrefix(k, EnvDatabaseDirectURLPrefix)), true
-		case strings.HasPrefix(k, EnvDatabaseURLPrefix):
-			name = strings.ToLower(strings.TrimPrefix(k, EnvDatabaseURLPrefix))
-		default:
+		var name, field string
+		for _, p := range []string{EnvDatabaseDirectURLPrefix, EnvDatabaseURLPrefix, EnvDatabaseMigrationsPrefix} {
+			if strings.HasPrefix(k, p) {
+				name, field = strings.ToLower(strings.TrimPrefix(k, p)), p
+				break
+			}
+		}
+		if name == "" {
 			continue
 		}
 		if c.Databases == nil {
 			c.Databases = map[string]Database{}
 		}
 		d := c.Databases[name]
-		if direct {
+		switch field {
+		case EnvDatabaseDirectURLPrefix:
 			d.DirectURL = v
-		} else {
+		case EnvDatabaseURLPrefix:
 			d.URL = v
+		default:
+			d.Migrations = v
 		}
 		c.Databases[name] = d
 	}

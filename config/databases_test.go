@@ -80,3 +80,33 @@ func TestDatabasesValidation(t *testing.T) {
 		})
 	}
 }
+
+// A configuration of environment variables alone gives each database its
+// own migrations directory.
+func TestDatabasesMigrationsFromEnv(t *testing.T) {
+	t.Setenv("DATABASE_URL", "postgres://env/main")
+	t.Setenv("DATABASE_URL_CI", "postgres://env/ci")
+	t.Setenv("DATABASE_MIGRATIONS_CI", "db/ci_migrate")
+	t.Setenv("DATABASE_MIGRATIONS_MAIN", "db/main_migrate")
+	c := config.Defaults()
+	c.ApplyEnv()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	got := c.DatabaseList()
+	want := []config.Database{
+		{Name: "main", URL: "postgres://env/main", Migrations: "db/main_migrate"},
+		{Name: "ci", URL: "postgres://env/ci", Migrations: "db/ci_migrate"},
+	}
+	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("DatabaseList() = %+v, want %+v", got, want)
+	}
+	// A directory without a URL is not a database.
+	t.Setenv("DATABASE_MIGRATIONS_SEC", "db/sec")
+	c = config.Defaults()
+	c.ApplyEnv()
+	var fe *config.FieldError
+	if err := c.Validate(); !errors.As(err, &fe) || fe.Field != "databases.sec.url" || !strings.Contains(err.Error(), "DATABASE_URL_SEC") {
+		t.Fatalf("Validate() = %v, want a FieldError on databases.sec.url naming DATABASE_URL_SEC", err)
+	}
+}

@@ -136,3 +136,57 @@ func TestDBMultiSourcegraphRollback(t *testing.T) {
 	out, _ = ferry.want(0, "db", "downto", "--to-release", old, "--db", "frontend")
 	wantContains(t, out, "frontend: Nothing to revert")
 }
+
+// One database (DATABASE_URL alone): leaves and --to-release read the
+// older release's directory itself, output is not prefixed, and every
+// step that cannot be reverted is named, with its reason, before
+// anything runs.
+func TestDBToReleaseOneDatabase(t *testing.T) {
+	e := newDBEnv(t)
+	for _, v := range []string{"10", "20", "30", "40"} {
+		e.write(v+"_t"+v+".up.sql", "CREATE TABLE t"+v+" (id int);\n")
+		e.write(v+"_t"+v+".down.sql", "DROP TABLE t"+v+";\n")
+	}
+	e.mustFerry("migrate")
+	old := t.TempDir()
+	for _, f := range []string{"10_t10.up.sql", "10_t10.down.sql", "20_t20.up.sql", "25_gone.up.sql"} {
+		if err := os.WriteFile(filepath.Join(old, f), []byte("-- old\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := e.mustFerry("leaves", old)
+	if !strings.HasPrefix(out, "main: 25\t("+old+": 3 migrations)") {
+		t.Fatalf("leaves: %q", out)
+	}
+
+	// 40 has no down file, 30 is irreversible: both named, nothing runs.
+	e.remove("40_t40.down.sql")
+	e.write("30_t30.down.sql", "-- ferry:irreversible\nDROP TABLE t30;\n")
+	out, errs := e.wantExit(1, "downto", "--to-release", old)
+	wantContains(t, out, "40  CANNOT REVERT: 40_t40 has no down file", "30  CANNOT REVERT: 30_t30 is irreversible: marked -- ferry:irreversible",
+		"Note: the release holds 25, not applied here")
+	wantContains(t, errs, "nothing was reverted")
+	if strings.Contains(out, "main:") {
+		t.Fatalf("one database: output is not prefixed:\n%s", out)
+	}
+	// downto VERSION refuses the irreversible one too.
+	_, errs = e.wantExit(1, "downto", "20")
+	wantContains(t, errs, "is irreversible")
+	if got := strings.Join(e.applied(), " "); got != "10 20 30 40" {
+		t.Fatalf("a refused plan reverted: %s", got)
+	}
+
+	e.write("40_t40.down.sql", "DROP TABLE t40;\n")
+	e.write("30_t30.down.sql", "DROP TABLE t30;\n")
+	out = e.mustFerry("downto", "--to-release", old)
+	wantContains(t, out, "== 40 t40: reverting ==", "== 30 t30: reverting ==", "Reverted 2 migration(s)")
+	if got := strings.Join(e.applied(), " "); got != "10 20" {
+		t.Fatalf("applied after --to-release: %s", got)
+	}
+	if e.exists("t30") || e.exists("t40") || !e.exists("t20") {
+		t.Fatal("tables do not match the release")
+	}
+	// A directory with no migrations is refused: a typo must not revert everything.
+	_, errs = e.wantExit(2, "downto", "--to-release", t.TempDir())
+	wantContains(t, errs, "holds no migrations")
+}

@@ -299,3 +299,55 @@ func TestDBMultiOneDatabaseDown(t *testing.T) {
 	// --db main alone is fine.
 	e.want(0, "db", "status", "--db", "main")
 }
+
+// The environment alone: DATABASE_URL is main, DATABASE_URL_CI adds ci
+// and DATABASE_MIGRATIONS_CI gives it its own directory; main keeps --dir.
+func TestDBMultiFromEnvironment(t *testing.T) {
+	ctx := testenv.Context(t)
+	mainURL, ciURL := testenv.DatabaseURL(t), testenv.DatabaseURL(t)
+	mainDir, ciDir := t.TempDir(), t.TempDir()
+	t.Setenv("DATABASE_URL", mainURL)
+	t.Setenv("DATABASE_URL_CI", ciURL)
+	t.Setenv("DATABASE_MIGRATIONS_CI", ciDir)
+	if testenv.ViaPgBouncer() {
+		t.Setenv("DATABASE_DIRECT_URL", testenv.DirectURL(t, mainURL))
+		t.Setenv("DATABASE_DIRECT_URL_CI", testenv.DirectURL(t, ciURL))
+	}
+	for dir, sql := range map[string]string{mainDir: "CREATE TABLE in_main (id int);\n", ciDir: "CREATE TABLE in_ci (id int);\n"} {
+		if err := os.WriteFile(filepath.Join(dir, "5_t.up.sql"), []byte(sql), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(want int, args ...string) string {
+		t.Helper()
+		var out, errb bytes.Buffer
+		code := cli.Main(ctx, append(args, "--dir", mainDir, "--log-level", "error"), &out, &errb, cli.Options{})
+		if code != want {
+			t.Fatalf("ferry %s: exit %d, want %d\n%s\n%s", strings.Join(args, " "), code, want, out.String(), errb.String())
+		}
+		return out.String()
+	}
+	out := run(0, "db", "migrate")
+	everyLineNamed(t, out, "main", "ci")
+	wantContains(t, out, "main: == 5 t: migrated", "ci: == 5 t: migrated")
+	for u, want := range map[string]string{mainURL: "in_main", ciURL: "in_ci"} {
+		pool, err := pgxpool.New(ctx, testenv.DirectURL(t, u))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tables []string
+		rows, _ := pool.Query(ctx, `SELECT tablename FROM pg_tables WHERE tablename LIKE 'in_%'`)
+		for rows.Next() {
+			var s string
+			_ = rows.Scan(&s)
+			tables = append(tables, s)
+		}
+		rows.Close()
+		pool.Close()
+		if !slices.Equal(tables, []string{want}) {
+			t.Fatalf("%s has %v, want only %s", u, tables, want)
+		}
+	}
+	out = run(0, "db", "status", "-db=ci")
+	wantContains(t, out, "ci: Current version: 5; 0 pending.")
+}

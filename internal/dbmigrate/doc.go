@@ -56,6 +56,17 @@
 // text is GitLab's, naming the `ferry bbm finalize` command that fixes it.
 // Gates talk to the engine through the small [BBMGate] interface.
 //
+// # Going back to an older release
+//
+// A down file whose line is "-- ferry:irreversible [why]" is never run:
+// [Migrator.DownTo] and [Migrator.DownToRelease] refuse, naming it.
+// [LoadRelease] reads which versions an older release's migrations
+// directory holds (ferry's files or Sourcegraph's <version>/up.sql
+// directories); [Migrator.DownToRelease] reverts, newest first, every
+// applied migration it does not hold, with this release's down files, and
+// only when every step can run ([Migrator.PlanRelease] says what and why
+// not, without changing anything).
+//
 // # Backups
 //
 // [Backup] and [Restore] wrap pg_dump and pg_restore so that a failed

@@ -23,6 +23,8 @@ func TestLoadOrdersAndParsesDirectives(t *testing.T) {
 	fsys := fstest.MapFS{
 		"10_b.up.sql":   {Data: []byte("-- ferry:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (x);\nCREATE INDEX CONCURRENTLY j ON t (y);\n")},
 		"10_b.down.sql": {Data: []byte("DROP INDEX IF EXISTS i;")},
+		"11_c.up.sql":   {Data: []byte("ALTER TABLE t DROP COLUMN x;")},
+		"11_c.down.sql": {Data: []byte("-- ferry:irreversible the column's data is gone\n")},
 		"9_a.up.sql":    {Data: []byte("-- ferry:require-bbm CopyColumn events id [[\"id\"], [\"id_big\"]]\n-- ferry:queue-bbm X t id\nSELECT 1;")},
 		"README.md":     {Data: []byte("ignored")},
 	}
@@ -30,11 +32,14 @@ func TestLoadOrdersAndParsesDirectives(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(migs) != 2 || migs[0].Version != "9" || migs[1].Version != "10" {
+	if len(migs) != 3 || migs[0].Version != "9" || migs[1].Version != "10" {
 		t.Fatalf("order: %+v", migs)
 	}
 	if !migs[1].Up.NoTransaction || migs[1].DownFile == "" || migs[0].DownFile != "" {
 		t.Fatalf("files: %+v", migs[1])
+	}
+	if migs[2].Down.Irreversible != "the column's data is gone" || migs[1].Down.Irreversible != "" {
+		t.Fatalf("irreversible: %q %q", migs[2].Down.Irreversible, migs[1].Down.Irreversible)
 	}
 	req := migs[0].Up.Require[0]
 	if req.Class != "CopyColumn" || req.Table != "events" || string(req.Args) != `[["id"],["id_big"]]` {
@@ -47,17 +52,18 @@ func TestLoadOrdersAndParsesDirectives(t *testing.T) {
 
 func TestLoadRejectsTypos(t *testing.T) {
 	for name, fsys := range map[string]fstest.MapFS{
-		"bad name":       {"1_x.sql": {}},
-		"two names":      {"1_x.up.sql": {}, "1_y.up.sql": {}},
-		"down only":      {"1_x.down.sql": {}},
-		"late notx":      {"1_x.up.sql": {Data: []byte("SELECT 1;\n-- ferry:no-transaction\n")}},
-		"unknown":        {"1_x.up.sql": {Data: []byte("-- ferry:no-transactions\n")}},
-		"bad json":       {"1_x.up.sql": {Data: []byte("-- ferry:require-bbm A b c {\n")}},
-		"queue in down":  {"1_x.up.sql": {}, "1_x.down.sql": {Data: []byte("-- ferry:queue-bbm A b c []\n")}},
-		"zero version":   {"0_x.up.sql": {}},
-		"duplicate up":   {"1_x.up.sql": {}, "01_x.up.sql": {}},
-		"duplicate down": {"1_x.up.sql": {}, "1_x.down.sql": {}, "001_x.down.sql": {}},
-		"missing fields": {"1_x.up.sql": {Data: []byte("-- ferry:require-bbm A b\n")}},
+		"bad name":        {"1_x.sql": {}},
+		"two names":       {"1_x.up.sql": {}, "1_y.up.sql": {}},
+		"down only":       {"1_x.down.sql": {}},
+		"late notx":       {"1_x.up.sql": {Data: []byte("SELECT 1;\n-- ferry:no-transaction\n")}},
+		"unknown":         {"1_x.up.sql": {Data: []byte("-- ferry:no-transactions\n")}},
+		"bad json":        {"1_x.up.sql": {Data: []byte("-- ferry:require-bbm A b c {\n")}},
+		"queue in down":   {"1_x.up.sql": {}, "1_x.down.sql": {Data: []byte("-- ferry:queue-bbm A b c []\n")}},
+		"irreversible up": {"1_x.up.sql": {Data: []byte("-- ferry:irreversible\n")}},
+		"zero version":    {"0_x.up.sql": {}},
+		"duplicate up":    {"1_x.up.sql": {}, "01_x.up.sql": {}},
+		"duplicate down":  {"1_x.up.sql": {}, "1_x.down.sql": {}, "001_x.down.sql": {}},
+		"missing fields":  {"1_x.up.sql": {Data: []byte("-- ferry:require-bbm A b\n")}},
 	} {
 		if _, err := Load(fsys); !errors.Is(err, ErrBadSource) {
 			t.Errorf("%s: want ErrBadSource, got %v", name, err)
