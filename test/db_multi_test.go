@@ -306,12 +306,14 @@ func TestDBMultiFromEnvironment(t *testing.T) {
 	ctx := testenv.Context(t)
 	mainURL, ciURL := testenv.DatabaseURL(t), testenv.DatabaseURL(t)
 	mainDir, ciDir := t.TempDir(), t.TempDir()
+	// Before DATABASE_URL changes: testenv reads it.
+	mainDirect, ciDirect := testenv.DirectURL(t, mainURL), testenv.DirectURL(t, ciURL)
 	t.Setenv("DATABASE_URL", mainURL)
 	t.Setenv("DATABASE_URL_CI", ciURL)
 	t.Setenv("DATABASE_MIGRATIONS_CI", ciDir)
 	if testenv.ViaPgBouncer() {
-		t.Setenv("DATABASE_DIRECT_URL", testenv.DirectURL(t, mainURL))
-		t.Setenv("DATABASE_DIRECT_URL_CI", testenv.DirectURL(t, ciURL))
+		t.Setenv("DATABASE_DIRECT_URL", mainDirect)
+		t.Setenv("DATABASE_DIRECT_URL_CI", ciDirect)
 	}
 	for dir, sql := range map[string]string{mainDir: "CREATE TABLE in_main (id int);\n", ciDir: "CREATE TABLE in_ci (id int);\n"} {
 		if err := os.WriteFile(filepath.Join(dir, "5_t.up.sql"), []byte(sql), 0o644); err != nil {
@@ -330,8 +332,8 @@ func TestDBMultiFromEnvironment(t *testing.T) {
 	out := run(0, "db", "migrate")
 	everyLineNamed(t, out, "main", "ci")
 	wantContains(t, out, "main: == 5 t: migrated", "ci: == 5 t: migrated")
-	for u, want := range map[string]string{mainURL: "in_main", ciURL: "in_ci"} {
-		pool, err := pgxpool.New(ctx, testenv.DirectURL(t, u))
+	for u, want := range map[string]string{mainDirect: "in_main", ciDirect: "in_ci"} {
+		pool, err := pgxpool.New(ctx, u)
 		if err != nil {
 			t.Fatal(err)
 		}
