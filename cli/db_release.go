@@ -71,7 +71,9 @@ func dbLeavesCmd(a *App, f *dbFlags) *cobra.Command {
 release's migrations directory holds: the target that "downto" takes to go
 back to that release (what Sourcegraph's "sg migration leaves v3.36.0"
 answers, without git or a source clone; ferry's migrations are linear, so
-there is one leaf per database). It reads files only, no database.
+there is one leaf per database). It reads files only, no database; with
+no database configured at all, every subdirectory of DIR holding
+migrations is taken for one (migrations/frontend, ...).
 
 DIR is the older release's migrations: for each database ferry uses
 DIR/NAME if it exists (Sourcegraph's migrations/frontend,
@@ -87,6 +89,9 @@ exactly what the release does not know.`,
   ferry db leaves /srv/gitlab-16.11 --db ci --json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(a.Cfg.DatabaseList()) == 0 && f.db == "" {
+				return a.leavesUnconfigured(args[0], asJSON)
+			}
 			ts, err := a.dbTargets(cmd, f, selAll)
 			if err != nil {
 				return err
@@ -115,6 +120,37 @@ exactly what the release does not know.`,
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "machine-readable output")
 	return cmd
+}
+
+// leavesUnconfigured answers `leaves DIR` where no database is configured
+// (an engineer's laptop, as `sg migration leaves` runs in a clone): every
+// subdirectory of DIR that holds migrations is a database, by its name.
+func (a *App) leavesUnconfigured(root string, asJSON bool) error {
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return Usagef("release directory: %v", err)
+	}
+	var all []leafJSON
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		r, err := dbmigrate.LoadRelease(filepath.Join(root, e.Name()))
+		if err != nil {
+			continue // not a database's migrations
+		}
+		all = append(all, leafJSON{Database: e.Name(), Leaf: string(r.Leaf), Dir: r.Dir, Migrations: len(r.Versions), Layout: r.Layout})
+	}
+	if len(all) == 0 {
+		return Usagef("no database is configured and %s has no subdirectory of migrations (frontend/, codeintel/, ...); configure the databases (databases: or DATABASE_URL) to read it", root)
+	}
+	if asJSON {
+		return a.PrintJSON(all)
+	}
+	for _, l := range all {
+		fmt.Fprintf(a.Out, "%s: %s\t(%s: %d migrations)\n", l.Database, l.Leaf, l.Dir, l.Migrations)
+	}
+	return nil
 }
 
 // releasePlan is one database's part of downto --to-release.

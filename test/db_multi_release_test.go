@@ -1,11 +1,14 @@
 package test
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/ferrymigrate/ferry/cli"
 )
 
 // sgSchemas are Sourcegraph's three databases, each with the migrations
@@ -85,6 +88,12 @@ func TestDBMultiSourcegraphRollback(t *testing.T) {
 		if leaves[n] != v {
 			t.Fatalf("leaves: %s = %q, want %s\n%s", n, leaves[n], v, out)
 		}
+	}
+
+	// With no database configured (a laptop), the subdirectories answer.
+	var lo, le bytes.Buffer
+	if code := cli.Main(ferry.ctx, []string{"db", "leaves", old}, &lo, &le, cli.Options{}); code != 0 || lo.String() != out {
+		t.Fatalf("leaves without configuration: exit %d\n%s\n%s\nwant\n%s", code, lo.String(), le.String(), out)
 	}
 
 	// By hand, as Sourcegraph's runbook has it.

@@ -177,7 +177,7 @@ func TestDBMultiGitLabMainAndCI(t *testing.T) {
 	everyLineNamed(t, out, "main", "ci")
 	wantContains(t, out, "main: == 2 gate: migrated", "main: -- required batched background migration", "never queued in this database",
 		"ci: -- queued batched background migration CopyColumnUsingBackgroundMigrationJob ci_builds id")
-	wantContains(t, errs, "ferry: ci: "+gateText+"'active':", `ferry bbm finalize --database ci CopyColumnUsingBackgroundMigrationJob ci_builds id`)
+	wantContains(t, errs, "ferry: ci: "+gateText+"'active':", `ferry bbm finalize --db ci CopyColumnUsingBackgroundMigrationJob ci_builds id`)
 	if got := strings.Join(e.applied("main"), " "); got != "1 2" {
 		t.Fatalf("main applied %q", got)
 	}

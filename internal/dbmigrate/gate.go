@@ -25,14 +25,14 @@ func (b BBM) String() string { return b.Class + "," + b.Table + "," + b.Column +
 func (b BBM) FinalizeCommand() string { return b.FinalizeCommandIn("") }
 
 // FinalizeCommandIn is FinalizeCommand for the named database ("": the
-// only one, no --database).
+// only one, no --db; --db is what `ferry bbm` prints too).
 func (b BBM) FinalizeCommandIn(db string) string {
 	cmd := batched.FinalizeCommand(b.Class, b.Table, b.Column, b.Args)
 	if db == "" {
 		return cmd
 	}
 	const verb = "ferry bbm finalize "
-	return verb + "--database " + batched.ShellQuote(db) + " " + strings.TrimPrefix(cmd, verb)
+	return verb + "--db " + batched.ShellQuote(db) + " " + strings.TrimPrefix(cmd, verb)
 }
 
 // BBMGate is what migrations need from the batched migration engine.
