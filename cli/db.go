@@ -151,7 +151,7 @@ func loadMigrations(t dbTarget, needDir bool) ([]*dbmigrate.Migration, error) {
 		if serr != nil {
 			how := "set --dir"
 			if t.named {
-				how = "set databases." + t.Name + ".migrations or --dir"
+				how = "set databases." + t.Name + ".migrations (env " + config.EnvDatabaseMigrationsPrefix + strings.ToUpper(t.Name) + ") or --dir"
 			}
 			return nil, Usagef("migrations directory %s: %v (%s)", t.dir, serr, how)
 		}

@@ -71,6 +71,10 @@ func (a *App) dbTargets(cmd *cobra.Command, f *dbFlags, sel dbSelect) ([]dbTarge
 	if len(list) == 0 {
 		return nil, Usage(a.Cfg.RequireDatabase())
 	}
+	if f.db == "" && (cmd.Flags().Changed("db") || cmd.Flags().Changed("database")) {
+		// An unset shell variable must not mean "every database".
+		return nil, Usagef("--db is empty: give a database name or all (configured databases are %s)", strings.Join(a.Cfg.DatabaseNames(), ", "))
+	}
 	if f.db == "" && sel != selAll && len(list) > 1 {
 		return nil, a.pleaseSpecify(cmd)
 	}

@@ -220,6 +220,8 @@ func TestDBMultiGitLabMainAndCI(t *testing.T) {
 		t.Fatalf("downto --db ci touched main: %q", got)
 	}
 	// Bad names: exit 2, listing the configured ones.
+	_, errs = e.want(2, "db", "migrate", "--db", "")
+	wantContains(t, errs, "--db is empty", "main, ci")
 	for _, args := range [][]string{{"db", "status", "--db", "sec"}, {"db", "migrate", "-db=sec"}, {"db", "downto", "--database", "sec", "1"}} {
 		_, errs = e.want(2, args...)
 		wantContains(t, errs, `unknown database "sec": configured databases are main, ci`)
