@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/ferrymigrate/ferry/config"
+	"github.com/ferrymigrate/ferry/internal/batched"
 	"github.com/ferrymigrate/ferry/process"
 )
 
@@ -60,10 +61,15 @@ type App struct {
 
 	preValidate map[*cobra.Command]func(*config.Config)
 
-	once  sync.Mutex
-	rdb   *redis.Client
-	pool  *pgxpool.Pool
-	extra []func()
+	// bbmDB is `ferry bbm --db` (--database): the databases a bbm command
+	// reads, or the one it changes.
+	bbmDB string
+
+	once    sync.Mutex
+	rdb     *redis.Client
+	pools   map[string]*pgxpool.Pool // by database name
+	engines map[string]*batched.Engine
+	extra   []func()
 }
 
 // ExitError carries an exit code: 1 = the answer is no / it failed,
@@ -439,17 +445,37 @@ func (a *App) Redis(ctx context.Context) (*redis.Client, error) {
 	return rdb, nil
 }
 
-// DB opens (once) the PostgreSQL pool.
+// DB opens (once) the PostgreSQL pool of the default database (main,
+// DATABASE_URL).
 func (a *App) DB(ctx context.Context) (*pgxpool.Pool, error) {
+	return a.DBNamed(ctx, config.DefaultDatabase)
+}
+
+// DBNamed opens (once) the PostgreSQL pool of the named database. An
+// unknown name is a usage error naming the configured ones.
+func (a *App) DBNamed(ctx context.Context, name string) (*pgxpool.Pool, error) {
+	return a.openDB(ctx, name, false)
+}
+
+// openDB opens database name's pool. lazy (the worker, for a database
+// other than the default) returns a pool that connects when first used
+// if the database does not answer now: the other databases' migrations
+// must not wait for it.
+func (a *App) openDB(ctx context.Context, name string, lazy bool) (*pgxpool.Pool, error) {
 	a.once.Lock()
 	defer a.once.Unlock()
-	if a.pool != nil {
-		return a.pool, nil
+	if p := a.pools[name]; p != nil {
+		return p, nil
 	}
-	if err := a.Cfg.RequireDatabase(); err != nil {
-		return nil, Usage(err)
+	d, ok := a.Cfg.Database(name)
+	if !ok {
+		if name == config.DefaultDatabase && len(a.Cfg.Databases) == 0 {
+			return nil, Usage(a.Cfg.RequireDatabase())
+		}
+		return nil, Usage(&config.UnknownDatabaseError{Name: name, Known: a.Cfg.DatabaseNames()})
 	}
-	pool, err := config.NewPool(ctx, a.Cfg.DatabaseURL, int32(a.Cfg.Worker.Concurrency)+4)
+	size := int32(a.Cfg.Worker.Concurrency) + 4
+	pool, err := config.NewPool(ctx, d.URL, size)
 	if err == nil {
 		err = pool.Ping(ctx)
 	}
@@ -457,9 +483,26 @@ func (a *App) DB(ctx context.Context) (*pgxpool.Pool, error) {
 		if pool != nil {
 			pool.Close()
 		}
-		return nil, fmt.Errorf("cannot reach PostgreSQL at %s: %w", config.RedactURL(a.Cfg.DatabaseURL), err)
+		where := "cannot reach PostgreSQL at " + config.RedactURL(d.URL)
+		if name != config.DefaultDatabase || len(a.Cfg.DatabaseList()) > 1 {
+			where = "database " + name + ": " + where
+		}
+		if !lazy || ctx.Err() != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		pc, perr := config.PoolConfig(d.URL, size)
+		if perr != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		if pool, perr = pgxpool.NewWithConfig(ctx, pc); perr != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		a.Log.Warn(where+"; its batched background migrations wait for it", zap.String("database", name), zap.Error(err))
 	}
-	a.pool = pool
+	if a.pools == nil {
+		a.pools = map[string]*pgxpool.Pool{}
+	}
+	a.pools[name] = pool
 	return pool, nil
 }
 
@@ -474,8 +517,8 @@ func (a *App) Close() {
 	if a.rdb != nil {
 		_ = a.rdb.Close()
 	}
-	if a.pool != nil {
-		a.pool.Close()
+	for _, p := range a.pools {
+		p.Close()
 	}
 }
 

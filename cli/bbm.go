@@ -18,23 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymigrate/ferry/internal/batched"
-	"github.com/ferrymigrate/ferry/internal/ferryschema"
 )
-
-// bbmEngine opens the database, upgrades the schema and returns an engine.
-func (a *App) bbmEngine(ctx context.Context) (*batched.Engine, error) {
-	pool, err := a.DB(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if err := ferryschema.Ensure(ctx, pool, a.Log); err != nil {
-		return nil, err
-	}
-	e := batched.NewEngine(pool, batched.Config{Logger: a.Log, Registry: a.Reg.BBM, TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration,
-		Identity: "ferry-cli:" + strconv.Itoa(os.Getpid()), Health: bbmHealth(a)})
-	a.OnClose(e.Close)
-	return e, nil
-}
 
 // bbmErr maps engine errors to exit codes: bad input 2, the rest 1.
 func bbmErr(err error) error {
@@ -79,7 +63,15 @@ work. Batches run in ` + "`ferry worker`" + ` processes (queue background_migrat
 more workers, more batches at once, within each migration's parallelism
 and the cluster-wide max-running. Batch sizes adapt to a target duration
 (bbm.target_batch_duration), and migrations back off on database signals
-(autovacuum, replication lag, lock waits, long transactions).`,
+(autovacuum, replication lag, lock waits, long transactions).
+
+With several databases (databases: in the config file, or
+DATABASE_URL_<NAME> beside DATABASE_URL, which is main), each has its own
+migrations, limit and pause switch. Reads (status, list, show, check, wait)
+cover all of them and name them; --db NAME (or --database) selects. A
+change names its database with --db, an id written as GitLab prints it
+(main_85, ci_10) or the rake task's suffix (finalize:ci[...],
+status:main); without one it is refused ("Please specify the database").`,
 	}
 	root.AddCommand(bbmQueueCmd(a), bbmListCmd(a, "list"), bbmListCmd(a, "status"), bbmShowCmd(a),
 		bbmSimpleCmd(a, "pause", "Pause an active migration (running batches finish)", (*batched.Engine).Pause),
@@ -87,6 +79,7 @@ and the cluster-wide max-running. Batch sizes adapt to a target duration
 		bbmSimpleCmd(a, "retry", "Re-run the failed batches of a failed migration and make it active", (*batched.Engine).Retry),
 		bbmFinalizeCmd(a), bbmMarkFinishedCmd(a), bbmWaitCmd(a), bbmCheckCmd(a), bbmSetCmd(a),
 		bbmPauseAllCmd(a, "pause-all", true), bbmPauseAllCmd(a, "resume-all", false))
+	bbmDBFlags(a, root)
 	return root
 }
 
@@ -136,7 +129,11 @@ nothing (with a warning). An empty table is queued as finished.`,
 			if err := batched.CheckConfig(o.Class, o.Table, o.Column, o.Args); err != nil {
 				return bbmErr(err)
 			}
-			e, err := a.bbmEngine(cmd.Context())
+			db, err := a.bbmWriteDB("", "queue")
+			if err != nil {
+				return err
+			}
+			e, err := a.bbmEngineFor(cmd.Context(), db)
 			if err != nil {
 				return err
 			}
@@ -148,7 +145,7 @@ nothing (with a warning). An empty table is queued as finished.`,
 			if res.Existing {
 				fmt.Fprintf(a.Err, "Batched background migration not enqueued because it already exists: %s\n", cfg)
 			} else {
-				fmt.Fprintf(a.Out, "Queued batched background migration %d: %s\n", res.Migration.ID, res.Migration.StatusLine())
+				fmt.Fprintf(a.Out, "Queued batched background migration %s: %s\n", a.dbRef(db, res.Migration.ID), res.Migration.StatusLine())
 			}
 			return nil
 		},
@@ -201,32 +198,48 @@ func bbmListCmd(a *App, name string) *cobra.Command {
 		Short: "List migrations: <status> | <class>,<table>,<column>,<args json> plus progress",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := a.bbmEngine(cmd.Context())
+			ctx := cmd.Context()
+			dbs, err := a.bbmReadDBs()
 			if err != nil {
 				return err
 			}
-			ms, err := e.List(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				if ms == nil {
-					ms = []*batched.MigrationInfo{}
+			all := []dbInfo{}
+			var failed []error
+			for _, db := range dbs {
+				ms, settings, err := a.bbmList(ctx, db)
+				if err != nil {
+					// The other databases are still listed; the exit says
+					// one could not be read.
+					failed = append(failed, a.dbErr(db, err))
+					if a.multiDB() && !asJSON {
+						fmt.Fprintf(a.Out, "Database: %s\n\tcannot be read: %v\n", db, err)
+					}
+					continue
 				}
-				return a.PrintJSON(ms)
+				if asJSON {
+					for _, m := range ms {
+						all = append(all, dbInfo{Database: db, MigrationInfo: m})
+					}
+					continue
+				}
+				if a.multiDB() {
+					// GitLab's status prints a header per database.
+					fmt.Fprintf(a.Out, "Database: %s\n", db)
+				}
+				for _, m := range ms {
+					fmt.Fprintf(a.Out, "%s | id %s, %s\n", m.StatusLine(), a.dbRef(db, m.ID), fmtProgress(m.Progress))
+				}
+				if settings.PausedAll {
+					// Active migrations do not move either; say why, as show does.
+					fmt.Fprintf(a.Out, "all migrations paused (ferry bbm resume-all%s)\n", a.dbFlag(db))
+				}
 			}
-			settings, err := e.GetSettings(cmd.Context())
-			if err != nil {
-				return err
+			if asJSON && len(failed) < len(dbs) {
+				if err := a.PrintJSON(all); err != nil {
+					return err
+				}
 			}
-			for _, m := range ms {
-				fmt.Fprintf(a.Out, "%s | id %d, %s\n", m.StatusLine(), m.ID, fmtProgress(m.Progress))
-			}
-			if settings.PausedAll {
-				// Active migrations do not move either; say why, as show does.
-				fmt.Fprintln(a.Out, "all migrations paused (ferry bbm resume-all)")
-			}
-			return nil
+			return errors.Join(failed...)
 		},
 	}
 	if name == "status" {
@@ -244,7 +257,7 @@ func bbmShowCmd(a *App) *cobra.Command {
 		Short: "Show a migration, its recent jobs and its failed jobs with their errors",
 		Args:  idOrConfigArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ref, err := parseRef(args)
+			ref, err := a.parseRef(args)
 			if err != nil {
 				return err
 			}
@@ -253,7 +266,11 @@ func bbmShowCmd(a *App) *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
-			e, err := a.bbmEngine(ctx)
+			db, err := a.bbmFind(ctx, ref, "show")
+			if err != nil {
+				return err
+			}
+			e, err := a.bbmEngineFor(ctx, db)
 			if err != nil {
 				return err
 			}
@@ -278,10 +295,13 @@ func bbmShowCmd(a *App) *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return a.PrintJSON(map[string]any{"migration": m, "recent_jobs": recent, "failed_jobs": failed, "settings": settings})
+				return a.PrintJSON(map[string]any{"database": db, "migration": m, "recent_jobs": recent, "failed_jobs": failed, "settings": settings})
 			}
 			w := tabwriter.NewWriter(a.Out, 0, 0, 2, ' ', 0)
-			fmt.Fprintf(w, "Id\t%d\n", m.ID)
+			if a.multiDB() {
+				fmt.Fprintf(w, "Database\t%s\n", db)
+			}
+			fmt.Fprintf(w, "Id\t%s\n", a.dbRef(db, m.ID))
 			fmt.Fprintf(w, "Migration\t%s\n", m.StatusLine())
 			fmt.Fprintf(w, "Status\t%s\n", m.Status)
 			figures := m.Progress
@@ -304,13 +324,13 @@ func bbmShowCmd(a *App) *cobra.Command {
 				fmt.Fprintf(w, "Reason\t%s\n", m.Progress.Reason)
 			}
 			if settings.PausedAll {
-				fmt.Fprintf(w, "Cluster\tall migrations paused (ferry bbm resume-all)\n")
+				fmt.Fprintf(w, "Cluster\tall migrations paused (ferry bbm resume-all%s)\n", a.dbFlag(db))
 			}
 			if a.runnable(m.Migration) {
-				fmt.Fprintf(w, "Finalize with\t%s\n", m.FinalizeCommand())
+				fmt.Fprintf(w, "Finalize with\t%s\n", a.finalizeCommand(db, m.Migration))
 			} else {
 				fmt.Fprintf(w, "Finish with\t%s (class %s is not in this binary, so finalize cannot run it; remaining rows are NOT migrated)\n",
-					markFinishedCommand(m.Migration), m.Class)
+					a.markFinishedCommand(db, m.Migration), m.Class)
 			}
 			w.Flush()
 			printJobs := func(title string, jobs []batched.Job) {
@@ -349,11 +369,11 @@ func bbmSimpleCmd(a *App, name, short string, op func(*batched.Engine, context.C
 		Short: short,
 		Args:  idOrConfigArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ref, err := parseRef(args)
+			ref, err := a.parseRef(args)
 			if err != nil {
 				return err
 			}
-			e, err := a.bbmEngine(cmd.Context())
+			e, db, err := a.bbmWriteEngine(cmd.Context(), ref, name)
 			if err != nil {
 				return err
 			}
@@ -363,9 +383,9 @@ func bbmSimpleCmd(a *App, name, short string, op func(*batched.Engine, context.C
 			}
 			m, err := op(e, cmd.Context(), id)
 			if err != nil {
-				return bbmErr(err)
+				return bbmErr(a.dbErr(db, err))
 			}
-			fmt.Fprintln(a.Out, m.StatusLine())
+			fmt.Fprintln(a.Out, a.writeLine(db, m))
 			return nil
 		},
 	}
@@ -389,13 +409,13 @@ Interrupting it (Ctrl-C) makes the migration active again.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			// Before any SQL: PostgreSQL answers invalid UTF-8 with a raw
 			// SQLSTATE 22021 and exit 1.
-			ref, err := parseRef(args)
+			ref, err := a.parseRef(args)
 			if err != nil {
 				return err
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
-			e, err := a.bbmEngine(ctx)
+			e, db, err := a.bbmWriteEngine(ctx, ref, "finalize")
 			if err != nil {
 				return err
 			}
@@ -413,8 +433,8 @@ Interrupting it (Ctrl-C) makes the migration active again.`,
 				return nil
 			}
 			if !a.runnable(m) {
-				return bbmErr(fmt.Errorf("%w %s: this ferry binary cannot finalize migration %d. If its rows were migrated another way, "+
-					"mark it finished (its remaining rows are NOT migrated):\n\t%s", batched.ErrUnknownClass, m.Class, m.ID, markFinishedCommand(m)))
+				return bbmErr(fmt.Errorf("%w %s: this ferry binary cannot finalize migration %s. If its rows were migrated another way, "+
+					"mark it finished (its remaining rows are NOT migrated):\n\t%s", batched.ErrUnknownClass, m.Class, a.dbRef(db, m.ID), a.markFinishedCommand(db, m)))
 			}
 			if quiet {
 				a.progressMode = progressNone
@@ -422,7 +442,7 @@ Interrupting it (Ctrl-C) makes the migration active again.`,
 			if err := a.finalizeWithProgress(ctx, e, m); err != nil {
 				if ctx.Err() != nil {
 					// Finalize gave the migration back to the workers.
-					return No(fmt.Errorf("finalize interrupted; migration %d is active again", m.ID))
+					return No(fmt.Errorf("finalize interrupted; migration %s is active again", a.dbRef(db, m.ID)))
 				}
 				return bbmErr(err)
 			}
@@ -488,11 +508,11 @@ when the data was fixed another way. Remaining rows are NOT migrated.
 Who and when is recorded in the transition log of every batch changed.`,
 		Args: idOrConfigArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ref, err := parseRef(args)
+			ref, err := a.parseRef(args)
 			if err != nil {
 				return err
 			}
-			e, err := a.bbmEngine(cmd.Context())
+			e, db, err := a.bbmWriteEngine(cmd.Context(), ref, "mark-finished")
 			if err != nil {
 				return err
 			}
@@ -501,7 +521,7 @@ Who and when is recorded in the transition log of every batch changed.`,
 				return err
 			}
 			if !yes {
-				return Usagef("refusing to mark migration %d finished without --yes: its remaining rows would not be migrated", id)
+				return Usagef("refusing to mark migration %s finished without --yes: its remaining rows would not be migrated", a.dbRef(db, id))
 			}
 			who := "unknown"
 			if u, err := user.Current(); err == nil {
@@ -512,9 +532,9 @@ Who and when is recorded in the transition log of every batch changed.`,
 			}
 			m, err := e.MarkFinished(cmd.Context(), id, who)
 			if err != nil {
-				return bbmErr(err)
+				return bbmErr(a.dbErr(db, err))
 			}
-			fmt.Fprintln(a.Out, m.StatusLine())
+			fmt.Fprintln(a.Out, a.writeLine(db, m))
 			return nil
 		},
 	}
@@ -530,14 +550,15 @@ func bbmWaitCmd(a *App) *cobra.Command {
 		Short: "Wait until no unfinished migration remains; exit 1 if any failed",
 		Long: `Wait until no unfinished migration remains; exit 1 if any failed.
 With --json, stdout gets only the final state of every migration waited
-on (as list --json prints it), and the progress messages go to stderr.`,
+on (as list --json prints it), and the progress messages go to stderr.
+With several databases it waits on all of them (or --db's).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if interval <= 0 {
 				return Usagef("--interval must be positive, got %s", interval)
 			}
 			ctx := cmd.Context()
-			e, err := a.bbmEngine(ctx)
+			dbs, err := a.bbmReadDBs()
 			if err != nil {
 				return err
 			}
@@ -545,46 +566,60 @@ on (as list --json prints it), and the progress messages go to stderr.`,
 			if asJSON {
 				msgs = a.Err
 			}
-			var waitedOn []int64 // in the order first seen
-			seen := map[int64]bool{}
+			type key struct {
+				db string
+				id int64
+			}
+			var waitedOn []key // in the order first seen
+			seen := map[key]bool{}
 			final := func() error {
 				if !asJSON {
 					return nil
 				}
-				out := []*batched.MigrationInfo{}
-				for _, id := range waitedOn {
-					m, err := e.Get(ctx, id)
+				out := []dbInfo{}
+				for _, k := range waitedOn {
+					e, err := a.bbmEngineFor(ctx, k.db)
+					if err != nil {
+						return err
+					}
+					m, err := e.Get(ctx, k.id)
 					if errors.Is(err, batched.ErrNotFound) {
 						continue // deleted meanwhile
 					}
 					if err != nil {
-						return err
+						return a.dbErr(k.db, err)
 					}
-					out = append(out, m)
+					out = append(out, dbInfo{Database: k.db, MigrationInfo: m})
 				}
 				return a.PrintJSON(out)
 			}
+			type dbm struct {
+				db string
+				m  *batched.MigrationInfo
+			}
 			for {
-				ms, err := e.Unfinished(ctx)
-				if err != nil {
-					return err
-				}
-				var failed, waiting []*batched.MigrationInfo
-				for _, m := range ms {
-					if !seen[m.ID] {
-						seen[m.ID] = true
-						waitedOn = append(waitedOn, m.ID)
+				var failed, waiting []dbm
+				for _, db := range dbs {
+					ms, err := a.bbmUnfinished(ctx, db)
+					if err != nil {
+						return err
 					}
-					if m.Status == batched.Failed {
-						failed = append(failed, m)
-					} else {
-						waiting = append(waiting, m)
+					for _, m := range ms {
+						if k := (key{db, m.ID}); !seen[k] {
+							seen[k] = true
+							waitedOn = append(waitedOn, k)
+						}
+						if m.Status == batched.Failed {
+							failed = append(failed, dbm{db, m})
+						} else {
+							waiting = append(waiting, dbm{db, m})
+						}
 					}
 				}
 				if len(failed) > 0 {
 					fmt.Fprintln(msgs, "Some batched background migrations are in a failed state and must be finalized manually:")
-					for _, m := range failed {
-						fmt.Fprintf(msgs, "\t%s\n\t\t%s\n", m.StatusLine(), a.finishCommand(m.Migration))
+					for _, f := range failed {
+						fmt.Fprintf(msgs, "\t%s%s\n\t\t%s\n", a.dbLabel(f.db), f.m.StatusLine(), a.finishCommand(f.db, f.m.Migration))
 					}
 					if err := final(); err != nil {
 						return err
@@ -596,8 +631,8 @@ on (as list --json prints it), and the progress messages go to stderr.`,
 					return final()
 				}
 				fmt.Fprintf(msgs, "Still waiting on %d batched background migration(s):\n", len(waiting))
-				for _, m := range waiting {
-					fmt.Fprintf(msgs, "\t%s | %s\n", m.StatusLine(), fmtProgress(m.Progress))
+				for _, w := range waiting {
+					fmt.Fprintf(msgs, "\t%s%s | %s\n", a.dbLabel(w.db), w.m.StatusLine(), fmtProgress(w.m.Progress))
 				}
 				select {
 				case <-ctx.Done():
@@ -613,17 +648,28 @@ on (as list --json prints it), and the progress messages go to stderr.`,
 }
 
 // CheckMessage is the upgrade-blocking text for one unfinished migration.
-func CheckMessage(m *batched.Migration) string { return checkMessage(m, true) }
+func CheckMessage(m *batched.Migration) string {
+	return checkMessage(m, true, m.FinalizeCommand(), markFinishedCommand(m))
+}
 
 // checkMessage is CheckMessage for a migration whose class this binary
 // can run (runnable) or not: finalize would then fail, and the way out is
 // mark-finished.
-func checkMessage(m *batched.Migration, runnable bool) string {
+func checkMessage(m *batched.Migration, runnable bool, finalize, markFinished string) string {
 	head := batched.UnfinishedHead(m.Status.String(), m.Config())
 	if !runnable {
-		return head + unregisteredNote(m) + "\n\n\t" + markFinishedCommand(m) + "\n"
+		return head + unregisteredNote(m) + "\n\n\t" + markFinished + "\n"
 	}
-	return head + batched.FinalizeAdvice(m.FinalizeCommand()) + "\n"
+	return head + batched.FinalizeAdvice(finalize) + "\n"
+}
+
+// checkMessageIn is checkMessage for a migration of database db.
+func (a *App) checkMessageIn(db string, m *batched.Migration) string {
+	msg := checkMessage(m, a.runnable(m), a.finalizeCommand(db, m), a.markFinishedCommand(db, m))
+	if a.multiDB() {
+		msg = "Database: " + db + "\n" + msg
+	}
+	return msg
 }
 
 // runnable reports whether this binary registers m's class.
@@ -634,11 +680,11 @@ func (a *App) runnable(m *batched.Migration) bool {
 
 // finishCommand is the command that gets m finished: finalize, or
 // mark-finished when this binary cannot run its class.
-func (a *App) finishCommand(m *batched.Migration) string {
+func (a *App) finishCommand(db string, m *batched.Migration) string {
 	if a.runnable(m) {
-		return m.FinalizeCommand()
+		return a.finalizeCommand(db, m)
 	}
-	return markFinishedCommand(m)
+	return a.markFinishedCommand(db, m)
 }
 
 func markFinishedCommand(m *batched.Migration) string {
@@ -660,38 +706,51 @@ func bbmCheckCmd(a *App) *cobra.Command {
 		Short: "Exit 0 if every migration is finished, else 1 with the command that fixes each",
 		Long: `Pre-upgrade check: exit 0 when every migration is finished or finalized;
 otherwise exit 1 and print, for each, GitLab's upgrade-blocking message
-with its configuration and the ferry bbm finalize command that fixes it.`,
+with its configuration and the ferry bbm finalize command that fixes it.
+With several databases it checks all of them (or --db's) and names them.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := a.bbmEngine(cmd.Context())
+			dbs, err := a.bbmReadDBs()
 			if err != nil {
 				return err
 			}
-			ms, err := e.Unfinished(cmd.Context())
-			if err != nil {
-				return err
+			out := []map[string]any{}
+			n := 0
+			var failed []error
+			for _, db := range dbs {
+				ms, err := a.bbmUnfinished(cmd.Context(), db)
+				if err != nil {
+					// A database that cannot be read is not known to be
+					// finished: the answer is no, naming it.
+					failed = append(failed, err)
+					continue
+				}
+				for _, m := range ms {
+					msg := a.checkMessageIn(db, m.Migration)
+					if asJSON {
+						out = append(out, map[string]any{"database": db, "id": m.ID, "status": m.Status, "configuration": m.Config(),
+							"finalize_command": a.finishCommand(db, m.Migration), "message": msg})
+						continue
+					}
+					if n > 0 {
+						fmt.Fprintln(a.Out)
+					}
+					fmt.Fprint(a.Out, msg)
+					n++
+				}
 			}
 			if asJSON {
-				out := []map[string]any{}
-				for _, m := range ms {
-					out = append(out, map[string]any{"id": m.ID, "status": m.Status, "configuration": m.Config(), "finalize_command": a.finishCommand(m.Migration),
-						"message": checkMessage(m.Migration, a.runnable(m.Migration))})
-				}
 				if err := a.PrintJSON(out); err != nil {
 					return err
 				}
-			} else {
-				for i, m := range ms {
-					if i > 0 {
-						fmt.Fprintln(a.Out)
-					}
-					fmt.Fprint(a.Out, checkMessage(m.Migration, a.runnable(m.Migration)))
-				}
-				if len(ms) == 0 {
-					fmt.Fprintln(a.Out, "All batched background migrations are finished.")
-				}
+				n = len(out)
+			} else if n == 0 && len(failed) == 0 {
+				fmt.Fprintln(a.Out, "All batched background migrations are finished.")
 			}
-			if len(ms) > 0 {
+			if len(failed) > 0 {
+				return No(errors.Join(failed...))
+			}
+			if n > 0 {
 				return No(errSilent)
 			}
 			return nil
@@ -712,14 +771,20 @@ func bbmSetCmd(a *App) *cobra.Command {
 			if err != nil || n < 0 || n > bbmMaxRunning {
 				return Usagef("max-running must be an integer between 0 and %d, got %q", bbmMaxRunning, args[0])
 			}
-			e, err := a.bbmEngine(cmd.Context())
+			dbs, err := a.bbmWriteDBs("set max-running")
 			if err != nil {
 				return err
 			}
-			if err := e.SetMaxRunning(cmd.Context(), n); err != nil {
-				return bbmErr(err)
+			for _, db := range dbs {
+				e, err := a.bbmEngineFor(cmd.Context(), db)
+				if err != nil {
+					return err
+				}
+				if err := e.SetMaxRunning(cmd.Context(), n); err != nil {
+					return bbmErr(a.dbErr(db, err))
+				}
+				fmt.Fprintf(a.Out, "%smax-running is now %d\n", a.dbLabel(db), n)
 			}
-			fmt.Fprintf(a.Out, "max-running is now %d\n", n)
 			return nil
 		},
 	}, &cobra.Command{
@@ -727,22 +792,27 @@ func bbmSetCmd(a *App) *cobra.Command {
 		Short: "How many batches of one migration may run at once",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
+			known := a.Cfg.DatabaseNames()
+			if len(known) == 0 {
+				known = []string{mainDatabase}
+			}
+			ref, err := idRef(args[0], known)
 			if err != nil {
 				return err
 			}
+			ref.raw = args[0]
 			n, err := strconv.Atoi(args[1])
 			if err != nil || n < 1 || n > bbmMaxParallel {
 				return Usagef("parallel must be between 1 and %d, got %q", bbmMaxParallel, args[1])
 			}
-			e, err := a.bbmEngine(cmd.Context())
+			e, db, err := a.bbmWriteEngine(cmd.Context(), ref, "set parallel")
 			if err != nil {
 				return err
 			}
-			if err := e.SetParallel(cmd.Context(), id, n); err != nil {
-				return bbmErr(err)
+			if err := e.SetParallel(cmd.Context(), ref.id, n); err != nil {
+				return bbmErr(a.dbErr(db, err))
 			}
-			fmt.Fprintf(a.Out, "migration %d may run %d batches at once\n", id, n)
+			fmt.Fprintf(a.Out, "migration %s may run %d batches at once\n", a.dbRef(db, ref.id), n)
 			return nil
 		},
 	})
@@ -759,17 +829,23 @@ func bbmPauseAllCmd(a *App, name string, pause bool) *cobra.Command {
 		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := a.bbmEngine(cmd.Context())
+			dbs, err := a.bbmWriteDBs(name)
 			if err != nil {
 				return err
 			}
-			if err := e.SetPausedAll(cmd.Context(), pause); err != nil {
-				return err
-			}
-			if pause {
-				fmt.Fprintln(a.Out, "All batched background migrations paused (running batches finish).")
-			} else {
-				fmt.Fprintln(a.Out, "Batched background migrations resumed.")
+			for _, db := range dbs {
+				e, err := a.bbmEngineFor(cmd.Context(), db)
+				if err != nil {
+					return err
+				}
+				if err := e.SetPausedAll(cmd.Context(), pause); err != nil {
+					return a.dbErr(db, err)
+				}
+				if pause {
+					fmt.Fprintf(a.Out, "%sAll batched background migrations paused (running batches finish).\n", a.dbLabel(db))
+				} else {
+					fmt.Fprintf(a.Out, "%sBatched background migrations resumed.\n", a.dbLabel(db))
+				}
 			}
 			return nil
 		},

@@ -19,6 +19,11 @@ import (
 type bbmRef struct {
 	id  int64
 	cfg *batched.MigrationConfig
+	// db is the database the reference names (ci_10, finalize:ci[...]);
+	// "" when it names none.
+	db string
+	// raw is the reference as typed, for messages.
+	raw string
 }
 
 const refUsage = "ID, CLASS TABLE COLUMN ARGS_JSON, a rake form (finalize[CLASS,TABLE,COLUMN,ARGS_JSON], show[ID]) or the configuration hash `ferry bbm check` prints"
@@ -31,8 +36,32 @@ func idOrConfigArgs(cmd *cobra.Command, args []string) error {
 	return nil
 }
 
-// parseRef reads the arguments checked by idOrConfigArgs.
+// parseRef reads the arguments checked by idOrConfigArgs, for a
+// single-database ferry (main).
 func parseRef(args []string) (bbmRef, error) {
+	return parseRefIn(args, []string{mainDatabase})
+}
+
+// parseRef reads a reference against the configured databases.
+func (a *App) parseRef(args []string) (bbmRef, error) {
+	known := a.Cfg.DatabaseNames()
+	if len(known) == 0 {
+		known = []string{mainDatabase}
+	}
+	return parseRefIn(args, known)
+}
+
+// parseRefIn reads a reference whose database, if it names one, must be
+// one of known.
+func parseRefIn(args []string, known []string) (bbmRef, error) {
+	ref, err := parseRefDB(args, known)
+	if err == nil && ref.raw == "" {
+		ref.raw = strings.Join(args, " ")
+	}
+	return ref, err
+}
+
+func parseRefDB(args []string, known []string) (bbmRef, error) {
 	if len(args) == 4 {
 		return configRef(args[0], args[1], args[2], args[3])
 	}
@@ -45,20 +74,35 @@ func parseRef(args []string) (bbmRef, error) {
 		return bbmRef{cfg: &c}, nil
 	}
 	if rc, ok := parseRake(s); ok {
-		if err := rc.checkDB(); err != nil {
-			return bbmRef{}, err
+		if rc.DB != "" {
+			if err := checkDBName(rc.DB, s, known); err != nil {
+				return bbmRef{}, err
+			}
 		}
+		var ref bbmRef
+		var err error
 		switch len(rc.Args) {
 		case 1:
-			return idRef(rc.Args[0])
+			ref, err = idRef(rc.Args[0], known)
 		case 4:
-			return configRef(rc.Args[0], rc.Args[1], rc.Args[2], rc.Args[3])
+			ref, err = configRef(rc.Args[0], rc.Args[1], rc.Args[2], rc.Args[3])
+		default:
+			return bbmRef{}, Usagef("%s[...] needs an id or 4 arguments: job_class_name,table_name,column_name,job_arguments", rc.Task)
 		}
-		return bbmRef{}, Usagef("%s[...] needs an id or 4 arguments: job_class_name,table_name,column_name,job_arguments", rc.Task)
+		if err != nil {
+			return ref, err
+		}
+		switch {
+		case ref.db == "":
+			ref.db = rc.DB
+		case rc.DB != "" && rc.DB != ref.db:
+			return bbmRef{}, Usagef("%s names database %s and id %s", s, rc.DB, rc.Args[0])
+		}
+		ref.raw = s
+		return ref, nil
 	}
-	return idRef(s)
+	return idRef(s, known)
 }
-
 func configRef(class, table, column, args string) (bbmRef, error) {
 	if err := batched.CheckConfig(class, table, column, []byte(args)); err != nil {
 		return bbmRef{}, bbmErr(err)
@@ -67,16 +111,18 @@ func configRef(class, table, column, args string) (bbmRef, error) {
 }
 
 // idRef reads an id, also as GitLab prints it for several databases
-// (main_85).
-func idRef(s string) (bbmRef, error) {
-	if db, n, ok := strings.Cut(s, "_"); ok {
-		if err := (rakeCall{DB: db, raw: s}).checkDB(); err != nil {
+// (main_85, ci_10).
+func idRef(s string, known []string) (bbmRef, error) {
+	db := ""
+	if i := strings.LastIndexByte(s, '_'); i >= 0 {
+		db = s[:i]
+		if err := checkDBName(db, s, known); err != nil {
 			return bbmRef{}, err
 		}
-		s = n
+		s = s[i+1:]
 	}
 	id, err := parseID(s)
-	return bbmRef{id: id}, err
+	return bbmRef{id: id, db: db}, err
 }
 
 // resolve returns the id of the migration ref names.

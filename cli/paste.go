@@ -125,7 +125,7 @@ func rewriteRake(args []string, valueFlag func(string) bool) ([]string, error) {
 			return args, nil
 		}
 		if strings.HasPrefix(s, "-") {
-			if valueFlag(s) {
+			if valueFlag(s) || (group >= 0 && (s == "--db" || s == "--database")) {
 				i++
 			}
 			continue
@@ -150,12 +150,21 @@ func rewriteAt(args []string, i int, cmds map[string]string) ([]string, error) {
 	if !ok {
 		return args, nil // cobra says "unknown command", naming it
 	}
-	if err := rc.checkDB(); err != nil {
-		return nil, err
+	bbm := cmds["finalize"] != ""
+	if !bbm {
+		if err := rc.checkDB(); err != nil {
+			return nil, err
+		}
 	}
+	// bbm's database names are known only once the configuration is read:
+	// the subcommand checks the one a bracket form names (finalize:ci[...]),
+	// and status:ci becomes status --db ci.
 	repl := []string{sub}
-	if rc.Brackets {
+	switch {
+	case rc.Brackets:
 		repl = append(repl, args[i])
+	case bbm && rc.DB != "":
+		repl = append(repl, "--db", rc.DB)
 	}
 	out := append(append(append([]string{}, args[:i]...), repl...), args[i+1:]...)
 	return out, nil

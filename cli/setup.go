@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/internal/ferryschema"
 )
 
@@ -18,18 +19,30 @@ table, settings). Idempotent and safe to run from many hosts at once: it
 holds an advisory lock. ` + "`ferry worker`" + ` does the same at start.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			pool, err := a.DB(cmd.Context())
-			if err != nil {
-				return err
+			// Each database has its own batched migrations, so its own
+			// ferry tables.
+			dbs := a.Cfg.DatabaseNames()
+			if len(dbs) <= 1 {
+				dbs = []string{config.DefaultDatabase}
 			}
-			if err := ferryschema.Apply(cmd.Context(), pool); err != nil {
-				return err
+			for _, db := range dbs {
+				pool, err := a.DBNamed(cmd.Context(), db)
+				if err != nil {
+					return err
+				}
+				if err := ferryschema.Apply(cmd.Context(), pool); err != nil {
+					return a.dbErr(db, err)
+				}
+				v, err := ferryschema.Current(cmd.Context(), pool)
+				if err != nil {
+					return a.dbErr(db, err)
+				}
+				if len(dbs) > 1 {
+					fmt.Fprintf(a.Out, "%s: ferry schema is at version %d\n", db, v)
+				} else {
+					fmt.Fprintf(a.Out, "ferry schema is at version %d\n", v)
+				}
 			}
-			v, err := ferryschema.Current(cmd.Context(), pool)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(a.Out, "ferry schema is at version %d\n", v)
 			return nil
 		},
 	}

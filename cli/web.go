@@ -8,10 +8,12 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/config"
+	"github.com/ferrymigrate/ferry/internal/batched"
 	"github.com/ferrymigrate/ferry/internal/web"
 	"github.com/ferrymigrate/ferry/process"
 )
@@ -84,16 +86,29 @@ func (a *App) runWeb(ctx context.Context) error {
 		return err
 	}
 	cfg.Stealer = process.Stealer{Co: co}
-	var fin *web.EngineMigrations
-	if a.Cfg.DatabaseURL != "" {
-		e, err := a.bbmEngine(ctx) // also creates/upgrades the tables
+	// One section per database (?database=NAME, as GitLab's admin page).
+	var fins []*web.EngineMigrations
+	for _, d := range a.Cfg.DatabaseList() {
+		e, err := a.bbmEngineFor(ctx, d.Name) // also creates/upgrades the tables
+		if err != nil && d.Name != config.DefaultDatabase {
+			// Another database being away must not keep the UI of the
+			// others down: its pages show the error until it answers.
+			var pool *pgxpool.Pool
+			if pool, err = a.openDB(ctx, d.Name, true); err == nil {
+				e = batched.NewEngine(pool, batched.Config{Logger: a.Log, Registry: a.Reg.BBM})
+			}
+		}
 		if err != nil {
 			return err
 		}
-		cfg.DB = e.Pool()
-		fin = web.NewEngineMigrations(ctx, e, a.Log)
-		cfg.Migrations = fin
-	} else {
+		fin := web.NewEngineMigrations(ctx, e, a.Log)
+		fins = append(fins, fin)
+		cfg.Databases = append(cfg.Databases, web.Database{Name: d.Name, DB: e.Pool(), Migrations: fin})
+		if d.Name == config.DefaultDatabase {
+			cfg.DB = e.Pool()
+		}
+	}
+	if len(fins) == 0 {
 		a.Log.Warn("DATABASE_URL is not set: the background migration pages are disabled")
 	}
 	srv, err := web.New(cfg)
@@ -103,7 +118,7 @@ func (a *App) runWeb(ctx context.Context) error {
 	err = srv.Run(ctx, func(addr net.Addr) {
 		a.Log.Info("ferry web ready", zap.String("url", "http://"+addr.String()+"/"))
 	})
-	if fin != nil {
+	for _, fin := range fins {
 		fin.Wait()
 	}
 	return err

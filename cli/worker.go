@@ -195,9 +195,17 @@ func (a *App) processOptions(ctx context.Context) (process.Options, error) {
 	if o.Redis, err = a.Redis(ctx); err != nil {
 		return o, err
 	}
-	if a.Cfg.DatabaseURL != "" {
-		if o.DB, err = a.DB(ctx); err != nil {
+	// Every configured database's batched migrations run here, one engine
+	// each. The default one must answer at start, as it always had to;
+	// another that does not is waited for while the others run.
+	for _, d := range a.Cfg.DatabaseList() {
+		pool, err := a.openDB(ctx, d.Name, d.Name != config.DefaultDatabase)
+		if err != nil {
 			return o, err
+		}
+		o.Databases = append(o.Databases, process.Database{Name: d.Name, Pool: pool})
+		if d.Name == config.DefaultDatabase {
+			o.DB = pool
 		}
 	}
 	if a.Cfg.Web.ServeInWorker {

@@ -29,8 +29,15 @@ var ErrInvalidOptions = errors.New("process: invalid options")
 type Options struct {
 	// Redis is required.
 	Redis *redis.Client
-	// DB enables migrations; nil runs Sidekiq jobs only.
+	// DB enables migrations; nil runs Sidekiq jobs only. It is the default
+	// database ("main"): legacy migrations, the probes and the web UI's
+	// audit log use it.
 	DB *pgxpool.Pool
+	// Databases, when set, are every database whose batched migrations the
+	// process runs, one engine each (GitLab's main and ci). DB, when nil,
+	// is then the one named "main", else the first. Unset, DB alone is
+	// the database "main".
+	Databases []Database
 	// Registries default to [NewRegistries].
 	Registries *Registries
 	Logger     *zap.Logger
@@ -50,6 +57,12 @@ type Options struct {
 	HealthListener net.Listener
 	// SystemdNotify speaks systemd's notify protocol (Type=notify).
 	SystemdNotify bool
+}
+
+// Database is one named database of [Options.Databases].
+type Database struct {
+	Name string
+	Pool *pgxpool.Pool
 }
 
 // Process is a built worker process; Run runs it.
@@ -77,10 +90,32 @@ func New(ctx context.Context, o Options) (*Process, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
 	}
+	if len(o.Databases) == 0 && o.DB != nil {
+		o.Databases = []Database{{Name: batched.DefaultDatabase, Pool: o.DB}}
+	}
+	for _, d := range o.Databases {
+		if d.Pool == nil || d.Name == "" {
+			return nil, fmt.Errorf("%w: database %q needs a name and a pool", ErrInvalidOptions, d.Name)
+		}
+		if o.DB == nil && d.Name == batched.DefaultDatabase {
+			o.DB = d.Pool
+		}
+	}
+	if o.DB == nil && len(o.Databases) > 0 {
+		o.DB = o.Databases[0].Pool
+	}
 	p := &Process{o: o, rt: rt}
-	if o.DB != nil {
-		if err := ferryschema.Ensure(ctx, o.DB, o.Logger); err != nil {
+	for _, d := range o.Databases {
+		err := ferryschema.Ensure(ctx, d.Pool, o.Logger)
+		switch {
+		case err == nil:
+		case d.Pool == o.DB:
 			return nil, err
+		default:
+			// Another database being away must not stop the others' work:
+			// its migrations set up its tables once it answers (Service).
+			o.Logger.Warn("cannot set up ferry's tables in a database; its batched migrations wait for it",
+				zap.String("database", d.Name), zap.Error(err))
 		}
 	}
 	for _, add := range []func(context.Context) error{p.addBBM, p.addBM, p.addWeb, p.addHealth} {
@@ -131,17 +166,24 @@ func (p *Process) close() {
 // addBBM runs batched background migrations: the scheduler ticks and the
 // execution jobs.
 func (p *Process) addBBM(context.Context) error {
-	if p.o.DB == nil {
+	if len(p.o.Databases) == 0 {
 		p.o.Logger.Info("no database: batched background migrations are not run by this worker")
 		return nil
 	}
-	cfg := p.o.BBM
-	cfg.Logger, cfg.Registry, cfg.Identity = p.o.Logger, p.o.Registries.BBM, p.rt.Identity()
-	e := batched.NewEngine(p.o.DB, cfg)
-	// Closed after the runtime's jobs returned (Run), not with the
-	// scheduler: batches still running need the engine's session.
-	p.closers = append(p.closers, e.Close)
-	svc := batched.NewService(e, p.o.Redis, p.o.Logger)
+	var dbs []batched.Database
+	for _, d := range p.o.Databases {
+		cfg := p.o.BBM
+		cfg.Logger, cfg.Registry, cfg.Identity = p.o.Logger, p.o.Registries.BBM, p.rt.Identity()
+		if len(p.o.Databases) > 1 {
+			cfg.Logger = p.o.Logger.With(zap.String("database", d.Name))
+		}
+		e := batched.NewEngine(d.Pool, cfg)
+		// Closed after the runtime's jobs returned (Run), not with the
+		// scheduler: batches still running need the engine's session.
+		p.closers = append(p.closers, e.Close)
+		dbs = append(dbs, batched.Database{Name: d.Name, Engine: e})
+	}
+	svc := batched.NewMultiService(dbs, p.o.Redis, p.o.Logger)
 	if err := svc.Register(p.o.Registries.Workers); err != nil {
 		return err
 	}
@@ -215,15 +257,16 @@ func (p *Process) addWeb(ctx context.Context) error {
 	cfg := *p.o.Web
 	cfg.Redis, cfg.Logger = p.o.Redis, p.o.Logger
 	cfg.Stealer = Stealer{&legacy.Coordinator{Redis: p.o.Redis, Logger: p.o.Logger, Runner: p.bmRunner()}}
-	var fin *web.EngineMigrations
-	if p.o.DB != nil {
-		cfg.DB = p.o.DB
+	var fins []*web.EngineMigrations
+	cfg.DB = p.o.DB
+	for _, d := range p.o.Databases {
 		bc := p.o.BBM
 		bc.Logger, bc.Registry, bc.Identity = p.o.Logger, p.o.Registries.BBM, p.rt.Identity()+":web:"+strconv.Itoa(os.Getpid())
-		e := batched.NewEngine(p.o.DB, bc)
+		e := batched.NewEngine(d.Pool, bc)
 		p.closers = append(p.closers, e.Close)
-		fin = web.NewEngineMigrations(ctx, e, p.o.Logger)
-		cfg.Migrations = fin
+		fin := web.NewEngineMigrations(ctx, e, p.o.Logger)
+		fins = append(fins, fin)
+		cfg.Databases = append(cfg.Databases, web.Database{Name: d.Name, DB: d.Pool, Migrations: fin})
 	}
 	srv, err := web.New(cfg)
 	if err != nil {
@@ -231,7 +274,7 @@ func (p *Process) addWeb(ctx context.Context) error {
 	}
 	p.services = append(p.services, func(ctx context.Context) error {
 		err := srv.Run(ctx, nil)
-		if fin != nil {
+		for _, fin := range fins {
 			fin.Wait()
 		}
 		return err

@@ -37,14 +37,25 @@ type ExecutionArgs struct {
 	MigrationID int64
 	Lane        int
 	Token       string
+	// Database names the database of the migration when the service runs
+	// several ([NewMultiService]). Absent for the default one
+	// ([DefaultDatabase]), so its jobs and lane keys stay those of a
+	// single-database worker.
+	Database string `sidekiq:",optional"`
 }
 
 // Kind is the Sidekiq class.
 func (ExecutionArgs) Kind() string { return ExecutionWorkerClass }
 
-// laneKey names the Redis key holding a lane's current token.
-func laneKey(id int64, lane int) string {
-	return "ferry:bbm:lane:" + strconv.FormatInt(id, 10) + ":" + strconv.Itoa(lane)
+// laneKey names the Redis key holding a lane's current token. db is ""
+// for the service's first database (the key a single-database worker
+// uses), else the database's name: ids repeat across databases.
+func laneKey(db string, id int64, lane int) string {
+	prefix := "ferry:bbm:lane:"
+	if db != "" {
+		prefix += db + ":"
+	}
+	return prefix + strconv.FormatInt(id, 10) + ":" + strconv.Itoa(lane)
 }
 
 var (
@@ -58,19 +69,63 @@ var (
 // queue, one batch per job, each pushing the next as soon as it finishes.
 // More worker processes therefore run more batches at once, up to each
 // migration's parallelism and the cluster's max-running.
+//
+// A service may run the migrations of several databases (GitLab's main
+// and ci), one engine each: each database keeps its own tables, limit,
+// pause switch and pacing clock, and has its own tick, so a database that
+// is away holds up only its own migrations.
 type Service struct {
-	engine *Engine
+	dbs    []*serviceDB
+	byJob  map[string]*serviceDB // by ExecutionArgs.Database
 	rdb    redis.UniversalClient
 	client *queue.Client
 	log    *zap.Logger
 }
 
-// NewService returns a service pushing jobs through rdb.
+// Database is one named database's engine, for [NewMultiService].
+type Database struct {
+	Name   string
+	Engine *Engine
+}
+
+type serviceDB struct {
+	name   string // for logs; "" for NewService's one engine
+	job    string // ExecutionArgs.Database and the lane keys' part: "" for the default
+	engine *Engine
+	log    *zap.Logger
+}
+
+// NewService returns a service running e's migrations, pushing jobs
+// through rdb.
 func NewService(e *Engine, rdb redis.UniversalClient, log *zap.Logger) *Service {
+	return NewMultiService([]Database{{Engine: e}}, rdb, log)
+}
+
+// DefaultDatabase is the name of the default database (ferry's
+// DATABASE_URL, GitLab's main): its execution jobs and lane keys carry no
+// name, as a single-database worker's do, so the two kinds of workers can
+// share its migrations during a rolling deploy.
+const DefaultDatabase = "main"
+
+// NewMultiService returns a service running the migrations of every
+// database in dbs (names must be distinct).
+func NewMultiService(dbs []Database, rdb redis.UniversalClient, log *zap.Logger) *Service {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Service{engine: e, rdb: rdb, client: queue.NewClient(rdb), log: log.Named("bbm")}
+	s := &Service{byJob: map[string]*serviceDB{}, rdb: rdb, client: queue.NewClient(rdb), log: log.Named("bbm")}
+	for _, d := range dbs {
+		sd := &serviceDB{name: d.Name, engine: d.Engine, log: s.log}
+		if d.Name != DefaultDatabase {
+			sd.job = d.Name
+		}
+		if len(dbs) > 1 {
+			sd.log = s.log.With(zap.String("database", d.Name))
+		}
+		s.dbs = append(s.dbs, sd)
+		s.byJob[sd.job] = sd
+	}
+	return s
 }
 
 // Register adds the execution worker to reg.
@@ -78,17 +133,52 @@ func (s *Service) Register(reg *worker.Registry) error {
 	return worker.AddWorkerSafely(reg, worker.WorkFunc[ExecutionArgs](s.work))
 }
 
-// Run runs the scheduler until ctx is done. It does not close the engine:
-// its batches may run for the worker's whole shutdown grace after the
+// Run runs the scheduler until ctx is done. It does not close the engines:
+// their batches may run for the worker's whole shutdown grace after the
 // scheduler stops, and they need the engine's session until they end, or
-// other workers take them for a dead worker's. Close the engine once the
+// other workers take them for a dead worker's. Close the engines once the
 // worker's jobs have returned.
 func (s *Service) Run(ctx context.Context) error {
-	if err := s.engine.startWaiting(ctx); err != nil {
-		return err
+	if len(s.dbs) == 1 {
+		return s.runDB(ctx, s.dbs[0])
 	}
-	sch := scheduler.New(s.log)
-	if err := sch.Add("bbm", "@every 1s", s.tickOrSetUp); err != nil {
+	errs := make(chan error, len(s.dbs))
+	for _, d := range s.dbs {
+		go func() {
+			err := s.runDB(ctx, d)
+			if err != nil && ctx.Err() == nil {
+				err = fmt.Errorf("database %s: %w", d.name, err)
+			}
+			errs <- err
+		}()
+	}
+	var first error
+	for range s.dbs {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// runDB starts d's engine, setting up ferry's tables first when they are
+// missing (a database that was away when the worker started), then ticks.
+func (s *Service) runDB(ctx context.Context, d *serviceDB) error {
+	for {
+		err := d.engine.startWaiting(ctx)
+		if err == nil {
+			break
+		}
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "42P01" {
+			return err
+		}
+		if err := ferryschema.Ensure(ctx, d.engine.pool, d.log); err != nil {
+			return err
+		}
+	}
+	sch := scheduler.New(d.log)
+	if err := sch.Add("bbm", "@every 1s", func(ctx context.Context) error { return s.tickOrSetUp(ctx, d) }); err != nil {
 		return err
 	}
 	return sch.Run(ctx)
@@ -97,27 +187,41 @@ func (s *Service) Run(ctx context.Context) error {
 // tickOrSetUp ticks; when ferry's tables are gone (a `ferry db restore` of a
 // backup from before ferry, or a dropped schema), it sets them up again, so
 // running workers carry on without a restart.
-func (s *Service) tickOrSetUp(ctx context.Context) error {
-	err := s.Tick(ctx)
+func (s *Service) tickOrSetUp(ctx context.Context, d *serviceDB) error {
+	err := s.tick(ctx, d)
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) || pe.Code != "42P01" {
 		return err
 	}
-	s.log.Warn("ferry's tables are gone (a restore?); setting them up again", zap.Error(err))
-	return ferryschema.Ensure(ctx, s.engine.pool, s.log)
+	d.log.Warn("ferry's tables are gone (a restore?); setting them up again", zap.Error(err))
+	return ferryschema.Ensure(ctx, d.engine.pool, d.log)
 }
 
 // Tick revives migrations whose finalizer died, rescues batches of dead
 // workers, checks health of running migrations, and opens the lanes that
-// are missing.
+// are missing, in every database of the service.
 func (s *Service) Tick(ctx context.Context) error {
-	// Only a settled engine judges other sessions gone (session.go).
-	if s.engine.settled() {
-		if _, err := s.engine.ReviveFinalizing(ctx, 0); err != nil {
-			s.log.Warn("could not revive migrations whose finalizer died", zap.Error(err))
+	var errs []error
+	for _, d := range s.dbs {
+		if err := s.tick(ctx, d); err != nil {
+			if d.name != "" {
+				err = fmt.Errorf("database %s: %w", d.name, err)
+			}
+			errs = append(errs, err)
 		}
 	}
-	rows, err := s.engine.pool.Query(ctx, `
+	return errors.Join(errs...)
+}
+
+func (s *Service) tick(ctx context.Context, d *serviceDB) error {
+	e := d.engine
+	// Only a settled engine judges other sessions gone (session.go).
+	if e.settled() {
+		if _, err := e.ReviveFinalizing(ctx, 0); err != nil {
+			d.log.Warn("could not revive migrations whose finalizer died", zap.Error(err))
+		}
+	}
+	rows, err := e.pool.Query(ctx, `
 		WITH settings AS (SELECT max_running, paused_all FROM ferry_bbm_settings WHERE id = 1),
 		running AS (SELECT DISTINCT batched_background_migration_id AS id FROM batched_background_migration_jobs WHERE status = 1)
 		SELECT m.id, m.max_parallel_batches, (m.slow_until > now()) IS TRUE, m.id IN (SELECT id FROM running)
@@ -151,9 +255,9 @@ func (s *Service) Tick(ctx context.Context) error {
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	rescued, err := s.engine.RescueAll(ctx)
+	rescued, err := e.RescueAll(ctx)
 	if err != nil {
-		s.log.Warn("rescue of dead workers' batches failed", zap.Error(err))
+		d.log.Warn("rescue of dead workers' batches failed", zap.Error(err))
 	}
 	for _, id := range rescued {
 		// A dead worker's batch held one of the migration's lanes, and the
@@ -161,13 +265,13 @@ func (s *Service) Tick(ctx context.Context) error {
 		// the lane to expire or the job to be recovered. Jobs of live
 		// lanes carry the old tokens and stop at their next batch (work),
 		// so the number of lanes stays max_parallel_batches.
-		if err := s.reopenLanes(ctx, id); err != nil {
+		if err := s.reopenLanes(ctx, d, id); err != nil {
 			return err
 		}
 	}
 	for _, c := range cands {
 		if c.running {
-			s.engine.CheckHealth(ctx, c.id)
+			e.CheckHealth(ctx, c.id)
 		}
 		lanes := c.parallel
 		if c.slow {
@@ -175,15 +279,16 @@ func (s *Service) Tick(ctx context.Context) error {
 		}
 		for lane := range lanes {
 			token := newToken()
-			ok, err := s.rdb.SetNX(ctx, laneKey(c.id, lane), token, laneTTL).Result()
+			key := laneKey(d.job, c.id, lane)
+			ok, err := s.rdb.SetNX(ctx, key, token, laneTTL).Result()
 			if err != nil {
 				return err
 			}
 			if !ok {
 				continue
 			}
-			if err := s.push(ctx, ExecutionArgs{MigrationID: c.id, Lane: lane, Token: token}); err != nil {
-				s.rdb.Del(ctx, laneKey(c.id, lane))
+			if err := s.push(ctx, ExecutionArgs{MigrationID: c.id, Lane: lane, Token: token, Database: d.job}); err != nil {
+				s.rdb.Del(ctx, key)
 				return err
 			}
 		}
@@ -193,16 +298,20 @@ func (s *Service) Tick(ctx context.Context) error {
 
 // reopenLanes deletes the lane keys of migration id, so this tick opens
 // them again with new jobs.
-func (s *Service) reopenLanes(ctx context.Context, id int64) error {
+func (s *Service) reopenLanes(ctx context.Context, d *serviceDB, id int64) error {
 	keys := make([]string, 0, MaxParallelBatches)
 	for lane := range MaxParallelBatches {
-		keys = append(keys, laneKey(id, lane))
+		keys = append(keys, laneKey(d.job, id, lane))
 	}
 	return s.rdb.Del(ctx, keys...).Err()
 }
 
 func (s *Service) push(ctx context.Context, a ExecutionArgs) error {
-	args, _ := json.Marshal([]any{a.MigrationID, a.Lane, a.Token})
+	payload := []any{a.MigrationID, a.Lane, a.Token}
+	if a.Database != "" {
+		payload = append(payload, a.Database)
+	}
+	args, _ := json.Marshal(payload)
 	// retry: false: a batch's failure is recorded in PostgreSQL, and the
 	// lane is re-opened by the scheduler; Sidekiq retries would only
 	// duplicate lanes.
@@ -212,22 +321,31 @@ func (s *Service) push(ctx context.Context, a ExecutionArgs) error {
 
 func (s *Service) work(ctx context.Context, job *worker.Job[ExecutionArgs]) error {
 	a := job.Args
-	key := laneKey(a.MigrationID, a.Lane)
-	ok, err := renewLane.Run(ctx, s.rdb, []string{key}, a.Token, laneTTL.Milliseconds()).Int()
+	d, ok := s.byJob[a.Database]
+	if !ok {
+		// Pushed by a worker configured with more databases. Its lane
+		// expires (laneTTL) and a worker that has the database opens it
+		// again; this one cannot run it.
+		s.log.Warn("execution job for a database this worker does not have; configure it (databases: or DATABASE_URL_<NAME>) on every worker",
+			zap.String("database", a.Database), zap.Int64("migration_id", a.MigrationID))
+		return nil
+	}
+	key := laneKey(d.job, a.MigrationID, a.Lane)
+	renewed, err := renewLane.Run(ctx, s.rdb, []string{key}, a.Token, laneTTL.Milliseconds()).Int()
 	if err != nil {
 		return fmt.Errorf("bbm: lane %s: %w", key, err)
 	}
-	if ok == 0 {
+	if renewed == 0 {
 		return nil // a stale copy of a lane that has moved on
 	}
-	out, err := s.engine.RunBatch(ctx, a.MigrationID)
+	out, err := d.engine.RunBatch(ctx, a.MigrationID)
 	switch {
 	case err == nil || errors.Is(err, context.Canceled):
 	case isConnLoss(err):
 		// The lane reopens at a tick once the database answers again.
-		s.log.Warn("database unreachable; the migration's batches wait for it", zap.Int64("migration_id", a.MigrationID), zap.Error(err))
+		d.log.Warn("database unreachable; the migration's batches wait for it", zap.Int64("migration_id", a.MigrationID), zap.Error(err))
 	default:
-		s.log.Error("batch could not run", zap.Int64("migration_id", a.MigrationID), zap.Error(err))
+		d.log.Error("batch could not run", zap.Int64("migration_id", a.MigrationID), zap.Error(err))
 	}
 	if err == nil && out == Ran {
 		// Chain the next batch at once, without waiting for a tick. On

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/internal/batched"
@@ -134,12 +135,38 @@ func pageParam(r *http.Request) (int, error) {
 	return n, nil
 }
 
-func (s *Server) needDB(w http.ResponseWriter, r *http.Request) bool {
-	if s.store == nil {
+// needDB is the database a migration page or action is about:
+// ?database=NAME (GitLab's admin page), default the first configured.
+func (s *Server) needDB(w http.ResponseWriter, r *http.Request) (*dbView, bool) {
+	if len(s.dbs) == 0 {
 		s.fail(w, r, http.StatusServiceUnavailable, "no database configured: set DATABASE_URL or --database-url to see background migrations")
-		return false
+		return nil, false
 	}
-	return true
+	name := r.URL.Query().Get("database")
+	if name == "" {
+		return s.dbs[0], true
+	}
+	names := make([]string, 0, len(s.dbs))
+	for _, v := range s.dbs {
+		if v.name == name {
+			return v, true
+		}
+		names = append(names, v.name)
+	}
+	s.notFound(w, r, fmt.Sprintf("no database %q: configured databases are %s", name, strings.Join(names, ", ")))
+	return nil, false
+}
+
+// dbNames lists the databases shown, for the selector (nil with one).
+func (s *Server) dbNames() []string {
+	if len(s.dbs) < 2 {
+		return nil
+	}
+	out := make([]string, 0, len(s.dbs))
+	for _, v := range s.dbs {
+		out = append(out, v.name)
+	}
+	return out
 }
 
 func (s *Server) needRedis(w http.ResponseWriter, r *http.Request) bool {
@@ -157,21 +184,31 @@ type indexBody struct {
 	Migrations []*Migration
 	Page       int
 	HasNext    bool
+	// Databases lists the databases for the selector when there are
+	// several; Database is the one shown, DBAmp its query parameter.
+	Databases []string
+	Database  string
+	DBAmp     template.URL
 }
 
-// bbmData is s.data for the migration pages, with the pause-all banner.
-func (s *Server) bbmData(r *http.Request, title string) (*pageData, error) {
+// bbmData is s.data for the migration pages of database v, with its
+// pause-all banner.
+func (s *Server) bbmData(r *http.Request, v *dbView, title string) (*pageData, error) {
 	d := s.data(r, "bbm", title)
-	paused, err := s.store.PausedAll(r.Context())
+	paused, err := v.store.PausedAll(r.Context())
 	if err != nil {
 		return nil, err
 	}
 	d.PausedAll, d.PausedAllReason = paused, batched.PausedAllReason
+	if paused && len(s.dbs) > 1 {
+		d.PausedAllReason += " (database " + v.name + ")"
+	}
 	return d, nil
 }
 
 func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
-	if !s.needDB(w, r) {
+	v, ok := s.needDB(w, r)
+	if !ok {
 		return
 	}
 	tab := Tab(r.URL.Query().Get("tab"))
@@ -187,22 +224,25 @@ func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, err.Error())
 		return
 	}
-	counts, err := s.store.TabCounts(r.Context())
+	counts, err := v.store.TabCounts(r.Context())
 	if err != nil {
-		s.serverError(w, r, err)
+		s.serverError(w, r, s.dbErr(v, err))
 		return
 	}
-	ms, err := s.store.List(r.Context(), tab, perPage+1, (page-1)*perPage)
+	ms, err := v.store.List(r.Context(), tab, perPage+1, (page-1)*perPage)
 	if err != nil {
-		s.serverError(w, r, err)
+		s.serverError(w, r, s.dbErr(v, err))
 		return
 	}
-	b := &indexBody{Tab: tab, Tabs: Tabs, Counts: counts, Page: page}
+	b := &indexBody{Tab: tab, Tabs: Tabs, Counts: counts, Page: page, Databases: s.dbNames(), Database: v.name}
+	if b.Databases != nil {
+		b.DBAmp = dbQuery("&", v.name)
+	}
 	if len(ms) > perPage {
 		ms, b.HasNext = ms[:perPage], true
 	}
 	b.Migrations = ms
-	d, err := s.bbmData(r, "Background migrations")
+	d, err := s.bbmData(r, v, "Background migrations")
 	if err != nil {
 		s.serverError(w, r, err)
 		return
@@ -232,7 +272,8 @@ var risks = map[string]string{
 }
 
 func (s *Server) handleShow(w http.ResponseWriter, r *http.Request) {
-	if !s.needDB(w, r) {
+	v, ok := s.needDB(w, r)
+	if !ok {
 		return
 	}
 	id, ok := pathID(r, "id")
@@ -246,37 +287,37 @@ func (s *Server) handleShow(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	m, err := s.store.Get(ctx, id)
+	m, err := v.store.Get(ctx, id)
 	if errors.Is(err, ErrNotFound) {
-		s.notFound(w, r, fmt.Sprintf("no background migration with id %d", id))
+		s.notFound(w, r, fmt.Sprintf("no background migration with id %d%s", id, s.inDB(v)))
 		return
 	}
 	if err != nil {
-		s.serverError(w, r, err)
+		s.serverError(w, r, s.dbErr(v, err))
 		return
 	}
 	b := &showBody{M: m, Confirm: confirm, Risk: risks[confirm]}
-	if b.Recent, err = s.store.Jobs(ctx, id, false, 20); err != nil {
+	if b.Recent, err = v.store.Jobs(ctx, id, false, 20); err != nil {
 		s.serverError(w, r, err)
 		return
 	}
-	if b.Failed, err = s.store.Jobs(ctx, id, true, 50); err != nil {
+	if b.Failed, err = v.store.Jobs(ctx, id, true, 50); err != nil {
 		s.serverError(w, r, err)
 		return
 	}
-	pts, err := s.store.Chart(ctx, id, 200)
+	pts, err := v.store.Chart(ctx, id, 200)
 	if err != nil {
 		s.serverError(w, r, err)
 		return
 	}
 	b.Chart = renderChart(pts)
-	if acts, err := listActions(ctx, s.cfg.DB, &id, 20); err == nil {
+	if acts, err := listActions(ctx, v.pool, &id, 20); err == nil {
 		b.Actions = acts
 	} else if !errors.Is(err, ErrNoTables) {
 		s.log.Warn("read actions", zap.Error(err))
 	}
 	b.Settings = settings(m)
-	d, err := s.bbmData(r, fmt.Sprintf("%s: %s.%s", m.JobClassName, m.TableName, m.ColumnName))
+	d, err := s.bbmData(r, v, fmt.Sprintf("%s: %s.%s", m.JobClassName, m.TableName, m.ColumnName))
 	if err != nil {
 		s.serverError(w, r, err)
 		return
@@ -305,8 +346,8 @@ func settings(m *Migration) [][2]string {
 	if m.MaxBatchSize == nil {
 		maxBatch = "— (2,000,000)"
 	}
-	return [][2]string{
-		{"Id", strconv.FormatInt(m.ID, 10)},
+	out := [][2]string{
+		{"Id", m.Ref()},
 		{"Job class", m.JobClassName},
 		{"Table", m.TableName},
 		{"Column", m.ColumnName},
@@ -327,6 +368,10 @@ func settings(m *Migration) [][2]string {
 		{"Finished at", t(m.FinishedAt)},
 		{"On hold until", t(m.OnHoldUntil)},
 	}
+	if m.dbParam != "" {
+		out = append([][2]string{{"Database", m.Database}}, out...)
+	}
+	return out
 }
 
 type jobBody struct {
@@ -336,7 +381,8 @@ type jobBody struct {
 }
 
 func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
-	if !s.needDB(w, r) {
+	v, ok := s.needDB(w, r)
+	if !ok {
 		return
 	}
 	id, ok1 := pathID(r, "id")
@@ -346,16 +392,16 @@ func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	m, err := s.store.Get(ctx, id)
+	m, err := v.store.Get(ctx, id)
 	if errors.Is(err, ErrNotFound) {
-		s.notFound(w, r, fmt.Sprintf("no background migration with id %d", id))
+		s.notFound(w, r, fmt.Sprintf("no background migration with id %d%s", id, s.inDB(v)))
 		return
 	}
 	if err != nil {
-		s.serverError(w, r, err)
+		s.serverError(w, r, s.dbErr(v, err))
 		return
 	}
-	j, err := s.store.Job(ctx, id, jid)
+	j, err := v.store.Job(ctx, id, jid)
 	if errors.Is(err, ErrNotFound) {
 		s.notFound(w, r, fmt.Sprintf("migration %d has no job %d", id, jid))
 		return
@@ -364,12 +410,12 @@ func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 		s.serverError(w, r, err)
 		return
 	}
-	tr, err := s.store.Transitions(ctx, jid)
+	tr, err := v.store.Transitions(ctx, jid)
 	if err != nil {
 		s.serverError(w, r, err)
 		return
 	}
-	d, err := s.bbmData(r, fmt.Sprintf("Job %d of migration %d", jid, id))
+	d, err := s.bbmData(r, v, fmt.Sprintf("Job %d of migration %s", jid, m.Ref()))
 	if err != nil {
 		s.serverError(w, r, err)
 		return
@@ -379,7 +425,8 @@ func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleAction(w http.ResponseWriter, r *http.Request) {
-	if !s.needDB(w, r) {
+	v, ok := s.needDB(w, r)
+	if !ok {
 		return
 	}
 	id, ok := pathID(r, "id")
@@ -397,27 +444,33 @@ func (s *Server) handleAction(w http.ResponseWriter, r *http.Request) {
 	}
 	switch action {
 	case "pause":
-		err = s.mig.Pause(ctx, id)
+		err = v.mig.Pause(ctx, id)
 	case "resume":
-		err = s.mig.Resume(ctx, id)
+		err = v.mig.Resume(ctx, id)
 	case "retry":
-		err = s.mig.Retry(ctx, id)
+		err = v.mig.Retry(ctx, id)
 	case "finalize":
-		err = s.mig.Finalize(ctx, id)
+		err = v.mig.Finalize(ctx, id)
 	case "mark_finished":
-		err = s.mig.MarkFinished(ctx, id, p.Name+"@"+remoteAddr(r)+" (web)")
+		err = v.mig.MarkFinished(ctx, id, p.Name+"@"+remoteAddr(r)+" (web)")
 	default:
 		s.notFound(w, r, fmt.Sprintf("no action %q", action))
 		return
 	}
 	if errors.Is(err, ErrNotFound) {
-		s.notFound(w, r, fmt.Sprintf("no background migration with id %d", id))
+		s.notFound(w, r, fmt.Sprintf("no background migration with id %d%s", id, s.inDB(v)))
 		return
 	}
-	s.audit(r, action, fmt.Sprintf("migration %d", id), &id, err)
+	target := fmt.Sprintf("migration %d", id)
+	var q template.URL
+	if len(s.dbs) > 1 {
+		target = fmt.Sprintf("migration %s_%d", v.name, id)
+		q = dbQuery("&", v.name)
+	}
+	s.auditIn(r, v.pool, action, target, &id, err)
 	switch {
 	case err == nil:
-		http.Redirect(w, r, fmt.Sprintf("/background_migrations/%d?done=%s", id, action), http.StatusSeeOther)
+		http.Redirect(w, r, fmt.Sprintf("/background_migrations/%d?done=%s%s", id, action, q), http.StatusSeeOther)
 	case errors.Is(err, ErrInvalidState):
 		s.fail(w, r, http.StatusConflict, err.Error())
 	case errors.Is(err, ErrUnsupported):
@@ -430,6 +483,12 @@ func (s *Server) handleAction(w http.ResponseWriter, r *http.Request) {
 // audit records an action; failure to record is logged, not fatal: the
 // action already happened.
 func (s *Server) audit(r *http.Request, action, target string, migrationID *int64, err error) {
+	s.auditIn(r, s.cfg.DB, action, target, migrationID, err)
+}
+
+// auditIn records an action in db: a migration's actions in its own
+// database, next to its rows (ids repeat across databases).
+func (s *Server) auditIn(r *http.Request, db *pgxpool.Pool, action, target string, migrationID *int64, err error) {
 	p := who(r)
 	a := Action{CreatedAt: s.cfg.Now(), Actor: p.Name, RemoteAddr: remoteAddr(r), Action: action, Target: target, MigrationID: migrationID}
 	if err != nil {
@@ -441,10 +500,10 @@ func (s *Server) audit(r *http.Request, action, target string, migrationID *int6
 	} else {
 		s.log.Info("web action", fields...)
 	}
-	if s.cfg.DB == nil {
+	if db == nil {
 		return
 	}
-	if rerr := recordAction(r.Context(), s.cfg.DB, a); rerr != nil {
+	if rerr := recordAction(r.Context(), db, a); rerr != nil {
 		s.log.Error("web action not recorded", append(fields, zap.Error(rerr))...)
 	}
 }
@@ -631,10 +690,11 @@ func (s *Server) handleSetAction(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleActions(w http.ResponseWriter, r *http.Request) {
-	if !s.needDB(w, r) {
+	v, ok := s.needDB(w, r)
+	if !ok {
 		return
 	}
-	acts, err := listActions(r.Context(), s.cfg.DB, nil, 200)
+	acts, err := listActions(r.Context(), v.pool, nil, 200)
 	if err != nil {
 		s.serverError(w, r, err)
 		return
@@ -642,4 +702,20 @@ func (s *Server) handleActions(w http.ResponseWriter, r *http.Request) {
 	d := s.data(r, "actions", "Operator actions")
 	d.Body = acts
 	s.render(w, r, http.StatusOK, "actions", d)
+}
+
+// inDB is " in database NAME" when several databases are shown.
+func (s *Server) inDB(v *dbView) string {
+	if len(s.dbs) > 1 {
+		return " in database " + v.name
+	}
+	return ""
+}
+
+// dbErr names the database of a failed read when several are shown.
+func (s *Server) dbErr(v *dbView, err error) error {
+	if err == nil || len(s.dbs) < 2 {
+		return err
+	}
+	return fmt.Errorf("database %s: %w", v.name, err)
 }

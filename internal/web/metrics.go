@@ -3,6 +3,7 @@ package web
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -23,14 +24,18 @@ import (
 // shared state, rather than counting in-process, means any `ferry web`
 // reports the whole cluster, and no metric is lost when a worker dies.
 type Collector struct {
-	rdb   redis.UniversalClient
-	store *store // nil: no database
-	log   *zap.Logger
+	rdb    redis.UniversalClient
+	stores []*store // one per database; none: no database
+	log    *zap.Logger
 	// timeout bounds one scrape so a slow database cannot pile up scrapes.
 	timeout time.Duration
+	// multi: several databases, so migration series carry GitLab's
+	// db_config_name label (ids repeat across databases). With one, the
+	// series stay as they were, so existing dashboards keep matching.
+	multi bool
 
 	mu   sync.Mutex
-	hist queryHistograms
+	hist map[string]*queryHistograms // by database
 
 	batchSize, subBatchSize, interval, duration, migrated, total, lastUpdate, updated *prometheus.Desc
 	status, progress, rowsPerSec, eta, failedJobs, state                              *prometheus.Desc
@@ -40,29 +45,30 @@ type Collector struct {
 	setSize, inflight, recoveries, up                                    *prometheus.Desc
 }
 
-var migLabels = []string{"migration_id", "migration_identifier"}
-
 // NewCollector returns a collector; db or rdb may be nil to leave their
 // metrics out. Migrations are read through the engine's read model
 // ([batched.Engine.List]), as the pages and `ferry bbm status` read them.
 func NewCollector(db *pgxpool.Pool, rdb redis.UniversalClient, log *zap.Logger) *Collector {
-	var e *batched.Engine
+	var stores []*store
 	if db != nil {
-		e = batched.NewEngine(db, batched.Config{Logger: log})
+		stores = append(stores, &store{e: batched.NewEngine(db, batched.Config{Logger: log}), db: batched.DefaultDatabase})
 	}
-	return newCollector(e, rdb, log)
+	return newCollector(stores, rdb, log)
 }
 
-func newCollector(e *batched.Engine, rdb redis.UniversalClient, log *zap.Logger) *Collector {
+func newCollector(stores []*store, rdb redis.UniversalClient, log *zap.Logger) *Collector {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	c := &Collector{rdb: rdb, log: log, timeout: 10 * time.Second}
-	if e != nil {
-		c.store = &store{e: e}
+	c := &Collector{rdb: rdb, log: log, timeout: 10 * time.Second, stores: stores, multi: len(stores) > 1, hist: map[string]*queryHistograms{}}
+	for _, st := range stores {
+		c.hist[st.db] = &queryHistograms{byKey: map[histKey]*histogram{}, seen: map[int64]struct{}{}}
 	}
-	c.hist.byKey = map[histKey]*histogram{}
-	c.hist.seen = map[int64]struct{}{}
+	migLabels := []string{"migration_id", "migration_identifier"}
+	if c.multi {
+		migLabels = append(migLabels, "db_config_name")
+	}
+	migLabels = slices.Clip(migLabels) // each append below gets its own array
 	g := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(name, help, labels, nil)
 	}
@@ -110,11 +116,14 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
-	if c.store != nil {
+	if len(c.stores) > 0 {
 		up := 1.0
-		if err := c.collectMigrations(ctx, ch); err != nil {
-			c.log.Warn("metrics: read migrations", zap.Error(err))
-			up = 0
+		for _, st := range c.stores {
+			// One database that cannot be read leaves the others' series.
+			if err := c.collectMigrations(ctx, ch, st); err != nil {
+				c.log.Warn("metrics: read migrations", zap.String("database", st.db), zap.Error(err))
+				up = 0
+			}
 		}
 		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, "postgres")
 	}
@@ -128,14 +137,14 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-func (c *Collector) collectMigrations(ctx context.Context, ch chan<- prometheus.Metric) error {
-	ms, err := c.store.All(ctx)
+func (c *Collector) collectMigrations(ctx context.Context, ch chan<- prometheus.Metric, st *store) error {
+	ms, err := st.All(ctx)
 	if err != nil {
 		return err
 	}
 	idents := map[int64]string{}
 	for _, m := range ms {
-		l := []string{strconv.FormatInt(m.ID, 10), m.Identifier()}
+		l := c.labels(st, m.ID, m.Identifier())
 		idents[m.ID] = m.Identifier()
 		gauge := func(d *prometheus.Desc, v float64) {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l...)
@@ -165,7 +174,17 @@ func (c *Collector) collectMigrations(ctx context.Context, ch chan<- prometheus.
 		}
 		ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, 1, append(l, m.Progress.Class)...)
 	}
-	return c.collectQueryDurations(ctx, ch, idents)
+	return c.collectQueryDurations(ctx, ch, st, idents)
+}
+
+// labels are a migration series' labels, with db_config_name when there
+// are several databases.
+func (c *Collector) labels(st *store, id int64, ident string, extra ...string) []string {
+	l := []string{strconv.FormatInt(id, 10), ident}
+	if c.multi {
+		l = append(l, st.db)
+	}
+	return append(l, extra...)
 }
 
 // queryBuckets are GitLab's buckets for the query duration histogram.
@@ -196,11 +215,11 @@ type queryHistograms struct {
 // maxJobsPerScrape bounds the catch-up work of one scrape after a start.
 const maxJobsPerScrape = 5000
 
-func (c *Collector) collectQueryDurations(ctx context.Context, ch chan<- prometheus.Metric, idents map[int64]string) error {
+func (c *Collector) collectQueryDurations(ctx context.Context, ch chan<- prometheus.Metric, st *store, idents map[int64]string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	h := &c.hist
-	jobs, oldestOpen, err := c.store.e.FinishedTimings(ctx, h.watermark, maxJobsPerScrape)
+	h := c.hist[st.db]
+	jobs, oldestOpen, err := st.e.FinishedTimings(ctx, h.watermark, maxJobsPerScrape)
 	if err != nil {
 		return translate(err)
 	}
@@ -266,8 +285,7 @@ func (c *Collector) collectQueryDurations(ctx context.Context, ch chan<- prometh
 			b[ub] = hg.buckets[i]
 		}
 		ident := idents[k.migration]
-		ch <- prometheus.MustNewConstHistogram(c.queryDur, hg.count, hg.sum, b,
-			strconv.FormatInt(k.migration, 10), ident, k.operation)
+		ch <- prometheus.MustNewConstHistogram(c.queryDur, hg.count, hg.sum, b, c.labels(st, k.migration, ident, k.operation)...)
 	}
 	return nil
 }

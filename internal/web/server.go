@@ -77,6 +77,28 @@ type Config struct {
 	// AllowedHosts are the host names (or IPs), beside the loopback names
 	// and Listen's own host, that requests may name in their Host header.
 	AllowedHosts []string
+	// Databases, when set, are every database whose batched migrations the
+	// UI shows (GitLab's main and ci), chosen with ?database=NAME; the
+	// first is the default. DB, when nil, is then the first one's: the
+	// audit log of actions not about one migration is kept there. Unset,
+	// DB (with Migrations) is the one database, "main".
+	Databases []Database
+}
+
+// Database is one named database of [Config.Databases].
+type Database struct {
+	Name string
+	DB   *pgxpool.Pool
+	// Migrations performs actions; default an [EngineMigrations] on DB.
+	Migrations Migrations
+}
+
+// dbView is one database as the handlers use it.
+type dbView struct {
+	name  string
+	pool  *pgxpool.Pool
+	store *store
+	mig   Migrations
 }
 
 // ErrInsecure is returned by [New] for a non-loopback listen address
@@ -87,9 +109,8 @@ var ErrInsecure = errors.New("web: refusing to listen on a non-loopback address 
 type Server struct {
 	cfg      Config
 	log      *zap.Logger
-	store    *store
+	dbs      []*dbView // the default first; empty: no database
 	sk       *sidekiq
-	mig      Migrations
 	pages    *pages
 	registry *prometheus.Registry
 	handler  http.Handler
@@ -117,22 +138,32 @@ func New(cfg Config) (*Server, error) {
 	if (cfg.Auth.Username == "") != (cfg.Auth.Password == "") {
 		return nil, errors.New("web: username and password must be set together")
 	}
+	if len(cfg.Databases) == 0 && cfg.DB != nil {
+		cfg.Databases = []Database{{Name: batched.DefaultDatabase, DB: cfg.DB, Migrations: cfg.Migrations}}
+	}
+	if cfg.DB == nil && len(cfg.Databases) > 0 {
+		cfg.DB = cfg.Databases[0].DB
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger.Named("web"), hosts: allowedHosts(cfg)}
-	var eng *batched.Engine
-	if cfg.DB != nil {
+	multi := len(cfg.Databases) > 1
+	for _, d := range cfg.Databases {
+		if d.DB == nil || d.Name == "" {
+			return nil, fmt.Errorf("web: database %q needs a name and a pool", d.Name)
+		}
 		// Reads go through the engine's read model, writes through its
 		// operations: the UI has no rules of its own for these tables.
-		em, ok := cfg.Migrations.(*EngineMigrations)
+		var eng *batched.Engine
+		em, ok := d.Migrations.(*EngineMigrations)
 		if ok && em != nil {
 			eng = em.engine
 		} else {
-			eng = batched.NewEngine(cfg.DB, batched.Config{Logger: cfg.Logger})
+			eng = batched.NewEngine(d.DB, batched.Config{Logger: cfg.Logger})
 		}
-		s.store = &store{e: eng}
-		s.mig = cfg.Migrations
-		if s.mig == nil {
-			s.mig = NewEngineMigrations(context.Background(), eng, cfg.Logger)
+		v := &dbView{name: d.Name, pool: d.DB, store: &store{e: eng, db: d.Name, multi: multi}, mig: d.Migrations}
+		if v.mig == nil {
+			v.mig = NewEngineMigrations(context.Background(), eng, cfg.Logger)
 		}
+		s.dbs = append(s.dbs, v)
 	}
 	if cfg.Redis != nil {
 		s.sk = &sidekiq{rdb: cfg.Redis, now: cfg.Now}
@@ -149,7 +180,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.pages = p
 	s.registry = prometheus.NewRegistry()
-	s.registry.MustRegister(newCollector(eng, cfg.Redis, s.log))
+	stores := make([]*store, 0, len(s.dbs))
+	for _, v := range s.dbs {
+		stores = append(stores, v.store)
+	}
+	s.registry.MustRegister(newCollector(stores, cfg.Redis, s.log))
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.handler = s.routes()
 	return s, nil
@@ -165,11 +200,16 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // ferry_web_actions audit table included. Tables of a newer ferry are
 // left as they are: they hold everything this one reads (rolling deploys).
 func (s *Server) Setup(ctx context.Context) error {
-	if s.cfg.DB == nil {
-		return nil
-	}
-	if err := ferryschema.Apply(ctx, s.cfg.DB); err != nil && !errors.Is(err, ferryschema.ErrNewerSchema) {
-		return fmt.Errorf("web: %w", err)
+	for _, v := range s.dbs {
+		if err := ferryschema.Apply(ctx, v.pool); err != nil && !errors.Is(err, ferryschema.ErrNewerSchema) {
+			if len(s.dbs) > 1 {
+				// Another database being away must not keep the UI of
+				// the others down; its pages show the error.
+				s.log.Warn("cannot set up ferry's tables", zap.String("database", v.name), zap.Error(err))
+				continue
+			}
+			return fmt.Errorf("web: %w", err)
+		}
 	}
 	return nil
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"html/template"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -96,6 +99,10 @@ type Migration struct {
 
 	Progress Progress
 	info     *batched.MigrationInfo
+	// Database is the migration's database; dbParam is its name when
+	// several are shown (links carry ?database=), else "".
+	Database string
+	dbParam  string
 }
 
 func newMigration(v *batched.MigrationInfo) *Migration {
@@ -121,9 +128,38 @@ func (m *Migration) Identifier() string {
 // StatusName is the humanized status.
 func (m *Migration) StatusName() string { return StatusName(m.Status) }
 
+// Ref is the migration's id as GitLab prints it: ci_10 when several
+// databases are shown, else 10.
+func (m *Migration) Ref() string {
+	if m.dbParam != "" {
+		return m.dbParam + "_" + strconv.FormatInt(m.ID, 10)
+	}
+	return strconv.FormatInt(m.ID, 10)
+}
+
+// DBQuery is "?database=NAME" when several databases are shown, for the
+// migration's links and forms. Database names are [a-z0-9_], safe in a URL.
+func (m *Migration) DBQuery() template.URL { return dbQuery("?", m.dbParam) }
+
+// DBAmp is DBQuery after another query parameter.
+func (m *Migration) DBAmp() template.URL { return dbQuery("&", m.dbParam) }
+
+func dbQuery(sep, db string) template.URL {
+	if db == "" {
+		return ""
+	}
+	return template.URL(sep + "database=" + url.QueryEscape(db))
+}
+
 // FinalizeCommand is what an operator runs to finish the migration
 // synchronously, as `ferry bbm show` prints it.
-func (m *Migration) FinalizeCommand() string { return m.info.FinalizeCommand() }
+func (m *Migration) FinalizeCommand() string {
+	cmd := m.info.FinalizeCommand()
+	if m.dbParam != "" {
+		cmd = strings.Replace(cmd, "ferry bbm finalize ", "ferry bbm finalize --db "+m.dbParam+" ", 1)
+	}
+	return cmd
+}
 
 // Job is one batch of a migration.
 type Job struct {
@@ -186,6 +222,10 @@ var ErrNoTables = errors.New("background migration tables are missing (run `ferr
 // say what `ferry bbm status` and /metrics say.
 type store struct {
 	e *batched.Engine
+	// db names the database; multi: more than one is shown, so links and
+	// labels name it.
+	db    string
+	multi bool
 }
 
 // translate maps a missing table or column to ErrNoTables and the
@@ -222,21 +262,31 @@ func (s *store) TabCounts(ctx context.Context) (map[Tab]int64, error) {
 // order), Finished newest first, as GitLab does.
 func (s *store) List(ctx context.Context, tab Tab, limit, offset int) ([]*Migration, error) {
 	vs, err := s.e.ListStatus(ctx, tab.statuses(), tab == TabFinished, limit, offset)
-	return views(vs), translate(err)
+	return s.views(vs), translate(err)
 }
 
 // All returns every migration (for metrics).
 func (s *store) All(ctx context.Context) ([]*Migration, error) {
 	vs, err := s.e.List(ctx)
-	return views(vs), translate(err)
+	return s.views(vs), translate(err)
 }
 
-func views(vs []*batched.MigrationInfo) []*Migration {
+func (s *store) views(vs []*batched.MigrationInfo) []*Migration {
 	out := make([]*Migration, 0, len(vs))
 	for _, v := range vs {
-		out = append(out, newMigration(v))
+		out = append(out, s.view(v))
 	}
 	return out
+}
+
+// view is newMigration naming s's database.
+func (s *store) view(v *batched.MigrationInfo) *Migration {
+	m := newMigration(v)
+	m.Database = s.db
+	if s.multi {
+		m.dbParam = s.db
+	}
+	return m
 }
 
 // Get returns one migration or ErrNotFound.
@@ -245,7 +295,7 @@ func (s *store) Get(ctx context.Context, id int64) (*Migration, error) {
 	if err != nil {
 		return nil, translate(err)
 	}
-	return newMigration(v), nil
+	return s.view(v), nil
 }
 
 // Jobs returns the latest jobs of a migration (failedOnly: only failed
