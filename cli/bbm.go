@@ -47,7 +47,11 @@ func parseID(s string) (int64, error) {
 
 // bbmHealth is the engine's health configuration from ferry's.
 func bbmHealth(a *App) batched.HealthConfig {
-	return batched.HealthConfig{MaxDutyUnderLoad: a.Cfg.BBM.MaxDutyUnderLoad, LockTimeout: a.Cfg.BBM.LockTimeout}
+	impact := a.Cfg.BBM.MaxLatencyImpact
+	if impact == 0 {
+		impact = -1 // the engine's "no closed loop"; its 0 is the default
+	}
+	return batched.HealthConfig{MaxDutyUnderLoad: a.Cfg.BBM.MaxDutyUnderLoad, MaxLatencyImpact: impact, LockTimeout: a.Cfg.BBM.LockTimeout}
 }
 
 func newBBMCmd(a *App) *cobra.Command {

@@ -132,7 +132,14 @@ type BBM struct {
 	TargetBatchDuration time.Duration `yaml:"target_batch_duration"`
 	// MaxDutyUnderLoad is the share of time a batch may spend in its
 	// statements while other sessions use the database (1: never paced).
+	// With MaxLatencyImpact above 0 it is only where the closed loop
+	// starts and what it keeps while it cannot measure.
 	MaxDutyUnderLoad float64 `yaml:"max_duty_under_load"`
+	// MaxLatencyImpact is how much a migration may raise other sessions'
+	// p99 latency (0.2: by a fifth); paced batches measure it and run as
+	// much of the time as stays within it. 0: no closed loop, the fixed
+	// duty cycle MaxDutyUnderLoad.
+	MaxLatencyImpact float64 `yaml:"max_latency_impact"`
 	// LockTimeout is how long a sub-batch waits for another session's
 	// lock before it gives up and the migration goes on hold.
 	LockTimeout time.Duration `yaml:"lock_timeout"`
@@ -167,7 +174,7 @@ func Defaults() Config {
 			MaxRetries:   25,
 		},
 		Web: Web{Listen: "127.0.0.1:7373"},
-		BBM: BBM{TargetBatchDuration: 2 * time.Second, MaxDutyUnderLoad: 0.02, LockTimeout: 500 * time.Millisecond},
+		BBM: BBM{TargetBatchDuration: 2 * time.Second, MaxDutyUnderLoad: 0.02, MaxLatencyImpact: 0.2, LockTimeout: 500 * time.Millisecond},
 		BM:  BM{Concurrency: 1, MaxRunning: 4, LeaseWait: 5 * time.Second},
 	}
 }
@@ -377,6 +384,9 @@ func (c *Config) Validate() error {
 	}
 	if !(c.BBM.MaxDutyUnderLoad > 0 && c.BBM.MaxDutyUnderLoad <= 1) {
 		return &FieldError{Field: "bbm.max_duty_under_load", Msg: fmt.Sprintf("must be above 0 and at most 1 (1: never paced), got %g", c.BBM.MaxDutyUnderLoad)}
+	}
+	if !(c.BBM.MaxLatencyImpact >= 0 && c.BBM.MaxLatencyImpact <= 10) {
+		return &FieldError{Field: "bbm.max_latency_impact", Msg: fmt.Sprintf("must be between 0 and 10 (0.2: others' p99 may rise by a fifth; 0: fixed duty cycle bbm.max_duty_under_load), got %g", c.BBM.MaxLatencyImpact)}
 	}
 	if c.BBM.LockTimeout < time.Millisecond || c.BBM.LockTimeout > time.Minute {
 		return &FieldError{Field: "bbm.lock_timeout", Msg: fmt.Sprintf("must be between 1ms and 1m, got %s", c.BBM.LockTimeout)}

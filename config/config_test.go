@@ -29,6 +29,8 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"target", func(c *Config) { c.BBM.TargetBatchDuration = time.Millisecond }, "bbm.target_batch_duration"},
 		{"duty zero", func(c *Config) { c.BBM.MaxDutyUnderLoad = 0 }, "bbm.max_duty_under_load"},
 		{"duty above one", func(c *Config) { c.BBM.MaxDutyUnderLoad = 1.5 }, "bbm.max_duty_under_load"},
+		{"latency impact negative", func(c *Config) { c.BBM.MaxLatencyImpact = -0.1 }, "bbm.max_latency_impact"},
+		{"latency impact huge", func(c *Config) { c.BBM.MaxLatencyImpact = 11 }, "bbm.max_latency_impact"},
 		{"lock timeout zero", func(c *Config) { c.BBM.LockTimeout = 0 }, "bbm.lock_timeout"},
 		{"bm concurrency zero", func(c *Config) { c.BM.Concurrency = 0 }, "bm.concurrency"},
 		{"bm max running below concurrency", func(c *Config) { c.BM.Concurrency, c.BM.MaxRunning = 8, 4 }, "bm.max_running"},

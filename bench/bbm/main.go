@@ -21,7 +21,10 @@
 // left once the migration's own work is gone, plus the drift of a shared
 // machine, so a second ratio compares against both runs alone.
 // -max-duty sets HealthConfig.MaxDutyUnderLoad (1: no contention pacing);
-// -only-load skips the idle comparison.
+// -max-impact sets HealthConfig.MaxLatencyImpact, and -max-impact -1 is
+// the pacing before the closed loop (a fixed 2% duty cycle, 10 ms
+// statements), for side-by-side runs in one session; -only-load skips the
+// idle comparison.
 package main
 
 import (
@@ -50,7 +53,7 @@ type options struct {
 	rows, workers, parallel, writers int
 	load, onlyLoad                   bool
 	baseline                         time.Duration
-	maxDuty, minDuty, rate           float64
+	maxDuty, minDuty, rate, impact   float64
 	target                           time.Duration
 }
 
@@ -64,6 +67,7 @@ func main() {
 	flag.Float64Var(&o.rate, "rate", 1000, "with -load: UPDATEs per second, due on pgbench's schedule (0: each client sends the next as soon as the last returns)")
 	flag.Float64Var(&o.maxDuty, "max-duty", 0, "HealthConfig.MaxDutyUnderLoad (0: default; 1: no contention pacing)")
 	flag.Float64Var(&o.minDuty, "min-duty", 0, "HealthConfig.MinDutyUnderLoad (0: default)")
+	flag.Float64Var(&o.impact, "max-impact", 0, "HealthConfig.MaxLatencyImpact (0: default; negative: no closed loop, the fixed duty cycle)")
 	flag.DurationVar(&o.target, "target", 0, "Config.TargetBatchDuration (0: default)")
 	flag.BoolVar(&o.onlyLoad, "only-load", false, "with -load: skip the idle comparison (for tuning)")
 	flag.DurationVar(&o.baseline, "baseline", 15*time.Second, "with -load: how long to measure the load alone")
@@ -106,7 +110,7 @@ func run(ctx context.Context, o options) error {
 		}
 		return nil
 	}
-	e := batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: batched.HealthConfig{MaxDutyUnderLoad: o.maxDuty, MinDutyUnderLoad: o.minDuty}})
+	e := batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: batched.HealthConfig{MaxDutyUnderLoad: o.maxDuty, MinDutyUnderLoad: o.minDuty, MaxLatencyImpact: o.impact}})
 	defer e.Close()
 	if o.load && o.onlyLoad {
 		return underLoad(ctx, o, url, e, prepare)
@@ -276,18 +280,21 @@ func migrate(ctx context.Context, e *batched.Engine, table string, parallel, wor
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE v_big IS DISTINCT FROM v`).Scan(&bad); err != nil {
 		return 0, migrated{}, err
 	}
-	var jobs, paced, blocked int
-	var minDuty, pausedS, minCap float64
+	var jobs, paced, blocked, canaries int
+	var minDuty, maxDuty, pausedS, minCap float64
+	var impacts string
 	_ = pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE (metrics->'pacing'->>'min_duty_cycle')::float8 < 1
 			OR (metrics->'pacing'->>'min_stmt_cap_ms')::float8 > 0),
 			coalesce(min((metrics->'pacing'->>'min_duty_cycle')::float8), 1), coalesce(sum((metrics->'pacing'->>'paused_s')::float8), 0),
-			coalesce(sum((metrics->'pacing'->>'blocked_sessions')::int), 0), coalesce(min((metrics->'pacing'->>'min_stmt_cap_ms')::float8), 0)
-		FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, m.ID).Scan(&jobs, &paced, &minDuty, &pausedS, &blocked, &minCap)
+			coalesce(sum((metrics->'pacing'->>'blocked_sessions')::int), 0), coalesce(min((metrics->'pacing'->>'min_stmt_cap_ms')::float8), 0),
+			coalesce(max((metrics->'pacing'->>'max_duty_cycle')::float8), 0), coalesce(sum((metrics->'pacing'->>'canaries')::int), 0),
+			coalesce(string_agg(round(100 * (metrics->'pacing'->>'others_p99_impact')::numeric)::text || '%', ' ' ORDER BY id), '')
+		FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, m.ID).Scan(&jobs, &paced, &minDuty, &pausedS, &blocked, &minCap, &maxDuty, &canaries, &impacts)
 	if m.Status != batched.Finished || bad != 0 {
 		return 0, migrated{}, fmt.Errorf("migration of %s ended %s with %d rows not copied", table, m.Status, bad)
 	}
-	return took, migrated{m, fmt.Sprintf("%d batches, final batch %d, sub-batch %d, rows not copied %d; paced batches %d, lowest duty cycle %.2f, paused %.1fs, sessions blocked %d, shortest statement cap %.1fms",
-		jobs, m.BatchSize, m.SubBatchSize, bad, paced, minDuty, pausedS, blocked, minCap)}, nil
+	return took, migrated{m, fmt.Sprintf("%d batches, final batch %d, sub-batch %d, rows not copied %d; paced batches %d, duty cycle %.3f-%.3f, paused %.1fs, sessions blocked %d, shortest statement cap %.1fms; canaries %d, predicted p99 impact per batch: %s",
+		jobs, m.BatchSize, m.SubBatchSize, bad, paced, minDuty, maxDuty, pausedS, blocked, minCap, canaries, impacts)}, nil
 }
 
 // load is the write load: pgbench, PostgreSQL's own benchmark client, in

@@ -111,11 +111,25 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 			pc.observe(pr.busy, pr.recent, time.Now())
 		}
 	}
+	// The closed loop's canary (pace_control.go), started once the batch
+	// is paced; statements remembers when sub-batches ran, so each canary
+	// counts as overlapping one or not.
+	var cn *canary
+	var statements spans
+	canaryOff, canaries, maxDuty := false, 0, 0.0
+	defer func() {
+		if cn != nil {
+			cn.stop()
+		}
+	}()
 	if sampling {
 		defer func() {
 			e.storePacer(cl.mig, pc)
 			res.pace = &pacing{Duty: pc.duty(), Busy: pc.load, Paused: paused.Seconds(), MinD: minDuty,
-				Blocked: pc.blocked - blocked0, MinCap: float64(minCap.Microseconds()) / 1000}
+				Blocked: pc.blocked - blocked0, MinCap: float64(minCap.Microseconds()) / 1000, Canaries: canaries, MaxD: maxDuty}
+			if pc.closedLoop() {
+				res.pace.Impact = &pc.ctl.impact
+			}
 		}()
 	}
 	stmt := ""
@@ -141,6 +155,7 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		start = *cl.cursor + 1
 	}
 	t0 := time.Now()
+	lastWork := pc.budget(budget)
 	for start <= cl.hi {
 		if ctx.Err() != nil {
 			res.yield = true
@@ -150,7 +165,16 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 			res.yield = true // the table got slower: hand the rest to a new, smaller batch
 			break
 		}
+		if sampling && pc.paced() && pc.ctl.on() && cn == nil && !canaryOff {
+			if cn, err = startCanary(ctx, e.pool); err != nil {
+				canaryOff = true
+				e.log.Debug("no connection for the pacing canary; pacing this batch open-loop", zap.Int64("migration_id", cl.mig.ID), zap.Error(err))
+			}
+		}
 		s0 := time.Now()
+		if cn != nil && pc.paced() {
+			cn.fire(s0, lastWork)
+		}
 		limit := res.sub
 		var hi *int64
 		var n int64
@@ -192,6 +216,8 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 			break
 		}
 		work := time.Since(s0)
+		lastWork = work
+		statements.add(s0, s0.Add(work))
 		res.rows += n
 		v := *hi
 		res.cursor = &v
@@ -208,10 +234,27 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 				}
 			}
 		}
+		if cn != nil {
+			before := pc.ctl.duty
+			n, ok := cn.collect(&pc.ctl, &statements)
+			canaries += n
+			if pc.ctl.duty != before {
+				e.log.Debug("closed-loop pacing: duty cycle changed", zap.Int64("migration_id", cl.mig.ID), zap.Float64("from", before),
+					zap.Float64("to", pc.ctl.duty), zap.Float64("others_p99_impact", pc.ctl.impact))
+			}
+			if !ok {
+				cn.stop()
+				cn, canaryOff = nil, true
+				e.log.Debug("pacing canary failed; pacing this batch open-loop", zap.Int64("migration_id", cl.mig.ID))
+			}
+		}
 		if sampling && pr.ok {
 			pc.observe(pr.busy, pr.recent, time.Now())
 			pc.observeBlocked(pr.blocked, work, budget)
 			minDuty = min(minDuty, pc.duty())
+			if pc.paced() {
+				maxDuty = max(maxDuty, pc.duty())
+			}
 			if pc.stmtCap > 0 && (minCap == 0 || pc.stmtCap < minCap) {
 				minCap = pc.stmtCap
 			}
@@ -237,6 +280,14 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 			}
 		}
 		res.sub = nextSubBatch(limit, n, work, pc.budget(budget), cl.size)
+		if cn != nil && pause > 0 && pc.paced() {
+			// Three requests arriving between sub-batches for each one
+			// arriving during one: the idle p99 needs more of them.
+			now := time.Now()
+			for range idleCanaries {
+				cn.fire(now, pause)
+			}
+		}
 		if pause > 0 {
 			select {
 			case <-ctx.Done():

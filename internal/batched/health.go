@@ -56,6 +56,15 @@ type HealthConfig struct {
 	// MinDutyUnderLoad is the floor of that share, so a migration always
 	// progresses however busy the database is (default 0.005).
 	MinDutyUnderLoad float64
+	// MaxLatencyImpact is how much a migration may raise other sessions'
+	// p99 latency while they use the database (0.2: by a fifth). Paced
+	// batches measure it with canaries (pace_control.go) and set the duty
+	// cycle to the largest share that stays within it, starting from
+	// MaxDutyUnderLoad, between MinDutyUnderLoad and 25%. Default 0.2;
+	// negative: no closed loop, the fixed duty cycle MaxDutyUnderLoad
+	// (the pacing before the closed loop). MaxDutyUnderLoad >= 1 turns all contention
+	// pacing off, whatever this is.
+	MaxLatencyImpact float64
 }
 
 func (h HealthConfig) withDefaults() HealthConfig {
@@ -87,6 +96,9 @@ func (h HealthConfig) withDefaults() HealthConfig {
 		h.MinDutyUnderLoad = defaultMinDutyUnderLoad
 	}
 	h.MinDutyUnderLoad = min(h.MinDutyUnderLoad, h.MaxDutyUnderLoad, 1)
+	if h.MaxLatencyImpact == 0 {
+		h.MaxLatencyImpact = defaultMaxLatencyImpact
+	}
 	return h
 }
 

@@ -1,0 +1,331 @@
+package batched
+
+import (
+	"context"
+	"errors"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Closed-loop pacing.
+//
+// The duty cycle of contention.go is an open loop: it knows that others
+// use the database, not whether they are slowed. How much a sub-batch
+// hurts a request that arrives while it runs depends on the machine, the
+// statement and the load, and the fixed 2% had to be safe for the worst
+// of them. So while paced, ferry measures what an application would feel:
+// a canary, a tiny transaction that commits (it takes a transaction id, so
+// its COMMIT waits for the WAL flush like an application's write does),
+// run on a connection of its own, once at a random moment inside each
+// sub-batch statement (an "overlapping" request) and once or twice at a
+// random moment of the pause after it (an "idle" request). Requests
+// arrive at random, so a share d (the duty) of the application's requests
+// look like the overlapping canaries and the rest like the idle ones, and
+// the application's p99 during the migration is the 99th percentile of
+// that mixture. The controller (latencyControl) predicts it from the last
+// few hundred canaries of each kind and compares it with the idle p99:
+// the duty rises (by at most half per decision) while the predicted
+// increase stays within the budget (bbm.max_latency_impact), and falls at
+// once, by half or more, when it does not. It never falls below
+// MinDutyUnderLoad nor rises above closedLoopMaxDuty.
+//
+// The prediction is only as good as the canary is like the application's
+// requests; BENCHMARKS.md section 2 compares it with pgbench's own p99.
+const (
+	// defaultMaxLatencyImpact is the default budget: others' p99 may rise
+	// by a fifth (1.2x), which leaves room under 1.5x for what the canary
+	// does not see.
+	defaultMaxLatencyImpact = 0.2
+	// closedLoopMaxDuty caps the duty the controller may reach: beyond it
+	// the migration's WAL and dirty pages slow requests between
+	// sub-batches too, which the idle canaries see but the comparison
+	// with them does not.
+	closedLoopMaxDuty = 0.25
+	// canaryRing is how many canaries of each kind the prediction uses:
+	// a 99th percentile of the idle ones is their fifth slowest.
+	canaryRing = 512
+	// minIdleCanaries and minBusyCanaries must be seen before the first
+	// decision; decideEvery overlapping canaries make each later one.
+	minIdleCanaries = 48
+	minBusyCanaries = 8
+	decideEvery     = 8
+	// idleCanaries are sent at random moments of each pause.
+	idleCanaries = 3
+	// raiseStep and cutStep bound one decision: up to double, down by
+	// at least half when over the budget.
+	raiseStep = 2
+	cutStep   = 2
+)
+
+// latRing holds canary latencies in microseconds, newest overwriting oldest.
+type latRing struct {
+	v    [canaryRing]float32
+	n, i int
+}
+
+func (r *latRing) add(us float32) {
+	r.v[r.i] = us
+	r.i = (r.i + 1) % canaryRing
+	r.n = min(r.n+1, canaryRing)
+}
+
+func (r *latRing) sorted() []float64 {
+	out := make([]float64, r.n)
+	for i := range r.n {
+		out[i] = float64(r.v[i])
+	}
+	slices.Sort(out)
+	return out
+}
+
+// latencyControl is the closed-loop decision: canary latencies in, duty
+// out. Like pacer it has no clock and no database, so tests feed it
+// made-up latencies. It is a value (fixed arrays), copied with the pacer
+// from batch to batch.
+type latencyControl struct {
+	budget     float64 // allowed rise of others' p99 (0.2: +20%); <= 0: off
+	floor      float64 // lowest duty
+	duty       float64 // current duty; 0 until started
+	idle, busy latRing
+	fresh      int     // overlapping canaries since the last decision
+	impact     float64 // predicted rise of others' p99 at duty (last decision)
+	decided    bool    // a decision was made: impact is meaningful
+	decisions  int
+}
+
+func newLatencyControl(h HealthConfig) latencyControl {
+	return latencyControl{budget: h.MaxLatencyImpact, floor: h.MinDutyUnderLoad, duty: h.MaxDutyUnderLoad}
+}
+
+// on reports whether the closed loop is in use.
+func (c *latencyControl) on() bool { return c.budget > 0 }
+
+// observe adds one canary: its latency, and whether it ran while a
+// sub-batch statement did.
+func (c *latencyControl) observe(lat time.Duration, overlap bool) {
+	us := float32(lat.Microseconds())
+	if overlap {
+		c.busy.add(us)
+		c.fresh++
+		return
+	}
+	c.idle.add(us)
+}
+
+// quantile q of sorted samples (nearest rank).
+func quantile(v []float64, q float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	return v[min(len(v)-1, max(0, int(math.Ceil(q*float64(len(v))))-1))]
+}
+
+// cdf is the share of sorted samples at or below x.
+func cdf(v []float64, x float64) float64 {
+	i, found := slices.BinarySearch(v, x)
+	for found && i < len(v) && v[i] == x {
+		i++
+	}
+	return float64(i) / float64(len(v))
+}
+
+// mixQuantile is the q quantile of requests of which a share d look like
+// busy and the rest like idle: the smallest sample x with
+// (1-d)*F_idle(x) + d*F_busy(x) >= q.
+func mixQuantile(idle, busy []float64, d, q float64) float64 {
+	xs := append(slices.Clone(idle), busy...)
+	slices.Sort(xs)
+	for _, x := range xs {
+		if (1-d)*cdf(idle, x)+d*cdf(busy, x) >= q-1e-12 {
+			return x
+		}
+	}
+	return xs[len(xs)-1]
+}
+
+// predict is the rise of others' p99 (0.2: +20%) at duty d.
+func predict(idle, busy []float64, d float64) float64 {
+	base := quantile(idle, 0.99)
+	if base <= 0 {
+		base = 1
+	}
+	return mixQuantile(idle, busy, d, 0.99)/base - 1
+}
+
+// decide moves the duty when enough new canaries came in, and reports
+// whether it did decide.
+func (c *latencyControl) decide() bool {
+	if !c.on() || c.idle.n < minIdleCanaries || c.busy.n < minBusyCanaries || c.fresh < decideEvery {
+		return false
+	}
+	c.fresh = 0
+	idle, busy := c.idle.sorted(), c.busy.sorted()
+	// The largest duty within the budget, by bisection on a log scale:
+	// the predicted impact grows with the duty.
+	best := c.floor
+	if predict(idle, busy, c.floor) <= c.budget {
+		lo, hi := math.Log(c.floor), math.Log(closedLoopMaxDuty)
+		if predict(idle, busy, closedLoopMaxDuty) <= c.budget {
+			lo = hi
+		} else {
+			for range 24 {
+				mid := (lo + hi) / 2
+				if predict(idle, busy, math.Exp(mid)) <= c.budget {
+					lo = mid
+				} else {
+					hi = mid
+				}
+			}
+		}
+		best = math.Exp(lo)
+	}
+	cur := c.duty
+	if predict(idle, busy, cur) > c.budget {
+		c.duty = min(best, cur/cutStep) // back off fast
+	} else {
+		c.duty = min(best, cur*raiseStep)
+	}
+	c.duty = math.Max(c.floor, math.Min(c.duty, closedLoopMaxDuty))
+	c.impact = predict(idle, busy, c.duty)
+	c.decided = true
+	c.decisions++
+	return true
+}
+
+// canarySQL takes a transaction id, so its commit writes a commit record
+// and waits for the WAL flush, as an application's write does.
+const canarySQL = `SELECT pg_current_xact_id()`
+
+// canaryShot is one canary's measurement.
+type canaryShot struct {
+	at  time.Time // when it was sent
+	lat time.Duration
+}
+
+// canary runs canaries on a connection of its own at the times the batch
+// asks for. It never blocks the batch: requests beyond a few pending ones
+// are dropped, results are read when the batch has time.
+type canary struct {
+	conn   *pgxpool.Conn
+	req    chan time.Time
+	res    chan canaryShot
+	failed chan error
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+var errNoCanaryConn = errors.New("every connection of the pool is in use")
+
+// startCanary takes a connection for the canary, waiting at most a
+// moment: a batch whose pool has none to spare paces open-loop.
+func startCanary(ctx context.Context, pool *pgxpool.Pool) (*canary, error) {
+	if st := pool.Stat(); st.AcquiredConns() >= st.MaxConns() {
+		return nil, errNoCanaryConn // not worth a wait: the pool is busy
+	}
+	actx, acancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	conn, err := pool.Acquire(actx)
+	acancel()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	c := &canary{conn: conn, req: make(chan time.Time, 8), res: make(chan canaryShot, 64), failed: make(chan error, 1),
+		cancel: cancel, done: make(chan struct{})}
+	go c.run(ctx)
+	return c, nil
+}
+
+func (c *canary) run(ctx context.Context) {
+	defer close(c.done)
+	for {
+		var at time.Time
+		select {
+		case <-ctx.Done():
+			return
+		case at = <-c.req:
+		}
+		if d := time.Until(at); d > 0 && !sleepCtx(ctx, d) {
+			return
+		}
+		t0 := time.Now()
+		if _, err := c.conn.Exec(ctx, canarySQL); err != nil {
+			if ctx.Err() == nil {
+				c.failed <- err
+			}
+			return
+		}
+		select {
+		case c.res <- canaryShot{at: t0, lat: time.Since(t0)}:
+		default:
+		}
+	}
+}
+
+// fire asks for a canary at a random moment in [from, from+span).
+func (c *canary) fire(from time.Time, span time.Duration) {
+	at := from
+	if span > 0 {
+		at = from.Add(time.Duration(rand.Int64N(int64(span))))
+	}
+	select {
+	case c.req <- at:
+	default:
+	}
+}
+
+// collect hands the canaries measured so far to the controller, each
+// counted as overlapping a statement or not, and lets it decide. It
+// returns how many it handed over, and false once the canary failed.
+func (c *canary) collect(ctl *latencyControl, statements *spans) (int, bool) {
+	n := 0
+	for {
+		select {
+		case shot := <-c.res:
+			ctl.observe(shot.lat, statements.overlaps(shot.at))
+			n++
+			continue
+		case <-c.failed:
+			return n, false
+		default:
+		}
+		break
+	}
+	ctl.decide()
+	return n, true
+}
+
+// stop ends the canary and gives its connection back.
+func (c *canary) stop() {
+	c.cancel()
+	<-c.done
+	c.conn.Release() // the pool drops a connection left mid-statement
+
+}
+
+// span is a sub-batch statement's time, for telling canaries apart.
+type span struct{ from, to time.Time }
+
+// spans keeps the last few statement times of a batch.
+type spans struct {
+	v [8]span
+	i int
+}
+
+func (s *spans) add(from, to time.Time) {
+	s.v[s.i%len(s.v)] = span{from, to}
+	s.i++
+}
+
+// overlaps reports whether t fell inside one of the recorded statements.
+func (s *spans) overlaps(t time.Time) bool {
+	for _, sp := range s.v {
+		if !sp.from.IsZero() && !t.Before(sp.from) && t.Before(sp.to) {
+			return true
+		}
+	}
+	return false
+}

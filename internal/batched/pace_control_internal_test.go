@@ -1,0 +1,241 @@
+package batched
+
+import (
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+)
+
+// canaryFeed makes up canary latencies: idle ones around 400 µs with a
+// tail, overlapping ones slowed by slow (a factor) with probability hit.
+type canaryFeed struct {
+	r         *rand.Rand
+	hit, slow float64
+}
+
+func newFeed(hit, slow float64) *canaryFeed {
+	return &canaryFeed{r: rand.New(rand.NewPCG(1, 2)), hit: hit, slow: slow}
+}
+
+func (f *canaryFeed) idle() time.Duration {
+	us := 300 + 100*f.r.ExpFloat64()
+	return time.Duration(us) * time.Microsecond
+}
+
+func (f *canaryFeed) busy() time.Duration {
+	d := f.idle()
+	if f.r.Float64() < f.hit {
+		d = time.Duration(float64(d) * f.slow)
+	}
+	return d
+}
+
+// feed gives the controller one sub-batch's canaries (one overlapping,
+// idleCanaries idle, as execute does) n times, returning the decisions
+// made.
+func (f *canaryFeed) feed(c *latencyControl, n int) int {
+	decided := 0
+	for range n {
+		c.observe(f.busy(), true)
+		for range idleCanaries {
+			c.observe(f.idle(), false)
+		}
+		if c.decide() {
+			decided++
+		}
+	}
+	return decided
+}
+
+// engagedPacer is a pacer that other sessions' activity has engaged.
+func engagedPacer(h HealthConfig) pacer {
+	p := newPacer(h.withDefaults())
+	for i := range 20 {
+		p.observe(1, 6, time.Unix(0, 0).Add(time.Duration(i)*20*time.Millisecond))
+	}
+	return p
+}
+
+// Before it has measured anything the closed loop leaves the duty to the
+// open loop; with enough canaries it decides every decideEvery
+// overlapping ones.
+func TestLatencyControlWaitsForCanaries(t *testing.T) {
+	p := engagedPacer(HealthConfig{})
+	if !p.ctl.on() || p.closedLoop() || p.duty() != defaultMaxDutyUnderLoad {
+		t.Fatalf("before any canary: closed loop %v, duty %v", p.closedLoop(), p.duty())
+	}
+	if s := p.signal(); s == nil || !strings.Contains(s.Reason, "while measuring what others feel") {
+		t.Fatalf("signal before the first decision: %+v", s)
+	}
+	f := newFeed(0, 1)
+	// Sub-batches short of minIdleCanaries idle canaries: no decision.
+	before := (minIdleCanaries - 1) / idleCanaries
+	if n := f.feed(&p.ctl, before); n != 0 || p.closedLoop() {
+		t.Fatalf("decided %d times on %d idle canaries", n, p.ctl.idle.n)
+	}
+	if n := f.feed(&p.ctl, 1); n != 1 || !p.closedLoop() {
+		t.Fatalf("decided %d times after %d idle and %d overlapping canaries, want once", n, p.ctl.idle.n, p.ctl.busy.n)
+	}
+	if n := f.feed(&p.ctl, 10*decideEvery); n != 10 {
+		t.Fatalf("decided %d times in %d sub-batches, want 10", n, 10*decideEvery)
+	}
+}
+
+// Sub-batches that slow no one: the duty rises by at most raiseStep per
+// decision up to the ceiling, and the reason says what it measured.
+func TestLatencyControlRaisesWhileHarmless(t *testing.T) {
+	p := engagedPacer(HealthConfig{})
+	f := newFeed(0, 1)
+	f.feed(&p.ctl, 40)
+	prev := p.duty()
+	for range 20 {
+		f.feed(&p.ctl, decideEvery)
+		d := p.duty()
+		if d < prev || d > prev*raiseStep+1e-9 {
+			t.Fatalf("duty %v after %v: want a rise of at most x%v", d, prev, raiseStep)
+		}
+		prev = d
+	}
+	if prev != closedLoopMaxDuty {
+		t.Fatalf("duty %v after 20 harmless decisions, want the ceiling %v", prev, closedLoopMaxDuty)
+	}
+	if p.ctl.impact > p.ctl.budget {
+		t.Fatalf("predicted impact %v over the budget %v", p.ctl.impact, p.ctl.budget)
+	}
+	s := p.signal()
+	if s == nil || !s.Paced || s.Duty != closedLoopMaxDuty ||
+		!strings.Contains(s.Reason, "running 25% of the time") || !strings.Contains(s.Reason, "others' p99 +") ||
+		!strings.Contains(s.Reason, "budget +20%, `bbm.max_latency_impact`") {
+		t.Fatalf("signal %+v", s)
+	}
+	// Pauses follow the duty the controller chose.
+	work := 4 * time.Millisecond
+	if got, want := p.pause(work), time.Duration(float64(work)*(1-closedLoopMaxDuty)/closedLoopMaxDuty); got != want {
+		t.Fatalf("pause %s at duty %v, want %s", got, p.duty(), want)
+	}
+}
+
+// Sub-batches that slow every request during them by 10x: from 16% the
+// duty halves (or more) at every decision while the predicted p99 is over
+// budget, down to about 1% (as many slowed requests as a p99 hides). A
+// floor above that holds it, over budget.
+func TestLatencyControlBacksOffFast(t *testing.T) {
+	p := engagedPacer(HealthConfig{MaxDutyUnderLoad: 0.16})
+	f := newFeed(1, 10)
+	f.feed(&p.ctl, 40)
+	if !p.closedLoop() || p.duty() > 0.08 {
+		t.Fatalf("duty %v after the first decision over budget, want at most half of 0.16", p.duty())
+	}
+	for range 5 {
+		prev := p.duty()
+		over := predict(p.ctl.idle.sorted(), p.ctl.busy.sorted(), prev) > p.ctl.budget
+		f.feed(&p.ctl, decideEvery)
+		if d := p.duty(); over && d > prev/cutStep+1e-9 {
+			t.Fatalf("duty %v after %v while over budget, want at most half", d, prev)
+		}
+	}
+	if d := p.duty(); d > 0.0101 || d < defaultMinDutyUnderLoad || p.ctl.impact > p.ctl.budget {
+		t.Fatalf("duty %v (predicted impact %v), want at most 1%% and within the budget", d, p.ctl.impact)
+	}
+
+	q := engagedPacer(HealthConfig{MaxDutyUnderLoad: 0.16, MinDutyUnderLoad: 0.03})
+	f.feed(&q.ctl, 40+5*decideEvery)
+	if q.duty() != 0.03 || q.ctl.impact <= q.ctl.budget {
+		t.Fatalf("floor 3%%: duty %v, predicted impact %v", q.duty(), q.ctl.impact)
+	}
+}
+
+// Some requests during a sub-batch are slowed: the duty settles where the
+// predicted p99 rise meets the budget, below the ceiling, and a larger
+// budget lets it run more of the time.
+func TestLatencyControlSettlesAtBudget(t *testing.T) {
+	settle := func(budget float64) latencyControl {
+		p := engagedPacer(HealthConfig{MaxLatencyImpact: budget})
+		newFeed(0.3, 5).feed(&p.ctl, 1000)
+		return p.ctl
+	}
+	c := settle(0.2)
+	idle, busy := c.idle.sorted(), c.busy.sorted()
+	if c.duty <= defaultMinDutyUnderLoad || c.duty >= closedLoopMaxDuty {
+		t.Fatalf("duty %v, want between the floor and the ceiling", c.duty)
+	}
+	if got := predict(idle, busy, c.duty); got > c.budget {
+		t.Fatalf("predicted impact %v at duty %v over the budget", got, c.duty)
+	}
+	if got := predict(idle, busy, c.duty*1.5); got <= c.budget {
+		t.Fatalf("predicted impact %v at 1.5x the duty %v still within the budget: it stopped short", got, c.duty)
+	}
+	if wide := settle(1); wide.duty <= c.duty {
+		t.Fatalf("budget +100%%: duty %v, not above %v at +20%%", wide.duty, c.duty)
+	}
+}
+
+// A negative budget turns the closed loop off: canaries change nothing
+// and the duty is the open loop's.
+func TestLatencyControlOff(t *testing.T) {
+	p := engagedPacer(HealthConfig{MaxLatencyImpact: -1})
+	newFeed(0, 1).feed(&p.ctl, 200)
+	if p.ctl.on() || p.closedLoop() || p.duty() != defaultMaxDutyUnderLoad {
+		t.Fatalf("closed loop off: duty %v", p.duty())
+	}
+	if s := p.signal(); s == nil || !strings.Contains(s.Reason, "`bbm.max_duty_under_load`") {
+		t.Fatalf("signal %+v", s)
+	}
+	// No pacing at all: no controller either.
+	q := engagedPacer(HealthConfig{MaxDutyUnderLoad: 1})
+	if q.ctl.on() || q.duty() != 1 {
+		t.Fatalf("MaxDutyUnderLoad 1: closed loop %v, duty %v", q.ctl.on(), q.duty())
+	}
+}
+
+// The mixture's quantile: none of the busy share gives the idle quantile,
+// all of it the busy one, and in between a share above 1% of slow
+// requests moves the 99th percentile to them.
+func TestMixQuantile(t *testing.T) {
+	idle := make([]float64, 100)
+	busy := make([]float64, 100)
+	for i := range idle {
+		idle[i] = float64(i + 1)    // 1..100
+		busy[i] = float64(1000 + i) // all slow
+	}
+	if got := mixQuantile(idle, busy, 0, 0.99); got != 99 {
+		t.Fatalf("d=0: %v, want 99", got)
+	}
+	if got := mixQuantile(idle, busy, 1, 0.99); got != 1098 {
+		t.Fatalf("d=1: %v, want 1098", got)
+	}
+	if got := mixQuantile(idle, busy, 0.005, 0.99); got >= 1000 {
+		t.Fatalf("0.5%% slow requests: p99 %v, want an idle one", got)
+	}
+	if got := mixQuantile(idle, busy, 0.02, 0.99); got < 1000 {
+		t.Fatalf("2%% slow requests: p99 %v, want a slow one", got)
+	}
+}
+
+// A canary counts as overlapping only when it started inside a recorded
+// statement.
+func TestSpansOverlap(t *testing.T) {
+	var s spans
+	t0 := time.Unix(100, 0)
+	for i := range 10 {
+		from := t0.Add(time.Duration(i) * 100 * time.Millisecond)
+		s.add(from, from.Add(5*time.Millisecond))
+	}
+	last := t0.Add(900 * time.Millisecond)
+	for _, c := range []struct {
+		at   time.Time
+		want bool
+	}{
+		{last, true},
+		{last.Add(4 * time.Millisecond), true},
+		{last.Add(5 * time.Millisecond), false},
+		{last.Add(-time.Millisecond), false},
+		{t0.Add(200 * time.Millisecond), true},
+		{t0, false}, // older than the last 8 statements
+	} {
+		if got := s.overlaps(c.at); got != c.want {
+			t.Fatalf("canary at +%s: overlaps %v, want %v", c.at.Sub(t0), got, c.want)
+		}
+	}
+}
