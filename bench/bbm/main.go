@@ -54,7 +54,7 @@ type options struct {
 	load, onlyLoad                   bool
 	baseline                         time.Duration
 	maxDuty, minDuty, rate, impact   float64
-	target                           time.Duration
+	target, ab                       time.Duration
 }
 
 func main() {
@@ -70,6 +70,7 @@ func main() {
 	flag.Float64Var(&o.impact, "max-impact", 0, "HealthConfig.MaxLatencyImpact (0: default; negative: no closed loop, the fixed duty cycle)")
 	flag.DurationVar(&o.target, "target", 0, "Config.TargetBatchDuration (0: default)")
 	flag.BoolVar(&o.onlyLoad, "only-load", false, "with -load: skip the idle comparison (for tuning)")
+	flag.DurationVar(&o.ab, "ab", 0, "with -load: run the migration in slices of this long, alternately with the pacing before the closed loop (-max-impact -1) and with -max-impact, and compare the two under the same load and machine")
 	flag.DurationVar(&o.baseline, "baseline", 15*time.Second, "with -load: how long to measure the load alone")
 	flag.Parse()
 	if err := run(context.Background(), o); err != nil {
@@ -193,7 +194,17 @@ func underLoad(ctx context.Context, o options, url string, e *batched.Engine, pr
 	sleep(ctx, o.baseline)
 	ld.phase(2)
 	mark(1)
-	took, m, err := migrate(ctx, e, "bench_load", parallel, workers)
+	var took time.Duration
+	var m migrated
+	var ab []abSlice
+	if o.ab > 0 {
+		ab, m, err = migrateAB(ctx, o, e, ld, "bench_load")
+		for _, sl := range ab {
+			took += sl.took
+		}
+	} else {
+		took, m, err = migrate(ctx, e, "bench_load", parallel, workers)
+	}
 	mark(2)
 	if err == nil {
 		// The load alone again, on the migrated table: what is left when
@@ -214,6 +225,10 @@ func underLoad(ctx context.Context, o options, url string, e *batched.Engine, pr
 	if lerr != nil {
 		return lerr
 	}
+	if o.ab > 0 { // the slices of both pacings together
+		lat[2] = append(slices.Clone(lat[abPhase]), lat[abPhase+1]...)
+		spans[2] = spans[abPhase] + spans[abPhase+1]
+	}
 	base, during, after := stats(lat[1], spans[1]), stats(lat[2], spans[2]), stats(lat[3], spans[3])
 	both := stats(append(slices.Clone(lat[1]), lat[3]...), spans[1]+spans[3])
 	kind := fmt.Sprintf("pgbench -R %.0f -c %d: UPDATEs due on a schedule, latency from when due", o.rate, o.writers)
@@ -227,7 +242,102 @@ func underLoad(ctx context.Context, o options, url string, e *batched.Engine, pr
 	fmt.Printf("write load, after:     %s\n", after)
 	fmt.Printf("p99 ratio migrating/alone: %.2f (target <= 1.50); migrating/(alone before and after): %.2f\n",
 		during.p99.Seconds()/base.p99.Seconds(), during.p99.Seconds()/both.p99.Seconds())
+	if o.ab > 0 {
+		// The two pacings took turns on the same migration, table, load
+		// and machine: whatever else the machine did fell on both.
+		var rows [2]int64
+		var dur [2]time.Duration
+		for _, sl := range ab {
+			rows[sl.mode] += sl.rows
+			dur[sl.mode] += sl.took
+		}
+		for mode, name := range []string{"before the closed loop (fixed 2%)", "closed loop (default)"} {
+			st := stats(lat[abPhase+int32(mode)], spans[abPhase+int32(mode)])
+			fmt.Printf("A/B %-34s %8d rows in %6s = %6.0f rows/s; write load %s; p99 vs alone %.2f / pooled %.2f\n", name+":", rows[mode],
+				dur[mode].Round(time.Second), float64(rows[mode])/dur[mode].Seconds(), st, st.p99.Seconds()/base.p99.Seconds(), st.p99.Seconds()/both.p99.Seconds())
+		}
+		fmt.Printf("A/B rows/s closed loop / fixed 2%%: %.2f\n", float64(rows[1])/dur[1].Seconds()/(float64(rows[0])/dur[0].Seconds()))
+	}
 	return nil
+}
+
+// abPhase and abPhase+1 are the load phases of the A/B slices.
+const abPhase = 4
+
+type abSlice struct {
+	mode int // 0: the pacing before the closed loop, 1: the closed loop
+	rows int64
+	took time.Duration
+}
+
+// migrateAB queues the copy and runs it in slices of o.ab, alternately
+// by an engine with the fixed duty cycle and one with the closed loop
+// (each keeps its own pacing state from slice to slice), marking the
+// load's phases so each slice's latencies count for its pacing.
+func migrateAB(ctx context.Context, o options, e *batched.Engine, ld *load, table string) ([]abSlice, migrated, error) {
+	pool := e.Pool()
+	health := func(impact float64) batched.HealthConfig {
+		return batched.HealthConfig{MaxDutyUnderLoad: o.maxDuty, MinDutyUnderLoad: o.minDuty, MaxLatencyImpact: impact}
+	}
+	engines := [2]*batched.Engine{
+		batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: health(-1)}),
+		batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: health(o.impact)}),
+	}
+	defer engines[0].Close()
+	defer engines[1].Close()
+	res, err := e.Queue(ctx, batched.QueueOptions{Class: batched.CopyColumnClass, Table: table, Column: "id",
+		Args: []byte(`[["v"],["v_big"]]`), MaxParallel: o.parallel})
+	if err != nil {
+		return nil, migrated{}, err
+	}
+	id := res.Migration.ID
+	done := func() (int64, error) {
+		var n int64
+		err := pool.QueryRow(ctx, `SELECT coalesce(sum(rows_done), 0) FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, id).Scan(&n)
+		return n, err
+	}
+	var out []abSlice
+	for i := 0; ; i++ {
+		mode := i % 2
+		before, err := done()
+		if err != nil {
+			return nil, migrated{}, err
+		}
+		ld.phase(abPhase + int32(mode))
+		t0 := time.Now()
+		sctx, cancel := context.WithTimeout(ctx, o.ab)
+		err = engines[mode].RunLocal(sctx, o.workers, true)
+		finished := sctx.Err() == nil
+		cancel()
+		took := time.Since(t0)
+		if err != nil && !finished && ctx.Err() == nil {
+			err = nil // the slice ended
+		}
+		if err != nil {
+			return nil, migrated{}, err
+		}
+		after, err := done()
+		if err != nil {
+			return nil, migrated{}, err
+		}
+		out = append(out, abSlice{mode: mode, rows: after - before, took: took})
+		if finished {
+			break
+		}
+	}
+	ld.phase(2)
+	m, err := e.Get(ctx, id)
+	if err != nil {
+		return nil, migrated{}, err
+	}
+	var bad int64
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE v_big IS DISTINCT FROM v`).Scan(&bad); err != nil {
+		return nil, migrated{}, err
+	}
+	if m.Status != batched.Finished || bad != 0 {
+		return nil, migrated{}, fmt.Errorf("migration of %s ended %s with %d rows not copied", table, m.Status, bad)
+	}
+	return out, migrated{m, fmt.Sprintf("%d slices of %s, rows not copied %d", len(out), o.ab, bad)}, nil
 }
 
 // stealSeconds is the CPU time the hypervisor took from this machine so
