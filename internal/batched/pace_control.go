@@ -220,13 +220,14 @@ type canary struct {
 
 var errNoCanaryConn = errors.New("every connection of the pool is in use")
 
-// startCanary takes a connection for the canary, waiting at most a
-// moment: a batch whose pool has none to spare paces open-loop.
+// startCanary takes a connection for the canary: a batch whose pool has
+// none to spare, or that cannot get one in time, paces open-loop.
 func startCanary(ctx context.Context, pool *pgxpool.Pool) (*canary, error) {
 	if st := pool.Stat(); st.AcquiredConns() >= st.MaxConns() {
 		return nil, errNoCanaryConn // not worth a wait: the pool is busy
 	}
-	actx, acancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	// The pool has room, but may have to dial: a moment on a busy host.
+	actx, acancel := context.WithTimeout(ctx, 2*time.Second)
 	conn, err := pool.Acquire(actx)
 	acancel()
 	if err != nil {
