@@ -33,10 +33,11 @@
 // lock waits involving our statements, long transactions) put a migration
 // on hold with a reason, backing off exponentially. While other sessions
 // are busy in the database (contention: pg_stat_activity sampled after each
-// sub-batch), sub-batches are paced to a duty cycle, lower the busier it
-// is, down to a floor, and full speed returns when the others go quiet;
-// jobs record the duty cycle in their metrics and `bbm show` the reason
-// (see HealthConfig.MaxDutyUnderLoad). The duty cycle is the database's:
+// sub-batch), sub-batches are paced to a duty cycle, the largest that
+// keeps others' p99 latency within a budget as a canary transaction
+// measures it (HealthConfig.MaxLatencyImpact), and full speed returns when
+// the others go quiet; jobs record the duty cycle in their metrics and
+// `bbm show` the reason. The duty cycle is the database's:
 // paced sub-batches of every batch and process take turns on one clock
 // (table ferry_bbm_pace), so parallel batches share it.
 //
