@@ -17,26 +17,31 @@ import (
 
 func TestPrefetchTarget(t *testing.T) {
 	t0 := time.Unix(1000, 0)
+	ms := int64(time.Millisecond)
 	p := prefetcher{at: t0}
-	if n := p.target(t0.Add(time.Millisecond), 500, 10); n != 0 {
+	if n := p.target(t0.Add(time.Millisecond), 500, 0, 10); n != 0 {
 		t.Errorf("before the first window: %d, want 0", n)
 	}
-	// 1,000 jobs in 20 ms (50,000/s) run 250 in the 5 ms horizon; the cap is
-	// 16 × concurrency, but nothing while the queues are shallow.
-	if n := p.target(t0.Add(prefetchWindow), 1000, 10); n != 0 {
+	// 1,000 jobs of 10 µs: 10 slots run 5,000 in the 5 ms horizon; the cap
+	// is 16 × concurrency, but nothing while the queues are shallow.
+	if n := p.target(t0.Add(prefetchWindow), 1000, 10*ms, 10); n != 0 {
 		t.Errorf("shallow queues: %d, want 0", n)
 	}
 	p.deep = true
-	if n := p.target(t0.Add(prefetchWindow+time.Millisecond), 1000, 10); n != 160 {
+	if n := p.target(t0.Add(prefetchWindow+time.Millisecond), 1000, 10*ms, 10); n != 160 {
 		t.Errorf("fast jobs, deep queue: %d, want 160 (16 × concurrency)", n)
 	}
-	// 10 jobs in the next 20 ms: 500/s, 2.5 jobs in 5 ms.
-	if n := p.target(t0.Add(2*prefetchWindow), 1010, 10); n != 2 {
-		t.Errorf("500 jobs/s: %d, want 2", n)
+	// Jobs of 20 ms: 10 slots run 2.5 in 5 ms.
+	if n := p.target(t0.Add(2*prefetchWindow), 1010, 10*ms+10*20*ms, 10); n != 2 {
+		t.Errorf("20 ms jobs: %d, want 2", n)
 	}
-	// 5 jobs in 100 ms (50/s, e.g. concurrency 10 and 200 ms jobs): none.
-	if n := p.target(t0.Add(2*prefetchWindow+100*time.Millisecond), 1015, 10); n != 0 {
-		t.Errorf("50 jobs/s: %d, want 0", n)
+	// Jobs of 200 ms: none.
+	if n := p.target(t0.Add(3*prefetchWindow), 1015, 10*ms+10*20*ms+5*200*ms, 10); n != 0 {
+		t.Errorf("200 ms jobs: %d, want 0", n)
+	}
+	// No job finished in the window (e.g. every slot runs a long one): none.
+	if n := p.target(t0.Add(4*prefetchWindow), 1015, 10*ms+10*20*ms+5*200*ms, 10); n != 0 {
+		t.Errorf("no job finished: %d, want 0", n)
 	}
 }
 

@@ -163,7 +163,8 @@ type Runtime struct {
 	ready     []slotJob
 	readyLow  chan struct{} // a slot took ready down to readyMark
 	readyMark atomic.Int64
-	finished  atomic.Int64 // jobs run to the end, for the prefetch rate
+	finished  atomic.Int64 // jobs run to the end, for the prefetch target
+	ranNanos  atomic.Int64 // their total run time
 	ranAhead  atomic.Int64 // jobs started from ready
 	// prefetchHook, set by tests, replaces the prefetch target of a deep
 	// queue.
@@ -205,13 +206,13 @@ type running struct {
 // no-op jobs (BENCHMARKS.md §1): a round trip costs about as much CPU, Go
 // and Redis together, as four jobs.
 const (
-	// prefetchHorizon: fetch ahead what this process runs in that time at
-	// its recent rate, so a prefetched job waits about that long. It must
-	// cover a round trip to Redis, which on a busy host includes waiting
-	// for a CPU: 2 ms (at most 4 × concurrency) left slots idle there, 5 ms
-	// took no-op jobs from about 12 to 9.5 µs of CPU each (Go and Redis).
+	// prefetchHorizon: fetch ahead what the slots run in that time, so a
+	// prefetched job waits at most about that long. It must cover a round
+	// trip to Redis, which on a busy host includes waiting for a CPU: 2 ms
+	// (at most 4 × concurrency) left slots idle there, 5 ms took no-op jobs
+	// from about 12 to 9.5 µs of CPU each (Go and Redis).
 	prefetchHorizon = 5 * time.Millisecond
-	// prefetchWindow is how long the completion rate is counted over.
+	// prefetchWindow is how long run times are averaged over.
 	prefetchWindow = 20 * time.Millisecond
 	// prefetchMax caps what is fetched ahead, in multiples of Concurrency.
 	prefetchMax = 16
@@ -479,7 +480,7 @@ func (r *Runtime) fetchLoop(fetchCtx context.Context) {
 			dirty = false
 			lastCheck = time.Now()
 		}
-		target := pf.target(time.Now(), r.finished.Load(), r.cfg.Concurrency)
+		target := pf.target(time.Now(), r.finished.Load(), r.ranNanos.Load(), r.cfg.Concurrency)
 		if r.prefetchHook != nil && pf.deep {
 			target = r.prefetchHook()
 		}
@@ -493,6 +494,9 @@ func (r *Runtime) fetchLoop(fetchCtx context.Context) {
 		if !ok {
 			return
 		}
+		// A free slot runs what was fetched ahead before anything new:
+		// no slot may idle while jobs wait in ready.
+		ids = r.startReady(ids)
 		r.mu.Lock()
 		ahead := max(0, target-len(r.ready))
 		r.mu.Unlock()
@@ -547,22 +551,29 @@ func (r *Runtime) fetchLoop(fetchCtx context.Context) {
 }
 
 // prefetcher decides how many jobs the fetch loop fetches ahead of free
-// slots: what the process runs in prefetchHorizon at its recent rate, at
-// most prefetchMax × Concurrency, and none while the queues are shallow. Long jobs give
-// a rate too low to fetch any ahead, so they keep Sidekiq's behaviour (a
-// job leaves its queue only when a slot is free to run it).
+// slots: what the slots run in prefetchHorizon at the mean run time of the
+// jobs finished in the last prefetchWindow, at most prefetchMax ×
+// Concurrency, and none while the queues are shallow. The run time, not
+// the rate of completions, decides, so a busy host that delays round trips
+// does not shrink the batches (which would add round trips). Long jobs
+// give none: they keep Sidekiq's behaviour (a job leaves its queue only
+// when a slot is free to run it).
 type prefetcher struct {
-	deep bool
-	at   time.Time // start of the current counting window
-	from int64     // finished jobs at its start
-	n    int
+	deep      bool
+	at        time.Time // start of the current counting window
+	from      int64     // finished jobs at its start
+	fromNanos int64     // and their run time
+	n         int
 }
 
-func (p *prefetcher) target(now time.Time, finished int64, concurrency int) int {
-	if el := now.Sub(p.at); el >= prefetchWindow {
-		rate := float64(finished-p.from) / el.Seconds()
-		p.n = min(prefetchMax*concurrency, int(rate*prefetchHorizon.Seconds()))
-		p.at, p.from = now, finished
+func (p *prefetcher) target(now time.Time, finished, ranNanos int64, concurrency int) int {
+	if now.Sub(p.at) >= prefetchWindow {
+		p.n = 0
+		if n := finished - p.from; n > 0 {
+			mean := max(1, float64(ranNanos-p.fromNanos)/float64(n))
+			p.n = int(min(float64(prefetchMax*concurrency), float64(concurrency)*float64(prefetchHorizon)/mean))
+		}
+		p.at, p.from, p.fromNanos = now, finished, ranNanos
 	}
 	if !p.deep {
 		return 0
@@ -662,6 +673,31 @@ func (r *Runtime) returnReady() {
 	}
 }
 
+// startReady starts jobs fetched ahead on the free slots ids, and returns
+// the slots left free.
+func (r *Runtime) startReady(ids []int) []int {
+	var started []slotJob
+	r.mu.Lock()
+	for len(ids) > len(started) && len(r.ready) > 0 {
+		j := r.ready[0]
+		r.ready[0] = slotJob{}
+		r.ready = r.ready[1:]
+		if j.ctx.Err() != nil {
+			r.stranded.Store(true) // as in next
+			continue
+		}
+		r.inflight[ids[len(started)]] = running{d: j.d, runAt: time.Now()}
+		r.ranAhead.Add(1)
+		r.wg.Add(1)
+		started = append(started, j)
+	}
+	r.mu.Unlock()
+	for i, j := range started {
+		r.slotWork[ids[i]] <- j
+	}
+	return ids[len(started):]
+}
+
 // dropStaleReady forgets jobs fetched ahead under a lost liveness epoch.
 func (r *Runtime) dropStaleReady() {
 	r.mu.Lock()
@@ -730,9 +766,11 @@ func (r *Runtime) process(ctx context.Context, d *queue.Delivery) {
 	}
 	start := time.Now()
 	err := r.runJob(ctx, d.Job)
+	took := time.Since(start)
 	r.finished.Add(1)
+	r.ranNanos.Add(int64(took))
 	if err == nil || !isUnknownClass(err) { // Sidekiq tracks only classes it loaded
-		r.metrics.Record(d.Job, time.Since(start), err != nil)
+		r.metrics.Record(d.Job, took, err != nil)
 	}
 	r.processed.Add(1)
 	if ctx.Err() != nil && err != nil {
