@@ -91,13 +91,13 @@ func (a *App) bmCoordinatorIn(ctx context.Context, needDB bool, queues []string)
 }
 
 // bmExit maps the error of an inline perform to an exit code: bad input
-// (including a missing table or column) 2, else 1. Steals always exit 1:
-// there the operation ran and a job failed.
+// (including a missing table or column) 2, else 1. Steals and pending
+// tracking rows always exit 1: there the operation ran and a job failed.
 func bmExit(err error) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, queue.ErrStealFailed) {
+	if errors.Is(err, queue.ErrStealFailed) || errors.Is(err, legacy.ErrTrackedJobFailed) {
 		return No(err)
 	}
 	if legacy.IsBadInput(err) || errors.Is(err, legacy.ErrNotFound) || errors.Is(err, legacy.ErrNoDatabase) {
@@ -119,6 +119,17 @@ func checkClassArg(what, class string) error {
 		return Usagef("%s must not be empty", what)
 	case !utf8.ValidString(class) || strings.ContainsFunc(class, unicode.IsControl):
 		return Usagef("%s %q is not a class name (invalid UTF-8 or control characters)", what, class)
+	}
+	return nil
+}
+
+// checkKnownClass refuses, before anything is taken out of Redis, a class
+// this ferry cannot perform: a steal stole its jobs only to push them all
+// back (exit 1), and a finalize of a misspelt class exited 0 having done
+// nothing, which reads as "finished".
+func (a *App) checkKnownClass(class string) error {
+	if !a.Reg.BM.Has(class) {
+		return Usage(&legacy.UnknownMigrationError{Class: class, Known: a.Reg.BM.Classes()})
 	}
 	return nil
 }
@@ -345,6 +356,9 @@ and the command exits 1 at the end with a summary of the failures.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkClassArg("CLASS", args[0]); err != nil {
+				return err
+			}
+			if err := a.checkKnownClass(args[0]); err != nil {
 				return err
 			}
 			// An explicit 0 would silently mean the default of 1000.
@@ -593,6 +607,9 @@ Exits 1 (after pushing unfinished jobs back) if a job fails.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			if err := checkClassArg("CLASS", args[0]); err != nil {
+				return err
+			}
+			if err := a.checkKnownClass(args[0]); err != nil {
 				return err
 			}
 			if err := checkIntFlags(cmd, intRange{"concurrency", 1, 256}); err != nil {

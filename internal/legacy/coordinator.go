@@ -136,6 +136,10 @@ func (c *Coordinator) PerformPending(ctx context.Context, class string, each fun
 	if c.Runner.DB == nil {
 		return 0, ErrNoDatabase
 	}
+	if class != "" && !c.Runner.Registry.Has(class) {
+		// Told as such, rather than as a failure of its first row.
+		return 0, &UnknownMigrationError{Class: class, Known: c.Runner.Registry.Classes()}
+	}
 	jobs, err := PendingJobs(ctx, c.Runner.DB, class)
 	if err != nil {
 		return 0, err
@@ -146,7 +150,7 @@ func (c *Coordinator) PerformPending(ctx context.Context, class string, each fun
 	}
 	for i, j := range jobs {
 		if err := c.Runner.Perform(ctx, j.Class, j.Arguments); err != nil {
-			return i, fmt.Errorf("tracking row %d (%s %s): %w", j.ID, j.Class, j.Arguments, err)
+			return i, &TrackedJobError{Job: j, Err: err}
 		}
 		if each != nil {
 			each(j)

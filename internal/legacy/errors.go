@@ -19,7 +19,27 @@ var (
 	ErrNotFound = errors.New("table or column not found")
 	// ErrNoDatabase: the migration needs PostgreSQL but none is configured.
 	ErrNoDatabase = errors.New("no database connection: set DATABASE_URL or --database-url")
+	// ErrTrackedJobFailed: a pending tracking row was performed and
+	// failed. The row's data, not the operator's command, was bad, so
+	// the CLI exits 1 even when the cause is also bad input.
+	ErrTrackedJobFailed = errors.New("pending tracked job failed")
 )
+
+// TrackedJobError is a pending tracking row whose perform failed.
+type TrackedJobError struct {
+	Job TrackedJob
+	Err error
+}
+
+func (e *TrackedJobError) Error() string {
+	return fmt.Sprintf("tracking row %d (%s %s): %v", e.Job.ID, e.Job.Class, e.Job.Arguments, e.Err)
+}
+
+// Unwrap gives the cause (bad arguments, missing column...).
+func (e *TrackedJobError) Unwrap() error { return e.Err }
+
+// Is matches ErrTrackedJobFailed.
+func (e *TrackedJobError) Is(target error) bool { return target == ErrTrackedJobFailed }
 
 // UnknownMigrationError names the class that is not registered.
 type UnknownMigrationError struct {
