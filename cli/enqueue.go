@@ -86,6 +86,11 @@ array; integers of any size are kept exactly. Prints the job id.`,
 			if err := queue.ValidateArgs(raw); err != nil {
 				return Usagef("ARGS_JSON: %v", err)
 			}
+			if class == legacy.WorkerClass {
+				if err := a.checkBMWorkerArgs(cmd.Context(), arr); err != nil {
+					return err
+				}
+			}
 			rdb, err := a.Redis(cmd.Context())
 			if err != nil {
 				return err
@@ -116,6 +121,47 @@ array; integers of any size are kept exactly. Prints the job id.`,
 	f.StringVar(&at, "at", "", "run at this time: RFC 3339 (2026-01-02T15:04:05Z) or epoch seconds")
 	f.StringVar(&retry, "retry", "", "retry option: N, true or false (default true = 25 retries)")
 	return cmd
+}
+
+// checkBMWorkerArgs refuses a BackgroundMigrationWorker job that no worker
+// could run: args not [MigrationClassName, [args...], lease_attempts?],
+// or arguments of a class ferry has that do not fit it (count, types).
+// Such a job went to Redis with exit 0 and only showed up later in the
+// dead set. A class ferry does not have is left alone: the Ruby app's
+// worker may have it.
+func (a *App) checkBMWorkerArgs(ctx context.Context, arr []json.RawMessage) error {
+	const shape = `BackgroundMigrationWorker args are [MigrationClassName, [args...], lease_attempts?], e.g. '["CopyColumn",["events","id","id_big",1,1000]]'`
+	if len(arr) < 1 || len(arr) > 3 {
+		return Usagef("ARGS_JSON: %s; got %d elements", shape, len(arr))
+	}
+	var migration string
+	if err := json.Unmarshal(arr[0], &migration); err != nil || strings.TrimSpace(migration) == "" {
+		return Usagef("ARGS_JSON: %s; the first element must be a class name, got %.60s", shape, arr[0])
+	}
+	var margs json.RawMessage
+	if len(arr) > 1 && string(arr[1]) != "null" {
+		var list []json.RawMessage
+		if err := json.Unmarshal(arr[1], &list); err != nil {
+			return Usagef("ARGS_JSON: %s; the second element must be an array, got %.60s", shape, arr[1])
+		}
+		margs = arr[1]
+	}
+	if len(arr) > 2 {
+		var n int
+		if err := json.Unmarshal(arr[2], &n); err != nil || n < 0 {
+			return Usagef("ARGS_JSON: %s; lease_attempts must be a non-negative integer, got %.60s", shape, arr[2])
+		}
+	}
+	if !a.Reg.BM.Has(migration) {
+		return nil
+	}
+	// Without a database only the decoding is checked (count and types);
+	// the identifiers are checked against the catalog when the job runs.
+	_, err := (&legacy.Runner{Registry: a.Reg.BM, Logger: a.Log}).Prepare(ctx, migration, margs)
+	if err != nil && legacy.IsBadInput(err) {
+		return Usagef("ARGS_JSON: %v", err)
+	}
+	return nil
 }
 
 func parseTime(s string) (time.Time, error) {

@@ -47,11 +47,16 @@ func (c CopyColumn) Validate(ctx context.Context, job *Job[CopyColumnArgs]) erro
 
 func (CopyColumn) table(ctx context.Context, job *Job[CopyColumnArgs]) (*Table, error) {
 	a := job.Args
-	if job.DB == nil {
-		return nil, ErrNoDatabase
-	}
+	// What needs no database is checked first, so that `ferry enqueue`
+	// (which has none) refuses these too.
 	if a.StartID > a.EndID {
 		return nil, &ArgsError{Class: job.Class, Err: fmt.Errorf("start_id %d is greater than end_id %d", a.StartID, a.EndID)}
+	}
+	if err := validateNames(a.Table, a.FromColumn, a.ToColumn); err != nil {
+		return nil, err
+	}
+	if job.DB == nil {
+		return nil, ErrNoDatabase
 	}
 	if job.Tables == nil {
 		job.Tables = NewTables(0)
@@ -107,12 +112,26 @@ type Table struct {
 	Quoted string // schema-qualified, quoted with pgx.Identifier
 }
 
-// ResolveTable validates name ("table" or "schema.table") and finds it on
-// the search path.
-func ResolveTable(ctx context.Context, db DB, name string) (*Table, error) {
+// validateNames checks a table name ("table" or "schema.table") and column
+// names without looking them up.
+func validateNames(table string, cols ...string) error {
+	if _, err := splitTable(table); err != nil {
+		return err
+	}
+	for _, c := range cols {
+		if err := ValidateIdentifier("column", c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// splitTable validates name ("table" or "schema.table") and returns its
+// schema ("" when not given) and relation.
+func splitTable(name string) ([2]string, error) {
 	schema, rel, ok := pgcatalog.SplitTable(name)
 	if !ok {
-		return nil, &IdentifierError{What: "table", Name: name, Reason: "has more than one '.'"}
+		return [2]string{}, &IdentifierError{What: "table", Name: name, Reason: "has more than one '.'"}
 	}
 	parts := []string{rel}
 	if strings.Contains(name, ".") {
@@ -122,9 +141,20 @@ func ResolveTable(ctx context.Context, db DB, name string) (*Table, error) {
 		if err := ValidateIdentifier("table", p); err != nil {
 			e := err.(*IdentifierError)
 			e.Name = name
-			return nil, e
+			return [2]string{}, e
 		}
 	}
+	return [2]string{schema, rel}, nil
+}
+
+// ResolveTable validates name ("table" or "schema.table") and finds it on
+// the search path.
+func ResolveTable(ctx context.Context, db DB, name string) (*Table, error) {
+	sr, err := splitTable(name)
+	if err != nil {
+		return nil, err
+	}
+	schema, rel := sr[0], sr[1]
 	found, err := pgcatalog.FindTable(ctx, db, schema, rel)
 	if errors.Is(err, pgcatalog.ErrNoTable) {
 		return nil, &IdentifierError{What: "table", Name: name, Reason: "does not exist (or is not a table) on the search path", Missing: true}
