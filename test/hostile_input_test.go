@@ -297,7 +297,10 @@ func TestHostileBadJobArgsGoToDeadSet(t *testing.T) {
 	}
 	push("Ferry::BatchedBackgroundMigrationExecutionWorker", `["x"]`)
 	push("Ferry::BatchedBackgroundMigrationExecutionWorker", `[1,0,"t",4]`)
-	push("BackgroundMigrationWorker", `[1]`)
+	// `ferry enqueue` refuses this one (exit 2); another client may not.
+	b.rdb.SAdd(b.ctx, "queues", "background_migration")
+	b.rdb.LPush(b.ctx, "queue:background_migration",
+		`{"class":"BackgroundMigrationWorker","args":[1],"queue":"background_migration","jid":"badbmargs0000000000000001","retry":true,"created_at":1700000000.0,"enqueued_at":1700000000.0}`)
 	testenv.Eventually(t, 20*time.Second, "3 jobs in the dead set", func() bool {
 		return b.rdb.ZCard(b.ctx, "dead").Val() == 3
 	})
