@@ -35,8 +35,22 @@ func (g gitlabText) Error() string { return string(g) }
 // bbmDBFlags adds --db and its GitLab spelling --database to the bbm group.
 func bbmDBFlags(a *App, root *cobra.Command) {
 	pf := root.PersistentFlags()
-	pf.StringVar(&a.bbmDB, "db", "", "database to read or change (a name from databases:, main is DATABASE_URL's); reads default to all")
-	pf.StringVar(&a.bbmDB, "database", "", "same as --db")
+	pf.Var((*bbmDBValue)(a), "db", "database to read or change (a name from databases:, main is DATABASE_URL's); reads default to all")
+	pf.Var((*bbmDBValue)(a), "database", "same as --db")
+}
+
+// bbmDBValue is --db: an empty value is refused, so an unset shell
+// variable (--db "$DB") cannot widen a command to every database.
+type bbmDBValue App
+
+func (v *bbmDBValue) String() string { return v.bbmDB }
+func (v *bbmDBValue) Type() string   { return "NAME" }
+func (v *bbmDBValue) Set(s string) error {
+	if strings.TrimSpace(s) == "" {
+		return errors.New("empty database name (give NAME, or all)")
+	}
+	v.bbmDB = s
+	return nil
 }
 
 // multiDB reports whether more than one database is configured: output
@@ -65,7 +79,7 @@ func (a *App) bbmEngineFor(ctx context.Context, name string) (*batched.Engine, e
 		return nil, err
 	}
 	e := batched.NewEngine(pool, batched.Config{Logger: a.Log, Registry: a.Reg.BBM, TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration,
-		Identity: "ferry-cli:" + strconv.Itoa(os.Getpid()), Health: bbmHealth(a)})
+		Identity: "ferry-cli:" + strconv.Itoa(os.Getpid()), Health: bbmHealth(a), Database: a.hintDB(name)})
 	a.OnClose(e.Close)
 	if a.engines == nil {
 		a.engines = map[string]*batched.Engine{}
@@ -301,6 +315,15 @@ func (a *App) bbmUnfinished(ctx context.Context, db string) ([]*batched.Migratio
 func (a *App) dbLabel(db string) string {
 	if a.multiDB() {
 		return db + ": "
+	}
+	return ""
+}
+
+// hintDB is the database name an engine's printed commands carry: db when
+// several databases are configured, else "" (ids stay bare).
+func (a *App) hintDB(db string) string {
+	if a.multiDB() {
+		return db
 	}
 	return ""
 }

@@ -95,7 +95,7 @@ func (a *App) runWeb(ctx context.Context) error {
 			// others down: its pages show the error until it answers.
 			var pool *pgxpool.Pool
 			if pool, err = a.openDB(ctx, d.Name, true); err == nil {
-				e = batched.NewEngine(pool, batched.Config{Logger: a.Log, Registry: a.Reg.BBM})
+				e = batched.NewEngine(pool, batched.Config{Logger: a.Log, Registry: a.Reg.BBM, Database: a.hintDB(d.Name)})
 			}
 		}
 		if err != nil {

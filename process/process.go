@@ -175,7 +175,7 @@ func (p *Process) addBBM(context.Context) error {
 		cfg := p.o.BBM
 		cfg.Logger, cfg.Registry, cfg.Identity = p.o.Logger, p.o.Registries.BBM, p.rt.Identity()
 		if len(p.o.Databases) > 1 {
-			cfg.Logger = p.o.Logger.With(zap.String("database", d.Name))
+			cfg.Logger, cfg.Database = p.o.Logger.With(zap.String("database", d.Name)), d.Name
 		}
 		e := batched.NewEngine(d.Pool, cfg)
 		// Closed after the runtime's jobs returned (Run), not with the
@@ -262,6 +262,9 @@ func (p *Process) addWeb(ctx context.Context) error {
 	for _, d := range p.o.Databases {
 		bc := p.o.BBM
 		bc.Logger, bc.Registry, bc.Identity = p.o.Logger, p.o.Registries.BBM, p.rt.Identity()+":web:"+strconv.Itoa(os.Getpid())
+		if len(p.o.Databases) > 1 {
+			bc.Database = d.Name
+		}
 		e := batched.NewEngine(d.Pool, bc)
 		p.closers = append(p.closers, e.Close)
 		fin := web.NewEngineMigrations(ctx, e, p.o.Logger)

@@ -277,6 +277,9 @@ func TestBBMMultiDatabaseForms(t *testing.T) {
 	}
 	m.want(0, []string{"active |", "(main_1)"}, "bbm", "gitlab:background_migrations:resume[main_1]")
 	m.want(0, []string{"paused |", "(ci_1)"}, "bbm", "pause", "--db", "ci", "1")
+	// The commands the reasons print name the database, so they work as printed.
+	m.want(0, []string{"paused; `ferry bbm resume ci_1` resumes"}, "bbm", "status", "--db", "ci")
+	m.want(2, []string{"empty database name"}, "bbm", "status", "--db", "")
 	m.want(0, []string{"active |", "(ci_1)"}, "bbm", "resume", "ci_1")
 
 	// show[ci_1] names its database and a finalize that names it too.
@@ -303,7 +306,8 @@ func TestBBMMultiDatabaseForms(t *testing.T) {
 	// Per-database cluster switches.
 	m.want(0, []string{"ci: All batched background migrations paused"}, "bbm", "pause-all", "--db", "ci")
 	out, _ = m.want(0, nil, "bbm", "status")
-	if !strings.Contains(out, "all migrations paused (ferry bbm resume-all --db ci)") || strings.Count(out, "all migrations paused") != 1 {
+	if !strings.Contains(out, "all migrations paused (ferry bbm resume-all --db ci)") || strings.Count(out, "all migrations paused") != 1 ||
+		!strings.Contains(out, "paused by `ferry bbm pause-all --db ci`; `ferry bbm resume-all --db ci` resumes") {
 		t.Fatalf("status after pause-all --db ci:\n%s", out)
 	}
 	m.want(0, []string{"main: max-running is now 3", "ci: max-running is now 3"}, "bbm", "--db", "all", "set", "max-running", "3")

@@ -30,6 +30,11 @@ type Config struct {
 	// Identity is recorded on job rows (the Sidekiq process identity).
 	Identity string
 	Health   HealthConfig
+	// Database, when set, is the engine's database's name among several
+	// (GitLab's main and ci): the commands the read model prints name it
+	// (`ferry bbm resume ci_3`, `ferry bbm resume-all --db ci`), since
+	// without it they would be refused as ambiguous.
+	Database string
 }
 
 // Engine runs batches of batched background migrations. Several engines,
@@ -43,6 +48,7 @@ type Engine struct {
 	target   time.Duration
 	identity string
 	health   HealthConfig
+	database string  // Config.Database
 	cat      catalog // statistics views the health indicators read
 
 	// crashed simulates a process death in tests: nothing more is recorded.
@@ -97,7 +103,7 @@ func NewEngine(pool *pgxpool.Pool, cfg Config) *Engine {
 	}
 	return &Engine{
 		pool: pool, reg: cfg.Registry, log: cfg.Logger.Named("bbm"), target: cfg.TargetBatchDuration,
-		identity: cfg.Identity, health: cfg.Health.withDefaults(), cat: pgCatalog, lastHealth: map[int64]time.Time{},
+		identity: cfg.Identity, health: cfg.Health.withDefaults(), database: cfg.Database, cat: pgCatalog, lastHealth: map[int64]time.Time{},
 		pacers:  map[int64]pacer{},
 		rescued: map[int64]struct{}{},
 		running: map[int64]struct{}{},

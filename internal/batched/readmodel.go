@@ -130,7 +130,34 @@ type window struct {
 // cluster is the state shared by every migration.
 type cluster struct {
 	Settings
-	workers bool // an engine session is alive
+	workers bool   // an engine session is alive
+	db      string // Config.Database: named in the commands printed
+}
+
+// ref is migration id as the printed commands take it: ci_3 when the
+// engine's database is named, else 3.
+func (c cluster) ref(id int64) string {
+	if c.db != "" {
+		return c.db + "_" + strconv.FormatInt(id, 10)
+	}
+	return strconv.FormatInt(id, 10)
+}
+
+// flag is " --db NAME" for the cluster-wide commands, when named.
+func (c cluster) flag() string {
+	if c.db != "" {
+		return " --db " + c.db
+	}
+	return ""
+}
+
+// PausedAllReasonIn is PausedAllReason for database db among several
+// ("" : the one database).
+func PausedAllReasonIn(db string) string {
+	if db == "" {
+		return PausedAllReason
+	}
+	return "paused by `ferry bbm pause-all --db " + db + "`; `ferry bbm resume-all --db " + db + "` resumes"
 }
 
 // viewSQL selects a migration with everything its progress needs. The
@@ -199,6 +226,7 @@ func (e *Engine) cluster(ctx context.Context) (cluster, error) {
 	err := e.pool.QueryRow(ctx, `SELECT max_running, paused_all,
 		EXISTS (SELECT 1 FROM ferry_bbm_sessions WHERE heartbeat_at > now() - interval '`+strconv.Itoa(int(livenessGrace/time.Millisecond))+` milliseconds')
 		FROM ferry_bbm_settings WHERE id = 1`).Scan(&c.MaxRunning, &c.PausedAll, &c.workers)
+	c.db = e.database
 	return c, err
 }
 
@@ -227,7 +255,7 @@ func (e *Engine) query(ctx context.Context, whereOrder string, args ...any) ([]*
 		}
 		if v.agg.finalizerGone {
 			// Also in hold_reason, where `show --json` readers look.
-			r := fmt.Sprintf("its finalize process is gone: workers make it active again, or run `ferry bbm resume %d` (or finalize again)", v.ID)
+			r := fmt.Sprintf("its finalize process is gone: workers make it active again, or run `ferry bbm resume %s` (or finalize again)", c.ref(v.ID))
 			v.HoldReason = &r
 		}
 		v.Progress = summarize(v, c, now)
@@ -364,12 +392,12 @@ func state(v *MigrationInfo, c cluster, now time.Time) (State, string) {
 		}
 		if strings.HasSuffix(reason, notRegistered) {
 			// retry would fail the same way in this binary.
-			return StateFailed, fmt.Sprintf("%s: a binary that registers it can `ferry bbm retry %d`; if its rows were migrated "+
-				"another way, `ferry bbm mark-finished %d --yes` (its remaining rows are NOT migrated)", reason, m.ID, m.ID)
+			return StateFailed, fmt.Sprintf("%s: a binary that registers it can `ferry bbm retry %s`; if its rows were migrated "+
+				"another way, `ferry bbm mark-finished %s --yes` (its remaining rows are NOT migrated)", reason, c.ref(m.ID), c.ref(m.ID))
 		}
-		return StateFailed, fmt.Sprintf("%s: `ferry bbm show %d` lists the errors, `ferry bbm retry %d` runs them again", reason, m.ID, m.ID)
+		return StateFailed, fmt.Sprintf("%s: `ferry bbm show %s` lists the errors, `ferry bbm retry %s` runs them again", reason, c.ref(m.ID), c.ref(m.ID))
 	case Paused:
-		return StatePaused, fmt.Sprintf("paused; `ferry bbm resume %d` resumes", m.ID)
+		return StatePaused, fmt.Sprintf("paused; `ferry bbm resume %s` resumes", c.ref(m.ID))
 	case Finalizing:
 		if a.finalizerGone {
 			return StateStalled, reason
@@ -377,7 +405,7 @@ func state(v *MigrationInfo, c cluster, now time.Time) (State, string) {
 		return StateFinalizing, "`ferry bbm finalize` is running it"
 	}
 	if c.PausedAll {
-		return StatePausedAll, PausedAllReason
+		return StatePausedAll, PausedAllReasonIn(c.db)
 	}
 	if m.OnHoldUntil != nil && m.OnHoldUntil.After(now) {
 		if reason == "" {
@@ -397,7 +425,7 @@ func state(v *MigrationInfo, c cluster, now time.Time) (State, string) {
 			return StateStalled, fmt.Sprintf("no worker has run a batch for %s: is `ferry worker` running?", humanMinutes(idle))
 		}
 		return StateStalled, fmt.Sprintf("no batch for %s although ferry workers are running: at most %d migrations run at once "+
-			"(`ferry bbm set max-running N`), one per table", humanMinutes(idle), c.MaxRunning)
+			"(`ferry bbm set max-running N%s`), one per table", humanMinutes(idle), c.MaxRunning, c.flag())
 	}
 	switch {
 	case m.SlowUntil != nil && m.SlowUntil.After(now):

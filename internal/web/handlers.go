@@ -200,8 +200,8 @@ func (s *Server) bbmData(r *http.Request, v *dbView, title string) (*pageData, e
 		return nil, err
 	}
 	d.PausedAll, d.PausedAllReason = paused, batched.PausedAllReason
-	if paused && len(s.dbs) > 1 {
-		d.PausedAllReason += " (database " + v.name + ")"
+	if len(s.dbs) > 1 {
+		d.PausedAllReason = batched.PausedAllReasonIn(v.name)
 	}
 	return d, nil
 }
