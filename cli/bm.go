@@ -339,9 +339,9 @@ func bmStealCmd(a *App) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "steal CLASS",
 		Short: "Take a migration class's jobs out of Sidekiq and perform them here",
-		Long: `Take every BackgroundMigrationWorker job of migration CLASS out of the queues
-(background_migration and default; --queue narrows), then the scheduled set (then the
-retry and dead sets with --retry-dead), and perform them inline, oldest due first,
+		Long: `Take every BackgroundMigrationWorker job of migration CLASS out of the scheduled
+set, then the queues (background_migration and default; --queue narrows), then the
+retry and dead sets with --retry-dead, and perform them inline in that order (GitLab's),
 --concurrency at once (Gitlab::BackgroundMigration.steal). A job is performed only by
 the process that removed it, so several steals may run at once. Each set is partitioned
 in one pass, so a steal takes time linear in the number of jobs.

@@ -62,7 +62,7 @@ type StealOptions struct {
 	// RetryDead also steals from the retry and dead sets.
 	RetryDead bool
 	// Concurrency is how many stolen jobs are performed at once (default
-	// 1). Jobs start in order: oldest due first.
+	// 1). Jobs start in the order of Steal's sources.
 	Concurrency int
 	// KeepGoing puts a failing job back where it came from and goes on
 	// with the others; Steal then returns a *StealFailures. Without it the
@@ -149,8 +149,8 @@ func (e *StealFailures) Error() string {
 func (e *StealFailures) Is(target error) bool { return target == ErrStealFailed }
 
 // Steal moves the matching jobs of each source into a private list and
-// calls perform for each, oldest due first: the queues (oldest end first),
-// the scheduled set by time, then (with RetryDead) the retry and dead
+// calls perform for each in GitLab's order: the scheduled set by time, the
+// queues (oldest end first), then (with RetryDead) the retry and dead
 // sets. It returns a *StealError when perform fails, or with KeepGoing a
 // *StealFailures once every other job ran.
 func Steal(ctx context.Context, rdb redis.UniversalClient, opts StealOptions, perform func(context.Context, *StolenJob) error) (res StealResult, err error) {
@@ -223,14 +223,14 @@ type stealSource struct {
 	queue  string // for a queue
 }
 
-// sources lists the places to visit, oldest due first: queued jobs are
-// due now, scheduled ones at their time.
+// sources lists the places to visit in GitLab's order (JobCoordinator's
+// pending_jobs, and CONTRACT.md): the scheduled set (walked by score),
+// then the queues, then with RetryDead the retry and dead sets.
 func (s *stealer) sources() []stealSource {
-	var out []stealSource
+	out := []stealSource{{source: SourceSchedule, key: keySchedule}}
 	for _, q := range s.opts.Queues {
 		out = append(out, stealSource{source: SourceQueue, key: QueueKey(q), queue: q})
 	}
-	out = append(out, stealSource{source: SourceSchedule, key: keySchedule})
 	if s.opts.RetryDead {
 		out = append(out, stealSource{source: SourceRetry, key: keyRetry}, stealSource{source: SourceDead, key: keyDead})
 	}

@@ -67,10 +67,10 @@ func TestStealPartitionsInOrderAndKeepsBytes(t *testing.T) {
 	if res.Performed != 11 || res.Stolen[SourceSchedule] != 1 || res.Stolen[SourceQueue] != 10 {
 		t.Fatalf("result %+v", res)
 	}
-	// Oldest due first: the queue oldest first, then the scheduled set;
+	// GitLab's order: the scheduled set, then the queue oldest first;
 	// bytes unchanged.
-	if !slices.Equal(got, append(want, sched)) {
-		t.Fatalf("performed\n%q\nwant\n%q", got, append(want, sched))
+	if wantOrder := append([]string{sched}, want...); !slices.Equal(got, wantOrder) {
+		t.Fatalf("performed\n%q\nwant\n%q", got, wantOrder)
 	}
 	left, _ := tb.rdb.LRange(tb.ctx, "queue:background_migration", 0, -1).Result()
 	slices.Reverse(left) // oldest first
@@ -115,9 +115,10 @@ func TestStealFailurePushesEverythingBack(t *testing.T) {
 	if !errors.As(err, &se) || se.Job.Source != SourceQueue {
 		t.Fatalf("err = %#v", err)
 	}
-	// q1 (the oldest) failed first; q1..q3 back in the queue, bytes
-	// intact; the scheduled set was not reached.
-	if calls != 1 || res.Performed != 0 || res.Returned != 3 {
+	// The scheduled set goes first (GitLab's order): s1 and s2 ran; then q1
+	// (the oldest queued) failed and q1..q3 are back in the queue, bytes
+	// intact.
+	if calls != 3 || res.Performed != 2 || res.Returned != 3 {
 		t.Fatalf("calls %d, result %+v", calls, res)
 	}
 	left, _ := tb.rdb.LRange(tb.ctx, "queue:background_migration", 0, -1).Result()
@@ -125,8 +126,8 @@ func TestStealFailurePushesEverythingBack(t *testing.T) {
 	if !slices.Equal(left, q) {
 		t.Fatalf("queue = %q", left)
 	}
-	if n, _ := tb.rdb.ZCard(tb.ctx, "schedule").Result(); n != 2 {
-		t.Fatalf("schedule has %d", n)
+	if n, _ := tb.rdb.ZCard(tb.ctx, "schedule").Result(); n != 0 {
+		t.Fatalf("schedule has %d, want its 2 jobs performed", n)
 	}
 	assertNoStealKeys(t, tb)
 }

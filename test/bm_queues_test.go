@@ -46,8 +46,11 @@ Sidekiq::Client.push('class' => 'BackgroundMigrationWorker', 'queue' => 'default
 bm_push(['CopyColumn', ['users', 'legacy_id', 'no_such_column', 1, 2]], at: 1000000000.5)
 (0...20).each { |i| bm_push(['CopyColumn', ['users', 'legacy_id', 'id_big', 101 + 5*i, 105 + 5*i]], at: Time.now.to_f + 3600 + i) }
 `)
+	// GitLab's order: the scheduled set first, whose earliest job is the bad
+	// one: it fails at once, and everything goes back.
 	code, out, stderr := b.ferry(t, cli.Options{}, "bm", "steal", "CopyColumn", "--queue", "background_migration", "--concurrency", "1")
-	if code != 1 || b.copied(t) != 60 || b.rdb.LLen(b.ctx, "queue:default").Val() != 1 {
+	if code != 1 || b.copied(t) != 0 || b.rdb.LLen(b.ctx, "queue:default").Val() != 1 ||
+		b.rdb.LLen(b.ctx, "queue:background_migration").Val() != 30 || b.rdb.ZCard(b.ctx, "schedule").Val() != 21 {
 		t.Fatalf("--queue background_migration: exit %d, %d copied, %s %s", code, b.copied(t), out, stderr)
 	}
 	code, out, stderr = b.ferry(t, cli.Options{}, "bm", "steal", "CopyColumn", "--concurrency", "8", "--keep-going", "--json")
@@ -60,7 +63,7 @@ bm_push(['CopyColumn', ['users', 'legacy_id', 'no_such_column', 1, 2]], at: 1000
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	if code != 1 || res.Performed != 21 || len(res.Failed) != 1 || res.Failed[0].Source != "schedule" ||
+	if code != 1 || res.Performed != 51 || len(res.Failed) != 1 || res.Failed[0].Source != "schedule" ||
 		!strings.Contains(res.Failed[0].Error, `column "no_such_column" does not exist`) {
 		t.Fatalf("--keep-going: exit %d %+v %s", code, res, stderr)
 	}

@@ -63,7 +63,8 @@ type StealOptions struct {
 }
 
 // Steal takes every queued and scheduled job of migration class out of
-// Redis and performs it here, oldest due first; each job is performed only
+// Redis and performs it here, in GitLab's order (scheduled set, then the
+// queues); each job is performed only
 // by the process that removed it. On the first failure that job and the
 // rest not performed are put back where they came from and a
 // *queue.StealError is returned; with KeepGoing only the failing jobs are,
