@@ -186,6 +186,9 @@ func fmtProgress(p batched.Progress) string {
 	if p.Failed > 0 {
 		parts = append(parts, fmt.Sprintf("%d failed jobs", p.Failed))
 	}
+	if p.Estimate != nil {
+		parts = append(parts, "not started, estimate: "+p.Estimate.Text())
+	}
 	// The engine's read model decides rate, ETA and reason, so this line,
 	// `bbm show`, the web UI and /metrics agree.
 	out := strings.Join(parts, ", ")

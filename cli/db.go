@@ -256,7 +256,7 @@ func parseVersionArg(s string) (dbmigrate.Version, error) {
 	return v, nil
 }
 
-func printPlan(ctx context.Context, w io.Writer, mr *dbmigrate.Migrator, p *dbmigrate.Plan) {
+func printPlan(ctx context.Context, w io.Writer, mr *dbmigrate.Migrator, p *dbmigrate.Plan, est *planEstimator) {
 	if len(p.Migrations) == 0 {
 		fmt.Fprintln(w, "Nothing to do (dry run).")
 		return
@@ -274,6 +274,7 @@ func printPlan(ctx context.Context, w io.Writer, mr *dbmigrate.Migrator, p *dbmi
 		fmt.Fprintf(w, "\n== %s %s (%s, %s) ==\n", m.Version, m.Name, file, how)
 		for _, b := range sc.Require {
 			fmt.Fprintf(w, "-- requires finished batched background migration: %s %s %s %s (%s)\n", b.Class, b.Table, b.Column, b.Args, gateNote(ctx, mr, b))
+			fmt.Fprint(w, est.line(ctx, b))
 		}
 		if sc.NoTransaction {
 			for i, s := range sc.Statements() {
@@ -284,6 +285,7 @@ func printPlan(ctx context.Context, w io.Writer, mr *dbmigrate.Migrator, p *dbmi
 		}
 		for _, b := range sc.Queue {
 			fmt.Fprintf(w, "-- then queues batched background migration: %s %s %s %s\n", b.Class, b.Table, b.Column, b.Args)
+			fmt.Fprint(w, est.line(ctx, b))
 		}
 	}
 }
@@ -363,7 +365,7 @@ migrations. "up" and "upto" are Sourcegraph's names for it ("upto" needs
 					if p.Dirty != nil {
 						fmt.Fprintf(t.out, "Note: migrate would refuse: %v\n\n", p.Dirty)
 					}
-					printPlan(ctx, t.out, m, p)
+					printPlan(ctx, t.out, m, p, a.planEstimates(ctx, f, t))
 					return nil
 				}
 				done, err := m.Migrate(ctx, tv)
@@ -559,7 +561,7 @@ several databases, --db NAME or --db all is required.`,
 					if err != nil {
 						return dbErr(err)
 					}
-					printPlan(ctx, t.out, m, p)
+					printPlan(ctx, t.out, m, p, nil)
 					return nil
 				}
 				done, err := m.DownTo(ctx, tv)

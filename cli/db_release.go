@@ -256,6 +256,6 @@ func printReleasePlan(ctx context.Context, t dbTarget, m *dbmigrate.Migrator, p 
 			dp.Migrations = append(dp.Migrations, s.Migration)
 		}
 		fmt.Fprintln(w)
-		printPlan(ctx, w, m, dp)
+		printPlan(ctx, w, m, dp, nil)
 	}
 }

@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
 )
 
 // The read model: what `ferry bbm status/list/show`, the web UI and
@@ -44,6 +47,10 @@ type Progress struct {
 	// Reason says, in plain words with the command that changes it, why
 	// the migration is not moving or is slowed; empty when nothing to say.
 	Reason string `json:"reason,omitempty"`
+	// Estimate is, for a queued migration that has not run a batch yet,
+	// how long it should take, from the migrations that finished on this
+	// database (see Estimate).
+	Estimate *Estimate `json:"estimate,omitempty"`
 }
 
 // Moving reports whether the migration advances on its own now.
@@ -80,9 +87,21 @@ const PausedAllReason = "paused by `ferry bbm pause-all`; `ferry bbm resume-all`
 // said not to move (no worker, or never its turn).
 const stalledAfter = 5 * time.Minute
 
-// rateWindow is how many recent batches the rate is measured over: enough
-// to smooth noise, few enough to follow the optimizer's batch size changes.
-const rateWindow = 20
+// The rate behind the ETA is the ids covered per second of wall clock
+// over the recent batches of the current run, each weighted by
+// exp(-age/tau), plus the open cycle (what the running batches did since
+// the last one finished) at full weight. Wall clock, not batch time, so
+// whatever slows the migration now (pacing sleeps, a slowed migration's
+// single batch, gaps between batches) is in it as long as it lasts; tau
+// is at least rateTau and at least 8 recent batches, so one slow or fast
+// batch moves the ETA a little, and a change that lasts moves it within
+// a minute or two. No rescaling by the current batch size: the optimizer
+// changes the size to keep the batch duration, not the rate, so a new
+// size predicts little and made the ETA jump.
+const (
+	rateWindow = 100 // batches read
+	rateTau    = 60 * time.Second
+)
 
 // BatchSample is a migration's latest succeeded batch (for /metrics).
 type BatchSample struct {
@@ -117,14 +136,18 @@ type agg struct {
 
 // window summarises the most recent succeeded batches of the current run
 // (finished since the migration was last made active: after a pause or a
-// retry, older batches would make the rate look slower than it is).
+// retry, older batches would make the rate look slower than it is), one
+// entry per batch, oldest first, plus what running batches did so far.
 type window struct {
-	jobs       int
-	start, end time.Time // first started_at, last finished_at
-	rows       int64     // Σ rows_done
-	sizes      int64     // Σ batch_size
-	ids        int64     // Σ (max_value - min_value + 1)
-	busy       float64   // Σ (finished_at - started_at), seconds
+	ids   []int64   // max_value - min_value + 1
+	rows  []int64   // rows_done
+	cover []float64 // seconds of wall clock the batch accounts for (see viewSQL)
+	age   []float64 // seconds from its finish to now
+	// The open cycle: since the last batch finished (or the running
+	// batches started, after a long gap), running batches did openIDs ids
+	// and openRows rows in openSecs.
+	openIDs, openRows int64
+	openSecs          float64
 }
 
 // cluster is the state shared by every migration.
@@ -166,7 +189,8 @@ func PausedAllReasonIn(db string) string {
 var viewSQL = `SELECT ` + migrationCols + `, "interval", updated_at, (` + finalizerGone + `),
 	coalesce(a.a_rows, 0), coalesce(a.a_running, 0), coalesce(a.a_failed, 0), coalesce(a.a_n, 0),
 	a.a_cursor, coalesce(a.a_left, 0), coalesce(a.a_done, 0), a.a_touched,
-	coalesce(w.w_n, 0), w.w_t0, w.w_t1, coalesce(w.w_rows, 0), coalesce(w.w_sizes, 0), coalesce(w.w_ids, 0), coalesce(w.w_busy, 0),
+	coalesce(a.a_open_ids, 0), coalesce(a.a_open_rows, 0), a.a_open_start,
+	w.w_ids, w.w_rows, w.w_cover, w.w_age, w.w_last,
 	l.l_size, l.l_dur, l.l_at, now()
 FROM batched_background_migrations m
 LEFT JOIN LATERAL (
@@ -174,28 +198,45 @@ LEFT JOIN LATERAL (
 		count(*) FILTER (WHERE j.status = 2)::int AS a_failed, count(*)::int AS a_n, max(j.max_value) AS a_cursor,
 		(sum(j.max_value - greatest(coalesce(j.cursor_value, j.min_value - 1), j.min_value - 1)) FILTER (WHERE j.status <> 3))::bigint AS a_left,
 		(sum(j.max_value - j.min_value + 1) FILTER (WHERE j.status = 3))::bigint AS a_done,
-		max(j.updated_at) AS a_touched
+		max(j.updated_at) AS a_touched,
+		(sum(greatest(coalesce(j.cursor_value, j.min_value - 1), j.min_value - 1) - j.min_value + 1) FILTER (WHERE j.status = 1))::bigint AS a_open_ids,
+		(sum(j.rows_done) FILTER (WHERE j.status = 1))::bigint AS a_open_rows,
+		min(j.started_at) FILTER (WHERE j.status = 1) AS a_open_start
 	FROM batched_background_migration_jobs j WHERE j.batched_background_migration_id = m.id) a ON true
 LEFT JOIN LATERAL (
-	SELECT count(*)::int AS w_n, min(r.started_at) AS w_t0, max(r.finished_at) AS w_t1, sum(r.rows_done)::bigint AS w_rows,
-		sum(r.batch_size)::bigint AS w_sizes, sum(r.max_value - r.min_value + 1)::bigint AS w_ids,
-		sum(extract(epoch FROM r.finished_at - r.started_at))::float8 AS w_busy
-	FROM (SELECT j.started_at, j.finished_at, j.rows_done, j.batch_size, j.min_value, j.max_value
-		FROM batched_background_migration_jobs j
-		WHERE j.batched_background_migration_id = m.id AND j.status = 3 AND j.started_at IS NOT NULL AND j.finished_at IS NOT NULL
-			AND (m.started_at IS NULL OR j.finished_at >= m.started_at)
-		ORDER BY j.id DESC LIMIT ` + strconv.Itoa(rateWindow) + `) r) w ON true
+	SELECT array_agg((r.max_value - r.min_value + 1)::bigint ORDER BY r.started_at, r.id) AS w_ids,
+		array_agg(r.rows_done::bigint ORDER BY r.started_at, r.id) AS w_rows,
+		-- The wall clock a batch accounts for: what it adds to the union
+		-- of the batches' run times (parallel batches count once), plus
+		-- the gap before it unless that gap was a stop (a pause, a hold,
+		-- no worker).
+		array_agg((greatest(extract(epoch FROM r.finished_at - greatest(r.started_at, coalesce(r.prev_end, r.started_at))), 0)
+			+ CASE WHEN r.prev_end < r.started_at AND extract(epoch FROM r.started_at - r.prev_end) < ` + gapSecs + `
+				THEN extract(epoch FROM r.started_at - r.prev_end) ELSE 0 END)::float8 ORDER BY r.started_at, r.id) AS w_cover,
+		array_agg(extract(epoch FROM now() - r.finished_at)::float8 ORDER BY r.started_at, r.id) AS w_age,
+		max(r.finished_at) AS w_last
+	FROM (SELECT s.*, max(s.finished_at) OVER (ORDER BY s.started_at, s.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end
+		FROM (SELECT j.id, j.started_at, j.finished_at, j.rows_done, j.min_value, j.max_value
+			FROM batched_background_migration_jobs j
+			WHERE j.batched_background_migration_id = m.id AND j.status = 3 AND j.started_at IS NOT NULL AND j.finished_at IS NOT NULL
+				AND (m.started_at IS NULL OR j.finished_at >= m.started_at)
+			ORDER BY j.id DESC LIMIT ` + strconv.Itoa(rateWindow) + `) s) r) w ON true
 LEFT JOIN LATERAL (
 	SELECT j.batch_size AS l_size, extract(epoch FROM j.finished_at - j.started_at)::float8 AS l_dur, j.finished_at AS l_at
 	FROM batched_background_migration_jobs j
 	WHERE j.batched_background_migration_id = m.id AND j.status = 3 AND j.started_at IS NOT NULL AND j.finished_at IS NOT NULL
 	ORDER BY j.id DESC LIMIT 1) l ON true`
 
+// gapSecs is the SQL for the longest gap between two batches that is
+// still the migration's rhythm rather than a stop: 30 s, or two of its
+// interval (GitLab's migrations, queued with a 2-minute one).
+const gapSecs = `greatest(30, 2 * m."interval")`
+
 func scanView(row pgx.Row) (*MigrationInfo, time.Time, error) {
 	v := &MigrationInfo{Migration: &Migration{}}
 	m, a, w := v.Migration, &v.agg, &v.win
 	var args []byte
-	var t0, t1, lastAt *time.Time
+	var openStart, last, lastAt *time.Time
 	var lastSize *int
 	var lastDur *float64
 	var now time.Time
@@ -205,19 +246,36 @@ func scanView(row pgx.Row) (*MigrationInfo, time.Time, error) {
 		&m.CreatedAt, &m.StartedAt, &m.FinishedAt, &m.OnHoldUntil, &m.HoldReason, &m.SlowUntil,
 		&v.Interval, &v.UpdatedAt, &a.finalizerGone,
 		&a.rowsDone, &a.running, &a.failed, &a.jobs, &a.cursor, &a.leftIDs, &a.doneIDs, &a.touched,
-		&w.jobs, &t0, &t1, &w.rows, &w.sizes, &w.ids, &w.busy,
+		&w.openIDs, &w.openRows, &openStart,
+		&w.ids, &w.rows, &w.cover, &w.age, &last,
 		&lastSize, &lastDur, &lastAt, &now)
 	if err != nil {
 		return nil, now, err
 	}
 	m.Args = compactJSON(args)
-	if t0 != nil && t1 != nil {
-		w.start, w.end = *t0, *t1
-	}
+	w.openSecs = openSince(last, openStart, v.Interval, now)
 	if lastSize != nil && lastDur != nil && lastAt != nil {
 		v.LastBatch = &BatchSample{BatchSize: *lastSize, Duration: *lastDur, FinishedAt: *lastAt}
 	}
 	return v, now, nil
+}
+
+// openSince is how long the open cycle has lasted: since the last batch
+// finished, or since the running batches started when they came after a
+// stop (see gapSecs); 0 when nothing is open.
+func openSince(last, runningSince *time.Time, interval int, now time.Time) float64 {
+	gap := max(30, 2*float64(interval))
+	switch {
+	case last == nil && runningSince == nil:
+		return 0
+	case last == nil:
+		return max(now.Sub(*runningSince).Seconds(), 0)
+	case runningSince != nil && runningSince.Sub(*last).Seconds() >= gap:
+		return max(now.Sub(*runningSince).Seconds(), 0)
+	case runningSince == nil && now.Sub(*last).Seconds() >= gap:
+		return 0 // between runs, not a cycle
+	}
+	return max(now.Sub(*last).Seconds(), 0)
 }
 
 // cluster reads the cluster-wide state the reasons depend on.
@@ -261,7 +319,49 @@ func (e *Engine) query(ctx context.Context, whereOrder string, args ...any) ([]*
 		v.Progress = summarize(v, c, now)
 		out = append(out, v)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	e.estimateQueued(ctx, out)
+	return out, nil
+}
+
+// queued reports a migration that will run but has not run a batch yet.
+func queued(v *MigrationInfo) bool {
+	return (v.Status == Active || v.Status == Paused) && v.agg.jobs == 0
+}
+
+// estimateQueued fills in the estimate of the queued migrations in vs.
+// An estimate is a nicety: when it cannot be read, the list goes without.
+func (e *Engine) estimateQueued(ctx context.Context, vs []*MigrationInfo) {
+	if !slices.ContainsFunc(vs, queued) {
+		return
+	}
+	runs, err := PastRuns(ctx, e.pool)
+	if err != nil {
+		e.log.Warn("no estimate for queued batched migrations", zap.Error(err))
+		return
+	}
+	for _, v := range vs {
+		if queued(v) {
+			v.Progress.Estimate = estimateQueued(v, runs, e.health.MaxDutyUnderLoad)
+		}
+	}
+}
+
+// estimateQueued estimates v from the finished migrations' runs; nil when
+// no rows are left.
+func estimateQueued(v *MigrationInfo, runs []PastRun, maxDuty float64) *Estimate {
+	rows, from := rowsToGo(v.Migration, v.agg.rowsDone, v.agg.cursor, v.agg.leftIDs)
+	if rows <= 0 {
+		return nil
+	}
+	est := estimateFrom(rows, v.Class, runs)
+	if est == nil {
+		est = &Estimate{Rows: rows}
+	}
+	est.RowsFrom, est.MaxDuty = from, maxDuty
+	return est
 }
 
 // List returns every migration, oldest first, with progress.
@@ -326,18 +426,15 @@ func summarize(v *MigrationInfo, c cluster, now time.Time) Progress {
 	if !p.Moving() {
 		return p
 	}
-	if v.win.jobs >= 1 {
-		if span := v.win.end.Sub(v.win.start).Seconds(); span > 0 {
-			p.RowsPerSec = float64(v.win.rows) / span
-		}
-	}
+	idRate, rowRate := rates(v.win)
+	p.RowsPerSec = rowRate
 	remaining := float64(a.leftIDs)
 	from := m.MinValue - 1
 	if a.cursor != nil {
 		from = *a.cursor
 	}
 	remaining += float64(max(m.MaxValue-from, 0))
-	switch rate := predictedIDRate(v); {
+	switch rate := idRate; {
 	case remaining <= 0:
 		eta := 0.0
 		p.ETA = &eta
@@ -454,43 +551,32 @@ func humanMinutes(d time.Duration) string {
 	return fmt.Sprintf("%d minutes", n)
 }
 
-// predictedIDRate returns the expected ids per second at the current batch
-// size, 0 when there is not enough data. It starts from the measured
-// wall-clock cycle of the recent batches, then rescales the batch duration
-// to the migration's current batch_size, so the ETA moves at once when the
-// optimizer (or an operator) changes it.
-func predictedIDRate(v *MigrationInfo) float64 {
-	w := v.win
-	if w.jobs < 1 || w.sizes <= 0 || w.ids <= 0 {
-		return 0
+// rates returns the ids and rows per second of w (see rateTau); 0 when
+// nothing was measured.
+func rates(w window) (ids, rows float64) {
+	n := len(w.ids)
+	if n != len(w.rows) || n != len(w.cover) || n != len(w.age) {
+		return 0, 0
 	}
-	n := float64(w.jobs)
-	cycle := w.end.Sub(w.start).Seconds() / n // wall time per batch
-	if cycle <= 0 {
-		return 0
+	tau := rateTau.Seconds()
+	if k := min(n, 5); k > 0 {
+		var recent float64
+		for _, c := range w.cover[n-k:] {
+			recent += c
+		}
+		tau = max(tau, 8*recent/float64(k))
 	}
-	avgDur := w.busy / n
-	avgRows := float64(w.sizes) / n
-	cur := float64(v.BatchSize)
-	if cur <= 0 {
-		cur = avgRows
+	wIDs, wRows, wSecs := float64(w.openIDs), float64(w.openRows), w.openSecs
+	for i := range n {
+		weight := math.Exp(-max(w.age[i], 0) / tau)
+		wIDs += weight * float64(w.ids[i])
+		wRows += weight * float64(w.rows[i])
+		wSecs += weight * w.cover[i]
 	}
-	// Batch duration scales roughly linearly with rows.
-	newDur := avgDur * cur / avgRows
-	interval := float64(v.Interval)
-	var newCycle float64
-	if interval > 0 && cycle <= 1.1*interval {
-		// Interval-bound: a new batch starts every interval unless the
-		// batch itself takes longer.
-		newCycle = max(cycle, newDur)
-	} else {
-		// Duration-bound: keep the measured overhead (pauses, scheduling).
-		newCycle = max(cycle-avgDur, 0) + newDur
+	if wSecs <= 0 || wIDs <= 0 {
+		return 0, 0
 	}
-	if newCycle <= 0 {
-		return 0
-	}
-	return cur * float64(w.ids) / float64(w.sizes) / newCycle
+	return wIDs / wSecs, wRows / wSecs
 }
 
 // Job is one row of batched_background_migration_jobs, with the error of

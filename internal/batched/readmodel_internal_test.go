@@ -6,6 +6,19 @@ import (
 	"time"
 )
 
+// steadyWindow is n batches of size ids (and rows), one every cover
+// seconds, the last one finished lastAge seconds ago.
+func steadyWindow(n int, size int64, cover, lastAge float64) window {
+	var w window
+	for i := range n {
+		w.ids = append(w.ids, size)
+		w.rows = append(w.rows, size)
+		w.cover = append(w.cover, cover)
+		w.age = append(w.age, lastAge+float64(n-1-i)*cover)
+	}
+	return w
+}
+
 // activeView has done ids 1..100k in 20 batches of 5k, one every 10s
 // (interval 10s, batches take 2s), out of 1M ids, and is running.
 func activeView(now time.Time) *MigrationInfo {
@@ -18,8 +31,7 @@ func activeView(now time.Time) *MigrationInfo {
 			CreatedAt: started, StartedAt: &started},
 		Interval: 10,
 		agg:      agg{rowsDone: 100_000, jobs: 20, cursor: &cursor, doneIDs: 100_000, touched: &touched},
-		win: window{jobs: 20, start: now.Add(-200 * time.Second), end: now.Add(-2 * time.Second),
-			rows: 100_000, sizes: 100_000, ids: 100_000, busy: 40},
+		win:      steadyWindow(20, 5_000, 10, 2),
 	}
 }
 
@@ -46,24 +58,14 @@ func TestBBMReadModelEstimate(t *testing.T) {
 			t.Fatalf("%+v", p)
 		}
 	})
-	t.Run("batch size doubled: interval-bound ETA halves at once", func(t *testing.T) {
+	t.Run("a new batch size does not move the ETA", func(t *testing.T) {
+		// The optimizer sizes batches to keep their duration: a new size
+		// predicts no new rate, and rescaling by it made the ETA jump.
 		v := activeView(now)
 		base := etaOf(t, summarize(v, idle, now))
 		v.BatchSize = 10_000
-		eta := etaOf(t, summarize(v, idle, now))
-		if ratio := eta.Seconds() / base.Seconds(); ratio < 0.45 || ratio > 0.55 {
-			t.Fatalf("ETA %s -> %s (ratio %.2f), want about half", base, eta, ratio)
-		}
-	})
-	t.Run("batch size doubled: duration-bound ETA barely moves", func(t *testing.T) {
-		v := activeView(now)
-		v.Interval = 0
-		v.win.busy = 190 // batches back to back
-		base := etaOf(t, summarize(v, idle, now))
-		v.BatchSize = 10_000
-		eta := etaOf(t, summarize(v, idle, now))
-		if ratio := eta.Seconds() / base.Seconds(); ratio < 0.9 || ratio > 1.1 {
-			t.Fatalf("ETA %s -> %s (ratio %.2f), want about the same", base, eta, ratio)
+		if eta := etaOf(t, summarize(v, idle, now)); eta != base {
+			t.Fatalf("ETA %s -> %s", base, eta)
 		}
 	})
 	// Not moving: no rate, no ETA, a reason with the command that changes it.

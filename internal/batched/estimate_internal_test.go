@@ -1,0 +1,170 @@
+package batched
+
+import (
+	"math"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The ETA's rate on synthetic job histories: deterministic, no clocks.
+func TestBBMETARate(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	idle := cluster{Settings: Settings{MaxRunning: 2}, workers: true}
+	eta := func(w window) float64 {
+		v := activeView(now)
+		v.win = w
+		return etaOf(t, summarize(v, idle, now)).Seconds()
+	}
+	// 900k ids left at 500 ids/s.
+	const steady = 1800.0
+
+	t.Run("a lasting slowdown moves the ETA step by step, not at once", func(t *testing.T) {
+		// 40 batches at 500 ids/s, then k at half that speed.
+		prev := eta(steadyWindow(40, 5_000, 10, 2))
+		if math.Abs(prev-steady) > 1 {
+			t.Fatalf("steady ETA %.0fs, want %.0fs", prev, steady)
+		}
+		for k := 1; k <= 30; k++ {
+			w := steadyWindow(40, 5_000, 10, 2+float64(k)*20)
+			slow := steadyWindow(k, 5_000, 20, 2)
+			w.ids, w.rows = append(w.ids, slow.ids...), append(w.rows, slow.rows...)
+			w.cover, w.age = append(w.cover, slow.cover...), append(w.age, slow.age...)
+			got := eta(w)
+			if got < prev || got > 1.15*prev {
+				t.Fatalf("after %d slow batches ETA %.0fs, before %.0fs: want a rise of at most 15%% per batch", k, got, prev)
+			}
+			if got > 2*steady+1 {
+				t.Fatalf("ETA %.0fs beyond the slow rate's %.0fs", got, 2*steady)
+			}
+			prev = got
+		}
+		if prev < 1.8*steady {
+			t.Fatalf("after 30 slow batches (10 minutes) ETA %.0fs, want close to %.0fs", prev, 2*steady)
+		}
+	})
+	t.Run("paced batches: the ETA counts the sleeps", func(t *testing.T) {
+		// Paced at 2%: each 5k-id batch takes 500 s of wall clock.
+		if got := eta(steadyWindow(20, 5_000, 500, 2)); math.Abs(got-90_000) > 1 {
+			t.Fatalf("ETA %.0fs, want 90000s (900k ids at 10 ids/s)", got)
+		}
+	})
+	t.Run("a running batch that does not move raises the ETA as time passes", func(t *testing.T) {
+		prev := 0.0
+		for _, open := range []float64{0, 10, 60, 300} {
+			w := steadyWindow(20, 5_000, 10, open)
+			w.openSecs = open
+			got := eta(w)
+			if got < prev {
+				t.Fatalf("open for %.0fs: ETA %.0fs, less than %.0fs before", open, got, prev)
+			}
+			prev = got
+		}
+		if prev <= steady {
+			t.Fatalf("ETA %.0fs after 5 minutes without progress", prev)
+		}
+	})
+	t.Run("the running batch's progress counts before it finishes", func(t *testing.T) {
+		// No batch finished yet: 20k ids done in 10 s so far.
+		got := eta(window{openIDs: 20_000, openRows: 20_000, openSecs: 10})
+		if math.Abs(got-450) > 1 {
+			t.Fatalf("ETA %.0fs, want 450s (900k ids at 2000 ids/s)", got)
+		}
+	})
+	t.Run("sparse ids: the rate is in ids, the rows rate in rows", func(t *testing.T) {
+		w := steadyWindow(20, 5_000, 10, 2)
+		for i := range w.rows {
+			w.rows[i] = 2_500
+		}
+		v := activeView(now)
+		v.win = w
+		p := summarize(v, idle, now)
+		if etaOf(t, p).Seconds() != steady || p.RowsPerSec != 250 {
+			t.Fatalf("%+v", p)
+		}
+	})
+}
+
+func TestBBMEstimateFromHistory(t *testing.T) {
+	t.Parallel()
+	copyRuns := []PastRun{
+		{ID: 1, Class: "Copy", Rows: 1_000_000, Seconds: 10},   // 100k/s
+		{ID: 2, Class: "Copy", Rows: 2_000_000, Seconds: 10},   // 200k/s
+		{ID: 3, Class: "Copy", Rows: 1_500_000, Seconds: 10},   // 150k/s
+		{ID: 4, Class: "Other", Rows: 1_000_000, Seconds: 1e3}, // 1k/s
+		{ID: 5, Class: "Copy", Rows: 500, Seconds: 0.001},      // too small to trust
+	}
+	t.Run("same class: median rate, range from slowest to fastest widened 1.5x", func(t *testing.T) {
+		e := estimateFrom(3_000_000, "Copy", copyRuns)
+		if e == nil || e.Runs != 3 || !e.SameClass || e.RowsPerSec != 150_000 {
+			t.Fatalf("%+v", e)
+		}
+		if e.Seconds != 20 || math.Abs(e.Low-10) > 1e-9 || math.Abs(e.High-45) > 1e-9 {
+			t.Fatalf("%.1fs (%.1f-%.1f), want 20s (10-45)", e.Seconds, e.Low, e.High)
+		}
+	})
+	t.Run("one run of the class: 2x either way", func(t *testing.T) {
+		e := estimateFrom(1_000, "Other", copyRuns)
+		if e == nil || e.Runs != 1 || e.Seconds != 1 || e.Low != 0.5 || e.High != 2 {
+			t.Fatalf("%+v", e)
+		}
+	})
+	t.Run("no run of the class: every class, 2x either way", func(t *testing.T) {
+		e := estimateFrom(1_000_000, "New", copyRuns)
+		// Rates 1k, 100k, 150k, 200k: the median of an even count is the
+		// geometric mean of the middle two.
+		if e == nil || e.Runs != 4 || e.SameClass || math.Abs(e.RowsPerSec-math.Sqrt(100_000*150_000)) > 1e-6 {
+			t.Fatalf("%+v", e)
+		}
+		if math.Abs(e.High-2000) > 1e-6 || math.Abs(e.Low-2.5) > 1e-6 {
+			t.Fatalf("range %.1f-%.1f", e.Low, e.High)
+		}
+	})
+	t.Run("no usable run", func(t *testing.T) {
+		if e := estimateFrom(1_000, "Copy", copyRuns[4:]); e != nil {
+			t.Fatalf("%+v", e)
+		}
+	})
+	t.Run("text says what it rests on", func(t *testing.T) {
+		e := estimateFrom(720_000_000, "Copy", copyRuns)
+		e.RowsFrom, e.MaxDuty = "pg_class.reltuples", 0.02
+		got := e.Text()
+		for _, want := range []string{"about 1h20m (40 min-3h00m)", "720,000,000 rows to go (pg_class.reltuples)",
+			"from 3 finished migrations of the same class on this database at 150k rows/s", "2% of the time", "up to 50x longer"} {
+			if !strings.Contains(got, want) {
+				t.Fatalf("%q lacks %q", got, want)
+			}
+		}
+	})
+	t.Run("a read probe when nothing finished", func(t *testing.T) {
+		e := estimateFromProbe(2_000_000, ReadProbe{Rows: 20_000, Seconds: 0.02}) // reads 1M rows/s
+		e.RowsFrom = "pg_class.reltuples"
+		if e.Seconds != 14 || e.Low != 6 || e.High != 40 {
+			t.Fatalf("%+v", e)
+		}
+		if got := e.Text(); !strings.HasPrefix(got, "no rate measured yet on this database: guessed from a read of 20,000 rows in 20ms") ||
+			!strings.Contains(got, "about 14 s (6 s-40 s)") {
+			t.Fatalf("%q", got)
+		}
+	})
+	t.Run("nothing at all", func(t *testing.T) {
+		e := &Estimate{Rows: 5, RowsFrom: "the ids left in its range"}
+		if got := e.Text(); got != "no rate measured yet on this database (no batched migration has finished here): 5 rows to go (the ids left in its range)" {
+			t.Fatalf("%q", got)
+		}
+	})
+}
+
+func TestBBMEstimateQueuedRows(t *testing.T) {
+	t.Parallel()
+	total := int64(1_000)
+	m := &Migration{MinValue: 1, MaxValue: 5_000, TotalTuples: &total}
+	if rows, _ := rowsToGo(m, 0, nil, 0); rows != 1_000 {
+		t.Fatalf("rows %d", rows)
+	}
+	m.TotalTuples = nil
+	if rows, from := rowsToGo(m, 0, nil, 0); rows != 5_000 || from != "the ids left in its range" {
+		t.Fatalf("rows %d from %s", rows, from)
+	}
+}
