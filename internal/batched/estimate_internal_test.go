@@ -140,11 +140,11 @@ func TestBBMEstimateFromHistory(t *testing.T) {
 	t.Run("a read probe when nothing finished", func(t *testing.T) {
 		e := estimateFromProbe(2_000_000, ReadProbe{Rows: 20_000, Seconds: 0.02}) // reads 1M rows/s
 		e.RowsFrom = "pg_class.reltuples"
-		if e.Seconds != 14 || e.Low != 6 || e.High != 40 {
+		if e.Seconds != 40 || e.Low != 16 || e.High != 100 {
 			t.Fatalf("%+v", e)
 		}
 		if got := e.Text(); !strings.HasPrefix(got, "no rate measured yet on this database: guessed from a read of 20,000 rows in 20ms") ||
-			!strings.Contains(got, "about 14 s (6 s-40 s)") {
+			!strings.Contains(got, "about 40 s (16 s-2 min)") || !strings.Contains(got, "a copy is usually 8-50x slower than that read") {
 			t.Fatalf("%q", got)
 		}
 	})
