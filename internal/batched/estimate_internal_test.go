@@ -72,6 +72,24 @@ func TestBBMETARate(t *testing.T) {
 			t.Fatalf("ETA %.0fs, want 450s (900k ids at 2000 ids/s)", got)
 		}
 	})
+	t.Run("the start-up ramp does not count once batches are full size", func(t *testing.T) {
+		ramp := window{ids: []int64{1_000, 4_000, 16_000}, rows: []int64{1_000, 4_000, 16_000},
+			cover: []float64{0.4, 0.5, 0.7}, age: []float64{30, 29.5, 28.8}}
+		full := steadyWindow(10, 100_000, 2, 0.1) // 50k ids/s
+		w := ramp
+		w.ids, w.rows = append(w.ids, full.ids...), append(w.rows, full.rows...)
+		w.cover, w.age = append(w.cover, full.cover...), append(w.age, full.age...)
+		if ids, _ := rates(w); math.Abs(ids-50_000) > 1e-6 {
+			t.Fatalf("rate %.0f ids/s, want 50000", ids)
+		}
+		// Two full batches are not enough to drop the ramp.
+		w = ramp
+		w.ids, w.rows = append(w.ids, full.ids[:2]...), append(w.rows, full.rows[:2]...)
+		w.cover, w.age = append(w.cover, full.cover[:2]...), append(w.age, full.age[:2]...)
+		if ids, _ := rates(w); ids >= 50_000 {
+			t.Fatalf("rate %.0f ids/s without the ramp's batches", ids)
+		}
+	})
 	t.Run("sparse ids: the rate is in ids, the rows rate in rows", func(t *testing.T) {
 		w := steadyWindow(20, 5_000, 10, 2)
 		for i := range w.rows {

@@ -95,12 +95,12 @@ const stalledAfter = 5 * time.Minute
 // single batch, gaps between batches) is in it as long as it lasts; tau
 // is at least rateTau and at least 8 recent batches, so one slow or fast
 // batch moves the ETA a little, and a change that lasts moves it within
-// a minute or two. No rescaling by the current batch size: the optimizer
+// a minute. The start-up ramp is left out (rampEnd). No rescaling by the current batch size: the optimizer
 // changes the size to keep the batch duration, not the rate, so a new
 // size predicts little and made the ETA jump.
 const (
 	rateWindow = 100 // batches read
-	rateTau    = 60 * time.Second
+	rateTau    = 30 * time.Second
 )
 
 // BatchSample is a migration's latest succeeded batch (for /metrics).
@@ -558,8 +558,9 @@ func rates(w window) (ids, rows float64) {
 	if n != len(w.rows) || n != len(w.cover) || n != len(w.age) {
 		return 0, 0
 	}
+	from := rampEnd(w.cover)
 	tau := rateTau.Seconds()
-	if k := min(n, 5); k > 0 {
+	if k := min(n-from, 5); k > 0 {
 		var recent float64
 		for _, c := range w.cover[n-k:] {
 			recent += c
@@ -567,7 +568,7 @@ func rates(w window) (ids, rows float64) {
 		tau = max(tau, 8*recent/float64(k))
 	}
 	wIDs, wRows, wSecs := float64(w.openIDs), float64(w.openRows), w.openSecs
-	for i := range n {
+	for i := from; i < n; i++ {
 		weight := math.Exp(-max(w.age[i], 0) / tau)
 		wIDs += weight * float64(w.ids[i])
 		wRows += weight * float64(w.rows[i])
@@ -577,6 +578,28 @@ func rates(w window) (ids, rows float64) {
 		return 0, 0
 	}
 	return wIDs / wSecs, wRows / wSecs
+}
+
+// rampEnd is the index of the first batch after the start-up ramp: a run
+// starts with small batches the optimizer grows fourfold each time, whose
+// fixed costs (claiming, reading the range) make the rows per second a
+// fraction of what follows. They are the leading batches shorter than half
+// the median batch; they count only while fewer than 3 batches follow.
+func rampEnd(cover []float64) int {
+	if len(cover) < 4 {
+		return 0
+	}
+	sorted := slices.Clone(cover)
+	slices.Sort(sorted)
+	half := sorted[len(sorted)/2] / 2
+	i := 0
+	for i < len(cover) && cover[i] < half {
+		i++
+	}
+	if len(cover)-i < 3 {
+		return 0
+	}
+	return i
 }
 
 // Job is one row of batched_background_migration_jobs, with the error of
