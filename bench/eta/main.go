@@ -220,8 +220,12 @@ func report(o options, run int, samples []sample, took time.Duration) {
 		if s.oldETA != nil {
 			old = fmt.Sprintf("%s, %+.0f%%", dur(*s.oldETA), 100*(*s.oldETA/actual.Seconds()-1))
 		}
-		errs = append(errs, fmt.Sprintf("%.0f%% (at %.1f%%): ETA %s, actual %s, error %+.0f%% (before issue 15's estimator: %s)", p, s.percent,
-			eta.Round(time.Second), actual.Round(time.Second), 100*(eta.Seconds()/actual.Seconds()-1), old))
+		// What no estimator knows: how the rate after this point compares
+		// with the rate so far (a shared machine speeds up and slows down).
+		done := s.percent / 100 * float64(o.rows)
+		past, rest := done/(took-actual).Seconds(), (float64(o.rows)-done)/actual.Seconds()
+		errs = append(errs, fmt.Sprintf("%.0f%% (at %.1f%%): ETA %s, actual %s, error %+.0f%% (before issue 15's estimator: %s); rows/s so far %.0f, in the rest %.0f (%+.0f%%)", p, s.percent,
+			eta.Round(time.Second), actual.Round(time.Second), 100*(eta.Seconds()/actual.Seconds()-1), old, past, rest, 100*(rest/past-1)))
 	}
 	fmt.Println("  " + strings.Join(errs, "\n  "))
 	// Smoothness: between two samples an ETA should fall by the time that
