@@ -41,7 +41,7 @@ func TestEstimateBeforeTheUpgrade(t *testing.T) {
 	out := e.mustFerry("migrate", "--dry-run")
 	wantContains(t, out, "-- then queues batched background migration: CopyColumnUsingBackgroundMigrationJob events id")
 	wantContains(t, out, "--   estimate: no rate measured yet on this database: guessed from a read of 20,000 rows in ")
-	wantContains(t, out, "for 30,000 rows to go (pg_class.reltuples); on an idle database: while the application uses it, ferry runs 2% of the time")
+	wantContains(t, out, "for 30,000 rows to go (pg_class.reltuples); on an idle database: while the application uses it, ferry runs as little as 2% of the time")
 	var ferryTables bool
 	if err := e.pool.QueryRow(e.ctx, `SELECT to_regclass('batched_background_migrations') IS NOT NULL`).Scan(&ferryTables); err != nil || ferryTables {
 		t.Fatalf("the dry run created ferry's tables (%v)", err)

@@ -370,7 +370,7 @@ func (e *Estimate) Text() string {
 		return b.String()
 	}
 	if e.MaxDuty > 0 && e.MaxDuty < 1 {
-		fmt.Fprintf(&b, "; on an idle database: while the application uses it, ferry runs %.0f%% of the time (bbm.max_duty_under_load), up to %.0fx longer",
+		fmt.Fprintf(&b, "; on an idle database: while the application uses it, ferry runs as little as %.0f%% of the time (bbm.max_duty_under_load), up to %.0fx longer",
 			100*e.MaxDuty, 1/e.MaxDuty)
 	}
 	return b.String()
