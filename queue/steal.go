@@ -387,7 +387,9 @@ func (s *stealer) drain(ctx context.Context, src StealSource, total int, perform
 		}
 		if !s.opts.KeepGoing && len(failed) > 0 {
 			f := failed[0]
-			s.log.Warn("stolen job failed; pushing it and the rest back", zap.String("source", string(f.Job.Source)), zap.Error(f.Err))
+			// Info, not Warn: the caller reports the failure as its error,
+			// which should be the first thing an operator reads.
+			s.log.Info("stolen job failed; pushing it and the rest back", zap.String("source", string(f.Job.Source)), zap.Error(f.Err))
 			return f // unregister pushes everything back
 		}
 		if err := ctx.Err(); err != nil {
@@ -425,7 +427,7 @@ func (s *stealer) settle(ctx context.Context, ok []string, failed []*StealError,
 			jid = f.Job.Job.JID()
 		}
 		res.Failed = append(res.Failed, StealFailure{JID: jid, Source: f.Job.Source, Error: f.Err.Error()})
-		s.log.Warn("stolen job failed; put back where it came from", zap.String("jid", jid),
+		s.log.Info("stolen job failed; put back where it came from", zap.String("jid", jid),
 			zap.String("source", string(f.Job.Source)), zap.Error(f.Err))
 	}
 	return nil

@@ -173,6 +173,10 @@ puts "#{j.jid} #{j.score}"`)
 		!strings.Contains(stderr, "pushed back") {
 		t.Fatalf("exit %d, stderr: %s", code, stderr)
 	}
+	// The error is the first line an operator reads (CONTRACT.md).
+	if !strings.HasPrefix(stderr, "ferry: steal CopyColumn: ") {
+		t.Fatalf("stderr does not start with the error:\n%s", stderr)
+	}
 	after := b.ruby(t, `
 j = Sidekiq::ScheduledSet.new.first
 puts "#{j.jid} #{j.score}"
