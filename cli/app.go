@@ -280,7 +280,7 @@ the rest. Exit codes: 0 ok, 1 the answer is no or the operation failed,
 	pf.StringVar(&a.configPath, "config", "", "YAML config file (env FERRY_CONFIG)")
 	pf.StringVar(&a.redisURL, "redis-url", "", "Redis URL (env REDIS_URL, default redis://127.0.0.1:6379/0)")
 	pf.StringVar(&a.databaseURL, "database-url", "", "PostgreSQL URL or DSN (env DATABASE_URL)")
-	pf.StringVar(&a.directURL, "database-direct-url", "", "PostgreSQL without a transaction pooler, for `ferry db` (env DATABASE_DIRECT_URL)")
+	pf.StringVar(&a.directURL, "database-direct-url", "", "PostgreSQL without a transaction pooler, for \"ferry db\" (env DATABASE_DIRECT_URL)")
 	pf.StringVar(&a.logLevel, "log-level", "", "debug, info, warn or error")
 	pf.StringVar(&a.progressMode, "progress", progressAuto, "progress of long work on stderr: auto (a bar on a terminal, else a line every 5s), bar, lines or none")
 	root.AddCommand(newWorkerCmd(a), newEnqueueCmd(a), newSetupCmd(a), newBBMCmd(a), newBMCmd(a), newDBCmd(a),

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymigrate/ferry/internal/legacy"
+	"github.com/ferrymigrate/ferry/jobs"
 	"github.com/ferrymigrate/ferry/queue"
 )
 
@@ -46,9 +47,11 @@ array; integers of any size are kept exactly. Prints the job id.`,
 				return Usagef("ARGS_JSON must be a JSON array (Sidekiq's positional args), e.g. '[1,\"two\"]'; got %.60s", args[1])
 			}
 			opts := queue.PushOptions{Queue: q} // Push defaults "" to "default"
-			if q == "" && class == legacy.WorkerClass {
+			if q == "" && (class == legacy.WorkerClass || class == jobs.NoopClass) {
 				// Where `ferry worker` and `ferry bm` look by default, as
-				// GitLab's BackgroundMigrationWorker declares.
+				// GitLab's BackgroundMigrationWorker declares; Ferry::Noop
+				// goes there too, so that the smoke test of a deployment
+				// (enqueue, then see a plain `ferry worker` run it) works.
 				opts.Queue = legacy.QueueName
 			}
 			switch {
@@ -116,7 +119,7 @@ array; integers of any size are kept exactly. Prints the job id.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVarP(&q, "queue", "q", "", "queue (default \"default\"; \"background_migration\" for BackgroundMigrationWorker)")
+	f.StringVarP(&q, "queue", "q", "", "queue (default \"default\"; \"background_migration\" for BackgroundMigrationWorker and Ferry::Noop)")
 	f.DurationVar(&in, "in", 0, "run after this delay, e.g. 30s or 5m")
 	f.StringVar(&at, "at", "", "run at this time: RFC 3339 (2026-01-02T15:04:05Z) or epoch seconds")
 	f.StringVar(&retry, "retry", "", "retry option: N, true or false (default true = 25 retries)")

@@ -376,6 +376,11 @@ func (c *Config) Validate() error {
 			return &FieldError{Field: "worker.health_listen", Msg: fmt.Sprintf("must be host:port (e.g. 0.0.0.0:8092), got %q", a)}
 		}
 	}
+	if a := c.Web.Listen; a != "" {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			return &FieldError{Field: "web.listen", Msg: fmt.Sprintf("must be host:port (e.g. 127.0.0.1:7373), got %q", a)}
+		}
+	}
 	if err := validateHosts(c.Web.AllowedHosts); err != nil {
 		return err
 	}
