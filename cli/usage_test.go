@@ -86,7 +86,7 @@ func TestNumericFlagsExit2(t *testing.T) {
 		{[]string{"demo", "--rows", "3000000000"}, "--rows: must be at most 2147483647"},
 		{[]string{"demo", "--parallel", "100"}, "--parallel: must be at most 64"},
 		{[]string{"demo", "--concurrency", "0"}, "--concurrency: must be at least 1"},
-		{[]string{"web", "--listen", "nonsense"}, `web.listen: must be host:port (e.g. 127.0.0.1:7373), got "nonsense"`},
+		{[]string{"web", "--listen", "nonsense"}, `config: web.listen: must be host:port (e.g. 127.0.0.1:7373), got "nonsense"`},
 	} {
 		code, _, errs := runNoServices(t, tc.args...)
 		if code != 2 || !strings.HasPrefix(firstLine(errs), "ferry: "+tc.want) {
