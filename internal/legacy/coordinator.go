@@ -70,6 +70,11 @@ type StealOptions struct {
 // *queue.StealError is returned; with KeepGoing only the failing jobs are,
 // and a *queue.StealFailures is returned at the end.
 func (c *Coordinator) Steal(ctx context.Context, class string, opts StealOptions) (queue.StealResult, error) {
+	// A class this process cannot perform is refused before anything is
+	// taken out of Redis (its jobs would only be pushed back).
+	if reg := c.Runner.Registry; reg != nil && !reg.Has(class) {
+		return queue.StealResult{}, &UnknownMigrationError{Class: class, Known: reg.Classes()}
+	}
 	runners := &stealRunners{co: c, class: class}
 	perform := func(ctx context.Context, sj *queue.StolenJob) error {
 		var wa WorkerArgs

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/internal/batched"
+	"github.com/ferrymigrate/ferry/internal/legacy"
 	"github.com/ferrymigrate/ferry/queue"
 )
 
@@ -551,6 +552,10 @@ func (s *Server) handleSteal(w http.ResponseWriter, r *http.Request) {
 	}
 	_, err := s.cfg.Stealer.Steal(r.Context(), class)
 	s.audit(r, "steal", "legacy "+class, nil, err)
+	if errors.Is(err, legacy.ErrUnknownMigration) {
+		s.fail(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
 	if err != nil {
 		s.fail(w, r, http.StatusInternalServerError, "steal "+class+": "+err.Error())
 		return

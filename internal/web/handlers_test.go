@@ -10,7 +10,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ferrymigrate/ferry/internal/legacy"
 	"github.com/ferrymigrate/ferry/internal/web"
+	"github.com/ferrymigrate/ferry/process"
 )
 
 func TestWebPages(t *testing.T) {
@@ -350,5 +352,28 @@ func TestWebSteal(t *testing.T) {
 	code, _, _ = b2.do(t, req{method: "POST", path: "/legacy/steal", form: url.Values{"csrf": {csrf}, "class": {"CopyColumn"}}, basic: true})
 	if code != http.StatusSeeOther || len(fs.got) != 1 || fs.got[0] != "CopyColumn" {
 		t.Fatalf("steal = %d, stealer got %v", code, fs.got)
+	}
+}
+
+// A class this process cannot perform (here a hostile name) is refused
+// with 400 by the real steal, before any job leaves Redis.
+func TestWebStealUnknownClass(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	reg := legacy.NewRegistry()
+	legacy.AddCopyColumn(reg, legacy.CopyColumn{})
+	co := &legacy.Coordinator{Redis: b.rdb, Runner: &legacy.Runner{Registry: reg}}
+	srv, err := web.New(web.Config{DB: b.db, Redis: b.rdb, Auth: web.Auth{Username: user, Password: pass}, Stealer: process.Stealer{Co: co}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	b2 := *b
+	b2.ts = ts
+	csrf := b2.csrf(t, "/legacy")
+	code, body, _ := b2.do(t, req{method: "POST", path: "/legacy/steal", form: url.Values{"csrf": {csrf}, "class": {"users; DROP TABLE x"}}, basic: true})
+	if code != http.StatusBadRequest || !strings.Contains(body, "unknown background migration class") {
+		t.Fatalf("steal of an unknown class = %d %.300s", code, body)
 	}
 }
