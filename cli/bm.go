@@ -24,7 +24,7 @@ import (
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/internal/ferryschema"
 	"github.com/ferrymigrate/ferry/internal/legacy"
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
 func newBMCmd(a *App) *cobra.Command {
@@ -56,7 +56,7 @@ func bmQueues(qs []string) ([]string, error) {
 		return legacy.DefaultQueues, nil
 	}
 	for _, q := range qs {
-		if err := queue.ValidateQueueName(q); err != nil {
+		if err := sidekiq.ValidateQueueName(q); err != nil {
 			return nil, Usagef("--queue: %v", err)
 		}
 	}
@@ -97,7 +97,7 @@ func bmExit(err error) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, queue.ErrStealFailed) || errors.Is(err, legacy.ErrTrackedJobFailed) {
+	if errors.Is(err, sidekiq.ErrStealFailed) || errors.Is(err, legacy.ErrTrackedJobFailed) {
 		return No(err)
 	}
 	if legacy.IsBadInput(err) || errors.Is(err, legacy.ErrNotFound) || errors.Is(err, legacy.ErrNoDatabase) {
@@ -147,7 +147,7 @@ type bmRemainingRow struct {
 
 // bmRemainingRows turns counts into sorted rows; without retryDead,
 // classes with nothing remaining (and nothing running) are left out.
-func bmRemainingRows(counts map[string]*queue.JobCounts, running map[string]int, retryDead bool) ([]bmRemainingRow, int) {
+func bmRemainingRows(counts map[string]*sidekiq.JobCounts, running map[string]int, retryDead bool) ([]bmRemainingRow, int) {
 	rows := make([]bmRemainingRow, 0, len(counts))
 	total := 0
 	for class, c := range counts {
@@ -191,13 +191,13 @@ and dead sets (not included in "remaining").`,
 			if err != nil {
 				return err
 			}
-			running, err := queue.BMRunning(ctx, rdb)
+			running, err := sidekiq.BMRunning(ctx, rdb)
 			if err != nil {
 				return err
 			}
 			for class := range running {
 				if counts[class] == nil {
-					counts[class] = &queue.JobCounts{}
+					counts[class] = &sidekiq.JobCounts{}
 				}
 			}
 			rows, total := bmRemainingRows(counts, running, retryDead)
@@ -273,7 +273,7 @@ func (a *App) printRemaining(rows []bmRemainingRow, total int, qs []string, retr
 // terminal, and otherwise logs a line (done, rate, ETA) every few seconds,
 // so CI logs stay readable. finish(ok) ends the last bar: at 100% only
 // when ok, so a failed steal does not look complete.
-func (a *App) stealProgress(class string) (func(queue.StealProgress), func(ok bool)) {
+func (a *App) stealProgress(class string) (func(sidekiq.StealProgress), func(ok bool)) {
 	var bar *progressbar.ProgressBar
 	tty := false
 	if f, ok := a.Err.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
@@ -291,7 +291,7 @@ func (a *App) stealProgress(class string) (func(queue.StealProgress), func(ok bo
 			bar = nil
 		}
 	}
-	return func(p queue.StealProgress) {
+	return func(p sidekiq.StealProgress) {
 		if p.Done == 0 {
 			finish(true) // a new source starts: the previous one is done
 			if tty {
@@ -386,7 +386,7 @@ and the command exits 1 at the end with a summary of the failures.`,
 	return cmd
 }
 
-func (a *App) printSteal(class string, res queue.StealResult, err error, asJSON bool) error {
+func (a *App) printSteal(class string, res sidekiq.StealResult, err error, asJSON bool) error {
 	if asJSON {
 		out := map[string]any{"class": class, "stolen": res.Stolen, "performed": res.Performed, "pushed_back": res.Returned}
 		if len(res.Failed) > 0 {
@@ -400,8 +400,8 @@ func (a *App) printSteal(class string, res queue.StealResult, err error, asJSON 
 		}
 	} else {
 		fmt.Fprintf(a.Out, "%s: performed %d jobs (stolen: queue %d, scheduled %d, retry %d, dead %d)",
-			class, res.Performed, res.Stolen[queue.SourceQueue], res.Stolen[queue.SourceSchedule],
-			res.Stolen[queue.SourceRetry], res.Stolen[queue.SourceDead])
+			class, res.Performed, res.Stolen[sidekiq.SourceQueue], res.Stolen[sidekiq.SourceSchedule],
+			res.Stolen[sidekiq.SourceRetry], res.Stolen[sidekiq.SourceDead])
 		if res.Returned > 0 {
 			fmt.Fprintf(a.Out, "; %d pushed back", res.Returned)
 		}
@@ -416,7 +416,7 @@ func (a *App) printSteal(class string, res queue.StealResult, err error, asJSON 
 
 // printStealFailures lists the failed jobs of a --keep-going steal, at
 // most 20, with their errors.
-func (a *App) printStealFailures(failed []queue.StealFailure) {
+func (a *App) printStealFailures(failed []sidekiq.StealFailure) {
 	if len(failed) == 0 {
 		return
 	}
@@ -548,7 +548,7 @@ func (a *App) performPending(ctx context.Context, co *legacy.Coordinator, class 
 
 // printPending lists pending rows of the classes ferry has, then those of
 // classes it does not have, each with what Sidekiq still holds of it.
-func (a *App) printPending(jobs []legacy.TrackedJob, counts map[string]*queue.JobCounts, queues []string) error {
+func (a *App) printPending(jobs []legacy.TrackedJob, counts map[string]*sidekiq.JobCounts, queues []string) error {
 	known, unknown := legacy.SplitKnown(jobs, a.Reg.BM)
 	fmt.Fprintf(a.Out, "%d pending tracking rows", len(jobs))
 	if len(unknown) > 0 {

@@ -13,8 +13,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymigrate/ferry/internal/legacy"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/jobs"
-	"github.com/ferrymigrate/ferry/queue"
 )
 
 func newEnqueueCmd(a *App) *cobra.Command {
@@ -46,7 +46,7 @@ array; integers of any size are kept exactly. Prints the job id.`,
 			if err := json.Unmarshal(raw, &arr); err != nil {
 				return Usagef("ARGS_JSON must be a JSON array (Sidekiq's positional args), e.g. '[1,\"two\"]'; got %.60s", args[1])
 			}
-			opts := queue.PushOptions{Queue: q} // Push defaults "" to "default"
+			opts := sidekiq.PushOptions{Queue: q} // Push defaults "" to "default"
 			if q == "" && (class == legacy.WorkerClass || class == jobs.NoopClass) {
 				// Where `ferry worker` and `ferry bm` look by default, as
 				// GitLab's BackgroundMigrationWorker declares; Ferry::Noop
@@ -63,7 +63,7 @@ array; integers of any size are kept exactly. Prints the job id.`,
 				if err != nil || n < 0 {
 					return Usagef("--retry must be a non-negative integer, true or false, got %q", retry)
 				}
-				opts.Retry = queue.RetryTimes(n)
+				opts.Retry = sidekiq.RetryTimes(n)
 			}
 			if in != 0 && at != "" {
 				return Usagef("use either --in or --at, not both")
@@ -83,10 +83,10 @@ array; integers of any size are kept exactly. Prints the job id.`,
 			}
 			// The library checks again; checking first means bad input is
 			// told as such even when Redis is down.
-			if err := queue.ValidatePush(class, opts); err != nil {
+			if err := sidekiq.ValidatePush(class, opts); err != nil {
 				return Usage(err)
 			}
-			if err := queue.ValidateArgs(raw); err != nil {
+			if err := sidekiq.ValidateArgs(raw); err != nil {
 				return Usagef("ARGS_JSON: %v", err)
 			}
 			if class == legacy.WorkerClass {
@@ -107,8 +107,8 @@ array; integers of any size are kept exactly. Prints the job id.`,
 				ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
 				defer cancel()
 			}
-			jid, err := queue.NewClient(rdb, queue.WaitForReplicas(r.WaitReplicas, r.WaitTimeout)).Push(ctx, class, raw, opts)
-			if errors.Is(err, queue.ErrInvalidJob) || errors.Is(err, queue.ErrInvalidArgs) {
+			jid, err := sidekiq.NewClient(rdb, sidekiq.WaitForReplicas(r.WaitReplicas, r.WaitTimeout)).Push(ctx, class, raw, opts)
+			if errors.Is(err, sidekiq.ErrInvalidJob) || errors.Is(err, sidekiq.ErrInvalidArgs) {
 				return Usage(err)
 			}
 			if err != nil {

@@ -16,9 +16,9 @@ import (
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/internal/batched"
 	"github.com/ferrymigrate/ferry/internal/legacy"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/web"
 	"github.com/ferrymigrate/ferry/process"
-	"github.com/ferrymigrate/ferry/queue"
 	"github.com/ferrymigrate/ferry/worker"
 )
 
@@ -169,9 +169,9 @@ func (a *App) mapSignals(ctx context.Context, rt *worker.Runtime) {
 // processOptions maps ferry's configuration to the worker process's
 // options (package process, the composition root).
 func (a *App) processOptions(ctx context.Context) (process.Options, error) {
-	qs, err := queue.ParseQueues(a.Cfg.Worker.Queues)
+	qs, err := sidekiq.ParseQueues(a.Cfg.Worker.Queues)
 	for i := 0; err == nil && i < len(qs); i++ {
-		err = queue.ValidateQueueName(qs[i].Name) // as enqueue checks them
+		err = sidekiq.ValidateQueueName(qs[i].Name) // as enqueue checks them
 	}
 	if err != nil {
 		return process.Options{}, Usage(&config.FieldError{Field: "worker.queues", Msg: err.Error()})

@@ -13,8 +13,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ferrymigrate/ferry/config"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/queue"
 )
 
 // An explicit worker.max_retries 0 in the config file reaches the runtime
@@ -46,7 +46,7 @@ func TestWorkerConfigExplicitZeros(t *testing.T) {
 	}
 
 	writeConfig("worker:\n  max_retries: 0\n  queues: q\n  concurrency: 1\n")
-	jid, err := queue.NewClient(rdb).Push(ctx, "Nope::Job", json.RawMessage(`[1]`), queue.PushOptions{Queue: "q", Retry: json.RawMessage("true")})
+	jid, err := sidekiq.NewClient(rdb).Push(ctx, "Nope::Job", json.RawMessage(`[1]`), sidekiq.PushOptions{Queue: "q", Retry: json.RawMessage("true")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func TestWorkerConfigExplicitZeros(t *testing.T) {
 	if n := rdb.ZCard(ctx, "retry").Val(); n != 0 {
 		t.Errorf("retry set has %d entries, want 0 with max_retries 0", n)
 	}
-	j, err := queue.ParseJob([]byte(rdb.ZRange(ctx, "dead", 0, -1).Val()[0]))
+	j, err := sidekiq.ParseJob([]byte(rdb.ZRange(ctx, "dead", 0, -1).Val()[0]))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,8 +9,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/process"
-	"github.com/ferrymigrate/ferry/queue"
 	"github.com/ferrymigrate/ferry/worker"
 )
 
@@ -36,7 +36,7 @@ func Example() {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
 	p, err := process.New(ctx, process.Options{
 		Redis: rdb, Registries: reg,
-		Worker: worker.Config{Queues: []queue.WeightedQueue{{Name: "default", Weight: 1}}, Concurrency: 10},
+		Worker: worker.Config{Queues: []sidekiq.WeightedQueue{{Name: "default", Weight: 1}}, Concurrency: 10},
 	})
 	if err != nil {
 		fmt.Println(err)

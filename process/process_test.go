@@ -16,9 +16,9 @@ import (
 
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/internal/batched"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
 	"github.com/ferrymigrate/ferry/process"
-	"github.com/ferrymigrate/ferry/queue"
 	"github.com/ferrymigrate/ferry/worker"
 )
 
@@ -54,7 +54,7 @@ func TestProcessRunsJobsMigrationsAndProbes(t *testing.T) {
 	}
 	p, err := process.New(ctx, process.Options{
 		Redis: rdb, DB: pool, Registries: reg, Logger: zaptest.NewLogger(t), HealthListener: ln,
-		Worker: worker.Config{Queues: []queue.WeightedQueue{{Name: "default", Weight: 1}, {Name: batched.Queue, Weight: 1}}, Concurrency: 4},
+		Worker: worker.Config{Queues: []sidekiq.WeightedQueue{{Name: "default", Weight: 1}, {Name: batched.Queue, Weight: 1}}, Concurrency: 4},
 		BBM:    batched.Config{TargetBatchDuration: 200 * time.Millisecond},
 	})
 	if err != nil {
@@ -64,12 +64,12 @@ func TestProcessRunsJobsMigrationsAndProbes(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- p.Run(runCtx) }()
 
-	c := queue.NewClient(rdb)
+	c := sidekiq.NewClient(rdb)
 	for i := range 20 {
-		if _, err := c.Push(ctx, "Billing::InvoiceJob", []byte(fmt.Sprintf(`[%d,"2026-11"]`, i)), queue.PushOptions{Queue: "default"}); err != nil {
+		if _, err := c.Push(ctx, "Billing::InvoiceJob", []byte(fmt.Sprintf(`[%d,"2026-11"]`, i)), sidekiq.PushOptions{Queue: "default"}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.Push(ctx, "Ferry::Noop", []byte(`[]`), queue.PushOptions{Queue: "default"}); err != nil {
+		if _, err := c.Push(ctx, "Ferry::Noop", []byte(`[]`), sidekiq.PushOptions{Queue: "default"}); err != nil {
 			t.Fatal(err)
 		}
 	}

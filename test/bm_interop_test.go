@@ -14,8 +14,8 @@ import (
 
 	"github.com/ferrymigrate/ferry/cli"
 	"github.com/ferrymigrate/ferry/internal/legacy"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/queue"
 	"github.com/ferrymigrate/ferry/worker"
 )
 
@@ -45,7 +45,7 @@ Sidekiq::Client.push_bulk('class' => 'BackgroundMigrationWorker', 'queue' => 'ba
 	// Jobs of one class run one at a time, each as soon as the previous ends.
 	if err := legacy.AddWorker(reg, legacy.WorkerConfig{
 		Runner: &legacy.Runner{Registry: classes, DB: b.db, Logger: log},
-		Client: queue.NewClient(b.rdb), Redis: b.rdb, Logger: log,
+		Client: sidekiq.NewClient(b.rdb), Redis: b.rdb, Logger: log,
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -232,11 +232,11 @@ func TestBMConcurrentStealsNeverDoubleRun(t *testing.T) {
 			scheduled = append(scheduled, a)
 		}
 	}
-	c := queue.NewClient(b.rdb)
-	if _, err := c.PushBulk(b.ctx, legacy.WorkerClass, queued, queue.PushOptions{Queue: legacy.QueueName}); err != nil {
+	c := sidekiq.NewClient(b.rdb)
+	if _, err := c.PushBulk(b.ctx, legacy.WorkerClass, queued, sidekiq.PushOptions{Queue: legacy.QueueName}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.PushBulk(b.ctx, legacy.WorkerClass, scheduled, queue.PushOptions{Queue: legacy.QueueName, At: time.Now().Add(time.Hour)}); err != nil {
+	if _, err := c.PushBulk(b.ctx, legacy.WorkerClass, scheduled, sidekiq.PushOptions{Queue: legacy.QueueName, At: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	opts := cli.Options{Register: func(r *cli.Registries) {
@@ -326,7 +326,7 @@ func TestBMTrackingPendingAndFinalize(t *testing.T) {
 	for lo := 1; lo <= 200; lo += 50 {
 		args = append(args, json.RawMessage(fmt.Sprintf(`["users","legacy_id","id_big",%d,%d]`, lo, lo+49)))
 	}
-	jids, err := legacy.Schedule(b.ctx, queue.NewClient(b.rdb), b.db, "CopyColumn", args,
+	jids, err := legacy.Schedule(b.ctx, sidekiq.NewClient(b.rdb), b.db, "CopyColumn", args,
 		legacy.ScheduleOptions{Interval: 2 * time.Minute, Track: true})
 	if err != nil || len(jids) != 4 {
 		t.Fatal(jids, err)

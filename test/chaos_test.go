@@ -12,8 +12,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/queue"
 )
 
 const (
@@ -27,7 +27,7 @@ const (
 // workers poll the retry set only every hour, so it stays there).
 func chaosLoad(ctx context.Context, t *testing.T, rdb *redis.Client, rounds, batch int) map[string]bool {
 	t.Helper()
-	c := queue.NewClient(rdb)
+	c := sidekiq.NewClient(rdb)
 	failing := map[string]bool{}
 	n := 0
 	for range rounds {
@@ -37,7 +37,7 @@ func chaosLoad(ctx context.Context, t *testing.T, rdb *redis.Client, rounds, bat
 				args[i] = json.RawMessage("[" + strconv.Itoa(n) + "]")
 				n++
 			}
-			jids, err := c.PushBulk(ctx, class, args, queue.PushOptions{Queue: chaosQueue})
+			jids, err := c.PushBulk(ctx, class, args, sidekiq.PushOptions{Queue: chaosQueue})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -223,7 +223,7 @@ func TestChaosTermUnderLoad(t *testing.T) {
 	for i := range args {
 		args[i] = json.RawMessage("[" + strconv.Itoa(i) + "]")
 	}
-	if _, err := queue.NewClient(rdb).PushBulk(ctx, "Ferry::Noop", args, queue.PushOptions{Queue: chaosQueue}); err != nil {
+	if _, err := sidekiq.NewClient(rdb).PushBulk(ctx, "Ferry::Noop", args, sidekiq.PushOptions{Queue: chaosQueue}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -14,8 +14,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/queue"
 )
 
 var jidRE = regexp.MustCompile(`^[0-9a-f]{24}$`)
@@ -273,7 +273,7 @@ func testSidekiqAPISeesFerry(t *testing.T, rb sidekiqRuby) {
 	ctx := testenv.Context(t)
 	url := testenv.RedisURL(t)
 	rdb := redisFor(t, url)
-	client := queue.NewClient(rdb)
+	client := sidekiq.NewClient(rdb)
 
 	w := startFerryWorker(t, url, "--queues", "x,y", "--concurrency", "7", "--tag", "interop-tag")
 	id, info := waitIdentity(ctx, t, rdb, w)
@@ -281,11 +281,11 @@ func testSidekiqAPISeesFerry(t *testing.T, rb sidekiqRuby) {
 	const garbage = `{"class":"Ferry::Noop","args":[1,` // truncated JSON
 	rdb.SAdd(ctx, "queues", "x")
 	rdb.LPush(ctx, "queue:x", garbage)
-	deadJID, err := client.Push(ctx, "Nope::Missing", json.RawMessage(`[1]`), queue.PushOptions{Queue: "x", Retry: queue.RetryTimes(0)})
+	deadJID, err := client.Push(ctx, "Nope::Missing", json.RawMessage(`[1]`), sidekiq.PushOptions{Queue: "x", Retry: sidekiq.RetryTimes(0)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	retryJID, err := client.Push(ctx, "Nope::Missing", json.RawMessage(`[2]`), queue.PushOptions{Queue: "y"})
+	retryJID, err := client.Push(ctx, "Nope::Missing", json.RawMessage(`[2]`), sidekiq.PushOptions{Queue: "y"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,7 +295,7 @@ func testSidekiqAPISeesFerry(t *testing.T, rb sidekiqRuby) {
 
 	// A queue ferry does not watch, to compare size and latency.
 	args := []json.RawMessage{json.RawMessage(`[1]`), json.RawMessage(`[2]`), json.RawMessage(`[3]`)}
-	if _, err := client.PushBulk(ctx, "Ferry::Noop", args, queue.PushOptions{Queue: "parked"}); err != nil {
+	if _, err := client.PushBulk(ctx, "Ferry::Noop", args, sidekiq.PushOptions{Queue: "parked"}); err != nil {
 		t.Fatal(err)
 	}
 	oldest, _ := rdb.LIndex(ctx, "queue:parked", -1).Result()
@@ -352,7 +352,7 @@ func testSidekiqAPISeesFerry(t *testing.T, rb sidekiqRuby) {
 		t.Errorf("Ruby Process#stopping? = false after quiet!, want true (%+v)", p)
 	}
 	// A quiet worker no longer fetches: a job pushed now stays queued.
-	if _, err := client.Push(ctx, "Ferry::Noop", json.RawMessage(`[]`), queue.PushOptions{Queue: "x"}); err != nil {
+	if _, err := client.Push(ctx, "Ferry::Noop", json.RawMessage(`[]`), sidekiq.PushOptions{Queue: "x"}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -380,7 +380,7 @@ func testSidekiqWebUIRendersFerry(t *testing.T, rb sidekiqRuby) {
 	ctx := testenv.Context(t)
 	url := testenv.RedisURL(t)
 	rdb := redisFor(t, url)
-	client := queue.NewClient(rdb)
+	client := sidekiq.NewClient(rdb)
 
 	w := startFerryWorker(t, url, "--queues", "web", "--concurrency", "3", "--tag", "webtag")
 	id, info := waitIdentity(ctx, t, rdb, w)
@@ -389,7 +389,7 @@ func testSidekiqWebUIRendersFerry(t *testing.T, rb sidekiqRuby) {
 	deadJID := mustFerry(t, url, "enqueue", "Nope::Dead", `[{"k":"v"}]`, "--queue", "web", "--retry", "0")
 	schedJID := mustFerry(t, url, "enqueue", "Ferry::Noop", `["scheduled"]`, "--queue", "web", "--in", "1h")
 	parkedJIDs, err := client.PushBulk(ctx, "Ferry::Parked", []json.RawMessage{json.RawMessage(`[1]`), json.RawMessage(`[2]`)},
-		queue.PushOptions{Queue: "webparked"})
+		sidekiq.PushOptions{Queue: "webparked"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,8 +17,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/queue"
 )
 
 // The liveness tests run `ferry worker` processes (the CLI plus a test job
@@ -100,7 +100,7 @@ func (e *liveEnv) push(ctx context.Context, t *testing.T, rdb *redis.Client, n, 
 	for i := range args {
 		args[i] = json.RawMessage("[" + strconv.Itoa(ms) + "]")
 	}
-	jids, err := queue.NewClient(rdb).PushBulk(ctx, liveClass, args, queue.PushOptions{Queue: liveQueue})
+	jids, err := sidekiq.NewClient(rdb).PushBulk(ctx, liveClass, args, sidekiq.PushOptions{Queue: liveQueue})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,8 +11,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/queue"
 )
 
 // With WaitForReplicas (redis.wait_replicas), a push counts only once a
@@ -38,8 +38,8 @@ func TestPushWaitsForReplicas(t *testing.T) {
 		})
 	}
 	follow()
-	c := queue.NewClient(mc, queue.WaitForReplicas(1, 100*time.Millisecond))
-	jid, err := c.Push(ctx, "Ferry::Noop", []byte(`[1]`), queue.PushOptions{Queue: "durable"})
+	c := sidekiq.NewClient(mc, sidekiq.WaitForReplicas(1, 100*time.Millisecond))
+	jid, err := c.Push(ctx, "Ferry::Noop", []byte(`[1]`), sidekiq.PushOptions{Queue: "durable"})
 	if err != nil {
 		t.Fatalf("push with a replica in sync: %v", err)
 	}
@@ -58,8 +58,8 @@ func TestPushWaitsForReplicas(t *testing.T) {
 	})
 	short, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
 	defer cancel()
-	_, err = c.Push(short, "Ferry::Noop", []byte(`[2]`), queue.PushOptions{Queue: "alone"})
-	if !errors.Is(err, queue.ErrNotReplicated) {
+	_, err = c.Push(short, "Ferry::Noop", []byte(`[2]`), sidekiq.PushOptions{Queue: "alone"})
+	if !errors.Is(err, sidekiq.ErrNotReplicated) {
 		t.Fatalf("push without a replica = %v, want ErrNotReplicated", err)
 	}
 	if n := mc.LLen(ctx, "queue:alone").Val(); n != 1 {
@@ -80,7 +80,7 @@ func TestPushWaitsForReplicas(t *testing.T) {
 			}
 		}
 	}()
-	if _, err := c.Push(short2, "Ferry::Noop", []byte(`[4]`), queue.PushOptions{Queue: "taken"}); !errors.Is(err, queue.ErrNotReplicated) {
+	if _, err := c.Push(short2, "Ferry::Noop", []byte(`[4]`), sidekiq.PushOptions{Queue: "taken"}); !errors.Is(err, sidekiq.ErrNotReplicated) {
 		t.Fatalf("second push without a replica = %v, want ErrNotReplicated", err)
 	}
 	<-took
@@ -91,7 +91,7 @@ func TestPushWaitsForReplicas(t *testing.T) {
 	// A push that waits through the replica's return succeeds, once.
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.Push(ctx, "Ferry::Noop", []byte(`[3]`), queue.PushOptions{Queue: "back"})
+		_, err := c.Push(ctx, "Ferry::Noop", []byte(`[3]`), sidekiq.PushOptions{Queue: "back"})
 		done <- err
 	}()
 	follow()

@@ -12,8 +12,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/queue"
 )
 
 // startSentinel runs a Redis Sentinel (redis-server --sentinel, the binary
@@ -70,9 +70,9 @@ func TestRedisSentinelFailoverAndProvider(t *testing.T) {
 		"worker", "--queues", "sq", "--concurrency", "5")
 	push := func(n int) {
 		t.Helper()
-		c := queue.NewClient(rdb)
+		c := sidekiq.NewClient(rdb)
 		for range n {
-			if _, err := c.Push(ctx, "Ferry::Noop", []byte(`[]`), queue.PushOptions{Queue: "sq"}); err != nil {
+			if _, err := c.Push(ctx, "Ferry::Noop", []byte(`[]`), sidekiq.PushOptions{Queue: "sq"}); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/queue"
 )
 
 var sidekiq7Check struct {
@@ -101,7 +101,7 @@ func TestSidekiq7SeesFerryWeightsAndMetrics(t *testing.T) {
 	ctx := testenv.Context(t)
 	url := testenv.RedisURL(t)
 	rdb := redisFor(t, url)
-	client := queue.NewClient(rdb)
+	client := sidekiq.NewClient(rdb)
 
 	w := startFerryWorker(t, url, "--queues", "m7a:3,m7b:1", "--concurrency", "4", "--tag", "m7")
 	id, _ := waitIdentity(ctx, t, rdb, w)
@@ -110,12 +110,12 @@ func TestSidekiq7SeesFerryWeightsAndMetrics(t *testing.T) {
 	for i := range noop {
 		noop[i] = json.RawMessage("[" + strconv.Itoa(i) + "]")
 	}
-	if _, err := client.PushBulk(ctx, "Ferry::Noop", noop, queue.PushOptions{Queue: "m7a"}); err != nil {
+	if _, err := client.PushBulk(ctx, "Ferry::Noop", noop, sidekiq.PushOptions{Queue: "m7a"}); err != nil {
 		t.Fatal(err)
 	}
 	for range 2 { // bad args for a class ferry runs: a failure Sidekiq's tracker counts
 		if _, err := client.Push(ctx, "BackgroundMigrationWorker", json.RawMessage(`[1]`),
-			queue.PushOptions{Queue: "m7b", Retry: queue.RetryTimes(0)}); err != nil {
+			sidekiq.PushOptions{Queue: "m7b", Retry: sidekiq.RetryTimes(0)}); err != nil {
 			t.Fatal(err)
 		}
 	}

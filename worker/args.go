@@ -7,7 +7,7 @@ import (
 	"reflect"
 	"sync"
 
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
 // DecodeArgs decodes a Sidekiq args array into dst (a pointer). If dst's
@@ -22,7 +22,7 @@ func DecodeArgs(raw json.RawMessage, dst any) error {
 
 // decodeArgs decodes raw, or the args of p when p is not nil (already
 // validated, so they are split without a second pass over the JSON).
-func decodeArgs(raw json.RawMessage, p *queue.Job, dst any) error {
+func decodeArgs(raw json.RawMessage, p *sidekiq.Job, dst any) error {
 	split := func() ([]json.RawMessage, error) {
 		if p != nil {
 			return p.ArgsItems()

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
 type posArgs struct {
@@ -168,7 +168,7 @@ func TestRegistry(t *testing.T) {
 		t.Errorf("Has/Kinds wrong: %v", r.Kinds())
 	}
 
-	p, err := queue.ParseJob([]byte(`{"class":"PosJob","args":[1,"a",{},2],"jid":"j","queue":"q","retry_count":2,"enqueued_at":1700000000.5}`))
+	p, err := sidekiq.ParseJob([]byte(`{"class":"PosJob","args":[1,"a",{},2],"jid":"j","queue":"q","retry_count":2,"enqueued_at":1700000000.5}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,12 +179,12 @@ func TestRegistry(t *testing.T) {
 		t.Errorf("job = %+v", got)
 	}
 
-	unknown, _ := queue.ParseJob([]byte(`{"class":"Nope","args":[]}`))
+	unknown, _ := sidekiq.ParseJob([]byte(`{"class":"Nope","args":[]}`))
 	var uce *UnknownClassError
 	if err := r.Perform(context.Background(), unknown); !errors.As(err, &uce) || errorClass(err) != "NameError" {
 		t.Errorf("unknown class: %v", err)
 	}
-	bad, _ := queue.ParseJob([]byte(`{"class":"PosJob","args":[1]}`))
+	bad, _ := sidekiq.ParseJob([]byte(`{"class":"PosJob","args":[1]}`))
 	err = r.Perform(context.Background(), bad)
 	var ae *ArgsError
 	if !errors.As(err, &ae) || errorClass(err) != "ArgumentError" || !strings.Contains(err.Error(), "PosJob") {

@@ -13,8 +13,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/queue"
 )
 
 type noopArgs []json.RawMessage
@@ -35,10 +35,10 @@ func BenchmarkRuntimeNoop(b *testing.B) {
 	for i := range args {
 		args[i] = json.RawMessage(fmt.Sprintf(`["string",%d,{"mike":"bob"}]`, i))
 	}
-	if _, err := queue.NewClient(rdb).PushBulk(ctx, "Ferry::Noop", args, queue.PushOptions{Queue: "bench"}); err != nil {
+	if _, err := sidekiq.NewClient(rdb).PushBulk(ctx, "Ferry::Noop", args, sidekiq.PushOptions{Queue: "bench"}); err != nil {
 		b.Fatal(err)
 	}
-	rt, err := New(Config{Redis: rdb, Registry: reg, Queues: []queue.WeightedQueue{{Name: "bench"}}, Concurrency: 10})
+	rt, err := New(Config{Redis: rdb, Registry: reg, Queues: []sidekiq.WeightedQueue{{Name: "bench"}}, Concurrency: 10})
 	if err != nil {
 		b.Fatal(err)
 	}

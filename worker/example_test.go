@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/worker"
 )
 
@@ -39,7 +39,7 @@ func ExampleDecodeArgs() {
 // A payload keeps its bytes, key order and unknown keys; numbers beyond
 // int64 survive.
 func Example_payload() {
-	j, err := queue.ParseJob([]byte(`{"class":"HardWorker","args":[1180591620717411303424],"jid":"af740db0b10d697247f7ce80","locale":"de"}`))
+	j, err := sidekiq.ParseJob([]byte(`{"class":"HardWorker","args":[1180591620717411303424],"jid":"af740db0b10d697247f7ce80","locale":"de"}`))
 	if err != nil {
 		panic(err)
 	}
@@ -55,8 +55,8 @@ func Example_payload() {
 // Sidekiq's retry backoff: count⁴ + 15 s plus up to 9·(count+1) s of jitter.
 func Example_retryDelay() {
 	for _, count := range []int{0, 1, 2, 24} {
-		lo := queue.RetryDelay(count, func(int) int { return 0 })
-		hi := queue.RetryDelay(count, func(n int) int { return n - 1 })
+		lo := sidekiq.RetryDelay(count, func(int) int { return 0 })
+		hi := sidekiq.RetryDelay(count, func(n int) int { return n - 1 })
 		fmt.Printf("retry_count %d: %s..%s\n", count, lo, hi.Round(time.Second))
 	}
 	// Output:

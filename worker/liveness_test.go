@@ -9,8 +9,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/queue"
 )
 
 // runLog records job executions of several runtimes: who ran what, when.
@@ -97,7 +97,7 @@ func TestRuntimeLivenessLost(t *testing.T) {
 	cfgA := timing
 	cfgA.Redis, cfgA.Registry, cfgA.Identity = viaProxy, rl.registry(t, "A", release), "a:1:0123456789ab"
 	a := startRuntime(t, direct, cfgA)
-	a.push(t, "Echo", `[1]`, queue.PushOptions{})
+	a.push(t, "Echo", `[1]`, sidekiq.PushOptions{})
 	rl.waitStart(t, "A")
 
 	cfgB := timing
@@ -115,7 +115,7 @@ func TestRuntimeLivenessLost(t *testing.T) {
 	}
 
 	px.restore()
-	a.push(t, "Echo", `[2]`, queue.PushOptions{})
+	a.push(t, "Echo", `[2]`, sidekiq.PushOptions{})
 	close(release)
 	testenv.Eventually(t, 20*time.Second, "both jobs done and nothing left in flight", func() bool {
 		keys, _ := direct.Keys(a.ctx, "ferry:inflight|*").Result()
@@ -151,7 +151,7 @@ func TestRuntimeLivenessRegained(t *testing.T) {
 	release := make(chan struct{})
 	b := startRuntime(t, direct, Config{Redis: viaProxy, Registry: rl.registry(t, "A", release),
 		AliveTTL: time.Second, RecoveryInterval: 200 * time.Millisecond})
-	b.push(t, "Echo", `[1]`, queue.PushOptions{})
+	b.push(t, "Echo", `[1]`, sidekiq.PushOptions{})
 	rl.waitStart(t, "A")
 	px.cut()
 	testenv.Eventually(t, 20*time.Second, "the run to be cancelled", func() bool { return len(rl.snapshot()) == 1 })

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/queue"
 )
 
 type boomArgs struct{}
@@ -48,13 +48,13 @@ func TestRuntimeWritesMetricsAndWeights(t *testing.T) {
 		AddWorker(r, WorkFunc[boomArgs](func(context.Context, *Job[boomArgs]) error { return errors.New("boom") }))
 	})
 	b := startRuntime(t, nil, Config{Registry: reg, Concurrency: 3,
-		Queues: []queue.WeightedQueue{{Name: "a", Weight: 3}, {Name: "b", Weight: 1}}})
+		Queues: []sidekiq.WeightedQueue{{Name: "a", Weight: 3}, {Name: "b", Weight: 1}}})
 	for i := range 5 {
-		b.push(t, "Echo", "["+strconv.Itoa(i)+"]", queue.PushOptions{Queue: "a"})
+		b.push(t, "Echo", "["+strconv.Itoa(i)+"]", sidekiq.PushOptions{Queue: "a"})
 	}
-	b.push(t, "Boom", "[]", queue.PushOptions{Queue: "b"})
-	b.push(t, "Boom", "[]", queue.PushOptions{Queue: "b"})
-	b.push(t, "Nope::Missing", "[]", queue.PushOptions{Queue: "b"}) // never loaded: not tracked, as in Sidekiq
+	b.push(t, "Boom", "[]", sidekiq.PushOptions{Queue: "b"})
+	b.push(t, "Boom", "[]", sidekiq.PushOptions{Queue: "b"})
+	b.push(t, "Nope::Missing", "[]", sidekiq.PushOptions{Queue: "b"}) // never loaded: not tracked, as in Sidekiq
 	for _, v8 := range []bool{false, true} {
 		testenv.Eventually(t, 10*time.Second, "metrics flushed", func() bool {
 			return sumMetrics(t, b, v8, "Echo|p") == 5 && sumMetrics(t, b, v8, "Boom|p") == 2

@@ -11,8 +11,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/queue"
 )
 
 func TestPrefetchTarget(t *testing.T) {
@@ -91,7 +91,7 @@ func TestRuntimePrefetchRunsEveryJobOnce(t *testing.T) {
 		func(r *Runtime) { r.prefetchHook = func() int { return 8 } })
 	const n = 500
 	for i := range n {
-		b.push(t, "Echo", fmt.Sprintf("[%d]", i), queue.PushOptions{})
+		b.push(t, "Echo", fmt.Sprintf("[%d]", i), sidekiq.PushOptions{})
 	}
 	testenv.Eventually(t, 30*time.Second, "every job run and acknowledged", func() bool {
 		done, _ := l.snapshot()
@@ -135,7 +135,7 @@ func TestRuntimePrefetchQuietPushesBack(t *testing.T) {
 	raw := b.rdb.LRange(b.ctx, "queue:q", 0, -1).Val()
 	var got []int
 	for i := len(raw) - 1; i >= 0; i-- {
-		j, err := queue.ParseJob([]byte(raw[i]))
+		j, err := sidekiq.ParseJob([]byte(raw[i]))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -222,7 +222,7 @@ func pushEchos(t *testing.T, rdb *redis.Client, from, n int) {
 	for i := range args {
 		args[i] = json.RawMessage(fmt.Sprintf("[%d]", from+i))
 	}
-	if _, err := queue.NewClient(rdb).PushBulk(testenv.Context(t), "Echo", args, queue.PushOptions{Queue: "q"}); err != nil {
+	if _, err := sidekiq.NewClient(rdb).PushBulk(testenv.Context(t), "Echo", args, sidekiq.PushOptions{Queue: "q"}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -233,12 +233,12 @@ func TestRuntimePrefetchQueueOrder(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name        string
-		queues      []queue.WeightedQueue
+		queues      []sidekiq.WeightedQueue
 		concurrency int
 		each        int
 	}{
-		{"strict", []queue.WeightedQueue{{Name: "a"}, {Name: "b"}}, 1, 300},
-		{"weighted", []queue.WeightedQueue{{Name: "a", Weight: 3}, {Name: "b", Weight: 1}}, 2, 1500},
+		{"strict", []sidekiq.WeightedQueue{{Name: "a"}, {Name: "b"}}, 1, 300},
+		{"weighted", []sidekiq.WeightedQueue{{Name: "a", Weight: 3}, {Name: "b", Weight: 1}}, 2, 1500},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -253,13 +253,13 @@ func TestRuntimePrefetchQueueOrder(t *testing.T) {
 				}))
 			})
 			rdb := testenv.Redis(t)
-			c := queue.NewClient(rdb)
+			c := sidekiq.NewClient(rdb)
 			args := make([]json.RawMessage, tc.each)
 			for i := range args {
 				args[i] = json.RawMessage(fmt.Sprintf("[%d]", i))
 			}
 			for _, q := range []string{"a", "b"} {
-				if _, err := c.PushBulk(testenv.Context(t), "Echo", args, queue.PushOptions{Queue: q}); err != nil {
+				if _, err := c.PushBulk(testenv.Context(t), "Echo", args, sidekiq.PushOptions{Queue: q}); err != nil {
 					t.Fatal(err)
 				}
 			}

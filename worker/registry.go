@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
 // Args are a job's typed arguments. Kind returns the Sidekiq class name,
@@ -31,7 +31,7 @@ type Job[T Args] struct {
 	// EnqueuedAt is when the job was last pushed to its queue.
 	EnqueuedAt time.Time
 	// Payload is the whole Sidekiq payload, unknown keys included.
-	Payload *queue.Job
+	Payload *sidekiq.Job
 }
 
 // Worker works jobs of one kind.
@@ -54,7 +54,7 @@ type Registry struct {
 
 type entry struct {
 	kind string
-	run  func(ctx context.Context, payload *queue.Job) error
+	run  func(ctx context.Context, payload *sidekiq.Job) error
 }
 
 // NewRegistry returns an empty registry.
@@ -80,7 +80,7 @@ func AddWorkerSafely[T Args](r *Registry, w Worker[T]) error {
 	if _, dup := r.entries[kind]; dup {
 		return fmt.Errorf("worker: class %q is already registered", kind)
 	}
-	r.entries[kind] = &entry{kind: kind, run: func(ctx context.Context, p *queue.Job) error {
+	r.entries[kind] = &entry{kind: kind, run: func(ctx context.Context, p *sidekiq.Job) error {
 		var args T
 		if err := decodeArgs(nil, p, &args); err != nil {
 			_, fatal := any(args).(FatalArgs)
@@ -126,7 +126,7 @@ func (r *Registry) lookup(class string) *entry {
 // Perform runs one payload inline with the registered worker, outside the
 // fetch loop (used by tools such as `ferry bm steal`). Unknown classes
 // return an *UnknownClassError.
-func (r *Registry) Perform(ctx context.Context, p *queue.Job) error {
+func (r *Registry) Perform(ctx context.Context, p *sidekiq.Job) error {
 	e := r.lookup(p.Class())
 	if e == nil {
 		return &UnknownClassError{Class: p.Class()}

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
 type stampArgs struct{}
@@ -25,7 +25,7 @@ func TestJobEnqueuedAtBothUnits(t *testing.T) {
 			got = j.EnqueuedAt
 			return nil
 		}))
-		p, err := queue.ParseJob(fmt.Appendf(nil, `{"class":"StampJob","args":[],"jid":"b4a1c8e1f0e2d3c4b5a69788","created_at":1795272961990,"enqueued_at":%s}`, enq))
+		p, err := sidekiq.ParseJob(fmt.Appendf(nil, `{"class":"StampJob","args":[],"jid":"b4a1c8e1f0e2d3c4b5a69788","created_at":1795272961990,"enqueued_at":%s}`, enq))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -18,12 +18,12 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
 // Middleware wraps job execution: call next to run the job (or the rest
 // of the chain). The payload is the full Sidekiq job.
-type Middleware func(ctx context.Context, job *queue.Job, next func(ctx context.Context) error) error
+type Middleware func(ctx context.Context, job *sidekiq.Job, next func(ctx context.Context) error) error
 
 // Config configures a [Runtime]. Zero values take Sidekiq's defaults.
 type Config struct {
@@ -31,7 +31,7 @@ type Config struct {
 	Registry *Registry             // required
 	// Queues to fetch from; default "background_migration". Weights > 0
 	// switch to Sidekiq's weighted random order.
-	Queues      []queue.WeightedQueue
+	Queues      []sidekiq.WeightedQueue
 	Concurrency int // default 10
 	// Timeout is the shutdown grace before running jobs are cancelled and
 	// pushed back. nil takes [DefaultTimeout]; it must be positive.
@@ -44,7 +44,7 @@ type Config struct {
 	// looked for (default 10 s, jittered).
 	RecoveryInterval time.Duration
 	// MaxRetries is the retry limit of jobs with retry:true (a job's own
-	// retry:N wins). nil takes Sidekiq's 25 ([queue.DefaultMaxRetries]);
+	// retry:N wins). nil takes Sidekiq's 25 ([sidekiq.DefaultMaxRetries]);
 	// new(0) sends a failing retry:true job straight to the dead set.
 	MaxRetries *int
 	Tag        string
@@ -80,7 +80,7 @@ func (c *Config) withDefaults() error {
 		return errors.New("worker: Config.Registry is required")
 	}
 	if len(c.Queues) == 0 {
-		c.Queues = []queue.WeightedQueue{{Name: "background_migration"}}
+		c.Queues = []sidekiq.WeightedQueue{{Name: "background_migration"}}
 	}
 	if c.Concurrency == 0 {
 		c.Concurrency = 10
@@ -97,7 +97,7 @@ func (c *Config) withDefaults() error {
 	}
 	c.Timeout = new(timeout) // a copy: the caller's variable may change later
 	if c.MaxRetries != nil && *c.MaxRetries < 0 {
-		return fmt.Errorf("worker: Config.MaxRetries must be >= 0 (nil takes the default %d), got %d", queue.DefaultMaxRetries, *c.MaxRetries)
+		return fmt.Errorf("worker: Config.MaxRetries must be >= 0 (nil takes the default %d), got %d", sidekiq.DefaultMaxRetries, *c.MaxRetries)
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = 5 * time.Second
@@ -126,7 +126,7 @@ func (c *Config) withDefaults() error {
 		c.Hostname, _ = os.Hostname()
 	}
 	if c.Identity == "" {
-		c.Identity = fmt.Sprintf("%s:%d:%s", c.Hostname, os.Getpid(), queue.NewJID()[:12])
+		c.Identity = fmt.Sprintf("%s:%d:%s", c.Hostname, os.Getpid(), sidekiq.NewJID()[:12])
 	}
 	if c.Version == "" {
 		c.Version = "ferry"
@@ -139,10 +139,10 @@ func (c *Config) withDefaults() error {
 // UI, polls the schedule and retry sets and recovers jobs of dead processes.
 type Runtime struct {
 	cfg     Config
-	broker  *queue.Broker
-	fetcher *queue.Fetcher
+	broker  *sidekiq.Broker
+	fetcher *sidekiq.Fetcher
 	log     *zap.Logger
-	info    queue.ProcessInfo
+	info    sidekiq.ProcessInfo
 
 	quietOnce sync.Once
 	quietCh   chan struct{} // closed on quiet: stop fetching
@@ -179,14 +179,14 @@ type Runtime struct {
 	// always in inflight or in one of these two until its ack is written,
 	// which reconcile relies on.
 	ackMu       sync.Mutex
-	ackPending  []*queue.Delivery
-	ackFlushing []*queue.Delivery
+	ackPending  []*sidekiq.Delivery
+	ackFlushing []*sidekiq.Delivery
 	ackWake     chan struct{}
 	ackRides    atomic.Int64 // fetches that carried acks
 
 	processed atomic.Int64
 	failed    atomic.Int64
-	metrics   *queue.ExecMetrics // per class, for Sidekiq's Metrics page
+	metrics   *sidekiq.ExecMetrics // per class, for Sidekiq's Metrics page
 	started   atomic.Bool
 
 	// For Health, read from other goroutines.
@@ -196,7 +196,7 @@ type Runtime struct {
 }
 
 type running struct {
-	d     *queue.Delivery
+	d     *sidekiq.Delivery
 	runAt time.Time
 }
 
@@ -222,7 +222,7 @@ const (
 // under (cancelled at a hard stop or when liveness is lost).
 type slotJob struct {
 	ctx context.Context
-	d   *queue.Delivery
+	d   *sidekiq.Delivery
 }
 
 // New validates cfg and builds a Runtime.
@@ -230,7 +230,7 @@ func New(cfg Config) (*Runtime, error) {
 	if err := cfg.withDefaults(); err != nil {
 		return nil, err
 	}
-	b, err := queue.NewBroker(cfg.Redis, queue.BrokerOptions{
+	b, err := sidekiq.NewBroker(cfg.Redis, sidekiq.BrokerOptions{
 		Identity: cfg.Identity, MaxRetries: cfg.MaxRetries, Logger: cfg.Logger, AliveTTL: cfg.AliveTTL,
 		RecoveryGrace: cfg.RecoveryGrace,
 	})
@@ -240,7 +240,7 @@ func New(cfg Config) (*Runtime, error) {
 	r := &Runtime{
 		cfg: cfg, broker: b, fetcher: b.NewFetcher(cfg.Queues),
 		log: cfg.Logger.Named("worker"),
-		info: queue.ProcessInfo{
+		info: sidekiq.ProcessInfo{
 			Hostname: cfg.Hostname, StartedAt: float64(time.Now().UnixNano()) / 1e9, Pid: os.Getpid(),
 			Tag: cfg.Tag, Concurrency: cfg.Concurrency, Labels: append([]string{"ferry"}, cfg.Labels...),
 			Identity: cfg.Identity, Version: processVersion(cfg.Version),
@@ -251,7 +251,7 @@ func New(cfg Config) (*Runtime, error) {
 		inflight: make([]running, cfg.Concurrency),
 		readyLow: make(chan struct{}, 1),
 		ackWake:  make(chan struct{}, 1),
-		metrics:  queue.NewExecMetrics(),
+		metrics:  sidekiq.NewExecMetrics(),
 	}
 	r.info.SetQueues(cfg.Queues) // queues, 7.x weights, 8.x capsules
 	r.slotWork = make([]chan slotJob, cfg.Concurrency)
@@ -276,7 +276,7 @@ func processVersion(v string) string {
 func (r *Runtime) Identity() string { return r.cfg.Identity }
 
 // Broker exposes the Redis protocol layer (push client, identity).
-func (r *Runtime) Broker() *queue.Broker { return r.broker }
+func (r *Runtime) Broker() *sidekiq.Broker { return r.broker }
 
 // Quiet stops fetching new jobs; running jobs finish. There is no un-quiet
 // (as in Sidekiq's TSTP).
@@ -415,7 +415,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 // which Sidekiq's at-least-once contract allows.
 func (r *Runtime) hardStop(cancelWork context.CancelFunc, done <-chan struct{}) {
 	r.mu.Lock()
-	ds := make([]*queue.Delivery, 0, len(r.inflight))
+	ds := make([]*sidekiq.Delivery, 0, len(r.inflight))
 	for _, run := range r.inflight {
 		if run.d != nil {
 			ds = append(ds, run.d)
@@ -613,7 +613,7 @@ func (r *Runtime) takeSlots(ctx context.Context, prefetch, now bool) ([]int, boo
 // trip, and returns the context of the liveness epoch they belong to. It
 // waits for a job only when block is set (a slot is free for it). The call
 // is abandoned when liveness is lost.
-func (r *Runtime) fetch(fetchCtx context.Context, n int, block bool) ([]*queue.Delivery, context.Context, error) {
+func (r *Runtime) fetch(fetchCtx context.Context, n int, block bool) ([]*sidekiq.Delivery, context.Context, error) {
 	jobCtx, _ := r.live.current()
 	if jobCtx.Err() != nil {
 		return nil, jobCtx, context.Cause(jobCtx)
@@ -659,7 +659,7 @@ func (r *Runtime) returnReady() {
 	if len(ready) == 0 {
 		return
 	}
-	ds := make([]*queue.Delivery, len(ready))
+	ds := make([]*sidekiq.Delivery, len(ready))
 	for i, j := range ready {
 		ds[i] = j.d
 	}
@@ -707,7 +707,7 @@ func (r *Runtime) dropStaleReady() {
 
 // start hands d to the goroutine of a free slot. Slot goroutines live as
 // long as Run, so a job does not pay for a new goroutine and its stack.
-func (r *Runtime) start(ctx context.Context, slot int, d *queue.Delivery) {
+func (r *Runtime) start(ctx context.Context, slot int, d *sidekiq.Delivery) {
 	r.mu.Lock()
 	r.inflight[slot] = running{d: d, runAt: time.Now()}
 	r.mu.Unlock()
@@ -756,12 +756,12 @@ func (r *Runtime) next(slot int) (slotJob, bool) {
 	return slotJob{}, false
 }
 
-func (r *Runtime) process(ctx context.Context, d *queue.Delivery) {
+func (r *Runtime) process(ctx context.Context, d *sidekiq.Delivery) {
 	d.Parse()
 	if d.Job == nil {
 		// Unparseable payloads go straight to the dead set, as in Sidekiq.
 		r.log.Error("invalid job payload; moved to the dead set", zap.String("queue", d.Queue), zap.Error(d.Err))
-		r.settleFailure(ctx, d, queue.Failure{})
+		r.settleFailure(ctx, d, sidekiq.Failure{})
 		return
 	}
 	start := time.Now()
@@ -793,7 +793,7 @@ func (r *Runtime) process(ctx context.Context, d *queue.Delivery) {
 		return
 	}
 	r.failed.Add(1)
-	f := queue.Failure{Class: errorClass(err), Message: err.Error()}
+	f := sidekiq.Failure{Class: errorClass(err), Message: err.Error()}
 	var pe *PanicError
 	if errors.As(err, &pe) {
 		f.Backtrace = pe.Stack
@@ -807,12 +807,12 @@ func (r *Runtime) process(ctx context.Context, d *queue.Delivery) {
 // settleFailure records a failure, retrying Redis errors so that a short
 // outage does not lose the retry entry (the job stays in the private list
 // until it succeeds, so nothing is lost even if this process dies).
-func (r *Runtime) settleFailure(ctx context.Context, d *queue.Delivery, f queue.Failure) {
+func (r *Runtime) settleFailure(ctx context.Context, d *sidekiq.Delivery, f sidekiq.Failure) {
 	bo := newBackoff()
 	for {
 		out, _, err := r.broker.Fail(context.WithoutCancel(ctx), d, f)
 		if err == nil {
-			if out == queue.OutcomeDead {
+			if out == sidekiq.OutcomeDead {
 				r.log.Warn("job moved to the dead set", zap.String("jid", jidOf(d)))
 			}
 			return
@@ -824,14 +824,14 @@ func (r *Runtime) settleFailure(ctx context.Context, d *queue.Delivery, f queue.
 	}
 }
 
-func jidOf(d *queue.Delivery) string {
+func jidOf(d *sidekiq.Delivery) string {
 	if d.Job == nil {
 		return ""
 	}
 	return d.Job.JID()
 }
 
-func (r *Runtime) runJob(ctx context.Context, p *queue.Job) (err error) {
+func (r *Runtime) runJob(ctx context.Context, p *sidekiq.Job) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			stack := strings.Split(strings.TrimSpace(string(debug.Stack())), "\n")
@@ -855,7 +855,7 @@ func (r *Runtime) runJob(ctx context.Context, p *queue.Job) (err error) {
 
 // ack queues a finished job for the ack loop; it never blocks, so a slow
 // or unreachable Redis cannot hold a slot or a shutdown.
-func (r *Runtime) ack(d *queue.Delivery) {
+func (r *Runtime) ack(d *sidekiq.Delivery) {
 	r.ackMu.Lock()
 	r.ackPending = append(r.ackPending, d)
 	r.ackMu.Unlock()
@@ -916,7 +916,7 @@ func (r *Runtime) ackLoop(ctx context.Context, done <-chan struct{}) {
 // until ctx ends.
 func (r *Runtime) flushAcks(ctx context.Context) {
 	bo := newBackoff()
-	var spare []*queue.Delivery
+	var spare []*sidekiq.Delivery
 	for {
 		r.ackMu.Lock()
 		batch := r.ackPending
@@ -977,7 +977,7 @@ func (r *Runtime) requeueUnknown(ctx context.Context, onlyUnknown bool) (int, er
 		known[string(d.Raw)]++
 	}
 	r.ackMu.Unlock()
-	var orphans []*queue.Delivery
+	var orphans []*sidekiq.Delivery
 	for _, q := range r.info.Queues {
 		ds, err := r.broker.InFlight(ctx, q)
 		if err != nil {
@@ -1033,7 +1033,7 @@ func (r *Runtime) metricsLoop(ctx context.Context) {
 }
 
 func (r *Runtime) beat(ctx context.Context) error {
-	st := queue.BeatState{Work: map[string]queue.WorkEntry{}, RSSKB: rssKB()}
+	st := sidekiq.BeatState{Work: map[string]sidekiq.WorkEntry{}, RSSKB: rssKB()}
 	select {
 	case <-r.quietCh:
 		st.Quiet = true
@@ -1042,7 +1042,7 @@ func (r *Runtime) beat(ctx context.Context) error {
 	r.mu.Lock()
 	for slot, run := range r.inflight {
 		if run.d != nil {
-			st.Work[strconv.Itoa(slot)] = queue.WorkEntry{Queue: run.d.Queue, Payload: run.d.Raw, RunAt: run.runAt}
+			st.Work[strconv.Itoa(slot)] = sidekiq.WorkEntry{Queue: run.d.Queue, Payload: run.d.Raw, RunAt: run.runAt}
 		}
 	}
 	r.mu.Unlock()
@@ -1086,7 +1086,7 @@ func (r *Runtime) DumpGoroutines() {
 
 func (r *Runtime) pollLoop(ctx context.Context) {
 	rng := newRand() // not shared: *rand.Rand is not safe for concurrent use
-	wait := queue.PollInterval(1, r.cfg.PollInterval, rng)
+	wait := sidekiq.PollInterval(1, r.cfg.PollInterval, rng)
 	for {
 		if !sleepCtx(ctx, wait) {
 			return
@@ -1096,7 +1096,7 @@ func (r *Runtime) pollLoop(ctx context.Context) {
 		} else if n > 0 {
 			r.log.Debug("enqueued due jobs", zap.Int("count", n))
 		}
-		wait = queue.PollInterval(r.broker.ProcessCount(ctx), r.cfg.PollInterval, rng)
+		wait = sidekiq.PollInterval(r.broker.ProcessCount(ctx), r.cfg.PollInterval, rng)
 	}
 }
 
@@ -1108,7 +1108,7 @@ func (r *Runtime) recoveryLoop(ctx context.Context) {
 			return
 		}
 		res, err := r.broker.RecoverOrphans(ctx)
-		if err != nil && !errors.Is(err, queue.ErrLocked) && ctx.Err() == nil {
+		if err != nil && !errors.Is(err, sidekiq.ErrLocked) && ctx.Err() == nil {
 			r.log.Warn("orphan recovery failed", zap.Error(err))
 		}
 		// Jitter so processes do not all contend for the lock at once.

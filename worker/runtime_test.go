@@ -17,8 +17,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/queue"
 )
 
 type echoArgs struct {
@@ -31,7 +31,7 @@ func (echoArgs) Kind() string { return "Echo" }
 type rtBundle struct {
 	rdb    *redis.Client // direct, for checks
 	rt     *Runtime
-	client *queue.Client
+	client *sidekiq.Client
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan error
@@ -54,7 +54,7 @@ func startRuntimeWith(t *testing.T, rdb *redis.Client, cfg Config, setup func(*R
 		cfg.Redis = rdb
 	}
 	if cfg.Queues == nil {
-		cfg.Queues = []queue.WeightedQueue{{Name: "q"}}
+		cfg.Queues = []sidekiq.WeightedQueue{{Name: "q"}}
 	}
 	if cfg.HeartbeatInterval == 0 {
 		cfg.HeartbeatInterval = 50 * time.Millisecond
@@ -79,7 +79,7 @@ func startRuntimeWith(t *testing.T, rdb *redis.Client, cfg Config, setup func(*R
 		setup(rt)
 	}
 	ctx, cancel := context.WithCancel(testenv.Context(t))
-	b := &rtBundle{rdb: rdb, rt: rt, client: queue.NewClient(rdb), ctx: testenv.Context(t), cancel: cancel, done: make(chan error, 1)}
+	b := &rtBundle{rdb: rdb, rt: rt, client: sidekiq.NewClient(rdb), ctx: testenv.Context(t), cancel: cancel, done: make(chan error, 1)}
 	go func() { b.done <- rt.Run(ctx) }()
 	t.Cleanup(func() { b.stop(t) })
 	// Running once the first heartbeat is in Redis.
@@ -105,7 +105,7 @@ func (b *rtBundle) stop(t *testing.T) error {
 	}
 }
 
-func (b *rtBundle) push(t *testing.T, class string, args string, opts queue.PushOptions) string {
+func (b *rtBundle) push(t *testing.T, class string, args string, opts sidekiq.PushOptions) string {
 	t.Helper()
 	if opts.Queue == "" {
 		opts.Queue = "q"
@@ -148,7 +148,7 @@ func TestRuntimeRunsJobs(t *testing.T) {
 	for i := range args {
 		args[i] = json.RawMessage(fmt.Sprintf("[%d]", i))
 	}
-	if _, err := b.client.PushBulk(b.ctx, "Echo", args, queue.PushOptions{Queue: "q"}); err != nil {
+	if _, err := b.client.PushBulk(b.ctx, "Echo", args, sidekiq.PushOptions{Queue: "q"}); err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 10*time.Second, "all jobs run", func() bool {
@@ -206,22 +206,22 @@ func TestRuntimeFailures(t *testing.T) {
 	})
 	b := startRuntime(t, nil, Config{Registry: reg, Concurrency: 3})
 	jids := map[string]string{
-		"unknown": b.push(t, "Nope::Job", `[1]`, queue.PushOptions{}),
-		"badargs": b.push(t, "Echo", `["not an int"]`, queue.PushOptions{}),
-		"panic":   b.push(t, "Fail", `["panic"]`, queue.PushOptions{Extra: map[string]json.RawMessage{"backtrace": json.RawMessage("true")}}),
-		"plain":   b.push(t, "Fail", `["plain"]`, queue.PushOptions{}),
-		"discard": b.push(t, "Fail", `["discard"]`, queue.PushOptions{}),
-		"kill":    b.push(t, "Fail", `["kill"]`, queue.PushOptions{}),
+		"unknown": b.push(t, "Nope::Job", `[1]`, sidekiq.PushOptions{}),
+		"badargs": b.push(t, "Echo", `["not an int"]`, sidekiq.PushOptions{}),
+		"panic":   b.push(t, "Fail", `["panic"]`, sidekiq.PushOptions{Extra: map[string]json.RawMessage{"backtrace": json.RawMessage("true")}}),
+		"plain":   b.push(t, "Fail", `["plain"]`, sidekiq.PushOptions{}),
+		"discard": b.push(t, "Fail", `["discard"]`, sidekiq.PushOptions{}),
+		"kill":    b.push(t, "Fail", `["kill"]`, sidekiq.PushOptions{}),
 	}
 	b.rdb.LPush(b.ctx, "queue:q", "{not json")
 	testenv.Eventually(t, 10*time.Second, "failures recorded", func() bool {
 		return b.rdb.ZCard(b.ctx, "retry").Val() == 4 && b.rdb.ZCard(b.ctx, "dead").Val() == 2 &&
 			b.rdb.LLen(b.ctx, "queue:q").Val() == 0 && b.inflight("q") == 0
 	})
-	byJID := map[string]*queue.Job{}
+	byJID := map[string]*sidekiq.Job{}
 	for _, set := range []string{"retry", "dead"} {
 		for _, m := range b.rdb.ZRange(b.ctx, set, 0, -1).Val() {
-			j, err := queue.ParseJob([]byte(m))
+			j, err := sidekiq.ParseJob([]byte(m))
 			if err != nil {
 				if set == "dead" && m == "{not json" {
 					continue
@@ -234,7 +234,7 @@ func TestRuntimeFailures(t *testing.T) {
 			}
 		}
 	}
-	str := func(j *queue.Job, k string) string {
+	str := func(j *sidekiq.Job, k string) string {
 		var s string
 		_ = json.Unmarshal(j.Get(k), &s)
 		return s
@@ -262,7 +262,7 @@ func TestRuntimeFailures(t *testing.T) {
 		t.Error("invalid payload not in the dead set")
 	}
 	if p := byJID[jids["panic"]]; p != nil {
-		lines, err := queue.DecodeBacktrace(str(p, "error_backtrace"))
+		lines, err := sidekiq.DecodeBacktrace(str(p, "error_backtrace"))
 		if err != nil || len(lines) == 0 || !strings.Contains(strings.Join(lines, "\n"), "runtime_test.go") {
 			t.Errorf("panic backtrace = %v, %v", lines, err)
 		}
@@ -280,13 +280,13 @@ func TestRuntimeFailures(t *testing.T) {
 func TestRuntimeMaxRetriesZero(t *testing.T) {
 	t.Parallel()
 	b := startRuntime(t, nil, Config{Registry: registry(t), MaxRetries: new(0)})
-	deadJID := b.push(t, "Nope::Job", `[1]`, queue.PushOptions{Retry: json.RawMessage("true")})
-	retryJID := b.push(t, "Nope::Job", `[2]`, queue.PushOptions{Retry: queue.RetryTimes(2)})
+	deadJID := b.push(t, "Nope::Job", `[1]`, sidekiq.PushOptions{Retry: json.RawMessage("true")})
+	retryJID := b.push(t, "Nope::Job", `[2]`, sidekiq.PushOptions{Retry: sidekiq.RetryTimes(2)})
 	testenv.Eventually(t, 10*time.Second, "failures recorded", func() bool {
 		return b.rdb.ZCard(b.ctx, "dead").Val() == 1 && b.rdb.ZCard(b.ctx, "retry").Val() == 1 && b.inflight("q") == 0
 	})
-	member := func(set string) *queue.Job {
-		j, err := queue.ParseJob([]byte(b.rdb.ZRange(b.ctx, set, 0, -1).Val()[0]))
+	member := func(set string) *sidekiq.Job {
+		j, err := sidekiq.ParseJob([]byte(b.rdb.ZRange(b.ctx, set, 0, -1).Val()[0]))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -307,7 +307,7 @@ func TestRuntimeMiddlewareOrder(t *testing.T) {
 	var trace []string
 	rec := func(s string) { mu.Lock(); trace = append(trace, s); mu.Unlock() }
 	mw := func(name string) Middleware {
-		return func(ctx context.Context, j *queue.Job, next func(context.Context) error) error {
+		return func(ctx context.Context, j *sidekiq.Job, next func(context.Context) error) error {
 			rec(name + ">" + j.Class())
 			err := next(ctx)
 			rec("<" + name)
@@ -318,7 +318,7 @@ func TestRuntimeMiddlewareOrder(t *testing.T) {
 		AddWorker(r, WorkFunc[echoArgs](func(context.Context, *Job[echoArgs]) error { rec("work"); return nil }))
 	})
 	b := startRuntime(t, nil, Config{Registry: reg, Middleware: []Middleware{mw("a"), mw("b")}})
-	b.push(t, "Echo", `[1]`, queue.PushOptions{})
+	b.push(t, "Echo", `[1]`, sidekiq.PushOptions{})
 	testenv.Eventually(t, 5*time.Second, "job run", func() bool { mu.Lock(); defer mu.Unlock(); return len(trace) == 5 })
 	if got := strings.Join(trace, " "); got != "a>Echo b>Echo work <b <a" {
 		t.Errorf("trace = %s", got)
@@ -341,7 +341,7 @@ func TestRuntimeConcurrencyLimit(t *testing.T) {
 	})
 	b := startRuntime(t, nil, Config{Registry: reg, Concurrency: 3})
 	for i := range 20 {
-		b.push(t, "Echo", fmt.Sprintf("[%d]", i), queue.PushOptions{})
+		b.push(t, "Echo", fmt.Sprintf("[%d]", i), sidekiq.PushOptions{})
 	}
 	testenv.Eventually(t, 5*time.Second, "3 running", func() bool { return cur.Load() == 3 })
 	// No prefetch: exactly the running jobs left the queue. The Busy page
@@ -415,7 +415,7 @@ func TestRuntimeQuiet(t *testing.T) {
 			// Quiet is in effect once the beat reports it; give the fetch
 			// loop (blocking ≤ 1 s per round) a few beats' time anyway.
 			testenv.Eventually(t, 5*time.Second, "fetcher idle", func() bool { return b.inflight("q") == 0 })
-			b.push(t, "Echo", `[1]`, queue.PushOptions{})
+			b.push(t, "Echo", `[1]`, sidekiq.PushOptions{})
 			waitBeats(t, b, 3)
 			deadline := time.Now().Add(2500 * time.Millisecond) // > one BLMOVE round
 			for time.Now().Before(deadline) {
@@ -471,7 +471,7 @@ func TestRuntimeGracefulStop(t *testing.T) {
 		}))
 	})
 	b := startRuntime(t, nil, Config{Registry: reg})
-	b.push(t, "Echo", `[1]`, queue.PushOptions{})
+	b.push(t, "Echo", `[1]`, sidekiq.PushOptions{})
 	<-started
 	b.cancel() // stop requested; the job may finish
 	waitQuiet(t, b)
@@ -501,7 +501,7 @@ func TestRuntimeHardStop(t *testing.T) {
 		}))
 	})
 	b := startRuntime(t, nil, Config{Registry: reg, Timeout: new(300 * time.Millisecond)})
-	b.push(t, "Echo", `[1,"<&>"]`, queue.PushOptions{})
+	b.push(t, "Echo", `[1,"<&>"]`, sidekiq.PushOptions{})
 	<-started
 	orig := b.rdb.LIndex(b.ctx, "ferry:inflight|"+b.rt.Identity()+"|q", 0).Val()
 	if err := b.stop(t); err != nil {
@@ -552,7 +552,7 @@ func TestRuntimeScheduled(t *testing.T) {
 	})
 	b := startRuntime(t, nil, Config{Registry: reg})
 	at := time.Now().Add(700 * time.Millisecond)
-	b.push(t, "Echo", `[1]`, queue.PushOptions{At: at})
+	b.push(t, "Echo", `[1]`, sidekiq.PushOptions{At: at})
 	select {
 	case got := <-ran:
 		if got.Before(at) {
@@ -705,7 +705,7 @@ func TestRuntimeSurvivesRedisOutage(t *testing.T) {
 	for i := range args {
 		args[i] = json.RawMessage(fmt.Sprintf("[%d]", i))
 	}
-	if _, err := b.client.PushBulk(b.ctx, "Echo", args, queue.PushOptions{Queue: "q"}); err != nil {
+	if _, err := b.client.PushBulk(b.ctx, "Echo", args, sidekiq.PushOptions{Queue: "q"}); err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 10*time.Second, "first 100 jobs done and 5 held", func() bool { return count() == 100 && held.Load() == 5 })
@@ -714,7 +714,7 @@ func TestRuntimeSurvivesRedisOutage(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, "runtime notices the outage", func() bool { return px.refused.Load() >= 2 })
 	close(hold) // the held jobs finish while Redis is unreachable: acks must wait
 	for i := 200; i < n; i++ {
-		b.push(t, "Echo", fmt.Sprintf("[%d]", i), queue.PushOptions{})
+		b.push(t, "Echo", fmt.Sprintf("[%d]", i), sidekiq.PushOptions{})
 	}
 	testenv.Eventually(t, 10*time.Second, "runtime keeps retrying", func() bool { return px.refused.Load() >= 6 })
 	px.restore()

@@ -17,7 +17,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
 const (
@@ -201,7 +201,7 @@ sentinel failover-timeout %s 10000
 	go func() {
 		ctx := prodCtx
 		defer wg.Done()
-		c := queue.NewClient(rdb, queue.WaitForReplicas(o.waitReplicas, 500*time.Millisecond))
+		c := sidekiq.NewClient(rdb, sidekiq.WaitForReplicas(o.waitReplicas, 500*time.Millisecond))
 		batch := max(1, int(o.rate/50))
 		tick := time.NewTicker(time.Second * time.Duration(batch) / time.Duration(max(1, int(o.rate))))
 		defer tick.Stop()
@@ -217,7 +217,7 @@ sentinel failover-timeout %s 10000
 				// A push that waits for replicas rides out the failover
 				// inside PushBulk; give it the time.
 				pctx, pcancel := context.WithTimeout(ctx, 5*time.Second+time.Duration(o.waitReplicas)*25*time.Second)
-				_, err := c.PushBulk(pctx, recordClass, args, queue.PushOptions{Queue: benchQueue})
+				_, err := c.PushBulk(pctx, recordClass, args, sidekiq.PushOptions{Queue: benchQueue})
 				pcancel()
 				if err == nil {
 					break

@@ -36,7 +36,7 @@ import (
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/internal/ferryschema"
 	"github.com/ferrymigrate/ferry/internal/legacy"
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
 type noopArgs []json.RawMessage
@@ -237,8 +237,8 @@ func makeJobs(n, extra int, migration string) []member {
 		if migration == "CopyColumn" {
 			args = fmt.Sprintf(`["CopyColumn",[%q,"a","b",%d,%d]]`, copyTable, i*10+1, i*10+10)
 		}
-		j := queue.NewJob(legacy.WorkerClass, json.RawMessage(args), legacy.QueueName)
-		j.SetString("jid", queue.NewJID())
+		j := sidekiq.NewJob(legacy.WorkerClass, json.RawMessage(args), legacy.QueueName)
+		j.SetString("jid", sidekiq.NewJID())
 		j.Set("retry", json.RawMessage("3"))
 		j.SetTime("created_at", now)
 		m := member{}
@@ -251,8 +251,8 @@ func makeJobs(n, extra int, migration string) []member {
 		out = append(out, m)
 		if every > 0 && i%every == 0 && extra > 0 {
 			extra--
-			o := queue.NewJob(legacy.WorkerClass, json.RawMessage(fmt.Sprintf(`["OtherMigration",[%d]]`, i)), legacy.QueueName)
-			o.SetString("jid", queue.NewJID())
+			o := sidekiq.NewJob(legacy.WorkerClass, json.RawMessage(fmt.Sprintf(`["OtherMigration",[%d]]`, i)), legacy.QueueName)
+			o.SetString("jid", sidekiq.NewJID())
 			o.SetTime("created_at", now)
 			om := member{}
 			if i%4 == 0 {
@@ -273,7 +273,7 @@ func load(ctx context.Context, rdb *redis.Client, members []member) {
 	p.SAdd(ctx, "queues", legacy.QueueName)
 	for i, m := range members {
 		if m.score == 0 {
-			p.LPush(ctx, queue.QueueKey(legacy.QueueName), m.raw)
+			p.LPush(ctx, sidekiq.QueueKey(legacy.QueueName), m.raw)
 		} else {
 			p.ZAdd(ctx, "schedule", redis.Z{Score: m.score, Member: m.raw})
 		}

@@ -33,7 +33,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ferrymigrate/ferry/config"
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
 // system is one worker under test.
@@ -201,7 +201,7 @@ func measure(ctx context.Context, rdb *redis.Client, n int, class string, mk fun
 			_ = cmd.Process.Kill()
 		}
 	}()
-	key := queue.QueueKey("bench")
+	key := sidekiq.QueueKey("bench")
 	pid := cmd.Process.Pid
 	var (
 		start         time.Time
@@ -251,14 +251,14 @@ func push(ctx context.Context, rdb *redis.Client, n int, class string) {
 		vals := make([]any, 0, 10_000)
 		for i := start; i < min(start+10_000, n); i++ {
 			args, _ := json.Marshal([]any{"string", i, map[string]string{"mike": "bob"}})
-			j := queue.NewJob(class, args, "bench")
-			j.SetString("jid", queue.NewJID())
+			j := sidekiq.NewJob(class, args, "bench")
+			j.SetString("jid", sidekiq.NewJID())
 			j.Set("retry", json.RawMessage("1"))
 			j.SetTime("created_at", now)
 			j.SetTime("enqueued_at", now)
 			vals = append(vals, j.Encode())
 		}
-		if err := rdb.LPush(ctx, queue.QueueKey("bench"), vals...).Err(); err != nil {
+		if err := rdb.LPush(ctx, sidekiq.QueueKey("bench"), vals...).Err(); err != nil {
 			fail("push: %v", err)
 		}
 	}

@@ -15,7 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/internal/ferryschema"
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/scheduler"
 	"github.com/ferrymigrate/ferry/worker"
 )
@@ -78,7 +78,7 @@ type Service struct {
 	dbs    []*serviceDB
 	byJob  map[string]*serviceDB // by ExecutionArgs.Database
 	rdb    redis.UniversalClient
-	client *queue.Client
+	client *sidekiq.Client
 	log    *zap.Logger
 }
 
@@ -113,7 +113,7 @@ func NewMultiService(dbs []Database, rdb redis.UniversalClient, log *zap.Logger)
 	if log == nil {
 		log = zap.NewNop()
 	}
-	s := &Service{byJob: map[string]*serviceDB{}, rdb: rdb, client: queue.NewClient(rdb), log: log.Named("bbm")}
+	s := &Service{byJob: map[string]*serviceDB{}, rdb: rdb, client: sidekiq.NewClient(rdb), log: log.Named("bbm")}
 	for _, d := range dbs {
 		sd := &serviceDB{name: d.Name, engine: d.Engine, log: s.log}
 		if d.Name != DefaultDatabase {
@@ -315,7 +315,7 @@ func (s *Service) push(ctx context.Context, a ExecutionArgs) error {
 	// retry: false: a batch's failure is recorded in PostgreSQL, and the
 	// lane is re-opened by the scheduler; Sidekiq retries would only
 	// duplicate lanes.
-	_, err := s.client.Push(ctx, ExecutionWorkerClass, args, queue.PushOptions{Queue: Queue, Retry: queue.NoRetry})
+	_, err := s.client.Push(ctx, ExecutionWorkerClass, args, sidekiq.PushOptions{Queue: Queue, Retry: sidekiq.NoRetry})
 	return err
 }
 

@@ -14,8 +14,8 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ferrymigrate/ferry/internal/legacy"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/queue"
 	"github.com/ferrymigrate/ferry/worker"
 )
 
@@ -116,7 +116,7 @@ func setupWorker(t *testing.T) *workerBundle {
 		return nil
 	}))
 	w, err := legacy.NewWorker(legacy.WorkerConfig{
-		Runner: &legacy.Runner{Registry: reg}, Client: queue.NewClient(b.rdb), Redis: b.rdb,
+		Runner: &legacy.Runner{Registry: reg}, Client: sidekiq.NewClient(b.rdb), Redis: b.rdb,
 		Lease: b.lease, MinInterval: legacy.DefaultLeaseTTL,
 		Health: func(context.Context) (bool, string, error) { return b.healthy, "replica lag 200MB", nil },
 		Now:    func() time.Time { return b.now }, Logger: zaptest.NewLogger(t),
@@ -130,7 +130,7 @@ func setupWorker(t *testing.T) *workerBundle {
 
 func (b *workerBundle) work(t *testing.T, args string) error {
 	t.Helper()
-	p, err := queue.ParseJob([]byte(`{"class":"BackgroundMigrationWorker","queue":"background_migration","retry":3,"jid":"abc","args":` + args + `}`))
+	p, err := sidekiq.ParseJob([]byte(`{"class":"BackgroundMigrationWorker","queue":"background_migration","retry":3,"jid":"abc","args":` + args + `}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func (b *workerBundle) scheduled(t *testing.T) map[string]float64 {
 	}
 	out := map[string]float64{}
 	for _, z := range zs {
-		j, err := queue.ParseJob([]byte(z.Member.(string)))
+		j, err := sidekiq.ParseJob([]byte(z.Member.(string)))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -12,7 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/worker"
 )
 
@@ -45,19 +45,19 @@ func (c *Coordinator) log() *zap.Logger {
 // Remaining counts BackgroundMigrationWorker jobs per migration class in
 // the queues and the scheduled set (what GitLab's remaining counts, see
 // JobCounts.Remaining); retryDead also fills the retry and dead counts.
-func (c *Coordinator) Remaining(ctx context.Context, retryDead bool) (map[string]*queue.JobCounts, error) {
-	return queue.CountByArg0Queues(ctx, c.Redis, WorkerClass, c.queues(), retryDead)
+func (c *Coordinator) Remaining(ctx context.Context, retryDead bool) (map[string]*sidekiq.JobCounts, error) {
+	return sidekiq.CountByArg0Queues(ctx, c.Redis, WorkerClass, c.queues(), retryDead)
 }
 
 // StealOptions configure [Coordinator.Steal].
 type StealOptions struct {
 	// RetryDead also steals from the retry and dead sets.
 	RetryDead bool
-	Progress  func(queue.StealProgress)
+	Progress  func(sidekiq.StealProgress)
 	// Chunk bounds the work of one Redis script call (default 1000).
 	Chunk int
 	// Concurrency is how many jobs are performed at once (default 1);
-	// KeepGoing puts failing jobs back and goes on (see queue.StealOptions).
+	// KeepGoing puts failing jobs back and goes on (see sidekiq.StealOptions).
 	Concurrency int
 	KeepGoing   bool
 }
@@ -67,16 +67,16 @@ type StealOptions struct {
 // queues); each job is performed only
 // by the process that removed it. On the first failure that job and the
 // rest not performed are put back where they came from and a
-// *queue.StealError is returned; with KeepGoing only the failing jobs are,
-// and a *queue.StealFailures is returned at the end.
-func (c *Coordinator) Steal(ctx context.Context, class string, opts StealOptions) (queue.StealResult, error) {
+// *sidekiq.StealError is returned; with KeepGoing only the failing jobs are,
+// and a *sidekiq.StealFailures is returned at the end.
+func (c *Coordinator) Steal(ctx context.Context, class string, opts StealOptions) (sidekiq.StealResult, error) {
 	// A class this process cannot perform is refused before anything is
 	// taken out of Redis (its jobs would only be pushed back).
 	if reg := c.Runner.Registry; reg != nil && !reg.Has(class) {
-		return queue.StealResult{}, &UnknownMigrationError{Class: class, Known: reg.Classes()}
+		return sidekiq.StealResult{}, &UnknownMigrationError{Class: class, Known: reg.Classes()}
 	}
 	runners := &stealRunners{co: c, class: class}
-	perform := func(ctx context.Context, sj *queue.StolenJob) error {
+	perform := func(ctx context.Context, sj *sidekiq.StolenJob) error {
 		var wa WorkerArgs
 		if err := worker.DecodeArgs(sj.Job.Args(), &wa); err != nil {
 			return &ArgsError{Class: WorkerClass, Err: err}
@@ -87,7 +87,7 @@ func (c *Coordinator) Steal(ctx context.Context, class string, opts StealOptions
 		}
 		return r.Perform(ctx, wa.Class, wa.Args)
 	}
-	return queue.Steal(ctx, c.Redis, queue.StealOptions{
+	return sidekiq.Steal(ctx, c.Redis, sidekiq.StealOptions{
 		Class: WorkerClass, Arg0: class, Queues: c.queues(), RetryDead: opts.RetryDead,
 		Chunk: opts.Chunk, Progress: opts.Progress, Logger: c.log(),
 		Concurrency: opts.Concurrency, KeepGoing: opts.KeepGoing,
@@ -104,10 +104,10 @@ type stealRunners struct {
 	class string
 
 	mu    sync.Mutex
-	bySrc map[queue.StealSource]*Runner
+	bySrc map[sidekiq.StealSource]*Runner
 }
 
-func (s *stealRunners) forSource(ctx context.Context, src queue.StealSource) (*Runner, error) {
+func (s *stealRunners) forSource(ctx context.Context, src sidekiq.StealSource) (*Runner, error) {
 	r := s.co.Runner
 	if r.DB == nil || r.NoAutoTrack {
 		return r, nil
@@ -126,7 +126,7 @@ func (s *stealRunners) forSource(ctx context.Context, src queue.StealSource) (*R
 		got = &Runner{Registry: r.Registry, DB: r.DB, Logger: r.Logger, NoAutoTrack: true, Tables: r.tables()}
 	}
 	if s.bySrc == nil {
-		s.bySrc = map[queue.StealSource]*Runner{}
+		s.bySrc = map[sidekiq.StealSource]*Runner{}
 	}
 	s.bySrc[src] = got
 	return got, nil
@@ -254,12 +254,12 @@ const waitingPeek = 1000
 func Waiting(ctx context.Context, rdb redis.UniversalClient, queues []string) (map[string]int, error) {
 	out := map[string]int{}
 	for _, q := range queues {
-		xs, err := rdb.LRange(ctx, queue.QueueKey(q), -waitingPeek, -1).Result()
+		xs, err := rdb.LRange(ctx, sidekiq.QueueKey(q), -waitingPeek, -1).Result()
 		if err != nil {
 			return out, fmt.Errorf("bm: peek at queue %s: %w", q, err)
 		}
 		for _, x := range xs {
-			if j, err := queue.ParseJob([]byte(x)); err == nil && j.Class() == WorkerClass {
+			if j, err := sidekiq.ParseJob([]byte(x)); err == nil && j.Class() == WorkerClass {
 				out[q]++
 			}
 		}

@@ -49,7 +49,7 @@
 //
 // [Coordinator] is GitLab's JobCoordinator: [Coordinator.Remaining] counts
 // jobs per class, [Coordinator.Steal] takes a class's jobs out of Redis and
-// performs them in the calling process (see queue.Steal: linear time, safe
+// performs them in the calling process (see sidekiq.Steal: linear time, safe
 // to run from several processes at once, each job performed only by the
 // process that removed it, failures pushed back), and
 // [Coordinator.Finalize] steals, performs pending tracked jobs and steals

@@ -9,7 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
 // PauseInfo is the state of the legacy-migration switch. While it is set,
@@ -24,7 +24,7 @@ type PauseInfo struct {
 // governs, so every worker sees it on its next job without a database.
 func Pause(ctx context.Context, rdb redis.UniversalClient, info PauseInfo) error {
 	b, _ := json.Marshal(info)
-	if err := rdb.Set(ctx, queue.BMPausedKey, b, 0).Err(); err != nil {
+	if err := rdb.Set(ctx, sidekiq.BMPausedKey, b, 0).Err(); err != nil {
 		return fmt.Errorf("bm: pause: %w", err)
 	}
 	return nil
@@ -32,7 +32,7 @@ func Pause(ctx context.Context, rdb redis.UniversalClient, info PauseInfo) error
 
 // Resume turns the switch off and reports whether it was on.
 func Resume(ctx context.Context, rdb redis.UniversalClient) (bool, error) {
-	n, err := rdb.Del(ctx, queue.BMPausedKey).Result()
+	n, err := rdb.Del(ctx, sidekiq.BMPausedKey).Result()
 	if err != nil {
 		return false, fmt.Errorf("bm: resume: %w", err)
 	}
@@ -41,7 +41,7 @@ func Resume(ctx context.Context, rdb redis.UniversalClient) (bool, error) {
 
 // PauseStatus returns the switch, or nil when migrations run.
 func PauseStatus(ctx context.Context, rdb redis.UniversalClient) (*PauseInfo, error) {
-	b, err := rdb.Get(ctx, queue.BMPausedKey).Bytes()
+	b, err := rdb.Get(ctx, sidekiq.BMPausedKey).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}

@@ -8,13 +8,13 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
 // Running slots: a job holds one of its class's slots while it runs and
 // gives it back when it ends, so the next job of the class starts at once
 // (GitLab's lease instead lapses after 2 minutes whatever the job took).
-// Slots live in Redis (queue.BMSlot), counted per class and cluster-wide.
+// Slots live in Redis (sidekiq.BMSlot), counted per class and cluster-wide.
 // Within a process, a class's jobs first queue on a local gate of the same
 // size, so only that many poll Redis while the others wait on a channel.
 
@@ -38,13 +38,13 @@ func (g *localGates) get(class string, size int) chan struct{} {
 	return c
 }
 
-func (w *Worker) limits() queue.BMSlotLimits {
-	return queue.BMSlotLimits{PerClass: w.cfg.Concurrency, Cluster: w.cfg.MaxRunning, TTL: w.cfg.SlotTTL}
+func (w *Worker) limits() sidekiq.BMSlotLimits {
+	return sidekiq.BMSlotLimits{PerClass: w.cfg.Concurrency, Cluster: w.cfg.MaxRunning, TTL: w.cfg.SlotTTL}
 }
 
 // acquire waits up to LeaseWait for a running slot of class. It returns
 // nil and the reason when none came free in time.
-func (w *Worker) acquire(ctx context.Context, class string) (*queue.BMSlot, string, error) {
+func (w *Worker) acquire(ctx context.Context, class string) (*sidekiq.BMSlot, string, error) {
 	waitCtx, cancel := context.WithTimeout(ctx, w.cfg.LeaseWait)
 	defer cancel()
 	gate := w.gates.get(class, w.cfg.Concurrency)
@@ -54,9 +54,9 @@ func (w *Worker) acquire(ctx context.Context, class string) (*queue.BMSlot, stri
 		if err := ctx.Err(); err != nil {
 			return nil, "", err
 		}
-		return nil, w.busyReason(class, queue.BMSlotClassFull), nil
+		return nil, w.busyReason(class, sidekiq.BMSlotClassFull), nil
 	}
-	slot := &queue.BMSlot{Class: class, Token: queue.NewJID()}
+	slot := &sidekiq.BMSlot{Class: class, Token: sidekiq.NewJID()}
 	pause := 2 * time.Millisecond
 	for {
 		res, err := slot.Acquire(ctx, w.cfg.Redis, w.limits())
@@ -64,7 +64,7 @@ func (w *Worker) acquire(ctx context.Context, class string) (*queue.BMSlot, stri
 			<-gate
 			return nil, "", fmt.Errorf("bm: %w", err)
 		}
-		if res == queue.BMSlotTaken {
+		if res == sidekiq.BMSlotTaken {
 			return slot, "", nil
 		}
 		// Another process holds the slot: poll, backing off to 50 ms, so
@@ -82,8 +82,8 @@ func (w *Worker) acquire(ctx context.Context, class string) (*queue.BMSlot, stri
 	}
 }
 
-func (w *Worker) busyReason(class string, res queue.BMSlotResult) string {
-	if res == queue.BMSlotClusterFull {
+func (w *Worker) busyReason(class string, res sidekiq.BMSlotResult) string {
+	if res == sidekiq.BMSlotClusterFull {
 		return fmt.Sprintf("the cluster already runs %d legacy migration jobs (bm.max_running) for %s", w.cfg.MaxRunning, w.cfg.LeaseWait)
 	}
 	return fmt.Sprintf("%s already runs %d job(s) at once (bm.concurrency) for %s", class, w.cfg.Concurrency, w.cfg.LeaseWait)
@@ -91,7 +91,7 @@ func (w *Worker) busyReason(class string, res queue.BMSlotResult) string {
 
 // release gives the slot back, even when ctx was cancelled: a slot left
 // behind would hold the class for SlotTTL.
-func (w *Worker) release(ctx context.Context, class string, slot *queue.BMSlot) {
+func (w *Worker) release(ctx context.Context, class string, slot *sidekiq.BMSlot) {
 	<-w.gates.get(class, w.cfg.Concurrency)
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -102,7 +102,7 @@ func (w *Worker) release(ctx context.Context, class string, slot *queue.BMSlot) 
 }
 
 // runHolding runs the job while refreshing its slot every third of its TTL.
-func (w *Worker) runHolding(ctx context.Context, slot *queue.BMSlot, prep *Prepared, log *zap.Logger) error {
+func (w *Worker) runHolding(ctx context.Context, slot *sidekiq.BMSlot, prep *Prepared, log *zap.Logger) error {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -118,7 +118,7 @@ func (w *Worker) runHolding(ctx context.Context, slot *queue.BMSlot, prep *Prepa
 				return
 			case <-t.C:
 				res, err := slot.Refresh(ctx, w.cfg.Redis, w.limits())
-				if err != nil || res != queue.BMSlotTaken {
+				if err != nil || res != sidekiq.BMSlotTaken {
 					// Another job of the class may be running beside this
 					// one now; the job itself is fine, so only say so.
 					log.Warn("running slot lapsed while the job ran", zap.Int("refresh", int(res)), zap.Error(err))

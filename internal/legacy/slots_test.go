@@ -14,8 +14,8 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ferrymigrate/ferry/internal/legacy"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
-	"github.com/ferrymigrate/ferry/queue"
 	"github.com/ferrymigrate/ferry/worker"
 )
 
@@ -54,7 +54,7 @@ func setupPaced(t *testing.T, mod func(*legacy.WorkerConfig)) *pacedBundle {
 		return nil
 	}))
 	legacy.Add(reg, legacy.PerformFunc[countArgs](func(context.Context, *legacy.Job[countArgs]) error { return nil }))
-	b.cfg = legacy.WorkerConfig{Runner: &legacy.Runner{Registry: reg}, Client: queue.NewClient(rdb), Redis: rdb,
+	b.cfg = legacy.WorkerConfig{Runner: &legacy.Runner{Registry: reg}, Client: sidekiq.NewClient(rdb), Redis: rdb,
 		LeaseWait: 10 * time.Second, Logger: zaptest.NewLogger(t),
 		Health: func(context.Context) (bool, string, error) { return true, "", nil }}
 	if mod != nil {
@@ -73,7 +73,7 @@ func (b *pacedBundle) work(args string) error {
 	if err := worker.DecodeArgs(json.RawMessage(args), &wa); err != nil {
 		return err
 	}
-	p, _ := queue.ParseJob([]byte(`{"class":"BackgroundMigrationWorker","queue":"background_migration","retry":3,"jid":"j","args":` + args + `}`))
+	p, _ := sidekiq.ParseJob([]byte(`{"class":"BackgroundMigrationWorker","queue":"background_migration","retry":3,"jid":"j","args":` + args + `}`))
 	return b.w.Work(b.ctx, &worker.Job[legacy.WorkerArgs]{Args: wa, JID: "j", Queue: legacy.QueueName, Payload: p})
 }
 
@@ -132,7 +132,7 @@ func (b *pacedBundle) args(t *testing.T, cmd *redis.StringSliceCmd) []string {
 	}
 	var out []string
 	for _, x := range xs {
-		j, err := queue.ParseJob([]byte(x))
+		j, err := sidekiq.ParseJob([]byte(x))
 		if err != nil {
 			t.Fatal(err)
 		}

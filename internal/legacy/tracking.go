@@ -8,7 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
 // Status is background_migration_jobs.status (GitLab's codes).
@@ -150,13 +150,13 @@ type ScheduleOptions struct {
 
 // Schedule enqueues BackgroundMigrationWorker jobs for class, one per
 // element of argsList, exactly as a Rails app would, and returns their jids.
-func Schedule(ctx context.Context, client *queue.Client, db DB, class string, argsList []json.RawMessage, opts ScheduleOptions) ([]string, error) {
+func Schedule(ctx context.Context, client *sidekiq.Client, db DB, class string, argsList []json.RawMessage, opts ScheduleOptions) ([]string, error) {
 	class = normalizeClass(class)
 	if opts.Queue == "" {
 		opts.Queue = QueueName
 	}
 	if opts.Retry == nil {
-		opts.Retry = queue.RetryTimes(3)
+		opts.Retry = sidekiq.RetryTimes(3)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -177,7 +177,7 @@ func Schedule(ctx context.Context, client *queue.Client, db DB, class string, ar
 		}
 		payloads[i] = p
 	}
-	po := queue.PushOptions{Queue: opts.Queue, Retry: opts.Retry}
+	po := sidekiq.PushOptions{Queue: opts.Queue, Retry: opts.Retry}
 	if opts.Interval <= 0 {
 		if opts.Delay > 0 {
 			po.At = opts.Now().Add(opts.Delay)

@@ -12,7 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/internal/pgwal"
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/worker"
 )
 
@@ -81,13 +81,13 @@ type Lease interface {
 }
 
 // RedisLease is GitLab's ExclusiveLease (SET NX with a TTL) on the same
-// key, see [queue.ExclusiveLeaseKey].
+// key, see [sidekiq.ExclusiveLeaseKey].
 type RedisLease struct{ Redis redis.UniversalClient }
 
 // Obtain implements Lease.
 func (l RedisLease) Obtain(ctx context.Context, key string, ttl time.Duration) (bool, time.Duration, error) {
-	k := queue.ExclusiveLeaseKey(key)
-	ok, err := l.Redis.SetNX(ctx, k, queue.NewJID(), ttl).Result()
+	k := sidekiq.ExclusiveLeaseKey(key)
+	ok, err := l.Redis.SetNX(ctx, k, sidekiq.NewJID(), ttl).Result()
 	if err != nil || ok {
 		return ok, 0, err
 	}
@@ -105,7 +105,7 @@ type HealthCheck func(ctx context.Context) (healthy bool, reason string, err err
 // WorkerConfig configures the BackgroundMigrationWorker job class.
 type WorkerConfig struct {
 	Runner *Runner               // required
-	Client *queue.Client         // required: reschedules are pushed with it
+	Client *sidekiq.Client       // required: reschedules are pushed with it
 	Redis  redis.UniversalClient // required: pause switch and running slots
 	// Concurrency is how many jobs of one migration class run at once
 	// across the cluster (default DefaultConcurrency); MaxRunning how many
@@ -335,7 +335,7 @@ func (w *Worker) reschedule(ctx context.Context, job *worker.Job[WorkerArgs], cl
 		return time.Time{}, killError{err}
 	}
 	at := w.cfg.Now().Add(delay)
-	opts := queue.PushOptions{Queue: job.Queue}
+	opts := sidekiq.PushOptions{Queue: job.Queue}
 	if delay > 0 {
 		opts.At = at
 	}
@@ -352,7 +352,7 @@ func (w *Worker) reschedule(ctx context.Context, job *worker.Job[WorkerArgs], cl
 // bm remaining`; best effort, the log has it too.
 func (w *Worker) noteThrottled(ctx context.Context, why string) {
 	b, _ := json.Marshal(ThrottleInfo{Reason: "database unhealthy: " + why, At: w.cfg.Now().UTC()})
-	_ = w.cfg.Redis.Set(ctx, queue.BMThrottledKey, b, 2*max(w.cfg.HealthDelay, w.cfg.MinInterval)).Err()
+	_ = w.cfg.Redis.Set(ctx, sidekiq.BMThrottledKey, b, 2*max(w.cfg.HealthDelay, w.cfg.MinInterval)).Err()
 }
 
 // ThrottleInfo is why legacy migrations were last held back.
@@ -363,7 +363,7 @@ type ThrottleInfo struct {
 
 // Throttled returns the last throttle reason still current, or nil.
 func Throttled(ctx context.Context, rdb redis.UniversalClient) (*ThrottleInfo, error) {
-	b, err := rdb.Get(ctx, queue.BMThrottledKey).Bytes()
+	b, err := rdb.Get(ctx, sidekiq.BMThrottledKey).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}

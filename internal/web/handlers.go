@@ -17,7 +17,7 @@ import (
 
 	"github.com/ferrymigrate/ferry/internal/batched"
 	"github.com/ferrymigrate/ferry/internal/legacy"
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
 const perPage = 50
@@ -511,7 +511,7 @@ func (s *Server) auditIn(r *http.Request, db *pgxpool.Pool, action, target strin
 
 type legacyRow struct {
 	Class  string
-	Counts queue.JobCounts
+	Counts sidekiq.JobCounts
 }
 
 type legacyBody struct {

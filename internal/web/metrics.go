@@ -15,7 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/internal/batched"
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
 // Collector exports ferry's state to Prometheus at scrape time: GitLab's
@@ -291,7 +291,7 @@ func (c *Collector) collectQueryDurations(ctx context.Context, ch chan<- prometh
 }
 
 func (c *Collector) collectRedis(ctx context.Context, ch chan<- prometheus.Metric) error {
-	sk := &sidekiq{rdb: c.rdb, now: time.Now}
+	sk := &sidekiqView{rdb: c.rdb, now: time.Now}
 	st, err := sk.Stats(ctx)
 	if err != nil {
 		return err
@@ -321,12 +321,12 @@ func (c *Collector) collectRedis(ctx context.Context, ch chan<- prometheus.Metri
 		ch <- prometheus.MustNewConstMetric(c.queueSize, prometheus.GaugeValue, float64(q.Size), q.Name)
 		ch <- prometheus.MustNewConstMetric(c.queueLatency, prometheus.GaugeValue, q.Latency, q.Name)
 	}
-	rec, err := queue.RecoveredTotal(ctx, c.rdb)
+	rec, err := sidekiq.RecoveredTotal(ctx, c.rdb)
 	if err != nil {
 		return fmt.Errorf("read recoveries: %w", err)
 	}
 	ch <- prometheus.MustNewConstMetric(c.recoveries, prometheus.CounterValue, float64(rec))
-	inflight, err := queue.InFlightTotal(ctx, c.rdb)
+	inflight, err := sidekiq.InFlightTotal(ctx, c.rdb)
 	if err != nil {
 		return fmt.Errorf("count in-flight jobs: %w", err)
 	}

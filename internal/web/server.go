@@ -110,7 +110,7 @@ type Server struct {
 	cfg      Config
 	log      *zap.Logger
 	dbs      []*dbView // the default first; empty: no database
-	sk       *sidekiq
+	sk       *sidekiqView
 	pages    *pages
 	registry *prometheus.Registry
 	handler  http.Handler
@@ -166,7 +166,7 @@ func New(cfg Config) (*Server, error) {
 		s.dbs = append(s.dbs, v)
 	}
 	if cfg.Redis != nil {
-		s.sk = &sidekiq{rdb: cfg.Redis, now: cfg.Now}
+		s.sk = &sidekiqView{rdb: cfg.Redis, now: cfg.Now}
 	}
 	// The CSRF key only has to outlive the pages this process served, so a
 	// random one per start is enough and needs no configuration.

@@ -13,18 +13,18 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/ferrymigrate/ferry/queue"
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
 // Sidekiq's key names (sidekiq-protocol.md §2.1), named once in queue.
 const (
-	keyQueues    = queue.KeyQueues
-	keySchedule  = queue.KeySchedule
-	keyRetry     = queue.KeyRetry
-	keyDead      = queue.KeyDead
-	keyProcesses = queue.KeyProcesses
-	keyProcessed = queue.KeyStatProcessed
-	keyFailed    = queue.KeyStatFailed
+	keyQueues    = sidekiq.KeyQueues
+	keySchedule  = sidekiq.KeySchedule
+	keyRetry     = sidekiq.KeyRetry
+	keyDead      = sidekiq.KeyDead
+	keyProcesses = sidekiq.KeyProcesses
+	keyProcessed = sidekiq.KeyStatProcessed
+	keyFailed    = sidekiq.KeyStatFailed
 )
 
 // Process is one entry of the Busy page.
@@ -87,12 +87,12 @@ type Stats struct {
 	Dead, Processes, Busy, Threads int64
 }
 
-type sidekiq struct {
+type sidekiqView struct {
 	rdb redis.UniversalClient
 	now func() time.Time
 }
 
-func (s *sidekiq) Processes(ctx context.Context) ([]Process, error) {
+func (s *sidekiqView) Processes(ctx context.Context) ([]Process, error) {
 	ids, err := s.rdb.SMembers(ctx, keyProcesses).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read processes: %w", err)
@@ -103,7 +103,7 @@ func (s *sidekiq) Processes(ctx context.Context) ([]Process, error) {
 	work := make([]*redis.MapStringStringCmd, len(ids))
 	for i, id := range ids {
 		hm[i] = pipe.HMGet(ctx, id, "info", "busy", "beat", "quiet", "rss")
-		work[i] = pipe.HGetAll(ctx, queue.WorkKey(id))
+		work[i] = pipe.HGetAll(ctx, sidekiq.WorkKey(id))
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("read processes: %w", err)
@@ -115,7 +115,7 @@ func (s *sidekiq) Processes(ctx context.Context) ([]Process, error) {
 		if info == "" {
 			continue // expired: Sidekiq's readers skip it too
 		}
-		var pi queue.ProcessInfo
+		var pi sidekiq.ProcessInfo
 		_ = json.Unmarshal([]byte(info), &pi)
 		p := Process{Identity: id, Hostname: pi.Hostname, Pid: pi.Pid, Tag: pi.Tag, Version: pi.Version,
 			Queues: pi.Queues, Labels: pi.Labels, Concurrency: pi.Concurrency, StartedAt: epochTime(pi.StartedAt)}
@@ -139,7 +139,7 @@ func (s *sidekiq) Processes(ctx context.Context) ([]Process, error) {
 				payload = []byte(asString) // Sidekiq stores the payload as a string
 			}
 			wk := Work{Process: id, Slot: slot, Queue: w.Queue, RunAt: epochTime(w.RunAt)}
-			if j, err := queue.ParseJob(payload); err == nil {
+			if j, err := sidekiq.ParseJob(payload); err == nil {
 				wk.Class, wk.JID, wk.Args = j.DisplayClass(), j.JID(), string(j.Args())
 			}
 			p.Work = append(p.Work, wk)
@@ -150,7 +150,7 @@ func (s *sidekiq) Processes(ctx context.Context) ([]Process, error) {
 	return out, nil
 }
 
-func (s *sidekiq) Queues(ctx context.Context) ([]QueueInfo, error) {
+func (s *sidekiqView) Queues(ctx context.Context) ([]QueueInfo, error) {
 	names, err := s.rdb.SMembers(ctx, keyQueues).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read queues: %w", err)
@@ -160,8 +160,8 @@ func (s *sidekiq) Queues(ctx context.Context) ([]QueueInfo, error) {
 	lens := make([]*redis.IntCmd, len(names))
 	oldest := make([]*redis.StringCmd, len(names))
 	for i, n := range names {
-		lens[i] = pipe.LLen(ctx, queue.QueueKey(n))
-		oldest[i] = pipe.LIndex(ctx, queue.QueueKey(n), -1)
+		lens[i] = pipe.LLen(ctx, sidekiq.QueueKey(n))
+		oldest[i] = pipe.LIndex(ctx, sidekiq.QueueKey(n), -1)
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("read queues: %w", err)
@@ -186,7 +186,7 @@ func latency(raw string, now time.Time) float64 {
 	if json.Unmarshal([]byte(raw), &j) != nil {
 		return 0
 	}
-	at, ok := queue.ParseTimestamp(j.EnqueuedAt)
+	at, ok := sidekiq.ParseTimestamp(j.EnqueuedAt)
 	if !ok {
 		return 0
 	}
@@ -208,7 +208,7 @@ func setKey(name string) (string, bool) {
 
 // Entries returns one page of a sorted set: retries and scheduled soonest
 // first, dead most recent first (as Sidekiq's UI).
-func (s *sidekiq) Entries(ctx context.Context, key string, offset, limit int64) ([]Entry, int64, error) {
+func (s *sidekiqView) Entries(ctx context.Context, key string, offset, limit int64) ([]Entry, int64, error) {
 	total, err := s.rdb.ZCard(ctx, key).Result()
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %s: %w", key, err)
@@ -232,7 +232,7 @@ func (s *sidekiq) Entries(ctx context.Context, key string, offset, limit int64) 
 func parseEntry(z redis.Z) Entry {
 	raw, _ := z.Member.(string)
 	e := Entry{Score: z.Score, At: epochTime(z.Score), Raw: raw}
-	if j, err := queue.ParseJob([]byte(raw)); err == nil {
+	if j, err := sidekiq.ParseJob([]byte(raw)); err == nil {
 		e.JID, e.Class, e.Queue, e.Args = j.JID(), j.DisplayClass(), j.Queue(), string(j.Args())
 		e.ErrorClass = unquoteJSON(j.Get("error_class"))
 		e.ErrorMessage = unquoteJSON(j.Get("error_message"))
@@ -262,7 +262,7 @@ func parseKey(k string) (float64, string, error) {
 // take removes the entries matching key from the set and returns their
 // payloads. ZREM decides the race: only the caller that removed a member
 // gets it, so two operators clicking "retry" do not enqueue it twice.
-func (s *sidekiq) take(ctx context.Context, set, key string) ([]string, error) {
+func (s *sidekiqView) take(ctx context.Context, set, key string) ([]string, error) {
 	score, jid, err := parseKey(key)
 	if err != nil {
 		return nil, err
@@ -274,7 +274,7 @@ func (s *sidekiq) take(ctx context.Context, set, key string) ([]string, error) {
 	}
 	var taken []string
 	for _, m := range members {
-		if j, err := queue.ParseJob([]byte(m)); err == nil && j.JID() != jid {
+		if j, err := sidekiq.ParseJob([]byte(m)); err == nil && j.JID() != jid {
 			continue
 		} else if err != nil && jid != "" && !strings.Contains(m, jid) {
 			continue
@@ -294,7 +294,7 @@ func (s *sidekiq) take(ctx context.Context, set, key string) ([]string, error) {
 }
 
 // Delete removes an entry.
-func (s *sidekiq) Delete(ctx context.Context, set, key string) error {
+func (s *sidekiqView) Delete(ctx context.Context, set, key string) error {
 	_, err := s.take(ctx, set, key)
 	return err
 }
@@ -303,14 +303,14 @@ func (s *sidekiq) Delete(ctx context.Context, set, key string) error {
 // retry_count lowered by one, as Sidekiq's SortedEntry#retry does, so the
 // manual run does not use up an attempt. If the push fails the entry is
 // put back.
-func (s *sidekiq) RetryNow(ctx context.Context, set, key string) error {
+func (s *sidekiqView) RetryNow(ctx context.Context, set, key string) error {
 	taken, err := s.take(ctx, set, key)
 	if err != nil {
 		return err
 	}
-	client := queue.NewClient(s.rdb)
+	client := sidekiq.NewClient(s.rdb)
 	for _, m := range taken {
-		j, err := queue.ParseJob([]byte(m))
+		j, err := sidekiq.ParseJob([]byte(m))
 		if err != nil {
 			// Not a job: it cannot run; keep it where it was.
 			s.rdb.ZAdd(context.WithoutCancel(ctx), set, redis.Z{Score: mustScore(key), Member: m})
@@ -334,7 +334,7 @@ func mustScore(key string) float64 {
 	return s
 }
 
-func (s *sidekiq) Stats(ctx context.Context) (Stats, error) {
+func (s *sidekiqView) Stats(ctx context.Context) (Stats, error) {
 	var st Stats
 	pipe := s.rdb.Pipeline()
 	proc := pipe.Get(ctx, keyProcessed)
@@ -355,8 +355,8 @@ func (s *sidekiq) Stats(ctx context.Context) (Stats, error) {
 // class in the background_migration queue, the scheduled set, and the
 // retry and dead sets (GitLab's JobCoordinator#remaining counts the
 // first two).
-func (s *sidekiq) LegacyRemaining(ctx context.Context) (map[string]*queue.JobCounts, error) {
-	out, err := queue.CountByArg0(ctx, s.rdb, LegacyWorkerClass, LegacyQueue, true)
+func (s *sidekiqView) LegacyRemaining(ctx context.Context) (map[string]*sidekiq.JobCounts, error) {
+	out, err := sidekiq.CountByArg0(ctx, s.rdb, LegacyWorkerClass, LegacyQueue, true)
 	if err != nil {
 		return nil, fmt.Errorf("count legacy migrations: %w", err)
 	}

@@ -1,4 +1,4 @@
-// Package queue speaks Sidekiq's Redis protocol: it reads and writes the
+// Package sidekiq speaks Sidekiq's Redis protocol: it reads and writes the
 // same keys and payloads as Ruby Sidekiq 6.4 and 7.x, so Ruby clients,
 // Ruby servers and the Sidekiq Web UI interoperate with ferry, and adds
 // reliable fetch so that no job is lost when a worker process dies.
@@ -23,8 +23,8 @@
 // LPUSH queue:<name> in one pipeline, or ZADD schedule for a future
 // [PushOptions].At, with a fresh 24-hex jid and float-second timestamps:
 //
-//	c := queue.NewClient(rdb)
-//	jid, err := c.Push(ctx, "HardWorker", json.RawMessage(`[1,"two"]`), queue.PushOptions{Queue: "go"})
+//	c := sidekiq.NewClient(rdb)
+//	jid, err := c.Push(ctx, "HardWorker", json.RawMessage(`[1,"two"]`), sidekiq.PushOptions{Queue: "go"})
 //
 // [Client.PushBulk] pushes many jobs of one class in one round trip.
 //
@@ -61,4 +61,4 @@
 // pill.
 //
 // The worker package builds a complete process runtime on top of this.
-package queue
+package sidekiq

@@ -1,4 +1,4 @@
-package queue
+package sidekiq
 
 import "github.com/redis/go-redis/v9"
 
