@@ -111,6 +111,10 @@ array; integers of any size are kept exactly. Prints the job id.`,
 			if errors.Is(err, sidekiq.ErrInvalidJob) || errors.Is(err, sidekiq.ErrInvalidArgs) {
 				return Usage(err)
 			}
+			if errors.Is(err, sidekiq.ErrNotReplicated) && jid != "" {
+				fmt.Fprintln(a.Out, jid)
+				return fmt.Errorf("job %s was pushed but no replica confirmed it (redis.wait_replicas): it may be lost in a failover; check for it before pushing it again: %w", jid, err)
+			}
 			if err != nil {
 				return err
 			}

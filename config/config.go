@@ -52,8 +52,8 @@ type Redis struct {
 	Sentinels        []SentinelAddr `yaml:"sentinels"`
 	SentinelUsername string         `yaml:"sentinel_username"`
 	SentinelPassword string         `yaml:"sentinel_password"`
-	// WaitReplicas > 0 makes ferry's pushes (`ferry enqueue`, the admin
-	// UI's) count only once that many replicas confirm them (Redis WAIT),
+	// WaitReplicas > 0 makes `ferry enqueue`'s pushes count only once that
+	// many replicas confirm them (Redis WAIT),
 	// so a Sentinel failover cannot lose them; see queue.WaitForReplicas.
 	WaitReplicas int `yaml:"wait_replicas"`
 	// WaitTimeout is how long one WAIT waits before the push is made again.
@@ -323,8 +323,9 @@ func (c *Config) Validate() error {
 	if n := c.Redis.WaitReplicas; n < 0 || n > 16 {
 		return &FieldError{Field: "redis.wait_replicas", Msg: fmt.Sprintf("must be between 0 (do not wait) and 16, got %d", n)}
 	}
-	if d := c.Redis.WaitTimeout; d != 0 && (d < 10*time.Millisecond || d > time.Minute) {
-		return &FieldError{Field: "redis.wait_timeout", Msg: fmt.Sprintf("must be between 10ms and 1m, got %s", d)}
+	// Below the client's read timeout (3 s), which a WAIT must not reach.
+	if d := c.Redis.WaitTimeout; d != 0 && (d < 10*time.Millisecond || d > 2*time.Second) {
+		return &FieldError{Field: "redis.wait_timeout", Msg: fmt.Sprintf("must be between 10ms and 2s (each try; pushes try again until a replica confirms), got %s", d)}
 	}
 	if c.DatabaseURL != "" {
 		if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {

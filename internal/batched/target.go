@@ -111,7 +111,7 @@ func splitTable(name string) (schema, table string, err error) {
 	if !ok {
 		return "", "", fmt.Errorf("%w: table %q has more than one dot", ErrInvalidIdent, name)
 	}
-	if schema != "" {
+	if strings.Contains(name, ".") { // ".events" names no schema: refused
 		if err := ValidateIdent("schema", schema); err != nil {
 			return "", "", err
 		}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"strings"
 
 	"github.com/ferrymigrate/ferry/worker"
 )
@@ -38,7 +39,14 @@ func ClassOf[T Args](p Planner[T]) (Class, error) {
 	}
 	n := 0
 	for i := range t.NumField() {
-		if t.Field(i).IsExported() {
+		f := t.Field(i)
+		tag := f.Tag.Get("sidekiq")
+		switch {
+		case !f.IsExported() || tag == "-":
+		case strings.Contains(tag, "optional"):
+			// The engine checks an exact count at queue time.
+			return Class{}, fmt.Errorf("bbm: %T.%s: optional arguments are not supported in batched classes; use AddClass", zero, f.Name)
+		default:
 			n++
 		}
 	}

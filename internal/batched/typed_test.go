@@ -55,3 +55,44 @@ func TestTypedClassDecodesArgsPositionally(t *testing.T) {
 		t.Fatalf("second AddTyped = %v, want ErrDuplicateClass", err)
 	}
 }
+
+type skippedArgs struct {
+	Column string
+	Note   string `sidekiq:"-"`
+}
+
+func (skippedArgs) Kind() string { return "Skipped" }
+
+type optionalArgs struct {
+	Column string
+	Limit  int `sidekiq:",optional"`
+}
+
+func (optionalArgs) Kind() string { return "Optional" }
+
+// Fields the decoder skips are not counted; optional ones are refused
+// (the engine checks an exact count when a migration is queued).
+func TestTypedClassFieldRules(t *testing.T) {
+	cls, err := batched.ClassOf(batched.PlanFunc[skippedArgs](func(_ batched.PlanContext, a skippedArgs) (*batched.Plan, error) {
+		return &batched.Plan{Skip: true}, nil
+	}))
+	if err != nil || cls.NumArgs != 1 {
+		t.Fatalf("ClassOf(skippedArgs) = %d args, %v; want 1", cls.NumArgs, err)
+	}
+	if _, err := cls.Plan(batched.PlanContext{Args: []json.RawMessage{json.RawMessage(`"v"`)}}); err != nil {
+		t.Fatalf("Plan with the one argument: %v", err)
+	}
+	if _, err := batched.ClassOf(batched.PlanFunc[optionalArgs](func(batched.PlanContext, optionalArgs) (*batched.Plan, error) { return nil, nil })); err == nil {
+		t.Fatal("ClassOf(optional field) succeeded, want an error")
+	}
+}
+
+// ".events" names an empty schema: refused before any lookup, as "a." and
+// "a.b.c" are.
+func TestTargetNameShapes(t *testing.T) {
+	for _, name := range []string{".events", "events.", "a.b.c", ""} {
+		if _, err := batched.ResolveTarget(t.Context(), nil, name, "id"); !errors.Is(err, batched.ErrInvalidIdent) {
+			t.Errorf("ResolveTarget(%q) = %v, want ErrInvalidIdent", name, err)
+		}
+	}
+}

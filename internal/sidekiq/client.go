@@ -145,13 +145,14 @@ func checkName(what, s string) error {
 	return nil
 }
 
-// Push enqueues one job and returns its jid.
+// Push enqueues one job and returns its jid. With WaitForReplicas, an
+// error wrapping ErrNotReplicated comes with the jid too.
 func (c *Client) Push(ctx context.Context, class string, args json.RawMessage, opts PushOptions) (string, error) {
 	jids, err := c.PushBulk(ctx, class, []json.RawMessage{args}, opts)
-	if err != nil {
+	if len(jids) == 0 {
 		return "", err
 	}
-	return jids[0], nil
+	return jids[0], err // with ErrNotReplicated, the jid of a job that may be in Redis
 }
 
 // PushBulk enqueues many jobs of one class in a single round trip, each with
@@ -203,6 +204,11 @@ func (c *Client) PushBulk(ctx context.Context, class string, argsList []json.Raw
 		return jids, nil
 	}
 	if err := c.write(ctx, q, jobs); err != nil {
+		if errors.Is(err, ErrNotReplicated) {
+			// The jobs may be in Redis: the caller needs their jids to
+			// check before pushing again.
+			return jids, fmt.Errorf("push %s: %w", class, err)
+		}
 		return nil, fmt.Errorf("push %s: %w", class, err)
 	}
 	return jids, nil
@@ -269,6 +275,7 @@ func (c *Client) writeDurable(ctx context.Context, q string, jobs []push) (ok bo
 		key, name = keySchedule, ""
 	}
 	var wait *redis.Cmd
+	var evals []*redis.Cmd
 	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for start := 0; start < len(jobs); start += 1000 {
 			args := []any{name, keyPushedPrefix, int(pushedTTL.Seconds())}
@@ -279,16 +286,20 @@ func (c *Client) writeDurable(ctx context.Context, q string, jobs []push) (ok bo
 				args = append(args, hex.EncodeToString(sum[:]), j.score, j.payload)
 			}
 			// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT.
-			durablePushScript.Eval(ctx, p, []string{key, keyQueues}, args...)
+			evals = append(evals, durablePushScript.Eval(ctx, p, []string{key, keyQueues}, args...))
 		}
 		wait = p.Do(ctx, "WAIT", c.waitReplicas, c.waitTimeout.Milliseconds())
 		return nil
 	})
-	if err != nil {
-		return false, err
+	for _, e := range evals {
+		if e.Err() != nil {
+			return false, e.Err()
+		}
 	}
-	n, _ := wait.Int()
-	return n >= c.waitReplicas, nil
+	// The writes landed; a WAIT that failed (e.g. a read timeout) only
+	// means they are not confirmed yet.
+	n, werr := wait.Int()
+	return werr == nil && n >= c.waitReplicas, nil
 }
 
 // failingOver reports the errors of a Redis in the middle of a failover

@@ -286,7 +286,9 @@ return res
 // WaitForReplicas), each only if its marker is absent, and sets the marker
 // with it: a push made again after an unconfirmed one finds the marker on a
 // master that kept the first push (even if a worker already took the job),
-// and finds neither on a new master that lost it.
+// and finds neither on a new master that lost it. Every attempt writes the
+// marker (refreshing its TTL), so that the WAIT after it waits for this
+// attempt's write, and a push waiting long never outlives its marker.
 // KEYS[1] queue list or schedule zset, KEYS[2] "queues";
 // ARGV[1] queue name ("" for the schedule), ARGV[2] marker prefix,
 // ARGV[3] marker TTL (s), then triples: payload digest, score (schedule), payload.
@@ -301,9 +303,9 @@ for i = 4, #ARGV, 3 do
     else
       redis.call('LPUSH', KEYS[1], ARGV[i+2])
     end
-    redis.call('SET', marker, '1', 'EX', ARGV[3])
     n = n + 1
   end
+  redis.call('SET', marker, '1', 'EX', ARGV[3])
 end
 if n > 0 and ARGV[1] ~= '' then redis.call('SADD', KEYS[2], ARGV[1]) end
 return n
