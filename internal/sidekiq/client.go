@@ -276,7 +276,9 @@ func (c *Client) writeDurable(ctx context.Context, q string, jobs []push) (ok bo
 	}
 	var wait *redis.Cmd
 	var evals []*redis.Cmd
-	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	// Each command's own error is read below: a failed WAIT is not a
+	// failed push.
+	_, _ = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for start := 0; start < len(jobs); start += 1000 {
 			args := []any{name, keyPushedPrefix, int(pushedTTL.Seconds())}
 			for _, j := range jobs[start:min(start+1000, len(jobs))] {
