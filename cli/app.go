@@ -57,6 +57,7 @@ type App struct {
 	errOut       *stderrGuard
 
 	preValidate map[*cobra.Command]func(*config.Config)
+	flagChecks  map[*cobra.Command]func() error
 
 	// bbmDB is `ferry bbm --db` (--database): the databases a bbm command
 	// reads, or the one it changes.
@@ -325,6 +326,13 @@ func rejectUnknownSubcommands(c *cobra.Command) {
 }
 
 func (a *App) load(cmd *cobra.Command) error {
+	for c := cmd; c != nil; c = c.Parent() {
+		if check, ok := a.flagChecks[c]; ok {
+			if err := check(); err != nil {
+				return err
+			}
+		}
+	}
 	cfg := config.Defaults()
 	cfg.LogLevel = "" // until a source sets it; see defaultLogLevel
 	path := a.configPath
@@ -396,6 +404,16 @@ func (a *App) PreValidate(cmd *cobra.Command, f func(*config.Config)) {
 		a.preValidate = map[*cobra.Command]func(*config.Config){}
 	}
 	a.preValidate[cmd] = f
+}
+
+// CheckFlags registers check to run on cmd's (and its subcommands') flags
+// before the configuration is loaded, so a bad flag is named even when
+// the configuration is incomplete too.
+func (a *App) CheckFlags(cmd *cobra.Command, check func() error) {
+	if a.flagChecks == nil {
+		a.flagChecks = map[*cobra.Command]func() error{}
+	}
+	a.flagChecks[cmd] = check
 }
 
 // newLogger logs to w; tty says whether w ends on a terminal.

@@ -399,8 +399,8 @@ func (a *App) printSteal(class string, res sidekiq.StealResult, err error, asJSO
 			return perr
 		}
 	} else {
-		fmt.Fprintf(a.Out, "%s: performed %d jobs (stolen: queue %d, scheduled %d, retry %d, dead %d)",
-			class, res.Performed, res.Stolen[sidekiq.SourceQueue], res.Stolen[sidekiq.SourceSchedule],
+		fmt.Fprintf(a.Out, "%s: performed %s (stolen: queue %d, scheduled %d, retry %d, dead %d)",
+			class, jobsCount(res.Performed, "job"), res.Stolen[sidekiq.SourceQueue], res.Stolen[sidekiq.SourceSchedule],
 			res.Stolen[sidekiq.SourceRetry], res.Stolen[sidekiq.SourceDead])
 		if res.Returned > 0 {
 			fmt.Fprintf(a.Out, "; %d pushed back", res.Returned)
@@ -451,7 +451,7 @@ invalid identifiers), 1 if the migration failed.`,
 			}
 			var arr []json.RawMessage
 			if err := json.Unmarshal(raw, &arr); err != nil {
-				return Usagef("ARGS_JSON must be a JSON array, e.g. '[\"events\",\"id\",\"id_big\",1,1000]': %v", err)
+				return Usagef("ARGS_JSON must be a JSON array, e.g. '[\"events\",\"id\",\"id_big\",1,1000]'; got %.60s", args[1])
 			}
 			classes := a.Reg.BM
 			if !classes.Has(args[0]) {
@@ -509,10 +509,7 @@ at the first failure.`,
 				return err
 			}
 			if asJSON {
-				if jobs == nil {
-					jobs = []legacy.TrackedJob{}
-				}
-				return a.PrintJSON(jobs)
+				return a.PrintJSON(a.pendingJSON(jobs))
 			}
 			if len(jobs) == 0 {
 				fmt.Fprintln(a.Out, "no pending background migration jobs")
@@ -532,12 +529,36 @@ at the first failure.`,
 	return cmd
 }
 
+// pendingRow is a tracking row as `bm pending --json` prints it: the
+// table's columns plus whether this ferry has the class (when it does not,
+// the row is run elsewhere and closed with `bm mark`).
+type pendingRow struct {
+	legacy.TrackedJob
+	ClassKnown bool `json:"class_known"`
+}
+
+func (a *App) pendingJSON(jobs []legacy.TrackedJob) []pendingRow {
+	rows := make([]pendingRow, 0, len(jobs))
+	for _, j := range jobs {
+		rows = append(rows, pendingRow{TrackedJob: j, ClassKnown: a.Reg.BM.Has(j.Class)})
+	}
+	return rows
+}
+
+// jobsCount is "1 job", "2 jobs": operators read these lines aloud.
+func jobsCount(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
 func (a *App) performPending(ctx context.Context, co *legacy.Coordinator, class string) error {
 	n, err := co.PerformPending(ctx, class, func(j legacy.TrackedJob) {
 		a.Log.Info("performed pending migration", zap.Int64("id", j.ID), zap.String("class", j.Class),
 			zap.String("arguments", string(j.Arguments)))
 	})
-	fmt.Fprintf(a.Out, "performed %d pending jobs\n", n)
+	fmt.Fprintf(a.Out, "performed %s\n", jobsCount(n, "pending job"))
 	var unknown *legacy.UnknownClassesError
 	if errors.As(err, &unknown) {
 		fmt.Fprintf(a.Err, "%s\n", unknown)

@@ -80,6 +80,7 @@ spelling works as written: "up -db=all", "upto -db=X -target=V",
 			c.DatabaseURL = c.DatabaseDirectURL
 		}
 	})
+	a.CheckFlags(cmd, f.checkLockTimeout)
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&f.dir, "dir", "db/migrate", "directory of migration files (databases.NAME.migrations wins for that database)")
 	pf.StringVar(&f.db, "db", "", "database(s) to work on: NAME, NAME,NAME or all (default: see --help)")

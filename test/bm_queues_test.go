@@ -123,8 +123,21 @@ func TestBMPendingUnknownClasses(t *testing.T) {
 	if !strings.Contains(known, "CopyColumn") || strings.Contains(strings.Split(unknown, "jobs Sidekiq")[0], "CopyColumn") {
 		t.Fatalf("not apart:\n%s", out)
 	}
+	code, out, _ = b.ferry(t, cli.Options{}, "bm", "pending", "--json")
+	var rows []struct {
+		Class string `json:"class_name"`
+		Known bool   `json:"class_known"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &rows) != nil || len(rows) != 3 {
+		t.Fatalf("pending --json (exit %d): %s", code, out)
+	}
+	for _, r := range rows {
+		if r.Known != (r.Class == "CopyColumn") {
+			t.Fatalf("pending --json: %s class_known %v: %s", r.Class, r.Known, out)
+		}
+	}
 	code, out, stderr := b.ferry(t, cli.Options{}, "bm", "pending", "--perform")
-	if code != 1 || !strings.Contains(out, "performed 1 pending jobs") || !strings.Contains(stderr, "PopulateThings (2)") || b.copied(t) != 10 {
+	if code != 1 || !strings.Contains(out, "performed 1 pending job") || !strings.Contains(stderr, "PopulateThings (2)") || b.copied(t) != 10 {
 		t.Fatalf("--perform: exit %d %s %s", code, out, stderr)
 	}
 }

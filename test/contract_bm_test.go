@@ -34,7 +34,7 @@ func TestContractBMPendingPerformFailingRowExits1(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, stderr, code := b.bmBin(t, "bm", "pending", "--perform")
-	if code != 1 || !strings.Contains(out, "performed 1 pending jobs") {
+	if code != 1 || !strings.Contains(out, "performed 1 pending job") {
 		t.Fatalf("pending --perform: exit %d, want 1\nstdout: %s\nstderr: %s", code, out, stderr)
 	}
 	if l := firstLine(stderr); !strings.HasPrefix(l, "ferry: ") || !strings.Contains(l, "no_such_column") {

@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"reflect"
 	"sync"
@@ -70,6 +71,9 @@ func decodeArgs(raw json.RawMessage, p *sidekiq.Job, dst any) error {
 	}
 	for i, item := range items {
 		f := elem.Field(fields[i].index)
+		if isNull(item) && !fields[i].optional && scalarKind(f.Kind()) {
+			return fmt.Errorf("argument %d (%s): must be %s, got null", i+1, fields[i].name, kindName(f.Type()))
+		}
 		var err error
 		if fields[i].strict {
 			err = strictUnmarshal(item, f.Addr().Interface())
@@ -77,10 +81,63 @@ func decodeArgs(raw json.RawMessage, p *sidekiq.Job, dst any) error {
 			err = json.Unmarshal(item, f.Addr().Interface())
 		}
 		if err != nil {
-			return fmt.Errorf("argument %d (%s): %w", i+1, fields[i].name, err)
+			return fmt.Errorf("argument %d (%s): %w", i+1, fields[i].name, plainJSONError(err, item))
 		}
 	}
 	return nil
+}
+
+// plainJSONError rewords encoding/json's type errors ("cannot unmarshal
+// string into Go value of type int64") in the terms of the job's JSON, for
+// an operator who never saw the Go type; the original stays wrapped.
+func plainJSONError(err error, item json.RawMessage) error {
+	var te *json.UnmarshalTypeError
+	if !errors.As(err, &te) || te.Type == nil {
+		return err
+	}
+	return &argError{msg: fmt.Sprintf("must be %s, got %.40s", kindName(te.Type), item), err: err}
+}
+
+type argError struct {
+	msg string
+	err error
+}
+
+func (e *argError) Error() string { return e.msg }
+func (e *argError) Unwrap() error { return e.err }
+
+func isNull(item json.RawMessage) bool { return string(bytes.TrimSpace(item)) == "null" }
+
+// scalarKind: JSON null leaves such a field at its zero value without an
+// error, which for a table name or an id range is never what the job meant.
+func scalarKind(k reflect.Kind) bool {
+	switch k {
+	case reflect.String, reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Float32, reflect.Float64:
+		return true
+	}
+	return false
+}
+
+// kindName says what JSON a Go type takes: "an integer", "a string"...
+func kindName(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return fmt.Sprintf("an integer (%d-bit)", t.Bits())
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return fmt.Sprintf("a non-negative integer (%d-bit)", t.Bits())
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	}
+	return "a " + t.String()
 }
 
 type planKind int

@@ -61,7 +61,13 @@ func TestDecodeArgs(t *testing.T) {
 		}},
 		{name: "too few", raw: `[7,"x"]`, wantErr: "expected 4 to 6 arguments, got 2"},
 		{name: "too many", raw: `[7,"x",{},1,"n",2,3]`, wantErr: "expected 4 to 6 arguments, got 7"},
-		{name: "wrong type", raw: `["7","x",{},1]`, wantErr: "argument 1 (ID): json: cannot unmarshal string"},
+		{name: "wrong type", raw: `["7","x",{},1]`, wantErr: `argument 1 (ID): must be an integer (64-bit), got "7"`},
+		{name: "null for a required scalar", raw: `[7,null,{},1]`, wantErr: "argument 2 (Name): must be a string, got null"},
+		{name: "null for an optional scalar", raw: `[7,"x",{},1,null]`, check: func(t *testing.T, a posArgs) {
+			if a.Note != "" {
+				t.Errorf("decoded %+v", a)
+			}
+		}},
 		{name: "int overflow", raw: `[1180591620717411303424,"x",{},1]`, wantErr: "argument 1 (ID)"},
 		{name: "not an array", raw: `{"ID":1}`, wantErr: "args must be a JSON array"},
 	} {
