@@ -2,6 +2,7 @@ package legacy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -87,10 +88,30 @@ func (c *Coordinator) Steal(ctx context.Context, class string, opts StealOptions
 		}
 		return r.Perform(ctx, wa.Class, wa.Args)
 	}
+	// Runs of jobs are performed together when the class allows it (see
+	// BatchMigration); one source's jobs at a time, so one runner.
+	performBatch := func(ctx context.Context, sjs []*sidekiq.StolenJob) error {
+		args := make([]json.RawMessage, len(sjs))
+		for i, sj := range sjs {
+			var wa WorkerArgs
+			if err := worker.DecodeArgs(sj.Job.Args(), &wa); err != nil {
+				return err
+			}
+			if normalizeClass(wa.Class) != normalizeClass(class) {
+				return ErrNotBatchable
+			}
+			args[i] = wa.Args
+		}
+		r, err := runners.forSource(ctx, sjs[0].Source)
+		if err != nil {
+			return err
+		}
+		return r.PerformBatch(ctx, class, args)
+	}
 	return sidekiq.Steal(ctx, c.Redis, sidekiq.StealOptions{
 		Class: WorkerClass, Arg0: class, Queues: c.queues(), RetryDead: opts.RetryDead,
 		Chunk: opts.Chunk, Progress: opts.Progress, Logger: c.log(),
-		Concurrency: opts.Concurrency, KeepGoing: opts.KeepGoing,
+		Concurrency: opts.Concurrency, KeepGoing: opts.KeepGoing, PerformBatch: performBatch,
 	}, perform)
 }
 

@@ -85,15 +85,37 @@ type PerformFunc[T Args] func(ctx context.Context, job *Job[T]) error
 // Perform calls f.
 func (f PerformFunc[T]) Perform(ctx context.Context, job *Job[T]) error { return f(ctx, job) }
 
+// BatchMigration is implemented by migrations that can perform several
+// jobs at once, e.g. one statement over many id ranges. `bm steal` uses
+// it for runs of jobs of the class: db is a transaction, so the jobs are
+// performed all or none, and on any error the steal performs them one by
+// one instead, which finds the job that fails. PerformBatch returns
+// ErrNotBatchable when the jobs cannot be combined (different tables, too
+// large together).
+type BatchMigration[T Args] interface {
+	PerformBatch(ctx context.Context, db DB, jobs []*Job[T]) error
+}
+
+// ErrNotBatchable: the jobs must be performed one by one.
+var ErrNotBatchable = errors.New("bm: these jobs cannot be performed together")
+
 // Registry maps migration class names to migrations. Fill it before use;
 // it is safe for concurrent reads afterwards.
 type Registry struct {
 	mu sync.RWMutex
-	m  map[string]prepareFunc
+	m  map[string]entry
+}
+
+type entry struct {
+	prepare prepareFunc
+	batch   batchFunc // nil: the migration is not a BatchMigration
 }
 
 // prepareFunc decodes and validates a job and returns its perform.
 type prepareFunc func(ctx context.Context, env runEnv, class string, raw json.RawMessage) (func(context.Context) error, error)
+
+// batchFunc decodes and validates jobs and returns their joint perform.
+type batchFunc func(ctx context.Context, env runEnv, class string, raws []json.RawMessage) (func(context.Context, DB) error, error)
 
 type runEnv struct {
 	db     DB
@@ -103,7 +125,7 @@ type runEnv struct {
 
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry {
-	return &Registry{m: map[string]prepareFunc{}}
+	return &Registry{m: map[string]entry{}}
 }
 
 // Add registers m under T's Kind. It panics on an empty or duplicate
@@ -126,20 +148,43 @@ func AddSafely[T Args](r *Registry, m Migration[T]) error {
 	if _, dup := r.m[name]; dup {
 		return fmt.Errorf("bm: migration class %q is already registered", name)
 	}
-	r.m[name] = func(ctx context.Context, env runEnv, class string, raw json.RawMessage) (func(context.Context) error, error) {
-		var args T
-		if err := worker.DecodeArgs(raw, &args); err != nil {
-			return nil, &ArgsError{Class: class, Err: err}
-		}
-		job := &Job[T]{Args: args, Class: class, RawArgs: raw, DB: env.db, Logger: env.log, Tables: env.tables}
-		if v, ok := m.(Validator[T]); ok {
-			if err := v.Validate(ctx, job); err != nil {
-				return nil, err
-			}
+	e := entry{prepare: func(ctx context.Context, env runEnv, class string, raw json.RawMessage) (func(context.Context) error, error) {
+		job, err := prepareJob(ctx, m, env, class, raw)
+		if err != nil {
+			return nil, err
 		}
 		return func(ctx context.Context) error { return m.Perform(ctx, job) }, nil
+	}}
+	if b, ok := m.(BatchMigration[T]); ok {
+		e.batch = func(ctx context.Context, env runEnv, class string, raws []json.RawMessage) (func(context.Context, DB) error, error) {
+			jobs := make([]*Job[T], len(raws))
+			for i, raw := range raws {
+				job, err := prepareJob(ctx, m, env, class, raw)
+				if err != nil {
+					return nil, err
+				}
+				jobs[i] = job
+			}
+			return func(ctx context.Context, db DB) error { return b.PerformBatch(ctx, db, jobs) }, nil
+		}
 	}
+	r.m[name] = e
 	return nil
+}
+
+// prepareJob decodes raw and runs m's Validator, if any.
+func prepareJob[T Args](ctx context.Context, m Migration[T], env runEnv, class string, raw json.RawMessage) (*Job[T], error) {
+	var args T
+	if err := worker.DecodeArgs(raw, &args); err != nil {
+		return nil, &ArgsError{Class: class, Err: err}
+	}
+	job := &Job[T]{Args: args, Class: class, RawArgs: raw, DB: env.db, Logger: env.log, Tables: env.tables}
+	if v, ok := m.(Validator[T]); ok {
+		if err := v.Validate(ctx, job); err != nil {
+			return nil, err
+		}
+	}
+	return job, nil
 }
 
 // Has reports whether class is registered.
@@ -209,18 +254,13 @@ func (r *Runner) Prepare(ctx context.Context, class string, args json.RawMessage
 		args = json.RawMessage("[]")
 	}
 	r.Registry.mu.RLock()
-	prepare := r.Registry.m[class]
+	prepare := r.Registry.m[class].prepare
 	r.Registry.mu.RUnlock()
 	if prepare == nil {
 		return nil, &UnknownMigrationError{Class: class, Known: r.Registry.Classes()}
 	}
-	log := r.Logger
-	if log == nil {
-		log = zap.NewNop()
-	}
 	defer recoverPanic(&err)
-	env := runEnv{db: r.DB, log: log.With(zap.String("migration", class)), tables: r.tables()}
-	perform, err := prepare(ctx, env, class, args)
+	perform, err := prepare(ctx, r.env(class), class, args)
 	if err != nil {
 		return nil, err
 	}
@@ -248,6 +288,15 @@ func (r *Runner) Perform(ctx context.Context, class string, args json.RawMessage
 		return err
 	}
 	return p.Run(ctx)
+}
+
+// env is what a migration of class gets from this runner.
+func (r *Runner) env(class string) runEnv {
+	log := r.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return runEnv{db: r.DB, log: log.With(zap.String("migration", class)), tables: r.tables()}
 }
 
 func recoverPanic(err *error) {

@@ -77,6 +77,29 @@ func MarkSucceeded(ctx context.Context, db DB, class string, args json.RawMessag
 	return tag.RowsAffected(), nil
 }
 
+// markSucceededMany is MarkSucceeded for several jobs of class inside tx,
+// where a missing tracking table must not abort the transaction.
+func markSucceededMany(ctx context.Context, tx pgx.Tx, class string, args []json.RawMessage) error {
+	var exists bool
+	if err := tx.QueryRow(ctx, `SELECT to_regclass('background_migration_jobs') IS NOT NULL`).Scan(&exists); err != nil {
+		return fmt.Errorf("bm: tracking table: %w", err)
+	}
+	if !exists {
+		return nil
+	}
+	texts := make([]string, len(args))
+	for i, a := range args {
+		texts[i] = string(a)
+	}
+	_, err := tx.Exec(ctx, `
+		UPDATE background_migration_jobs SET status = 1, updated_at = now()
+		WHERE status = 0 AND class_name = $1 AND arguments = ANY ($2::jsonb[])`, class, texts)
+	if err != nil {
+		return fmt.Errorf("bm: mark %s succeeded: %w", class, err)
+	}
+	return nil
+}
+
 // HasPending reports whether class has a pending tracking row (false
 // when the tracking table does not exist).
 func HasPending(ctx context.Context, db DB, class string) (bool, error) {

@@ -69,6 +69,11 @@ type StealOptions struct {
 	// first failure stops the steal and every job not performed is put
 	// back.
 	KeepGoing bool
+	// PerformBatch, if set, is offered runs of consecutive stolen jobs
+	// (at most StealBatch) to perform together, all or none. On any error
+	// the run's jobs are performed one by one with perform instead, so
+	// failures are still told job by job.
+	PerformBatch func(context.Context, []*StolenJob) error
 	// Chunk bounds the work one Lua call does (default 1000), so Redis is
 	// never blocked for long whatever the size of a set.
 	Chunk int
@@ -373,6 +378,9 @@ const drainBatch = 100
 func (s *stealer) drain(ctx context.Context, src StealSource, total int, perform func(context.Context, *StolenJob) error, res *StealResult) error {
 	d := &drainer{s: s, src: src, total: total, perform: perform, res: res}
 	page := int64(max(drainBatch, 4*s.opts.Concurrency))
+	if s.opts.PerformBatch != nil {
+		page = int64(max(drainBatch, 2*StealBatch*s.opts.Concurrency))
+	}
 	for {
 		envs, err := s.rdb.LRange(ctx, s.private, 0, page-1).Result()
 		if err != nil {
@@ -445,30 +453,50 @@ type drainer struct {
 	done, failed int
 }
 
-// page performs envs, Concurrency at once, starting them in order. Without
-// KeepGoing, no job starts after one failed. It returns the envelopes
+// StealBatch is the most jobs offered to StealOptions.PerformBatch at
+// once: enough to spread a statement's and a commit's cost, few enough
+// that a failing run costs little to redo one by one.
+const StealBatch = 32
+
+// page performs envs, Concurrency units at once, starting them in order;
+// a unit is one job, or a run of jobs offered to PerformBatch. Without
+// KeepGoing, no unit starts after a job failed. It returns the envelopes
 // performed and the failures, in list order.
 func (d *drainer) page(ctx context.Context, envs []string) (ok []string, failed []*StealError) {
 	errs := make([]error, len(envs))
 	jobs := make([]*StolenJob, len(envs))
 	started := make([]bool, len(envs))
 	var stop atomic.Bool
-	// A job starts only once a slot is free and no job has failed, so
+	// A unit starts only once a slot is free and no job has failed, so
 	// without KeepGoing nothing starts after a failure is known.
 	slots := make(chan struct{}, d.s.opts.Concurrency)
 	var wg sync.WaitGroup
-	for i := range envs {
+	size := d.unitSize(len(envs))
+	for lo := 0; lo < len(envs); lo += size {
+		hi := min(lo+size, len(envs))
 		slots <- struct{}{}
 		if stop.Load() || ctx.Err() != nil {
 			break
 		}
-		started[i] = true
 		wg.Add(1)
 		go func() {
 			defer func() { <-slots; wg.Done() }()
-			jobs[i], errs[i] = d.one(ctx, envs[i])
-			if errs[i] != nil && !d.s.opts.KeepGoing {
-				stop.Store(true)
+			if d.batch(ctx, envs[lo:hi], jobs[lo:hi]) {
+				for i := lo; i < hi; i++ {
+					started[i] = true
+				}
+				return
+			}
+			for i := lo; i < hi; i++ {
+				// The unit's first job was cleared to start when the unit was.
+				if i > lo && (stop.Load() || ctx.Err() != nil) {
+					return
+				}
+				started[i] = true
+				jobs[i], errs[i] = d.one(ctx, envs[i])
+				if errs[i] != nil && !d.s.opts.KeepGoing {
+					stop.Store(true)
+				}
 			}
 		}()
 	}
@@ -483,6 +511,45 @@ func (d *drainer) page(ctx context.Context, envs []string) (ok []string, failed 
 		}
 	}
 	return ok, failed
+}
+
+// unitSize spreads a page over the concurrency: runs of up to StealBatch
+// jobs when they can be performed together, else one job at a time.
+func (d *drainer) unitSize(n int) int {
+	if d.s.opts.PerformBatch == nil {
+		return 1
+	}
+	return min(StealBatch, max(1, n/d.s.opts.Concurrency))
+}
+
+// batch performs envs together and reports whether it did; on false
+// nothing was done and the caller performs them one by one.
+func (d *drainer) batch(ctx context.Context, envs []string, out []*StolenJob) bool {
+	if len(envs) < 2 || d.s.opts.PerformBatch == nil {
+		return false
+	}
+	for i, env := range envs {
+		sj := parseEnvelope(env)
+		if sj.Err == nil {
+			sj.Job, sj.Err = ParseJob(sj.Raw)
+		}
+		if sj.Err != nil {
+			return false
+		}
+		out[i] = sj
+	}
+	if err := d.s.opts.PerformBatch(ctx, out); err != nil {
+		d.s.log.Debug("stolen jobs not performed together; one by one", zap.Int("jobs", len(envs)), zap.Error(err))
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.done += len(envs)
+	d.res.Performed += len(envs)
+	if d.s.opts.Progress != nil {
+		d.s.opts.Progress(StealProgress{Source: d.src, Done: d.done, Total: d.total, Failed: d.failed})
+	}
+	return true
 }
 
 // one performs one stolen job and reports progress.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -169,6 +170,60 @@ func TestStealSeveralQueues(t *testing.T) {
 	}
 	if n := tb.rdb.LLen(tb.ctx, "queue:default").Val() + tb.rdb.LLen(tb.ctx, "queue:background_migration").Val(); n != 2 {
 		t.Fatalf("%d left", n)
+	}
+	assertNoStealKeys(t, tb)
+}
+
+// With PerformBatch, runs of jobs are performed together; a run holding a
+// failing job is redone one by one, so with KeepGoing only that job goes
+// back and every other job is performed exactly once.
+func TestStealBatchesFallBackOneByOne(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, BrokerOptions{})
+	seedC(t, tb, 200)
+	var mu sync.Mutex
+	performed := map[string]int{}
+	batches := 0
+	opts := stealOpts("C")
+	opts.Concurrency, opts.KeepGoing = 3, true
+	opts.PerformBatch = func(_ context.Context, js []*StolenJob) error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, j := range js {
+			if j.Job.JID() == "q77" {
+				return errors.New("boom") // all or none: nothing recorded
+			}
+		}
+		batches++
+		for _, j := range js {
+			performed[j.Job.JID()]++
+		}
+		return nil
+	}
+	res, err := Steal(tb.ctx, tb.rdb, opts, func(_ context.Context, j *StolenJob) error {
+		if j.Job.JID() == "q77" {
+			return errors.New("boom")
+		}
+		mu.Lock()
+		performed[j.Job.JID()]++
+		mu.Unlock()
+		return nil
+	})
+	var failures *StealFailures
+	if !errors.As(err, &failures) || len(failures.Failed) != 1 || failures.Failed[0].JID != "q77" {
+		t.Fatalf("err %v", err)
+	}
+	if res.Performed != 199 || len(performed) != 199 || batches < 2 {
+		t.Fatalf("performed %d (%d distinct) in %d batches", res.Performed, len(performed), batches)
+	}
+	for jid, n := range performed {
+		if n != 1 {
+			t.Fatalf("%s performed %d times", jid, n)
+		}
+	}
+	left, _ := tb.rdb.LRange(tb.ctx, "queue:background_migration", 0, -1).Result()
+	if len(left) != 1 || !strings.Contains(left[0], `"q77"`) {
+		t.Fatalf("queue = %q", left)
 	}
 	assertNoStealKeys(t, tb)
 }

@@ -21,6 +21,15 @@ type Migration[T Args] = engine.Migration[T]
 // against the database before it takes its running slot.
 type Validator[T Args] = engine.Validator[T]
 
+// BatchMigration is implemented by migrations that can perform several
+// jobs at once (one statement over many id ranges); `ferry bm steal`
+// offers it runs of jobs, inside one transaction, and redoes a failed run
+// job by job. Return ErrNotBatchable for jobs that cannot be combined.
+type BatchMigration[T Args] = engine.BatchMigration[T]
+
+// ErrNotBatchable: the jobs offered to PerformBatch must run one by one.
+var ErrNotBatchable = engine.ErrNotBatchable
+
 // PerformFunc adapts a function to a Migration.
 type PerformFunc[T Args] = engine.PerformFunc[T]
 

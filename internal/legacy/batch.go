@@ -1,0 +1,47 @@
+package legacy
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// PerformBatch performs jobs of one class (each a JSON argument array)
+// together, in one transaction, when the class is a [BatchMigration]:
+// all of them or none. Their tracking rows are marked succeeded in the
+// same transaction (unless NoAutoTrack). It returns ErrNotBatchable when
+// they cannot be performed together (fewer than two, a class without
+// PerformBatch, no database); on that or any other error the caller
+// performs them one by one, which names the job that fails.
+func (r *Runner) PerformBatch(ctx context.Context, class string, args []json.RawMessage) (err error) {
+	class = normalizeClass(class)
+	r.Registry.mu.RLock()
+	batch := r.Registry.m[class].batch
+	r.Registry.mu.RUnlock()
+	begin, ok := r.DB.(interface {
+		Begin(context.Context) (pgx.Tx, error)
+	})
+	if batch == nil || len(args) < 2 || !ok {
+		return ErrNotBatchable
+	}
+	for i, a := range args {
+		if len(a) == 0 || string(a) == "null" {
+			args[i] = json.RawMessage("[]") // as Prepare reads them
+		}
+	}
+	defer recoverPanic(&err)
+	perform, err := batch(ctx, r.env(class), class, args)
+	if err != nil {
+		return err
+	}
+	return pgx.BeginFunc(ctx, begin, func(tx pgx.Tx) error {
+		if err := perform(ctx, tx); err != nil {
+			return err
+		}
+		if r.NoAutoTrack {
+			return nil
+		}
+		return markSucceededMany(ctx, tx, class, args)
+	})
+}
