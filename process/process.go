@@ -199,6 +199,18 @@ func (p *Process) addBM(ctx context.Context) error {
 	}
 	cfg := p.o.BM
 	cfg.Runner, cfg.Client, cfg.Redis, cfg.Logger = p.bmRunner(), p.rt.Broker().Client(), p.o.Redis, p.o.Logger
+	if p.o.DB != nil {
+		// The signals and the pacing clock of batched migrations, so
+		// both kinds hold back for the same reasons and share one duty
+		// cycle; GitLab's own legacy check (replication slots) as well.
+		if cfg.Health == nil {
+			cfg.Health = legacy.AllHealthy(batched.DatabaseHealth(p.o.DB, p.o.BBM.Health),
+				legacy.ReplicationLagCheck(p.o.DB, legacy.DefaultMaxReplicationLag))
+		}
+		if sp := batched.NewSharedPace(p.o.DB, p.o.BBM.Health); cfg.Pacer == nil && sp != nil {
+			cfg.Pacer = sp
+		}
+	}
 	if err := legacy.AddWorker(p.o.Registries.Workers, cfg); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidOptions, err)
 	}

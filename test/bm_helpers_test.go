@@ -35,7 +35,14 @@ func bmSetup(t *testing.T) *bmBundle {
 	}
 	b.rdb = redis.NewClient(o)
 	t.Cleanup(func() { _ = b.rdb.Close() })
-	b.db, err = pgxpool.New(b.ctx, b.dbURL)
+	// Named as ferry's own sessions are: the test's polling is not an
+	// application for the workers' pacing to give way to.
+	pc, err := pgxpool.ParseConfig(b.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.ConnConfig.RuntimeParams["application_name"] = "ferry-test"
+	b.db, err = pgxpool.NewWithConfig(b.ctx, pc)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,10 +1,16 @@
 package test
 
 import (
+	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ferrymigrate/ferry/cli"
 
 	"github.com/ferrymigrate/ferry/internal/testenv"
 )
@@ -154,4 +160,43 @@ Sidekiq::Client.push('class' => 'BackgroundMigrationWorker', 'queue' => 'backgro
 		t.Fatal("a hostile job touched data")
 	}
 	testenv.Eventually(t, 90*time.Second, "the good jobs all ran", func() bool { return b.copied(t) == 200 })
+}
+
+// While an application uses the database, legacy jobs are paced on the
+// clock batched migrations share, and `bm remaining` says so; once the
+// application is quiet they run at full speed and the drain finishes.
+func TestBMWorkersPacedWhileTheAppWorks(t *testing.T) {
+	t.Parallel()
+	if testenv.ViaPgBouncer() {
+		t.Skip("tells sessions apart by application_name; behind PgBouncer a server connection may carry another client's (README: PgBouncer)")
+	}
+	b := bmDrainSetup(t, 5)
+	app, err := pgxpool.New(b.ctx, b.dbURL) // no "ferry" in its application_name: an application
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	load, stop := context.WithCancel(b.ctx)
+	var wg sync.WaitGroup
+	defer func() { stop(); wg.Wait() }()
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for load.Err() == nil {
+				_, _ = app.Exec(load, `SELECT pg_sleep(0.002)`)
+			}
+		}()
+	}
+	b.startWorkers(t, 1)
+	testenv.Eventually(t, 60*time.Second, "the pacing reason", func() bool {
+		_, _, stderr := b.ferry(t, cli.Options{}, "bm", "remaining")
+		return strings.Contains(stderr, "workers hold legacy migrations back: paced: contention: other sessions are using the database")
+	})
+	if b.copied(t) == 200 {
+		t.Fatal("drained at once although paced")
+	}
+	stop()
+	wg.Wait()
+	testenv.Eventually(t, 90*time.Second, "all 200 rows copied once the application is quiet", func() bool { return b.copied(t) == 200 })
 }

@@ -136,6 +136,8 @@ func kindName(t reflect.Type) string {
 		return "an array"
 	case reflect.Map, reflect.Struct:
 		return "an object"
+	case reflect.Pointer:
+		return kindName(t.Elem())
 	}
 	return "a " + t.String()
 }

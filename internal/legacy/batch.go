@@ -3,8 +3,11 @@ package legacy
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
 // PerformBatch performs jobs of one class (each a JSON argument array)
@@ -35,13 +38,23 @@ func (r *Runner) PerformBatch(ctx context.Context, class string, args []json.Raw
 	if err != nil {
 		return err
 	}
-	return pgx.BeginFunc(ctx, begin, func(tx pgx.Tx) error {
-		if err := perform(ctx, tx); err != nil {
+	tx, err := begin.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }() // a no-op after Commit
+	if err := perform(ctx, tx); err != nil {
+		return err
+	}
+	if !r.NoAutoTrack {
+		if err := markSucceededMany(ctx, tx, class, args); err != nil {
 			return err
 		}
-		if r.NoAutoTrack {
-			return nil
-		}
-		return markSucceededMany(ctx, tx, class, args)
-	})
+	}
+	if err := tx.Commit(ctx); err != nil {
+		// The server may have committed before the error reached us: the
+		// jobs must not be performed again at once as if nothing happened.
+		return fmt.Errorf("%w: %w", sidekiq.ErrBatchOutcomeUnknown, err)
+	}
+	return nil
 }

@@ -37,8 +37,10 @@
 // 1) and MaxRunning legacy jobs in all run at once across the cluster; a
 // slot is held while the job runs and released when it ends, so the next
 // job starts at once. A [HealthCheck] (replication slot lag and WAL
-// archiving by default) holds jobs back while the database is unhealthy.
-// A job that got no slot goes back to the end of its queue, one held for
+// archiving by default; a worker process uses batched migrations' signals
+// too) holds jobs back while the database is unhealthy, and a [Pacer]
+// (batched.SharedPace in a worker process) keeps a pause after each job
+// while other sessions use the database. A job that got no slot goes back to the end of its queue, one held for
 // health is rescheduled: never dropped. WorkerConfig.MinInterval
 // restores GitLab's BackgroundMigrationWorker instead: a per-class [Lease]
 // that is never released and lapses after the interval, with a bounded
@@ -51,7 +53,8 @@
 // jobs per class, [Coordinator.Steal] takes a class's jobs out of Redis and
 // performs them in the calling process (see sidekiq.Steal: linear time, safe
 // to run from several processes at once, each job performed only by the
-// process that removed it, failures pushed back), and
+// process that removed it, failures pushed back; runs of jobs of a
+// [BatchMigration] are performed together), and
 // [Coordinator.Finalize] steals, performs pending tracked jobs and steals
 // again. `ferry bm ...` is the command-line face of these.
 //

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
+	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/worker"
 )
 
@@ -96,8 +97,9 @@ type BatchMigration[T Args] interface {
 	PerformBatch(ctx context.Context, db DB, jobs []*Job[T]) error
 }
 
-// ErrNotBatchable: the jobs must be performed one by one.
-var ErrNotBatchable = errors.New("bm: these jobs cannot be performed together")
+// ErrNotBatchable: the jobs must be performed one by one (the steal then
+// offers no more runs).
+var ErrNotBatchable = sidekiq.ErrNoBatch
 
 // Registry maps migration class names to migrations. Fill it before use;
 // it is safe for concurrent reads afterwards.
@@ -165,7 +167,12 @@ func AddSafely[T Args](r *Registry, m Migration[T]) error {
 				}
 				jobs[i] = job
 			}
-			return func(ctx context.Context, db DB) error { return b.PerformBatch(ctx, db, jobs) }, nil
+			return func(ctx context.Context, db DB) error {
+				for _, j := range jobs {
+					j.DB = db // the transaction, for everything the run does
+				}
+				return b.PerformBatch(ctx, db, jobs)
+			}, nil
 		}
 	}
 	r.m[name] = e

@@ -220,3 +220,72 @@ func TestPacedBadArgsBeforeSlotAndHealth(t *testing.T) {
 		t.Fatalf("throttle %+v %v", ti, err)
 	}
 }
+
+// fakePacer stands in for batched.SharedPace: a pause of an hour after
+// the first job (until that job's context ends), none after the others.
+type fakePacer struct {
+	waits, calls atomic.Int32
+	done         chan time.Duration
+}
+
+func (p *fakePacer) Wait(context.Context) (time.Duration, error) {
+	p.waits.Add(1)
+	return 0, nil
+}
+
+func (p *fakePacer) Done(_ context.Context, work time.Duration) (time.Duration, string, error) {
+	p.done <- work
+	if p.calls.Add(1) > 1 {
+		return 0, "", nil
+	}
+	return time.Hour, "contention: other sessions are using the database", nil
+}
+
+// While the database serves others a job is followed by the pause the
+// shared pacing asks for, holding its class's slot (the class's next job
+// waits; another class's does not), and `bm remaining` can say why.
+func TestPacedPauseAfterJobHoldsTheSlot(t *testing.T) {
+	t.Parallel()
+	p := &fakePacer{done: make(chan time.Duration, 4)}
+	b := setupPaced(t, func(c *legacy.WorkerConfig) { c.Pacer = p })
+	work := func(ctx context.Context, args string) error {
+		var wa legacy.WorkerArgs
+		if err := worker.DecodeArgs(json.RawMessage(args), &wa); err != nil {
+			return err
+		}
+		j, _ := sidekiq.ParseJob([]byte(`{"class":"BackgroundMigrationWorker","queue":"background_migration","retry":3,"jid":"j","args":` + args + `}`))
+		return b.w.Work(ctx, &worker.Job[legacy.WorkerArgs]{Args: wa, JID: "j", Queue: legacy.QueueName, Payload: j})
+	}
+	ctx1, endPause := context.WithCancel(b.ctx)
+	defer endPause()
+	errs := make(chan error, 2)
+	go func() { errs <- work(ctx1, `["BlockIt",[1]]`) }()
+	<-b.started
+	b.release <- struct{}{}
+	if w := <-p.done; w <= 0 || p.waits.Load() != 1 {
+		t.Fatalf("Done(%s) after %d waits", w, p.waits.Load())
+	}
+	// Done has answered; the reason is written right after it.
+	testenv.Eventually(t, 10*time.Second, "the throttle reason", func() bool {
+		ti, err := legacy.Throttled(b.ctx, b.cfg.Redis)
+		return err == nil && ti != nil && ti.Reason == "paced: contention: other sessions are using the database"
+	})
+	go func() { errs <- work(b.ctx, `["BlockIt",[2]]`) }()
+	b.mustWork(t, `["CountIt",[7]]`) // another class is not held up
+	<-p.done
+	if len(b.started) != 0 {
+		t.Fatal("the class's next job started during the pause")
+	}
+	endPause() // the pause ends early (a shutdown); the job had succeeded
+	if err := <-errs; err != nil {
+		t.Fatalf("the paused job: %v", err)
+	}
+	if n := <-b.started; n != 2 || b.overlap.Load() {
+		t.Fatalf("started %d, overlap %v", n, b.overlap.Load())
+	}
+	b.release <- struct{}{}
+	<-p.done
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -102,6 +102,15 @@ func (l RedisLease) Obtain(ctx context.Context, key string, ttl time.Duration) (
 // The reason is logged when it cannot.
 type HealthCheck func(ctx context.Context) (healthy bool, reason string, err error)
 
+// Pacer paces legacy jobs while the database serves others: Wait is how
+// long to wait before a job may start; Done reports the time a job took
+// and returns the pause to keep after it (holding its running slot, so
+// its class's next job waits too) and why.
+type Pacer interface {
+	Wait(ctx context.Context) (time.Duration, error)
+	Done(ctx context.Context, work time.Duration) (pause time.Duration, reason string, err error)
+}
+
 // WorkerConfig configures the BackgroundMigrationWorker job class.
 type WorkerConfig struct {
 	Runner *Runner               // required
@@ -132,6 +141,10 @@ type WorkerConfig struct {
 	// WALArchiveCheck when the runner has a database, else to always
 	// healthy. Its verdict is reused for a second.
 	Health HealthCheck
+	// Pacer, if set, spreads jobs out while other sessions use the
+	// database, on the pacing clock batched migrations share (a
+	// batched.SharedPace). Not used with MinInterval.
+	Pacer  Pacer
 	Logger *zap.Logger
 	// Now is injectable for tests; reschedule times are Now()+delay.
 	Now func() time.Time
@@ -250,7 +263,7 @@ func (w *Worker) workPaced(ctx context.Context, job *worker.Job[WorkerArgs], cla
 	if healthy, why, err := w.health.get(ctx); err != nil {
 		return fmt.Errorf("bm: database health check: %w", err)
 	} else if !healthy {
-		w.noteThrottled(ctx, why)
+		w.noteThrottled(ctx, "database unhealthy: "+why)
 		return w.deferJob(ctx, job, class, w.cfg.HealthDelay, "database unhealthy: "+why, log)
 	}
 	slot, why, err := w.acquire(ctx, class)
@@ -264,7 +277,62 @@ func (w *Worker) workPaced(ctx context.Context, job *worker.Job[WorkerArgs], cla
 		return w.deferJob(ctx, job, class, 0, why, log)
 	}
 	defer w.release(ctx, class, slot)
-	return failure(w.runHolding(ctx, slot, prep, log))
+	if err := w.paceBefore(ctx, log); err != nil {
+		return err // shutting down before the job started: it goes back
+	}
+	start := time.Now()
+	err = w.runHolding(ctx, slot, prep, log)
+	if err == nil {
+		_ = w.paceAfter(ctx, time.Since(start), log) // cut short by a shutdown: nothing lost
+	}
+	return failure(err)
+}
+
+// paceBefore waits for this process's turn on the shared pacing clock.
+func (w *Worker) paceBefore(ctx context.Context, log *zap.Logger) error {
+	if w.cfg.Pacer == nil {
+		return nil
+	}
+	wait, err := w.cfg.Pacer.Wait(ctx)
+	if err != nil {
+		// Pacing is politeness, not safety: a job is not failed for it.
+		log.Debug("pacing clock unavailable", zap.Error(err))
+		return nil
+	}
+	return sleepCtx(ctx, wait)
+}
+
+// paceAfter keeps the pause the shared pacing asks for after a job that
+// took work, and says why while it does.
+func (w *Worker) paceAfter(ctx context.Context, work time.Duration, log *zap.Logger) error {
+	if w.cfg.Pacer == nil {
+		return nil
+	}
+	pause, why, err := w.cfg.Pacer.Done(ctx, work)
+	if err != nil {
+		log.Debug("pacing clock unavailable", zap.Error(err))
+		return nil
+	}
+	if pause <= 0 {
+		return nil
+	}
+	w.noteThrottled(ctx, "paced: "+why)
+	return sleepCtx(ctx, pause)
+}
+
+// sleepCtx waits d or until ctx ends, whichever is first.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (w *Worker) deferJob(ctx context.Context, job *worker.Job[WorkerArgs], class string, delay time.Duration, reason string, log *zap.Logger) error {
@@ -302,7 +370,7 @@ func (w *Worker) workGitLab(ctx context.Context, job *worker.Job[WorkerArgs], cl
 	reason := "could not obtain the exclusive lease for " + key
 	if leased {
 		reason = "database unhealthy: " + why
-		w.noteThrottled(ctx, why)
+		w.noteThrottled(ctx, reason)
 	}
 	if attemptsLeft < 0 {
 		msg := "Job could not get an exclusive lease after several tries. Giving up."
@@ -351,7 +419,7 @@ func (w *Worker) reschedule(ctx context.Context, job *worker.Job[WorkerArgs], cl
 // noteThrottled records why legacy migrations are held back, for `ferry
 // bm remaining`; best effort, the log has it too.
 func (w *Worker) noteThrottled(ctx context.Context, why string) {
-	b, _ := json.Marshal(ThrottleInfo{Reason: "database unhealthy: " + why, At: w.cfg.Now().UTC()})
+	b, _ := json.Marshal(ThrottleInfo{Reason: why, At: w.cfg.Now().UTC()})
 	_ = w.cfg.Redis.Set(ctx, sidekiq.BMThrottledKey, b, 2*max(w.cfg.HealthDelay, w.cfg.MinInterval)).Err()
 }
 

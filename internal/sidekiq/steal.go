@@ -70,9 +70,10 @@ type StealOptions struct {
 	// back.
 	KeepGoing bool
 	// PerformBatch, if set, is offered runs of consecutive stolen jobs
-	// (at most StealBatch) to perform together, all or none. On any error
+	// (at most StealBatch) to perform together, all or none. On an error
 	// the run's jobs are performed one by one with perform instead, so
-	// failures are still told job by job.
+	// failures are still told job by job; see ErrNoBatch and
+	// ErrBatchOutcomeUnknown for the two exceptions.
 	PerformBatch func(context.Context, []*StolenJob) error
 	// Chunk bounds the work one Lua call does (default 1000), so Redis is
 	// never blocked for long whatever the size of a set.
@@ -252,6 +253,8 @@ type stealer struct {
 	// holdQueue is the queue the hold list belongs to (the one being
 	// partitioned); keySteals names it too, for recovery.
 	holdQueue string
+	// noBatch: PerformBatch said ErrNoBatch; jobs go one by one from then.
+	noBatch atomic.Bool
 }
 
 func (s *stealer) register(ctx context.Context) error {
@@ -377,11 +380,11 @@ const drainBatch = 100
 // at a time, Concurrency at once, in list order.
 func (s *stealer) drain(ctx context.Context, src StealSource, total int, perform func(context.Context, *StolenJob) error, res *StealResult) error {
 	d := &drainer{s: s, src: src, total: total, perform: perform, res: res}
-	page := int64(max(drainBatch, 4*s.opts.Concurrency))
-	if s.opts.PerformBatch != nil {
-		page = int64(max(drainBatch, 2*StealBatch*s.opts.Concurrency))
-	}
 	for {
+		page := int64(max(drainBatch, 4*s.opts.Concurrency))
+		if s.batching() {
+			page = int64(max(drainBatch, StealBatch*s.opts.Concurrency))
+		}
 		envs, err := s.rdb.LRange(ctx, s.private, 0, page-1).Result()
 		if err != nil {
 			return fmt.Errorf("steal: read private list: %w", err)
@@ -458,38 +461,54 @@ type drainer struct {
 // that a failing run costs little to redo one by one.
 const StealBatch = 32
 
+// ErrNoBatch, returned by StealOptions.PerformBatch, says the jobs cannot
+// be performed together; nothing was done. The steal performs them, and
+// every later job, one by one.
+var ErrNoBatch = errors.New("steal: these jobs cannot be performed together")
+
+// ErrBatchOutcomeUnknown, wrapped in PerformBatch's error, says the run
+// may have been applied (its COMMIT failed): its jobs fail with that error
+// and go back, as a single job whose commit failed does, instead of being
+// performed again one by one at once.
+var ErrBatchOutcomeUnknown = errors.New("steal: the commit of jobs performed together failed; they may have been applied")
+
 // page performs envs, Concurrency units at once, starting them in order;
 // a unit is one job, or a run of jobs offered to PerformBatch. Without
-// KeepGoing, no unit starts after a job failed. It returns the envelopes
-// performed and the failures, in list order.
+// KeepGoing, no job starts after a job failed (units already running
+// finish). It returns the envelopes performed and the failures, in list
+// order.
 func (d *drainer) page(ctx context.Context, envs []string) (ok []string, failed []*StealError) {
 	errs := make([]error, len(envs))
 	jobs := make([]*StolenJob, len(envs))
 	started := make([]bool, len(envs))
 	var stop atomic.Bool
-	// A unit starts only once a slot is free and no job has failed, so
-	// without KeepGoing nothing starts after a failure is known.
+	halt := func() bool { return stop.Load() || ctx.Err() != nil }
 	slots := make(chan struct{}, d.s.opts.Concurrency)
 	var wg sync.WaitGroup
 	size := d.unitSize(len(envs))
 	for lo := 0; lo < len(envs); lo += size {
 		hi := min(lo+size, len(envs))
 		slots <- struct{}{}
-		if stop.Load() || ctx.Err() != nil {
+		if halt() {
 			break
 		}
 		wg.Add(1)
 		go func() {
 			defer func() { <-slots; wg.Done() }()
-			if d.batch(ctx, envs[lo:hi], jobs[lo:hi]) {
+			tried, err := d.batch(ctx, envs[lo:hi], jobs[lo:hi])
+			if tried && (err == nil || errors.Is(err, ErrBatchOutcomeUnknown)) {
 				for i := lo; i < hi; i++ {
-					started[i] = true
+					started[i], errs[i] = true, err
+				}
+				if err != nil && !d.s.opts.KeepGoing {
+					stop.Store(true)
 				}
 				return
 			}
 			for i := lo; i < hi; i++ {
-				// The unit's first job was cleared to start when the unit was.
-				if i > lo && (stop.Load() || ctx.Err() != nil) {
+				// A unit's first job was cleared to start when the unit
+				// was; after a failed run, time has passed.
+				if (i > lo || tried) && halt() {
 					return
 				}
 				started[i] = true
@@ -513,20 +532,25 @@ func (d *drainer) page(ctx context.Context, envs []string) (ok []string, failed 
 	return ok, failed
 }
 
+// batching reports whether runs of jobs are still offered to PerformBatch.
+func (s *stealer) batching() bool { return s.opts.PerformBatch != nil && !s.noBatch.Load() }
+
 // unitSize spreads a page over the concurrency: runs of up to StealBatch
-// jobs when they can be performed together, else one job at a time.
+// jobs while they can be performed together, else one job at a time (so
+// jobs start in order).
 func (d *drainer) unitSize(n int) int {
-	if d.s.opts.PerformBatch == nil {
+	if !d.s.batching() {
 		return 1
 	}
 	return min(StealBatch, max(1, n/d.s.opts.Concurrency))
 }
 
-// batch performs envs together and reports whether it did; on false
-// nothing was done and the caller performs them one by one.
-func (d *drainer) batch(ctx context.Context, envs []string, out []*StolenJob) bool {
-	if len(envs) < 2 || d.s.opts.PerformBatch == nil {
-		return false
+// batch offers envs to PerformBatch. tried is false when it did not run
+// them (fewer than two, a job that does not parse, ErrNoBatch): nothing
+// was done. Otherwise err is the run's: nil when all were performed.
+func (d *drainer) batch(ctx context.Context, envs []string, out []*StolenJob) (tried bool, err error) {
+	if len(envs) < 2 || !d.s.batching() {
+		return false, nil
 	}
 	for i, env := range envs {
 		sj := parseEnvelope(env)
@@ -534,22 +558,31 @@ func (d *drainer) batch(ctx context.Context, envs []string, out []*StolenJob) bo
 			sj.Job, sj.Err = ParseJob(sj.Raw)
 		}
 		if sj.Err != nil {
-			return false
+			return false, nil
 		}
 		out[i] = sj
 	}
-	if err := d.s.opts.PerformBatch(ctx, out); err != nil {
-		d.s.log.Debug("stolen jobs not performed together; one by one", zap.Int("jobs", len(envs)), zap.Error(err))
-		return false
+	err = d.s.opts.PerformBatch(ctx, out)
+	if errors.Is(err, ErrNoBatch) {
+		d.s.noBatch.Store(true)
+		return false, nil
+	}
+	if err != nil && !errors.Is(err, ErrBatchOutcomeUnknown) {
+		d.s.log.Debug("jobs not performed together; one by one", zap.Int("jobs", len(envs)), zap.Error(err))
+		return true, err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.done += len(envs)
-	d.res.Performed += len(envs)
+	if err == nil {
+		d.res.Performed += len(envs)
+	} else {
+		d.failed += len(envs)
+	}
 	if d.s.opts.Progress != nil {
 		d.s.opts.Progress(StealProgress{Source: d.src, Done: d.done, Total: d.total, Failed: d.failed})
 	}
-	return true
+	return true, err
 }
 
 // one performs one stolen job and reports progress.

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -226,4 +227,64 @@ func TestStealBatchesFallBackOneByOne(t *testing.T) {
 		t.Fatalf("queue = %q", left)
 	}
 	assertNoStealKeys(t, tb)
+}
+
+// ErrNoBatch turns runs off for the rest of the steal (jobs then start in
+// order, one by one); a run whose commit may have happened is failed as a
+// whole, not performed again at once.
+func TestStealNoBatchAndUnknownOutcome(t *testing.T) {
+	t.Parallel()
+	t.Run("no batch", func(t *testing.T) {
+		t.Parallel()
+		tb := setup(t, BrokerOptions{})
+		seedC(t, tb, 100)
+		var offered atomic.Int32
+		var order []string
+		opts := stealOpts("C")
+		opts.Concurrency = 1
+		opts.PerformBatch = func(context.Context, []*StolenJob) error {
+			offered.Add(1)
+			return ErrNoBatch
+		}
+		res, err := Steal(tb.ctx, tb.rdb, opts, func(_ context.Context, j *StolenJob) error {
+			order = append(order, j.Job.JID())
+			return nil
+		})
+		if err != nil || res.Performed != 100 || offered.Load() != 1 {
+			t.Fatalf("%+v %v, offered %d runs", res, err, offered.Load())
+		}
+		for i, jid := range order {
+			if jid != fmt.Sprintf("q%d", i) {
+				t.Fatalf("job %d was %s", i, jid)
+			}
+		}
+	})
+	t.Run("unknown outcome", func(t *testing.T) {
+		t.Parallel()
+		tb := setup(t, BrokerOptions{})
+		seedC(t, tb, 100)
+		var singles atomic.Int32
+		opts := stealOpts("C")
+		opts.Concurrency, opts.KeepGoing = 2, true
+		var runs atomic.Int32
+		opts.PerformBatch = func(_ context.Context, js []*StolenJob) error {
+			if runs.Add(1) == 1 {
+				return fmt.Errorf("%w: connection reset", ErrBatchOutcomeUnknown)
+			}
+			return nil
+		}
+		res, err := Steal(tb.ctx, tb.rdb, opts, func(context.Context, *StolenJob) error {
+			singles.Add(1)
+			return nil
+		})
+		var failures *StealFailures
+		if !errors.As(err, &failures) || len(failures.Failed) == 0 || singles.Load() != 0 ||
+			res.Performed+len(failures.Failed) != 100 || res.Returned != len(failures.Failed) {
+			t.Fatalf("%+v %v; %d performed one by one", res, err, singles.Load())
+		}
+		if n := tb.rdb.LLen(tb.ctx, "queue:background_migration").Val(); int(n) != len(failures.Failed) {
+			t.Fatalf("%d back in the queue, %d failed", n, len(failures.Failed))
+		}
+		assertNoStealKeys(t, tb)
+	})
 }
