@@ -1,10 +1,8 @@
 package test
 
 import (
-	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -176,18 +174,8 @@ func TestBMWorkersPacedWhileTheAppWorks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer app.Close()
-	load, stop := context.WithCancel(b.ctx)
-	var wg sync.WaitGroup
-	defer func() { stop(); wg.Wait() }()
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for load.Err() == nil {
-				_, _ = app.Exec(load, `SELECT pg_sleep(0.002)`)
-			}
-		}()
-	}
+	stopApp := testenv.AppLoad(b.ctx, app, 4)
+	defer stopApp()
 	b.startWorkers(t, 1)
 	testenv.Eventually(t, 60*time.Second, "the pacing reason", func() bool {
 		_, _, stderr := b.ferry(t, cli.Options{}, "bm", "remaining")
@@ -196,7 +184,6 @@ func TestBMWorkersPacedWhileTheAppWorks(t *testing.T) {
 	if b.copied(t) == 200 {
 		t.Fatal("drained at once although paced")
 	}
-	stop()
-	wg.Wait()
+	stopApp()
 	testenv.Eventually(t, 90*time.Second, "all 200 rows copied once the application is quiet", func() bool { return b.copied(t) == 200 })
 }

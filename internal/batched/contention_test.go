@@ -45,14 +45,19 @@ func TestContentionPacing(t *testing.T) {
 			id := res.Migration.ID
 
 			wctx, stop := context.WithCancel(ctx)
+			// The writers stop once the pacing is on record: what is tested
+			// is that it engages, not how long a paced copy of the rest
+			// takes (the closed loop may hold it near its floor).
+			writersCtx, stopWriters := context.WithCancel(wctx)
+			defer stopWriters()
 			var wg sync.WaitGroup
 			var writes atomic.Int64
 			for range tc.writers {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					for wctx.Err() == nil {
-						if _, err := b.pool.Exec(wctx, `UPDATE paced SET w = w + 1 WHERE id = $1`, 3*(rand.IntN(rows)+1)); err == nil {
+					for writersCtx.Err() == nil {
+						if _, err := b.pool.Exec(writersCtx, `UPDATE paced SET w = w + 1 WHERE id = $1`, 3*(rand.IntN(rows)+1)); err == nil {
 							writes.Add(1)
 						}
 					}
@@ -73,7 +78,20 @@ func TestContentionPacing(t *testing.T) {
 			if tc.writers > 0 {
 				testenv.Eventually(t, 5*time.Second, "writers", func() bool { return writes.Load() > 100 })
 			}
-			err = e.RunLocal(ctx, 1, true)
+			runErr := make(chan error, 1)
+			go func() { runErr <- e.RunLocal(ctx, 1, true) }()
+			if tc.writers > 0 {
+				testenv.Eventually(t, 60*time.Second, "the pacing recorded as the reason", func() bool {
+					seen := false
+					reasons.Range(func(k, _ any) bool {
+						seen = strings.HasPrefix(k.(string), "contention: ")
+						return !seen
+					})
+					return seen || len(runErr) > 0
+				})
+				stopWriters()
+			}
+			err = <-runErr
 			stop()
 			wg.Wait()
 			if err != nil {

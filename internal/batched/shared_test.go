@@ -1,9 +1,7 @@
 package batched_test
 
 import (
-	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,18 +25,7 @@ func TestSharedPace(t *testing.T) {
 	if pause, why, err := sp.Done(ctx, work); err != nil || pause != 0 || why != "" {
 		t.Fatalf("idle: pause %s, %q, %v", pause, why, err)
 	}
-	wctx, stop := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() { stop(); wg.Wait() }()
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for wctx.Err() == nil {
-				_, _ = b.pool.Exec(wctx, `SELECT pg_sleep(0.005)`)
-			}
-		}()
-	}
+	defer testenv.AppLoad(ctx, b.pool, 4)()
 	var pause time.Duration
 	var why string
 	testenv.Eventually(t, 10*time.Second, "a pause under load", func() bool {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -243,4 +244,21 @@ func DirectPostgres(t testing.TB) *pgxpool.Pool {
 	}
 	t.Cleanup(pool.Close)
 	return pool
+}
+
+// AppLoad keeps n sessions of pool busy with short statements, as an
+// application's would be, until stop is called (stop waits for them).
+func AppLoad(ctx context.Context, pool *pgxpool.Pool, n int) (stop func()) {
+	lctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for lctx.Err() == nil {
+				_, _ = pool.Exec(lctx, `SELECT pg_sleep(0.002)`)
+			}
+		}()
+	}
+	return func() { cancel(); wg.Wait() }
 }
