@@ -78,7 +78,7 @@ func (e *Engine) execute(ctx context.Context, cl *claim) {
 		defer cancel()
 		e.applyHealth(rec, cl.mig, []Signal{e.lockWaitSignal(rec, cl.mig, cl.tgt.OID, "a sub-batch", e.health.LockTimeout)})
 	}
-	if err != nil && !errors.Is(err, errLostOwnership) {
+	if err != nil && !errors.Is(err, errLostOwnership) && !errors.Is(err, errCommitsLost) {
 		e.log.Error("could not record batch outcome; this worker gives the batch back once the database answers again",
 			zap.Int64("migration_id", cl.mig.ID), zap.Int64("job_id", cl.jobID), zap.Error(err))
 	}
@@ -595,12 +595,18 @@ func (e *Engine) finishTx(ctx context.Context, cl *claim, status JobStatus, res 
 		_ = tx.Rollback(ctx)
 		return nil, nil, err
 	}
+	// A success counts what this claim committed up to res.cursor: if the
+	// row says less, commits it was told of are gone (synchronous_commit
+	// off and a crash, or a failover to an asynchronous standby).
 	tag, err := tx.Exec(ctx, `UPDATE batched_background_migration_jobs SET status = $3, finished_at = now(), updated_at = now(),
 			metrics = $4, sub_batch_size = $5, attempts = greatest(attempts + $6, 0)
-		WHERE id = $1 AND status = 1 AND claim_token = $2`,
-		cl.jobID, cl.token, status, metricsJSON(cl, res), max(1, min(res.sub, cl.size)), attemptsDelta)
+		WHERE id = $1 AND status = 1 AND claim_token = $2 AND ($3 <> 3 OR cursor_value IS NOT DISTINCT FROM $7::bigint)`,
+		cl.jobID, cl.token, status, metricsJSON(cl, res), max(1, min(res.sub, cl.size)), attemptsDelta, res.cursor)
 	if err == nil && tag.RowsAffected() == 0 {
 		err = errLostOwnership
+		if status == JobSucceeded {
+			err = e.commitsLost(ctx, tx, cl, res)
+		}
 	}
 	if err == nil {
 		err = logTransition(ctx, tx, cl.jobID, JobRunning, status, errClass, errMsg)
@@ -610,6 +616,35 @@ func (e *Engine) finishTx(ctx context.Context, cl *claim, status JobStatus, res 
 		return nil, nil, err
 	}
 	return tx, m, nil
+}
+
+// errCommitsLost: a batch's last commits vanished; its job was handed back
+// to resume from what the database kept.
+var errCommitsLost = errors.New("bbm: commits this batch was told of are gone (database crash or failover); it resumes from its last kept sub-batch")
+
+// commitsLost, inside finishTx, hands a job whose committed cursor is
+// behind what its claim saw back as failed (no attempt used), so a claim
+// resumes it from the cursor the database has: its rows are copied, none
+// twice. Not ours any more: errLostOwnership.
+func (e *Engine) commitsLost(ctx context.Context, tx pgx.Tx, cl *claim, res result) error {
+	var kept *int64
+	err := tx.QueryRow(ctx, `UPDATE batched_background_migration_jobs SET status = 2, updated_at = now()
+		WHERE id = $1 AND status = 1 AND claim_token = $2 RETURNING cursor_value`, cl.jobID, cl.token).Scan(&kept)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return errLostOwnership
+	}
+	if err == nil {
+		err = logTransition(ctx, tx, cl.jobID, JobRunning, JobFailed, "Ferry::CommitsLost", errCommitsLost.Error())
+	}
+	if err == nil {
+		err = tx.Commit(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	e.log.Warn("a batch's last commits are gone (database crash or failover); it resumes from what the database kept",
+		zap.Int64("migration_id", cl.mig.ID), zap.Int64("job_id", cl.jobID), zap.Int64p("seen_cursor", res.cursor), zap.Int64p("kept_cursor", kept))
+	return errCommitsLost
 }
 
 func (e *Engine) succeed(ctx context.Context, cl *claim, res result) error {

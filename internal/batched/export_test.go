@@ -72,3 +72,13 @@ func WriteSubBatchAt(ctx context.Context, e *Engine, cl *Claim, limit int, curso
 // ErrCursorMoved is what a sub-batch gets when the job's cursor is not
 // where its claim last saw it.
 var ErrCursorMoved = errCursorMoved
+
+// RecordSuccess records cl as done up to cursor, as a batch that believes
+// it committed that far does.
+func RecordSuccess(ctx context.Context, e *Engine, cl *Claim, cursor int64, rows int64) error {
+	defer e.claimEnded(cl.token)
+	return e.succeed(ctx, cl, result{rows: rows, sub: 1, cursor: &cursor, elapsed: 1})
+}
+
+// ErrCommitsLost is what recording a batch gets when its last commits are gone.
+var ErrCommitsLost = errCommitsLost

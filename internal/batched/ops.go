@@ -238,10 +238,14 @@ func (e *Engine) Finalize(ctx context.Context, m *Migration) error {
 					return err
 				}
 				wait = reconnectMin
-				switch out {
-				case Ran:
+				switch {
+				case out == Ran:
 					continue
-				case Completed, NotExecutable:
+				case out == NotExecutable && !e.sessionFresh():
+					// After the database was away this engine's own
+					// heartbeat lags for a moment: wait for it, this is
+					// not the end of the migration.
+				case out == Completed || out == NotExecutable:
 					return nil
 				}
 				// Waiting for batches still running elsewhere.

@@ -188,3 +188,45 @@ func TestSubBatchChecksTheCursorItExpects(t *testing.T) {
 	}
 	b.checkExactlyOnce(t, "cas")
 }
+
+// Commits a batch was told of can vanish (synchronous_commit off and a
+// crash, or a failover to an asynchronous standby): recording its success
+// then finds the job's cursor behind what the batch saw, hands the job back
+// instead of marking rows done that are not, and the next claim resumes
+// from the kept cursor, every row copied exactly once.
+func TestLostCommitsAreResumedNotSkipped(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testenv.Context(t)
+	b.table(t, "lostcommits", 3000)
+	e := b.engine(t, batched.Config{})
+	res, err := e.Queue(ctx, batched.QueueOptions{Class: "CountAndCopy", Table: "lostcommits", Column: "id", BatchSize: 3000, SubBatchSize: 500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := batched.ClaimBatch(ctx, e, res.Migration.ID)
+	if err != nil || cl == nil {
+		t.Fatalf("claim: %v %v", cl, err)
+	}
+	if err := batched.WriteSubBatch(ctx, e, cl, 500); err != nil {
+		t.Fatal(err)
+	}
+	// The batch believes it went to the end; the database kept one sub-batch.
+	if err := batched.RecordSuccess(ctx, e, cl, 1<<40, 3000); !errors.Is(err, batched.ErrCommitsLost) {
+		t.Fatalf("recording: %v", err)
+	}
+	var status int
+	if err := b.pool.QueryRow(ctx, `SELECT status FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, res.Migration.ID).Scan(&status); err != nil || status != 2 {
+		t.Fatalf("job status %d, %v; want 2 (failed, to be resumed)", status, err)
+	}
+	if err := e.RunLocal(ctx, 1, true); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.status(t, res.Migration.ID); s != batched.Finished {
+		t.Fatalf("status %s", s)
+	}
+	b.checkExactlyOnce(t, "lostcommits")
+}
