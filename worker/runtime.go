@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/internal/sidekiq"
+	"github.com/ferrymigrate/ferry/internal/sleep"
 )
 
 // Middleware wraps job execution: call next to run the job (or the rest
@@ -1004,7 +1005,7 @@ func (r *Runtime) heartbeatLoop(ctx context.Context) {
 	retry := min(r.cfg.HeartbeatInterval, time.Second)
 	wait := r.cfg.HeartbeatInterval
 	for {
-		if !sleepCtx(ctx, wait) {
+		if !sleep.For(ctx, wait) {
 			return
 		}
 		r.loopAt.Store(time.Now().UnixNano())
@@ -1025,7 +1026,7 @@ func (r *Runtime) heartbeatLoop(ctx context.Context) {
 // It is not part of the heartbeat, so a slow metrics write can never delay
 // a liveness refresh.
 func (r *Runtime) metricsLoop(ctx context.Context) {
-	for sleepCtx(ctx, r.cfg.HeartbeatInterval) {
+	for sleep.For(ctx, r.cfg.HeartbeatInterval) {
 		if err := r.broker.FlushMetrics(ctx, r.metrics); err != nil && ctx.Err() == nil {
 			r.log.Warn("could not flush job metrics; keeping them for the next try", zap.Error(err))
 		}
@@ -1088,7 +1089,7 @@ func (r *Runtime) pollLoop(ctx context.Context) {
 	rng := newRand() // not shared: *rand.Rand is not safe for concurrent use
 	wait := sidekiq.PollInterval(1, r.cfg.PollInterval, rng)
 	for {
-		if !sleepCtx(ctx, wait) {
+		if !sleep.For(ctx, wait) {
 			return
 		}
 		if n, err := r.broker.EnqueueDue(ctx); err != nil && ctx.Err() == nil {
@@ -1104,7 +1105,7 @@ func (r *Runtime) recoveryLoop(ctx context.Context) {
 	rng := newRand()
 	wait := time.Duration(rng.Int64N(int64(time.Second)))
 	for {
-		if !sleepCtx(ctx, wait) {
+		if !sleep.For(ctx, wait) {
 			return
 		}
 		res, err := r.broker.RecoverOrphans(ctx)
@@ -1123,17 +1124,6 @@ func (r *Runtime) recoveryLoop(ctx context.Context) {
 
 func newRand() *rand.Rand { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) }
 
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
 // backoff is a capped, jittered exponential wait for reconnecting.
 type backoff struct{ n int }
 
@@ -1142,7 +1132,7 @@ func (b *backoff) reset()  { b.n = 0 }
 func (b *backoff) wait(ctx context.Context) bool {
 	d := min(50*time.Millisecond<<min(b.n, 7), 5*time.Second)
 	b.n++
-	return sleepCtx(ctx, d/2+time.Duration(rand.Int64N(int64(d))))
+	return sleep.For(ctx, d/2+time.Duration(rand.Int64N(int64(d))))
 }
 
 func rssKB() int64 {

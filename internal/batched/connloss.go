@@ -74,15 +74,3 @@ func (e *Engine) retryConnLoss(ctx context.Context, what string, fn func(context
 		wait = min(2*wait, reconnectMax)
 	}
 }
-
-// sleepCtx waits d or until ctx is done; it reports whether ctx is alive.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}

@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
+
+	"github.com/ferrymigrate/ferry/internal/sleep"
 )
 
 // Limits of the failure handling (GitLab's constants).
@@ -375,7 +377,7 @@ func (e *Engine) resume(ctx context.Context, cl *claim, res *result, queued *tim
 	e.log.Warn("a batch lost its database connection; it goes on from its last committed sub-batch once the database answers",
 		zap.Int64("migration_id", cl.mig.ID), zap.Int64("job_id", cl.jobID))
 	for wait := reconnectMin; ; wait = min(2*wait, reconnectMax) {
-		if !sleepCtx(ctx, wait) {
+		if !sleep.For(ctx, wait) {
 			return nil, ctx.Err()
 		}
 		conn, err := e.batchConn(ctx, cl)

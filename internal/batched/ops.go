@@ -11,6 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/ferrymigrate/ferry/internal/sleep"
 )
 
 // FindByConfig finds the migration for a configuration (see [FindConfig]).
@@ -228,7 +230,7 @@ func (e *Engine) Finalize(ctx context.Context, m *Migration) error {
 				if isConnLoss(err) && gctx.Err() == nil {
 					// A restart or failover: finalize rides it out, as
 					// the workers do.
-					if !sleepCtx(gctx, wait) {
+					if !sleep.For(gctx, wait) {
 						return gctx.Err()
 					}
 					wait = min(2*wait, reconnectMax)

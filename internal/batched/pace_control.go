@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ferrymigrate/ferry/internal/sleep"
 )
 
 // Closed-loop pacing.
@@ -249,7 +251,7 @@ func (c *canary) run(ctx context.Context) {
 			return
 		case at = <-c.req:
 		}
-		if d := time.Until(at); d > 0 && !sleepCtx(ctx, d) {
+		if d := time.Until(at); d > 0 && !sleep.For(ctx, d) {
 			return
 		}
 		t0 := time.Now()

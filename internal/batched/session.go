@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
+
+	"github.com/ferrymigrate/ferry/internal/sleep"
 )
 
 // An engine's session says "this process is alive" to the other engines.
@@ -76,7 +78,7 @@ func (e *Engine) startWaiting(ctx context.Context) error {
 		if wait == reconnectMin {
 			e.log.Warn("database unreachable; batched background migrations wait for it", zap.Error(err))
 		}
-		if !sleepCtx(ctx, wait) {
+		if !sleep.For(ctx, wait) {
 			return ctx.Err()
 		}
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ferrymigrate/ferry/internal/pgwal"
 	"github.com/ferrymigrate/ferry/internal/sidekiq"
+	"github.com/ferrymigrate/ferry/internal/sleep"
 	"github.com/ferrymigrate/ferry/worker"
 )
 
@@ -299,7 +300,7 @@ func (w *Worker) paceBefore(ctx context.Context, log *zap.Logger) error {
 		log.Debug("pacing clock unavailable", zap.Error(err))
 		return nil
 	}
-	return sleepCtx(ctx, wait)
+	return pauseFor(ctx, wait)
 }
 
 // paceAfter keeps the pause the shared pacing asks for after a job that
@@ -317,22 +318,15 @@ func (w *Worker) paceAfter(ctx context.Context, work time.Duration, log *zap.Log
 		return nil
 	}
 	w.noteThrottled(ctx, "paced: "+why)
-	return sleepCtx(ctx, pause)
+	return pauseFor(ctx, pause)
 }
 
-// sleepCtx waits d or until ctx ends, whichever is first.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
+// pauseFor waits d (nothing when d <= 0) or until ctx ends.
+func pauseFor(ctx context.Context, d time.Duration) error {
+	if d > 0 && !sleep.For(ctx, d) {
 		return ctx.Err()
 	}
+	return nil
 }
 
 func (w *Worker) deferJob(ctx context.Context, job *worker.Job[WorkerArgs], class string, delay time.Duration, reason string, log *zap.Logger) error {
