@@ -131,7 +131,8 @@ const (
 	// Ran: a batch ran (it may have failed; see the job row).
 	Ran Outcome = iota
 	// NoCapacity: the migration may not start another batch now (its
-	// parallelism, the cluster's max-running, or its table is busy).
+	// parallelism, the cluster's max-running, its table is busy, or this
+	// engine's own heartbeat lags, e.g. just after the database was away).
 	NoCapacity
 	// NotExecutable: paused, on hold, pause-all, finished or missing.
 	NotExecutable
@@ -183,7 +184,7 @@ func (e *Engine) runBatch(ctx context.Context, id int64, md mode) (Outcome, erro
 		}
 	}
 	if !e.sessionFresh() {
-		return NotExecutable, nil // the heartbeat is behind (session.go)
+		return NoCapacity, nil // the heartbeat is behind (session.go): not now, not never
 	}
 	cl, out, err := e.claim(ctx, id, md)
 	if isLockTimeout(err) && md == modeBackground && !e.health.Disabled {

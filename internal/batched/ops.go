@@ -240,14 +240,10 @@ func (e *Engine) Finalize(ctx context.Context, m *Migration) error {
 					return err
 				}
 				wait = reconnectMin
-				switch {
-				case out == Ran:
+				switch out {
+				case Ran:
 					continue
-				case out == NotExecutable && !e.sessionFresh():
-					// After the database was away this engine's own
-					// heartbeat lags for a moment: wait for it, this is
-					// not the end of the migration.
-				case out == Completed || out == NotExecutable:
+				case Completed, NotExecutable:
 					return nil
 				}
 				// Waiting for batches still running elsewhere.
