@@ -29,9 +29,7 @@ func (r *Runner) PerformBatch(ctx context.Context, class string, args []json.Raw
 		return ErrNotBatchable
 	}
 	for i, a := range args {
-		if len(a) == 0 || string(a) == "null" {
-			args[i] = json.RawMessage("[]") // as Prepare reads them
-		}
+		args[i] = normalizeArgs(a) // as Prepare reads them
 	}
 	defer recoverPanic(&err)
 	perform, err := batch(ctx, r.env(class), class, args)

@@ -214,6 +214,14 @@ func (r *Registry) Classes() []string {
 	return out
 }
 
+// normalizeArgs reads absent or null migration arguments as [].
+func normalizeArgs(a json.RawMessage) json.RawMessage {
+	if len(a) == 0 || string(a) == "null" {
+		return json.RawMessage("[]")
+	}
+	return a
+}
+
 // normalizeClass drops a leading "::", which GitLab never stores.
 func normalizeClass(s string) string { return strings.TrimPrefix(strings.TrimSpace(s), "::") }
 
@@ -256,10 +264,7 @@ type Prepared struct {
 // Prepare decodes args for class and runs the migration's [Validator], if
 // any, without performing it. Errors are as Perform's.
 func (r *Runner) Prepare(ctx context.Context, class string, args json.RawMessage) (p *Prepared, err error) {
-	class = normalizeClass(class)
-	if len(args) == 0 || string(args) == "null" {
-		args = json.RawMessage("[]")
-	}
+	class, args = normalizeClass(class), normalizeArgs(args)
 	r.Registry.mu.RLock()
 	prepare := r.Registry.m[class].prepare
 	r.Registry.mu.RUnlock()
