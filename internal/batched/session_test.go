@@ -16,26 +16,13 @@ import (
 // the batch, and every row is written once.
 func TestClaimTokenFencesAnEarlierClaimOfTheSameEngine(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b, e, id, first := oneClaimedBatch(t, "fenced")
 	ctx := testenv.Context(t)
-	b.table(t, "fenced", 3000)
-	e := b.engine(t, batched.Config{})
-	res, err := e.Queue(ctx, batched.QueueOptions{Class: "CountAndCopy", Table: "fenced", Column: "id", BatchSize: 3000, SubBatchSize: 500})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	first, err := batched.ClaimBatch(ctx, e, res.Migration.ID)
-	if err != nil || first == nil {
-		t.Fatalf("first claim: %v %v", first, err)
-	}
 	// What a rescue does (a lost session taken for a dead one).
 	if _, err := b.pool.Exec(ctx, `UPDATE batched_background_migration_jobs SET status = 2 WHERE status = 1`); err != nil {
 		t.Fatal(err)
 	}
-	second, err := batched.ClaimBatch(ctx, e, res.Migration.ID)
+	second, err := batched.ClaimBatch(ctx, e, id)
 	if err != nil || second == nil {
 		t.Fatalf("second claim: %v %v", second, err)
 	}
@@ -51,7 +38,7 @@ func TestClaimTokenFencesAnEarlierClaimOfTheSameEngine(t *testing.T) {
 	if err := e.RunLocal(ctx, 1, true); err != nil {
 		t.Fatal(err)
 	}
-	if s := b.status(t, res.Migration.ID); s != batched.Finished {
+	if s := b.status(t, id); s != batched.Finished {
 		t.Fatalf("status %s", s)
 	}
 	b.checkExactlyOnce(t, "fenced")
@@ -189,18 +176,15 @@ func TestSubBatchChecksTheCursorItExpects(t *testing.T) {
 	b.checkExactlyOnce(t, "cas")
 }
 
-// Commits a batch was told of can vanish (synchronous_commit off and a
-// crash, or a failover to an asynchronous standby): recording its success
-// then finds the job's cursor behind what the batch saw, hands the job back
-// instead of marking rows done that are not, and the next claim resumes
-// from the kept cursor, every row copied exactly once.
-func TestLostCommitsAreResumedNotSkipped(t *testing.T) {
-	t.Parallel()
+// oneClaimedBatch queues a 3,000-row migration of table in one batch of
+// 500-row sub-batches on a started engine and claims that batch.
+func oneClaimedBatch(t *testing.T, table string) (*bundle, *batched.Engine, int64, *batched.Claim) {
+	t.Helper()
 	b := setup(t)
 	ctx := testenv.Context(t)
-	b.table(t, "lostcommits", 3000)
+	b.table(t, table, 3000)
 	e := b.engine(t, batched.Config{})
-	res, err := e.Queue(ctx, batched.QueueOptions{Class: "CountAndCopy", Table: "lostcommits", Column: "id", BatchSize: 3000, SubBatchSize: 500})
+	res, err := e.Queue(ctx, batched.QueueOptions{Class: "CountAndCopy", Table: table, Column: "id", BatchSize: 3000, SubBatchSize: 500})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,6 +195,18 @@ func TestLostCommitsAreResumedNotSkipped(t *testing.T) {
 	if err != nil || cl == nil {
 		t.Fatalf("claim: %v %v", cl, err)
 	}
+	return b, e, res.Migration.ID, cl
+}
+
+// Commits a batch was told of can vanish (synchronous_commit off and a
+// crash, or a failover to an asynchronous standby): recording its success
+// then finds the job's cursor behind what the batch saw, hands the job back
+// instead of marking rows done that are not, and the next claim resumes
+// from the kept cursor, every row copied exactly once.
+func TestLostCommitsAreResumedNotSkipped(t *testing.T) {
+	t.Parallel()
+	b, e, id, cl := oneClaimedBatch(t, "lostcommits")
+	ctx := testenv.Context(t)
 	if err := batched.WriteSubBatch(ctx, e, cl, 500); err != nil {
 		t.Fatal(err)
 	}
@@ -219,13 +215,13 @@ func TestLostCommitsAreResumedNotSkipped(t *testing.T) {
 		t.Fatalf("recording: %v", err)
 	}
 	var status int
-	if err := b.pool.QueryRow(ctx, `SELECT status FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, res.Migration.ID).Scan(&status); err != nil || status != 2 {
+	if err := b.pool.QueryRow(ctx, `SELECT status FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, id).Scan(&status); err != nil || status != 2 {
 		t.Fatalf("job status %d, %v; want 2 (failed, to be resumed)", status, err)
 	}
 	if err := e.RunLocal(ctx, 1, true); err != nil {
 		t.Fatal(err)
 	}
-	if s := b.status(t, res.Migration.ID); s != batched.Finished {
+	if s := b.status(t, id); s != batched.Finished {
 		t.Fatalf("status %s", s)
 	}
 	b.checkExactlyOnce(t, "lostcommits")

@@ -68,13 +68,16 @@ func setupPaced(t *testing.T, mod func(*legacy.WorkerConfig)) *pacedBundle {
 	return b
 }
 
-func (b *pacedBundle) work(args string) error {
+func (b *pacedBundle) work(args string) error { return b.workIn(b.ctx, args) }
+
+// workIn works one job whose context is ctx.
+func (b *pacedBundle) workIn(ctx context.Context, args string) error {
 	var wa legacy.WorkerArgs
 	if err := worker.DecodeArgs(json.RawMessage(args), &wa); err != nil {
 		return err
 	}
 	p, _ := sidekiq.ParseJob([]byte(`{"class":"BackgroundMigrationWorker","queue":"background_migration","retry":3,"jid":"j","args":` + args + `}`))
-	return b.w.Work(b.ctx, &worker.Job[legacy.WorkerArgs]{Args: wa, JID: "j", Queue: legacy.QueueName, Payload: p})
+	return b.w.Work(ctx, &worker.Job[legacy.WorkerArgs]{Args: wa, JID: "j", Queue: legacy.QueueName, Payload: p})
 }
 
 // begin runs each job in its own goroutine and waits until all started.
@@ -248,18 +251,10 @@ func TestPacedPauseAfterJobHoldsTheSlot(t *testing.T) {
 	t.Parallel()
 	p := &fakePacer{done: make(chan time.Duration, 4)}
 	b := setupPaced(t, func(c *legacy.WorkerConfig) { c.Pacer = p })
-	work := func(ctx context.Context, args string) error {
-		var wa legacy.WorkerArgs
-		if err := worker.DecodeArgs(json.RawMessage(args), &wa); err != nil {
-			return err
-		}
-		j, _ := sidekiq.ParseJob([]byte(`{"class":"BackgroundMigrationWorker","queue":"background_migration","retry":3,"jid":"j","args":` + args + `}`))
-		return b.w.Work(ctx, &worker.Job[legacy.WorkerArgs]{Args: wa, JID: "j", Queue: legacy.QueueName, Payload: j})
-	}
 	ctx1, endPause := context.WithCancel(b.ctx)
 	defer endPause()
 	errs := make(chan error, 2)
-	go func() { errs <- work(ctx1, `["BlockIt",[1]]`) }()
+	go func() { errs <- b.workIn(ctx1, `["BlockIt",[1]]`) }()
 	<-b.started
 	b.release <- struct{}{}
 	if w := <-p.done; w <= 0 || p.waits.Load() != 1 {
@@ -270,7 +265,7 @@ func TestPacedPauseAfterJobHoldsTheSlot(t *testing.T) {
 		ti, err := legacy.Throttled(b.ctx, b.cfg.Redis)
 		return err == nil && ti != nil && ti.Reason == "paced: contention: other sessions are using the database"
 	})
-	go func() { errs <- work(b.ctx, `["BlockIt",[2]]`) }()
+	go func() { errs <- b.work(`["BlockIt",[2]]`) }()
 	b.mustWork(t, `["CountIt",[7]]`) // another class is not held up
 	<-p.done
 	if len(b.started) != 0 {
