@@ -78,13 +78,12 @@ const (
 	contentionHold = 3 * time.Second
 	// loadSubBatchBudget caps a sub-batch statement while paced: the rows
 	// it locks stay locked, and the CPU it takes stays taken, this long.
-	// A request that arrives during a short statement waits less, so the
-	// closed loop (pace_control.go) finds more of them within its budget
-	// and lets the batch run more of the time; the round trips around a
-	// 3 ms statement still cost well under its work. Without the closed
-	// loop statements are 10 ms (openLoopSubBatchBudget), as before it.
-	loadSubBatchBudget     = 3 * time.Millisecond
-	openLoopSubBatchBudget = 10 * time.Millisecond
+	// 3 ms statements (so that a request arriving during one waits less)
+	// were tried with the closed loop and copied about half as many rows
+	// per second on a quiet box, at the same p99, as 10 ms ones: the
+	// canaries found the shorter statements no less harmful per second
+	// of work, and their round trips cost (BENCHMARKS.md section 2).
+	loadSubBatchBudget = 10 * time.Millisecond
 	// minBlockingBudget is the shortest statement budget the blocking
 	// signal shrinks to: shorter statements would spend more time in
 	// round trips than in work.
@@ -283,11 +282,7 @@ func (p *pacer) pause(work time.Duration) time.Duration {
 // shorter still while sub-batches block others.
 func (p *pacer) budget(normal time.Duration) time.Duration {
 	if p.paced() {
-		if p.ctl.on() {
-			normal = min(normal, loadSubBatchBudget)
-		} else {
-			normal = min(normal, openLoopSubBatchBudget)
-		}
+		normal = min(normal, loadSubBatchBudget)
 	}
 	if p.stmtCap > 0 {
 		normal = min(normal, p.stmtCap)

@@ -90,6 +90,53 @@ func TestBBMETARate(t *testing.T) {
 			t.Fatalf("rate %.0f ids/s without the ramp's batches", ids)
 		}
 	})
+	t.Run("load arrives: the paced rate counts at once, the idle batches before it not at all", func(t *testing.T) {
+		w := steadyWindow(40, 100_000, 2, 30) // 50k ids/s idle
+		for range w.ids {
+			w.paced = append(w.paced, false)
+		}
+		slow := steadyWindow(3, 5_000, 10, 2) // then 500 ids/s paced
+		w.ids, w.rows = append(w.ids, slow.ids...), append(w.rows, slow.rows...)
+		w.cover, w.age = append(w.cover, slow.cover...), append(w.age, slow.age...)
+		w.paced = append(w.paced, true, true, true)
+		if got := eta(w); math.Abs(got-steady) > 1 {
+			t.Fatalf("ETA %.0fs, want %.0fs (the paced batches' rate)", got, steady)
+		}
+		// One paced batch alone is not yet a regime.
+		w.ids, w.rows, w.cover, w.age, w.paced = w.ids[:41], w.rows[:41], w.cover[:41], w.age[:41], w.paced[:41]
+		if got := eta(w); got > steady/2 {
+			t.Fatalf("after one paced batch ETA %.0fs, want the idle rate still weighing in", got)
+		}
+	})
+	t.Run("paced: the controller's swings move the ETA less than a 30 s memory would", func(t *testing.T) {
+		// Paced batches of 5 s; the rate alternates 4x fast and slow every
+		// 30 s, as the closed loop's duty does. The ETA at the end of a
+		// fast block and at the end of the slow block after it.
+		swing := func(paced bool) float64 {
+			build := func(blocks int) window {
+				var w window
+				for b := range blocks {
+					size := int64(1_000)
+					if b%2 == 0 {
+						size = 4_000
+					}
+					for range 6 {
+						w.ids, w.rows, w.cover = append(w.ids, size), append(w.rows, size), append(w.cover, 5)
+						w.paced = append(w.paced, paced)
+					}
+				}
+				for i := range w.ids {
+					w.age = append(w.age, float64(len(w.ids)-1-i)*5)
+				}
+				return w
+			}
+			fast, slow := eta(build(9)), eta(build(10))
+			return slow / fast
+		}
+		if p, u := swing(true), swing(false); p > 1.25 || u < p+0.2 {
+			t.Fatalf("ETA after a slow block / after a fast one: %.2f paced (want <= 1.25), %.2f unpaced (want well above)", p, u)
+		}
+	})
 	t.Run("sparse ids: the rate is in ids, the rows rate in rows", func(t *testing.T) {
 		w := steadyWindow(20, 5_000, 10, 2)
 		for i := range w.rows {

@@ -29,10 +29,11 @@ import (
 // look like the overlapping canaries and the rest like the idle ones, and
 // the application's p99 during the migration is the 99th percentile of
 // that mixture. The controller (latencyControl) predicts it from the last
-// few hundred canaries of each kind and compares it with the idle p99:
-// the duty rises (by at most half per decision) while the predicted
-// increase stays within the budget (bbm.max_latency_impact), and falls at
-// once, by half or more, when it does not. It never falls below
+// few hundred canaries of each kind (at most canaryWindow old) and
+// compares it with the idle p99: the duty rises (at most doubling per
+// decision) while the predicted increase stays within the budget
+// (bbm.max_latency_impact), and falls at once, by half or more, when it
+// does not. It never falls below
 // MinDutyUnderLoad nor rises above closedLoopMaxDuty.
 //
 // The prediction is only as good as the canary is like the application's
@@ -50,6 +51,11 @@ const (
 	// canaryRing is how many canaries of each kind the prediction uses:
 	// a 99th percentile of the idle ones is their fifth slowest.
 	canaryRing = 512
+	// canaryWindow is how old a canary may be and still count. Without it
+	// a burst of slow canaries (an autovacuum, an ANALYZE) held a low duty
+	// for minutes: at 0.5% overlapping canaries come about twice a second,
+	// so 512 of them are four minutes of history.
+	canaryWindow = 30 * time.Second
 	// minIdleCanaries and minBusyCanaries must be seen before the first
 	// decision; decideEvery overlapping canaries make each later one.
 	minIdleCanaries = 48
@@ -63,22 +69,28 @@ const (
 	cutStep   = 2
 )
 
-// latRing holds canary latencies in microseconds, newest overwriting oldest.
+// latRing holds canary latencies in microseconds and when each was sent,
+// newest overwriting oldest.
 type latRing struct {
 	v    [canaryRing]float32
+	at   [canaryRing]int64 // unix nanoseconds
 	n, i int
 }
 
-func (r *latRing) add(us float32) {
-	r.v[r.i] = us
+func (r *latRing) add(us float32, at time.Time) {
+	r.v[r.i], r.at[r.i] = us, at.UnixNano()
 	r.i = (r.i + 1) % canaryRing
 	r.n = min(r.n+1, canaryRing)
 }
 
-func (r *latRing) sorted() []float64 {
-	out := make([]float64, r.n)
+// sorted returns the latencies of the canaries sent at or after since.
+func (r *latRing) sorted(since time.Time) []float64 {
+	out := make([]float64, 0, r.n)
+	from := since.UnixNano()
 	for i := range r.n {
-		out[i] = float64(r.v[i])
+		if r.at[i] >= from {
+			out = append(out, float64(r.v[i]))
+		}
 	}
 	slices.Sort(out)
 	return out
@@ -93,9 +105,10 @@ type latencyControl struct {
 	floor      float64 // lowest duty
 	duty       float64 // current duty; 0 until started
 	idle, busy latRing
-	fresh      int     // overlapping canaries since the last decision
-	impact     float64 // predicted rise of others' p99 at duty (last decision)
-	decided    bool    // a decision was made: impact is meaningful
+	fresh      int       // overlapping canaries since the last decision
+	newest     time.Time // when the newest canary was sent
+	impact     float64   // predicted rise of others' p99 at duty (last decision)
+	decided    bool      // a decision was made: impact is meaningful
 	decisions  int
 }
 
@@ -106,16 +119,19 @@ func newLatencyControl(h HealthConfig) latencyControl {
 // on reports whether the closed loop is in use.
 func (c *latencyControl) on() bool { return c.budget > 0 }
 
-// observe adds one canary: its latency, and whether it ran while a
-// sub-batch statement did.
-func (c *latencyControl) observe(lat time.Duration, overlap bool) {
+// observe adds one canary: when it was sent, its latency, and whether it
+// ran while a sub-batch statement did.
+func (c *latencyControl) observe(at time.Time, lat time.Duration, overlap bool) {
 	us := float32(lat.Microseconds())
+	if at.After(c.newest) {
+		c.newest = at
+	}
 	if overlap {
-		c.busy.add(us)
+		c.busy.add(us, at)
 		c.fresh++
 		return
 	}
-	c.idle.add(us)
+	c.idle.add(us, at)
 }
 
 // quantile q of sorted samples (nearest rank).
@@ -161,11 +177,15 @@ func predict(idle, busy []float64, d float64) float64 {
 // decide moves the duty when enough new canaries came in, and reports
 // whether it did decide.
 func (c *latencyControl) decide() bool {
-	if !c.on() || c.idle.n < minIdleCanaries || c.busy.n < minBusyCanaries || c.fresh < decideEvery {
+	if !c.on() || c.fresh < decideEvery {
+		return false
+	}
+	since := c.newest.Add(-canaryWindow)
+	idle, busy := c.idle.sorted(since), c.busy.sorted(since)
+	if len(idle) < minIdleCanaries || len(busy) < minBusyCanaries {
 		return false
 	}
 	c.fresh = 0
-	idle, busy := c.idle.sorted(), c.busy.sorted()
 	// The largest duty within the budget, by bisection on a log scale:
 	// the predicted impact grows with the duty.
 	best := c.floor
@@ -288,7 +308,7 @@ func (c *canary) collect(ctl *latencyControl, statements *spans) (int, bool) {
 	for {
 		select {
 		case shot := <-c.res:
-			ctl.observe(shot.lat, statements.overlaps(shot.at))
+			ctl.observe(shot.at, shot.lat, statements.overlaps(shot.at))
 			n++
 			continue
 		case <-c.failed:

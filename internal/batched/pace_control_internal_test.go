@@ -1,6 +1,7 @@
 package batched
 
 import (
+	"cmp"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -12,6 +13,8 @@ import (
 type canaryFeed struct {
 	r         *rand.Rand
 	hit, slow float64
+	now       time.Time     // moves on step a sub-batch
+	step      time.Duration // 10 ms unless a test sets it
 }
 
 func newFeed(hit, slow float64) *canaryFeed {
@@ -37,9 +40,10 @@ func (f *canaryFeed) busy() time.Duration {
 func (f *canaryFeed) feed(c *latencyControl, n int) int {
 	decided := 0
 	for range n {
-		c.observe(f.busy(), true)
+		f.now = f.now.Add(cmp.Or(f.step, 10*time.Millisecond))
+		c.observe(f.now, f.busy(), true)
 		for range idleCanaries {
-			c.observe(f.idle(), false)
+			c.observe(f.now, f.idle(), false)
 		}
 		if c.decide() {
 			decided++
@@ -129,7 +133,7 @@ func TestLatencyControlBacksOffFast(t *testing.T) {
 	}
 	for range 5 {
 		prev := p.duty()
-		over := predict(p.ctl.idle.sorted(), p.ctl.busy.sorted(), prev) > p.ctl.budget
+		over := predict(p.ctl.idle.sorted(time.Time{}), p.ctl.busy.sorted(time.Time{}), prev) > p.ctl.budget
 		f.feed(&p.ctl, decideEvery)
 		if d := p.duty(); over && d > prev/cutStep+1e-9 {
 			t.Fatalf("duty %v after %v while over budget, want at most half", d, prev)
@@ -156,7 +160,7 @@ func TestLatencyControlSettlesAtBudget(t *testing.T) {
 		return p.ctl
 	}
 	c := settle(0.2)
-	idle, busy := c.idle.sorted(), c.busy.sorted()
+	idle, busy := c.idle.sorted(time.Time{}), c.busy.sorted(time.Time{})
 	if c.duty <= defaultMinDutyUnderLoad || c.duty >= closedLoopMaxDuty {
 		t.Fatalf("duty %v, want between the floor and the ceiling", c.duty)
 	}
@@ -168,6 +172,24 @@ func TestLatencyControlSettlesAtBudget(t *testing.T) {
 	}
 	if wide := settle(1); wide.duty <= c.duty {
 		t.Fatalf("budget +100%%: duty %v, not above %v at +20%%", wide.duty, c.duty)
+	}
+}
+
+// A burst of slow canaries (an autovacuum) pushes the duty to the floor;
+// once the burst is older than canaryWindow the duty climbs back, although
+// at the floor's pace (a sub-batch every 600 ms) the ring still holds
+// mostly canaries from the burst.
+func TestLatencyControlForgetsOldCanaries(t *testing.T) {
+	p := engagedPacer(HealthConfig{})
+	f := newFeed(1, 10)
+	f.feed(&p.ctl, 200)
+	if d := p.duty(); d > 0.0101 {
+		t.Fatalf("duty %v after the burst, want at most 1%%", d)
+	}
+	f.hit, f.step = 0, 600*time.Millisecond
+	f.feed(&p.ctl, 100) // 60 s; the ring keeps 412 busy canaries of the burst
+	if d := p.duty(); d < closedLoopMaxDuty {
+		t.Fatalf("duty %v a minute after the burst, want back at the ceiling %v", d, closedLoopMaxDuty)
 	}
 }
 

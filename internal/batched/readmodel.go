@@ -95,12 +95,22 @@ const stalledAfter = 5 * time.Minute
 // single batch, gaps between batches) is in it as long as it lasts; tau
 // is at least rateTau and at least 8 recent batches, so one slow or fast
 // batch moves the ETA a little, and a change that lasts moves it within
-// a minute. The start-up ramp is left out (rampEnd). No rescaling by the current batch size: the optimizer
-// changes the size to keep the batch duration, not the rate, so a new
-// size predicts little and made the ETA jump.
+// a minute. The start-up ramp is left out (rampEnd). No rescaling by the
+// current batch size: the optimizer changes the size to keep the batch
+// duration, not the rate, so a new size predicts little and made the ETA
+// jump.
+//
+// Paced batches (others use the database) are a regime of their own: once
+// the last two batches were paced, only the paced batches since pacing
+// began count, so the ETA shows the paced rate at once instead of
+// averaging it with the idle one. Their tau is pacedRateTau: the
+// closed-loop controller moves the rate up and down several-fold within a
+// minute (BENCHMARKS.md section 2), and only a longer memory averages its
+// swings instead of following each.
 const (
-	rateWindow = 100 // batches read
-	rateTau    = 30 * time.Second
+	rateWindow   = 100 // batches read
+	rateTau      = 30 * time.Second
+	pacedRateTau = 2 * time.Minute
 )
 
 // BatchSample is a migration's latest succeeded batch (for /metrics).
@@ -143,6 +153,7 @@ type window struct {
 	rows  []int64   // rows_done
 	cover []float64 // seconds of wall clock the batch accounts for (see viewSQL)
 	age   []float64 // seconds from its finish to now
+	paced []bool    // it slept for others (contention pacing)
 	// The open cycle: since the last batch finished (or the running
 	// batches started, after a long gap), running batches did openIDs ids
 	// and openRows rows in openSecs.
@@ -190,7 +201,7 @@ var viewSQL = `SELECT ` + migrationCols + `, "interval", updated_at, (` + finali
 	coalesce(a.a_rows, 0), coalesce(a.a_running, 0), coalesce(a.a_failed, 0), coalesce(a.a_n, 0),
 	a.a_cursor, coalesce(a.a_left, 0), coalesce(a.a_done, 0), a.a_touched,
 	coalesce(a.a_open_ids, 0), coalesce(a.a_open_rows, 0), a.a_open_start,
-	w.w_ids, w.w_rows, w.w_cover, w.w_age, w.w_last,
+	w.w_ids, w.w_rows, w.w_cover, w.w_age, w.w_paced, w.w_last,
 	l.l_size, l.l_dur, l.l_at, now()
 FROM batched_background_migrations m
 LEFT JOIN LATERAL (
@@ -214,9 +225,10 @@ LEFT JOIN LATERAL (
 			+ CASE WHEN r.prev_end < r.started_at AND extract(epoch FROM r.started_at - r.prev_end) < ` + gapSecs + `
 				THEN extract(epoch FROM r.started_at - r.prev_end) ELSE 0 END)::float8 ORDER BY r.started_at, r.id) AS w_cover,
 		array_agg(extract(epoch FROM now() - r.finished_at)::float8 ORDER BY r.started_at, r.id) AS w_age,
+		array_agg(coalesce((r.metrics->'pacing'->>'min_duty_cycle')::float8 < 1, false) ORDER BY r.started_at, r.id) AS w_paced,
 		max(r.finished_at) AS w_last
 	FROM (SELECT s.*, max(s.finished_at) OVER (ORDER BY s.started_at, s.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end
-		FROM (SELECT j.id, j.started_at, j.finished_at, j.rows_done, j.min_value, j.max_value
+		FROM (SELECT j.id, j.started_at, j.finished_at, j.rows_done, j.min_value, j.max_value, j.metrics
 			FROM batched_background_migration_jobs j
 			WHERE j.batched_background_migration_id = m.id AND j.status = 3 AND j.started_at IS NOT NULL AND j.finished_at IS NOT NULL
 				AND (m.started_at IS NULL OR j.finished_at >= m.started_at)
@@ -247,7 +259,7 @@ func scanView(row pgx.Row) (*MigrationInfo, time.Time, error) {
 		&v.Interval, &v.UpdatedAt, &a.finalizerGone,
 		&a.rowsDone, &a.running, &a.failed, &a.jobs, &a.cursor, &a.leftIDs, &a.doneIDs, &a.touched,
 		&w.openIDs, &w.openRows, &openStart,
-		&w.ids, &w.rows, &w.cover, &w.age, &last,
+		&w.ids, &w.rows, &w.cover, &w.age, &w.paced, &last,
 		&lastSize, &lastDur, &lastAt, &now)
 	if err != nil {
 		return nil, now, err
@@ -555,11 +567,14 @@ func humanMinutes(d time.Duration) string {
 // nothing was measured.
 func rates(w window) (ids, rows float64) {
 	n := len(w.ids)
-	if n != len(w.rows) || n != len(w.cover) || n != len(w.age) {
+	if n != len(w.rows) || n != len(w.cover) || n != len(w.age) || (w.paced != nil && n != len(w.paced)) {
 		return 0, 0
 	}
 	from := rampEnd(w.cover)
 	tau := rateTau.Seconds()
+	if p := pacedSince(w.paced); p >= 0 {
+		from, tau = max(from, p), pacedRateTau.Seconds()
+	}
 	if k := min(n-from, 5); k > 0 {
 		var recent float64
 		for _, c := range w.cover[n-k:] {
@@ -578,6 +593,20 @@ func rates(w window) (ids, rows float64) {
 		return 0, 0
 	}
 	return wIDs / wSecs, wRows / wSecs
+}
+
+// pacedSince is the index of the first batch of the trailing run of paced
+// batches, when the last two were paced; -1 otherwise.
+func pacedSince(paced []bool) int {
+	n := len(paced)
+	if n < 2 || !paced[n-1] || !paced[n-2] {
+		return -1
+	}
+	i := n - 2
+	for i > 0 && paced[i-1] {
+		i--
+	}
+	return i
 }
 
 // rampEnd is the index of the first batch after the start-up ramp: a run
