@@ -33,8 +33,8 @@ import (
 // compares it with the idle p99: the duty rises (at most doubling per
 // decision) while the predicted increase stays within the budget
 // (bbm.max_latency_impact), and falls at once, by half or more, when it
-// does not. It never falls below
-// MinDutyUnderLoad nor rises above closedLoopMaxDuty.
+// does not. It never falls below MinDutyUnderLoad nor rises above
+// closedLoopMaxDuty.
 //
 // The prediction is only as good as the canary is like the application's
 // requests; BENCHMARKS.md section 2 compares it with pgbench's own p99.
