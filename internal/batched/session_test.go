@@ -16,7 +16,7 @@ import (
 // the batch, and every row is written once.
 func TestClaimTokenFencesAnEarlierClaimOfTheSameEngine(t *testing.T) {
 	t.Parallel()
-	b, e, id, first := oneClaimedBatch(t, "fenced")
+	b, e, id, first := oneClaimedBatch(t, "fenced", 3000, 500)
 	ctx := testenv.Context(t)
 	// What a rescue does (a lost session taken for a dead one).
 	if _, err := b.pool.Exec(ctx, `UPDATE batched_background_migration_jobs SET status = 2 WHERE status = 1`); err != nil {
@@ -140,21 +140,8 @@ func TestEngineCloseRightAfterStart(t *testing.T) {
 // twice; the claim reads the row's cursor and goes on from there.
 func TestSubBatchChecksTheCursorItExpects(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b, e, _, cl := oneClaimedBatch(t, "cas", 1000, 100)
 	ctx := testenv.Context(t)
-	b.table(t, "cas", 1000)
-	e := b.engine(t, batched.Config{})
-	res, err := e.Queue(ctx, batched.QueueOptions{Class: "CountAndCopy", Table: "cas", Column: "id", BatchSize: 1000, SubBatchSize: 100})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	cl, err := batched.ClaimBatch(ctx, e, res.Migration.ID)
-	if err != nil || cl == nil {
-		t.Fatalf("claim: %v %v", cl, err)
-	}
 	if err := batched.WriteSubBatchAt(ctx, e, cl, 100, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -176,15 +163,15 @@ func TestSubBatchChecksTheCursorItExpects(t *testing.T) {
 	b.checkExactlyOnce(t, "cas")
 }
 
-// oneClaimedBatch queues a 3,000-row migration of table in one batch of
-// 500-row sub-batches on a started engine and claims that batch.
-func oneClaimedBatch(t *testing.T, table string) (*bundle, *batched.Engine, int64, *batched.Claim) {
+// oneClaimedBatch queues a migration of a rows-row table in one batch of
+// sub-row sub-batches on a started engine and claims that batch.
+func oneClaimedBatch(t *testing.T, table string, rows, sub int) (*bundle, *batched.Engine, int64, *batched.Claim) {
 	t.Helper()
 	b := setup(t)
 	ctx := testenv.Context(t)
-	b.table(t, table, 3000)
+	b.table(t, table, rows)
 	e := b.engine(t, batched.Config{})
-	res, err := e.Queue(ctx, batched.QueueOptions{Class: "CountAndCopy", Table: table, Column: "id", BatchSize: 3000, SubBatchSize: 500})
+	res, err := e.Queue(ctx, batched.QueueOptions{Class: "CountAndCopy", Table: table, Column: "id", BatchSize: rows, SubBatchSize: sub})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +192,7 @@ func oneClaimedBatch(t *testing.T, table string) (*bundle, *batched.Engine, int6
 // from the kept cursor, every row copied exactly once.
 func TestLostCommitsAreResumedNotSkipped(t *testing.T) {
 	t.Parallel()
-	b, e, id, cl := oneClaimedBatch(t, "lostcommits")
+	b, e, id, cl := oneClaimedBatch(t, "lostcommits", 3000, 500)
 	ctx := testenv.Context(t)
 	if err := batched.WriteSubBatch(ctx, e, cl, 500); err != nil {
 		t.Fatal(err)
