@@ -175,7 +175,7 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		}
 		s0 := time.Now()
 		if cn != nil && pc.paced() {
-			cn.fire(s0, lastWork)
+			cn.fire(s0, lastWork, 1)
 		}
 		limit := res.sub
 		var hi *int64
@@ -283,12 +283,9 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		}
 		res.sub = nextSubBatch(limit, n, work, pc.budget(budget), cl.size)
 		if cn != nil && pause > 0 && pc.paced() {
-			// Three requests arriving between sub-batches for each one
+			// Several requests arriving between sub-batches for each one
 			// arriving during one: the idle p99 needs more of them.
-			now := time.Now()
-			for range idleCanaries {
-				cn.fire(now, pause)
-			}
+			cn.fire(time.Now(), pause, idleShots(pause))
 		}
 		if pause > 0 {
 			select {

@@ -26,9 +26,7 @@ func TestCanaryMeasuresAndReleases(t *testing.T) {
 	var during spans
 	during.add(time.Now().Add(-time.Second), time.Now().Add(time.Hour))
 	ctl := newLatencyControl(HealthConfig{}.withDefaults())
-	for range 3 {
-		c.fire(time.Now(), time.Millisecond)
-	}
+	c.fire(time.Now(), time.Millisecond, 3)
 	got := 0
 	testenv.Eventually(t, 30*time.Second, "three canaries", func() bool {
 		n, ok := c.collect(&ctl, &during)
@@ -43,7 +41,7 @@ func TestCanaryMeasuresAndReleases(t *testing.T) {
 	}
 	// After the statement: idle.
 	var none spans
-	c.fire(time.Now(), 0)
+	c.fire(time.Now(), 0, 1)
 	testenv.Eventually(t, 30*time.Second, "an idle canary", func() bool {
 		_, _ = c.collect(&ctl, &none)
 		return ctl.idle.n == 1

@@ -53,16 +53,23 @@ const (
 	canaryRing = 512
 	// canaryWindow is how old a canary may be and still count. Without it
 	// a burst of slow canaries (an autovacuum, an ANALYZE) held a low duty
-	// for minutes: at 0.5% overlapping canaries come about twice a second,
-	// so 512 of them are four minutes of history.
+	// for minutes: at 0.5% an overlapping canary comes every two seconds,
+	// so 512 of them are a quarter of an hour of history. The window
+	// stretches back to the minimum counts below when it holds fewer, or a
+	// slow pace would stop the decisions altogether.
 	canaryWindow = 30 * time.Second
 	// minIdleCanaries and minBusyCanaries must be seen before the first
 	// decision; decideEvery overlapping canaries make each later one.
 	minIdleCanaries = 48
 	minBusyCanaries = 8
 	decideEvery     = 8
-	// idleCanaries are sent at random moments of each pause.
-	idleCanaries = 3
+	// Each pause gets one idle canary per idleCanaryEvery of it, at
+	// random moments, at least idleCanaries and at most maxIdleCanaries:
+	// at the floor's two-second pauses three would give too few for a
+	// 99th percentile inside canaryWindow.
+	idleCanaries    = 3
+	maxIdleCanaries = 20
+	idleCanaryEvery = 100 * time.Millisecond
 	// raiseStep and cutStep bound one decision: up to double, down by
 	// at least half when over the budget.
 	raiseStep = 2
@@ -83,10 +90,16 @@ func (r *latRing) add(us float32, at time.Time) {
 	r.n = min(r.n+1, canaryRing)
 }
 
-// sorted returns the latencies of the canaries sent at or after since.
-func (r *latRing) sorted(since time.Time) []float64 {
+// sorted returns the latencies of the canaries sent at or after since, or
+// of the newest atLeast when fewer were.
+func (r *latRing) sorted(since time.Time, atLeast int) []float64 {
 	out := make([]float64, 0, r.n)
 	from := since.UnixNano()
+	if k := min(atLeast, r.n); k > 0 {
+		ats := slices.Clone(r.at[:r.n])
+		slices.Sort(ats)
+		from = min(from, ats[r.n-k])
+	}
 	for i := range r.n {
 		if r.at[i] >= from {
 			out = append(out, float64(r.v[i]))
@@ -181,7 +194,7 @@ func (c *latencyControl) decide() bool {
 		return false
 	}
 	since := c.newest.Add(-canaryWindow)
-	idle, busy := c.idle.sorted(since), c.busy.sorted(since)
+	idle, busy := c.idle.sorted(since, minIdleCanaries), c.busy.sorted(since, minBusyCanaries)
 	if len(idle) < minIdleCanaries || len(busy) < minBusyCanaries {
 		return false
 	}
@@ -256,7 +269,7 @@ func startCanary(ctx context.Context, pool *pgxpool.Pool) (*canary, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	c := &canary{conn: conn, req: make(chan time.Time, 8), res: make(chan canaryShot, 64), failed: make(chan error, 1),
+	c := &canary{conn: conn, req: make(chan time.Time, 2*maxIdleCanaries), res: make(chan canaryShot, 64), failed: make(chan error, 1),
 		cancel: cancel, done: make(chan struct{})}
 	go c.run(ctx)
 	return c, nil
@@ -288,16 +301,29 @@ func (c *canary) run(ctx context.Context) {
 	}
 }
 
-// fire asks for a canary at a random moment in [from, from+span).
-func (c *canary) fire(from time.Time, span time.Duration) {
-	at := from
-	if span > 0 {
-		at = from.Add(time.Duration(rand.Int64N(int64(span))))
+// fire asks for n canaries at random moments in [from, from+span), in
+// order of time (the canary runs them one after the other).
+func (c *canary) fire(from time.Time, span time.Duration, n int) {
+	ats := make([]time.Time, n)
+	for i := range ats {
+		ats[i] = from
+		if span > 0 {
+			ats[i] = from.Add(time.Duration(rand.Int64N(int64(span))))
+		}
 	}
-	select {
-	case c.req <- at:
-	default:
+	slices.SortFunc(ats, time.Time.Compare)
+	for _, at := range ats {
+		select {
+		case c.req <- at:
+		default:
+			return
+		}
 	}
+}
+
+// idleShots is how many idle canaries a pause gets.
+func idleShots(pause time.Duration) int {
+	return min(max(int(pause/idleCanaryEvery), idleCanaries), maxIdleCanaries)
 }
 
 // collect hands the canaries measured so far to the controller, each

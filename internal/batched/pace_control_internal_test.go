@@ -133,7 +133,7 @@ func TestLatencyControlBacksOffFast(t *testing.T) {
 	}
 	for range 5 {
 		prev := p.duty()
-		over := predict(p.ctl.idle.sorted(time.Time{}), p.ctl.busy.sorted(time.Time{}), prev) > p.ctl.budget
+		over := predict(p.ctl.idle.sorted(time.Time{}, 0), p.ctl.busy.sorted(time.Time{}, 0), prev) > p.ctl.budget
 		f.feed(&p.ctl, decideEvery)
 		if d := p.duty(); over && d > prev/cutStep+1e-9 {
 			t.Fatalf("duty %v after %v while over budget, want at most half", d, prev)
@@ -160,7 +160,7 @@ func TestLatencyControlSettlesAtBudget(t *testing.T) {
 		return p.ctl
 	}
 	c := settle(0.2)
-	idle, busy := c.idle.sorted(time.Time{}), c.busy.sorted(time.Time{})
+	idle, busy := c.idle.sorted(time.Time{}, 0), c.busy.sorted(time.Time{}, 0)
 	if c.duty <= defaultMinDutyUnderLoad || c.duty >= closedLoopMaxDuty {
 		t.Fatalf("duty %v, want between the floor and the ceiling", c.duty)
 	}
@@ -190,6 +190,60 @@ func TestLatencyControlForgetsOldCanaries(t *testing.T) {
 	f.feed(&p.ctl, 100) // 60 s; the ring keeps 412 busy canaries of the burst
 	if d := p.duty(); d < closedLoopMaxDuty {
 		t.Fatalf("duty %v a minute after the burst, want back at the ceiling %v", d, closedLoopMaxDuty)
+	}
+}
+
+// At the floor's pace (10 ms statements, 2 s pauses, idleShots of them a
+// pause) canaryWindow holds fewer canaries than a decision needs; the
+// window stretches back to them instead of the duty staying at the floor
+// for good, as it did in session 7's bench runs.
+func TestLatencyControlDecidesAtTheFloor(t *testing.T) {
+	p := engagedPacer(HealthConfig{})
+	f := newFeed(1, 10)
+	f.feed(&p.ctl, 200)
+	if d := p.duty(); d > 0.0101 {
+		t.Fatalf("duty %v after the burst, want at most 1%%", d)
+	}
+	// Three idle canaries a pause, one sub-batch every 2.01 s: 45 idle
+	// canaries in canaryWindow, fewer than minIdleCanaries.
+	f.hit, f.step = 0, 2010*time.Millisecond
+	before := p.ctl.decisions
+	f.feed(&p.ctl, 200)
+	if p.ctl.decisions == before {
+		t.Fatal("no decision in 400 s at the floor's pace")
+	}
+	if d := p.duty(); d < closedLoopMaxDuty {
+		t.Fatalf("duty %v after 400 harmless seconds, want back at the ceiling %v", d, closedLoopMaxDuty)
+	}
+}
+
+// A pause gets an idle canary per idleCanaryEvery, within bounds.
+func TestIdleShots(t *testing.T) {
+	for _, c := range []struct {
+		pause time.Duration
+		want  int
+	}{{0, idleCanaries}, {200 * time.Millisecond, idleCanaries}, {time.Second, 10}, {2 * time.Second, maxIdleCanaries}, {time.Minute, maxIdleCanaries}} {
+		if got := idleShots(c.pause); got != c.want {
+			t.Fatalf("pause %s: %d idle canaries, want %d", c.pause, got, c.want)
+		}
+	}
+}
+
+// The window keeps canaries younger than since, or the newest atLeast.
+func TestLatRingSortedStretches(t *testing.T) {
+	var r latRing
+	t0 := time.Unix(1000, 0)
+	for i := range 10 {
+		r.add(float32(10-i), t0.Add(time.Duration(i)*time.Second)) // latencies 10..1, newest smallest
+	}
+	if got := r.sorted(t0.Add(7*time.Second), 0); len(got) != 3 || got[2] != 3 {
+		t.Fatalf("since +7s: %v, want [1 2 3]", got)
+	}
+	if got := r.sorted(t0.Add(7*time.Second), 5); len(got) != 5 || got[4] != 5 {
+		t.Fatalf("since +7s, at least 5: %v, want [1 2 3 4 5]", got)
+	}
+	if got := r.sorted(t0.Add(7*time.Second), 50); len(got) != 10 {
+		t.Fatalf("at least 50 of 10: %v, want all 10", got)
 	}
 }
 
