@@ -216,6 +216,7 @@ func (p *pacer) observe(busy, recent int, now time.Time) {
 	p.load += alpha * (x - p.load)
 	p.present += alpha * (r - p.present)
 	p.samples++
+	p.ctl.floor = p.openDuty()
 	switch {
 	case p.load >= contentionThreshold || p.present >= presenceThreshold:
 		p.engaged, p.quietSince = true, time.Time{}
@@ -255,8 +256,16 @@ func (p *pacer) duty() float64 {
 		return 1
 	}
 	if p.closedLoop() {
-		return p.ctl.duty
+		return math.Max(p.ctl.duty, p.openDuty())
 	}
+	return p.openDuty()
+}
+
+// openDuty is the open loop's duty: MaxDutyUnderLoad for up to one busy
+// session, falling in proportion to their number, never below
+// MinDutyUnderLoad. It is the closed loop's floor too: the closed loop
+// only ever adds to what this pacing, polite enough before it, allowed.
+func (p *pacer) openDuty() float64 {
 	d := p.maxDuty / max(p.load, 1)
 	return math.Max(p.minDuty, math.Min(d, p.maxDuty))
 }

@@ -52,11 +52,17 @@ func (f *canaryFeed) feed(c *latencyControl, n int) int {
 	return decided
 }
 
-// engagedPacer is a pacer that other sessions' activity has engaged.
-func engagedPacer(h HealthConfig) pacer {
+// engagedPacer is a pacer that one busy session has engaged: the open
+// loop's duty, the closed loop's floor, is MaxDutyUnderLoad.
+func engagedPacer(h HealthConfig) pacer { return busyPacer(h, 1) }
+
+// busyPacer is a pacer engaged by busy sessions for long enough that the
+// open loop's duty (and so the closed loop's floor) is
+// MaxDutyUnderLoad/busy, at least MinDutyUnderLoad.
+func busyPacer(h HealthConfig, busy int) pacer {
 	p := newPacer(h.withDefaults())
-	for i := range 20 {
-		p.observe(1, 6, time.Unix(0, 0).Add(time.Duration(i)*20*time.Millisecond))
+	for i := range 40 {
+		p.observe(busy, busy+5, time.Unix(0, 0).Add(time.Duration(i)*100*time.Millisecond))
 	}
 	return p
 }
@@ -120,33 +126,42 @@ func TestLatencyControlRaisesWhileHarmless(t *testing.T) {
 	}
 }
 
-// Sub-batches that slow every request during them by 10x: from 16% the
-// duty halves (or more) at every decision while the predicted p99 is over
-// budget, down to about 1% (as many slowed requests as a p99 hides). A
-// floor above that holds it, over budget.
+// Sub-batches that slow every request during them by 10x: from the
+// ceiling the duty halves (or more) at every decision while the predicted
+// p99 is over budget, down to about 1% (as many slowed requests as a p99
+// hides) but never below the open loop's duty: the closed loop only adds
+// to what the pacing before it allowed. With one busy session that floor
+// (2%) holds it over budget; with eight it is MinDutyUnderLoad.
 func TestLatencyControlBacksOffFast(t *testing.T) {
-	p := engagedPacer(HealthConfig{MaxDutyUnderLoad: 0.16})
-	f := newFeed(1, 10)
-	f.feed(&p.ctl, 40)
-	if !p.closedLoop() || p.duty() > 0.08 {
-		t.Fatalf("duty %v after the first decision over budget, want at most half of 0.16", p.duty())
-	}
-	for range 5 {
-		prev := p.duty()
-		over := predict(p.ctl.idle.sorted(time.Time{}, 0), p.ctl.busy.sorted(time.Time{}, 0), prev) > p.ctl.budget
-		f.feed(&p.ctl, decideEvery)
-		if d := p.duty(); over && d > prev/cutStep+1e-9 {
-			t.Fatalf("duty %v after %v while over budget, want at most half", d, prev)
+	for _, c := range []struct {
+		busy  int
+		floor float64
+	}{{1, defaultMaxDutyUnderLoad}, {8, defaultMinDutyUnderLoad}} {
+		p := busyPacer(HealthConfig{}, c.busy)
+		f := newFeed(0, 1)
+		f.feed(&p.ctl, 40+20*decideEvery) // harmless: up to the ceiling
+		if p.duty() != closedLoopMaxDuty {
+			t.Fatalf("%d busy: duty %v after harmless canaries, want the ceiling", c.busy, p.duty())
 		}
-	}
-	if d := p.duty(); d > 0.0101 || d < defaultMinDutyUnderLoad || p.ctl.impact > p.ctl.budget {
-		t.Fatalf("duty %v (predicted impact %v), want at most 1%% and within the budget", d, p.ctl.impact)
-	}
-
-	q := engagedPacer(HealthConfig{MaxDutyUnderLoad: 0.16, MinDutyUnderLoad: 0.03})
-	f.feed(&q.ctl, 40+5*decideEvery)
-	if q.duty() != 0.03 || q.ctl.impact <= q.ctl.budget {
-		t.Fatalf("floor 3%%: duty %v, predicted impact %v", q.duty(), q.ctl.impact)
+		f.hit, f.slow = 1, 10
+		for range 12 {
+			prev := p.duty()
+			over := predict(p.ctl.idle.sorted(time.Time{}, 0), p.ctl.busy.sorted(time.Time{}, 0), prev) > p.ctl.budget
+			f.feed(&p.ctl, decideEvery)
+			if d := p.duty(); over && d > max(prev/cutStep, c.floor)+1e-9 {
+				t.Fatalf("%d busy: duty %v after %v while over budget, want at most half", c.busy, d, prev)
+			}
+		}
+		f.feed(&p.ctl, canaryRing) // only slowed canaries left
+		// About 1% of requests slowed hide below the p99; the floor may
+		// hold the duty above that, over budget.
+		d := p.duty()
+		if d < c.floor-1e-9 || d > max(c.floor, 0.0101) {
+			t.Fatalf("%d busy: duty %v, want at most 1%% and not below the open loop's %v", c.busy, d, c.floor)
+		}
+		if held := d > 0.0101; held != (p.ctl.impact > p.ctl.budget) {
+			t.Fatalf("%d busy: duty %v with predicted impact %v (budget %v)", c.busy, d, p.ctl.impact, p.ctl.budget)
+		}
 	}
 }
 
@@ -180,7 +195,7 @@ func TestLatencyControlSettlesAtBudget(t *testing.T) {
 // at the floor's pace (a sub-batch every 600 ms) the ring still holds
 // mostly canaries from the burst.
 func TestLatencyControlForgetsOldCanaries(t *testing.T) {
-	p := engagedPacer(HealthConfig{})
+	p := busyPacer(HealthConfig{}, 8)
 	f := newFeed(1, 10)
 	f.feed(&p.ctl, 200)
 	if d := p.duty(); d > 0.0101 {
@@ -198,7 +213,7 @@ func TestLatencyControlForgetsOldCanaries(t *testing.T) {
 // window stretches back to them instead of the duty staying at the floor
 // for good, as it did in session 7's bench runs.
 func TestLatencyControlDecidesAtTheFloor(t *testing.T) {
-	p := engagedPacer(HealthConfig{})
+	p := busyPacer(HealthConfig{}, 8)
 	f := newFeed(1, 10)
 	f.feed(&p.ctl, 200)
 	if d := p.duty(); d > 0.0101 {
