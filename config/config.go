@@ -128,8 +128,8 @@ type BBM struct {
 	TargetBatchDuration time.Duration `yaml:"target_batch_duration"`
 	// MaxDutyUnderLoad is the share of time a batch may spend in its
 	// statements while other sessions use the database (1: never paced).
-	// With MaxLatencyImpact above 0 it is only where the closed loop
-	// starts and what it keeps while it cannot measure.
+	// With MaxLatencyImpact above 0 it is where the closed loop starts,
+	// what it keeps while it cannot measure, and the least it runs.
 	MaxDutyUnderLoad float64 `yaml:"max_duty_under_load"`
 	// MaxLatencyImpact is how much a migration may raise other sessions'
 	// p99 latency (0.2: by a fifth); paced batches measure it and run as

@@ -60,7 +60,8 @@ type HealthConfig struct {
 	// p99 latency while they use the database (0.2: by a fifth). Paced
 	// batches measure it with canaries (pace_control.go) and set the duty
 	// cycle to the largest share that stays within it, starting from
-	// MaxDutyUnderLoad, between MinDutyUnderLoad and 25%. Default 0.2;
+	// MaxDutyUnderLoad, between the open loop's duty (MaxDutyUnderLoad
+	// over the busy sessions, at least MinDutyUnderLoad) and 25%. Default 0.2;
 	// negative: no closed loop, the fixed duty cycle MaxDutyUnderLoad
 	// (the pacing before the closed loop). MaxDutyUnderLoad >= 1 turns all contention
 	// pacing off, whatever this is.

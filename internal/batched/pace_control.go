@@ -33,8 +33,9 @@ import (
 // compares it with the idle p99: the duty rises (at most doubling per
 // decision) while the predicted increase stays within the budget
 // (bbm.max_latency_impact), and falls at once, by half or more, when it
-// does not. It never falls below MinDutyUnderLoad nor rises above
-// closedLoopMaxDuty.
+// does not. It never falls below the open loop's duty (pacer.openDuty:
+// the closed loop only adds to what the pacing before it allowed) nor
+// rises above closedLoopMaxDuty.
 //
 // The prediction is only as good as the canary is like the application's
 // requests; BENCHMARKS.md section 2 compares it with pgbench's own p99.
@@ -115,7 +116,7 @@ func (r *latRing) sorted(since time.Time, atLeast int) []float64 {
 // from batch to batch.
 type latencyControl struct {
 	budget     float64 // allowed rise of others' p99 (0.2: +20%); <= 0: off
-	floor      float64 // lowest duty
+	floor      float64 // lowest duty: the open loop's, set by the pacer
 	duty       float64 // current duty; 0 until started
 	idle, busy latRing
 	fresh      int       // overlapping canaries since the last decision
