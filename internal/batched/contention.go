@@ -312,8 +312,12 @@ func (p *pacer) signal() *Signal {
 	switch {
 	case d >= 1:
 	case p.closedLoop():
-		why = append(why, fmt.Sprintf("other sessions are using the database: running %s%% of the time (duty cycle): others' p99 %s (measured by canaries; budget %s, `bbm.max_latency_impact`)",
-			pct(d), signedPct(max(p.ctl.impact, 0)), signedPct(p.ctl.budget)))
+		floor := ""
+		if p.ctl.impact > p.ctl.budget {
+			floor = "; never below `bbm.max_duty_under_load`"
+		}
+		why = append(why, fmt.Sprintf("other sessions are using the database: running %s%% of the time (duty cycle): others' p99 %s (measured by canaries; budget %s, `bbm.max_latency_impact`%s)",
+			pct(d), signedPct(max(p.ctl.impact, 0)), signedPct(p.ctl.budget), floor))
 	case p.ctl.on():
 		why = append(why, fmt.Sprintf("other sessions are using the database: running %s%% of the time (duty cycle) while measuring what others feel, see `bbm.max_latency_impact`",
 			pct(d)))

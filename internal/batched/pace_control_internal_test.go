@@ -162,6 +162,11 @@ func TestLatencyControlBacksOffFast(t *testing.T) {
 		if held := d > 0.0101; held != (p.ctl.impact > p.ctl.budget) {
 			t.Fatalf("%d busy: duty %v with predicted impact %v (budget %v)", c.busy, d, p.ctl.impact, p.ctl.budget)
 		}
+		// bbm show says why it runs over the budget.
+		held := strings.Contains(p.signal().Reason, "never below `bbm.max_duty_under_load`")
+		if held != (p.ctl.impact > p.ctl.budget) {
+			t.Fatalf("%d busy: reason %q with predicted impact %v", c.busy, p.signal().Reason, p.ctl.impact)
+		}
 	}
 }
 
