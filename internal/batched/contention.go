@@ -39,9 +39,9 @@ import (
 //     short (loadSubBatchBudget). d starts at MaxDutyUnderLoad; once the
 //     closed loop (pace_control.go) has measured how much the sub-batches
 //     slow a tiny canary transaction, it sets d to the largest share that
-//     keeps others' predicted p99 within MaxLatencyImpact. Without the
-//     closed loop, the more sessions are busy, the lower d, down to
-//     MinDutyUnderLoad. When they have been quiet for contentionHold, the
+//     keeps others' predicted p99 within MaxLatencyImpact, never below
+//     the open loop's d. The open loop: the more sessions are busy, the
+//     lower d, down to MinDutyUnderLoad. When they have been quiet for contentionHold, the
 //     batch runs at full speed again.
 //
 // The duty cycle belongs to the database, not to a batch: the application
@@ -216,7 +216,7 @@ func (p *pacer) observe(busy, recent int, now time.Time) {
 	p.load += alpha * (x - p.load)
 	p.present += alpha * (r - p.present)
 	p.samples++
-	p.ctl.floor = p.openDuty()
+	p.ctl.floor = min(p.openDuty(), closedLoopMaxDuty)
 	switch {
 	case p.load >= contentionThreshold || p.present >= presenceThreshold:
 		p.engaged, p.quietSince = true, time.Time{}
@@ -248,15 +248,14 @@ func (p *pacer) observeBlocked(blocked int, work, normal time.Duration) {
 }
 
 // duty is the share of time sub-batch statements may take: 1 while the
-// database is idle; while it serves others MaxDutyUnderLoad for up to one
-// busy session, falling in proportion to their number, never below
-// MinDutyUnderLoad.
+// database is idle; while it serves others the closed loop's duty once it
+// has decided, else the open loop's.
 func (p *pacer) duty() float64 {
 	if !p.enabled() || !p.engaged {
 		return 1
 	}
 	if p.closedLoop() {
-		return math.Max(p.ctl.duty, p.openDuty())
+		return math.Max(p.ctl.duty, p.ctl.floor)
 	}
 	return p.openDuty()
 }
@@ -313,8 +312,8 @@ func (p *pacer) signal() *Signal {
 	case d >= 1:
 	case p.closedLoop():
 		floor := ""
-		if p.ctl.impact > p.ctl.budget {
-			floor = "; never below `bbm.max_duty_under_load`"
+		if p.ctl.impact > p.ctl.budget && d <= p.ctl.floor+1e-9 {
+			floor = "; never below the share without it, `bbm.max_duty_under_load` over the busy sessions"
 		}
 		why = append(why, fmt.Sprintf("other sessions are using the database: running %s%% of the time (duty cycle): others' p99 %s (measured by canaries; budget %s, `bbm.max_latency_impact`%s)",
 			pct(d), signedPct(max(p.ctl.impact, 0)), signedPct(p.ctl.budget), floor))

@@ -44,9 +44,11 @@ type HealthConfig struct {
 	Interval time.Duration
 	// MaxHold caps the exponential back-off of repeated holds (default 60s).
 	MaxHold time.Duration
-	// MaxDutyUnderLoad is the largest share of time a batch spends in
-	// sub-batch statements while other sessions are busy in the database
-	// (the contention signal, see contention.go); it sleeps the rest.
+	// MaxDutyUnderLoad is the share of time a batch spends in sub-batch
+	// statements while other sessions are busy in the database (the
+	// contention signal, see contention.go); it sleeps the rest. The
+	// closed loop (MaxLatencyImpact) starts from it, may raise it up to
+	// 25% and never goes below it.
 	// It applies to about one busy session and falls in proportion to
 	// their number. It is shared: all paced batches of the database, in
 	// every process, take turns within it. Default 0.02, which keeps an application's p99

@@ -23,19 +23,20 @@ import (
 // a canary, a tiny transaction that commits (it takes a transaction id, so
 // its COMMIT waits for the WAL flush like an application's write does),
 // run on a connection of its own, once at a random moment inside each
-// sub-batch statement (an "overlapping" request) and once or twice at a
-// random moment of the pause after it (an "idle" request). Requests
+// sub-batch statement (an "overlapping" request) and once per 100 ms of
+// the pause after it (3-20 times, an "idle" request). Requests
 // arrive at random, so a share d (the duty) of the application's requests
 // look like the overlapping canaries and the rest like the idle ones, and
 // the application's p99 during the migration is the 99th percentile of
 // that mixture. The controller (latencyControl) predicts it from the last
-// few hundred canaries of each kind (at most canaryWindow old) and
+// few hundred canaries of each kind (at most canaryWindow old, or the
+// newest few dozen at a slow pace) and
 // compares it with the idle p99: the duty rises (at most doubling per
 // decision) while the predicted increase stays within the budget
 // (bbm.max_latency_impact), and falls at once, by half or more, when it
-// does not. It never falls below the open loop's duty (pacer.openDuty:
-// the closed loop only adds to what the pacing before it allowed) nor
-// rises above closedLoopMaxDuty.
+// does not. It never falls below the open loop's duty (pacer.openDuty,
+// capped at closedLoopMaxDuty: the closed loop only adds to what the
+// pacing before it allowed) nor rises above closedLoopMaxDuty.
 //
 // The prediction is only as good as the canary is like the application's
 // requests; BENCHMARKS.md section 2 compares it with pgbench's own p99.
@@ -57,8 +58,11 @@ const (
 	// for minutes: at 0.5% an overlapping canary comes every two seconds,
 	// so 512 of them are a quarter of an hour of history. The window
 	// stretches back to the minimum counts below when it holds fewer, or a
-	// slow pace would stop the decisions altogether.
+	// slow pace would stop the decisions altogether, but never beyond
+	// canaryMaxAge: the pacer outlives batches and pauses, and a canary
+	// from before a quiet hour says nothing about now.
 	canaryWindow = 30 * time.Second
+	canaryMaxAge = 10 * canaryWindow
 	// minIdleCanaries and minBusyCanaries must be seen before the first
 	// decision; decideEvery overlapping canaries make each later one.
 	minIdleCanaries = 48
@@ -92,14 +96,14 @@ func (r *latRing) add(us float32, at time.Time) {
 }
 
 // sorted returns the latencies of the canaries sent at or after since, or
-// of the newest atLeast when fewer were.
-func (r *latRing) sorted(since time.Time, atLeast int) []float64 {
+// of the newest atLeast when fewer were, down to oldest.
+func (r *latRing) sorted(since, oldest time.Time, atLeast int) []float64 {
 	out := make([]float64, 0, r.n)
 	from := since.UnixNano()
 	if k := min(atLeast, r.n); k > 0 {
 		ats := slices.Clone(r.at[:r.n])
 		slices.Sort(ats)
-		from = min(from, ats[r.n-k])
+		from = max(min(from, ats[r.n-k]), oldest.UnixNano())
 	}
 	for i := range r.n {
 		if r.at[i] >= from {
@@ -194,8 +198,8 @@ func (c *latencyControl) decide() bool {
 	if !c.on() || c.fresh < decideEvery {
 		return false
 	}
-	since := c.newest.Add(-canaryWindow)
-	idle, busy := c.idle.sorted(since, minIdleCanaries), c.busy.sorted(since, minBusyCanaries)
+	since, oldest := c.newest.Add(-canaryWindow), c.newest.Add(-canaryMaxAge)
+	idle, busy := c.idle.sorted(since, oldest, minIdleCanaries), c.busy.sorted(since, oldest, minBusyCanaries)
 	if len(idle) < minIdleCanaries || len(busy) < minBusyCanaries {
 		return false
 	}
@@ -243,7 +247,7 @@ type canaryShot struct {
 }
 
 // canary runs canaries on a connection of its own at the times the batch
-// asks for. It never blocks the batch: requests beyond a few pending ones
+// asks for. It never blocks the batch: requests beyond a pause's worth
 // are dropped, results are read when the batch has time.
 type canary struct {
 	conn   *pgxpool.Conn

@@ -35,8 +35,8 @@ func (f *canaryFeed) busy() time.Duration {
 }
 
 // feed gives the controller one sub-batch's canaries (one overlapping,
-// idleCanaries idle, as execute does) n times, returning the decisions
-// made.
+// idleCanaries idle: execute's fewest, idleShots) n times, returning the
+// decisions made.
 func (f *canaryFeed) feed(c *latencyControl, n int) int {
 	decided := 0
 	for range n {
@@ -146,7 +146,7 @@ func TestLatencyControlBacksOffFast(t *testing.T) {
 		f.hit, f.slow = 1, 10
 		for range 12 {
 			prev := p.duty()
-			over := predict(p.ctl.idle.sorted(time.Time{}, 0), p.ctl.busy.sorted(time.Time{}, 0), prev) > p.ctl.budget
+			over := predict(p.ctl.idle.sorted(time.Time{}, time.Time{}, 0), p.ctl.busy.sorted(time.Time{}, time.Time{}, 0), prev) > p.ctl.budget
 			f.feed(&p.ctl, decideEvery)
 			if d := p.duty(); over && d > max(prev/cutStep, c.floor)+1e-9 {
 				t.Fatalf("%d busy: duty %v after %v while over budget, want at most half", c.busy, d, prev)
@@ -163,10 +163,21 @@ func TestLatencyControlBacksOffFast(t *testing.T) {
 			t.Fatalf("%d busy: duty %v with predicted impact %v (budget %v)", c.busy, d, p.ctl.impact, p.ctl.budget)
 		}
 		// bbm show says why it runs over the budget.
-		held := strings.Contains(p.signal().Reason, "never below `bbm.max_duty_under_load`")
+		held := strings.Contains(p.signal().Reason, "never below the share without it, `bbm.max_duty_under_load` over the busy sessions")
 		if held != (p.ctl.impact > p.ctl.budget) {
 			t.Fatalf("%d busy: reason %q with predicted impact %v", c.busy, p.signal().Reason, p.ctl.impact)
 		}
+	}
+}
+
+// A max_duty_under_load above the closed loop's ceiling is where it
+// starts, not a floor above the ceiling: slowed requests still bring the
+// duty down to 25% and below.
+func TestLatencyControlFloorCappedAtCeiling(t *testing.T) {
+	p := engagedPacer(HealthConfig{MaxDutyUnderLoad: 0.5})
+	newFeed(1, 10).feed(&p.ctl, 40+10*decideEvery)
+	if d := p.duty(); d > closedLoopMaxDuty {
+		t.Fatalf("duty %v with max_duty_under_load 0.5 and every request slowed, want at most %v", d, closedLoopMaxDuty)
 	}
 }
 
@@ -180,7 +191,7 @@ func TestLatencyControlSettlesAtBudget(t *testing.T) {
 		return p.ctl
 	}
 	c := settle(0.2)
-	idle, busy := c.idle.sorted(time.Time{}, 0), c.busy.sorted(time.Time{}, 0)
+	idle, busy := c.idle.sorted(time.Time{}, time.Time{}, 0), c.busy.sorted(time.Time{}, time.Time{}, 0)
 	if c.duty <= defaultMinDutyUnderLoad || c.duty >= closedLoopMaxDuty {
 		t.Fatalf("duty %v, want between the floor and the ceiling", c.duty)
 	}
@@ -213,10 +224,10 @@ func TestLatencyControlForgetsOldCanaries(t *testing.T) {
 	}
 }
 
-// At the floor's pace (10 ms statements, 2 s pauses, idleShots of them a
-// pause) canaryWindow holds fewer canaries than a decision needs; the
-// window stretches back to them instead of the duty staying at the floor
-// for good, as it did in session 7's bench runs.
+// At a slow pace canaryWindow holds fewer canaries than a decision needs;
+// the window stretches back to them instead of the duty staying at the
+// floor for good, as it did in session 7's bench runs (0.5%: 2 s pauses,
+// three idle canaries each then), but not beyond canaryMaxAge.
 func TestLatencyControlDecidesAtTheFloor(t *testing.T) {
 	p := busyPacer(HealthConfig{}, 8)
 	f := newFeed(1, 10)
@@ -235,6 +246,24 @@ func TestLatencyControlDecidesAtTheFloor(t *testing.T) {
 	if d := p.duty(); d < closedLoopMaxDuty {
 		t.Fatalf("duty %v after 400 harmless seconds, want back at the ceiling %v", d, closedLoopMaxDuty)
 	}
+	// Sub-batches 5 s apart (other batches' turns on the shared clock):
+	// six overlapping canaries in the window, fewer than minBusyCanaries.
+	f.hit, f.step = 1, 5*time.Second
+	before = p.ctl.decisions
+	f.feed(&p.ctl, 10*decideEvery)
+	if p.ctl.decisions < before+5 {
+		t.Fatalf("%d decisions in %d sub-batches 5 s apart, want about 10", p.ctl.decisions-before, 10*decideEvery)
+	}
+	if d := p.duty(); d > 0.0101 {
+		t.Fatalf("duty %v after slowed canaries 5 s apart, want at most 1%%", d)
+	}
+	// Canaries from before a quiet hour do not count.
+	f.hit, f.step = 0, time.Hour
+	f.feed(&p.ctl, 1)
+	f.step = 10 * time.Millisecond
+	if n := f.feed(&p.ctl, decideEvery-1); n != 0 {
+		t.Fatalf("decided %d times on canaries an hour old", n)
+	}
 }
 
 // A pause gets an idle canary per idleCanaryEvery, within bounds.
@@ -249,21 +278,26 @@ func TestIdleShots(t *testing.T) {
 	}
 }
 
-// The window keeps canaries younger than since, or the newest atLeast.
+// The window keeps canaries younger than since, or the newest atLeast,
+// none older than oldest.
 func TestLatRingSortedStretches(t *testing.T) {
 	var r latRing
 	t0 := time.Unix(1000, 0)
 	for i := range 10 {
 		r.add(float32(10-i), t0.Add(time.Duration(i)*time.Second)) // latencies 10..1, newest smallest
 	}
-	if got := r.sorted(t0.Add(7*time.Second), 0); len(got) != 3 || got[2] != 3 {
+	since := t0.Add(7 * time.Second)
+	if got := r.sorted(since, t0, 0); len(got) != 3 || got[2] != 3 {
 		t.Fatalf("since +7s: %v, want [1 2 3]", got)
 	}
-	if got := r.sorted(t0.Add(7*time.Second), 5); len(got) != 5 || got[4] != 5 {
+	if got := r.sorted(since, t0, 5); len(got) != 5 || got[4] != 5 {
 		t.Fatalf("since +7s, at least 5: %v, want [1 2 3 4 5]", got)
 	}
-	if got := r.sorted(t0.Add(7*time.Second), 50); len(got) != 10 {
+	if got := r.sorted(since, t0, 50); len(got) != 10 {
 		t.Fatalf("at least 50 of 10: %v, want all 10", got)
+	}
+	if got := r.sorted(since, t0.Add(4*time.Second), 50); len(got) != 6 {
+		t.Fatalf("at least 50, none before +4s: %v, want 6", got)
 	}
 }
 
