@@ -85,8 +85,8 @@ bench: build ## Side-by-side benchmarks (vs Ruby Sidekiq / a PL/pgSQL loop) and 
 	$(GO) run ./bench/bbm -rows 500000 -load -only-load
 	echo "== go run ./bench/eta -rows 20000000 -runs 3   (the ETA bbm status shows vs the time actually left, idle)" >&2
 	$(GO) run ./bench/eta -rows 20000000 -runs 3
-	echo "== go run ./bench/eta -rows 1000000 -load -rate 500 -runs 2   (the same under a pgbench write load of 500 UPDATEs/s)" >&2
-	$(GO) run ./bench/eta -rows 1000000 -load -rate 500 -runs 2
+	echo "== go run ./bench/eta -rows 3000000 -load -rate 500 -runs 2   (the same under a pgbench write load of 500 UPDATEs/s)" >&2
+	$(GO) run ./bench/eta -rows 3000000 -load -rate 500 -runs 2
 	echo "== go run ./bench/steal -jobs 10000,100000   (legacy steal: ferry vs Ruby scan-and-delete)" >&2
 	$(GO) run ./bench/steal -jobs 10000,100000
 	echo "== go run ./bench/bmdrain -jobs 2000 -workers 1,3 -class-concurrency 1,4   (legacy jobs drained by worker processes)" >&2
