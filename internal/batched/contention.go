@@ -41,8 +41,8 @@ import (
 //     slow a tiny canary transaction, it sets d to the largest share that
 //     keeps others' predicted p99 within MaxLatencyImpact, never below
 //     the open loop's d. The open loop: the more sessions are busy, the
-//     lower d, down to MinDutyUnderLoad. When they have been quiet for contentionHold, the
-//     batch runs at full speed again.
+//     lower d, down to MinDutyUnderLoad. When they have been quiet for
+//     contentionHold, the batch runs at full speed again.
 //
 // The duty cycle belongs to the database, not to a batch: the application
 // feels the sum of all paced statements, whichever migration, batch or
