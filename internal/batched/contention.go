@@ -231,6 +231,12 @@ func (p *pacer) observe(busy, recent int, now time.Time) {
 // observeBlocked adds what one sub-batch that took work did to others:
 // blocked sessions waited on its locks. normal is the budget without cap.
 func (p *pacer) observeBlocked(blocked int, work, normal time.Duration) {
+	if p.paced() {
+		// The cap regrows to the budget statements actually have: past
+		// it, it limits nothing, and `bbm show` would call 40ms
+		// statements "shortened" while they run 10ms.
+		normal = min(normal, loadSubBatchBudget)
+	}
 	if blocked > 0 {
 		p.blocked += blocked
 		base := normal

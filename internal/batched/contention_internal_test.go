@@ -196,6 +196,37 @@ func TestPacerBlockingCapsStatements(t *testing.T) {
 	}
 }
 
+// While paced, statements have loadSubBatchBudget: the cap regrows to
+// that and goes, and `bbm show` never calls statements "shortened" to
+// more than they are allowed anyway.
+func TestPacerBlockingCapWhilePaced(t *testing.T) {
+	const normal = 100 * time.Millisecond
+	p := engagedPacer(HealthConfig{})
+	if !p.paced() {
+		t.Fatal("not paced")
+	}
+	p.observeBlocked(1, loadSubBatchBudget, normal)
+	if got, want := p.budget(normal), loadSubBatchBudget/blockingCut; got != want {
+		t.Fatalf("budget %s, want %s", got, want)
+	}
+	clean := 0
+	for p.stmtCap > 0 {
+		if p.stmtCap >= loadSubBatchBudget {
+			t.Fatalf("cap %s, not below the paced budget %s: it caps nothing", p.stmtCap, loadSubBatchBudget)
+		}
+		p.observeBlocked(0, p.budget(normal), normal)
+		if clean++; clean > 100 {
+			t.Fatal("the cap never went away")
+		}
+	}
+	if s := p.signal(); s == nil || strings.Contains(s.Reason, "shortened") {
+		t.Fatalf("signal %+v after the cap went away", s)
+	}
+	if p.budget(normal) != loadSubBatchBudget {
+		t.Fatalf("budget %s", p.budget(normal))
+	}
+}
+
 // An application of many short requests is rarely caught mid-statement,
 // but its connections are always within 100 ms of one: that presence
 // engages the pacing too. One session that ran a statement a moment ago,
