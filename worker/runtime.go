@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/ferrymigrate/ferry/internal/logrepeat"
 	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/sleep"
 )
@@ -144,6 +145,7 @@ type Runtime struct {
 	fetcher *sidekiq.Fetcher
 	log     *zap.Logger
 	info    sidekiq.ProcessInfo
+	failing logrepeat.Log[string] // background loops failing now (failing.go)
 
 	quietOnce sync.Once
 	quietCh   chan struct{} // closed on quiet: stop fetching
@@ -472,12 +474,13 @@ func (r *Runtime) fetchLoop(fetchCtx context.Context) {
 				if fetchCtx.Err() != nil {
 					return
 				}
-				r.log.Warn("could not check in-flight jobs after a fetch error; retrying", zap.Error(err))
+				r.loopFailed(loopInflight, "could not check in-flight jobs after a fetch error; retrying", err)
 				if !backoff.wait(fetchCtx) {
 					return
 				}
 				continue
 			}
+			r.loopWorks(loopInflight)
 			dirty = false
 			lastCheck = time.Now()
 		}
@@ -518,7 +521,7 @@ func (r *Runtime) fetchLoop(fetchCtx context.Context) {
 			dirty = true
 		}
 		if err != nil && fetchCtx.Err() == nil {
-			r.log.Warn("fetch failed; retrying", zap.Error(err))
+			r.loopFailed(loopFetch, "fetch failed; retrying", err)
 			r.releaseSlots(ids)
 			if !backoff.wait(fetchCtx) {
 				return
@@ -526,6 +529,7 @@ func (r *Runtime) fetchLoop(fetchCtx context.Context) {
 			continue
 		}
 		backoff.reset()
+		r.loopWorks(loopFetch)
 		// Fetch ahead only while the queues are deep: a fetch that came
 		// back short found them (nearly) empty.
 		pf.deep = len(ds) == len(ids)+ahead
@@ -931,9 +935,10 @@ func (r *Runtime) flushAcks(ctx context.Context) {
 			err := r.broker.Ack(fctx, batch...)
 			cancel()
 			if err == nil {
+				r.loopWorks(loopAck)
 				break
 			}
-			r.log.Warn("ack failed; retrying", zap.Error(err))
+			r.loopFailed(loopAck, "ack failed; retrying", err)
 			if !bo.wait(ctx) {
 				// Keep them pending (known to reconcile); they stay in
 				// the private list in Redis.
@@ -1013,10 +1018,11 @@ func (r *Runtime) heartbeatLoop(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			r.log.Warn("heartbeat failed", zap.Error(err))
+			r.loopFailed(loopHeartbeat, "heartbeat failed", err)
 			wait = retry/2 + time.Duration(rng.Int64N(int64(retry/2)+1))
 			continue
 		}
+		r.loopWorks(loopHeartbeat)
 		r.live.refreshed()
 		wait = r.cfg.HeartbeatInterval
 	}
@@ -1027,8 +1033,11 @@ func (r *Runtime) heartbeatLoop(ctx context.Context) {
 // a liveness refresh.
 func (r *Runtime) metricsLoop(ctx context.Context) {
 	for sleep.For(ctx, r.cfg.HeartbeatInterval) {
-		if err := r.broker.FlushMetrics(ctx, r.metrics); err != nil && ctx.Err() == nil {
-			r.log.Warn("could not flush job metrics; keeping them for the next try", zap.Error(err))
+		switch err := r.broker.FlushMetrics(ctx, r.metrics); {
+		case err == nil:
+			r.loopWorks(loopMetrics)
+		case ctx.Err() == nil:
+			r.loopFailed(loopMetrics, "could not flush job metrics; keeping them for the next try", err)
 		}
 	}
 }
@@ -1092,10 +1101,14 @@ func (r *Runtime) pollLoop(ctx context.Context) {
 		if !sleep.For(ctx, wait) {
 			return
 		}
-		if n, err := r.broker.EnqueueDue(ctx); err != nil && ctx.Err() == nil {
-			r.log.Warn("scheduled poll failed", zap.Error(err))
-		} else if n > 0 {
-			r.log.Debug("enqueued due jobs", zap.Int("count", n))
+		switch n, err := r.broker.EnqueueDue(ctx); {
+		case err == nil:
+			r.loopWorks(loopPoll)
+			if n > 0 {
+				r.log.Debug("enqueued due jobs", zap.Int("count", n))
+			}
+		case ctx.Err() == nil:
+			r.loopFailed(loopPoll, "scheduled poll failed", err)
 		}
 		wait = sidekiq.PollInterval(r.broker.ProcessCount(ctx), r.cfg.PollInterval, rng)
 	}
@@ -1109,8 +1122,11 @@ func (r *Runtime) recoveryLoop(ctx context.Context) {
 			return
 		}
 		res, err := r.broker.RecoverOrphans(ctx)
-		if err != nil && !errors.Is(err, sidekiq.ErrLocked) && ctx.Err() == nil {
-			r.log.Warn("orphan recovery failed", zap.Error(err))
+		switch {
+		case err == nil || errors.Is(err, sidekiq.ErrLocked):
+			r.loopWorks(loopRecovery)
+		case ctx.Err() == nil:
+			r.loopFailed(loopRecovery, "orphan recovery failed", err)
 		}
 		// Jitter so processes do not all contend for the lock at once.
 		wait = r.cfg.RecoveryInterval/2 + time.Duration(rng.Int64N(int64(r.cfg.RecoveryInterval)))

@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
@@ -730,5 +732,54 @@ func TestRuntimeSurvivesRedisOutage(t *testing.T) {
 	}
 	if got := direct.Get(b.ctx, "stat:processed").Val(); got == "" {
 		t.Error("stats not flushed after the outage")
+	}
+}
+
+// While Redis is unreachable every loop retries about every heartbeat
+// interval, but each failure is logged when it starts and, once Redis is
+// back, that it works again: not at every retry.
+func TestRuntimeOutageLoggedOnceNotPerRetry(t *testing.T) {
+	t.Parallel()
+	o, err := redis.ParseURL(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := redis.NewClient(o)
+	t.Cleanup(func() { _ = direct.Close() })
+	px := newProxy(t, o.Addr)
+	po := *o
+	po.Addr = px.ln.Addr().String()
+	po.MaxRetries = 1
+	po.DialTimeout = 200 * time.Millisecond
+	viaProxy := redis.NewClient(&po)
+	t.Cleanup(func() { _ = viaProxy.Close() })
+	core, logs := observer.New(zap.DebugLevel)
+	b := startRuntime(t, direct, Config{Redis: viaProxy, Registry: registry(t), Concurrency: 2,
+		RecoveryInterval: 100 * time.Millisecond, Logger: zap.New(core)})
+
+	px.cut()
+	testenv.Eventually(t, 20*time.Second, "many retries while Redis is unreachable", func() bool { return px.refused.Load() >= 40 })
+	px.restore()
+	testenv.Eventually(t, 20*time.Second, "the heartbeat works again", func() bool {
+		return logs.FilterMessage("heartbeat works again").Len() == 1
+	})
+	if err := b.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if n := logs.FilterMessage("heartbeat failed").Len(); n != 1 {
+		t.Errorf("heartbeat failure logged %d times in an outage of under a minute, want 1", n)
+	}
+	again := logs.FilterMessage("heartbeat works again").All()[0]
+	if f, ok := again.ContextMap()["failures"].(int64); !ok || f < 2 {
+		t.Errorf("works-again line counts %v failures, want the retries (>= 2)", again.ContextMap()["failures"])
+	}
+	times := map[string]int{}
+	for _, e := range logs.FilterLevelExact(zap.WarnLevel).All() {
+		times[e.Message]++
+	}
+	for msg, n := range times {
+		if n > 1 {
+			t.Errorf("%q logged %d times in one outage", msg, n)
+		}
 	}
 }

@@ -18,6 +18,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
+
+	"github.com/ferrymigrate/ferry/internal/logrepeat"
 )
 
 // Config configures an [Engine].
@@ -76,7 +78,7 @@ type Engine struct {
 	rescued map[int64]struct{}
 	// slowed logs "slowed to one batch at a time" per migration once
 	// when it starts, every minute while it lasts, and when it ends.
-	slowed repeatLog
+	slowed logrepeat.Log[int64]
 }
 
 // NewEngine returns an engine on pool. Name pool's connections with an

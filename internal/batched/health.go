@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -398,7 +397,7 @@ func (e *Engine) applyHealth(ctx context.Context, m *Migration, sigs []Signal) {
 		}
 	}
 	if len(stop) > 0 || len(slow) == 0 {
-		if since, n, ok := e.slowed.off(m.ID); ok {
+		if since, n, ok := e.slowed.Off(m.ID); ok {
 			e.log.Info("batched background migration no longer slowed", zap.Int64("migration_id", m.ID),
 				zap.Duration("for", time.Since(since).Round(time.Second)), zap.Int("times", n))
 		}
@@ -418,7 +417,7 @@ func (e *Engine) applyHealth(ctx context.Context, m *Migration, sigs []Signal) {
 		reason := strings.Join(append(slow, paced...), "; ")
 		_, err = e.pool.Exec(ctx, `UPDATE batched_background_migrations SET slow_until = now() + interval '10 seconds', hold_reason = $2
 			WHERE id = $1`, m.ID, truncate(reason, 1000))
-		if since, n, ok := e.slowed.on(m.ID, time.Now()); ok {
+		if since, n, ok := e.slowed.On(m.ID, time.Now()); ok {
 			e.log.Info("batched background migration slowed to one batch at a time", zap.Int64("migration_id", m.ID), zap.String("reason", reason),
 				zap.Duration("for", time.Since(since).Round(time.Second)), zap.Int("times", n))
 		}
@@ -437,53 +436,4 @@ func (e *Engine) applyHealth(ctx context.Context, m *Migration, sigs []Signal) {
 	if err != nil && ctx.Err() == nil {
 		e.log.Warn("could not record health verdict", zap.Int64("migration_id", m.ID), zap.Error(err))
 	}
-}
-
-// repeatEvery is how often a condition that lasts is logged again.
-const repeatEvery = time.Minute
-
-// repeatLog tells when to log a condition that repeats (a migration
-// slowed at every batch): when it starts, every repeatEvery while it
-// lasts, and when it ends; during one autovacuum a worker logged it 45
-// times. The zero value is ready.
-type repeatLog struct {
-	mu sync.Mutex
-	by map[int64]*repeatState
-}
-
-type repeatState struct {
-	since, logged time.Time
-	n             int // times seen since
-}
-
-// on records the condition for id at now; ok says to log it, since when
-// it lasts and how often it was seen.
-func (r *repeatLog) on(id int64, now time.Time) (since time.Time, n int, ok bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.by == nil {
-		r.by = map[int64]*repeatState{}
-	}
-	s := r.by[id]
-	if s == nil {
-		s = &repeatState{since: now, logged: now}
-		r.by[id] = s
-		ok = true
-	} else if now.Sub(s.logged) >= repeatEvery {
-		s.logged, ok = now, true
-	}
-	s.n++
-	return s.since, s.n, ok
-}
-
-// off ends the condition for id; ok says it was on (log its end).
-func (r *repeatLog) off(id int64) (since time.Time, n int, ok bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	s := r.by[id]
-	if s == nil {
-		return time.Time{}, 0, false
-	}
-	delete(r.by, id)
-	return s.since, s.n, true
 }
