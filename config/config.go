@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -585,17 +586,29 @@ func (c *Config) RequireDatabase() error {
 	return nil
 }
 
-// RedactURL hides a password in a URL for logs.
+// RedactURL hides a password in a URL or a libpq key=value DSN for logs
+// and errors: in the user part, in a ?password= parameter, or as a
+// password= keyword.
 func RedactURL(s string) string {
 	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
-		return s
+	if err != nil || u.Scheme == "" {
+		return dsnPassword.ReplaceAllString(s, "${1}xxxxx")
 	}
-	if _, has := u.User.Password(); has {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	if u.User != nil {
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+		}
+	}
+	if q := u.Query(); q.Has("password") {
+		q.Set("password", "xxxxx")
+		u.RawQuery = q.Encode()
 	}
 	return u.String()
 }
+
+// dsnPassword matches a password keyword of a key=value DSN with its
+// value: bare, or quoted with backslash escapes.
+var dsnPassword = regexp.MustCompile(`((?:^|\s)password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\S*)`)
 
 func redactErr(err error) string {
 	// pgx errors can echo the DSN, including a password.

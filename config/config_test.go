@@ -163,6 +163,17 @@ func TestRedactURL(t *testing.T) {
 	if got := RedactURL("redis://127.0.0.1:6379/0"); got != "redis://127.0.0.1:6379/0" {
 		t.Fatalf("RedactURL changed a URL without a password: %q", got)
 	}
+	// libpq accepts the password as a URL parameter and in a key=value DSN.
+	for in, want := range map[string]string{
+		"postgres://ferry@127.0.0.1:1/x?password=s3cret&sslmode=disable": "postgres://ferry@127.0.0.1:1/x?password=xxxxx&sslmode=disable",
+		"host=127.0.0.1 port=1 user=ferry password=s3cret dbname=x":      "host=127.0.0.1 port=1 user=ferry password=xxxxx dbname=x",
+		"password = 's3 cr\\'et' host=db":                                "password = xxxxx host=db",
+		"host=db user=app":                                               "host=db user=app",
+	} {
+		if got := RedactURL(in); got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
 }
 
 // Sentinels in YAML as strings or GitLab's host/port mappings, in the env
