@@ -106,11 +106,11 @@ func (a *App) dbTargets(cmd *cobra.Command, f *dbFlags, sel dbSelect) ([]dbTarge
 // its database, the others still run, and the exit code is the worst.
 func (a *App) eachDB(ts []dbTarget, fn func(t dbTarget) error) error {
 	if len(ts) == 1 && !ts[0].named {
-		return fn(ts[0])
+		return a.sessionHint(ts[0], fn(ts[0]))
 	}
 	code := 0
 	for _, t := range ts {
-		err := fn(t)
+		err := a.sessionHint(t, fn(t))
 		if err == nil {
 			continue
 		}
@@ -130,6 +130,34 @@ func (a *App) eachDB(ts []dbTarget, fn func(t dbTarget) error) error {
 		return &ExitError{Code: code, Err: errSilent}
 	}
 	return nil
+}
+
+// needsSessionError is dbmigrate.ErrNeedsSession naming the setting that
+// fixes it for one database.
+type needsSessionError struct{ msg string }
+
+func (e *needsSessionError) Error() string { return e.msg }
+func (e *needsSessionError) Unwrap() error { return dbmigrate.ErrNeedsSession }
+
+// sessionHint names, in an ErrNeedsSession, the variable that gives t a
+// direct connection, or says that the one given goes through the pooler
+// too. It is bad input: exit 2.
+func (a *App) sessionHint(t dbTarget, err error) error {
+	if !errors.Is(err, dbmigrate.ErrNeedsSession) {
+		return err
+	}
+	pooled, direct, field := config.EnvDatabaseURL, config.EnvDatabaseDirectURL, "database_direct_url"
+	directSet := a.Cfg.DatabaseDirectURL != "" && a.Cfg.DatabaseURL == a.Cfg.DatabaseDirectURL
+	if t.Name != config.DefaultDatabase || a.Cfg.DatabaseURL == "" {
+		up := strings.ToUpper(t.Name)
+		pooled, direct, field = config.EnvDatabaseURLPrefix+up, config.EnvDatabaseDirectURLPrefix+up, "databases."+t.Name+".direct_url"
+		directSet = t.DirectURL != ""
+	}
+	const what = "ferry db needs a real PostgreSQL session (it holds the migration lock and runs DDL), and "
+	if directSet {
+		return Usage(&needsSessionError{what + direct + " goes through a transaction pooler (PgBouncer) too: point it at PostgreSQL itself, not at PgBouncer"})
+	}
+	return Usage(&needsSessionError{what + pooled + " goes through a transaction pooler (PgBouncer): set " + direct + " (or " + field + " in the config file) to a direct connection"})
 }
 
 // pool opens (once) the target's pool. DATABASE_URL's main is App.DB, so

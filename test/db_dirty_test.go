@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -228,6 +230,25 @@ func TestDBNeedsDirectURLBehindPgBouncer(t *testing.T) {
 	code = cli.Main(e.ctx, []string{"db", "backup", t.TempDir() + "/b.dump", "--database-url", pooled}, &out, &errb, cli.Options{})
 	if code != 2 || !strings.Contains(errb.String(), "DATABASE_DIRECT_URL") {
 		t.Fatalf("db backup through PgBouncer: exit %d\nstderr: %s", code, errb.String())
+	}
+	// A direct URL through the pooler too: it says so, not "set it".
+	errb.Reset()
+	code = cli.Main(e.ctx, []string{"db", "migrate", "--dir", e.dir, "--database-url", pooled, "--database-direct-url", pooled}, &out, &errb, cli.Options{})
+	if code != 2 || !strings.Contains(errb.String(), "DATABASE_DIRECT_URL goes through a transaction pooler (PgBouncer) too") {
+		t.Fatalf("db migrate with DATABASE_DIRECT_URL through PgBouncer: exit %d\nstderr: %s", code, errb.String())
+	}
+	// Another database: its own variable and config key.
+	cfg := filepath.Join(t.TempDir(), "ferry.yml")
+	if err := os.WriteFile(cfg, []byte("databases:\n  ci:\n    url: "+pooled+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	errb.Reset()
+	code = cli.Main(e.ctx, []string{"db", "migrate", "--db", "ci", "--dir", e.dir, "--database-url", testenv.DirectURL(t, e.url), "--config", cfg}, &out, &errb, cli.Options{})
+	if code != 2 || !strings.Contains(errb.String(), "DATABASE_URL_CI goes through a transaction pooler (PgBouncer): set DATABASE_DIRECT_URL_CI (or databases.ci.direct_url") {
+		t.Fatalf("db migrate --db ci through PgBouncer: exit %d\nstderr: %s", code, errb.String())
+	}
+	if e.exists("a") {
+		t.Fatal("it ran a migration before refusing")
 	}
 	out.Reset()
 	errb.Reset()
