@@ -454,6 +454,9 @@ func (a *App) Redis(ctx context.Context) (*redis.Client, error) {
 	}
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		_ = rdb.Close()
+		if why := a.Cfg.SentinelMismatch(ctx); why != "" {
+			return nil, fmt.Errorf("cannot reach Redis at %s: %s", a.Cfg.RedactRedis(), why)
+		}
 		return nil, fmt.Errorf("cannot reach Redis at %s: %w", a.Cfg.RedactRedis(), err)
 	}
 	a.rdb = rdb

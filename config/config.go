@@ -496,6 +496,39 @@ func (c *Config) NewRedis(poolSize int) (*redis.Client, error) {
 	}), nil
 }
 
+// SentinelMismatch explains why a failover client found no master when
+// the sentinels answer but know no master by the URL's name (go-redis then
+// says "all sentinels specified in configuration are unreachable"). It is
+// empty without sentinels, when none answers, or when one knows the name.
+func (c *Config) SentinelMismatch(ctx context.Context) string {
+	if len(c.Redis.Sentinels) == 0 {
+		return ""
+	}
+	o, err := c.RedisOptions()
+	if err != nil {
+		return ""
+	}
+	master, _, _ := net.SplitHostPort(o.Addr)
+	var answered []string
+	for _, a := range c.Redis.Sentinels {
+		sc := redis.NewSentinelClient(&redis.Options{Addr: string(a), Username: c.Redis.SentinelUsername, Password: c.Redis.SentinelPassword,
+			TLSConfig: o.TLSConfig, DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
+		_, err := sc.GetMasterAddrByName(ctx, master).Result()
+		_ = sc.Close()
+		switch {
+		case err == nil:
+			return ""
+		case errors.Is(err, redis.Nil):
+			answered = append(answered, string(a))
+		}
+	}
+	if len(answered) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("the sentinels at %s answer, but know no master named %q: with redis.sentinels, the host of REDIS_URL is the master's name as given to `sentinel monitor` (redis://:password@mymaster/0)",
+		strings.Join(answered, ", "), master)
+}
+
 // RedactRedis describes where the client connects, without passwords.
 func (c *Config) RedactRedis() string {
 	u := RedactURL(c.RedisURL)

@@ -137,6 +137,13 @@ func TestRedisSentinelFailoverAndProvider(t *testing.T) {
 		t.Fatalf("queue:yaml_q on the new master has %d jobs, want 1", n)
 	}
 
+	// A master name the sentinels do not know: said so, not "unreachable".
+	wrong := startProc(t, "ferry enqueue", childEnv("REDIS_URL=redis://othermaster/0", "REDIS_SENTINELS="+sentinels), ferryBin,
+		"enqueue", "Ferry::Noop", "[]")
+	if code := wrong.waitExit(t, 30*time.Second); code != 1 || !strings.Contains(wrong.out.String(), `know no master named "othermaster"`) {
+		t.Fatalf("ferry enqueue naming a master the sentinels do not know: exit %d\n%s", code, wrong.out.String())
+	}
+
 	// REDIS_PROVIDER: the variable it names wins over REDIS_URL.
 	prov := startProc(t, "ferry enqueue", childEnv("REDIS_URL=redis://127.0.0.1:1/0", "REDIS_PROVIDER=MY_REDIS",
 		fmt.Sprintf("MY_REDIS=redis://127.0.0.1:%d/2", replica.port)), ferryBin, "enqueue", "Ferry::Noop", "[]", "--queue", "prov_q")
