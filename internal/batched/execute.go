@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/ferrymigrate/ferry/internal/pgerr"
 	"github.com/ferrymigrate/ferry/internal/sleep"
 )
 
@@ -210,7 +211,7 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 				res.yield = true // shutdown: not the batch's fault
 				break
 			}
-			res.err = err
+			res.err = pgerr.WithDetails(err)
 			break
 		}
 		res.subs++

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/ferrymigrate/ferry/internal/pgerr"
 )
 
 // SQLError is a statement's PostgreSQL error with what pgconn's Error()
@@ -24,10 +26,8 @@ type SQLError struct {
 func (e *SQLError) Error() string {
 	var b strings.Builder
 	b.WriteString(e.Err.Error())
-	for _, f := range [][2]string{{"DETAIL", e.Err.Detail}, {"HINT", e.Err.Hint}, {"CONTEXT", e.Err.Where}} {
-		if f[1] != "" {
-			fmt.Fprintf(&b, "\n  %s: %s", f[0], f[1])
-		}
+	for _, f := range pgerr.Details(e.Err) {
+		fmt.Fprintf(&b, "\n  %s: %s", f[0], f[1])
 	}
 	if e.Line > 0 {
 		fmt.Fprintf(&b, "\n  at %s line %d, column %d: %s", e.File, e.Line, e.Column, e.Text)

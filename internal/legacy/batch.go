@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/ferrymigrate/ferry/internal/pgerr"
 	"github.com/ferrymigrate/ferry/internal/sidekiq"
 )
 
@@ -42,7 +43,7 @@ func (r *Runner) PerformBatch(ctx context.Context, class string, args []json.Raw
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }() // a no-op after Commit
 	if err := perform(ctx, tx); err != nil {
-		return err
+		return pgerr.WithDetails(err)
 	}
 	if !r.NoAutoTrack {
 		if err := markSucceededMany(ctx, tx, class, args); err != nil {

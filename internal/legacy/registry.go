@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
+	"github.com/ferrymigrate/ferry/internal/pgerr"
 	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/worker"
 )
@@ -283,7 +284,7 @@ func (r *Runner) Prepare(ctx context.Context, class string, args json.RawMessage
 func (p *Prepared) Run(ctx context.Context) (err error) {
 	defer recoverPanic(&err)
 	if err := p.perform(ctx); err != nil {
-		return err
+		return pgerr.WithDetails(err)
 	}
 	if p.r.DB != nil && !p.r.NoAutoTrack {
 		if _, err := MarkSucceeded(ctx, p.r.DB, p.class, p.args); err != nil && !isUndefinedTable(err) {
