@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 	"sync"
@@ -410,7 +411,7 @@ the output, and --json, are the same either way.`,
 				return a.multiStatusJSON(ctx, f, ts)
 			}
 			return a.eachDB(ts, func(t dbTarget) error {
-				m, err := a.migrator(ctx, f, t, false)
+				m, noDir, err := a.statusMigrator(ctx, f, t)
 				if err != nil {
 					return err
 				}
@@ -422,15 +423,37 @@ the output, and --json, are the same either way.`,
 					if err := a.PrintJSON(st); err != nil {
 						return err
 					}
-					return statusExit(st)
+				} else {
+					printStatus(t, st)
 				}
-				printStatus(t, st)
+				if noDir != nil && !st.Dirty {
+					return noDir // applied and not dirty, but pending is unknown
+				}
 				return statusExit(st)
 			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "machine-readable output")
 	return cmd
+}
+
+// statusMigrator is status's migrator. Run outside the application's
+// folder, without the default directory, status still reads what the
+// database knows (a dirty migration answers "no" without any file), and
+// noDir is the error to give when that is all it can tell.
+func (a *App) statusMigrator(ctx context.Context, f *dbFlags, t dbTarget) (m *dbmigrate.Migrator, noDir, err error) {
+	m, err = a.migrator(ctx, f, t, false)
+	if err == nil || t.dirGiven {
+		return m, nil, err
+	}
+	if _, serr := os.Stat(t.dir); !errors.Is(serr, fs.ErrNotExist) {
+		return nil, nil, err
+	}
+	m, rerr := a.recordMigrator(ctx, f, t)
+	if rerr != nil {
+		return nil, nil, rerr
+	}
+	return m, err, nil
 }
 
 // printStatus prints one database's status table to t.out.

@@ -87,7 +87,18 @@ func TestDBStatusExitCodes(t *testing.T) {
 	e.wantExit(1, "migrate")
 	out, _ = e.wantExit(1, "status")
 	wantContains(t, out, "DIRTY")
+	// Outside the app's folder (no db/migrate): still "dirty", exit 1.
+	code, out, errs := e.ferryNoDir("status")
+	if code != 1 || !strings.Contains(out, "DIRTY: migration 2_idx") {
+		t.Fatalf("status without a migrations directory on a dirty database: exit %d\n%s\n%s", code, out, errs)
+	}
 	e.mustFerry("repair")
 	e.mustFerry("mark-complete", "2")
 	e.wantExit(0, "status")
+	// Not dirty, but without the files pending is unknown: the applied
+	// versions, then exit 2 naming the directory.
+	code, out, errs = e.ferryNoDir("status")
+	if code != 2 || !strings.Contains(out, "applied") || !strings.Contains(errs, "migrations directory db/migrate") {
+		t.Fatalf("status without a migrations directory: exit %d\n%s\n%s", code, out, errs)
+	}
 }
