@@ -199,7 +199,7 @@ func (b *Broker) recoverList(ctx context.Context, owner, key, queue string, res 
 		}
 		j, perr := ParseJob(raw)
 		if perr != nil {
-			ok, err := b.settleFenced(ctx, owner, key, keyDead, raw, raw, "dead", formatFloatTime(epoch(b.opts.Now())))
+			ok, err := b.settleFenced(ctx, owner, key, keyDead, raw, b.buryable(raw, queue), "dead", formatFloatTime(epoch(b.opts.Now())))
 			if err != nil {
 				return err
 			}

@@ -103,7 +103,7 @@ func (o FailureOutcome) String() string {
 func (b *Broker) Fail(ctx context.Context, d *Delivery, f Failure) (FailureOutcome, time.Time, error) {
 	from := inflightKey(b.identity, d.Queue)
 	if d.Job == nil {
-		ok, err := b.settle(ctx, from, keyDead, d.Raw, d.Raw, "dead", formatFloatTime(epoch(b.opts.Now())))
+		ok, err := b.settle(ctx, from, keyDead, d.Raw, b.buryable(d.Raw, d.Queue), "dead", formatFloatTime(epoch(b.opts.Now())))
 		return outcome(ok, OutcomeDead), time.Time{}, err
 	}
 	// Rebuild from the original bytes, as Sidekiq does, so that changes a
@@ -141,7 +141,9 @@ func outcome(ok bool, o FailureOutcome) FailureOutcome {
 func (b *Broker) FailureEntry(j *Job, queue string, f Failure) ([]byte, FailureOutcome, time.Time) {
 	now := b.opts.Now()
 	e := j.Clone()
-	if queue != "" && !e.Has("queue") {
+	if queue != "" {
+		// Sidekiq retries on the queue the job was fetched from, whatever
+		// its payload says (or on retry_queue, below).
 		e.SetString("queue", queue)
 	}
 	pol := j.Retry(RetryPolicy{Enabled: true, Max: -1})
@@ -185,9 +187,9 @@ func (b *Broker) FailureEntry(j *Job, queue string, f Failure) ([]byte, FailureO
 		if v := j.Get("dead"); string(v) == "false" {
 			return nil, OutcomeDropped, now
 		}
-		return e.Encode(), OutcomeDead, now
+		return validUTF8(e.Encode()), OutcomeDead, now
 	}
-	return e.Encode(), OutcomeRetry, now.Add(RetryDelay(int(count), b.opts.Rand))
+	return validUTF8(e.Encode()), OutcomeRetry, now.Add(RetryDelay(int(count), b.opts.Rand))
 }
 
 // RetryDelay is Sidekiq's default backoff for the count-th retry:
@@ -265,5 +267,43 @@ func DecodeBacktrace(s string) ([]string, error) {
 func (b *Broker) Kill(ctx context.Context, payload []byte) error {
 	cutoff := formatFloatTime(epoch(b.opts.Now().Add(-b.opts.DeadTimeout)))
 	return deadAddScript.Run(ctx, b.rdb, []string{keyDead},
-		formatFloatTime(epoch(b.opts.Now())), payload, cutoff, b.opts.DeadMaxJobs).Err()
+		formatFloatTime(epoch(b.opts.Now())), b.buryable(payload, ""), cutoff, b.opts.DeadMaxJobs).Err()
+}
+
+// validUTF8 replaces invalid UTF-8 in a JSON entry (it can only be inside
+// strings) with U+FFFD: Sidekiq 6.4's Web UI raises on such a class name,
+// and one entry breaks the Retries or Morgue page for every job.
+func validUTF8(entry []byte) []byte {
+	if utf8.Valid(entry) {
+		return entry
+	}
+	return bytes.ToValidUTF8(entry, []byte("\uFFFD"))
+}
+
+// buryable is how a payload that is no usable job goes into the dead set.
+// Text that is not JSON is kept as it is, as Sidekiq does (its Web UI
+// shows such an entry empty), but valid JSON that is not an object (null,
+// an array) would make the UI's parse of the whole page fail: it is
+// wrapped in a job of class Ferry::InvalidPayload, the payload as its
+// argument, that the Morgue shows.
+func (b *Broker) buryable(raw []byte, queue string) []byte {
+	raw = validUTF8(raw)
+	if !json.Valid(raw) || raw[skipSpace(raw, 0)] == '{' {
+		return raw
+	}
+	now := epoch(b.opts.Now())
+	e := &Job{}
+	e.SetString("class", "Ferry::InvalidPayload")
+	args, _ := json.Marshal([]string{string(raw)})
+	e.Set("args", args)
+	if queue != "" {
+		e.SetString("queue", queue)
+	}
+	e.SetString("jid", NewJID())
+	e.SetTime("created_at", now)
+	e.SetTime("failed_at", now)
+	e.SetString("error_class", "Ferry::InvalidPayload")
+	e.SetString("error_message", "the payload is not a JSON object (its text is the argument)")
+	e.Set("retry", json.RawMessage("false"))
+	return e.Encode()
 }

@@ -2,10 +2,12 @@ package sidekiq
 
 import (
 	"context"
+	"encoding/json"
 	"math"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestRetryDelayWindows(t *testing.T) {
@@ -116,6 +118,7 @@ func TestFailOutcomes(t *testing.T) {
 		{"dead false dropped", `{"class":"A","args":[],"retry":0,"dead":false}`, Failure{}, OutcomeDropped, "", ""},
 		{"default max exhausted", `{"class":"A","args":[],"retry_count":24}`, Failure{}, OutcomeDead, "dead", "q"},
 		{"retry_queue", `{"class":"A","args":[],"queue":"q","retry_queue":"slow"}`, Failure{}, OutcomeRetry, "retry", "slow"},
+		{"fetched queue wins", `{"class":"A","args":[],"queue":"elsewhere"}`, Failure{}, OutcomeRetry, "retry", "q"},
 		{"retry_for elapsed", `{"class":"A","args":[],"retry_count":0,"failed_at":1.5,"retry_for":60}`, Failure{}, OutcomeDead, "dead", "q"},
 		{"kill", `{"class":"A","args":[]}`, Failure{Kill: true}, OutcomeDead, "dead", "q"},
 		{"kill with retry false", `{"class":"A","args":[],"retry":false}`, Failure{Kill: true}, OutcomeDropped, "", ""},
@@ -286,6 +289,42 @@ func TestFailIgnoresMutationsAndInvalid(t *testing.T) {
 	}
 	if tb.rdb.ZCard(tb.ctx, "retry").Val() != 1 {
 		t.Error("a second retry entry was written")
+	}
+}
+
+// Sidekiq's Web UI reads every entry of a Retries or Morgue page: valid
+// JSON that is not an object, or a class name with invalid UTF-8 (6.4
+// raises on it), broke the page for every job. Such entries are stored in
+// a form it reads.
+func TestFailedEntriesTheWebUICanRead(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, BrokerOptions{})
+	if out, _ := failOnce(t, tb, "{\"class\":\"Bad\xff\xfeName\",\"args\":[],\"jid\":\"ee0000000000000000000002\"}", Failure{}); out != OutcomeRetry {
+		t.Fatalf("outcome %s", out)
+	}
+	e, _ := onlyMember(t, tb, "retry")
+	if !utf8.Valid(e.Raw()) || e.Class() != "Bad\uFFFDName" {
+		t.Errorf("retry entry %q: want valid UTF-8, the bad bytes as one U+FFFD", e.Raw())
+	}
+	for _, raw := range []string{"null", "[1,2]", "7"} {
+		tb.rdb.Del(tb.ctx, "dead")
+		if out, _ := failOnce(t, tb, raw, Failure{}); out != OutcomeDead {
+			t.Fatalf("%s: outcome %s", raw, out)
+		}
+		e, _ := onlyMember(t, tb, "dead")
+		var args []string
+		if e.Class() != "Ferry::InvalidPayload" || json.Unmarshal(e.Get("args"), &args) != nil || len(args) != 1 || args[0] != raw ||
+			e.Queue() != "q" || e.JID() == "" || e.str("error_message") == "" || !e.Has("failed_at") {
+			t.Errorf("%s in the dead set as %s", raw, e.Raw())
+		}
+	}
+	// The same when Kill buries it (no queue known).
+	tb.rdb.Del(tb.ctx, "dead")
+	if err := tb.broker.Kill(tb.ctx, []byte("null")); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := onlyMember(t, tb, "dead"); e.Class() != "Ferry::InvalidPayload" {
+		t.Errorf("Kill(null) buried %s", e.Raw())
 	}
 }
 
