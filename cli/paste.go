@@ -31,7 +31,7 @@ type rakeCall struct {
 }
 
 var rakeRe = regexp.MustCompile(`^(?s)(?:(?:sudo\s+)?(?:gitlab-rake\s+)?gitlab:(?:background_migrations|db):)?` +
-	`([a-z][a-z_]*)(?::([A-Za-z0-9_]+))?(?:\[(.*)\])?$`)
+	`([a-z][a-z_-]*)(?::([A-Za-z0-9_]+))?(?:\[(.*)\])?$`)
 
 // parseRake reads tok as a pasted rake task. ok is false for anything else,
 // including a plain word ("finalize"), which is a subcommand name.
@@ -40,7 +40,9 @@ func parseRake(tok string) (rc rakeCall, ok bool) {
 	if m == nil {
 		return rakeCall{}, false
 	}
-	rc = rakeCall{Task: tok[m[2]:m[3]], raw: tok}
+	// mark-finished[...] as ferry spells the command, mark_finished[...]
+	// as rake does: the same task.
+	rc = rakeCall{Task: strings.ReplaceAll(tok[m[2]:m[3]], "-", "_"), raw: tok}
 	if m[4] >= 0 {
 		rc.DB = tok[m[4]:m[5]]
 	}
@@ -108,7 +110,7 @@ func (rc rakeCall) checkDB() error {
 // rakeCommands maps GitLab's task names to ferry's subcommands, per group.
 var rakeCommands = map[string]map[string]string{
 	"bbm": {"finalize": "finalize", "show": "show", "pause": "pause", "resume": "resume",
-		"status": "status", "list": "list", "wait": "wait", "mark_finished": "mark-finished"},
+		"status": "status", "list": "list", "wait": "wait", "mark_finished": "mark-finished", "retry": "retry"},
 	"db": {"mark_migration_complete": "mark-complete"},
 }
 

@@ -35,6 +35,10 @@ func TestRewriteRake(t *testing.T) {
 		{[]string{"bbm", "--db", "ci", "pause[ci_85]"}, []string{"bbm", "--db", "ci", "pause", "pause[ci_85]"}},
 		{[]string{"db", "mark_migration_complete[20151103134857]"}, []string{"db", "mark-complete", "mark_migration_complete[20151103134857]"}},
 		{[]string{"db", "gitlab:db:mark_migration_complete:main[1]"}, []string{"db", "mark-complete", "gitlab:db:mark_migration_complete:main[1]"}},
+		// retry and mark-finished, as rake spells them and as ferry does.
+		{[]string{"bbm", "retry[11]"}, []string{"bbm", "retry", "retry[11]"}},
+		{[]string{"bbm", "mark-finished[10]", "--yes"}, []string{"bbm", "mark-finished", "mark-finished[10]", "--yes"}},
+		{[]string{"bbm", "mark_finished[" + pasteCfg + "]", "--yes"}, []string{"bbm", "mark-finished", "mark_finished[" + pasteCfg + "]", "--yes"}},
 		// Left alone: plain subcommands, their arguments, other groups.
 		{[]string{"bbm", "finalize", "finalize[" + pasteCfg + "]"}, []string{"bbm", "finalize", "finalize[" + pasteCfg + "]"}},
 		{[]string{"bbm", "show", "1"}, []string{"bbm", "show", "1"}},
@@ -61,6 +65,7 @@ func TestParseRefForms(t *testing.T) {
 		id   int64
 	}{
 		{[]string{"7"}, 7}, {[]string{"main_7"}, 7}, {[]string{"show[7]"}, 7}, {[]string{"gitlab:background_migrations:show:main[main_7]"}, 7},
+		{[]string{"mark-finished[7]"}, 7}, {[]string{"retry[7]"}, 7},
 	} {
 		ref, err := parseRef(tc.args)
 		if err != nil || ref.id != tc.id || ref.cfg != nil {
@@ -71,6 +76,7 @@ func TestParseRefForms(t *testing.T) {
 		{"CopyColumnUsingBackgroundMigrationJob", "events", "id", `[["id"],["id_convert_to_bigint"]]`},
 		{"finalize[" + pasteCfg + "]"},
 		{"show[" + pasteCfg + "]"},
+		{"mark-finished[" + pasteCfg + "]"},
 		{`{"job_class_name":"CopyColumnUsingBackgroundMigrationJob","table_name":"events","column_name":"id","job_arguments":[["id"],["id_convert_to_bigint"]]}`},
 	} {
 		ref, err := parseRef(args)
