@@ -87,6 +87,10 @@ func TestDBStatusExitCodes(t *testing.T) {
 	e.wantExit(1, "migrate")
 	out, _ = e.wantExit(1, "status")
 	wantContains(t, out, "DIRTY")
+	// migrate refuses, and its downto way out says the down file is missing.
+	_, errs := e.wantExit(1, "migrate")
+	wantContains(t, errs, "database is dirty: migration 2_idx", "\nIt ran outside a transaction",
+		"`ferry db downto 1` (write its down file first: "+e.dir+"/2_idx.down.sql does not exist")
 	// Outside the app's folder (no db/migrate): still "dirty", exit 1.
 	code, out, errs := e.ferryNoDir("status")
 	if code != 1 || !strings.Contains(out, "DIRTY: migration 2_idx") {

@@ -103,6 +103,9 @@ func (e *LockedError) Is(target error) bool { return target == ErrLocked }
 type DirtyError struct {
 	Attempt  Attempt
 	Previous Version // the downto target that undoes it
+	// DownFile is the down file downto would run, when it does not exist
+	// (downto then refuses until it is written); "" when it does.
+	MissingDown string
 }
 
 func (e *DirtyError) Error() string {
@@ -114,10 +117,14 @@ func (e *DirtyError) Error() string {
 	} else {
 		what = fmt.Sprintf("migration %s_%s (%s) failed at %s with: %s", a.Version, a.Name, a.Direction, fmtTime(deref(a.FinishedAt)), a.Error)
 	}
-	return fmt.Sprintf("database is dirty: %s; it ran outside a transaction, so it may be partly applied.\n"+
+	down := "runs its down file, which must tolerate a partial state"
+	if e.MissingDown != "" {
+		down = "write its down file first: " + e.MissingDown + " does not exist; it must tolerate a partial state"
+	}
+	return fmt.Sprintf("database is dirty: %s\nIt ran outside a transaction, so it may be partly applied.\n"+
 		"Either fix the database by hand and run `ferry db repair` (then `ferry db mark-complete %s` if you completed it by hand),\n"+
-		"or undo it with `ferry db downto %s` (runs its down file, which must tolerate a partial state).",
-		what, a.Version, e.Previous)
+		"or undo it with `ferry db downto %s` (%s).",
+		what, a.Version, e.Previous, down)
 }
 func (e *DirtyError) Is(target error) bool { return target == ErrDirty }
 

@@ -166,7 +166,7 @@ func (m *Migrator) PlanUp(ctx context.Context, to Version) (*Plan, error) {
 	}
 	p := &Plan{Direction: "up"}
 	if d := st.dirty(); d != nil {
-		p.Dirty = &DirtyError{Attempt: *d, Previous: m.previous(st, d.Version)}
+		p.Dirty = m.dirtyError(st, d)
 	}
 	p.Migrations, err = m.planUp(st, to)
 	return p, err
@@ -197,7 +197,7 @@ func (m *Migrator) Migrate(ctx context.Context, to Version) ([]Version, error) {
 		return nil, err
 	}
 	if d := st.dirty(); d != nil {
-		return nil, &DirtyError{Attempt: *d, Previous: m.previous(st, d.Version)}
+		return nil, m.dirtyError(st, d)
 	}
 	plan, err := m.planUp(st, to)
 	if err != nil {
@@ -230,7 +230,7 @@ func (m *Migrator) DownTo(ctx context.Context, target Version) ([]Version, error
 	if d := st.dirty(); d != nil && d.Version.Compare(target) <= 0 {
 		// Going down on top of a half-applied older migration would build
 		// on an unknown state.
-		return nil, &DirtyError{Attempt: *d, Previous: m.previous(st, d.Version)}
+		return nil, m.dirtyError(st, d)
 	}
 	plan, err := m.planDown(st, target)
 	if err != nil {
@@ -472,10 +472,24 @@ type DirtyInfo struct {
 	WaysOut []string `json:"ways_out"`
 }
 
-func (m *Migrator) dirtyInfo(st *state, d *Attempt) *DirtyInfo {
+// dirtyError is the error for dirty attempt d.
+func (m *Migrator) dirtyError(st *state, d *Attempt) *DirtyError {
 	e := &DirtyError{Attempt: *d, Previous: m.previous(st, d.Version)}
-	down := fmt.Sprintf("`ferry db downto %s`: undo it (runs %s, which must tolerate a partial state)", e.Previous, joinDir(m.o.Dir, string(d.Version)+"_"+d.Name+".down.sql"))
 	if mg := m.byV[d.Version]; mg == nil || mg.DownFile == "" {
+		e.MissingDown = m.downFile(d)
+	}
+	return e
+}
+
+// downFile is where attempt d's down file is, or would be.
+func (m *Migrator) downFile(d *Attempt) string {
+	return joinDir(m.o.Dir, string(d.Version)+"_"+d.Name+".down.sql")
+}
+
+func (m *Migrator) dirtyInfo(st *state, d *Attempt) *DirtyInfo {
+	e := m.dirtyError(st, d)
+	down := fmt.Sprintf("`ferry db downto %s`: undo it (runs %s, which must tolerate a partial state)", e.Previous, m.downFile(d))
+	if e.MissingDown != "" {
 		down += "; that file does not exist yet, write it first"
 	}
 	return &DirtyInfo{Attempt: *d, Downto: e.Previous, Message: e.Error(), WaysOut: []string{

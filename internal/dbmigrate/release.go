@@ -156,7 +156,7 @@ func (m *Migrator) planRelease(st *state, r *Release) *ReleasePlan {
 		}
 	}
 	if d := st.dirty(); d != nil && r.Versions[d.Version] {
-		p.Dirty = &DirtyError{Attempt: *d, Previous: m.previous(st, d.Version)}
+		p.Dirty = m.dirtyError(st, d)
 	}
 	vs := make([]Version, 0, len(set))
 	for v := range set {
