@@ -796,6 +796,9 @@ databases configured, --db NAME says which one.`,
 				}
 				fmt.Fprintf(t.out, "Backed up database %s (%d tables/views/sequences, %d bytes) to %s; metadata in %s\n",
 					meta.Database, meta.Relations, meta.Size, args[0], dbmigrate.MetaPath(args[0]))
+				if meta.Previous != "" {
+					fmt.Fprintf(t.out, "The backup that was at %s before is kept as %s (with %s).\n", args[0], meta.Previous, dbmigrate.MetaPath(meta.Previous))
+				}
 				return nil
 			})
 		},
@@ -885,6 +888,10 @@ func (a *App) restoreOne(ctx context.Context, f *dbFlags, t dbTarget, file strin
 	}
 	if res != nil && len(res.Connected) > 0 && (err == nil || errors.Is(err, dbmigrate.ErrNotConfirmed)) {
 		a.warnConnected(res)
+	}
+	if res != nil && res.Meta == nil && (err == nil || errors.Is(err, dbmigrate.ErrNotConfirmed)) {
+		fmt.Fprintf(a.Err, "warning: %s not found: the backup's size and SHA-256 were not checked (pg_restore read it to the end, and its header names the database).\n",
+			dbmigrate.MetaPath(file))
 	}
 	if res != nil && (err == nil || errors.Is(err, dbmigrate.ErrNotConfirmed)) {
 		verb := "Dropped"

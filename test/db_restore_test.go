@@ -413,3 +413,37 @@ func restoreHasAll(s string, subs []string) bool {
 	}
 	return true
 }
+
+// Backing up again to the same path keeps the backup that was there (an
+// operator re-running the backup step after a failed upgrade must not
+// lose the one taken before it), and a restore from a file without its
+// FILE.meta.json says what it could not check.
+func TestDBBackupKeepsThePreviousOne(t *testing.T) {
+	e := newDBEnv(t)
+	e.write("1_a.up.sql", "CREATE TABLE a (id int);")
+	e.mustFerry("migrate")
+	dump := filepath.Join(t.TempDir(), "b.dump")
+	e.mustFerry("backup", dump)
+	first, err := os.ReadFile(dump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := e.mustFerry("backup", dump)
+	kept, _ := filepath.Glob(dump + ".2*Z")
+	if len(kept) != 1 || !strings.Contains(out, "is kept as "+kept[0]) {
+		t.Fatalf("second backup: kept %v\n%s", kept, out)
+	}
+	if again, _ := os.ReadFile(kept[0]); !bytes.Equal(again, first) {
+		t.Fatal("the kept backup is not the first one")
+	}
+	// The kept one still restores with its own sidecar.
+	if _, errs := e.wantExit(2, "restore", kept[0]); strings.Contains(errs, "not found") {
+		t.Fatalf("the kept backup lost its sidecar:\n%s", errs)
+	}
+	bare := filepath.Join(t.TempDir(), "bare.dump")
+	if err := os.WriteFile(bare, first, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, errs := e.wantExit(2, "restore", bare)
+	wantContains(t, errs, "warning: "+bare+".meta.json not found: the backup's size and SHA-256 were not checked")
+}

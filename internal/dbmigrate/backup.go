@@ -60,6 +60,9 @@ type BackupMeta struct {
 	Size             int64     `json:"size"`
 	SHA256           string    `json:"sha256,omitempty"`
 	Relations        int       `json:"relations"`
+	// Previous is where the backup that was at the same path before went
+	// (FILE.<its time>, with its sidecar); "" when there was none.
+	Previous string `json:"-"`
 }
 
 // MetaPath is where the sidecar of a dump lives.
@@ -151,28 +154,66 @@ func Backup(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOption
 		return nil, err
 	}
 	pgDump := tool("pg_dump", o.PgBin, in.version)
-	if err := dumpWithProgress(ctx, pool, in, pgDump, file, o.Progress); err != nil {
+	// Dumped beside file and moved in place once complete: a backup that
+	// fails leaves the one before it as it was.
+	tmp := file + ".partial"
+	defer os.Remove(tmp)
+	if err := dumpWithProgress(ctx, pool, in, pgDump, tmp, o.Progress); err != nil {
 		return nil, err
 	}
-	fi, err := os.Stat(file)
+	fi, err := os.Stat(tmp)
 	if err != nil {
 		return nil, err
 	}
-	toc, err := readTOC(ctx, in, file, o.PgBin)
+	toc, err := readTOC(ctx, in, tmp, o.PgBin)
 	if err != nil {
 		return nil, err
 	}
-	sum, err := fileSHA256(file)
+	sum, err := fileSHA256(tmp)
 	if err != nil {
 		return nil, err
 	}
 	meta := &BackupMeta{Database: in.name, Name: o.Name, SystemIdentifier: in.sysID, ServerVersion: in.version,
 		CreatedAt: time.Now().UTC(), Host: hostname(), Tool: pgDump, Size: fi.Size(), SHA256: sum, Relations: len(toc.relations)}
+	if meta.Previous, err = keepPrevious(file); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, file); err != nil {
+		return nil, err
+	}
 	data, _ := json.MarshalIndent(meta, "", "  ")
 	if err := os.WriteFile(MetaPath(file), append(data, '\n'), 0o644); err != nil {
 		return nil, err
 	}
 	return meta, nil
+}
+
+// keepPrevious moves an existing backup at file (and its sidecar) aside,
+// named after when it was written, and returns its new name: an operator
+// re-running the backup step after a failed upgrade must not lose the
+// backup taken before it.
+func keepPrevious(file string) (string, error) {
+	fi, err := os.Stat(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	kept := file + "." + fi.ModTime().UTC().Format("20060102T150405Z")
+	for i := 2; ; i++ {
+		if _, err := os.Stat(kept); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		kept = file + "." + fi.ModTime().UTC().Format("20060102T150405Z") + "-" + strconv.Itoa(i)
+	}
+	if err := os.Rename(file, kept); err != nil {
+		return "", err
+	}
+	if err := os.Rename(MetaPath(file), MetaPath(kept)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return kept, err
+	}
+	return kept, nil
 }
 
 // Object is a database object that [Restore] drops because the backup
