@@ -55,3 +55,29 @@ func TestDBGateUnregisteredClassWayOut(t *testing.T) {
 		}
 	}
 }
+
+// A failed CREATE UNIQUE INDEX CONCURRENTLY leaves an INVALID index: the
+// way out is to drop it, not to record the migration complete (which the
+// "already exists" of the next run would otherwise suggest).
+func TestDBInvalidIndexWayOut(t *testing.T) {
+	e := newDBEnv(t)
+	e.write("1_t.up.sql", "CREATE TABLE t (id int, author_id int);\nINSERT INTO t VALUES (1, 0), (2, 0);\n")
+	e.write("2_uniq.up.sql", "-- ferry:no-transaction\nCREATE UNIQUE INDEX CONCURRENTLY t_author_u ON t (author_id);\n")
+	const advice = "PostgreSQL holds index public.t_author_u as INVALID"
+	_, errs := e.wantExit(1, "migrate")
+	wantContains(t, errs, "DETAIL: Key (author_id)=(0) is duplicated.", advice,
+		"drop it (`DROP INDEX CONCURRENTLY public.t_author_u;`), then run `ferry db repair` and `ferry db migrate` again")
+	e.mustFerry("repair")
+	_, errs = e.wantExit(1, "migrate")
+	wantContains(t, errs, `relation "t_author_u" already exists`, advice)
+	if strings.Contains(errs, "mark-complete") {
+		t.Fatalf("an INVALID index is not an applied migration:\n%s", errs)
+	}
+	for _, q := range []string{`DROP INDEX CONCURRENTLY t_author_u`, `DELETE FROM t WHERE id = 2`} {
+		if _, err := e.pool.Exec(e.ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.mustFerry("repair")
+	e.mustFerry("migrate")
+}

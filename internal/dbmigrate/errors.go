@@ -136,12 +136,19 @@ type MigrationError struct {
 	Direction string
 	Dirty     bool
 	Err       error
+	// InvalidIndexes are indexes the migration's file names that
+	// PostgreSQL holds as INVALID: a failed CREATE INDEX CONCURRENTLY
+	// leaves its index so. They must be dropped, never recorded as done.
+	InvalidIndexes []string
 }
 
 func (e *MigrationError) Error() string {
 	how := "it ran in a transaction and was rolled back; fix it and run again"
 	if e.Dirty {
 		how = "it ran outside a transaction, so the database is now dirty (see `ferry db status`)"
+	}
+	if len(e.InvalidIndexes) > 0 {
+		return fmt.Sprintf("migration %s_%s (%s) failed with: %v\n%s\n%s", e.Version, e.Name, e.Direction, e.Err, how, invalidAdvice(e.InvalidIndexes, e.Dirty))
 	}
 	if e.Direction == "up" && duplicateObject(e.Err) {
 		// The documented way out: the schema change is there already.
@@ -154,7 +161,24 @@ func (e *MigrationError) Error() string {
 	}
 	return fmt.Sprintf("migration %s_%s (%s) failed with: %v\n%s", e.Version, e.Name, e.Direction, e.Err, how)
 }
-func (e *MigrationError) Unwrap() error        { return e.Err }
+func (e *MigrationError) Unwrap() error { return e.Err }
+
+// invalidAdvice says how to get rid of INVALID indexes before running the
+// migration again; recording it complete would keep them (a unique index
+// that enforces nothing).
+func invalidAdvice(names []string, dirty bool) string {
+	drops := make([]string, len(names))
+	for i, n := range names {
+		drops[i] = "DROP INDEX CONCURRENTLY " + n + ";"
+	}
+	then := "`ferry db migrate`"
+	if dirty {
+		then = "`ferry db repair` and `ferry db migrate`"
+	}
+	return fmt.Sprintf("PostgreSQL holds index %s as INVALID (left by a failed CREATE INDEX CONCURRENTLY; it is not used and enforces nothing). "+
+		"Fix what made it fail, drop it (`%s`), then run %s again; do not mark the migration complete.",
+		strings.Join(names, ", "), strings.Join(drops, " "), then)
+}
 func (e *MigrationError) Is(target error) bool { return target == ErrMigrationFailed }
 
 func fmtTime(t time.Time) string {

@@ -281,7 +281,11 @@ func (m *Migrator) run(ctx context.Context, c *lockedConn, mg *Migration, dir st
 		// Debug, not Error: the caller gets the error and reports it (the
 		// CLI's first stderr line is that error, not this log line).
 		m.log.Debug("migration failed", zap.String("version", string(mg.Version)), zap.String("direction", dir), zap.Bool("dirty", dirty), zap.Error(err))
-		return &MigrationError{Version: mg.Version, Name: mg.Name, Direction: dir, Dirty: dirty, Err: err}
+		me := &MigrationError{Version: mg.Version, Name: mg.Name, Direction: dir, Dirty: dirty, Err: err}
+		if dirty || duplicateObject(err) {
+			me.InvalidIndexes = invalidIndexes(context.WithoutCancel(ctx), c, sc.SQL)
+		}
+		return me
 	}
 
 	file := joinDir(m.o.Dir, mg.UpFile)

@@ -1,10 +1,12 @@
 package dbmigrate
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/ferrymigrate/ferry/internal/pgerr"
@@ -89,4 +91,27 @@ func duplicateObject(err error) bool {
 		return true
 	}
 	return false
+}
+
+// invalidIndexes lists the INVALID indexes (in the search path) whose
+// names script mentions; nil when none, or when the catalog cannot be read.
+func invalidIndexes(ctx context.Context, db interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, script string) []string {
+	rows, err := db.Query(ctx, `SELECT c.relname, format('%I.%I', n.nspname, c.relname) FROM pg_index i
+		JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE NOT i.indisvalid AND n.nspname = ANY (current_schemas(false)) ORDER BY 2`)
+	if err != nil {
+		return nil
+	}
+	defer rows.Close()
+	lower := strings.ToLower(script)
+	var out []string
+	for rows.Next() {
+		var name, qualified string
+		if rows.Scan(&name, &qualified) == nil && strings.Contains(lower, strings.ToLower(name)) {
+			out = append(out, qualified)
+		}
+	}
+	return out
 }
