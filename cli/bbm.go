@@ -791,6 +791,9 @@ func bbmSetCmd(a *App) *cobra.Command {
 					return bbmErr(a.dbErr(db, err))
 				}
 				fmt.Fprintf(a.Out, "%smax-running is now %d\n", a.dbLabel(db), n)
+				if n == 0 {
+					fmt.Fprintf(a.Err, "warning: %sno batched background migration runs until max-running is raised again (`ferry bbm set max-running 2`); `ferry bbm pause-all` says so more plainly\n", a.dbLabel(db))
+				}
 			}
 			return nil
 		},
