@@ -537,7 +537,7 @@ func Restore(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOptio
 	if res.Dropped, err = planDrops(ctx, pool, t); err != nil {
 		return res, err
 	}
-	if res.Connected, err = ferrySessions(ctx, pool); err != nil {
+	if res.Connected, err = ferrySessions(ctx, pool, sessionQuietAfter); err != nil {
 		return res, err
 	}
 	if !o.Yes {

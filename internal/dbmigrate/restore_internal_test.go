@@ -2,12 +2,17 @@ package dbmigrate
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ferrymigrate/ferry/internal/testenv"
 )
@@ -96,5 +101,38 @@ func TestApplyRestoreRollsBackWhenPgRestoreDies(t *testing.T) {
 	}
 	if !extra || users != 19900 {
 		t.Fatalf("after a failed restore: table extra exists %v, %d users; want true, 19900", extra, users)
+	}
+}
+
+// A ferry-named session idle for longer than quietAfter is not a ferry
+// process (a PgBouncer server connection keeps the last client's name);
+// one idle for less, or busy, is.
+func TestFerrySessionsSkipsLongIdle(t *testing.T) {
+	ctx := testenv.Context(t)
+	url := testenv.DirectURL(t, testenv.DatabaseURL(t))
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	cc, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc.RuntimeParams["application_name"] = "ferry-worker"
+	other, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = other.Close(context.Background()) })
+	if _, err := other.Exec(ctx, `SELECT 1`); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ferrySessions(ctx, pool, time.Hour); err != nil || len(got) != 1 || got[0].ApplicationName != "ferry-worker" {
+		t.Fatalf("recently idle: %v %v", got, err)
+	}
+	// Idle since before "now minus a microsecond": too long.
+	if got, err := ferrySessions(ctx, pool, time.Microsecond); err != nil || len(got) != 0 {
+		t.Fatalf("long idle: %v %v", got, err)
 	}
 }

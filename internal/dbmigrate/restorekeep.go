@@ -132,10 +132,18 @@ func (s Session) String() string {
 	return out + ")"
 }
 
+// sessionQuietAfter is how long a ferry-named session may have been idle
+// and still count as a ferry process. A running worker's engine touches
+// the database every few seconds; a PgBouncer server connection keeps the
+// application_name of the last client it served long after that client
+// (a ferry command that finished) is gone.
+const sessionQuietAfter = time.Minute
+
 // ferrySessions lists the sessions on the database named by ferry
-// (application_name ferry...) other than pool's own: workers that go on
-// running while their tables are replaced under them.
-func ferrySessions(ctx context.Context, pool *pgxpool.Pool) ([]Session, error) {
+// (application_name ferry...) other than pool's own, busy or idle for less
+// than quietAfter: workers that go on running while their tables are
+// replaced under them.
+func ferrySessions(ctx context.Context, pool *pgxpool.Pool, quietAfter time.Duration) ([]Session, error) {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return nil, err
@@ -149,7 +157,8 @@ func ferrySessions(ctx context.Context, pool *pgxpool.Pool) ([]Session, error) {
 	rows, err := conn.Query(ctx, `SELECT pid, application_name, coalesce(host(client_addr), ''), coalesce(backend_start, 'epoch')
 		FROM pg_stat_activity
 		WHERE datname = current_database() AND application_name LIKE 'ferry%' AND pid <> ALL($1::bigint[])
-		ORDER BY pid`, own)
+		  AND (state IS DISTINCT FROM 'idle' OR state_change > now() - make_interval(secs => $2))
+		ORDER BY pid`, own, quietAfter.Seconds())
 	if err != nil {
 		return nil, fmt.Errorf("list ferry sessions: %w", err)
 	}
