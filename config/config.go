@@ -20,6 +20,9 @@ import (
 
 // Config is ferry's whole configuration.
 type Config struct {
+	// from records where a value that errors name came from (see SetFrom).
+	from map[string]string
+
 	RedisURL    string `yaml:"redis_url"`
 	DatabaseURL string `yaml:"database_url"`
 	// DatabaseDirectURL reaches PostgreSQL without a transaction pooler
@@ -200,6 +203,7 @@ func (c *Config) LoadFile(path string) error {
 	dec.KnownFields(true)
 	err = dec.Decode(c)
 	if err == nil || errors.Is(err, errEOF) {
+		c.fromFile(data)
 		return nil
 	}
 	// yaml reports a bad value by line ("line 2: cannot unmarshal !!str
@@ -272,10 +276,13 @@ func (c *Config) ApplyEnv() {
 	c.RedisProvider = os.Getenv(EnvRedisProvider)
 	if v := os.Getenv(c.RedisProvider); c.RedisProvider != "" && v != "" {
 		c.RedisURL = v
+		c.SetFrom(keyRedisURL, c.RedisProvider)
 	} else if v := os.Getenv(EnvRedisURL); v != "" {
 		c.RedisURL = v
+		c.SetFrom(keyRedisURL, EnvRedisURL)
 	}
 	if v := os.Getenv(EnvRedisSentinels); v != "" {
+		c.SetFrom(keySentinels, EnvRedisSentinels)
 		c.Redis.Sentinels = nil
 		for _, a := range strings.Split(v, ",") {
 			c.Redis.Sentinels = append(c.Redis.Sentinels, SentinelAddr(strings.TrimSpace(a)))
@@ -286,13 +293,16 @@ func (c *Config) ApplyEnv() {
 	}
 	if v := os.Getenv(EnvDatabaseURL); v != "" {
 		c.DatabaseURL = v
+		c.SetFrom(keyDatabaseURL, EnvDatabaseURL)
 	}
 	c.applyDatabaseEnv()
 	if v := os.Getenv(EnvDatabaseDirectURL); v != "" {
 		c.DatabaseDirectURL = v
+		c.SetFrom(keyDirectURL, EnvDatabaseDirectURL)
 	}
 	if v := os.Getenv(EnvLogLevel); v != "" {
 		c.LogLevel = v
+		c.SetFrom(keyLogLevel, EnvLogLevel)
 	}
 	if v := os.Getenv(EnvWebToken); v != "" {
 		c.Web.Token = v
@@ -318,7 +328,7 @@ func (c *Config) Validate() error {
 	if _, err := c.RedisOptions(); err != nil {
 		return err
 	}
-	if err := validateSentinels(c.Redis.Sentinels); err != nil {
+	if err := validateSentinels(c.Redis.Sentinels, c.from[keySentinels] == EnvRedisSentinels); err != nil {
 		return err
 	}
 	if n := c.Redis.WaitReplicas; n < 0 || n > 16 {
@@ -330,12 +340,12 @@ func (c *Config) Validate() error {
 	}
 	if c.DatabaseURL != "" {
 		if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
-			return &FieldError{Field: "DATABASE_URL", Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
+			return &FieldError{Field: c.fieldName(keyDatabaseURL, EnvDatabaseURL), Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
 		}
 	}
 	if c.DatabaseDirectURL != "" {
 		if _, err := pgxpool.ParseConfig(c.DatabaseDirectURL); err != nil {
-			return &FieldError{Field: EnvDatabaseDirectURL, Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
+			return &FieldError{Field: c.fieldName(keyDirectURL, EnvDatabaseDirectURL), Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
 		}
 	}
 	if err := c.validateDatabases(); err != nil {
@@ -344,7 +354,7 @@ func (c *Config) Validate() error {
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		return &FieldError{Field: "log_level", Msg: fmt.Sprintf("must be debug, info, warn or error, got %q", c.LogLevel)}
+		return &FieldError{Field: c.fieldName(keyLogLevel, keyLogLevel), Msg: fmt.Sprintf("must be debug, info, warn or error, got %q", c.LogLevel)}
 	}
 	switch c.LogFormat {
 	case "", "json", "console":
@@ -457,11 +467,14 @@ func validHostname(h string) bool {
 	return true
 }
 
-func validateSentinels(addrs []SentinelAddr) error {
+func validateSentinels(addrs []SentinelAddr, fromEnv bool) error {
 	for i, a := range addrs {
 		host, port, err := net.SplitHostPort(string(a))
 		if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
-			return &FieldError{Field: fmt.Sprintf("redis.sentinels[%d]", i), Msg: fmt.Sprintf("must be host:port, got %q", a)}
+			if fromEnv {
+				return &FieldError{Field: EnvRedisSentinels, Msg: fmt.Sprintf("entry %d must be host:port, got %q", i+1, a)}
+			}
+			return &FieldError{Field: fmt.Sprintf("%s[%d]", keySentinels, i), Msg: fmt.Sprintf("must be host:port, got %q", a)}
 		}
 	}
 	return nil
@@ -540,12 +553,13 @@ func (c *Config) RedactRedis() string {
 
 // RedisOptions parses RedisURL.
 func (c *Config) RedisOptions() (*redis.Options, error) {
+	field := c.fieldName(keyRedisURL, EnvRedisURL)
 	if c.RedisURL == "" {
-		return nil, &FieldError{Field: "REDIS_URL", Msg: "is empty"}
+		return nil, &FieldError{Field: field, Msg: "is empty"}
 	}
 	o, err := redis.ParseURL(c.RedisURL)
 	if err != nil {
-		return nil, &FieldError{Field: "REDIS_URL", Msg: fmt.Sprintf("not a valid redis:// URL (%v)", err)}
+		return nil, &FieldError{Field: field, Msg: fmt.Sprintf("not a valid redis:// URL (%v)", err)}
 	}
 	return o, nil
 }
@@ -656,4 +670,61 @@ func redactErr(err error) string {
 // unset (tests then skip, naming the variable).
 func TestURLs() (redisURL, databaseURL string) {
 	return os.Getenv(EnvRedisURL), os.Getenv(EnvDatabaseURL)
+}
+
+// Keys of the settings whose errors name where they were set: their YAML
+// names (databases.NAME.url and the like too).
+const (
+	keyRedisURL    = "redis_url"
+	keyDatabaseURL = "database_url"
+	keyDirectURL   = "database_direct_url"
+	keyLogLevel    = "log_level"
+	keySentinels   = "redis.sentinels"
+)
+
+// SetFrom records that the setting key (its YAML name) was set from
+// source: an environment variable, a flag (--database-url) or the YAML
+// key itself. A bad value's error then names what the operator wrote.
+func (c *Config) SetFrom(key, source string) {
+	if c.from == nil {
+		c.from = map[string]string{}
+	}
+	c.from[key] = source
+}
+
+// fieldName is where key was set, def when nothing recorded it.
+func (c *Config) fieldName(key, def string) string {
+	if s, ok := c.from[key]; ok {
+		return s
+	}
+	return def
+}
+
+// fromFile records the settings a config file sets, by their YAML names.
+func (c *Config) fromFile(data []byte) {
+	var doc map[string]any
+	if yaml.Unmarshal(data, &doc) != nil {
+		return
+	}
+	for _, k := range []string{keyRedisURL, keyDatabaseURL, keyDirectURL, keyLogLevel} {
+		if _, ok := doc[k]; ok {
+			c.SetFrom(k, k)
+		}
+	}
+	if r, ok := doc["redis"].(map[string]any); ok {
+		if _, ok := r["sentinels"]; ok {
+			c.SetFrom(keySentinels, keySentinels)
+		}
+	}
+	if dbs, ok := doc["databases"].(map[string]any); ok {
+		for name, v := range dbs {
+			d, _ := v.(map[string]any)
+			for _, f := range []string{"url", "direct_url", "migrations"} {
+				if _, ok := d[f]; ok {
+					k := "databases." + name + "." + f
+					c.SetFrom(k, k)
+				}
+			}
+		}
+	}
 }

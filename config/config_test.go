@@ -224,3 +224,52 @@ func TestRedisSentinelConfig(t *testing.T) {
 		t.Fatalf("REDIS_PROVIDER's variable unset: url %q, want REDIS_URL's", c.RedisURL)
 	}
 }
+
+// A bad value's error names what the operator wrote: the YAML key, the
+// environment variable (REDIS_PROVIDER's too) or the flag.
+func TestFieldErrorsNameTheSource(t *testing.T) {
+	for _, k := range []string{"REDIS_URL", "REDIS_PROVIDER", "DATABASE_URL", "FERRY_LOG_LEVEL", "REDIS_SENTINELS"} {
+		t.Setenv(k, "")
+	}
+	load := func(t *testing.T, yml string, env ...string) error {
+		t.Helper()
+		for i := 0; i+1 < len(env); i += 2 {
+			t.Setenv(env[i], env[i+1])
+		}
+		c := Defaults()
+		if yml != "" {
+			path := filepath.Join(t.TempDir(), "ferry.yml")
+			if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.LoadFile(path); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.ApplyEnv()
+		return c.Validate()
+	}
+	for _, tc := range []struct {
+		name, yml string
+		env       []string
+		field     string
+	}{
+		{"yaml database_url", "database_url: 'postgres://x@h:notaport/x'\n", nil, "database_url"},
+		{"yaml redis_url", "redis_url: 'redis//x'\n", nil, "redis_url"},
+		{"REDIS_PROVIDER's variable", "", []string{"REDIS_PROVIDER", "MYR", "MYR", "redis//x"}, "MYR"},
+		{"env DATABASE_URL_CI", "", []string{"DATABASE_URL_CI", "postgres://x@h:bad/ci"}, "DATABASE_URL_CI"},
+		{"yaml databases.ci.url", "databases:\n  ci:\n    url: 'postgres://x@h:bad/ci'\n", nil, "databases.ci.url"},
+		{"env FERRY_LOG_LEVEL", "", []string{"FERRY_LOG_LEVEL", "loud"}, "FERRY_LOG_LEVEL"},
+		{"yaml log_level", "log_level: loud\n", nil, "log_level"},
+		{"env REDIS_SENTINELS", "", []string{"REDIS_SENTINELS", "foo:bar"}, "REDIS_SENTINELS"},
+		{"yaml redis.sentinels", "redis:\n  sentinels: ['foo:bar']\n", nil, "redis.sentinels[0]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := load(t, tc.yml, tc.env...)
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Field != tc.field {
+				t.Fatalf("got %v, want an error naming %s", err, tc.field)
+			}
+		})
+	}
+}

@@ -74,10 +74,13 @@ func (c *Config) applyDatabaseEnv() {
 		switch field {
 		case EnvDatabaseDirectURLPrefix:
 			d.DirectURL = v
+			c.SetFrom("databases."+name+".direct_url", k)
 		case EnvDatabaseURLPrefix:
 			d.URL = v
+			c.SetFrom("databases."+name+".url", k)
 		default:
 			d.Migrations = v
+			c.SetFrom("databases."+name+".migrations", k)
 		}
 		c.Databases[name] = d
 	}
@@ -182,12 +185,12 @@ func (c *Config) validateDatabases() error {
 		}
 		if d.URL != "" {
 			if _, err := pgxpool.ParseConfig(d.URL); err != nil {
-				return &FieldError{Field: field + ".url", Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
+				return &FieldError{Field: c.fieldName(field+".url", field+".url"), Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
 			}
 		}
 		if d.DirectURL != "" {
 			if _, err := pgxpool.ParseConfig(d.DirectURL); err != nil {
-				return &FieldError{Field: field + ".direct_url", Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
+				return &FieldError{Field: c.fieldName(field+".direct_url", field+".direct_url"), Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
 			}
 		}
 	}
