@@ -264,6 +264,7 @@ func printPlan(ctx context.Context, w io.Writer, mr *dbmigrate.Migrator, p *dbmi
 		return
 	}
 	fmt.Fprintf(w, "Dry run: would run %d migration(s) %s, in this order:\n", len(p.Migrations), p.Direction)
+	var queued []planQueued // by the files before: not in the database yet
 	for _, m := range p.Migrations {
 		sc, file := m.Up, m.UpFile
 		if p.Direction == "down" {
@@ -275,7 +276,11 @@ func printPlan(ctx context.Context, w io.Writer, mr *dbmigrate.Migrator, p *dbmi
 		}
 		fmt.Fprintf(w, "\n== %s %s (%s, %s) ==\n", m.Version, m.Name, file, how)
 		for _, b := range sc.Require {
-			fmt.Fprintf(w, "-- requires finished batched background migration: %s %s %s %s (%s)\n", b.Class, b.Table, b.Column, b.Args, gateNote(ctx, mr, b))
+			note := gateNote(ctx, mr, b)
+			if by := queuedBy(queued, b); by != "" && strings.HasPrefix(note, "never queued") {
+				note = "queued by " + by + " earlier in this run: migrate would stop here until it is finished; finalize it then, or use --finalize"
+			}
+			fmt.Fprintf(w, "-- requires finished batched background migration: %s %s %s %s (%s)\n", b.Class, b.Table, b.Column, b.Args, note)
 			fmt.Fprint(w, est.line(ctx, b))
 		}
 		if sc.NoTransaction {
@@ -288,8 +293,28 @@ func printPlan(ctx context.Context, w io.Writer, mr *dbmigrate.Migrator, p *dbmi
 		for _, b := range sc.Queue {
 			fmt.Fprintf(w, "-- then queues batched background migration: %s %s %s %s\n", b.Class, b.Table, b.Column, b.Args)
 			fmt.Fprint(w, est.line(ctx, b))
+			if p.Direction == "up" {
+				queued = append(queued, planQueued{b, string(m.Version) + "_" + m.Name})
+			}
 		}
 	}
+}
+
+// planQueued is a batched migration an earlier file of a dry run's plan
+// queues, and that file.
+type planQueued struct {
+	bbm dbmigrate.BBM
+	by  string
+}
+
+// queuedBy names the earlier file of the plan that queues b, "" if none.
+func queuedBy(queued []planQueued, b dbmigrate.BBM) string {
+	for _, q := range queued {
+		if batched.SameConfig(batched.MigrationConfig(q.bbm), batched.MigrationConfig(b)) {
+			return q.by
+		}
+	}
+	return ""
 }
 
 // gateNote says what a require-bbm gate would do now.

@@ -61,6 +61,11 @@ func TestDBGateWithEngine(t *testing.T) {
 			e.write("2_add_big.up.sql", "-- ferry:queue-bbm CopyColumnUsingBackgroundMigrationJob events id [[\"id\"], [\"id_big\"]]\nALTER TABLE events ADD COLUMN id_big bigint;\n")
 			e.write("3_require.up.sql", "-- ferry:require-bbm CopyColumnUsingBackgroundMigrationJob events id [[\"id\"],[\"id_big\"]]\nALTER TABLE events ALTER COLUMN id_big SET NOT NULL;\n")
 
+			if !inline {
+				// The dry run knows that file 2 queues what file 3 requires.
+				out := e.mustFerry("migrate", "--dry-run")
+				wantContains(t, out, "(queued by 2_add_big earlier in this run: migrate would stop here until it is finished")
+			}
 			if inline {
 				out := e.mustFerry("migrate", "--finalize")
 				wantContains(t, out, "queued batched background migration", "finalizing batched background migration", "3 require: migrated")

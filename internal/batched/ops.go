@@ -1,9 +1,11 @@
 package batched
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,6 +49,22 @@ func FindConfig(ctx context.Context, db Queryer, class, table, column string, ar
 			fmt.Sprintf(`{"job_class_name":%q,"table_name":%q,"column_name":%q,"job_arguments":%s}`, class, table, column, canon))
 	}
 	return m, err
+}
+
+// SameConfig reports whether a and b name the same migration as
+// FindConfig matches them, as far as that is known without a database
+// (a dry run's plan): class and column equal, arguments equal as JSON,
+// tables equal up to the public schema.
+func SameConfig(a, b MigrationConfig) bool {
+	if a.Class != b.Class || a.Column != b.Column || strings.TrimPrefix(a.Table, "public.") != strings.TrimPrefix(b.Table, "public.") {
+		return false
+	}
+	_, ca, err := canonicalArgs(a.Args)
+	if err != nil {
+		return false
+	}
+	_, cb, err := canonicalArgs(b.Args)
+	return err == nil && bytes.Equal(ca, cb)
 }
 
 // transition changes a migration's status if it is in one of from.
