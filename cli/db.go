@@ -688,15 +688,9 @@ mark_migration_complete:ci[VERSION] (or --db ci) records it on ci only.`,
 				if err != nil {
 					return dbErr(err)
 				}
-				// GitLab's lines, which name the database already: ferry's
-				// name when several are configured, else PostgreSQL's.
+				// GitLab's lines, naming the database by its configured
+				// name (main, ci), as GitLab's each_database does.
 				db := t.Name
-				if !t.named {
-					db = a.Cfg.DatabaseURL
-					if pool, err := a.dbPool(ctx, f, t); err == nil {
-						db = pool.Config().ConnConfig.Database
-					}
-				}
 				if already {
 					fmt.Fprintf(a.Out, "Migration version '%s' is already marked complete on database %s\n", v, db)
 				} else {

@@ -33,7 +33,7 @@ func TestDBMarkCompletePasteForms(t *testing.T) {
 		{"gitlab:db:mark_migration_complete:main[20151103134860]", "20151103134860"},
 	} {
 		code, out, errs := e.ferryNoDir("mark-complete", tc.arg)
-		if code != 0 || !strings.Contains(out, "Successfully marked '"+tc.version+"' as complete on database") || errs != "" {
+		if code != 0 || !strings.Contains(out, "Successfully marked '"+tc.version+"' as complete on database main\n") || errs != "" {
 			t.Fatalf("mark-complete %s: exit %d\n%s\n%s", tc.arg, code, out, errs)
 		}
 	}
