@@ -724,6 +724,7 @@ With several databases it checks all of them (or --db's) and names them.`,
 			out := []map[string]any{}
 			n := 0
 			var failed []error
+			var read []string
 			for _, db := range dbs {
 				ms, err := a.bbmUnfinished(cmd.Context(), db)
 				if err != nil {
@@ -732,6 +733,7 @@ With several databases it checks all of them (or --db's) and names them.`,
 					failed = append(failed, err)
 					continue
 				}
+				read = append(read, db)
 				for _, m := range ms {
 					msg := a.checkMessageIn(db, m.Migration)
 					if asJSON {
@@ -753,6 +755,9 @@ With several databases it checks all of them (or --db's) and names them.`,
 				n = len(out)
 			} else if n == 0 && len(failed) == 0 {
 				fmt.Fprintln(a.Out, "All batched background migrations are finished.")
+			} else if n == 0 && len(read) > 0 {
+				// Say what is known of the databases that could be read.
+				fmt.Fprintf(a.Out, "All batched background migrations of %s are finished.\n", strings.Join(read, ", "))
 			}
 			if len(failed) > 0 {
 				return No(errors.Join(failed...))
