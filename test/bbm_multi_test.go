@@ -363,7 +363,7 @@ func TestBBMMultiDatabaseOneDown(t *testing.T) {
 	if strings.Contains(out, "Database: ci\nfinished") || !strings.HasPrefix(errs, "ferry: database ci: ") {
 		t.Fatalf("status:\n%s\n%s", out, errs)
 	}
-	m.want(1, []string{"database ci: cannot reach PostgreSQL"}, "bbm", "check")
+	m.want(1, []string{"database ci: cannot reach PostgreSQL", "All batched background migrations of main are finished."}, "bbm", "check")
 	m.want(0, []string{"All batched background migrations are finished."}, "bbm", "check", "--db", "main")
 	m.want(1, []string{"database ci: cannot reach PostgreSQL"}, "bbm", "pause", "ci_1")
 }
