@@ -498,7 +498,9 @@ func printStatus(t dbTarget, st *dbmigrate.Status) {
 		when := ""
 		if ms.AppliedAt != nil {
 			when = ms.AppliedAt.UTC().Format("2006-01-02 15:04:05Z")
-		} else if la := ms.LastAttempt; la != nil {
+		} else if la := ms.LastAttempt; la != nil && ms.State != "pending" {
+			// When it failed, went dirty or started running; a pending
+			// one's last attempt is its revert, which reads as applied.
 			when = la.StartedAt.UTC().Format("2006-01-02 15:04:05Z")
 		}
 		name := ms.Name
