@@ -81,7 +81,14 @@ func (e *Engine) execute(ctx context.Context, cl *claim) {
 		defer cancel()
 		e.applyHealth(rec, cl.mig, []Signal{e.lockWaitSignal(rec, cl.mig, cl.tgt.OID, "a sub-batch", e.health.LockTimeout)})
 	}
-	if err != nil && !errors.Is(err, errLostOwnership) && !errors.Is(err, errCommitsLost) {
+	switch {
+	case err == nil, errors.Is(err, errLostOwnership), errors.Is(err, errCommitsLost):
+	case errors.Is(err, pgx.ErrNoRows):
+		// The migration's row is gone: deleted, or a `ferry db restore`
+		// put back a database from before it. Nothing to give back.
+		e.log.Warn("batch's migration no longer exists (deleted, or the database was restored); its outcome is not recorded",
+			zap.Int64("migration_id", cl.mig.ID), zap.Int64("job_id", cl.jobID))
+	default:
 		e.log.Error("could not record batch outcome; this worker gives the batch back once the database answers again",
 			zap.Int64("migration_id", cl.mig.ID), zap.Int64("job_id", cl.jobID), zap.Error(err))
 	}
