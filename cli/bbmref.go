@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -107,7 +108,23 @@ func configRef(class, table, column, args string) (bbmRef, error) {
 	if err := batched.CheckConfig(class, table, column, []byte(args)); err != nil {
 		return bbmRef{}, bbmErr(err)
 	}
+	if hint := pasteHint(args); hint != "" && !json.Valid([]byte(args)) {
+		return bbmRef{}, bbmErr(fmt.Errorf("%w: %s is not JSON: %s", batched.ErrInvalidArgs, args, hint))
+	}
 	return bbmRef{cfg: &batched.MigrationConfig{Class: class, Table: table, Column: column, Args: json.RawMessage(args)}}, nil
+}
+
+// pasteHint explains job arguments that are not JSON because of how they
+// were pasted: the shell removed their double quotes, or GitLab's \, (for
+// rake's bracket form) was kept in a separate argument.
+func pasteHint(args string) string {
+	switch {
+	case strings.Contains(args, `\,`):
+		return `GitLab escapes the comma as \, only inside rake's brackets; as a separate argument write a plain comma: '[["id"], ["id_convert_to_bigint"]]'`
+	case !strings.Contains(args, `"`) && strings.ContainsAny(args, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"):
+		return `the shell removed its double quotes: put the whole argument in single quotes, e.g. '[["id"], ["id_convert_to_bigint"]]'`
+	}
+	return ""
 }
 
 // idRef reads an id, also as GitLab prints it for several databases

@@ -168,3 +168,18 @@ func TestBBMUnregisteredClassHints(t *testing.T) {
 		t.Fatalf("finalize: %d %s", code, errs)
 	}
 }
+
+// Job arguments mangled by pasting get a hint that says how to paste them.
+func TestParseRefPasteHints(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		`[[id],[id_convert_to_bigint]]`:      "the shell removed its double quotes",
+		`[["id"]\,["id_convert_to_bigint"]]`: `GitLab escapes the comma as \, only inside rake's brackets`,
+	} {
+		_, err := parseRef([]string{"CopyColumnUsingBackgroundMigrationJob", "events", "id", in})
+		var ee *ExitError
+		if !errors.As(err, &ee) || ee.Code != 2 || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want exit 2 saying %q", in, err, want)
+		}
+	}
+}
