@@ -61,7 +61,7 @@ func (a *App) dbNamed() bool {
 
 // pleaseSpecify is GitLab's multi-database refusal, with the names.
 func (a *App) pleaseSpecify(cmd *cobra.Command) error {
-	return Usagef("Please specify the database: %s changes one database and %d are configured (%s); add --db NAME",
+	return Usagef("Please specify the database: %s works on one database at a time and %d are configured (%s); add --db NAME",
 		cmd.CommandPath(), len(a.Cfg.DatabaseNames()), strings.Join(a.Cfg.DatabaseNames(), ", "))
 }
 
