@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/ferrymigrate/ferry/internal/sidekiq"
 	"github.com/ferrymigrate/ferry/internal/testenv"
 )
@@ -75,19 +73,7 @@ func (l *runLog) waitStart(t *testing.T, want string) {
 // runtime keeps working once Redis answers again.
 func TestRuntimeLivenessLost(t *testing.T) {
 	t.Parallel()
-	o, err := redis.ParseURL(testenv.RedisURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	direct := redis.NewClient(o)
-	t.Cleanup(func() { _ = direct.Close() })
-	px := newProxy(t, o.Addr)
-	po := *o
-	po.Addr = px.ln.Addr().String()
-	po.MaxRetries = 1
-	po.DialTimeout = 200 * time.Millisecond
-	viaProxy := redis.NewClient(&po)
-	t.Cleanup(func() { _ = viaProxy.Close() })
+	direct, px, viaProxy := proxiedRedis(t)
 
 	rl := newRunLog()
 	release := make(chan struct{})
@@ -133,19 +119,7 @@ func TestRuntimeLivenessLost(t *testing.T) {
 // again, once.
 func TestRuntimeLivenessRegained(t *testing.T) {
 	t.Parallel()
-	o, err := redis.ParseURL(testenv.RedisURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	direct := redis.NewClient(o)
-	t.Cleanup(func() { _ = direct.Close() })
-	px := newProxy(t, o.Addr)
-	po := *o
-	po.Addr = px.ln.Addr().String()
-	po.MaxRetries = 1
-	po.DialTimeout = 200 * time.Millisecond
-	viaProxy := redis.NewClient(&po)
-	t.Cleanup(func() { _ = viaProxy.Close() })
+	direct, px, viaProxy := proxiedRedis(t)
 
 	rl := newRunLog()
 	release := make(chan struct{})

@@ -164,19 +164,7 @@ func TestRuntimePrefetchQuietPushesBack(t *testing.T) {
 // back and run, each once.
 func TestRuntimePrefetchLivenessLost(t *testing.T) {
 	t.Parallel()
-	o, err := redis.ParseURL(testenv.RedisURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	direct := redis.NewClient(o)
-	t.Cleanup(func() { _ = direct.Close() })
-	px := newProxy(t, o.Addr)
-	po := *o
-	po.Addr = px.ln.Addr().String()
-	po.MaxRetries = 1
-	po.DialTimeout = 200 * time.Millisecond
-	viaProxy := redis.NewClient(&po)
-	t.Cleanup(func() { _ = viaProxy.Close() })
+	direct, px, viaProxy := proxiedRedis(t)
 
 	l := &argLog{blocked: make(chan int, 4)}
 	release := make(chan struct{})

@@ -591,6 +591,26 @@ func TestConfigValidation(t *testing.T) {
 	}
 }
 
+// proxiedRedis is the test's Redis twice: directly, and through a proxy
+// the test can cut (for the runtime under test).
+func proxiedRedis(t *testing.T) (direct *redis.Client, px *proxy, viaProxy *redis.Client) {
+	t.Helper()
+	o, err := redis.ParseURL(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct = redis.NewClient(o)
+	t.Cleanup(func() { _ = direct.Close() })
+	px = newProxy(t, o.Addr)
+	po := *o
+	po.Addr = px.ln.Addr().String()
+	po.MaxRetries = 1
+	po.DialTimeout = 200 * time.Millisecond
+	viaProxy = redis.NewClient(&po)
+	t.Cleanup(func() { _ = viaProxy.Close() })
+	return direct, px, viaProxy
+}
+
 // proxy is a TCP proxy to Redis that a test can cut and restore.
 type proxy struct {
 	ln      net.Listener
@@ -670,19 +690,7 @@ func (p *proxy) restore() {
 
 func TestRuntimeSurvivesRedisOutage(t *testing.T) {
 	t.Parallel()
-	o, err := redis.ParseURL(testenv.RedisURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	direct := redis.NewClient(o)
-	t.Cleanup(func() { _ = direct.Close() })
-	px := newProxy(t, o.Addr)
-	po := *o
-	po.Addr = px.ln.Addr().String()
-	po.MaxRetries = 1
-	po.DialTimeout = 200 * time.Millisecond
-	viaProxy := redis.NewClient(&po)
-	t.Cleanup(func() { _ = viaProxy.Close() })
+	direct, px, viaProxy := proxiedRedis(t)
 
 	const n = 300
 	var mu sync.Mutex
@@ -740,19 +748,7 @@ func TestRuntimeSurvivesRedisOutage(t *testing.T) {
 // back, that it works again: not at every retry.
 func TestRuntimeOutageLoggedOnceNotPerRetry(t *testing.T) {
 	t.Parallel()
-	o, err := redis.ParseURL(testenv.RedisURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	direct := redis.NewClient(o)
-	t.Cleanup(func() { _ = direct.Close() })
-	px := newProxy(t, o.Addr)
-	po := *o
-	po.Addr = px.ln.Addr().String()
-	po.MaxRetries = 1
-	po.DialTimeout = 200 * time.Millisecond
-	viaProxy := redis.NewClient(&po)
-	t.Cleanup(func() { _ = viaProxy.Close() })
+	direct, px, viaProxy := proxiedRedis(t)
 	core, logs := observer.New(zap.DebugLevel)
 	b := startRuntime(t, direct, Config{Redis: viaProxy, Registry: registry(t), Concurrency: 2,
 		RecoveryInterval: 100 * time.Millisecond, Logger: zap.New(core)})
