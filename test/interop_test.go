@@ -395,8 +395,11 @@ func testSidekiqWebUIRendersFerry(t *testing.T, rb sidekiqRuby) {
 	}
 	rdb.SAdd(ctx, "queues", "web")
 	rdb.LPush(ctx, "queue:web", "not json at all")
-	testenv.Eventually(t, 20*time.Second, "ferry to record one retry and two dead entries", func() bool {
-		return zcard(ctx, t, rdb, "retry") == 1 && zcard(ctx, t, rdb, "dead") == 2 && len(privateLists(ctx, t, rdb)) == 0
+	// JSON that is no object, and invalid UTF-8 in a class name: one such
+	// entry used to make the Morgue fail for every job.
+	rdb.LPush(ctx, "queue:web", "null", "{\"class\":\"Bad\xff\xfeName\",\"args\":[],\"jid\":\"ee0000000000000000000002\",\"retry\":0}")
+	testenv.Eventually(t, 20*time.Second, "ferry to record one retry and four dead entries", func() bool {
+		return zcard(ctx, t, rdb, "retry") == 1 && zcard(ctx, t, rdb, "dead") == 4 && len(privateLists(ctx, t, rdb)) == 0
 	})
 	// Make sure the Busy page reads a fresh beat.
 	testenv.Eventually(t, 10*time.Second, "a heartbeat", func() bool { return rdb.Exists(ctx, id).Val() == 1 })
@@ -421,7 +424,7 @@ func testSidekiqWebUIRendersFerry(t *testing.T, rb sidekiqRuby) {
 		"/busy":                  {info.Hostname + ":" + strconv.Itoa(w.pid()), "webtag", id},
 		"/retries":               {retryJID, "Nope::Missing"},
 		"/retries/" + retryKey:   {retryJID, "Nope::Missing", "NameError", "1180591620717411303424", "&lt;script&gt;"},
-		"/morgue":                {deadJID, "Nope::Dead", "not json at all"},
+		"/morgue":                {deadJID, "Nope::Dead", "not json at all", "Ferry::InvalidPayload", "ee0000000000000000000002"},
 		"/morgue/" + deadKey:     {deadJID, "Nope::Dead", "NameError"},
 		"/queues":                {"webparked"},
 		"/queues/webparked":      {parkedJIDs[0], parkedJIDs[1], "Ferry::Parked"},
