@@ -250,10 +250,19 @@ func dbErr(err error) error {
 	return No(err)
 }
 
+// maxVersionArg bounds a version typed on the command line: Rails' are 14
+// digits (a timestamp), Sourcegraph's 10. A typo's extra digits would
+// otherwise be recorded (mark-complete) as the newest version there is and
+// stand in every downto's way.
+const maxVersionArg = 20
+
 func parseVersionArg(s string) (dbmigrate.Version, error) {
 	v, err := dbmigrate.ParseVersion(s)
 	if err != nil {
 		return "", Usage(err)
+	}
+	if len(v) > maxVersionArg {
+		return "", Usagef("%w: %q has %d digits, more than a version has (at most %d; e.g. 20151103134857)", dbmigrate.ErrBadVersion, s, len(v), maxVersionArg)
 	}
 	return v, nil
 }

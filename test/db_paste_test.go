@@ -52,6 +52,10 @@ func TestDBMarkCompletePasteForms(t *testing.T) {
 	if code, _, errs := e.ferryNoDir("mark-complete", "mark_migration_complete[0]"); code != 2 || !strings.Contains(errs, "non-zero integer") {
 		t.Fatalf("[0]: exit %d\n%s", code, errs)
 	}
+	// A typo's extra digits would be the newest version there is.
+	if code, _, errs := e.ferryNoDir("mark-complete", strings.Repeat("20151103134857", 5)); code != 2 || !strings.Contains(errs, "70 digits, more than a version has") {
+		t.Fatalf("70 digits: exit %d\n%s", code, errs)
+	}
 	wantApplied := []string{"20151103134857", "20151103134858", "20151103134859", "20151103134860", "20151103134861"}
 	if got := strings.Join(e.applied(), " "); got != strings.Join(wantApplied, " ") {
 		t.Fatalf("applied: %s", got)

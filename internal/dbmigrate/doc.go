@@ -4,7 +4,7 @@
 // # Files
 //
 // A directory holds <version>_<name>.up.sql and <version>_<name>.down.sql.
-// Versions are digits (at most 20) compared as integers (Rails timestamps
+// Versions are digits compared as integers of any size (Rails timestamps
 // such as 20151103134857). [Load] reads and validates a directory.
 //
 // # State

@@ -14,17 +14,12 @@ import (
 )
 
 // Version is a migration version in canonical form: decimal digits without
-// leading zeros. Versions compare as integers.
+// leading zeros. Versions compare as integers of any size.
 type Version string
 
-// maxVersionDigits bounds a version: Rails' are 14 digits (a timestamp),
-// Sourcegraph's 10; an int64 has 19.
-const maxVersionDigits = 20
-
 // ParseVersion accepts digits only (leading zeros are dropped, so
-// "0042" and "42" are the same version), at most maxVersionDigits. "0" is
-// valid (meaning "nothing" as a downto target) but no migration file may
-// use it.
+// "0042" and "42" are the same version). "0" is valid (meaning "nothing"
+// as a downto target) but no migration file may use it.
 func ParseVersion(s string) (Version, error) {
 	if s == "" || strings.TrimLeft(s, "0123456789") != "" {
 		return "", fmt.Errorf("%w: %q is not a version (digits only, e.g. 20151103134857)", ErrBadVersion, s)
@@ -32,11 +27,6 @@ func ParseVersion(s string) (Version, error) {
 	s = strings.TrimLeft(s, "0")
 	if s == "" {
 		s = "0"
-	}
-	// A typo's extra digits would become the newest version there is
-	// (mark-complete records it) and stand in every downto's way.
-	if len(s) > maxVersionDigits {
-		return "", fmt.Errorf("%w: %q has %d digits, more than a version has (at most %d; e.g. 20151103134857)", ErrBadVersion, s, len(s), maxVersionDigits)
 	}
 	return Version(s), nil
 }
