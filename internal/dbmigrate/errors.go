@@ -103,8 +103,9 @@ func (e *LockedError) Is(target error) bool { return target == ErrLocked }
 type DirtyError struct {
 	Attempt  Attempt
 	Previous Version // the downto target that undoes it
-	// DownFile is the down file downto would run, when it does not exist
-	// (downto then refuses until it is written); "" when it does.
+	// MissingDown is the down file downto would run, when it does not
+	// exist (downto then refuses until it is written); "" when it does,
+	// or when no migration files were read.
 	MissingDown string
 }
 

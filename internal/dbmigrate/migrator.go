@@ -479,7 +479,9 @@ type DirtyInfo struct {
 // dirtyError is the error for dirty attempt d.
 func (m *Migrator) dirtyError(st *state, d *Attempt) *DirtyError {
 	e := &DirtyError{Attempt: *d, Previous: m.previous(st, d.Version)}
-	if mg := m.byV[d.Version]; mg == nil || mg.DownFile == "" {
+	// Without files (status outside the app's folder) nothing is known
+	// to be missing.
+	if mg := m.byV[d.Version]; len(m.migs) > 0 && (mg == nil || mg.DownFile == "") {
 		e.MissingDown = m.downFile(d)
 	}
 	return e
