@@ -529,7 +529,9 @@ func (r *Runtime) fetchLoop(fetchCtx context.Context) {
 			continue
 		}
 		backoff.reset()
-		r.loopWorks(loopFetch)
+		if err == nil { // not a fetch cut short by a stop
+			r.loopWorks(loopFetch)
+		}
 		// Fetch ahead only while the queues are deep: a fetch that came
 		// back short found them (nearly) empty.
 		pf.deep = len(ds) == len(ids)+ahead
