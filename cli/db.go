@@ -827,7 +827,7 @@ databases configured, --db NAME says which one.`,
 				fmt.Fprintf(t.out, "Backed up database %s (%d tables/views/sequences, %d bytes) to %s; metadata in %s\n",
 					meta.Database, meta.Relations, meta.Size, args[0], dbmigrate.MetaPath(args[0]))
 				if meta.Previous != "" {
-					fmt.Fprintf(t.out, "The backup that was at %s before is kept as %s (with %s).\n", args[0], meta.Previous, dbmigrate.MetaPath(meta.Previous))
+					fmt.Fprintf(t.out, "The backup that was at %s before is kept as %s (one previous copy is kept; the one before it was removed).\n", args[0], meta.Previous)
 				}
 				return nil
 			})

@@ -429,16 +429,25 @@ func TestDBBackupKeepsThePreviousOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := e.mustFerry("backup", dump)
-	kept, _ := filepath.Glob(dump + ".2*Z")
-	if len(kept) != 1 || !strings.Contains(out, "is kept as "+kept[0]) {
-		t.Fatalf("second backup: kept %v\n%s", kept, out)
+	kept := dump + ".previous"
+	if !strings.Contains(out, "is kept as "+kept) {
+		t.Fatalf("second backup:\n%s", out)
 	}
-	if again, _ := os.ReadFile(kept[0]); !bytes.Equal(again, first) {
+	if again, _ := os.ReadFile(kept); !bytes.Equal(again, first) {
 		t.Fatal("the kept backup is not the first one")
 	}
 	// The kept one still restores with its own sidecar.
-	if _, errs := e.wantExit(2, "restore", kept[0]); strings.Contains(errs, "not found") {
+	if _, errs := e.wantExit(2, "restore", kept); strings.Contains(errs, "not found") {
 		t.Fatalf("the kept backup lost its sidecar:\n%s", errs)
+	}
+	// One previous copy only: a third backup keeps the second.
+	second, _ := os.ReadFile(dump)
+	e.mustFerry("backup", dump)
+	if again, _ := os.ReadFile(kept); !bytes.Equal(again, second) {
+		t.Fatal("the third backup did not keep the second one")
+	}
+	if left, _ := filepath.Glob(dump + "*"); len(left) != 4 { // dump, .previous and both sidecars
+		t.Fatalf("files after three backups: %v", left)
 	}
 	bare := filepath.Join(t.TempDir(), "bare.dump")
 	if err := os.WriteFile(bare, first, 0o600); err != nil {

@@ -61,7 +61,8 @@ type BackupMeta struct {
 	SHA256           string    `json:"sha256,omitempty"`
 	Relations        int       `json:"relations"`
 	// Previous is where the backup that was at the same path before went
-	// (FILE.<its time>, with its sidecar); "" when there was none.
+	// ([PreviousPath], with its sidecar if it had one); "" when there was
+	// none.
 	Previous string `json:"-"`
 }
 
@@ -158,6 +159,15 @@ func Backup(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOption
 	// fails leaves the one before it as it was.
 	tmp := file + ".partial"
 	defer os.Remove(tmp)
+	// Room for the new dump: the copy before the one at file goes (file
+	// itself stays until the new one is complete).
+	if _, err := os.Stat(file); err == nil {
+		for _, p := range []string{PreviousPath(file), MetaPath(PreviousPath(file))} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, err
+			}
+		}
+	}
 	if err := dumpWithProgress(ctx, pool, in, pgDump, tmp, o.Progress); err != nil {
 		return nil, err
 	}
@@ -188,33 +198,30 @@ func Backup(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOption
 	return meta, nil
 }
 
-// keepPrevious moves an existing backup at file (and its sidecar) aside,
-// named after when it was written, and returns its new name: an operator
-// re-running the backup step after a failed upgrade must not lose the
-// backup taken before it.
+// keepPrevious moves an existing backup at file (and its sidecar) to
+// PreviousPath(file) and returns that name, "" when there was none: an
+// operator re-running the backup step after a failed upgrade must not lose
+// the backup taken before it. One previous copy only (Backup removed the
+// one before), so a backup run on a schedule to a fixed name does not
+// fill the disk.
 func keepPrevious(file string) (string, error) {
-	fi, err := os.Stat(file)
-	if errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(file); errors.Is(err, os.ErrNotExist) {
 		return "", nil
-	}
-	if err != nil {
+	} else if err != nil {
 		return "", err
 	}
-	kept := file + "." + fi.ModTime().UTC().Format("20060102T150405Z")
-	for i := 2; ; i++ {
-		if _, err := os.Stat(kept); errors.Is(err, os.ErrNotExist) {
-			break
-		}
-		kept = file + "." + fi.ModTime().UTC().Format("20060102T150405Z") + "-" + strconv.Itoa(i)
-	}
-	if err := os.Rename(file, kept); err != nil {
+	prev := PreviousPath(file)
+	if err := os.Rename(file, prev); err != nil {
 		return "", err
 	}
-	if err := os.Rename(MetaPath(file), MetaPath(kept)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return kept, err
+	if err := os.Rename(MetaPath(file), MetaPath(prev)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return prev, fmt.Errorf("the previous backup is now %s, but its %s could not follow: %w", prev, MetaPath(file), err)
 	}
-	return kept, nil
+	return prev, nil
 }
+
+// PreviousPath is where [Backup] keeps the backup it replaced at file.
+func PreviousPath(file string) string { return file + ".previous" }
 
 // Object is a database object that [Restore] drops because the backup
 // does not contain it: a table, view, materialized view, sequence, foreign
