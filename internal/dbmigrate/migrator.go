@@ -282,8 +282,10 @@ func (m *Migrator) run(ctx context.Context, c *lockedConn, mg *Migration, dir st
 		// CLI's first stderr line is that error, not this log line).
 		m.log.Debug("migration failed", zap.String("version", string(mg.Version)), zap.String("direction", dir), zap.Bool("dirty", dirty), zap.Error(err))
 		me := &MigrationError{Version: mg.Version, Name: mg.Name, Direction: dir, Dirty: dirty, Err: err}
-		if dirty || duplicateObject(err) {
-			me.InvalidIndexes = invalidIndexes(context.WithoutCancel(ctx), c, sc.SQL)
+		if dir == "up" && (dirty || duplicateObject(err)) {
+			ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			me.InvalidIndexes = invalidIndexes(ictx, c, sc.SQL)
+			cancel()
 		}
 		return me
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -93,6 +94,9 @@ func duplicateObject(err error) bool {
 	return false
 }
 
+// identWord is an SQL identifier as a whole word (quotes aside).
+var identWord = regexp.MustCompile(`[a-z_][a-z0-9_$]*`)
+
 // invalidIndexes lists the INVALID indexes (in the search path) whose
 // names script mentions; nil when none, or when the catalog cannot be read.
 func invalidIndexes(ctx context.Context, db interface {
@@ -105,11 +109,14 @@ func invalidIndexes(ctx context.Context, db interface {
 		return nil
 	}
 	defer rows.Close()
-	lower := strings.ToLower(script)
+	words := map[string]bool{}
+	for _, w := range identWord.FindAllString(strings.ToLower(script), -1) {
+		words[w] = true
+	}
 	var out []string
 	for rows.Next() {
 		var name, qualified string
-		if rows.Scan(&name, &qualified) == nil && strings.Contains(lower, strings.ToLower(name)) {
+		if rows.Scan(&name, &qualified) == nil && words[strings.ToLower(name)] {
 			out = append(out, qualified)
 		}
 	}
