@@ -78,7 +78,7 @@ spelling works as written: "up -db=all", "upto -db=X -target=V",
 	a.PreValidate(cmd, func(c *config.Config) {
 		// The direct URL wins, unless --database-url alone names another.
 		if c.DatabaseDirectURL != "" && (a.databaseURL == "" || a.directURL != "") {
-			c.DatabaseURL = c.DatabaseDirectURL
+			c.UseDirectURL()
 		}
 	})
 	a.CheckFlags(cmd, f.checkLockTimeout)

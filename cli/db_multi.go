@@ -146,18 +146,26 @@ func (a *App) sessionHint(t dbTarget, err error) error {
 	if !errors.Is(err, dbmigrate.ErrNeedsSession) {
 		return err
 	}
-	pooled, direct, field := config.EnvDatabaseURL, config.EnvDatabaseDirectURL, "database_direct_url"
-	directSet := a.Cfg.DatabaseDirectURL != "" && a.Cfg.DatabaseURL == a.Cfg.DatabaseDirectURL
+	const what = "ferry db needs a real PostgreSQL session (it holds the migration lock and runs DDL), and "
 	if t.Name != config.DefaultDatabase || a.Cfg.DatabaseURL == "" {
 		up := strings.ToUpper(t.Name)
-		pooled, direct, field = config.EnvDatabaseURLPrefix+up, config.EnvDatabaseDirectURLPrefix+up, "databases."+t.Name+".direct_url"
-		directSet = t.DirectURL != ""
+		pooled := a.Cfg.FieldName("databases."+t.Name+".url", config.EnvDatabaseURLPrefix+up)
+		direct, field := config.EnvDatabaseDirectURLPrefix+up, "databases."+t.Name+".direct_url"
+		if t.DirectURL != "" {
+			return Usage(&needsSessionError{what + a.Cfg.FieldName(field, direct) + " goes through a transaction pooler (PgBouncer) too: point it at PostgreSQL itself, not at PgBouncer"})
+		}
+		return Usage(&needsSessionError{what + pooled + " goes through a transaction pooler (PgBouncer): set " + direct + " (or " + field + " in the config file) to a direct connection"})
 	}
-	const what = "ferry db needs a real PostgreSQL session (it holds the migration lock and runs DDL), and "
-	if directSet {
-		return Usage(&needsSessionError{what + direct + " goes through a transaction pooler (PgBouncer) too: point it at PostgreSQL itself, not at PgBouncer"})
+	// main: the URL in use is the direct one unless --database-url alone
+	// named another (cli/db.go), and errors name where it was set.
+	used := a.Cfg.FieldName("database_url", config.EnvDatabaseURL)
+	switch {
+	case a.Cfg.DatabaseDirectURL != "" && a.Cfg.DatabaseURL == a.Cfg.DatabaseDirectURL:
+		return Usage(&needsSessionError{what + used + " goes through a transaction pooler (PgBouncer) too: point it at PostgreSQL itself, not at PgBouncer"})
+	case a.Cfg.DatabaseDirectURL != "":
+		return Usage(&needsSessionError{what + used + " goes through a transaction pooler (PgBouncer); given alone it is used instead of the direct URL: add --database-direct-url"})
 	}
-	return Usage(&needsSessionError{what + pooled + " goes through a transaction pooler (PgBouncer): set " + direct + " (or " + field + " in the config file) to a direct connection"})
+	return Usage(&needsSessionError{what + used + " goes through a transaction pooler (PgBouncer): set " + config.EnvDatabaseDirectURL + " (or --database-direct-url, or database_direct_url in the config file) to a direct connection"})
 }
 
 // pool opens (once) the target's pool. DATABASE_URL's main is App.DB, so

@@ -495,7 +495,7 @@ func (c *Config) NewRedis(poolSize int) (*redis.Client, error) {
 	}
 	master, _, err := net.SplitHostPort(o.Addr)
 	if err != nil || master == "" {
-		return nil, &FieldError{Field: "REDIS_URL", Msg: "with redis.sentinels, the URL's host is the master's name (redis://:password@mymaster/0)"}
+		return nil, &FieldError{Field: c.fieldName(keyRedisURL, EnvRedisURL), Msg: "with redis.sentinels, the URL's host is the master's name (redis://:password@mymaster/0)"}
 	}
 	addrs := make([]string, len(c.Redis.Sentinels))
 	for i, a := range c.Redis.Sentinels {
@@ -681,6 +681,17 @@ const (
 	keyLogLevel    = "log_level"
 	keySentinels   = "redis.sentinels"
 )
+
+// UseDirectURL makes DatabaseDirectURL the URL (`ferry db`'s real
+// session); an error about it then names where the direct URL was set.
+func (c *Config) UseDirectURL() {
+	c.DatabaseURL = c.DatabaseDirectURL
+	c.SetFrom(keyDatabaseURL, c.fieldName(keyDirectURL, EnvDatabaseDirectURL))
+}
+
+// FieldName is where the setting key (its YAML name: database_url,
+// redis_url, ...) was set, def when nothing recorded it.
+func (c *Config) FieldName(key, def string) string { return c.fieldName(key, def) }
 
 // SetFrom records that the setting key (its YAML name) was set from
 // source: an environment variable, a flag (--database-url) or the YAML

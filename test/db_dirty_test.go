@@ -234,9 +234,17 @@ func TestDBNeedsDirectURLBehindPgBouncer(t *testing.T) {
 	// A direct URL through the pooler too: it says so, not "set it".
 	errb.Reset()
 	code = cli.Main(e.ctx, []string{"db", "migrate", "--dir", e.dir, "--database-url", pooled, "--database-direct-url", pooled}, &out, &errb, cli.Options{})
-	if code != 2 || !strings.Contains(errb.String(), "DATABASE_DIRECT_URL goes through a transaction pooler (PgBouncer) too") {
+	if code != 2 || !strings.Contains(errb.String(), "--database-direct-url goes through a transaction pooler (PgBouncer) too") {
 		t.Fatalf("db migrate with DATABASE_DIRECT_URL through PgBouncer: exit %d\nstderr: %s", code, errb.String())
 	}
+	// --database-url alone wins over DATABASE_DIRECT_URL: it says so.
+	t.Setenv("DATABASE_DIRECT_URL", testenv.DirectURL(t, e.url))
+	errb.Reset()
+	code = cli.Main(e.ctx, []string{"db", "migrate", "--dir", e.dir, "--database-url", pooled}, &out, &errb, cli.Options{})
+	if code != 2 || !strings.Contains(errb.String(), "--database-url goes through a transaction pooler (PgBouncer); given alone it is used instead of the direct URL") {
+		t.Fatalf("--database-url alone with DATABASE_DIRECT_URL set: exit %d\nstderr: %s", code, errb.String())
+	}
+	t.Setenv("DATABASE_DIRECT_URL", "")
 	// Another database: its own variable and config key.
 	cfg := filepath.Join(t.TempDir(), "ferry.yml")
 	if err := os.WriteFile(cfg, []byte("databases:\n  ci:\n    url: "+pooled+"\n"), 0o600); err != nil {
@@ -244,7 +252,7 @@ func TestDBNeedsDirectURLBehindPgBouncer(t *testing.T) {
 	}
 	errb.Reset()
 	code = cli.Main(e.ctx, []string{"db", "migrate", "--db", "ci", "--dir", e.dir, "--database-url", testenv.DirectURL(t, e.url), "--config", cfg}, &out, &errb, cli.Options{})
-	if code != 2 || !strings.Contains(errb.String(), "DATABASE_URL_CI goes through a transaction pooler (PgBouncer): set DATABASE_DIRECT_URL_CI (or databases.ci.direct_url") {
+	if code != 2 || !strings.Contains(errb.String(), "databases.ci.url goes through a transaction pooler (PgBouncer): set DATABASE_DIRECT_URL_CI (or databases.ci.direct_url") {
 		t.Fatalf("db migrate --db ci through PgBouncer: exit %d\nstderr: %s", code, errb.String())
 	}
 	if e.exists("a") {
