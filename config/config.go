@@ -634,28 +634,37 @@ func (c *Config) RequireDatabase() error {
 }
 
 // RedactURL hides a password in a URL or a libpq key=value DSN for logs
-// and errors: in the user part, in a ?password= parameter, or as a
-// password= keyword.
+// and errors: in the user part, in a ?password= or ?sslpassword=
+// parameter, or as such a keyword. It works on the text, so a URL that
+// does not parse (a bad escape in the password) is hidden too.
 func RedactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.Scheme == "" {
-		return dsnPassword.ReplaceAllString(s, "${1}xxxxx")
-	}
-	if u.User != nil {
-		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	if u, err := url.Parse(s); err == nil && u.Scheme != "" {
+		if u.User != nil {
+			if _, has := u.User.Password(); has {
+				u.User = url.UserPassword(u.User.Username(), "xxxxx")
+			}
 		}
+		u.RawQuery = queryPassword.ReplaceAllString(u.RawQuery, "${1}xxxxx")
+		return u.String()
 	}
-	if q := u.Query(); q.Has("password") {
-		q.Set("password", "xxxxx")
-		u.RawQuery = q.Encode()
+	if strings.Contains(s, "://") {
+		s = urlPassword.ReplaceAllString(s, "${1}:xxxxx@")
+		return queryPassword.ReplaceAllString(s, "${1}xxxxx")
 	}
-	return u.String()
+	return dsnPassword.ReplaceAllString(s, "${1}xxxxx")
 }
 
-// dsnPassword matches a password keyword of a key=value DSN with its
-// value: bare, or quoted with backslash escapes.
-var dsnPassword = regexp.MustCompile(`((?:^|\s)password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\S*)`)
+// dsnPassword matches a (ssl)password keyword of a key=value DSN with its
+// value: bare, quoted with backslash escapes, or an unterminated quote
+// (all the rest).
+var dsnPassword = regexp.MustCompile(`((?:^|\s)(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|'.*|\S*)`)
+
+// queryPassword matches a (ssl)password parameter of a URL's query.
+var queryPassword = regexp.MustCompile(`((?:^|[?&])(?:ssl)?password=)[^&]*`)
+
+// urlPassword matches the user:password@ part of a URL that does not
+// parse.
+var urlPassword = regexp.MustCompile(`(://[^:/@]*):[^@]*@`)
 
 func redactErr(err error) string {
 	// pgx errors can echo the DSN, including a password.

@@ -169,6 +169,10 @@ func TestRedactURL(t *testing.T) {
 		"host=127.0.0.1 port=1 user=ferry password=s3cret dbname=x":      "host=127.0.0.1 port=1 user=ferry password=xxxxx dbname=x",
 		"password = 's3 cr\\'et' host=db":                                "password = xxxxx host=db",
 		"host=db user=app":                                               "host=db user=app",
+		"postgres://u@h/db?password=50%off":                              "postgres://u@h/db?password=xxxxx",
+		"postgres://u:50%off@h/db":                                       "postgres://u:xxxxx@h/db",
+		"host=db sslpassword=k3y password='abc def":                      "host=db sslpassword=xxxxx password=xxxxx",
+		"postgres://u@h/db?sslmode=require&sslpassword=k3y":              "postgres://u@h/db?sslmode=require&sslpassword=xxxxx",
 	} {
 		if got := RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
