@@ -228,7 +228,7 @@ func (b *Broker) recoverList(ctx context.Context, owner, key, queue string, res 
 			if string(j.Get("dead")) == "false" {
 				op = "drop" // as Sidekiq Pro 8 does for dead:false
 			}
-			ok, err := b.settleFenced(ctx, owner, key, keyDead, raw, entry.Encode(), op, formatFloatTime(epoch(b.opts.Now())))
+			ok, err := b.settleFenced(ctx, owner, key, keyDead, raw, validUTF8(entry.Encode()), op, formatFloatTime(epoch(b.opts.Now())))
 			if err != nil {
 				return err
 			}

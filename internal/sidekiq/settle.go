@@ -280,12 +280,13 @@ func validUTF8(entry []byte) []byte {
 	return bytes.ToValidUTF8(entry, []byte("\uFFFD"))
 }
 
-// buryable is how a payload that is no usable job goes into the dead set.
-// Text that is not JSON is kept as it is, as Sidekiq does (its Web UI
-// shows such an entry empty), but valid JSON that is not an object (null,
-// an array) would make the UI's parse of the whole page fail: it is
-// wrapped in a job of class Ferry::InvalidPayload, the payload as its
-// argument, that the Morgue shows.
+// buryable is how a payload that is no usable job goes into the dead set,
+// its invalid UTF-8 replaced (validUTF8). Text that is not JSON is kept
+// otherwise as it is, as Sidekiq does (its Web UI shows such an entry
+// empty), but valid JSON that is not an object (null, an array) would make
+// the UI's parse of the whole page fail: it is wrapped in a job of class
+// Ferry::InvalidPayload, the payload as its argument, that the Morgue
+// shows.
 func (b *Broker) buryable(raw []byte, queue string) []byte {
 	raw = validUTF8(raw)
 	if !json.Valid(raw) || raw[skipSpace(raw, 0)] == '{' {
