@@ -445,13 +445,9 @@ the output, and --json, are the same either way.`,
 				return a.multiStatusJSON(ctx, f, ts)
 			}
 			return a.eachDB(ts, func(t dbTarget) error {
-				m, noDir, err := a.statusMigrator(ctx, f, t)
-				if err != nil {
-					return err
-				}
-				st, err := m.Status(ctx)
-				if err != nil {
-					return dbErr(err)
+				st, answer := a.readStatus(ctx, f, t)
+				if st == nil {
+					return answer
 				}
 				if asJSON {
 					if err := a.PrintJSON(st); err != nil {
@@ -460,15 +456,32 @@ the output, and --json, are the same either way.`,
 				} else {
 					printStatus(t, st)
 				}
-				if noDir != nil && !st.Dirty {
-					return noDir // applied and not dirty, but pending is unknown
-				}
-				return statusExit(st)
+				return answer
 			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "machine-readable output")
 	return cmd
+}
+
+// readStatus reads t's status and the command's answer for it
+// (statusExit); st is nil when it could not be read, answer then says why.
+// Outside the application's folder st is what the database knows, with
+// PendingUnknown, and unless it is dirty the answer names the missing
+// directory: without the files nothing says whether a migration is pending.
+func (a *App) readStatus(ctx context.Context, f *dbFlags, t dbTarget) (st *dbmigrate.Status, answer error) {
+	m, noDir, err := a.statusMigrator(ctx, f, t)
+	if err != nil {
+		return nil, err
+	}
+	if st, err = m.Status(ctx); err != nil {
+		return nil, dbErr(err)
+	}
+	st.PendingUnknown = noDir != nil
+	if noDir != nil && !st.Dirty {
+		return st, noDir
+	}
+	return st, statusExit(st)
 }
 
 // statusMigrator is status's migrator. Run outside the application's
@@ -521,7 +534,11 @@ func printStatus(t dbTarget, st *dbmigrate.Status) {
 			fmt.Fprintf(out, "%16s error: %s\n", "", oneLine(la.Error))
 		}
 	}
-	fmt.Fprintf(out, "\nCurrent version: %s; %d pending.\n", st.Current, st.Pending)
+	if st.PendingUnknown {
+		fmt.Fprintf(out, "\nCurrent version: %s; pending unknown (no migrations directory %s).\n", st.Current, t.dir)
+	} else {
+		fmt.Fprintf(out, "\nCurrent version: %s; %d pending.\n", st.Current, st.Pending)
+	}
 	if st.Holder != nil {
 		fmt.Fprintf(out, "A migrator is running: %s\n", st.Holder)
 	}

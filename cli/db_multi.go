@@ -252,17 +252,13 @@ type dbStatusJSON struct {
 func (a *App) multiStatusJSON(ctx context.Context, f *dbFlags, ts []dbTarget) error {
 	all := make([]dbStatusJSON, 0, len(ts))
 	err := a.eachDB(ts, func(t dbTarget) error {
-		m, err := a.migrator(ctx, f, t, false)
-		if err == nil {
-			var st *dbmigrate.Status
-			if st, err = m.Status(ctx); err == nil {
-				all = append(all, dbStatusJSON{Database: t.Name, Status: st})
-				return statusExit(st)
-			}
-			err = dbErr(err)
+		st, answer := a.readStatus(ctx, f, t)
+		if st != nil {
+			all = append(all, dbStatusJSON{Database: t.Name, Status: st})
+			return answer
 		}
-		all = append(all, dbStatusJSON{Database: t.Name, Error: err.Error()})
-		return err
+		all = append(all, dbStatusJSON{Database: t.Name, Error: answer.Error()})
+		return answer
 	})
 	if perr := a.PrintJSON(all); perr != nil {
 		return perr

@@ -106,7 +106,10 @@ func TestDBStatusExitCodes(t *testing.T) {
 	// Not dirty, but without the files pending is unknown: the applied
 	// versions, then exit 2 naming the directory.
 	code, out, errs = e.ferryNoDir("status")
-	if code != 2 || !strings.Contains(out, "applied") || !strings.Contains(errs, "migrations directory db/migrate") {
+	if code != 2 || !strings.Contains(out, "applied") || !strings.Contains(out, "pending unknown") || !strings.Contains(errs, "migrations directory db/migrate") {
 		t.Fatalf("status without a migrations directory: exit %d\n%s\n%s", code, out, errs)
+	}
+	if code, out, errs = e.ferryNoDir("status", "--json"); code != 2 || !strings.Contains(out, `"pending_unknown": true`) {
+		t.Fatalf("status --json without a migrations directory: exit %d\n%s\n%s", code, out, errs)
 	}
 }

@@ -459,6 +459,9 @@ type Status struct {
 	Migrations []MigrationStatus `json:"migrations"`
 	Current    Version           `json:"current"`
 	Pending    int               `json:"pending"`
+	// PendingUnknown: no migration files were read (status run outside
+	// the application's folder), so Pending counts nothing.
+	PendingUnknown bool `json:"pending_unknown,omitempty"`
 	// Dirty: a migration failed outside a transaction (or its migrator
 	// died) and the database may be half-migrated; migrate refuses until
 	// one of DirtyMigration.WaysOut is taken.
