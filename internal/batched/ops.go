@@ -3,6 +3,7 @@ package batched
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -59,12 +60,27 @@ func SameConfig(a, b MigrationConfig) bool {
 	if a.Class != b.Class || a.Column != b.Column || strings.TrimPrefix(a.Table, "public.") != strings.TrimPrefix(b.Table, "public.") {
 		return false
 	}
-	_, ca, err := canonicalArgs(a.Args)
-	if err != nil {
-		return false
+	ca, cb := jsonbText(a.Args), jsonbText(b.Args)
+	return ca != nil && bytes.Equal(ca, cb)
+}
+
+// jsonbText is raw as jsonb compares it: spacing and the order of object
+// keys do not matter (json.Marshal sorts map keys); nil when not JSON.
+func jsonbText(raw json.RawMessage) []byte {
+	if len(bytes.TrimSpace(raw)) == 0 {
+		raw = json.RawMessage("[]")
 	}
-	_, cb, err := canonicalArgs(b.Args)
-	return err == nil && bytes.Equal(ca, cb)
+	var v any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if dec.Decode(&v) != nil || dec.More() {
+		return nil
+	}
+	out, err := json.Marshal(v)
+	if err != nil {
+		return nil
+	}
+	return out
 }
 
 // transition changes a migration's status if it is in one of from.
