@@ -402,6 +402,9 @@ migrations. "up" and "upto" are Sourcegraph's names for it ("upto" needs
 						fmt.Fprintf(t.out, "Note: migrate would refuse: %v\n\n", p.Dirty)
 					}
 					printPlan(ctx, t.out, m, p, a.planEstimates(ctx, f, t))
+					if p.Dirty != nil {
+						return No(errSilent) // as the run would: a gate on --dry-run must not pass
+					}
 					return nil
 				}
 				done, err := m.Migrate(ctx, tv)

@@ -91,6 +91,9 @@ func TestDBStatusExitCodes(t *testing.T) {
 	e.wantExit(1, "migrate")
 	out, _ = e.wantExit(1, "status")
 	wantContains(t, out, "DIRTY")
+	// The dry run answers as the run would: no.
+	out, _ = e.wantExit(1, "migrate", "--dry-run")
+	wantContains(t, out, "Note: migrate would refuse: database is dirty")
 	// migrate refuses, and its downto way out says the down file is missing.
 	_, errs := e.wantExit(1, "migrate")
 	wantContains(t, errs, "database is dirty: migration 2_idx", "\nIt ran outside a transaction",
