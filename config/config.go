@@ -380,12 +380,12 @@ func (c *Config) Validate() error {
 		return &FieldError{Field: "worker.max_retries", Msg: fmt.Sprintf("must be >= 0, got %d", w.MaxRetries)}
 	}
 	if a := w.HealthListen; a != "" {
-		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+		if _, port, err := net.SplitHostPort(a); err != nil || !validPort(port) {
 			return &FieldError{Field: "worker.health_listen", Msg: fmt.Sprintf("must be host:port (e.g. 0.0.0.0:8092), got %q", a)}
 		}
 	}
 	if a := c.Web.Listen; a != "" {
-		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+		if _, port, err := net.SplitHostPort(a); err != nil || !validPort(port) {
 			return &FieldError{Field: "web.listen", Msg: fmt.Sprintf("must be host:port (e.g. 127.0.0.1:7373), got %q", a)}
 		}
 	}
@@ -465,6 +465,12 @@ func validHostname(h string) bool {
 		}
 	}
 	return true
+}
+
+// validPort is a port number to listen on: 0 (any) to 65535.
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 0 && n <= 65535
 }
 
 func validateSentinels(addrs []SentinelAddr, fromEnv bool) error {

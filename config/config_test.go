@@ -44,6 +44,8 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"redis provider url", func(c *Config) { c.RedisProvider = "redis://x:6379" }, "REDIS_PROVIDER"},
 		{"sentinel no port", func(c *Config) { c.Redis.Sentinels = []SentinelAddr{"s1:26379", "s2"} }, "redis.sentinels[1]"},
 		{"sentinel bad port", func(c *Config) { c.Redis.Sentinels = []SentinelAddr{"s1:0"} }, "redis.sentinels[0]"},
+		{"web listen port range", func(c *Config) { c.Web.Listen = "127.0.0.1:99999" }, "web.listen"},
+		{"health listen port name", func(c *Config) { c.Worker.HealthListen = "localhost:abc" }, "worker.health_listen"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

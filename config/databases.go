@@ -160,13 +160,17 @@ func (c *Config) SelectDatabases(sel string) ([]Database, error) {
 		return all, nil
 	}
 	var out []Database
+	seen := map[string]bool{}
 	for _, n := range strings.Split(sel, ",") {
 		n = strings.TrimSpace(n)
 		d, ok := c.Database(n)
 		if !ok {
 			return nil, &UnknownDatabaseError{Name: n, Known: c.DatabaseNames()}
 		}
-		out = append(out, d)
+		if !seen[n] { // main,main is main once
+			seen[n] = true
+			out = append(out, d)
+		}
 	}
 	return out, nil
 }

@@ -45,6 +45,9 @@ func TestDatabasesFromFileAndEnv(t *testing.T) {
 	if err != nil || len(sel) != 1 || sel[0].Name != "ci" {
 		t.Errorf("SelectDatabases(ci) = %+v, %v", sel, err)
 	}
+	if twice, err := c.SelectDatabases("ci,ci"); err != nil || len(twice) != 1 {
+		t.Errorf("SelectDatabases(ci,ci) = %+v, %v; want ci once", twice, err)
+	}
 	if all, _ := c.SelectDatabases("all"); len(all) != 3 {
 		t.Errorf("SelectDatabases(all) = %d databases, want 3", len(all))
 	}
