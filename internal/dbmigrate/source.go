@@ -150,6 +150,11 @@ func load(fsys fs.FS, dir string) ([]*Migration, error) {
 			m.DownFile, m.Down = e.Name(), sc
 		}
 	}
+	if len(byVersion) == 0 {
+		if err := noFilesButDirs(entries, dir); err != nil {
+			return nil, err
+		}
+	}
 	out := make([]*Migration, 0, len(byVersion))
 	for _, m := range byVersion {
 		if m.UpFile == "" {
@@ -159,6 +164,35 @@ func load(fsys fs.FS, dir string) ([]*Migration, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Version.Compare(out[j].Version) < 0 })
 	return out, nil
+}
+
+// noFilesButDirs refuses a directory with no migration files but
+// subdirectories: Sourcegraph's layout (<version>_<name>/up.sql), or a
+// release's root holding one directory per database. Read as empty, it
+// would say "up to date" with nothing applied.
+func noFilesButDirs(entries []fs.DirEntry, dir string) error {
+	var sg, other []string
+	for _, e := range entries {
+		switch {
+		case !e.IsDir():
+		case sgDirRE.MatchString(e.Name()):
+			sg = append(sg, e.Name())
+		default:
+			other = append(other, e.Name())
+		}
+	}
+	if dir == "" {
+		dir = "the migrations directory"
+	}
+	switch {
+	case len(sg) > 0:
+		return fmt.Errorf("%w: %s holds migrations in Sourcegraph's layout (%s/up.sql), which `ferry db migrate` does not run: "+
+			"it runs <version>_<name>.up.sql files (`ferry db leaves` and `downto --to-release` read both layouts)", ErrBadSource, dir, sg[0])
+	case len(other) > 0:
+		return fmt.Errorf("%w: %s has no migration files, only directories (%s): give the one of this database (--dir, or databases.NAME.migrations)",
+			ErrBadSource, dir, strings.Join(other, ", "))
+	}
+	return nil
 }
 
 // regularFile refuses a migration file that is not a regular file, nor a

@@ -3,6 +3,7 @@ package dbmigrate
 import (
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"testing/fstest"
 )
@@ -100,5 +101,28 @@ func TestGateErrorText(t *testing.T) {
 		`ferry bbm finalize CopyColumnUsingBackgroundMigrationJob events id '[["id"],["id_convert_to_bigint"]]'`
 	if got := e.Error(); len(got) < len(want) || got[:len(want)] != want {
 		t.Fatalf("got\n%s\nwant prefix\n%s", got, want)
+	}
+}
+
+// A directory with no migration files but subdirectories is not "no
+// migrations": Sourcegraph's layout, or a release root with one directory
+// per database, would otherwise read as up to date.
+func TestLoadRefusesOnlyDirectories(t *testing.T) {
+	for _, tc := range []struct {
+		fsys fstest.MapFS
+		want string
+	}{
+		{fstest.MapFS{"1000_f1000/up.sql": {Data: []byte("SELECT 1;")}}, "Sourcegraph's layout (1000_f1000/up.sql)"},
+		{fstest.MapFS{"frontend/1_a.up.sql": {Data: []byte("SELECT 1;")}, "codeintel/1_a.up.sql": {Data: []byte("SELECT 1;")}}, "only directories (codeintel, frontend)"},
+	} {
+		if _, err := Load(tc.fsys); !errors.Is(err, ErrBadSource) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("got %v, want ErrBadSource saying %q", err, tc.want)
+		}
+	}
+	// Files and a subdirectory beside them, or nothing at all: fine.
+	for _, fsys := range []fstest.MapFS{{"1_a.up.sql": {Data: []byte("SELECT 1;")}, "archive/x.txt": {}}, {}} {
+		if _, err := Load(fsys); err != nil {
+			t.Errorf("%v: %v", fsys, err)
+		}
 	}
 }
