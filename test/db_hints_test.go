@@ -81,3 +81,13 @@ func TestDBInvalidIndexWayOut(t *testing.T) {
 	e.mustFerry("repair")
 	e.mustFerry("migrate")
 }
+
+// A run-time error has no position: a no-transaction file's error names
+// the statement, where it starts, and that the ones before it ran.
+func TestDBErrorNamesTheStatementWithoutPosition(t *testing.T) {
+	e := newDBEnv(t)
+	e.write("1_div.up.sql", "-- ferry:no-transaction\nCREATE TABLE t (id int);\nINSERT INTO t VALUES (1);\nINSERT INTO t VALUES (1/0);\n")
+	_, errs := e.wantExit(1, "migrate")
+	wantContains(t, errs, "division by zero",
+		"in the statement at "+e.dir+"/1_div.up.sql line 4 (statement 3 of 3; the ones before it ran): INSERT INTO t VALUES (1/0)")
+}

@@ -295,9 +295,10 @@ func (m *Migrator) run(ctx context.Context, c *lockedConn, mg *Migration, dir st
 		file = joinDir(m.o.Dir, mg.DownFile)
 	}
 	if sc.NoTransaction {
-		for _, stmt := range sc.Statements() {
+		stmts := sc.Statements()
+		for i, stmt := range stmts {
 			if _, err := c.Exec(ctx, stmt); err != nil {
-				return failed(sqlError(err, file, sc.SQL, stmt), true)
+				return failed(sqlError(err, file, sc.SQL, stmt, i+1, len(stmts)), true)
 			}
 		}
 	}
@@ -309,7 +310,7 @@ func (m *Migrator) run(ctx context.Context, c *lockedConn, mg *Migration, dir st
 	if !sc.NoTransaction {
 		if _, err := tx.Exec(ctx, sc.SQL); err != nil {
 			_ = tx.Rollback(context.WithoutCancel(ctx))
-			return failed(sqlError(err, file, sc.SQL, sc.SQL), false)
+			return failed(sqlError(err, file, sc.SQL, sc.SQL, 0, 0), false)
 		}
 	}
 	if _, err := tx.Exec(ctx, record, string(mg.Version)); err != nil {

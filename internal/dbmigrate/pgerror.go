@@ -24,6 +24,10 @@ type SQLError struct {
 	Line, Column int
 	// Text is the failing line of the file.
 	Text string
+	// Statement is the failing statement's number of Statements in a
+	// no-transaction file, run one by one (those before it ran); 0 for a
+	// file run whole. Without a position, Line is where it starts.
+	Statement, Statements int
 }
 
 func (e *SQLError) Error() string {
@@ -32,8 +36,15 @@ func (e *SQLError) Error() string {
 	for _, f := range pgerr.Details(e.Err) {
 		fmt.Fprintf(&b, "\n  %s: %s", f[0], f[1])
 	}
-	if e.Line > 0 {
-		fmt.Fprintf(&b, "\n  at %s line %d, column %d: %s", e.File, e.Line, e.Column, e.Text)
+	stmt := ""
+	if e.Statement > 0 {
+		stmt = fmt.Sprintf(" (statement %d of %d; the ones before it ran)", e.Statement, e.Statements)
+	}
+	switch {
+	case e.Line > 0 && e.Column > 0:
+		fmt.Fprintf(&b, "\n  at %s line %d, column %d%s: %s", e.File, e.Line, e.Column, stmt, e.Text)
+	case e.Line > 0:
+		fmt.Fprintf(&b, "\n  in the statement at %s line %d%s: %s", e.File, e.Line, stmt, e.Text)
 	}
 	return b.String()
 }
@@ -42,17 +53,25 @@ func (e *SQLError) Unwrap() error { return e.Err }
 
 // sqlError adds PostgreSQL's details to err, which came from running stmt;
 // stmt is a part of file's text script (all of it for a transactional
-// file, one statement of a no-transaction one). Other errors are returned
-// unchanged.
-func sqlError(err error, file, script, stmt string) error {
+// file, statement n of a no-transaction one; n is 0 for a whole file).
+// Other errors are returned unchanged.
+func sqlError(err error, file, script, stmt string, n, of int) error {
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) {
 		return err
 	}
-	e := &SQLError{Err: pe, File: file}
-	if pe.Position > 0 {
-		base := max(strings.Index(script, stmt), 0)
+	e := &SQLError{Err: pe, File: file, Statement: n, Statements: of}
+	base := max(strings.Index(script, stmt), 0)
+	switch {
+	case pe.Position > 0:
 		e.Line, e.Column, e.Text = position(script, base, int(pe.Position))
+	case n > 0:
+		// No position (a run-time error such as a division by zero): the
+		// statement's first line, where it starts.
+		first := strings.TrimLeft(stmt, " \t\r\n")
+		start := base + len(stmt) - len(first)
+		e.Line = strings.Count(script[:start], "\n") + 1
+		e.Text, _, _ = strings.Cut(first, "\n")
 	}
 	return e
 }

@@ -14,13 +14,20 @@ func TestSQLErrorKeepsDetailHintAndPosition(t *testing.T) {
 	stmt := "CREATE INDEX CONCURRENTLY t_é ON t (nope)"
 	pe := &pgconn.PgError{Severity: "ERROR", Code: "42703", Message: `column "nope" does not exist`,
 		Detail: "some detail", Hint: "some hint", Position: 37} // characters, not bytes: "nope" after the é
-	err := sqlError(fmt.Errorf("exec: %w", pe), "db/migrate/2_x.up.sql", script, stmt)
+	err := sqlError(fmt.Errorf("exec: %w", pe), "db/migrate/2_x.up.sql", script, stmt, 2, 2)
 	got := err.Error()
 	for _, want := range []string{`column "nope" does not exist (SQLSTATE 42703)`, "\n  DETAIL: some detail", "\n  HINT: some hint",
-		"\n  at db/migrate/2_x.up.sql line 3, column 37: " + stmt + ";"} {
+		"\n  at db/migrate/2_x.up.sql line 3, column 37 (statement 2 of 2; the ones before it ran): " + stmt + ";"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("missing %q in\n%s", want, got)
 		}
+	}
+	// No position (a run-time error): where the statement starts.
+	div := "-- ferry:no-transaction\nCREATE TABLE t (id int);\nINSERT INTO t\n  VALUES (1/0);\n"
+	pe = &pgconn.PgError{Severity: "ERROR", Code: "22012", Message: "division by zero"}
+	got = sqlError(pe, "db/migrate/3_d.up.sql", div, "\nINSERT INTO t\n  VALUES (1/0)", 2, 2).Error()
+	if want := "\n  in the statement at db/migrate/3_d.up.sql line 3 (statement 2 of 2; the ones before it ran): INSERT INTO t"; !strings.Contains(got, want) {
+		t.Errorf("missing %q in\n%s", want, got)
 	}
 	if !duplicateObject(&pgconn.PgError{Code: "42P07"}) || duplicateObject(pe) {
 		t.Error("duplicateObject")
