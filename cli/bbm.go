@@ -7,11 +7,9 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"os/signal"
 	"os/user"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -420,7 +418,7 @@ Interrupting it (Ctrl-C) makes the migration active again.`,
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
+			ctx, stop := interruptible(cmd)
 			defer stop()
 			e, db, err := a.bbmWriteEngine(ctx, ref, "finalize")
 			if err != nil {

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"os/signal"
 	"os/user"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 	"unicode"
@@ -139,6 +141,7 @@ type bmRemainingRow struct {
 	Queue     int            `json:"queue"`
 	ByQueue   map[string]int `json:"by_queue,omitempty"`
 	Scheduled int            `json:"scheduled"`
+	Held      int            `json:"held"` // taken by a bm steal, not run yet
 	Remaining int            `json:"remaining"`
 	Running   int            `json:"running"`
 	Retry     *int           `json:"retry,omitempty"`
@@ -151,7 +154,7 @@ func bmRemainingRows(counts map[string]*sidekiq.JobCounts, running map[string]in
 	rows := make([]bmRemainingRow, 0, len(counts))
 	total := 0
 	for class, c := range counts {
-		r := bmRemainingRow{Class: class, Queue: c.Queue, ByQueue: c.ByQueue, Scheduled: c.Scheduled, Remaining: c.Remaining(), Running: running[class]}
+		r := bmRemainingRow{Class: class, Queue: c.Queue, ByQueue: c.ByQueue, Scheduled: c.Scheduled, Held: c.Held, Remaining: c.Remaining(), Running: running[class]}
 		if retryDead {
 			r.Retry, r.Dead = &c.Retry, &c.Dead
 		} else if r.Remaining == 0 && r.Running == 0 {
@@ -173,8 +176,9 @@ func bmRemainingCmd(a *App) *cobra.Command {
 		Long: `Count BackgroundMigrationWorker jobs per migration class in the queues and the scheduled
 set (what Gitlab::BackgroundMigration.remaining counts), and the jobs running now. The
 queues are background_migration and default (GitLab 16+ routes every job to default
-unless routing rules say otherwise); --queue narrows. --retry-dead also shows the retry
-and dead sets (not included in "remaining").`,
+unless routing rules say otherwise); --queue narrows. Jobs a "ferry bm steal" has taken
+but not run yet (also one killed less than 30 s ago) count as remaining too. --retry-dead
+also shows the retry and dead sets (not included in "remaining").`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -243,12 +247,19 @@ func (a *App) printRemaining(rows []bmRemainingRow, total int, qs []string, retr
 	if retryDead {
 		head += "\tRETRY\tDEAD"
 	}
+	held := slices.ContainsFunc(rows, func(r bmRemainingRow) bool { return r.Held > 0 })
+	if held {
+		head += "\tHELD BY A STEAL"
+	}
 	fmt.Fprintln(tw, head)
 	outside := map[string]int{} // jobs in queues other than the worker's default
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d", r.Class, r.Queue, r.Scheduled, r.Remaining, r.Running)
 		if retryDead {
 			fmt.Fprintf(tw, "\t%d\t%d", *r.Retry, *r.Dead)
+		}
+		if held {
+			fmt.Fprintf(tw, "\t%d", r.Held)
 		}
 		fmt.Fprintln(tw)
 		for q, n := range r.ByQueue {
@@ -365,7 +376,8 @@ and the command exits 1 at the end with a summary of the failures.`,
 			if err := checkIntFlags(cmd, intRange{"chunk", 1, maxInt4}, intRange{"concurrency", 1, 256}); err != nil {
 				return err
 			}
-			ctx := cmd.Context()
+			ctx, stop := interruptible(cmd)
+			defer stop()
 			co, err := a.bmCoordinatorIn(ctx, false, queues)
 			if err != nil {
 				return err
@@ -408,10 +420,20 @@ func (a *App) printSteal(class string, res sidekiq.StealResult, err error, asJSO
 		fmt.Fprintln(a.Out)
 		a.printStealFailures(res.Failed)
 	}
+	if errors.Is(err, context.Canceled) {
+		return No(fmt.Errorf("steal %s: interrupted; the jobs it took and did not run were pushed back where they came from (%d)", class, res.Returned))
+	}
 	if err != nil {
 		return No(fmt.Errorf("steal %s: %w", class, err))
 	}
 	return nil
+}
+
+// interruptible is cmd's context, cancelled by INT (Ctrl-C) or TERM: a
+// command that runs jobs then stops and puts back what it has not run,
+// instead of dying with them taken.
+func interruptible(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 }
 
 // printStealFailures lists the failed jobs of a --keep-going steal, at
@@ -441,7 +463,8 @@ invalid identifiers), 1 if the migration failed.`,
 		Example: `  ferry bm perform CopyColumn '["events","id","id_convert_to_bigint",1,10000]'`,
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
+			ctx, stop := interruptible(cmd)
+			defer stop()
 			if err := checkClassArg("CLASS", args[0]); err != nil {
 				return err
 			}
@@ -491,7 +514,8 @@ of a class ferry has inline, oldest first, and marks it succeeded; it stops and 
 at the first failure.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
+			ctx, stop := interruptible(cmd)
+			defer stop()
 			if cmd.Flags().Changed("class") {
 				if err := checkClassArg("--class", class); err != nil {
 					return err
@@ -626,7 +650,8 @@ steal its queued and scheduled jobs, perform its pending tracking rows, then ste
 Exits 1 (after pushing unfinished jobs back) if a job fails.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
+			ctx, stop := interruptible(cmd)
+			defer stop()
 			if err := checkClassArg("CLASS", args[0]); err != nil {
 				return err
 			}

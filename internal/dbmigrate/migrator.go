@@ -516,7 +516,7 @@ func (m *Migrator) Status(ctx context.Context) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &Status{Current: "0", Holder: st.holder}
+	out := &Status{Current: "0", Holder: st.holder, Migrations: []MigrationStatus{}}
 	if d := st.dirty(); d != nil {
 		out.Dirty, out.DirtyMigration = true, m.dirtyInfo(st, d)
 	}

@@ -14,6 +14,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/ferrymigrate/ferry/internal/sleep"
 )
 
 // Steal: take the jobs of one Sidekiq class whose first argument matches
@@ -198,28 +200,120 @@ func Steal(ctx context.Context, rdb redis.UniversalClient, opts StealOptions, pe
 		s.unregister(ctx, &res)
 	}()
 
-	for _, src := range s.sources() {
-		n, err := s.move(ctx, src)
-		res.Stolen[src.source] += n
-		if err != nil {
+	for waited := false; ; {
+		if err := s.round(ctx, perform, &res); err != nil {
 			return res, err
 		}
-		if n == 0 {
-			continue
+		// Jobs of the class another steal took are not done yet: wait
+		// until it ran them, or, if its process died (kill -9), until its
+		// liveness lapses and its jobs come back here to run.
+		held, err := s.othersHolding(ctx)
+		if err != nil || held == 0 {
+			if err != nil {
+				s.log.Warn("could not look for jobs other steals hold", zap.Error(err))
+			}
+			break
 		}
-		s.log.Info("stole jobs", zap.String("source", string(src.source)), zap.String("key", src.key), zap.Int("jobs", n),
-			zap.String("class", opts.Class), zap.String("arg0", opts.Arg0))
-		if opts.Progress != nil {
-			opts.Progress(StealProgress{Source: src.source, Total: n})
+		if !waited {
+			s.log.Warn("another steal holds jobs of this migration: waiting until it has run them or, if its process died, "+
+				"until its liveness lapses (at most "+opts.AliveTTL.String()+") to run them here",
+				zap.Int("jobs", held), zap.String("class", opts.Class), zap.String("arg0", opts.Arg0))
+			waited = true
 		}
-		if err := s.drain(ctx, src.source, n, perform, &res); err != nil {
+		if !sleep.For(ctx, time.Second) {
+			return res, ctx.Err()
+		}
+		if n, err := RecoverSteals(ctx, rdb, opts.Logger); err != nil {
 			return res, err
+		} else if n > 0 {
+			s.log.Warn("pushed back jobs of steals whose process died", zap.Int("jobs", n))
 		}
 	}
 	if len(res.Failed) > 0 {
 		return res, &StealFailures{Failed: res.Failed}
 	}
 	return res, nil
+}
+
+// round visits every source once: moves the matching jobs into the
+// private list and performs them.
+func (s *stealer) round(ctx context.Context, perform func(context.Context, *StolenJob) error, res *StealResult) error {
+	for _, src := range s.sources() {
+		n, err := s.move(ctx, src)
+		res.Stolen[src.source] += n
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			continue
+		}
+		s.log.Info("stole jobs", zap.String("source", string(src.source)), zap.String("key", src.key), zap.Int("jobs", n),
+			zap.String("class", s.opts.Class), zap.String("arg0", s.opts.Arg0))
+		if s.opts.Progress != nil {
+			s.opts.Progress(StealProgress{Source: src.source, Total: n})
+		}
+		if err := s.drain(ctx, src.source, n, perform, res); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// othersHolding counts the jobs of this steal's class and migration that
+// other steals (alive or not yet known dead) hold in their private lists.
+func (s *stealer) othersHolding(ctx context.Context) (int, error) {
+	held, err := heldBySteals(ctx, s.rdb, s.id)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, raw := range held {
+		if cls, a0, ok := classAndArg0(raw); ok && cls == s.opts.Class && (s.opts.Arg0 == "" || a0 == s.opts.Arg0) {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// heldBySteals returns the payloads in the private lists of every steal
+// but except (a steal's own id, or "").
+func heldBySteals(ctx context.Context, rdb redis.UniversalClient, except string) ([]string, error) {
+	ids, err := rdb.HKeys(ctx, keySteals).Result()
+	if err != nil {
+		return nil, fmt.Errorf("steal: list steals: %w", err)
+	}
+	var out []string
+	for _, id := range ids {
+		if id == except {
+			continue
+		}
+		envs, err := rdb.LRange(ctx, stealPrivateKey(id), 0, -1).Result()
+		if err != nil {
+			return nil, fmt.Errorf("steal: read %s: %w", stealPrivateKey(id), err)
+		}
+		for _, env := range envs {
+			if sj := parseEnvelope(env); sj.Err == nil {
+				out = append(out, string(sj.Raw))
+			}
+		}
+	}
+	return out, nil
+}
+
+// classAndArg0 reads a payload's class and its first argument when that is
+// a string.
+func classAndArg0(raw string) (class, arg0 string, ok bool) {
+	var j struct {
+		Class string            `json:"class"`
+		Args  []json.RawMessage `json:"args"`
+	}
+	if json.Unmarshal([]byte(raw), &j) != nil || j.Class == "" {
+		return "", "", false
+	}
+	if len(j.Args) > 0 {
+		_ = json.Unmarshal(j.Args[0], &arg0)
+	}
+	return j.Class, arg0, true
 }
 
 // stealSource is one place a steal visits: a source kind and its key.
@@ -745,8 +839,11 @@ type JobCounts struct {
 	Queue     int            `json:"queue"`
 	ByQueue   map[string]int `json:"by_queue,omitempty"`
 	Scheduled int            `json:"scheduled"`
-	Retry     int            `json:"retry"`
-	Dead      int            `json:"dead"`
+	// Held are taken by a `bm steal` that has not run them yet (or whose
+	// process died and whose liveness has not lapsed yet).
+	Held  int `json:"held"`
+	Retry int `json:"retry"`
+	Dead  int `json:"dead"`
 }
 
 func (c *JobCounts) addQueue(q string) {
@@ -757,8 +854,9 @@ func (c *JobCounts) addQueue(q string) {
 	c.Queue++
 }
 
-// Remaining is what GitLab's remaining counts: queue + scheduled.
-func (c JobCounts) Remaining() int { return c.Queue + c.Scheduled }
+// Remaining is what GitLab's remaining counts, queue + scheduled, and the
+// jobs a steal holds: none of them has run yet.
+func (c JobCounts) Remaining() int { return c.Queue + c.Scheduled + c.Held }
 
 // CountByArg0 counts the jobs of Sidekiq class in queue, the scheduled set
 // and (with retryDead) the retry and dead sets, grouped by their first
@@ -776,15 +874,8 @@ func CountByArg0Queues(ctx context.Context, rdb redis.UniversalClient, class str
 		if len(nW) > 0 && !bytes.Contains([]byte(raw), nW) {
 			return
 		}
-		var j struct {
-			Class string            `json:"class"`
-			Args  []json.RawMessage `json:"args"`
-		}
-		if json.Unmarshal([]byte(raw), &j) != nil || j.Class != class || len(j.Args) == 0 {
-			return
-		}
-		var a0 string
-		if json.Unmarshal(j.Args[0], &a0) != nil {
+		cls, a0, ok := classAndArg0(raw)
+		if !ok || cls != class || a0 == "" {
 			return
 		}
 		c := out[a0]
@@ -822,6 +913,13 @@ func CountByArg0Queues(ctx context.Context, rdb redis.UniversalClient, class str
 	}
 	if err := scan(keySchedule, false, func(c *JobCounts) { c.Scheduled++ }); err != nil {
 		return nil, err
+	}
+	held, err := heldBySteals(ctx, rdb, "")
+	if err != nil {
+		return nil, err
+	}
+	for _, raw := range held {
+		add(raw, func(c *JobCounts) { c.Held++ })
 	}
 	if retryDead {
 		if err := scan(keyRetry, false, func(c *JobCounts) { c.Retry++ }); err != nil {
