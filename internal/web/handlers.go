@@ -7,6 +7,7 @@ import (
 	"html/template"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -121,6 +122,29 @@ func pathID(r *http.Request, name string) (int64, bool) {
 		return 0, false
 	}
 	return id, true
+}
+
+// redirectPrefixedID sends a migration id written as GitLab and the CLI
+// write it for several databases (/background_migrations/ci_2) to the
+// page's own form (/background_migrations/2?database=ci), and reports
+// whether it did.
+func (s *Server) redirectPrefixedID(w http.ResponseWriter, r *http.Request) bool {
+	raw := r.PathValue("id")
+	i := strings.LastIndexByte(raw, '_')
+	if i <= 0 {
+		return false
+	}
+	name, id := raw[:i], raw[i+1:]
+	if n, err := strconv.ParseInt(id, 10, 64); err != nil || n <= 0 || !slices.ContainsFunc(s.dbs, func(v *dbView) bool { return v.name == name }) {
+		return false
+	}
+	u := *r.URL
+	u.Path = strings.Replace(u.Path, "/background_migrations/"+raw, "/background_migrations/"+id, 1)
+	q := u.Query()
+	q.Set("database", name)
+	u.RawQuery = q.Encode()
+	http.Redirect(w, r, u.RequestURI(), http.StatusFound)
+	return true
 }
 
 // pageParam parses ?page=, 400 on garbage.
@@ -273,6 +297,9 @@ var risks = map[string]string{
 }
 
 func (s *Server) handleShow(w http.ResponseWriter, r *http.Request) {
+	if s.redirectPrefixedID(w, r) {
+		return
+	}
 	v, ok := s.needDB(w, r)
 	if !ok {
 		return
@@ -382,6 +409,9 @@ type jobBody struct {
 }
 
 func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
+	if s.redirectPrefixedID(w, r) {
+		return
+	}
 	v, ok := s.needDB(w, r)
 	if !ok {
 		return

@@ -86,6 +86,14 @@ func TestMultiDatabaseUI(t *testing.T) {
 	}
 	contains(t, body, fmt.Sprintf("› ci_%d", active), `href="/background_migrations?database=ci"`,
 		fmt.Sprintf(`href="/background_migrations/%d?confirm=finalize&amp;database=ci#confirm"`, active))
+	// The id as the CLI and GitLab write it goes to that page.
+	if code, _, hdr := b.do(t, req{path: fmt.Sprintf("/background_migrations/ci_%d", active), basic: true}); code != http.StatusFound ||
+		hdr.Get("Location") != fmt.Sprintf("/background_migrations/%d?database=ci", active) {
+		t.Fatalf("ci_%d: %d %q", active, code, hdr.Get("Location"))
+	}
+	if code, _ := b.get(t, fmt.Sprintf("/background_migrations/xy_%d", active)); code != 404 {
+		t.Fatalf("xy_%d: %d, want 404", active, code)
+	}
 	_, body = b.get(t, fmt.Sprintf("/background_migrations/%d?confirm=finalize&database=ci", active))
 	contains(t, body, "ferry bbm finalize --db ci", fmt.Sprintf(`action="/background_migrations/%d/finalize?database=ci"`, active))
 
