@@ -155,7 +155,7 @@ func pageParam(r *http.Request) (int, error) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 || n > 1_000_000 {
-		return 0, fmt.Errorf("bad page %q: must be a positive integer", v)
+		return 0, fmt.Errorf("bad page %q: must be a whole number from 1 to 1000000", v)
 	}
 	return n, nil
 }
