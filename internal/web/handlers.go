@@ -498,6 +498,11 @@ func (s *Server) handleAction(w http.ResponseWriter, r *http.Request) {
 		target = fmt.Sprintf("migration %s_%d", v.name, id)
 		q = dbQuery("&", v.name)
 	}
+	if action == "finalize" && err == nil {
+		// It runs on after the response: the row records the start, and
+		// the migration's page (and this server's log) how it ended.
+		target += " (started; it runs in this web server's background)"
+	}
 	s.auditIn(r, v.pool, action, target, &id, err)
 	switch {
 	case err == nil:
