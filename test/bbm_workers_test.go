@@ -382,3 +382,56 @@ func TestBBMWorkerTermKeepsItsSession(t *testing.T) {
 		t.Fatalf("%d batches of a worker stopped with TERM were taken for a dead worker's (%v)", died, err)
 	}
 }
+
+// While one `bbm finalize` runs, a second finalize of the same migration
+// and a mark-finished are refused (exit 1) naming it: taken over, and then
+// interrupted, the second one handed the migration back to the workers
+// under the first; a mark-finished made the first one say "Done." with
+// rows not migrated. The first one finishes, every row copied once.
+func TestBBMFinalizeAlreadyRunning(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs ferry processes")
+	}
+	bin, redisURL, dbURL, ctx, pool := bbmProcessEnv(t)
+	env := childEnv("REDIS_URL="+redisURL, "DATABASE_URL="+dbURL)
+	ferry := func(args ...string) (string, int) {
+		t.Helper()
+		cmd := exec.Command(bin, args...)
+		cmd.Env = env
+		out, _ := cmd.CombinedOutput()
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	if out, code := ferry("setup"); code != 0 {
+		t.Fatalf("setup: %d %s", code, out)
+	}
+	countingTable(ctx, t, pool, "fr", 40000)
+	// At least 4 s of sleeps: the finalize still runs while the others try.
+	if _, err := pool.Exec(ctx, `CREATE FUNCTION fr_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+			IF NEW.id % 20 = 0 THEN PERFORM pg_sleep(0.002); END IF; RETURN NEW; END $$;
+		CREATE TRIGGER fr_slow BEFORE UPDATE ON fr FOR EACH ROW EXECUTE FUNCTION fr_slow()`); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"CopyColumnUsingBackgroundMigrationJob", "fr", "id", `[["v"],["v_big"]]`}
+	if out, code := ferry(append([]string{"bbm", "queue"}, append(args, "--batch-size", "2000")...)...); code != 0 {
+		t.Fatalf("queue: %d %s", code, out)
+	}
+	var id int64
+	if err := pool.QueryRow(ctx, `SELECT id FROM batched_background_migrations WHERE table_name = 'fr'`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	first := startProc(t, "ferry bbm finalize", env, bin, append([]string{"bbm", "finalize"}, args...)...)
+	testenv.Eventually(t, 30*time.Second, "finalize under way", func() bool {
+		var s int
+		_ = pool.QueryRow(ctx, `SELECT status FROM batched_background_migrations WHERE id = $1`, id).Scan(&s)
+		return s == 5
+	})
+	for _, cmd := range [][]string{append([]string{"bbm", "finalize"}, args...), {"bbm", "mark-finished", fmt.Sprint(id), "--yes"}} {
+		if out, code := ferry(cmd...); code != 1 || !strings.Contains(out, "is being finalized by") {
+			t.Fatalf("ferry %v while a finalize runs: exit %d, want 1 naming it\n%s", cmd, code, out)
+		}
+	}
+	if code := first.waitExit(t, 120*time.Second); code != 0 || !strings.Contains(first.out.String(), "Done.") {
+		t.Fatalf("the first finalize: exit %d\n%s", code, first.out.String())
+	}
+	copiedOnce(ctx, t, pool, "fr")
+}

@@ -179,6 +179,13 @@ func (e *Engine) MarkFinished(ctx context.Context, id int64, who string) (*Migra
 	if m.Status.Done() {
 		return m, nil
 	}
+	// Under a running finalize it would report "Done." with rows not
+	// migrated.
+	if f, err := liveFinalizer(ctx, tx, id, 0); err != nil {
+		return nil, err
+	} else if f != "" {
+		return nil, fmt.Errorf("%w: migration %d is being finalized by %s; stop that finalize first, or let it finish", ErrInvalidState, id, f)
+	}
 	msg := fmt.Sprintf("marked finished by %s at %s (ferry bbm mark-finished)", who, time.Now().UTC().Format(time.RFC3339))
 	if _, err := tx.Exec(ctx, `
 		WITH j AS (
@@ -241,6 +248,14 @@ func (e *Engine) Finalize(ctx context.Context, m *Migration) error {
 	defer func() { _ = tx.Rollback(ctx) }()
 	if _, err := tx.Exec(ctx, `SELECT 1 FROM batched_background_migrations WHERE id = $1 FOR UPDATE`, m.ID); err != nil {
 		return err
+	}
+	// A second finalize of the same migration would take it over, and
+	// when interrupted hand it back to the workers under the first one.
+	if who, err := liveFinalizer(ctx, tx, m.ID, e.Session()); err != nil {
+		return err
+	} else if who != "" {
+		return fmt.Errorf("%w: migration %d is being finalized by %s; wait for it (`ferry bbm wait`), or stop that finalize first",
+			ErrInvalidState, m.ID, who)
 	}
 	if _, err := tx.Exec(ctx, `UPDATE batched_background_migration_jobs SET attempts = 0 WHERE batched_background_migration_id = $1 AND attempts >= $2 AND status = 2`, m.ID, MaxAttempts); err != nil {
 		return err
@@ -363,6 +378,18 @@ func (e *Engine) unfinalize(ctx context.Context, id int64) {
 		WHERE id = $1 AND finalizer_session = $2`, id, e.Session()); err != nil {
 		e.log.Warn("could not make the migration active again after an interrupted finalize", zap.Int64("migration_id", id), zap.Error(err))
 	}
+}
+
+// liveFinalizer is the identity of the process finalizing migration id, if
+// it is alive and is not the engine session self (0: none); "" otherwise.
+func liveFinalizer(ctx context.Context, db Queryer, id, self int64) (string, error) {
+	var who string
+	err := db.QueryRow(ctx, `SELECT s.identity FROM batched_background_migrations m JOIN ferry_bbm_sessions s ON s.id = m.finalizer_session
+		WHERE m.id = $1 AND m.status = 5 AND m.finalizer_session <> $2 AND `+sessionAlive("m.finalizer_session"), id, self).Scan(&who)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	return who, err
 }
 
 // finalizerGone is an SQL condition on batched_background_migrations: it is
