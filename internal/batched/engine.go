@@ -451,14 +451,16 @@ func (e *Engine) rescue(ctx context.Context, tx pgx.Tx, id int64) (int, error) {
 			        AND ((j.worker_session IS NOT NULL AND NOT `+sessionAlive("j.worker_session")+`)
 			          OR (j.worker_session IS NULL AND j.updated_at < now() - interval '1 hour')))
 			    OR (j.worker_session = $3 AND NOT coalesce(j.claim_token = ANY($4::bigint[]), false)))
-			RETURNING j.id, j.worker_identity, j.worker_session = $3 AS own)
+			RETURNING j.id, j.worker_identity, j.worker_session = $3 AS own, j.attempts)
 		INSERT INTO batched_background_migration_job_transition_logs
 			(batched_background_migration_job_id, previous_status, next_status, exception_class, exception_message)
 		SELECT id, 1, 2, CASE WHEN own THEN 'Ferry::LostOutcome' ELSE 'Ferry::WorkerDied' END,
 			left(CASE WHEN own THEN 'the outcome of this batch could not be recorded (the database was unreachable)'
 				ELSE 'worker ' || coalesce(worker_identity, '?') || ' stopped while running this batch' END ||
-				'; it resumes after the last committed sub-batch', 1000)
-		FROM dead RETURNING batched_background_migration_job_id`, id, e.settled(), e.Session(), e.runningTokens())
+				CASE WHEN own OR attempts < $5 THEN '; it resumes after the last committed sub-batch'
+					ELSE '; that was its last attempt (' || attempts || ' tries ended this way or failed), so the migration fails: '
+						|| 'once you know why workers stop on it (out of memory? killed?), ferry bbm retry resumes it after the last committed sub-batch' END, 1000)
+		FROM dead RETURNING batched_background_migration_job_id`, id, e.settled(), e.Session(), e.runningTokens(), MaxAttempts)
 	if err != nil {
 		return 0, err
 	}
