@@ -317,6 +317,15 @@ func TestBBMOnlyWorkerKilled(t *testing.T) {
 	_ = first.cmd.Process.Kill()
 	_ = first.cmd.Wait()
 	killed, at := time.Now(), done()
+	// Until a worker runs, show says its batch's worker is gone, with no
+	// rate or ETA, rather than "running".
+	testenv.Eventually(t, 30*time.Second, "show says the batch's worker stopped", func() bool {
+		cmd := exec.Command(bin, "bbm", "show", "CopyColumnUsingBackgroundMigrationJob", "ok1", "id", `[["v"],["v_big"]]`)
+		cmd.Env = childEnv("REDIS_URL="+redisURL, "DATABASE_URL="+dbURL)
+		out, _ := cmd.CombinedOutput()
+		return strings.Contains(string(out), "the worker running its batch stopped") && strings.Contains(string(out), "start one (`ferry worker`)") &&
+			!strings.Contains(string(out), "ETA")
+	})
 	bbmStartWorker(t, bin, redisURL, dbURL)
 	testenv.Eventually(t, 90*time.Second, "progress after the kill", func() bool { return done() > at })
 	t.Logf("rows moved again %s after the only worker was killed", time.Since(killed).Round(100*time.Millisecond))

@@ -142,6 +142,7 @@ type agg struct {
 	doneIDs               int64      // ids of succeeded jobs
 	touched               *time.Time // latest job update
 	finalizerGone         bool
+	orphaned              int // running jobs whose worker is gone
 }
 
 // window summarises the most recent succeeded batches of the current run
@@ -200,7 +201,7 @@ func PausedAllReasonIn(db string) string {
 var viewSQL = `SELECT ` + migrationCols + `, "interval", updated_at, (` + finalizerGone + `),
 	coalesce(a.a_rows, 0), coalesce(a.a_running, 0), coalesce(a.a_failed, 0), coalesce(a.a_n, 0),
 	a.a_cursor, coalesce(a.a_left, 0), coalesce(a.a_done, 0), a.a_touched,
-	coalesce(a.a_open_ids, 0), coalesce(a.a_open_rows, 0), a.a_open_start,
+	coalesce(a.a_open_ids, 0), coalesce(a.a_open_rows, 0), a.a_open_start, coalesce(a.a_orphaned, 0),
 	w.w_ids, w.w_rows, w.w_cover, w.w_age, w.w_paced, w.w_last,
 	l.l_size, l.l_dur, l.l_at, now()
 FROM batched_background_migrations m
@@ -212,7 +213,9 @@ LEFT JOIN LATERAL (
 		max(j.updated_at) AS a_touched,
 		(sum(greatest(coalesce(j.cursor_value, j.min_value - 1), j.min_value - 1) - j.min_value + 1) FILTER (WHERE j.status = 1))::bigint AS a_open_ids,
 		(sum(j.rows_done) FILTER (WHERE j.status = 1))::bigint AS a_open_rows,
-		min(j.started_at) FILTER (WHERE j.status = 1) AS a_open_start
+		min(j.started_at) FILTER (WHERE j.status = 1) AS a_open_start,
+		-- running batches whose worker stopped heartbeating: nobody runs them
+		count(*) FILTER (WHERE j.status = 1 AND j.worker_session IS NOT NULL AND NOT ` + sessionAlive("j.worker_session") + `)::int AS a_orphaned
 	FROM batched_background_migration_jobs j WHERE j.batched_background_migration_id = m.id) a ON true
 LEFT JOIN LATERAL (
 	SELECT array_agg((r.max_value - r.min_value + 1)::bigint ORDER BY r.started_at, r.id) AS w_ids,
@@ -258,7 +261,7 @@ func scanView(row pgx.Row) (*MigrationInfo, time.Time, error) {
 		&m.CreatedAt, &m.StartedAt, &m.FinishedAt, &m.OnHoldUntil, &m.HoldReason, &m.SlowUntil,
 		&v.Interval, &v.UpdatedAt, &a.finalizerGone,
 		&a.rowsDone, &a.running, &a.failed, &a.jobs, &a.cursor, &a.leftIDs, &a.doneIDs, &a.touched,
-		&w.openIDs, &w.openRows, &openStart,
+		&w.openIDs, &w.openRows, &openStart, &a.orphaned,
 		&w.ids, &w.rows, &w.cover, &w.age, &w.paced, &last,
 		&lastSize, &lastDur, &lastAt, &now)
 	if err != nil {
@@ -528,6 +531,14 @@ func state(v *MigrationInfo, c cluster, now time.Time) (State, string) {
 		if t != nil && t.After(last) {
 			last = *t
 		}
+	}
+	if a.running > 0 && a.orphaned == a.running && m.Status == Active {
+		// Its batches' workers stopped heartbeating: no rate, no ETA.
+		how := "a running worker takes them over within seconds"
+		if !c.workers {
+			how = "no ferry worker is running: start one (`ferry worker`) and it takes them over"
+		}
+		return StateStalled, fmt.Sprintf("the worker running its batch stopped (no heartbeat for over %s); %s", livenessGrace, how)
 	}
 	if idle := now.Sub(last); idle >= stalledAfter {
 		if !c.workers {
