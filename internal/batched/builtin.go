@@ -74,7 +74,8 @@ func planCopyColumn(pc PlanContext) (*Plan, error) {
 		sets = append(sets, Quote(to[i])+" = "+Quote(from[i]))
 	}
 	if len(sets) == 0 {
-		return &Plan{Skip: true, Operation: copyColumnOperation}, nil
+		return &Plan{Skip: true, Operation: copyColumnOperation,
+			SkipReason: fmt.Sprintf("no column pair to copy exists in %s any more (GitLab skips such pairs): its batches succeed and copy nothing", pc.Target.Ident())}, nil
 	}
 	return &Plan{Set: strings.Join(sets, ", "), Operation: copyColumnOperation}, nil
 }
@@ -93,7 +94,8 @@ func planNullifyOrphans(pc PlanContext) (*Plan, error) {
 		if pc.Queueing {
 			return nil, fmt.Errorf("%w: %s has no column %q", ErrColumnNotFound, pc.Target.Ident(), col)
 		}
-		return &Plan{Skip: true, Operation: nullifyOrphanedOpName}, nil
+		return &Plan{Skip: true, Operation: nullifyOrphanedOpName,
+			SkipReason: fmt.Sprintf("%s has no column %q any more: its batches succeed and change nothing", pc.Target.Ident(), col)}, nil
 	}
 	schema, ptable, err := splitTable(parentTable)
 	if err != nil {

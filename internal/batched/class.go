@@ -64,8 +64,10 @@ type Plan struct {
 	Where string
 	Do    func(ctx context.Context, tx pgx.Tx, lo, hi int64) (int64, error)
 	// Skip means there is nothing to do any more (e.g. every column to copy
-	// was dropped); batches then succeed without touching the table.
-	Skip bool
+	// was dropped); batches then succeed without touching the table, and
+	// the engine logs SkipReason (once a minute per migration).
+	Skip       bool
+	SkipReason string
 	// Operation names the work in job metrics (GitLab's operation_name).
 	Operation string
 }

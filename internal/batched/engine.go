@@ -79,6 +79,9 @@ type Engine struct {
 	// slowed logs "slowed to one batch at a time" per migration once
 	// when it starts, every minute while it lasts, and when it ends.
 	slowed logrepeat.Log[int64]
+	// skipped logs, per migration, batches skipped because there is
+	// nothing left to do (Plan.Skip).
+	skipped logrepeat.Log[int64]
 }
 
 // NewEngine returns an engine on pool. Name pool's connections with an

@@ -13,7 +13,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/ferrymigrate/ferry/internal/batched"
 	"github.com/ferrymigrate/ferry/internal/ferryschema"
@@ -242,5 +244,35 @@ func TestExactlyOnceRetriesAndSplits(t *testing.T) {
 		if j.ErrorClass != nil || j.ErrorMessage != nil {
 			t.Fatalf("succeeded job %d shown with error %v: %v", j.ID, deref(j.ErrorClass), deref(j.ErrorMessage))
 		}
+	}
+}
+
+// A CopyColumn migration whose columns were all dropped after it was
+// queued skips its batches, as GitLab does, but says so in the log: a
+// migration that copies nothing must not finish unseen.
+func TestSkippedBatchesAreLogged(t *testing.T) {
+	t.Parallel()
+	b := setup(t) // its registry has the built-in classes
+	ctx := testenv.Context(t)
+	b.table(t, "gone", 3000)
+	core, logs := observer.New(zap.WarnLevel)
+	e := b.engine(t, batched.Config{Logger: zap.New(core)})
+	res, err := e.Queue(ctx, batched.QueueOptions{Class: batched.CopyColumnClass, Table: "gone", Column: "id",
+		Args: []byte(`[["v"],["v_big"]]`), BatchSize: 1000, SubBatchSize: 200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(ctx, `ALTER TABLE gone DROP COLUMN v_big`); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.RunLocal(ctx, 1, true); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.status(t, res.Migration.ID); s != batched.Finished {
+		t.Fatalf("status %s", s)
+	}
+	warned := logs.FilterMessageSnippet("no column pair to copy exists").All()
+	if len(warned) != 1 { // once a minute, per migration
+		t.Fatalf("skip warned %d times, want once: %v", len(warned), logs.All())
 	}
 }

@@ -97,6 +97,11 @@ func (e *Engine) execute(ctx context.Context, cl *claim) {
 func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 	res = result{sub: max(cl.sub, 1), cursor: cl.cursor}
 	if cl.plan.Skip {
+		if _, n, ok := e.skipped.On(cl.mig.ID, time.Now()); ok {
+			// A migration that migrates nothing must not finish unseen.
+			e.log.Warn("batched background migration skips its batches: "+cl.plan.SkipReason, zap.Int64("migration_id", cl.mig.ID),
+				zap.String("class", cl.mig.Class), zap.String("table", cl.mig.Table), zap.Int("batches", n))
+		}
 		return res
 	}
 	target := e.targetFor(cl.mig.TargetBatchMs)
