@@ -218,15 +218,11 @@ func TestBBMThroughWorkerProcesses(t *testing.T) {
 	t.Logf("max running seen %d, batches rescued from the killed worker: %d", maxSeen.Load(), died)
 }
 
-// A `ferry bbm finalize` killed with SIGKILL (a dropped SSH session) does
-// not strand its migration in finalizing: `show` says its finalizer is
-// gone, a worker makes it active again and finishes it, every row copied
-// exactly once.
-func TestBBMFinalizeKilled(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary and runs ferry processes")
-	}
-	bin, redisURL, dbURL, ctx, pool := bbmProcessEnv(t)
+// bbmCLI is the environment of ferry processes on the test's Redis and
+// database, and a runner of the binary's commands (combined output, exit
+// code), after `ferry setup`.
+func bbmCLI(t *testing.T, bin, redisURL, dbURL string) ([]string, func(args ...string) (string, int)) {
+	t.Helper()
 	env := childEnv("REDIS_URL="+redisURL, "DATABASE_URL="+dbURL)
 	ferry := func(args ...string) (string, int) {
 		t.Helper()
@@ -242,18 +238,39 @@ func TestBBMFinalizeKilled(t *testing.T) {
 	if out, code := ferry("setup"); code != 0 {
 		t.Fatalf("setup: %d %s", code, out)
 	}
+	return env, ferry
+}
+
+// queueCountingCopy queues the copy of a countingTable's v into v_big with
+// the given flags and returns its configuration arguments and id.
+func queueCountingCopy(ctx context.Context, t *testing.T, ferry func(...string) (string, int), pool *pgxpool.Pool, table string, flags ...string) ([]string, int64) {
+	t.Helper()
+	args := []string{"CopyColumnUsingBackgroundMigrationJob", table, "id", `[["v"],["v_big"]]`}
+	if out, code := ferry(append(append([]string{"bbm", "queue"}, args...), flags...)...); code != 0 {
+		t.Fatalf("queue: %d %s", code, out)
+	}
+	var id int64
+	if err := pool.QueryRow(ctx, `SELECT id FROM batched_background_migrations WHERE table_name = $1`, table).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return args, id
+}
+
+// A `ferry bbm finalize` killed with SIGKILL (a dropped SSH session) does
+// not strand its migration in finalizing: `show` says its finalizer is
+// gone, a worker makes it active again and finishes it, every row copied
+// exactly once.
+func TestBBMFinalizeKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs ferry processes")
+	}
+	bin, redisURL, dbURL, ctx, pool := bbmProcessEnv(t)
+	env, ferry := bbmCLI(t, bin, redisURL, dbURL)
 	// A trigger slows every 500th row, so the finalize is still running
 	// when it is killed.
 	const rows = 40000
 	countingTable(ctx, t, pool, "fk", rows)
-	args := []string{"CopyColumnUsingBackgroundMigrationJob", "fk", "id", `[["v"],["v_big"]]`}
-	if out, code := ferry(append([]string{"bbm", "queue"}, append(args, "--batch-size", "2000", "--target-batch-duration", "300ms")...)...); code != 0 {
-		t.Fatalf("queue: %d %s", code, out)
-	}
-	var id int64
-	if err := pool.QueryRow(ctx, `SELECT id FROM batched_background_migrations WHERE table_name = 'fk'`).Scan(&id); err != nil {
-		t.Fatal(err)
-	}
+	args, id := queueCountingCopy(ctx, t, ferry, pool, "fk", "--batch-size", "2000", "--target-batch-duration", "300ms")
 	fin := startProc(t, "ferry bbm finalize", env, bin, append([]string{"bbm", "finalize"}, args...)...)
 	testenv.Eventually(t, 30*time.Second, "finalize under way", func() bool {
 		var n int64
@@ -402,17 +419,7 @@ func TestBBMFinalizeAlreadyRunning(t *testing.T) {
 		t.Skip("builds the binary and runs ferry processes")
 	}
 	bin, redisURL, dbURL, ctx, pool := bbmProcessEnv(t)
-	env := childEnv("REDIS_URL="+redisURL, "DATABASE_URL="+dbURL)
-	ferry := func(args ...string) (string, int) {
-		t.Helper()
-		cmd := exec.Command(bin, args...)
-		cmd.Env = env
-		out, _ := cmd.CombinedOutput()
-		return string(out), cmd.ProcessState.ExitCode()
-	}
-	if out, code := ferry("setup"); code != 0 {
-		t.Fatalf("setup: %d %s", code, out)
-	}
+	env, ferry := bbmCLI(t, bin, redisURL, dbURL)
 	countingTable(ctx, t, pool, "fr", 40000)
 	// At least 4 s of sleeps: the finalize still runs while the others try.
 	if _, err := pool.Exec(ctx, `CREATE FUNCTION fr_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
@@ -420,14 +427,7 @@ func TestBBMFinalizeAlreadyRunning(t *testing.T) {
 		CREATE TRIGGER fr_slow BEFORE UPDATE ON fr FOR EACH ROW EXECUTE FUNCTION fr_slow()`); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"CopyColumnUsingBackgroundMigrationJob", "fr", "id", `[["v"],["v_big"]]`}
-	if out, code := ferry(append([]string{"bbm", "queue"}, append(args, "--batch-size", "2000")...)...); code != 0 {
-		t.Fatalf("queue: %d %s", code, out)
-	}
-	var id int64
-	if err := pool.QueryRow(ctx, `SELECT id FROM batched_background_migrations WHERE table_name = 'fr'`).Scan(&id); err != nil {
-		t.Fatal(err)
-	}
+	args, id := queueCountingCopy(ctx, t, ferry, pool, "fr", "--batch-size", "2000")
 	first := startProc(t, "ferry bbm finalize", env, bin, append([]string{"bbm", "finalize"}, args...)...)
 	testenv.Eventually(t, 30*time.Second, "finalize under way", func() bool {
 		var s int
