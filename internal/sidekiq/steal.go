@@ -200,9 +200,13 @@ func Steal(ctx context.Context, rdb redis.UniversalClient, opts StealOptions, pe
 		s.unregister(ctx, &res)
 	}()
 
-	for waited := false; ; {
-		if err := s.round(ctx, perform, &res); err != nil {
-			return res, err
+	for waited, again := false, true; ; {
+		// One pass, and another only when jobs came back from a dead
+		// steal: a pass scans whole queues.
+		if again {
+			if err := s.round(ctx, perform, &res); err != nil {
+				return res, err
+			}
 		}
 		// Jobs of the class another steal took are not done yet: wait
 		// until it ran them, or, if its process died (kill -9), until its
@@ -223,9 +227,11 @@ func Steal(ctx context.Context, rdb redis.UniversalClient, opts StealOptions, pe
 		if !sleep.For(ctx, time.Second) {
 			return res, ctx.Err()
 		}
-		if n, err := RecoverSteals(ctx, rdb, opts.Logger); err != nil {
+		n, err := RecoverSteals(ctx, rdb, opts.Logger)
+		if err != nil {
 			return res, err
-		} else if n > 0 {
+		}
+		if again = n > 0; again {
 			s.log.Warn("pushed back jobs of steals whose process died", zap.Int("jobs", n))
 		}
 	}
