@@ -347,19 +347,19 @@ func (a *App) load(cmd *cobra.Command) error {
 	cfg.ApplyEnv()
 	if a.redisURL != "" {
 		cfg.RedisURL = a.redisURL
-		cfg.SetFrom("redis_url", "--redis-url")
+		cfg.SetFrom(config.KeyRedisURL, "--redis-url")
 	}
 	if a.databaseURL != "" {
 		cfg.DatabaseURL = a.databaseURL
-		cfg.SetFrom("database_url", "--database-url")
+		cfg.SetFrom(config.KeyDatabaseURL, "--database-url")
 	}
 	if a.directURL != "" {
 		cfg.DatabaseDirectURL = a.directURL
-		cfg.SetFrom("database_direct_url", "--database-direct-url")
+		cfg.SetFrom(config.KeyDirectURL, "--database-direct-url")
 	}
 	if a.logLevel != "" {
 		cfg.LogLevel = a.logLevel
-		cfg.SetFrom("log_level", "--log-level")
+		cfg.SetFrom(config.KeyLogLevel, "--log-level")
 	}
 	if cfg.LogLevel == "" {
 		cfg.LogLevel = defaultLogLevel(cmd)

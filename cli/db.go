@@ -285,11 +285,8 @@ func printPlan(ctx context.Context, w io.Writer, mr *dbmigrate.Migrator, p *dbmi
 		}
 		fmt.Fprintf(w, "\n== %s %s (%s, %s) ==\n", m.Version, m.Name, file, how)
 		for _, b := range sc.Require {
-			note := gateNote(ctx, mr, b)
-			if by := queuedBy(queued, b); by != "" && strings.HasPrefix(note, "never queued") {
-				note = "queued by " + by + " earlier in this run: migrate would stop here until it is finished; finalize it then, or use --finalize"
-			}
-			fmt.Fprintf(w, "-- requires finished batched background migration: %s %s %s %s (%s)\n", b.Class, b.Table, b.Column, b.Args, note)
+			fmt.Fprintf(w, "-- requires finished batched background migration: %s %s %s %s (%s)\n", b.Class, b.Table, b.Column, b.Args,
+				gateNote(ctx, mr, b, queuedBy(queued, b)))
 			fmt.Fprint(w, est.line(ctx, b))
 		}
 		if sc.NoTransaction {
@@ -326,12 +323,15 @@ func queuedBy(queued []planQueued, b dbmigrate.BBM) string {
 	return ""
 }
 
-// gateNote says what a require-bbm gate would do now.
-func gateNote(ctx context.Context, m *dbmigrate.Migrator, b dbmigrate.BBM) string {
+// gateNote says what a require-bbm gate would do now; queuedBy is the
+// earlier file of the run that queues b, if one does.
+func gateNote(ctx context.Context, m *dbmigrate.Migrator, b dbmigrate.BBM, queuedBy string) string {
 	status, found, err := m.GateStatus(ctx, b)
 	switch {
 	case err != nil:
 		return "status unknown: " + err.Error()
+	case !found && queuedBy != "":
+		return "queued by " + queuedBy + " earlier in this run: migrate would stop here until it is finished; finalize it then, or use --finalize"
 	case !found:
 		return "never queued in this database: migrate warns and continues"
 	case status == "finished" || status == "finalized":
@@ -936,14 +936,16 @@ func (a *App) restoreOne(ctx context.Context, f *dbFlags, t dbTarget, file strin
 	if errors.Is(err, os.ErrNotExist) {
 		return Usage(err)
 	}
-	if res != nil && len(res.Connected) > 0 && (err == nil || errors.Is(err, dbmigrate.ErrNotConfirmed)) {
+	// The checks passed: restored, or a plan without --yes.
+	checked := res != nil && (err == nil || errors.Is(err, dbmigrate.ErrNotConfirmed))
+	if checked && len(res.Connected) > 0 {
 		a.warnConnected(res)
 	}
-	if res != nil && res.Meta == nil && (err == nil || errors.Is(err, dbmigrate.ErrNotConfirmed)) {
+	if checked && res.Meta == nil {
 		fmt.Fprintf(a.Err, "warning: %s not found: the backup's size and SHA-256 were not checked (pg_restore read it to the end, and its header names the database).\n",
 			dbmigrate.MetaPath(file))
 	}
-	if res != nil && (err == nil || errors.Is(err, dbmigrate.ErrNotConfirmed)) {
+	if checked {
 		verb := "Dropped"
 		if !res.Restored {
 			verb = "Would drop"

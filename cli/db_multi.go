@@ -146,26 +146,29 @@ func (a *App) sessionHint(t dbTarget, err error) error {
 	if !errors.Is(err, dbmigrate.ErrNeedsSession) {
 		return err
 	}
-	const what = "ferry db needs a real PostgreSQL session (it holds the migration lock and runs DDL), and "
-	if t.Name != config.DefaultDatabase || a.Cfg.DatabaseURL == "" {
-		up := strings.ToUpper(t.Name)
-		pooled := a.Cfg.FieldName("databases."+t.Name+".url", config.EnvDatabaseURLPrefix+up)
-		direct, field := config.EnvDatabaseDirectURLPrefix+up, "databases."+t.Name+".direct_url"
-		if t.DirectURL != "" {
-			return Usage(&needsSessionError{what + a.Cfg.FieldName(field, direct) + " goes through a transaction pooler (PgBouncer) too: point it at PostgreSQL itself, not at PgBouncer"})
-		}
-		return Usage(&needsSessionError{what + pooled + " goes through a transaction pooler (PgBouncer): set " + direct + " (or " + field + " in the config file) to a direct connection"})
-	}
-	// main: the URL in use is the direct one unless --database-url alone
-	// named another (cli/db.go), and errors name where it was set.
-	used := a.Cfg.FieldName("database_url", config.EnvDatabaseURL)
+	const too = " goes through a transaction pooler (PgBouncer) too: point it at PostgreSQL itself, not at PgBouncer"
+	var used, how string // the setting in use, and what to do about it
 	switch {
+	case t.Name != config.DefaultDatabase || a.Cfg.DatabaseURL == "":
+		up := strings.ToUpper(t.Name)
+		direct, field := config.EnvDatabaseDirectURLPrefix+up, "databases."+t.Name+".direct_url"
+		used, how = a.Cfg.FieldName("databases."+t.Name+".url", config.EnvDatabaseURLPrefix+up),
+			" goes through a transaction pooler (PgBouncer): set "+direct+" (or "+field+" in the config file) to a direct connection"
+		if t.DirectURL != "" {
+			used, how = a.Cfg.FieldName(field, direct), too
+		}
+	// main: the URL in use is the direct one unless --database-url alone
+	// named another (cli/db.go).
 	case a.Cfg.DatabaseDirectURL != "" && a.Cfg.DatabaseURL == a.Cfg.DatabaseDirectURL:
-		return Usage(&needsSessionError{what + used + " goes through a transaction pooler (PgBouncer) too: point it at PostgreSQL itself, not at PgBouncer"})
+		used, how = a.Cfg.FieldName(config.KeyDatabaseURL, config.EnvDatabaseURL), too
 	case a.Cfg.DatabaseDirectURL != "":
-		return Usage(&needsSessionError{what + used + " goes through a transaction pooler (PgBouncer); given alone it is used instead of the direct URL: add --database-direct-url"})
+		used, how = a.Cfg.FieldName(config.KeyDatabaseURL, config.EnvDatabaseURL),
+			" goes through a transaction pooler (PgBouncer); given alone it is used instead of the direct URL: add --database-direct-url"
+	default:
+		used, how = a.Cfg.FieldName(config.KeyDatabaseURL, config.EnvDatabaseURL),
+			" goes through a transaction pooler (PgBouncer): set "+config.EnvDatabaseDirectURL+" (or --database-direct-url, or database_direct_url in the config file) to a direct connection"
 	}
-	return Usage(&needsSessionError{what + used + " goes through a transaction pooler (PgBouncer): set " + config.EnvDatabaseDirectURL + " (or --database-direct-url, or database_direct_url in the config file) to a direct connection"})
+	return Usage(&needsSessionError{"ferry db needs a real PostgreSQL session (it holds the migration lock and runs DDL), and " + used + how})
 }
 
 // pool opens (once) the target's pool. DATABASE_URL's main is App.DB, so

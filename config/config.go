@@ -276,10 +276,10 @@ func (c *Config) ApplyEnv() {
 	c.RedisProvider = os.Getenv(EnvRedisProvider)
 	if v := os.Getenv(c.RedisProvider); c.RedisProvider != "" && v != "" {
 		c.RedisURL = v
-		c.SetFrom(keyRedisURL, c.RedisProvider)
+		c.SetFrom(KeyRedisURL, c.RedisProvider)
 	} else if v := os.Getenv(EnvRedisURL); v != "" {
 		c.RedisURL = v
-		c.SetFrom(keyRedisURL, EnvRedisURL)
+		c.SetFrom(KeyRedisURL, EnvRedisURL)
 	}
 	if v := os.Getenv(EnvRedisSentinels); v != "" {
 		c.SetFrom(keySentinels, EnvRedisSentinels)
@@ -293,16 +293,16 @@ func (c *Config) ApplyEnv() {
 	}
 	if v := os.Getenv(EnvDatabaseURL); v != "" {
 		c.DatabaseURL = v
-		c.SetFrom(keyDatabaseURL, EnvDatabaseURL)
+		c.SetFrom(KeyDatabaseURL, EnvDatabaseURL)
 	}
 	c.applyDatabaseEnv()
 	if v := os.Getenv(EnvDatabaseDirectURL); v != "" {
 		c.DatabaseDirectURL = v
-		c.SetFrom(keyDirectURL, EnvDatabaseDirectURL)
+		c.SetFrom(KeyDirectURL, EnvDatabaseDirectURL)
 	}
 	if v := os.Getenv(EnvLogLevel); v != "" {
 		c.LogLevel = v
-		c.SetFrom(keyLogLevel, EnvLogLevel)
+		c.SetFrom(KeyLogLevel, EnvLogLevel)
 	}
 	if v := os.Getenv(EnvWebToken); v != "" {
 		c.Web.Token = v
@@ -340,12 +340,12 @@ func (c *Config) Validate() error {
 	}
 	if c.DatabaseURL != "" {
 		if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
-			return &FieldError{Field: c.fieldName(keyDatabaseURL, EnvDatabaseURL), Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
+			return &FieldError{Field: c.FieldName(KeyDatabaseURL, EnvDatabaseURL), Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
 		}
 	}
 	if c.DatabaseDirectURL != "" {
 		if _, err := pgxpool.ParseConfig(c.DatabaseDirectURL); err != nil {
-			return &FieldError{Field: c.fieldName(keyDirectURL, EnvDatabaseDirectURL), Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
+			return &FieldError{Field: c.FieldName(KeyDirectURL, EnvDatabaseDirectURL), Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
 		}
 	}
 	if err := c.validateDatabases(); err != nil {
@@ -354,7 +354,7 @@ func (c *Config) Validate() error {
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		return &FieldError{Field: c.fieldName(keyLogLevel, keyLogLevel), Msg: fmt.Sprintf("must be debug, info, warn or error, got %q", c.LogLevel)}
+		return &FieldError{Field: c.FieldName(KeyLogLevel, KeyLogLevel), Msg: fmt.Sprintf("must be debug, info, warn or error, got %q", c.LogLevel)}
 	}
 	switch c.LogFormat {
 	case "", "json", "console":
@@ -501,7 +501,7 @@ func (c *Config) NewRedis(poolSize int) (*redis.Client, error) {
 	}
 	master, _, err := net.SplitHostPort(o.Addr)
 	if err != nil || master == "" {
-		return nil, &FieldError{Field: c.fieldName(keyRedisURL, EnvRedisURL), Msg: "with redis.sentinels, the URL's host is the master's name (redis://:password@mymaster/0)"}
+		return nil, &FieldError{Field: c.FieldName(KeyRedisURL, EnvRedisURL), Msg: "with redis.sentinels, the URL's host is the master's name (redis://:password@mymaster/0)"}
 	}
 	addrs := make([]string, len(c.Redis.Sentinels))
 	for i, a := range c.Redis.Sentinels {
@@ -559,7 +559,7 @@ func (c *Config) RedactRedis() string {
 
 // RedisOptions parses RedisURL.
 func (c *Config) RedisOptions() (*redis.Options, error) {
-	field := c.fieldName(keyRedisURL, EnvRedisURL)
+	field := c.FieldName(KeyRedisURL, EnvRedisURL)
 	if c.RedisURL == "" {
 		return nil, &FieldError{Field: field, Msg: "is empty"}
 	}
@@ -687,13 +687,13 @@ func TestURLs() (redisURL, databaseURL string) {
 	return os.Getenv(EnvRedisURL), os.Getenv(EnvDatabaseURL)
 }
 
-// Keys of the settings whose errors name where they were set: their YAML
-// names (databases.NAME.url and the like too).
+// Keys of the settings whose errors name where they were set (SetFrom,
+// FieldName): their YAML names, as databases.NAME.url and the like are.
 const (
-	keyRedisURL    = "redis_url"
-	keyDatabaseURL = "database_url"
-	keyDirectURL   = "database_direct_url"
-	keyLogLevel    = "log_level"
+	KeyRedisURL    = "redis_url"
+	KeyDatabaseURL = "database_url"
+	KeyDirectURL   = "database_direct_url"
+	KeyLogLevel    = "log_level"
 	keySentinels   = "redis.sentinels"
 )
 
@@ -701,12 +701,8 @@ const (
 // session); an error about it then names where the direct URL was set.
 func (c *Config) UseDirectURL() {
 	c.DatabaseURL = c.DatabaseDirectURL
-	c.SetFrom(keyDatabaseURL, c.fieldName(keyDirectURL, EnvDatabaseDirectURL))
+	c.SetFrom(KeyDatabaseURL, c.FieldName(KeyDirectURL, EnvDatabaseDirectURL))
 }
-
-// FieldName is where the setting key (its YAML name: database_url,
-// redis_url, ...) was set, def when nothing recorded it.
-func (c *Config) FieldName(key, def string) string { return c.fieldName(key, def) }
 
 // SetFrom records that the setting key (its YAML name) was set from
 // source: an environment variable, a flag (--database-url) or the YAML
@@ -718,8 +714,9 @@ func (c *Config) SetFrom(key, source string) {
 	c.from[key] = source
 }
 
-// fieldName is where key was set, def when nothing recorded it.
-func (c *Config) fieldName(key, def string) string {
+// FieldName is where the setting key (its YAML name: database_url,
+// redis_url, ...) was set, def when nothing recorded it.
+func (c *Config) FieldName(key, def string) string {
 	if s, ok := c.from[key]; ok {
 		return s
 	}
@@ -732,7 +729,7 @@ func (c *Config) fromFile(data []byte) {
 	if yaml.Unmarshal(data, &doc) != nil {
 		return
 	}
-	for _, k := range []string{keyRedisURL, keyDatabaseURL, keyDirectURL, keyLogLevel} {
+	for _, k := range []string{KeyRedisURL, KeyDatabaseURL, KeyDirectURL, KeyLogLevel} {
 		if _, ok := doc[k]; ok {
 			c.SetFrom(k, k)
 		}

@@ -189,12 +189,12 @@ func (c *Config) validateDatabases() error {
 		}
 		if d.URL != "" {
 			if _, err := pgxpool.ParseConfig(d.URL); err != nil {
-				return &FieldError{Field: c.fieldName(field+".url", field+".url"), Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
+				return &FieldError{Field: c.FieldName(field+".url", field+".url"), Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
 			}
 		}
 		if d.DirectURL != "" {
 			if _, err := pgxpool.ParseConfig(d.DirectURL); err != nil {
-				return &FieldError{Field: c.fieldName(field+".direct_url", field+".direct_url"), Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
+				return &FieldError{Field: c.FieldName(field+".direct_url", field+".direct_url"), Msg: "not a valid libpq URL or DSN: " + redactErr(err)}
 			}
 		}
 	}
