@@ -148,10 +148,10 @@ func (e *MigrationError) Error() string {
 	if e.Dirty {
 		how = "it ran outside a transaction, so the database is now dirty (see `ferry db status`)"
 	}
-	if len(e.InvalidIndexes) > 0 {
-		return fmt.Sprintf("migration %s_%s (%s) failed with: %v\n%s\n%s", e.Version, e.Name, e.Direction, e.Err, how, invalidAdvice(e.InvalidIndexes, e.Dirty))
-	}
-	if e.Direction == "up" && duplicateObject(e.Err) {
+	switch {
+	case len(e.InvalidIndexes) > 0:
+		how += "\n" + invalidAdvice(e.InvalidIndexes, e.Dirty)
+	case e.Direction == "up" && duplicateObject(e.Err):
 		// The documented way out: the schema change is there already.
 		how += fmt.Sprintf(". If it exists because this migration was applied already (by hand, or kept by a restore), "+
 			"record it without running it: `ferry db mark-complete %s`", e.Version)

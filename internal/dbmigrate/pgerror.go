@@ -7,7 +7,6 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/ferrymigrate/ferry/internal/pgerr"
@@ -118,9 +117,7 @@ var identWord = regexp.MustCompile(`[a-z_][a-z0-9_$]*`)
 
 // invalidIndexes lists the INVALID indexes (in the search path) whose
 // names script mentions; nil when none, or when the catalog cannot be read.
-func invalidIndexes(ctx context.Context, db interface {
-	Query(context.Context, string, ...any) (pgx.Rows, error)
-}, script string) []string {
+func invalidIndexes(ctx context.Context, db queryer, script string) []string {
 	rows, err := db.Query(ctx, `SELECT c.relname, format('%I.%I', n.nspname, c.relname) FROM pg_index i
 		JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE NOT i.indisvalid AND n.nspname = ANY (current_schemas(false)) ORDER BY 2`)
