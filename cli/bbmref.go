@@ -130,15 +130,13 @@ func pasteHint(args string) string {
 // idRef reads an id, also as GitLab prints it for several databases
 // (main_85, ci_10).
 func idRef(s string, known []string) (bbmRef, error) {
-	db := ""
-	if i := strings.LastIndexByte(s, '_'); i >= 0 {
-		db = s[:i]
+	db, rest, prefixed := batched.SplitRef(s)
+	if prefixed {
 		if err := checkDBName(db, s, known); err != nil {
 			return bbmRef{}, err
 		}
-		s = s[i+1:]
 	}
-	id, err := parseID(s)
+	id, err := parseID(rest)
 	return bbmRef{id: id, db: db}, err
 }
 

@@ -99,7 +99,11 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 	if cl.plan.Skip {
 		if _, n, ok := e.skipped.On(cl.mig.ID, time.Now()); ok {
 			// A migration that migrates nothing must not finish unseen.
-			e.log.Warn("batched background migration skips its batches: "+cl.plan.SkipReason, zap.Int64("migration_id", cl.mig.ID),
+			why := cl.plan.SkipReason
+			if why == "" {
+				why = "its class says there is nothing left to do"
+			}
+			e.log.Warn("batched background migration skips its batches: "+why, zap.Int64("migration_id", cl.mig.ID),
 				zap.String("class", cl.mig.Class), zap.String("table", cl.mig.Table), zap.Int("batches", n))
 		}
 		return res

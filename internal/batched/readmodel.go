@@ -178,6 +178,15 @@ func (c cluster) ref(id int64) string {
 	return strconv.FormatInt(id, 10)
 }
 
+// SplitRef splits a migration id as ref writes it for a named database
+// (ci_3) into the name and the id; prefixed is false for a bare id (3).
+func SplitRef(s string) (db, id string, prefixed bool) {
+	if i := strings.LastIndexByte(s, '_'); i >= 0 {
+		return s[:i], s[i+1:], true
+	}
+	return "", s, false
+}
+
 // flag is " --db NAME" for the cluster-wide commands, when named.
 func (c cluster) flag() string {
 	if c.db != "" {

@@ -183,10 +183,8 @@ func Steal(ctx context.Context, rdb redis.UniversalClient, opts StealOptions, pe
 	s.private, s.hold = stealPrivateKey(s.id), stealHoldKey(s.id)
 	s.nW, s.nC = needle(opts.Class), needle(opts.Arg0)
 
-	if n, err := RecoverSteals(ctx, rdb, opts.Logger); err != nil {
+	if _, err := s.recoverDead(ctx); err != nil {
 		return res, err
-	} else if n > 0 {
-		s.log.Warn("pushed back jobs of steals whose process died", zap.Int("jobs", n))
 	}
 	if err := s.register(ctx); err != nil {
 		return res, err
@@ -227,18 +225,26 @@ func Steal(ctx context.Context, rdb redis.UniversalClient, opts StealOptions, pe
 		if !sleep.For(ctx, time.Second) {
 			return res, ctx.Err()
 		}
-		n, err := RecoverSteals(ctx, rdb, opts.Logger)
+		n, err := s.recoverDead(ctx)
 		if err != nil {
 			return res, err
 		}
-		if again = n > 0; again {
-			s.log.Warn("pushed back jobs of steals whose process died", zap.Int("jobs", n))
-		}
+		again = n > 0
 	}
 	if len(res.Failed) > 0 {
 		return res, &StealFailures{Failed: res.Failed}
 	}
 	return res, nil
+}
+
+// recoverDead puts back the jobs of steals whose process died
+// (RecoverSteals) and says so.
+func (s *stealer) recoverDead(ctx context.Context) (int, error) {
+	n, err := RecoverSteals(ctx, s.rdb, s.opts.Logger)
+	if n > 0 {
+		s.log.Warn("pushed back jobs of steals whose process died", zap.Int("jobs", n))
+	}
+	return n, err
 }
 
 // round visits every source once: moves the matching jobs into the

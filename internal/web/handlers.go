@@ -130,11 +130,10 @@ func pathID(r *http.Request, name string) (int64, bool) {
 // whether it did.
 func (s *Server) redirectPrefixedID(w http.ResponseWriter, r *http.Request) bool {
 	raw := r.PathValue("id")
-	i := strings.LastIndexByte(raw, '_')
-	if i <= 0 {
+	name, id, prefixed := batched.SplitRef(raw)
+	if !prefixed || name == "" {
 		return false
 	}
-	name, id := raw[:i], raw[i+1:]
 	if n, err := strconv.ParseInt(id, 10, 64); err != nil || n <= 0 || !slices.ContainsFunc(s.dbs, func(v *dbView) bool { return v.name == name }) {
 		return false
 	}
