@@ -23,8 +23,10 @@
 // -max-duty sets HealthConfig.MaxDutyUnderLoad (1: no contention pacing);
 // -max-impact sets HealthConfig.MaxLatencyImpact, and -max-impact -1 is
 // the pacing before the closed loop (a fixed 2% duty cycle, 10 ms
-// statements), for side-by-side runs in one session; -only-load skips the
-// idle comparison.
+// statements), for side-by-side runs in one session; -burst -1ns pauses
+// after every sub-batch (the pacing before bursts); -ab alternates the
+// defaults with both (fixed 2%, a pause after every sub-batch: the pacing
+// issue 18 measures against); -only-load skips the idle comparison.
 package main
 
 import (
@@ -54,7 +56,7 @@ type options struct {
 	load, onlyLoad                   bool
 	baseline                         time.Duration
 	maxDuty, minDuty, rate, impact   float64
-	target, ab                       time.Duration
+	target, ab, burst                time.Duration
 }
 
 func main() {
@@ -68,9 +70,10 @@ func main() {
 	flag.Float64Var(&o.maxDuty, "max-duty", 0, "HealthConfig.MaxDutyUnderLoad (0: default; 1: no contention pacing)")
 	flag.Float64Var(&o.minDuty, "min-duty", 0, "HealthConfig.MinDutyUnderLoad (0: default)")
 	flag.Float64Var(&o.impact, "max-impact", 0, "HealthConfig.MaxLatencyImpact (0: default; negative: no closed loop, the fixed duty cycle)")
+	flag.DurationVar(&o.burst, "burst", 0, "HealthConfig.PaceBurst (0: default; negative: a pause after every sub-batch, the pacing before bursts)")
 	flag.DurationVar(&o.target, "target", 0, "Config.TargetBatchDuration (0: default)")
 	flag.BoolVar(&o.onlyLoad, "only-load", false, "with -load: skip the idle comparison (for tuning)")
-	flag.DurationVar(&o.ab, "ab", 0, "with -load: run the migration in slices of this long, alternately with the pacing before the closed loop (-max-impact -1) and with -max-impact, and compare the two under the same load and machine")
+	flag.DurationVar(&o.ab, "ab", 0, "with -load: run the migration in slices of this long, alternately with the pacing issue 18 started from (fixed 2% duty, a pause after every sub-batch) and with -max-impact and -burst, and compare the two under the same load and machine")
 	flag.DurationVar(&o.baseline, "baseline", 15*time.Second, "with -load: how long to measure the load alone")
 	flag.Parse()
 	if err := run(context.Background(), o); err != nil {
@@ -111,7 +114,7 @@ func run(ctx context.Context, o options) error {
 		}
 		return nil
 	}
-	e := batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: batched.HealthConfig{MaxDutyUnderLoad: o.maxDuty, MinDutyUnderLoad: o.minDuty, MaxLatencyImpact: o.impact}})
+	e := batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: batched.HealthConfig{MaxDutyUnderLoad: o.maxDuty, MinDutyUnderLoad: o.minDuty, MaxLatencyImpact: o.impact, PaceBurst: o.burst}})
 	defer e.Close()
 	if o.load && o.onlyLoad {
 		return underLoad(ctx, o, url, e, prepare)
@@ -276,12 +279,12 @@ type abSlice struct {
 // load's phases so each slice's latencies count for its pacing.
 func migrateAB(ctx context.Context, o options, e *batched.Engine, ld *load, table string) ([]abSlice, migrated, error) {
 	pool := e.Pool()
-	health := func(impact float64) batched.HealthConfig {
-		return batched.HealthConfig{MaxDutyUnderLoad: o.maxDuty, MinDutyUnderLoad: o.minDuty, MaxLatencyImpact: impact}
+	health := func(impact float64, burst time.Duration) batched.HealthConfig {
+		return batched.HealthConfig{MaxDutyUnderLoad: o.maxDuty, MinDutyUnderLoad: o.minDuty, MaxLatencyImpact: impact, PaceBurst: burst}
 	}
 	engines := [2]*batched.Engine{
-		batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: health(-1)}),
-		batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: health(o.impact)}),
+		batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: health(-1, -1)}),
+		batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: health(o.impact, o.burst)}),
 	}
 	defer engines[0].Close()
 	defer engines[1].Close()

@@ -34,9 +34,10 @@ import (
 //     database that are doing work (pg_stat_activity: client backends in
 //     state active, not ferry's own) and smooths the counts. While the
 //     database serves others, the batch paces itself to a duty cycle:
-//     after a sub-batch that took w it sleeps w*(1-d)/d, so its
-//     statements take a share d of the time, and keeps each statement
-//     short (loadSubBatchBudget). d starts at MaxDutyUnderLoad; once the
+//     it keeps each statement short (loadSubBatchBudget), runs them back
+//     to back until they took a burst w (pacedBurst, less at low d) and
+//     then sleeps w*(1-d)/d, so its statements take a share d of the
+//     time. d starts at MaxDutyUnderLoad; once the
 //     closed loop (pace_control.go) has measured how much the sub-batches
 //     slow a tiny canary transaction, it sets d to the largest share that
 //     keeps others' predicted p99 within MaxLatencyImpact, never below
@@ -96,9 +97,23 @@ const (
 	// blocks rare.
 	blockingCut    = 4
 	blockingRegrow = 20
+	// pacedBurst is how much statement time a paced batch runs back to
+	// back (each sub-batch still its own short statement and commit)
+	// before it pauses for the rest of its duty cycle. A request is hurt
+	// most by a sub-batch that has just woken: on the 2-core box of
+	// BENCHMARKS.md section 2, 10 ms statements every 100 ms (10%)
+	// raised a write load's p99 6x, the same 10% as 100-200 ms bursts of
+	// 10 ms statements 1.2-1.35x, and a CPU-bound loop with no table
+	// behaved alike, so it is the scheduler, not the rows. Row locks stay
+	// as short as the statements.
+	pacedBurst = 200 * time.Millisecond
+	// pacedCycle bounds a burst and its pause together at low duties: a
+	// 2% share bursts 40 ms every 2 s, not 200 ms every 10 s, so the
+	// canaries and the contention signal still come often.
+	pacedCycle = 2 * time.Second
 	// maxPacePause caps one pause, so a slow statement cannot stall the
 	// batch for long (the next sample decides again).
-	maxPacePause = 2 * time.Second
+	maxPacePause = pacedCycle
 
 	// The default duty cycle under load without the closed loop, and
 	// where the closed loop starts. The damage a sub-batch does to
@@ -181,13 +196,16 @@ type pacer struct {
 	// (0: no cap); blocked counts the sessions they blocked.
 	stmtCap time.Duration
 	blocked int
+	// burst is the statement time run since the last pause, maxBurst the
+	// most a burst may take (0: pause after every sub-batch).
+	burst, maxBurst time.Duration
 	// ctl is the closed loop (pace_control.go): once it has measured
 	// what others feel, it sets the duty instead of the session count.
 	ctl latencyControl
 }
 
 func newPacer(h HealthConfig) pacer {
-	p := pacer{maxDuty: h.MaxDutyUnderLoad, minDuty: h.MinDutyUnderLoad}
+	p := pacer{maxDuty: h.MaxDutyUnderLoad, minDuty: h.MinDutyUnderLoad, maxBurst: max(h.PaceBurst, 0)}
 	if p.enabled() {
 		p.ctl = newLatencyControl(h)
 	}
@@ -283,13 +301,26 @@ func (p *pacer) paced() bool { return p.duty() < 1 }
 func (p *pacer) slowed() bool { return p.paced() || p.stmtCap > 0 }
 
 // pause is how long to wait after a sub-batch that took work, so that
-// statements take the duty share of the time.
-func (p *pacer) pause(work time.Duration) time.Duration {
+// statements take the duty share of the time, and the statement time the
+// pause is for: sub-batches run back to back until they make a burst
+// (burstLen), and 0 comes back until then.
+func (p *pacer) pause(work time.Duration) (pause, burst time.Duration) {
 	d := p.duty()
-	if d >= 1 || work <= 0 {
-		return 0
+	if d >= 1 {
+		p.burst = 0
+		return 0, 0
 	}
-	return min(time.Duration(float64(work)*(1-d)/d), maxPacePause)
+	if p.burst += max(work, 0); p.burst == 0 || p.burst < p.burstLen(d) {
+		return 0, 0
+	}
+	burst, p.burst = p.burst, 0
+	return min(time.Duration(float64(burst)*(1-d)/d), maxPacePause), burst
+}
+
+// burstLen is how much statement time a burst takes at duty d: d of
+// pacedCycle, at least one statement, at most maxBurst.
+func (p *pacer) burstLen(d float64) time.Duration {
+	return min(max(time.Duration(d*float64(pacedCycle)), loadSubBatchBudget), p.maxBurst)
 }
 
 // budget is the sub-batch statement budget: normal, short while paced,

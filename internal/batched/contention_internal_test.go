@@ -21,8 +21,8 @@ func TestPacerIdleRunsFlatOut(t *testing.T) {
 			now = now.Add(20 * time.Millisecond)
 			p.observe(s, s, now)
 		}
-		if d := p.duty(); d != 1 || p.pause(100*time.Millisecond) != 0 || p.paced() || p.signal() != nil {
-			t.Fatalf("samples %v: duty %v, load %.2f", samples, d, p.load)
+		if pause, _ := p.pause(100 * time.Millisecond); p.duty() != 1 || pause != 0 || p.paced() || p.signal() != nil {
+			t.Fatalf("samples %v: duty %v, load %.2f", samples, p.duty(), p.load)
 		}
 		if b := p.budget(100 * time.Millisecond); b != 100*time.Millisecond {
 			t.Fatalf("samples %v: budget %s", samples, b)
@@ -67,14 +67,14 @@ func TestPacerMoreContentionLowerDuty(t *testing.T) {
 	}
 	d := p.duty()
 	// Statements take a share d of the time: pause = work*(1-d)/d.
-	work := 10 * time.Millisecond
-	got := p.pause(work)
+	work := p.burstLen(d)
+	got, burst := p.pause(work)
 	want := time.Duration(float64(work) * (1 - d) / d)
-	if got != want || float64(work)/float64(work+got) > d+1e-9 {
+	if got != want || burst != work || float64(work)/float64(work+got) > d+1e-9 {
 		t.Fatalf("pause %s after %s at duty %v, want %s", got, work, d, want)
 	}
-	if p.pause(time.Hour) != maxPacePause {
-		t.Fatalf("pause not capped: %s", p.pause(time.Hour))
+	if got, _ := p.pause(time.Hour); got != maxPacePause {
+		t.Fatalf("pause not capped: %s", got)
 	}
 	if b := p.budget(100 * time.Millisecond); b != loadSubBatchBudget {
 		t.Fatalf("paced budget %s", b)
@@ -247,5 +247,57 @@ func TestPacerPresenceOfShortRequests(t *testing.T) {
 	}
 	if !p.paced() || p.duty() != p.maxDuty {
 		t.Fatalf("not paced by an application's connections: duty %v, presence %.2f", p.duty(), p.present)
+	}
+}
+
+// Paced sub-batches run back to back until their statements add up to a
+// burst, then pause for the whole burst's share: the same duty in fewer,
+// longer stretches (a just-woken sub-batch is what hurts others, see
+// pacedBurst). A burst is the duty's share of pacedCycle, at least one
+// statement, at most pacedBurst; PaceBurst < 0 pauses after every one.
+func TestPacerBursts(t *testing.T) {
+	for _, tc := range []struct {
+		duty  float64
+		burst time.Duration
+	}{{0.002, loadSubBatchBudget}, {0.02, 40 * time.Millisecond}, {0.05, 100 * time.Millisecond}, {0.2, pacedBurst}} {
+		p := testPacer()
+		p.engaged, p.maxDuty, p.minDuty = true, tc.duty, tc.duty
+		p.ctl = latencyControl{}
+		if got := p.burstLen(p.duty()); got != tc.burst {
+			t.Fatalf("duty %v: burst %s, want %s", tc.duty, got, tc.burst)
+		}
+		work := 3 * time.Millisecond
+		var ran time.Duration
+		for ran+work < tc.burst {
+			ran += work
+			if pause, burst := p.pause(work); pause != 0 || burst != 0 {
+				t.Fatalf("duty %v: paused %s after %s of a %s burst", tc.duty, pause, ran, tc.burst)
+			}
+		}
+		ran += work
+		pause, burst := p.pause(work)
+		if want := min(time.Duration(float64(ran)*(1-tc.duty)/tc.duty), maxPacePause); burst != ran || pause != want {
+			t.Fatalf("duty %v: after %s of statements pause %s for %s, want %s for %s", tc.duty, ran, pause, burst, want, ran)
+		}
+		if pause, _ := p.pause(work); pause != 0 {
+			t.Fatalf("duty %v: the next burst paused at once (%s)", tc.duty, pause)
+		}
+	}
+
+	h := HealthConfig{PaceBurst: -1}.withDefaults()
+	p := newPacer(h)
+	p.engaged, p.ctl = true, latencyControl{}
+	if pause, burst := p.pause(time.Millisecond); burst != time.Millisecond || pause <= 0 {
+		t.Fatalf("PaceBurst < 0: pause %s for %s after one sub-batch, want a pause for it", pause, burst)
+	}
+
+	// A burst cut short by the others going quiet does not carry over
+	// into the next time the database is busy.
+	p = testPacer()
+	p.engaged, p.ctl = true, latencyControl{}
+	p.pause(5 * time.Millisecond)
+	p.engaged = false
+	if pause, _ := p.pause(5 * time.Millisecond); pause != 0 || p.burst != 0 {
+		t.Fatalf("unpaced: pause %s, burst kept %s", pause, p.burst)
 	}
 }

@@ -277,11 +277,11 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 			if pc.stmtCap > 0 && (minCap == 0 || pc.stmtCap < minCap) {
 				minCap = pc.stmtCap
 			}
-			if p := pc.pause(work); p > 0 {
+			if p, burst := pc.pause(work); p > 0 {
 				// The shared clock (contention.go) turns the batch's own
 				// pause into its turn among all paced batches.
 				if shared && pc.paced() {
-					if sp, err := reservePace(ctx, conn, work, work+p); err == nil {
+					if sp, err := reservePace(ctx, conn, burst, burst+p); err == nil {
 						// Time queued behind other batches is theirs:
 						// it does not count towards this batch's
 						// duration, or P batches sharing the clock

@@ -95,7 +95,7 @@ func (s *SharedPace) Done(ctx context.Context, work time.Duration) (time.Duratio
 	}
 	s.mu.Lock()
 	s.p.observe(pr.busy, pr.recent, time.Now())
-	pause := s.p.pause(work)
+	pause, burst := s.p.pause(work)
 	var reason string
 	if sig := s.p.signal(); sig != nil {
 		reason = strings.TrimSpace(sig.Indicator + ": " + sig.Reason)
@@ -104,7 +104,7 @@ func (s *SharedPace) Done(ctx context.Context, work time.Duration) (time.Duratio
 	if pause <= 0 {
 		return 0, "", nil
 	}
-	wait, err := reservePace(ctx, s.db, work, work+pause)
+	wait, err := reservePace(ctx, s.db, burst, burst+pause)
 	if err != nil {
 		return 0, "", err
 	}
