@@ -48,9 +48,10 @@ const (
 	// closedLoopMaxDuty caps the duty the controller may reach: beyond it
 	// the migration's WAL and dirty pages slow requests between
 	// sub-batches too, which the idle canaries see but the comparison
-	// with them does not. At 25% (200 ms bursts) a write load's p99 rose
-	// 1.3-1.6x while the canaries predicted +14-19%; at 20%, 1.2-1.35x.
-	closedLoopMaxDuty = 0.2
+	// with them does not. In 200 ms bursts a write load's p99 rose
+	// 1.3-1.6x at 25% while the canaries predicted +14-19%, and at 20%
+	// 1.33-1.73x at 1,000-2,000 tps (BENCHMARKS.md section 2, session 10).
+	closedLoopMaxDuty = 0.1
 	// canaryRing is how many canaries of each kind the prediction uses:
 	// a 99th percentile of the idle ones is their fifth slowest.
 	canaryRing = 512

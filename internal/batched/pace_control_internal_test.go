@@ -115,7 +115,7 @@ func TestLatencyControlRaisesWhileHarmless(t *testing.T) {
 	}
 	s := p.signal()
 	if s == nil || !s.Paced || s.Duty != closedLoopMaxDuty ||
-		!strings.Contains(s.Reason, "running 20% of the time") || !strings.Contains(s.Reason, "others' p99 +") ||
+		!strings.Contains(s.Reason, "running 10% of the time") || !strings.Contains(s.Reason, "others' p99 +") ||
 		!strings.Contains(s.Reason, "budget +20%, `bbm.max_latency_impact`") {
 		t.Fatalf("signal %+v", s)
 	}
