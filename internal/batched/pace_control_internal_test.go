@@ -222,7 +222,7 @@ func TestLatencyControlForgetsOldCanaries(t *testing.T) {
 	// As high as the 50 overlapping canaries of the window vouch for (a
 	// real batch gets more at a higher duty: one per statement of longer
 	// bursts).
-	if d, want := p.duty(), supportedDuty(int(canaryWindow/f.step)); d < want-1e-9 {
+	if d, want := p.duty(), min(closedLoopMaxDuty, supportedDuty(int(canaryWindow/f.step))); d < want-1e-9 {
 		t.Fatalf("duty %v a minute after the burst, want back at %v", d, want)
 	}
 }
@@ -247,7 +247,7 @@ func TestLatencyControlDecidesAtTheFloor(t *testing.T) {
 		t.Fatal("no decision in 400 s at the floor's pace")
 	}
 	// As high as the minBusyCanaries the window stretches to vouch for.
-	if d, want := p.duty(), supportedDuty(int(canaryWindow/f.step)+1); d < want-1e-9 {
+	if d, want := p.duty(), min(closedLoopMaxDuty, supportedDuty(int(canaryWindow/f.step)+1)); d < want-1e-9 {
 		t.Fatalf("duty %v after 400 harmless seconds, want back at %v", d, want)
 	}
 	// Sub-batches 5 s apart (other batches' turns on the shared clock):
