@@ -59,6 +59,12 @@ type options struct {
 	target, ab, burst                time.Duration
 }
 
+// health is the engine's pacing from the flags, with impact and burst
+// given (migrateAB runs two pacings side by side).
+func (o options) health(impact float64, burst time.Duration) batched.HealthConfig {
+	return batched.HealthConfig{MaxDutyUnderLoad: o.maxDuty, MinDutyUnderLoad: o.minDuty, MaxLatencyImpact: impact, PaceBurst: burst}
+}
+
 func main() {
 	var o options
 	flag.IntVar(&o.rows, "rows", 5_000_000, "rows to copy")
@@ -114,7 +120,7 @@ func run(ctx context.Context, o options) error {
 		}
 		return nil
 	}
-	e := batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: batched.HealthConfig{MaxDutyUnderLoad: o.maxDuty, MinDutyUnderLoad: o.minDuty, MaxLatencyImpact: o.impact, PaceBurst: o.burst}})
+	e := batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: o.health(o.impact, o.burst)})
 	defer e.Close()
 	if o.load && o.onlyLoad {
 		return underLoad(ctx, o, url, e, prepare)
@@ -279,12 +285,9 @@ type abSlice struct {
 // load's phases so each slice's latencies count for its pacing.
 func migrateAB(ctx context.Context, o options, e *batched.Engine, ld *load, table string) ([]abSlice, migrated, error) {
 	pool := e.Pool()
-	health := func(impact float64, burst time.Duration) batched.HealthConfig {
-		return batched.HealthConfig{MaxDutyUnderLoad: o.maxDuty, MinDutyUnderLoad: o.minDuty, MaxLatencyImpact: impact, PaceBurst: burst}
-	}
 	engines := [2]*batched.Engine{
-		batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: health(-1, -1)}),
-		batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: health(o.impact, o.burst)}),
+		batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: o.health(-1, -1)}),
+		batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: o.health(o.impact, o.burst)}),
 	}
 	defer engines[0].Close()
 	defer engines[1].Close()
