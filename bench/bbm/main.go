@@ -27,6 +27,10 @@
 // after every sub-batch (the pacing before bursts); -ab alternates the
 // defaults with both (fixed 2%, a pause after every sub-batch: the pacing
 // issue 18 measures against); -only-load skips the idle comparison.
+// -trace splits the load's transactions during the migration into those
+// due while a sub-batch statement ran and the rest, sets the pacing
+// canaries beside them, and prints the p99 rise each predicts at a few
+// duties: how well the canaries stand for the load.
 package main
 
 import (
@@ -57,6 +61,17 @@ type options struct {
 	baseline                         time.Duration
 	maxDuty, minDuty, rate, impact   float64
 	target, ab, burst                time.Duration
+	// tr, with -trace, records the statements and canaries of the run
+	// under load.
+	tr *trace
+}
+
+// tracer is o.tr as the engine's Config.Trace (nil without -trace).
+func (o options) tracer() batched.Tracer {
+	if o.tr == nil {
+		return nil
+	}
+	return o.tr
 }
 
 // health is the engine's pacing from the flags, with impact and burst
@@ -81,7 +96,11 @@ func main() {
 	flag.BoolVar(&o.onlyLoad, "only-load", false, "with -load: skip the idle comparison (for tuning)")
 	flag.DurationVar(&o.ab, "ab", 0, "with -load: run the migration in slices of this long, alternately with the pacing issue 18 started from (fixed 2% duty, a pause after every sub-batch) and with -max-impact and -burst, and compare the two under the same load and machine")
 	flag.DurationVar(&o.baseline, "baseline", 15*time.Second, "with -load: how long to measure the load alone")
+	traced := flag.Bool("trace", false, "with -load: set the load's transactions due during sub-batch statements beside the rest, and beside the pacing canaries")
 	flag.Parse()
+	if *traced {
+		o.tr = &trace{}
+	}
 	if err := run(context.Background(), o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -120,7 +139,7 @@ func run(ctx context.Context, o options) error {
 		}
 		return nil
 	}
-	e := batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: o.health(o.impact, o.burst)})
+	e := batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: o.health(o.impact, o.burst), Trace: o.tracer()})
 	defer e.Close()
 	if o.load && o.onlyLoad {
 		return underLoad(ctx, o, url, e, prepare)
@@ -203,6 +222,9 @@ func underLoad(ctx context.Context, o options, url string, e *batched.Engine, pr
 	sleep(ctx, o.baseline)
 	ld.phase(2)
 	mark(1)
+	if o.tr != nil {
+		o.tr.reset() // the idle run before is not under load
+	}
 	var took time.Duration
 	var m migrated
 	var ab []abSlice
@@ -227,7 +249,7 @@ func underLoad(ctx context.Context, o options, url string, e *batched.Engine, pr
 		fmt.Printf("meanwhile: CPU steal %.1fs / %.1fs / %.1fs, autovacuum+autoanalyze runs on the table %d / %d / %d (alone / migrating / after)\n",
 			steal[1]-steal[0], steal[2]-steal[1], steal[3]-steal[2], vacuums[1]-vacuums[0], vacuums[2]-vacuums[1], vacuums[3]-vacuums[2])
 	}()
-	lat, spans, lerr := ld.stop()
+	txns, spans, lerr := ld.stop()
 	if err != nil {
 		return err
 	}
@@ -235,8 +257,12 @@ func underLoad(ctx context.Context, o options, url string, e *batched.Engine, pr
 		return lerr
 	}
 	if o.ab > 0 { // the slices of both pacings together
-		lat[2] = append(slices.Clone(lat[abPhase]), lat[abPhase+1]...)
+		txns[2] = append(slices.Clone(txns[abPhase]), txns[abPhase+1]...)
 		spans[2] = spans[abPhase] + spans[abPhase+1]
+	}
+	lat := map[int32][]time.Duration{}
+	for ph, v := range txns {
+		lat[ph] = durations(v)
 	}
 	base, during, after := stats(lat[1], spans[1]), stats(lat[2], spans[2]), stats(lat[3], spans[3])
 	both := stats(append(slices.Clone(lat[1]), lat[3]...), spans[1]+spans[3])
@@ -251,6 +277,9 @@ func underLoad(ctx context.Context, o options, url string, e *batched.Engine, pr
 	fmt.Printf("write load, after:     %s\n", after)
 	fmt.Printf("p99 ratio migrating/alone: %.2f (target <= 1.50); migrating/(alone before and after): %.2f\n",
 		during.p99.Seconds()/base.p99.Seconds(), during.p99.Seconds()/both.p99.Seconds())
+	if o.tr != nil {
+		o.tr.report(txns[2])
+	}
 	if o.ab > 0 {
 		// The two pacings took turns on the same migration, table, load
 		// and machine: whatever else the machine did fell on both.
@@ -287,7 +316,7 @@ func migrateAB(ctx context.Context, o options, e *batched.Engine, ld *load, tabl
 	pool := e.Pool()
 	engines := [2]*batched.Engine{
 		batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: o.health(-1, -1)}),
-		batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: o.health(o.impact, o.burst)}),
+		batched.NewEngine(pool, batched.Config{Logger: zap.NewNop(), TargetBatchDuration: o.target, Health: o.health(o.impact, o.burst), Trace: o.tracer()}),
 	}
 	defer engines[0].Close()
 	defer engines[1].Close()
@@ -495,8 +524,23 @@ func (l *load) phase(p int32) {
 	l.marks = append(l.marks, mark{time.Now(), p})
 }
 
+// txn is one of the load's transactions: when it was due and how long it
+// took from then.
+type txn struct {
+	due time.Time
+	d   time.Duration
+}
+
+func durations(v []txn) []time.Duration {
+	out := make([]time.Duration, len(v))
+	for i, x := range v {
+		out[i] = x.d
+	}
+	return out
+}
+
 // stop ends the load after the running chunk and reads its logs.
-func (l *load) stop() (map[int32][]time.Duration, map[int32]time.Duration, error) {
+func (l *load) stop() (map[int32][]txn, map[int32]time.Duration, error) {
 	l.phase(0)
 	l.cancel()
 	err := <-l.done
@@ -515,7 +559,7 @@ func (l *load) stop() (map[int32][]time.Duration, map[int32]time.Duration, error
 		}
 		return l.marks[i-1].ph
 	}
-	lat := map[int32][]time.Duration{}
+	lat := map[int32][]txn{}
 	files, _ := filepath.Glob(filepath.Join(l.dir, "chunk*"))
 	for _, f := range files {
 		data, err := os.ReadFile(f)
@@ -538,7 +582,7 @@ func (l *load) stop() (map[int32][]time.Duration, map[int32]time.Duration, error
 			d := time.Duration(us+lag) * time.Microsecond
 			due := time.Unix(sec, usec*1000).Add(-d)
 			if ph := phaseAt(due); ph != 0 {
-				lat[ph] = append(lat[ph], d)
+				lat[ph] = append(lat[ph], txn{due, d})
 			}
 		}
 	}

@@ -37,6 +37,20 @@ type Config struct {
 	// (`ferry bbm resume ci_3`, `ferry bbm resume-all --db ci`), since
 	// without it they would be refused as ambiguous.
 	Database string
+	// Trace, when set, hears of each sub-batch statement and each pacing
+	// canary, so a benchmark can set them beside what its own load felt
+	// (bench/bbm -trace). It is called on the batch's goroutine and must
+	// return at once.
+	Trace Tracer
+}
+
+// Tracer hears what a batch did, for benchmarks (Config.Trace).
+type Tracer interface {
+	// Statement: a sub-batch statement ran from from to to.
+	Statement(from, to time.Time)
+	// Canary: a canary sent at at took lat; overlap says whether it ran
+	// while a sub-batch statement did.
+	Canary(at time.Time, lat time.Duration, overlap bool)
 }
 
 // Engine runs batches of batched background migrations. Several engines,
@@ -51,6 +65,7 @@ type Engine struct {
 	identity string
 	health   HealthConfig
 	database string  // Config.Database
+	trace    Tracer  // Config.Trace
 	cat      catalog // statistics views the health indicators read
 
 	// crashed simulates a process death in tests: nothing more is recorded.
@@ -108,7 +123,7 @@ func NewEngine(pool *pgxpool.Pool, cfg Config) *Engine {
 	}
 	return &Engine{
 		pool: pool, reg: cfg.Registry, log: cfg.Logger.Named("bbm"), target: cfg.TargetBatchDuration,
-		identity: cfg.Identity, health: cfg.Health.withDefaults(), database: cfg.Database, cat: pgCatalog, lastHealth: map[int64]time.Time{},
+		identity: cfg.Identity, health: cfg.Health.withDefaults(), database: cfg.Database, trace: cfg.Trace, cat: pgCatalog, lastHealth: map[int64]time.Time{},
 		pacers:  map[int64]pacer{},
 		rescued: map[int64]struct{}{},
 		running: map[int64]struct{}{},

@@ -237,6 +237,9 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		work := time.Since(s0)
 		lastWork = work
 		statements.add(s0, s0.Add(work))
+		if e.trace != nil {
+			e.trace.Statement(s0, s0.Add(work))
+		}
 		res.rows += n
 		v := *hi
 		res.cursor = &v
@@ -255,7 +258,7 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		}
 		if cn != nil {
 			before := pc.ctl.duty
-			n, ok := cn.collect(&pc.ctl, &statements)
+			n, ok := cn.collect(&pc.ctl, &statements, e.trace)
 			canaries += n
 			if pc.ctl.duty != before {
 				e.log.Debug("closed-loop pacing: duty cycle changed", zap.Int64("migration_id", cl.mig.ID), zap.Float64("from", before),

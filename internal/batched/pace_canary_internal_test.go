@@ -10,7 +10,8 @@ import (
 
 // The canary runs its tiny transactions on a connection of its own when
 // asked, each counted as overlapping a statement or not by when it
-// started, and gives the connection back when stopped. With every
+// started (a Tracer hears of each alike), and gives the connection back
+// when stopped. With every
 // connection of the pool taken it does not start (the batch paces
 // open-loop).
 func TestCanaryMeasuresAndReleases(t *testing.T) {
@@ -26,10 +27,11 @@ func TestCanaryMeasuresAndReleases(t *testing.T) {
 	var during spans
 	during.add(time.Now().Add(-time.Second), time.Now().Add(time.Hour))
 	ctl := newLatencyControl(HealthConfig{}.withDefaults())
+	var heard canaryLog
 	c.fire(time.Now(), time.Millisecond, 3)
 	got := 0
 	testenv.Eventually(t, 30*time.Second, "three canaries", func() bool {
-		n, ok := c.collect(&ctl, &during)
+		n, ok := c.collect(&ctl, &during, &heard)
 		if !ok {
 			t.Fatal("canary failed")
 		}
@@ -39,13 +41,19 @@ func TestCanaryMeasuresAndReleases(t *testing.T) {
 	if ctl.busy.n != 3 || ctl.idle.n != 0 {
 		t.Fatalf("%d overlapping and %d idle canaries, want 3 and 0", ctl.busy.n, ctl.idle.n)
 	}
+	if len(heard) != 3 || !heard[0].overlap || !heard[2].overlap || heard[1].lat <= 0 {
+		t.Fatalf("the tracer heard %+v, want the three overlapping canaries", heard)
+	}
 	// After the statement: idle.
 	var none spans
 	c.fire(time.Now(), 0, 1)
 	testenv.Eventually(t, 30*time.Second, "an idle canary", func() bool {
-		_, _ = c.collect(&ctl, &none)
+		_, _ = c.collect(&ctl, &none, &heard)
 		return ctl.idle.n == 1
 	})
+	if len(heard) != 4 || heard[3].overlap {
+		t.Fatalf("the tracer heard %+v, want an idle canary last", heard)
+	}
 	c.stop()
 	if st := pool.Stat(); st.AcquiredConns() != 0 {
 		t.Fatalf("%d connections still taken after stop", st.AcquiredConns())
@@ -62,4 +70,19 @@ func TestCanaryMeasuresAndReleases(t *testing.T) {
 	if _, err := startCanary(ctx, pool); !errors.Is(err, errNoCanaryConn) {
 		t.Fatalf("with the pool exhausted: %v, want errNoCanaryConn", err)
 	}
+}
+
+// canaryLog is a Tracer that keeps the canaries it hears of.
+type canaryLog []struct {
+	lat     time.Duration
+	overlap bool
+}
+
+func (l *canaryLog) Statement(from, to time.Time) {}
+
+func (l *canaryLog) Canary(at time.Time, lat time.Duration, overlap bool) {
+	*l = append(*l, struct {
+		lat     time.Duration
+		overlap bool
+	}{lat, overlap})
 }

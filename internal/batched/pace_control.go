@@ -45,13 +45,16 @@ const (
 	// by a fifth (1.2x), which leaves room under 1.5x for what the canary
 	// does not see.
 	defaultMaxLatencyImpact = 0.2
-	// closedLoopMaxDuty caps the duty the controller may reach: beyond it
-	// the migration's WAL and dirty pages slow requests between
-	// sub-batches too, which the idle canaries see but the comparison
-	// with them does not. In 200 ms bursts a write load's p99 rose
-	// 1.3-1.6x at 25% while the canaries predicted +14-19%, and at 20%
-	// 1.33-1.73x at 1,000-2,000 tps (BENCHMARKS.md section 2, session 10).
-	closedLoopMaxDuty = 0.1
+	// closedLoopMaxDuty caps the duty the controller may reach, because
+	// the canaries mostly see less than an application does. Set beside
+	// pgbench's own transactions (bench/bbm -trace), those due during a
+	// sub-batch statement were over 1 ms 2-5 times as often as canaries
+	// sent during one, and in 14 of 18 runs the canaries predicted at
+	// least 10 points less than the load's latencies mixed the same way
+	// (at 10%: +5-30% against +30-68%; at 5.6-6% the load's gave
+	// +16-37%). At a fixed 10% a write load's p99 rose over 1.5x in 5 of
+	// 8 runs at 1,000 tps (BENCHMARKS.md section 2, session 11).
+	closedLoopMaxDuty = 0.06
 	// canaryRing is how many canaries of each kind the prediction uses:
 	// a 99th percentile of the idle ones is their fifth slowest.
 	canaryRing = 512
@@ -193,8 +196,11 @@ func mixQuantile(idle, busy []float64, d, q float64) float64 {
 	return xs[len(xs)-1]
 }
 
-// predict is the rise of others' p99 (0.2: +20%) at duty d.
-func predict(idle, busy []float64, d float64) float64 {
+// MixedP99Rise is how much the p99 of requests of which a share d look
+// like busy and the rest like idle (latencies, sorted) is above idle's
+// own p99 (0.2: +20%): the controller's prediction from the canaries.
+// bench/bbm -trace applies it to a load's own latencies too.
+func MixedP99Rise(idle, busy []float64, d float64) float64 {
 	base := quantile(idle, 0.99)
 	if base <= 0 {
 		base = 1
@@ -218,14 +224,14 @@ func (c *latencyControl) decide() bool {
 	// can vouch for, by bisection on a log scale: the predicted impact
 	// grows with the duty.
 	best, ceiling := c.floor, min(closedLoopMaxDuty, supportedDuty(len(busy)))
-	if ceiling > c.floor && predict(idle, busy, c.floor) <= c.budget {
+	if ceiling > c.floor && MixedP99Rise(idle, busy, c.floor) <= c.budget {
 		lo, hi := math.Log(c.floor), math.Log(ceiling)
-		if predict(idle, busy, ceiling) <= c.budget {
+		if MixedP99Rise(idle, busy, ceiling) <= c.budget {
 			lo = hi
 		} else {
 			for range 24 {
 				mid := (lo + hi) / 2
-				if predict(idle, busy, math.Exp(mid)) <= c.budget {
+				if MixedP99Rise(idle, busy, math.Exp(mid)) <= c.budget {
 					lo = mid
 				} else {
 					hi = mid
@@ -235,13 +241,13 @@ func (c *latencyControl) decide() bool {
 		best = math.Exp(lo)
 	}
 	cur := c.duty
-	if predict(idle, busy, cur) > c.budget {
+	if MixedP99Rise(idle, busy, cur) > c.budget {
 		c.duty = min(best, cur/cutStep) // back off fast
 	} else {
 		c.duty = min(best, cur*raiseStep)
 	}
 	c.duty = math.Max(c.floor, math.Min(c.duty, closedLoopMaxDuty))
-	c.impact = predict(idle, busy, c.duty)
+	c.impact = MixedP99Rise(idle, busy, c.duty)
 	c.decided = true
 	c.decisions++
 	return true
@@ -348,15 +354,20 @@ func idleShots(pause time.Duration) int {
 	return min(max(int(pause/idleCanaryEvery), idleCanaries), maxIdleCanaries)
 }
 
-// collect hands the canaries measured so far to the controller, each
-// counted as overlapping a statement or not, and lets it decide. It
-// returns how many it handed over, and false once the canary failed.
-func (c *canary) collect(ctl *latencyControl, statements *spans) (int, bool) {
+// collect hands the canaries measured so far to the controller (and to
+// trace, when set), each counted as overlapping a statement or not, and
+// lets it decide. It returns how many it handed over, and false once the
+// canary failed.
+func (c *canary) collect(ctl *latencyControl, statements *spans, trace Tracer) (int, bool) {
 	n := 0
 	for {
 		select {
 		case shot := <-c.res:
-			ctl.observe(shot.at, shot.lat, statements.overlaps(shot.at))
+			overlap := statements.overlaps(shot.at)
+			if trace != nil {
+				trace.Canary(shot.at, shot.lat, overlap)
+			}
+			ctl.observe(shot.at, shot.lat, overlap)
 			n++
 			continue
 		case <-c.failed:

@@ -115,12 +115,12 @@ func TestLatencyControlRaisesWhileHarmless(t *testing.T) {
 	}
 	s := p.signal()
 	if s == nil || !s.Paced || s.Duty != closedLoopMaxDuty ||
-		!strings.Contains(s.Reason, "running 10% of the time") || !strings.Contains(s.Reason, "others' p99 +") ||
+		!strings.Contains(s.Reason, "running 6% of the time") || !strings.Contains(s.Reason, "others' p99 +") ||
 		!strings.Contains(s.Reason, "budget +20%, `bbm.max_latency_impact`") {
 		t.Fatalf("signal %+v", s)
 	}
 	// Pauses follow the duty the controller chose.
-	work := pacedBurst
+	work := p.burstLen(p.duty())
 	if got, _ := p.pause(work); got != time.Duration(float64(work)*(1-closedLoopMaxDuty)/closedLoopMaxDuty) {
 		t.Fatalf("pause %s after a %s burst at duty %v", got, work, p.duty())
 	}
@@ -146,7 +146,7 @@ func TestLatencyControlBacksOffFast(t *testing.T) {
 		f.hit, f.slow = 1, 10
 		for range 12 {
 			prev := p.duty()
-			over := predict(p.ctl.idle.sorted(time.Time{}, time.Time{}, 0), p.ctl.busy.sorted(time.Time{}, time.Time{}, 0), prev) > p.ctl.budget
+			over := MixedP99Rise(p.ctl.idle.sorted(time.Time{}, time.Time{}, 0), p.ctl.busy.sorted(time.Time{}, time.Time{}, 0), prev) > p.ctl.budget
 			f.feed(&p.ctl, decideEvery)
 			if d := p.duty(); over && d > max(prev/cutStep, c.floor)+1e-9 {
 				t.Fatalf("%d busy: duty %v after %v while over budget, want at most half", c.busy, d, prev)
@@ -195,10 +195,10 @@ func TestLatencyControlSettlesAtBudget(t *testing.T) {
 	if c.duty <= defaultMinDutyUnderLoad || c.duty >= closedLoopMaxDuty {
 		t.Fatalf("duty %v, want between the floor and the ceiling", c.duty)
 	}
-	if got := predict(idle, busy, c.duty); got > c.budget {
+	if got := MixedP99Rise(idle, busy, c.duty); got > c.budget {
 		t.Fatalf("predicted impact %v at duty %v over the budget", got, c.duty)
 	}
-	if got := predict(idle, busy, c.duty*1.5); got <= c.budget {
+	if got := MixedP99Rise(idle, busy, c.duty*1.5); got <= c.budget {
 		t.Fatalf("predicted impact %v at 1.5x the duty %v still within the budget: it stopped short", got, c.duty)
 	}
 	if wide := settle(1); wide.duty <= c.duty {

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ferrymigrate/ferry/internal/batched"
+)
+
+// trace records the engine's sub-batch statements and pacing canaries
+// (batched.Tracer), to set them beside the load's own latencies: which of
+// the load's transactions were due while a statement ran, how much slower
+// those were, and whether the canaries saw as much.
+type trace struct {
+	mu       sync.Mutex
+	stmts    []span
+	canaries []shot
+}
+
+type span struct{ from, to time.Time }
+
+type shot struct {
+	at      time.Time
+	lat     time.Duration
+	overlap bool
+}
+
+func (t *trace) Statement(from, to time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.stmts = append(t.stmts, span{from, to})
+}
+
+func (t *trace) Canary(at time.Time, lat time.Duration, overlap bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.canaries = append(t.canaries, shot{at, lat, overlap})
+}
+
+// reset forgets what was recorded.
+func (t *trace) reset() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.stmts, t.canaries = nil, nil
+}
+
+// during reports whether t fell inside a statement (stmts sorted by start).
+func during(stmts []span, t time.Time) bool {
+	i, _ := slices.BinarySearchFunc(stmts, t, func(s span, t time.Time) int { return s.from.Compare(t) })
+	// The statement starting at or before t is the only one that can hold it.
+	if i < len(stmts) && stmts[i].from.Equal(t) {
+		return true
+	}
+	return i > 0 && t.Before(stmts[i-1].to)
+}
+
+// report prints, for the load's transactions due while the migration ran,
+// those due during a statement against the rest, the canaries likewise,
+// and at a few duties the p99 rise each predicts when mixed as the
+// controller mixes them (batched.MixedP99Rise).
+func (t *trace) report(txns []txn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	stmts := slices.Clone(t.stmts)
+	slices.SortFunc(stmts, func(a, b span) int { return a.from.Compare(b.from) })
+	if len(stmts) == 0 {
+		fmt.Println("trace: no sub-batch statements recorded")
+		return
+	}
+	var work time.Duration
+	for _, s := range stmts {
+		work += s.to.Sub(s.from)
+	}
+	from, to := stmts[0].from, stmts[len(stmts)-1].to
+	var loadBusy, loadIdle, canBusy, canIdle []float64
+	for _, x := range txns {
+		if x.due.Before(from) || x.due.After(to) {
+			continue
+		}
+		us := float64(x.d.Microseconds())
+		if during(stmts, x.due) {
+			loadBusy = append(loadBusy, us)
+		} else {
+			loadIdle = append(loadIdle, us)
+		}
+	}
+	for _, c := range t.canaries {
+		if c.overlap {
+			canBusy = append(canBusy, float64(c.lat.Microseconds()))
+		} else {
+			canIdle = append(canIdle, float64(c.lat.Microseconds()))
+		}
+	}
+	for _, v := range [][]float64{loadBusy, loadIdle, canBusy, canIdle} {
+		slices.Sort(v)
+	}
+	fmt.Printf("trace: %d statements, %.1f%% of the %s from the first to the last\n", len(stmts), 100*work.Seconds()/to.Sub(from).Seconds(), to.Sub(from).Round(time.Second))
+	row := func(name string, v []float64) {
+		if len(v) == 0 {
+			fmt.Printf("trace: %-32s none\n", name)
+			return
+		}
+		fmt.Printf("trace: %-32s %6d, p50 %5.0fµs, p90 %5.0fµs, p99 %6.0fµs; over 0.5/1/2 ms: %5.1f%% %5.1f%% %5.1f%%\n", name, len(v),
+			q(v, 0.5), q(v, 0.9), q(v, 0.99), 100*over(v, 500), 100*over(v, 1000), 100*over(v, 2000))
+	}
+	row("load, due during a statement:", loadBusy)
+	row("load, due between statements:", loadIdle)
+	row("canaries during a statement:", canBusy)
+	row("canaries between statements:", canIdle)
+	if len(loadBusy) == 0 || len(loadIdle) == 0 || len(canBusy) == 0 || len(canIdle) == 0 {
+		return
+	}
+	fmt.Print("trace: p99 rise mixed at duty d, load's own / canaries':")
+	for _, d := range []float64{0.02, 0.04, 0.06, 0.08, 0.1} {
+		fmt.Printf(" %.0f%%: %+.0f%% / %+.0f%%;", 100*d, 100*batched.MixedP99Rise(loadIdle, loadBusy, d), 100*batched.MixedP99Rise(canIdle, canBusy, d))
+	}
+	fmt.Println()
+}
+
+// q is the f quantile of sorted v (nearest rank).
+func q(v []float64, f float64) float64 {
+	return v[min(len(v)-1, max(0, int(float64(len(v))*f+0.999999)-1))]
+}
+
+// over is the share of sorted v above x.
+func over(v []float64, x float64) float64 {
+	i, _ := slices.BinarySearch(v, x+0.5)
+	return 1 - float64(i)/float64(len(v))
+}
