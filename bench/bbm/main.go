@@ -99,6 +99,12 @@ func main() {
 	traced := flag.Bool("trace", false, "with -load: set the load's transactions due during sub-batch statements beside the rest, and beside the pacing canaries")
 	flag.Parse()
 	if *traced {
+		if o.ab > 0 {
+			// The slices of the other pacing would count as time
+			// between statements.
+			fmt.Fprintln(os.Stderr, "bench: -trace does not go with -ab")
+			os.Exit(2)
+		}
 		o.tr = &trace{}
 	}
 	if err := run(context.Background(), o); err != nil {
