@@ -48,7 +48,7 @@ const (
 	// closedLoopMaxDuty caps the duty the controller may reach, because
 	// the canaries mostly see less than an application does. Set beside
 	// pgbench's own transactions (bench/bbm -trace), those due during a
-	// sub-batch statement were over 1 ms 2-5 times as often as canaries
+	// sub-batch statement were over 1 ms 2-5.5 times as often as canaries
 	// sent during one, and in 14 of 18 runs the canaries predicted at
 	// least 10 points less than the load's latencies mixed the same way
 	// (at 10%: +5-30% against +30-68%; at 5.6-6% the load's gave
