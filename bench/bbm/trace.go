@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -96,6 +97,16 @@ func (t *trace) report(txns []txn) {
 	for _, v := range [][]float64{loadBusy, loadIdle, canBusy, canIdle} {
 		slices.Sort(v)
 	}
+	mixes := func(idle, busy []float64) string {
+		if len(idle) == 0 || len(busy) == 0 {
+			return "-"
+		}
+		out := ""
+		for _, d := range []float64{0.02, 0.04, 0.06, 0.08, 0.1} {
+			out += fmt.Sprintf(" %.0f%%: %+.0f%%;", 100*d, 100*batched.MixedP99Rise(idle, busy, d))
+		}
+		return out
+	}
 	fmt.Printf("trace: %d statements, %.1f%% of the %s from the first to the last\n", len(stmts), 100*work.Seconds()/to.Sub(from).Seconds(), to.Sub(from).Round(time.Second))
 	row := func(name string, v []float64) {
 		if len(v) == 0 {
@@ -109,22 +120,19 @@ func (t *trace) report(txns []txn) {
 	row("load, due between statements:", loadIdle)
 	row("canaries during a statement:", canBusy)
 	row("canaries between statements:", canIdle)
-	if len(loadBusy) == 0 || len(loadIdle) == 0 || len(canBusy) == 0 || len(canIdle) == 0 {
-		return
-	}
-	fmt.Print("trace: p99 rise mixed at duty d, load's own / canaries':")
-	for _, d := range []float64{0.02, 0.04, 0.06, 0.08, 0.1} {
-		fmt.Printf(" %.0f%%: %+.0f%% / %+.0f%%;", 100*d, 100*batched.MixedP99Rise(loadIdle, loadBusy, d), 100*batched.MixedP99Rise(canIdle, canBusy, d))
-	}
-	fmt.Println()
+	// Above the p99 of those between statements, which the migration
+	// may have raised too (its WAL, dirty pages and dead rows).
+	fmt.Printf("trace: p99 rise mixed at duty d over the p99 between statements, the load's own:%s\n", mixes(loadIdle, loadBusy))
+	fmt.Printf("trace: the same from the canaries:%s\n", mixes(canIdle, canBusy))
 }
 
 // q is the f quantile of sorted v (nearest rank).
 func q(v []float64, f float64) float64 {
-	return v[min(len(v)-1, max(0, int(float64(len(v))*f+0.999999)-1))]
+	return v[min(len(v)-1, max(0, int(math.Ceil(float64(len(v))*f))-1))]
 }
 
-// over is the share of sorted v above x.
+// over is the share of sorted v above x; v holds whole microseconds, so
+// x+0.5 falls between values.
 func over(v []float64, x float64) float64 {
 	i, _ := slices.BinarySearch(v, x+0.5)
 	return 1 - float64(i)/float64(len(v))

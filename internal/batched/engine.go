@@ -39,8 +39,9 @@ type Config struct {
 	Database string
 	// Trace, when set, hears of each sub-batch statement and each pacing
 	// canary, so a benchmark can set them beside what its own load felt
-	// (bench/bbm -trace). It is called on the batch's goroutine and must
-	// return at once.
+	// (bench/bbm -trace). It is called on the goroutines of the batches,
+	// several at once when several run: it must be safe for concurrent
+	// use and return at once.
 	Trace Tracer
 }
 

@@ -47,7 +47,8 @@ type HealthConfig struct {
 	// statements while other sessions are busy in the database (the
 	// contention signal, see contention.go); it sleeps the rest. The
 	// closed loop (MaxLatencyImpact) starts from it, may raise it up to
-	// 6% and never goes below it.
+	// 6% and never goes below it (nor above 6%: a larger value is only
+	// where it starts).
 	// It applies to about one busy session and falls in proportion to
 	// their number. It is shared: all paced batches of the database, in
 	// every process, take turns within it. Default 0.02, which keeps an application's p99

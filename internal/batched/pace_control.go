@@ -53,7 +53,10 @@ const (
 	// least 10 points less than the load's latencies mixed the same way
 	// (at 10%: +5-30% against +30-68%; at 5.6-6% the load's gave
 	// +16-37%). At a fixed 10% a write load's p99 rose over 1.5x in 5 of
-	// 8 runs at 1,000 tps (BENCHMARKS.md section 2, session 11).
+	// 8 runs at 1,000 tps, 1 of the 3 without canaries (BENCHMARKS.md
+	// section 2, session 11). The migration's WAL and dirty pages slow
+	// the requests between sub-batches too, which the canaries between
+	// them see but the comparison with them does not.
 	closedLoopMaxDuty = 0.06
 	// canaryRing is how many canaries of each kind the prediction uses:
 	// a 99th percentile of the idle ones is their fifth slowest.
