@@ -75,47 +75,9 @@ func (t *trace) report(txns []txn) {
 		work += s.to.Sub(s.from)
 	}
 	from, to := stmts[0].from, stmts[len(stmts)-1].to
-	var loadBusy, loadIdle, canBusy, canIdle []float64
-	for _, x := range txns {
-		if x.due.Before(from) || x.due.After(to) {
-			continue
-		}
-		us := float64(x.d.Microseconds())
-		if during(stmts, x.due) {
-			loadBusy = append(loadBusy, us)
-		} else {
-			loadIdle = append(loadIdle, us)
-		}
-	}
-	for _, c := range t.canaries {
-		if c.overlap {
-			canBusy = append(canBusy, float64(c.lat.Microseconds()))
-		} else {
-			canIdle = append(canIdle, float64(c.lat.Microseconds()))
-		}
-	}
-	for _, v := range [][]float64{loadBusy, loadIdle, canBusy, canIdle} {
-		slices.Sort(v)
-	}
-	mixes := func(idle, busy []float64) string {
-		if len(idle) == 0 || len(busy) == 0 {
-			return "-"
-		}
-		out := ""
-		for _, d := range []float64{0.02, 0.04, 0.06, 0.08, 0.1} {
-			out += fmt.Sprintf(" %.0f%%: %+.0f%%;", 100*d, 100*batched.MixedP99Rise(idle, busy, d))
-		}
-		return out
-	}
 	fmt.Printf("trace: %d statements, %.1f%% of the %s from the first to the last\n", len(stmts), 100*work.Seconds()/to.Sub(from).Seconds(), to.Sub(from).Round(time.Second))
-	row := func(name string, v []float64) {
-		if len(v) == 0 {
-			fmt.Printf("trace: %-32s none\n", name)
-			return
-		}
-		fmt.Printf("trace: %-32s %6d, p50 %5.0fµs, p90 %5.0fµs, p99 %6.0fµs; over 0.5/1/2 ms: %5.1f%% %5.1f%% %5.1f%%\n", name, len(v),
-			q(v, 0.5), q(v, 0.9), q(v, 0.99), 100*over(v, 500), 100*over(v, 1000), 100*over(v, 2000))
-	}
+	loadBusy, loadIdle := splitLoad(txns, stmts)
+	canBusy, canIdle := t.splitCanaries()
 	row("load, due during a statement:", loadBusy)
 	row("load, due between statements:", loadIdle)
 	row("canaries during a statement:", canBusy)
@@ -124,6 +86,61 @@ func (t *trace) report(txns []txn) {
 	// may have raised too (its WAL, dirty pages and dead rows).
 	fmt.Printf("trace: p99 rise mixed at duty d over the p99 between statements, the load's own:%s\n", mixes(loadIdle, loadBusy))
 	fmt.Printf("trace: the same from the canaries:%s\n", mixes(canIdle, canBusy))
+}
+
+// splitLoad sorts the latencies (µs) of the transactions due from the first
+// statement to the last into those due during one and the rest.
+func splitLoad(txns []txn, stmts []span) (busy, idle []float64) {
+	from, to := stmts[0].from, stmts[len(stmts)-1].to
+	for _, x := range txns {
+		if x.due.Before(from) || x.due.After(to) {
+			continue
+		}
+		if us := float64(x.d.Microseconds()); during(stmts, x.due) {
+			busy = append(busy, us)
+		} else {
+			idle = append(idle, us)
+		}
+	}
+	slices.Sort(busy)
+	slices.Sort(idle)
+	return busy, idle
+}
+
+// splitCanaries sorts the canaries' latencies (µs) likewise.
+func (t *trace) splitCanaries() (busy, idle []float64) {
+	for _, c := range t.canaries {
+		if us := float64(c.lat.Microseconds()); c.overlap {
+			busy = append(busy, us)
+		} else {
+			idle = append(idle, us)
+		}
+	}
+	slices.Sort(busy)
+	slices.Sort(idle)
+	return busy, idle
+}
+
+// row prints one group's quantiles and how many took over 0.5, 1, 2 ms.
+func row(name string, v []float64) {
+	if len(v) == 0 {
+		fmt.Printf("trace: %-32s none\n", name)
+		return
+	}
+	fmt.Printf("trace: %-32s %6d, p50 %5.0fµs, p90 %5.0fµs, p99 %6.0fµs; over 0.5/1/2 ms: %5.1f%% %5.1f%% %5.1f%%\n", name, len(v),
+		q(v, 0.5), q(v, 0.9), q(v, 0.99), 100*over(v, 500), 100*over(v, 1000), 100*over(v, 2000))
+}
+
+// mixes is the p99 rise at a few duties of idle mixed with busy (sorted).
+func mixes(idle, busy []float64) string {
+	if len(idle) == 0 || len(busy) == 0 {
+		return " -"
+	}
+	out := ""
+	for _, d := range []float64{0.02, 0.04, 0.06, 0.08, 0.1} {
+		out += fmt.Sprintf(" %.0f%%: %+.0f%%;", 100*d, 100*batched.MixedP99Rise(idle, busy, d))
+	}
+	return out
 }
 
 // q is the f quantile of sorted v (nearest rank).
