@@ -76,8 +76,13 @@ func (t *trace) report(txns []txn) {
 	}
 	from, to := stmts[0].from, stmts[len(stmts)-1].to
 	fmt.Printf("trace: %d statements, %.1f%% of the %s from the first to the last\n", len(stmts), 100*work.Seconds()/to.Sub(from).Seconds(), to.Sub(from).Round(time.Second))
-	loadBusy, loadIdle := splitLoad(txns, stmts)
-	canBusy, canIdle := t.splitCanaries()
+	// The load's transactions due from the first statement to the last,
+	// and the canaries, each split by whether a statement was running.
+	loadBusy, loadIdle := split(txns, func(x txn) (time.Duration, bool, bool) {
+		in := !x.due.Before(from) && !x.due.After(to)
+		return x.d, in && during(stmts, x.due), in
+	})
+	canBusy, canIdle := split(t.canaries, func(c shot) (time.Duration, bool, bool) { return c.lat, c.overlap, true })
 	row("load, due during a statement:", loadBusy)
 	row("load, due between statements:", loadIdle)
 	row("canaries during a statement:", canBusy)
@@ -88,31 +93,16 @@ func (t *trace) report(txns []txn) {
 	fmt.Printf("trace: the same from the canaries:%s\n", mixes(canIdle, canBusy))
 }
 
-// splitLoad sorts the latencies (µs) of the transactions due from the first
-// statement to the last into those due during one and the rest.
-func splitLoad(txns []txn, stmts []span) (busy, idle []float64) {
-	from, to := stmts[0].from, stmts[len(stmts)-1].to
-	for _, x := range txns {
-		if x.due.Before(from) || x.due.After(to) {
-			continue
-		}
-		if us := float64(x.d.Microseconds()); during(stmts, x.due) {
+// split sorts the latencies (µs) of the items of v that of keeps into
+// those that ran during a statement (busy) and the rest.
+func split[T any](v []T, of func(T) (lat time.Duration, busy, keep bool)) (busy, idle []float64) {
+	for _, x := range v {
+		lat, b, keep := of(x)
+		switch us := float64(lat.Microseconds()); {
+		case !keep:
+		case b:
 			busy = append(busy, us)
-		} else {
-			idle = append(idle, us)
-		}
-	}
-	slices.Sort(busy)
-	slices.Sort(idle)
-	return busy, idle
-}
-
-// splitCanaries sorts the canaries' latencies (µs) likewise.
-func (t *trace) splitCanaries() (busy, idle []float64) {
-	for _, c := range t.canaries {
-		if us := float64(c.lat.Microseconds()); c.overlap {
-			busy = append(busy, us)
-		} else {
+		default:
 			idle = append(idle, us)
 		}
 	}

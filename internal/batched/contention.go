@@ -103,9 +103,9 @@ const (
 	// most by a sub-batch that has just woken: on the 2-core box of
 	// BENCHMARKS.md section 2, 10 ms statements every 100 ms (10%)
 	// raised a write load's p99 6x, the same 10% as 100 ms bursts of
-	// 10 ms statements 1.2-1.3x (20% in 100-200 ms bursts: 1.3-1.4x), and a CPU-bound loop with no table
-	// behaved alike, so it is the scheduler, not the rows. Row locks stay
-	// as short as the statements.
+	// 10 ms statements 1.2-1.3x (20% in 100-200 ms bursts: 1.3-1.4x),
+	// and a CPU-bound loop with no table behaved alike, so it is the
+	// scheduler, not the rows. Row locks stay as short as the statements.
 	pacedBurst = 200 * time.Millisecond
 	// pacedCycle bounds a burst and its pause together at low duties: a
 	// 2% share bursts 40 ms every 2 s, not 200 ms every 10 s, so the

@@ -78,7 +78,9 @@ func TestCanaryMeasuresAndReleases(t *testing.T) {
 }
 
 // canaryLog is a Tracer that keeps the canaries it hears of.
-type canaryLog []struct {
+type canaryLog []heardCanary
+
+type heardCanary struct {
 	lat     time.Duration
 	overlap bool
 }
@@ -86,8 +88,5 @@ type canaryLog []struct {
 func (l *canaryLog) Statement(from, to time.Time) {}
 
 func (l *canaryLog) Canary(at time.Time, lat time.Duration, overlap bool) {
-	*l = append(*l, struct {
-		lat     time.Duration
-		overlap bool
-	}{lat, overlap})
+	*l = append(*l, heardCanary{lat, overlap})
 }
