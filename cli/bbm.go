@@ -230,6 +230,12 @@ func bbmListCmd(a *App, name string) *cobra.Command {
 				if a.multiDB() {
 					// GitLab's status prints a header per database.
 					fmt.Fprintf(a.Out, "Database: %s\n", db)
+					if len(ms) == 0 {
+						fmt.Fprintln(a.Out, "\tno batched background migrations")
+					}
+				} else if len(ms) == 0 {
+					// Not on stdout, where each line is a migration.
+					fmt.Fprintln(a.Err, "No batched background migrations.")
 				}
 				for _, m := range ms {
 					fmt.Fprintf(a.Out, "%s | id %s, %s\n", m.StatusLine(), a.dbRef(db, m.ID), fmtProgress(m.Progress))

@@ -172,9 +172,9 @@ func checkDBName(db, what string, known []string) error {
 // form) when several databases are configured.
 func (a *App) dbRef(db string, id int64) string {
 	if a.multiDB() {
-		return db + "_" + strconv.FormatInt(id, 10)
+		return batched.Ref(db, id)
 	}
-	return strconv.FormatInt(id, 10)
+	return batched.Ref("", id)
 }
 
 // finalizeCommand is m's finalize command, naming its database when

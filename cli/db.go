@@ -198,7 +198,8 @@ func (g *engineGate) Queue(ctx context.Context, b dbmigrate.BBM, v dbmigrate.Ver
 	}
 	res, err := e.Queue(ctx, batched.QueueOptions{Class: b.Class, Table: b.Table, Column: b.Column, Args: b.Args, Version: string(v)})
 	if err == nil && res.Existing {
-		g.a.Log.Info("batched background migration already queued", zap.String("class", b.Class))
+		g.a.Log.Info("Batched background migration not enqueued because it already exists", zap.Int64("migration_id", res.Migration.ID),
+			zap.String("class", b.Class))
 	}
 	return err
 }

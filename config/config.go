@@ -215,7 +215,10 @@ func (c *Config) LoadFile(path string) error {
 		if line, msg, ok := strings.Cut(te.Errors[0], ": "); ok {
 			var n int
 			if _, serr := fmt.Sscanf(line, "line %d", &n); serr == nil {
-				if field := keyAtLine(&root, n, ""); field != "" {
+				if field := keyAtLine(&root, n, "", culprit(msg)); field != "" {
+					if strings.HasPrefix(msg, "cannot unmarshal !!str") && strings.Contains(msg, "into config.") {
+						msg += `: a key needs a colon and a space before its value ("key: value")`
+					}
 					return &FieldError{Field: field, Msg: fmt.Sprintf("%s (%s, %s)", msg, path, line)}
 				}
 			}
@@ -224,13 +227,36 @@ func (c *Config) LoadFile(path string) error {
 	return &FieldError{Field: "config file " + path, Msg: err.Error()}
 }
 
+var (
+	unknownKeyRE = regexp.MustCompile("^field (.+) not found in type ")
+	badValueRE   = regexp.MustCompile("^cannot unmarshal !!\\w+ `(.*)` into ")
+)
+
+// culprit picks, from yaml's message about a line, the key or value it is
+// about, so that with several keys on one line ({a: 1, b x}) the right
+// one is named: the unknown key's name, or the start of the bad value
+// (yaml cuts long ones with "..."). nil matches any key.
+func culprit(msg string) func(key, val *yaml.Node) bool {
+	if m := unknownKeyRE.FindStringSubmatch(msg); m != nil {
+		return func(key, _ *yaml.Node) bool { return key.Value == m[1] }
+	}
+	if m := badValueRE.FindStringSubmatch(msg); m != nil {
+		prefix := strings.TrimSuffix(m[1], "...")
+		return func(_, val *yaml.Node) bool {
+			return val.Kind != yaml.ScalarNode || strings.HasPrefix(val.Value, prefix)
+		}
+	}
+	return nil
+}
+
 // keyAtLine returns the dotted path of the mapping key whose value starts
-// on line (or of the key itself on that line), "" when there is none.
-func keyAtLine(n *yaml.Node, line int, prefix string) string {
+// on line (or of the key itself on that line) and that match accepts (nil:
+// any), "" when there is none.
+func keyAtLine(n *yaml.Node, line int, prefix string, match func(key, val *yaml.Node) bool) string {
 	switch n.Kind {
 	case yaml.DocumentNode:
 		for _, c := range n.Content {
-			if k := keyAtLine(c, line, prefix); k != "" {
+			if k := keyAtLine(c, line, prefix, match); k != "" {
 				return k
 			}
 		}
@@ -241,10 +267,11 @@ func keyAtLine(n *yaml.Node, line int, prefix string) string {
 			if prefix != "" {
 				name = prefix + "." + key.Value
 			}
-			if k := keyAtLine(val, line, name); k != "" {
+			if k := keyAtLine(val, line, name, match); k != "" {
 				return k
 			}
-			if key.Line == line || (val.Kind == yaml.ScalarNode && val.Line == line) {
+			onLine := key.Line == line || (val.Kind == yaml.ScalarNode && val.Line == line)
+			if onLine && (match == nil || match(key, val)) {
 				return name
 			}
 		}

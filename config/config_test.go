@@ -143,6 +143,10 @@ func TestLoadFileNamesBadValues(t *testing.T) {
 		{"bbm:\n  target_batch_duration: banana\n", "bbm.target_batch_duration"},
 		{"log_level: info\nworker:\n  tag: x\n  concurrency: lots\n", "worker.concurrency"},
 		{"worker:\n  timeout: [1, 2]\n", "worker.timeout"},
+		// Several keys on one line: the one at fault, not the first.
+		{"worker: {concurrency: 5, timeout: banana, tag: x}\n", "worker.timeout"},
+		{"bbm: {target_batch_duration: 2s, max_running 3}\n", "bbm.max_running 3"},
+		{"bbm:\n  target_batch_duration 2s\n", "bbm"},
 	} {
 		path := filepath.Join(t.TempDir(), "ferry.yml")
 		if err := os.WriteFile(path, []byte(c.yaml), 0o600); err != nil {

@@ -246,6 +246,10 @@ func TestBBMMultiDatabaseForms(t *testing.T) {
 	for _, p := range []*pgxpool.Pool{m.main, m.ci} {
 		countingTable(m.ctx, t, p, "events", 5000)
 	}
+	// A database with no migrations says so under its header.
+	if out, _ := m.want(0, nil, "bbm", "status", "--db", "ci"); out != "Database: ci\n\tno batched background migrations\n" {
+		t.Fatalf("status of a database with none:\n%q", out)
+	}
 	for _, db := range []string{"main", "ci"} {
 		m.want(0, []string{"Queued batched background migration " + db + "_1"},
 			"bbm", "queue", "--db", db, "CopyColumnUsingBackgroundMigrationJob", "events", "id", multiArgs)
@@ -268,6 +272,9 @@ func TestBBMMultiDatabaseForms(t *testing.T) {
 	m.want(2, []string{`"xy"`, "main, ci"}, "bbm", "pause", "xy_1")
 	m.want(2, []string{`"xy"`, "main, ci"}, "bbm", "status", "--db", "xy")
 	m.want(2, []string{"names database main, but --db says ci"}, "bbm", "--db", "ci", "pause", "main_1")
+	// An id not in the named database is named the way it was typed.
+	m.want(2, []string{"not found: id ci_9"}, "bbm", "show", "ci_9")
+	m.want(2, []string{"not found: id ci_9"}, "bbm", "pause", "ci_9")
 
 	// pause[main_85] and resume[main_85], as GitLab 18.5 prints ids.
 	m.want(0, []string{"paused | CopyColumnUsingBackgroundMigrationJob,events,id", "(main_1)"}, "bbm", "pause[main_1]")

@@ -103,6 +103,15 @@ func TestDBStatusExitCodes(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "DIRTY: migration 2_idx") || strings.Contains(out, "does not exist yet") {
 		t.Fatalf("status without a migrations directory on a dirty database: exit %d\n%s\n%s", code, out, errs)
 	}
+	// Its up file gone too (an older release's folder): downto cannot run
+	// until the files are back, and the way out says so.
+	up := e.dir + "/2_idx.up.sql"
+	e.remove("2_idx.up.sql")
+	_, errs = e.wantExit(1, "migrate")
+	wantContains(t, errs, "`ferry db downto 1` (put its files back first: "+up+" is not in the migrations directory")
+	out, _ = e.wantExit(1, "status")
+	wantContains(t, out, "put "+up+" and its down file back first")
+	e.write("2_idx.up.sql", "-- ferry:no-transaction\nCREATE INDEX CONCURRENTLY a_nope ON a (nope);\n")
 	e.mustFerry("repair")
 	e.mustFerry("mark-complete", "2")
 	e.wantExit(0, "status")

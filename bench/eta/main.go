@@ -27,6 +27,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -296,7 +297,9 @@ func startLoad(url, table string, rows, clients int, rate float64) (func() error
 			return fmt.Errorf("pgbench stopped early: %v: %s", err, out.String())
 		default:
 		}
-		_ = cmd.Process.Signal(os.Interrupt)
+		// SIGTERM, not SIGINT: a shell without job control starts its
+		// background jobs with SIGINT ignored, and pgbench inherits that.
+		_ = cmd.Process.Signal(syscall.SIGTERM)
 		<-exited
 		return nil
 	}, nil

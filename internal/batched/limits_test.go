@@ -142,7 +142,8 @@ func TestQueueRejectsBadInput(t *testing.T) {
 	b := setup(t)
 	ctx := testenv.Context(t)
 	b.table(t, "users", 10)
-	if _, err := b.pool.Exec(ctx, `CREATE TABLE x (id int); CREATE TABLE "we""ird" (id int primary key, a int, b bigint)`); err != nil {
+	if _, err := b.pool.Exec(ctx, `CREATE TABLE x (id int); CREATE TABLE "we""ird" (id int primary key, a int, b bigint);
+		CREATE TABLE typed (id int primary key, s text, n bigint)`); err != nil {
 		t.Fatal(err)
 	}
 	e := b.engine(t, batched.Config{})
@@ -168,6 +169,11 @@ func TestQueueRejectsBadInput(t *testing.T) {
 		{"max below ids", batched.QueueOptions{Class: batched.CopyColumnClass, Table: "users", Column: "id", Args: []byte(`[["v"],["v_big"]]`), MaxValue: new(int64(2))}, batched.ErrInvalidOption},
 		{"min above ids", batched.QueueOptions{Class: batched.CopyColumnClass, Table: "users", Column: "id", Args: []byte(`[["v"],["v_big"]]`), MinValue: new(int64(31))}, batched.ErrInvalidOption},
 		{"max below min", batched.QueueOptions{Class: batched.CopyColumnClass, Table: "users", Column: "id", Args: []byte(`[["v"],["v_big"]]`), MinValue: new(int64(5)), MaxValue: new(int64(4))}, batched.ErrInvalidOption},
+		// Statements every batch would fail on: PostgreSQL parses them at
+		// queue time.
+		{"text into bigint", batched.QueueOptions{Class: batched.CopyColumnClass, Table: "typed", Column: "id", Args: []byte(`[["s"],["n"]]`)}, batched.ErrInvalidArgs},
+		{"bigint into text", batched.QueueOptions{Class: batched.CopyColumnClass, Table: "typed", Column: "id", Args: []byte(`[["n"],["s"]]`)}, nil},
+		{"parent of another type", batched.QueueOptions{Class: batched.NullifyOrphansClass, Table: "typed", Column: "id", Args: []byte(`["n","typed","s"]`)}, batched.ErrInvalidArgs},
 	}
 	for _, c := range cases {
 		_, err := e.Queue(ctx, c.o)

@@ -12,8 +12,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/ferrymigrate/ferry/internal/ferryschema"
+	"github.com/ferrymigrate/ferry/internal/pgerr"
 )
 
 // Status is a migration's status (GitLab's codes).
@@ -305,9 +307,13 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 	if err := tgt.checkBatchingColumn(); err != nil {
 		return nil, err
 	}
-	if _, err := cls.Plan(PlanContext{Target: tgt, Args: items, Queueing: true, Resolve: func(table, column string) (*Target, error) {
+	plan, err := cls.Plan(PlanContext{Target: tgt, Args: items, Queueing: true, Resolve: func(table, column string) (*Target, error) {
 		return ResolveTarget(ctx, e.pool, table, column)
-	}}); err != nil {
+	}})
+	if err != nil {
+		return nil, err
+	}
+	if err := e.checkSet(ctx, tgt, plan); err != nil {
 		return nil, err
 	}
 	// Stored as given (GitLab stores the name the developer wrote, and a
@@ -328,8 +334,7 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 	if m, err := scanMigration(tx.QueryRow(ctx, `SELECT `+migrationCols+` FROM batched_background_migrations
 		WHERE job_class_name = $1 AND table_name = ANY($2) AND column_name = $3 AND job_arguments = $4::jsonb ORDER BY id LIMIT 1`,
 		cls.Name, tgt.spellings(tableName), o.Column, string(canon))); err == nil {
-		e.log.Warn("Batched background migration not enqueued because it already exists",
-			zapMigration(m)...)
+		// Not logged here: the caller reports Existing, once.
 		return &QueueResult{Migration: m, Existing: true}, nil
 	} else if !errors.Is(err, pgx.ErrNoRows) {
 		return nil, err
@@ -411,4 +416,36 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 	}
 	e.log.Info("batched background migration queued", zapMigration(m)...)
 	return &QueueResult{Migration: m}, nil
+}
+
+// checkSet has PostgreSQL parse a Set plan's UPDATE (EXPLAIN, which runs
+// nothing), so that a statement every batch would fail on (text copied
+// into bigint, a function that does not exist) is refused when queued,
+// not found by the first batch. The lock_timeout bounds the wait for the
+// table's lock, which parsing an UPDATE takes, behind an ALTER TABLE.
+func (e *Engine) checkSet(ctx context.Context, tgt *Target, plan *Plan) error {
+	if plan == nil || plan.Set == "" || plan.Skip {
+		return nil
+	}
+	where := "false"
+	if plan.Where != "" {
+		where += " AND (" + plan.Where + ")"
+	}
+	tx, err := e.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '5s'`); err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `EXPLAIN UPDATE `+tgt.Ident()+` AS t SET `+plan.Set+` WHERE `+where)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && strings.HasPrefix(pe.Code, "42") { // syntax error or access rule violation
+		return fmt.Errorf("%w: every batch would fail: %w", ErrInvalidArgs, pgerr.WithDetails(err))
+	}
+	if err != nil {
+		return fmt.Errorf("bbm: check the migration's statement on %s: %w", tgt.Ident(), err)
+	}
+	return nil
 }

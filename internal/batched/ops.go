@@ -92,7 +92,7 @@ func (e *Engine) transition(ctx context.Context, id int64, op string, to Status,
 	defer func() { _ = tx.Rollback(ctx) }()
 	m, err := scanMigration(tx.QueryRow(ctx, `SELECT `+migrationCols+` FROM batched_background_migrations WHERE id = $1 FOR UPDATE`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("%w: id %d", ErrNotFound, id)
+		return nil, e.notFound(id)
 	}
 	if err != nil {
 		return nil, err
@@ -171,7 +171,7 @@ func (e *Engine) MarkFinished(ctx context.Context, id int64, who string) (*Migra
 	defer func() { _ = tx.Rollback(ctx) }()
 	m, err := scanMigration(tx.QueryRow(ctx, `SELECT `+migrationCols+` FROM batched_background_migrations WHERE id = $1 FOR UPDATE`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("%w: id %d", ErrNotFound, id)
+		return nil, e.notFound(id)
 	}
 	if err != nil {
 		return nil, err
@@ -350,7 +350,7 @@ func (e *Engine) SetParallel(ctx context.Context, id int64, n int) error {
 	}
 	tag, err := e.pool.Exec(ctx, `UPDATE batched_background_migrations SET max_parallel_batches = $2, updated_at = now() WHERE id = $1`, id, n)
 	if err == nil && tag.RowsAffected() == 0 {
-		err = fmt.Errorf("%w: id %d", ErrNotFound, id)
+		err = e.notFound(id)
 	}
 	return err
 }

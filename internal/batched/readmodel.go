@@ -75,6 +75,7 @@ const (
 	StatePaused     State = "paused"
 	StatePausedAll  State = "paused_all"
 	StateOnHold     State = "on_hold"
+	StateWaiting    State = "waiting" // for a turn: max-running, or its table's other migration
 	StateStalled    State = "stalled"
 	StateFailed     State = "failed"
 	StateFinished   State = "finished"
@@ -167,13 +168,33 @@ type cluster struct {
 	Settings
 	workers bool   // an engine session is alive
 	db      string // Config.Database: named in the commands printed
+	// busy are the migrations with a running batch, by id: the ones a
+	// migration without one waits for (claim's max-running and one per
+	// table).
+	busy []busyMigration
+}
+
+type busyMigration struct {
+	id        int64
+	table     string
+	sameTable bool // allow_same_table
 }
 
 // ref is migration id as the printed commands take it: ci_3 when the
 // engine's database is named, else 3.
-func (c cluster) ref(id int64) string {
-	if c.db != "" {
-		return c.db + "_" + strconv.FormatInt(id, 10)
+func (c cluster) ref(id int64) string { return Ref(c.db, id) }
+
+// notFound is ErrNotFound for id, named as the commands take it (ci_9).
+func (e *Engine) notFound(id int64) error {
+	return fmt.Errorf("%w: id %s", ErrNotFound, Ref(e.database, id))
+}
+
+// Ref writes a migration's id as GitLab prints it and the commands take
+// it: ci_3 in database ci, 3 when db is "" (one database). SplitRef
+// reads it back.
+func Ref(db string, id int64) string {
+	if db != "" {
+		return db + "_" + strconv.FormatInt(id, 10)
 	}
 	return strconv.FormatInt(id, 10)
 }
@@ -308,8 +329,44 @@ func (e *Engine) cluster(ctx context.Context) (cluster, error) {
 	err := e.pool.QueryRow(ctx, `SELECT max_running, paused_all,
 		EXISTS (SELECT 1 FROM ferry_bbm_sessions WHERE heartbeat_at > now() - interval '`+strconv.Itoa(int(livenessGrace/time.Millisecond))+` milliseconds')
 		FROM ferry_bbm_settings WHERE id = 1`).Scan(&c.MaxRunning, &c.PausedAll, &c.workers)
+	if err != nil {
+		return c, err
+	}
 	c.db = e.database
+	rows, err := e.pool.Query(ctx, `SELECT o.id, o.table_name, o.allow_same_table FROM batched_background_migrations o
+		WHERE EXISTS (SELECT 1 FROM batched_background_migration_jobs j WHERE j.batched_background_migration_id = o.id AND j.status = 1)
+		ORDER BY o.id`)
+	if err != nil {
+		return c, err
+	}
+	c.busy, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (busyMigration, error) {
+		var b busyMigration
+		return b, r.Scan(&b.id, &b.table, &b.sameTable)
+	})
 	return c, err
+}
+
+// waitingFor says why m, active with no running batch, cannot start one
+// now, as claim decides it; "" when it can.
+func (c cluster) waitingFor(m *Migration) string {
+	var others []string
+	for _, b := range c.busy {
+		if b.id == m.ID {
+			continue
+		}
+		if b.table == m.Table && !(m.AllowSameTable && b.sameTable) {
+			return fmt.Sprintf("waiting for migration %s, which runs on the same table (one migration per table; queue with --allow-same-table to run both)", c.ref(b.id))
+		}
+		others = append(others, c.ref(b.id))
+	}
+	if c.MaxRunning <= 0 {
+		return fmt.Sprintf("max-running is 0: no migration starts (`ferry bbm set max-running 1%s` lets one run)", c.flag())
+	}
+	if len(others) >= c.MaxRunning {
+		return fmt.Sprintf("waiting for a turn: at most %d migrations run at once and %s are running (`ferry bbm set max-running %d%s` runs more)",
+			c.MaxRunning, strings.Join(others, ", "), len(others)+1, c.flag())
+	}
+	return ""
 }
 
 // list reads the migrations matching where (a condition on
@@ -433,7 +490,7 @@ func (e *Engine) Get(ctx context.Context, id int64) (*MigrationInfo, error) {
 		return nil, err
 	}
 	if len(ms) == 0 {
-		return nil, fmt.Errorf("%w: id %d", ErrNotFound, id)
+		return nil, e.notFound(id)
 	}
 	return ms[0], nil
 }
@@ -548,6 +605,11 @@ func state(v *MigrationInfo, c cluster, now time.Time) (State, string) {
 			how = "no ferry worker is running: start one (`ferry worker`) and it takes them over"
 		}
 		return StateStalled, fmt.Sprintf("the worker running its batch stopped (no heartbeat for over %s); %s", livenessGrace, how)
+	}
+	if a.running == 0 && m.Status == Active {
+		if why := c.waitingFor(m); why != "" {
+			return StateWaiting, why
+		}
 	}
 	if idle := now.Sub(last); idle >= stalledAfter {
 		if !c.workers {

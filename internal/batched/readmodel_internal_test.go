@@ -145,3 +145,36 @@ func TestBBMStateUnregisteredClassWayOut(t *testing.T) {
 		t.Fatalf("%s: %s", st, why)
 	}
 }
+
+// An active migration with no running batch, whose turn claim would refuse,
+// says what it waits for (the same rules as claim) and no rate or ETA.
+func TestBBMStateWaitingForATurn(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	v := activeView(now)
+	v.Table = "events"
+	full := cluster{Settings: Settings{MaxRunning: 2}, workers: true, db: "ci",
+		busy: []busyMigration{{id: 3, table: "notes"}, {id: 5, table: "users"}}}
+	p := summarize(v, full, now)
+	want := "waiting for a turn: at most 2 migrations run at once and ci_3, ci_5 are running (`ferry bbm set max-running 3 --db ci` runs more)"
+	if p.State != StateWaiting || p.Reason != want || p.ETA != nil {
+		t.Fatalf("max-running reached: %s: %q %v", p.State, p.Reason, p.ETA)
+	}
+	// Its own running batch is not a reason to wait.
+	v.agg.running = 1
+	if p := summarize(v, full, now); p.State == StateWaiting {
+		t.Fatalf("with its own batch running: %s: %s", p.State, p.Reason)
+	}
+	v.agg.running = 0
+	sameTable := cluster{Settings: Settings{MaxRunning: 5}, workers: true, busy: []busyMigration{{id: 4, table: "events", sameTable: true}}}
+	if p := summarize(v, sameTable, now); p.State != StateWaiting || !strings.HasPrefix(p.Reason, "waiting for migration 4, which runs on the same table") {
+		t.Fatalf("same table: %s: %q", p.State, p.Reason)
+	}
+	v.AllowSameTable = true
+	if p := summarize(v, sameTable, now); p.State != StateRunning {
+		t.Fatalf("same table, both allowed: %s: %q", p.State, p.Reason)
+	}
+	if p := summarize(v, cluster{workers: true}, now); p.State != StateWaiting || !strings.HasPrefix(p.Reason, "max-running is 0") {
+		t.Fatalf("max-running 0: %s: %q", p.State, p.Reason)
+	}
+}

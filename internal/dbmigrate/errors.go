@@ -107,6 +107,10 @@ type DirtyError struct {
 	// exist (downto then refuses until it is written); "" when it does,
 	// or when no migration files were read.
 	MissingDown string
+	// MissingUp is its up file, when migration files were read and it is
+	// not among them (an older release's folder, a deleted file): downto
+	// cannot run it until the files are back.
+	MissingUp string
 }
 
 func (e *DirtyError) Error() string {
@@ -119,7 +123,11 @@ func (e *DirtyError) Error() string {
 		what = fmt.Sprintf("migration %s_%s (%s) failed at %s with: %s", a.Version, a.Name, a.Direction, fmtTime(deref(a.FinishedAt)), a.Error)
 	}
 	down := "runs its down file, which must tolerate a partial state"
-	if e.MissingDown != "" {
+	switch {
+	case e.MissingUp != "":
+		down = "put its files back first: " + e.MissingUp + " is not in the migrations directory (an older release's?), " +
+			"and downto needs it and its down file, which must tolerate a partial state"
+	case e.MissingDown != "":
 		down = "write its down file first: " + e.MissingDown + " does not exist; it must tolerate a partial state"
 	}
 	return fmt.Sprintf("database is dirty: %s\nIt ran outside a transaction, so it may be partly applied.\n"+

@@ -489,6 +489,9 @@ func (m *Migrator) dirtyError(st *state, d *Attempt) *DirtyError {
 	// to be missing.
 	if mg := m.byV[d.Version]; len(m.migs) > 0 && (mg == nil || mg.DownFile == "") {
 		e.MissingDown = m.downFile(d)
+		if mg == nil {
+			e.MissingUp = joinDir(m.o.Dir, string(d.Version)+"_"+d.Name+".up.sql")
+		}
 	}
 	return e
 }
@@ -501,7 +504,10 @@ func (m *Migrator) downFile(d *Attempt) string {
 func (m *Migrator) dirtyInfo(st *state, d *Attempt) *DirtyInfo {
 	e := m.dirtyError(st, d)
 	down := fmt.Sprintf("`ferry db downto %s`: undo it (runs %s, which must tolerate a partial state)", e.Previous, m.downFile(d))
-	if e.MissingDown != "" {
+	switch {
+	case e.MissingUp != "":
+		down += fmt.Sprintf("; its files are not in the migrations directory: put %s and its down file back first", e.MissingUp)
+	case e.MissingDown != "":
 		down += "; that file does not exist yet, write it first"
 	}
 	return &DirtyInfo{Attempt: *d, Downto: e.Previous, Message: e.Error(), WaysOut: []string{

@@ -494,7 +494,7 @@ func (s *Server) handleAction(w http.ResponseWriter, r *http.Request) {
 	target := fmt.Sprintf("migration %d", id)
 	var q template.URL
 	if len(s.dbs) > 1 {
-		target = fmt.Sprintf("migration %s_%d", v.name, id)
+		target = "migration " + batched.Ref(v.name, id)
 		q = dbQuery("&", v.name)
 	}
 	if action == "finalize" && err == nil {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"html/template"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
@@ -131,10 +130,7 @@ func (m *Migration) StatusName() string { return StatusName(m.Status) }
 // Ref is the migration's id as GitLab prints it: ci_10 when several
 // databases are shown, else 10.
 func (m *Migration) Ref() string {
-	if m.dbParam != "" {
-		return m.dbParam + "_" + strconv.FormatInt(m.ID, 10)
-	}
-	return strconv.FormatInt(m.ID, 10)
+	return batched.Ref(m.dbParam, m.ID)
 }
 
 // DBQuery is "?database=NAME" when several databases are shown, for the
