@@ -79,12 +79,15 @@ const (
 	contentionHold = 3 * time.Second
 	// loadSubBatchBudget caps a sub-batch statement while paced: the rows
 	// it locks stay locked, and the CPU it takes stays taken, this long.
-	// 3 ms statements (so that a request arriving during one waits less)
-	// were tried with the closed loop and copied about half as many rows
-	// per second on a quiet box, at the same p99, as 10 ms ones: the
-	// canaries found the shorter statements no less harmful per second
-	// of work, and their round trips cost (BENCHMARKS.md section 2).
-	loadSubBatchBudget = 10 * time.Millisecond
+	// Inside a burst, statement length does not change the share of time
+	// ferry takes, only how much of it goes to each statement's fixed
+	// costs (round trip, progress row, lock probe, commit). 3 ms
+	// statements copied about half as many rows per second as 10 ms ones
+	// at the same p99, and 20 ms ones 1.2-1.4 times as many rows per
+	// second of statement time as 10 ms ones, at the same p99 (BENCHMARKS.md
+	// section 2, sessions 7 and 12). A row stays locked at most this long;
+	// a session that waits on one shortens the statements (blockingCut).
+	loadSubBatchBudget = 20 * time.Millisecond
 	// minBlockingBudget is the shortest statement budget the blocking
 	// signal shrinks to: shorter statements would spend more time in
 	// round trips than in work.
@@ -112,8 +115,10 @@ const (
 	// canaries and the contention signal still come often.
 	pacedCycle = 2 * time.Second
 	// maxPacePause caps one pause, so a slow statement cannot stall the
-	// batch for long (the next sample decides again).
-	maxPacePause = pacedCycle
+	// batch for long (the next sample decides again). Twice the cycle:
+	// one statement at the lowest default duty (20 ms at 0.5%) needs
+	// 3.98 s, and a 2 s cap made that duty 1%.
+	maxPacePause = 2 * pacedCycle
 
 	// The default duty cycle under load without the closed loop, and
 	// where the closed loop starts. The damage a sub-batch does to
@@ -252,7 +257,7 @@ func (p *pacer) observeBlocked(blocked int, work, normal time.Duration) {
 	if p.paced() {
 		// The cap regrows to the budget statements actually have: past
 		// it, it limits nothing, and `bbm show` would call 40ms
-		// statements "shortened" while they run 10ms.
+		// statements "shortened" while they run at the paced budget.
 		normal = min(normal, loadSubBatchBudget)
 	}
 	if blocked > 0 {

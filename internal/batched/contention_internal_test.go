@@ -301,3 +301,20 @@ func TestPacerBursts(t *testing.T) {
 		t.Fatalf("unpaced: pause %s, burst kept %s", pause, p.burst)
 	}
 }
+
+// At the lowest default duty one paced statement is a whole burst, and its
+// pause must fit under maxPacePause, or the lowest duty is not reached (a
+// 2 s cap made 0.5% into 1% with 20 ms statements).
+func TestPacerLowestDutyFitsOneStatement(t *testing.T) {
+	p := testPacer()
+	p.engaged, p.ctl = true, latencyControl{}
+	p.maxDuty, p.minDuty = defaultMinDutyUnderLoad, defaultMinDutyUnderLoad
+	d := p.duty()
+	if d != defaultMinDutyUnderLoad || p.burstLen(d) != loadSubBatchBudget {
+		t.Fatalf("duty %v, burst %s", d, p.burstLen(d))
+	}
+	pause, burst := p.pause(loadSubBatchBudget)
+	if got := float64(burst) / float64(burst+pause); burst != loadSubBatchBudget || got > d+1e-9 {
+		t.Fatalf("one %s statement then a %s pause: a share of %.4f, want %v", burst, pause, got, d)
+	}
+}
