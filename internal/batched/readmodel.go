@@ -363,8 +363,15 @@ func (c cluster) waitingFor(m *Migration) string {
 		return fmt.Sprintf("max-running is 0: no migration starts (`ferry bbm set max-running 1%s` lets one run)", c.flag())
 	}
 	if len(others) >= c.MaxRunning {
-		return fmt.Sprintf("waiting for a turn: at most %d migrations run at once and %s are running (`ferry bbm set max-running %d%s` runs more)",
-			c.MaxRunning, strings.Join(others, ", "), len(others)+1, c.flag())
+		limit, running := fmt.Sprintf("%d migrations run", c.MaxRunning), "are"
+		if c.MaxRunning == 1 {
+			limit = "1 migration runs"
+		}
+		if len(others) == 1 {
+			running = "is"
+		}
+		return fmt.Sprintf("waiting for a turn: at most %s at once and %s %s running (`ferry bbm set max-running %d%s` runs more)",
+			limit, strings.Join(others, ", "), running, len(others)+1, c.flag())
 	}
 	return ""
 }

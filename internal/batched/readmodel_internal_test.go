@@ -160,6 +160,10 @@ func TestBBMStateWaitingForATurn(t *testing.T) {
 	if p.State != StateWaiting || p.Reason != want || p.ETA != nil {
 		t.Fatalf("max-running reached: %s: %q %v", p.State, p.Reason, p.ETA)
 	}
+	one := cluster{Settings: Settings{MaxRunning: 1}, workers: true, busy: []busyMigration{{id: 3, table: "notes"}}}
+	if p := summarize(v, one, now); p.Reason != "waiting for a turn: at most 1 migration runs at once and 3 is running (`ferry bbm set max-running 2` runs more)" {
+		t.Fatalf("max-running 1: %q", p.Reason)
+	}
 	// Its own running batch is not a reason to wait.
 	v.agg.running = 1
 	if p := summarize(v, full, now); p.State == StateWaiting {
