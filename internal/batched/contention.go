@@ -79,15 +79,15 @@ const (
 	contentionHold = 3 * time.Second
 	// loadSubBatchBudget caps a sub-batch statement while paced: the rows
 	// it locks stay locked, and the CPU it takes stays taken, this long.
-	// Inside a burst, statement length does not change the share of time
-	// ferry takes, only how much of it goes to each statement's fixed
-	// costs (round trip, progress row, lock probe, commit). 3 ms
-	// statements copied about half as many rows per second as 10 ms ones
-	// at the same p99, and 20 ms ones 1.2-1.4 times as many rows per
-	// second of statement time as 10 ms ones, at the same p99 (BENCHMARKS.md
-	// section 2, sessions 7 and 12). A row stays locked at most this long;
-	// a session that waits on one shortens the statements (blockingCut).
-	loadSubBatchBudget = 20 * time.Millisecond
+	// 3 ms statements (so that a request arriving during one waits less)
+	// were tried with the closed loop and copied about half as many rows
+	// per second on a quiet box, at the same p99, as 10 ms ones: the
+	// canaries found the shorter statements no less harmful per second
+	// of work, and their round trips cost. 20 ms ones copied 12% more
+	// rows per second of statement time, but not reliably more rows per
+	// second, and with one canary per statement the closed loop climbed
+	// from its floor half as fast (BENCHMARKS.md section 2, session 12).
+	loadSubBatchBudget = 10 * time.Millisecond
 	// minBlockingBudget is the shortest statement budget the blocking
 	// signal shrinks to: shorter statements would spend more time in
 	// round trips than in work.
@@ -115,10 +115,10 @@ const (
 	// canaries and the contention signal still come often.
 	pacedCycle = 2 * time.Second
 	// maxPacePause caps one pause, so a slow statement cannot stall the
-	// batch for long (the next sample decides again). Twice the cycle:
-	// one statement at the lowest default duty (20 ms at 0.5%) needs
-	// 3.98 s, and a 2 s cap made that duty 1%.
-	maxPacePause = 2 * pacedCycle
+	// batch for long (the next sample decides again). It must hold one
+	// statement's pause at the lowest default duty (10 ms at 0.5%: 1.99 s),
+	// or that duty is not reached.
+	maxPacePause = pacedCycle
 
 	// The default duty cycle under load without the closed loop, and
 	// where the closed loop starts. The damage a sub-batch does to

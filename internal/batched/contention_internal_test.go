@@ -303,8 +303,8 @@ func TestPacerBursts(t *testing.T) {
 }
 
 // At the lowest default duty one paced statement is a whole burst, and its
-// pause must fit under maxPacePause, or the lowest duty is not reached (a
-// 2 s cap made 0.5% into 1% with 20 ms statements).
+// pause must fit under maxPacePause, or the lowest duty is not reached (with
+// 20 ms statements a 2 s cap made 0.5% into 1%).
 func TestPacerLowestDutyFitsOneStatement(t *testing.T) {
 	p := testPacer()
 	p.engaged, p.ctl = true, latencyControl{}
