@@ -133,7 +133,7 @@ func (a *App) openMigrator(ctx context.Context, f *dbFlags, t dbTarget, finalize
 	}
 	o := dbmigrate.Options{
 		Logger: a.Log, Dir: t.dir, Out: t.out, Finalize: finalize, LockTimeout: f.lockTimeout,
-		Gate: &engineGate{a: a, pool: pool, table: dbmigrate.TableGate{DB: pool}},
+		Gate: &engineGate{a: a, pool: pool, table: dbmigrate.TableGate{DB: pool}, db: t.Name, named: t.named},
 	}
 	if t.named {
 		o.Database = t.Name
@@ -170,6 +170,10 @@ type engineGate struct {
 	a     *App
 	pool  *pgxpool.Pool
 	table dbmigrate.TableGate
+	// db is the database's name; named when several are configured, so
+	// the commands printed name it (ci_3, --db ci).
+	db    string
+	named bool
 	once  sync.Mutex
 	e     *batched.Engine
 }
@@ -178,7 +182,11 @@ func (g *engineGate) engine(ctx context.Context) (*batched.Engine, error) {
 	g.once.Lock()
 	defer g.once.Unlock()
 	if g.e == nil {
-		e, err := g.a.bbmEngineOn(ctx, g.pool)
+		name := ""
+		if g.named {
+			name = g.db
+		}
+		e, err := g.a.bbmEngineOn(ctx, g.pool, name)
 		if err != nil {
 			return nil, err
 		}
@@ -232,7 +240,8 @@ func (g *engineGate) WayOut(ctx context.Context, b dbmigrate.BBM) string {
 	if err != nil {
 		return ""
 	}
-	return unregisteredNote(m) + "\n\n\t" + markFinishedCommand(m)
+	// Named: with several databases a bare id is another database's.
+	return unregisteredNote(m) + "\n\n\t" + g.a.markFinishedCommand(g.db, m)
 }
 
 // dbErr maps dbmigrate errors to exit codes: bad input 2, the rest 1.

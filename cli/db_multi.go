@@ -204,13 +204,14 @@ func (a *App) dbPool(ctx context.Context, f *dbFlags, t dbTarget) (*pgxpool.Pool
 }
 
 // bbmEngineOn opens a batched migration engine on pool (one per database:
-// its own tables, limit and pause switch), as bbmEngine does on App.DB.
-func (a *App) bbmEngineOn(ctx context.Context, pool *pgxpool.Pool) (*batched.Engine, error) {
+// its own tables, limit and pause switch), as bbmEngine does on App.DB;
+// name is the database's name when several are configured ("" for one).
+func (a *App) bbmEngineOn(ctx context.Context, pool *pgxpool.Pool, name string) (*batched.Engine, error) {
 	if err := ferryschema.Ensure(ctx, pool, a.Log); err != nil {
 		return nil, err
 	}
 	e := batched.NewEngine(pool, batched.Config{Logger: a.Log, Registry: a.Reg.BBM, TargetBatchDuration: a.Cfg.BBM.TargetBatchDuration,
-		Identity: "ferry-cli:" + strconv.Itoa(os.Getpid()), Health: bbmHealth(a)})
+		Identity: "ferry-cli:" + strconv.Itoa(os.Getpid()), Health: bbmHealth(a), Database: name})
 	a.OnClose(e.Close)
 	return e, nil
 }

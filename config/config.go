@@ -216,7 +216,7 @@ func (c *Config) LoadFile(path string) error {
 			var n int
 			if _, serr := fmt.Sscanf(line, "line %d", &n); serr == nil {
 				if field := keyAtLine(&root, n, "", culprit(msg)); field != "" {
-					if strings.HasPrefix(msg, "cannot unmarshal !!str") && strings.Contains(msg, "into config.") {
+					if strings.HasPrefix(msg, "cannot unmarshal !!str") && strings.Contains(msg, "into config.") && missingColon(data, n) {
 						msg += `: a key needs a colon and a space before its value ("key: value")`
 					}
 					return &FieldError{Field: field, Msg: fmt.Sprintf("%s (%s, %s)", msg, path, line)}
@@ -225,6 +225,17 @@ func (c *Config) LoadFile(path string) error {
 		}
 	}
 	return &FieldError{Field: "config file " + path, Msg: err.Error()}
+}
+
+// missingColon reports whether line n (from 1) of data reads "key value":
+// words, no colon, where yaml wanted a section.
+func missingColon(data []byte, n int) bool {
+	lines := strings.Split(string(data), "\n")
+	if n < 1 || n > len(lines) {
+		return false
+	}
+	text := strings.TrimSpace(lines[n-1])
+	return !strings.Contains(text, ":") && strings.Contains(text, " ")
 }
 
 var (
@@ -241,9 +252,9 @@ func culprit(msg string) func(key, val *yaml.Node) bool {
 		return func(key, _ *yaml.Node) bool { return key.Value == m[1] }
 	}
 	if m := badValueRE.FindStringSubmatch(msg); m != nil {
-		prefix := strings.TrimSuffix(m[1], "...")
+		prefix, cut := strings.CutSuffix(m[1], "...")
 		return func(_, val *yaml.Node) bool {
-			return val.Kind != yaml.ScalarNode || strings.HasPrefix(val.Value, prefix)
+			return val.Kind != yaml.ScalarNode || val.Value == m[1] || (cut && strings.HasPrefix(val.Value, prefix))
 		}
 	}
 	return nil

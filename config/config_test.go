@@ -147,6 +147,8 @@ func TestLoadFileNamesBadValues(t *testing.T) {
 		{"worker: {concurrency: 5, timeout: banana, tag: x}\n", "worker.timeout"},
 		{"bbm: {target_batch_duration: 2s, max_running 3}\n", "bbm.max_running 3"},
 		{"bbm:\n  target_batch_duration 2s\n", "bbm"},
+		// A value that is the start of another one on the line.
+		{"worker: {tag: 1x2, concurrency: 1x}\n", "worker.concurrency"},
 	} {
 		path := filepath.Join(t.TempDir(), "ferry.yml")
 		if err := os.WriteFile(path, []byte(c.yaml), 0o600); err != nil {
@@ -281,5 +283,21 @@ func TestFieldErrorsNameTheSource(t *testing.T) {
 				t.Fatalf("got %v, want an error naming %s", err, tc.field)
 			}
 		})
+	}
+}
+
+// "key value" without the colon is named as such; a value where a section
+// belongs (redis: URL) is not.
+func TestLoadFileMissingColonHint(t *testing.T) {
+	for yml, hint := range map[string]bool{"bbm:\n  target_batch_duration 2s\n": true, "redis: redis://x:1/0\n": false} {
+		path := filepath.Join(t.TempDir(), "ferry.yml")
+		if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg := Defaults()
+		err := cfg.LoadFile(path)
+		if err == nil || strings.Contains(err.Error(), "a key needs a colon") != hint {
+			t.Errorf("%q: got %v, want the colon hint: %v", yml, err, hint)
+		}
 	}
 }

@@ -374,3 +374,27 @@ func TestBBMMultiDatabaseOneDown(t *testing.T) {
 	m.want(0, []string{"All batched background migrations are finished."}, "bbm", "check", "--db", "main")
 	m.want(1, []string{"database ci: cannot reach PostgreSQL"}, "bbm", "pause", "ci_1")
 }
+
+// With several databases, the way out `db migrate --db ci` prints for a
+// class this binary lacks names ci's migration (ci_1): a bare 1 would be
+// refused, or taken for main's.
+func TestDBMigrateWayOutNamesTheDatabase(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	m := newMultiDB(t, "")
+	m.want(0, nil, "setup")
+	if _, err := m.ci.Exec(m.ctx, `INSERT INTO batched_background_migrations
+		(job_class_name, table_name, column_name, job_arguments, status, batch_size, sub_batch_size)
+		VALUES ('Gone::Backfill', 'events', 'id', '[]', 1, 1000, 100)`); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(dir+"/1_swap.up.sql", []byte("-- ferry:require-bbm Gone::Backfill events id []\nCREATE TABLE b (id int);\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errs := m.want(1, []string{"\tferry bbm mark-finished ci_1 --yes"}, "db", "migrate", "--db", "ci", "--dir", dir)
+	if strings.Contains(errs, "mark-finished 1 ") {
+		t.Fatalf("a bare id:\n%s", errs)
+	}
+}

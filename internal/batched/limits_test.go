@@ -312,3 +312,26 @@ func TestResumeAfterFinalizerDied(t *testing.T) {
 		t.Fatalf("resume: %+v, %v", got, err)
 	}
 }
+
+// The statement check at queue time waits for the table's lock only
+// bbm.lock_timeout: behind a CREATE INDEX (SHARE lock) it is skipped and
+// the migration is queued, not refused or left waiting.
+func TestQueueCheckSkippedBehindALock(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testenv.Context(t)
+	b.table(t, "users", 10)
+	e := b.engine(t, batched.Config{Health: batched.HealthConfig{LockTimeout: 50 * time.Millisecond}})
+	holder, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = holder.Rollback(ctx) }()
+	if _, err := holder.Exec(ctx, `LOCK TABLE users IN SHARE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	res, err := e.Queue(ctx, batched.QueueOptions{Class: batched.CopyColumnClass, Table: "users", Column: "id", Args: []byte(`[["v"],["v_big"]]`)})
+	if err != nil || res.Existing {
+		t.Fatalf("queue behind a SHARE lock: %+v %v", res, err)
+	}
+}

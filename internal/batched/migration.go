@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/internal/ferryschema"
 	"github.com/ferrymigrate/ferry/internal/pgerr"
@@ -313,9 +314,6 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 	if err != nil {
 		return nil, err
 	}
-	if err := e.checkSet(ctx, tgt, plan); err != nil {
-		return nil, err
-	}
 	// Stored as given (GitLab stores the name the developer wrote, and a
 	// schema written on purpose must survive other search paths); the
 	// duplicate check matches every spelling of the same table.
@@ -337,6 +335,9 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 		// Not logged here: the caller reports Existing, once.
 		return &QueueResult{Migration: m, Existing: true}, nil
 	} else if !errors.Is(err, pgx.ErrNoRows) {
+		return nil, err
+	}
+	if err := e.checkSet(ctx, tx, tgt, plan); err != nil {
 		return nil, err
 	}
 	// Bounds and estimate. The column is quoted; the table is the oid
@@ -421,9 +422,13 @@ func (e *Engine) Queue(ctx context.Context, o QueueOptions) (*QueueResult, error
 // checkSet has PostgreSQL parse a Set plan's UPDATE (EXPLAIN, which runs
 // nothing), so that a statement every batch would fail on (text copied
 // into bigint, a function that does not exist) is refused when queued,
-// not found by the first batch. The lock_timeout bounds the wait for the
-// table's lock, which parsing an UPDATE takes, behind an ALTER TABLE.
-func (e *Engine) checkSet(ctx context.Context, tgt *Target, plan *Plan) error {
+// not found by the first batch. It runs in the queueing transaction, in a
+// savepoint rolled back at once: parsing an UPDATE takes the table's
+// RowExclusiveLock, which must not outlive the check nor wait long behind
+// an ALTER TABLE or CREATE INDEX (bbm.lock_timeout). A check that cannot
+// run (a lock wait, no UPDATE privilege for this role) is skipped with a
+// warning: the batches report such a problem themselves.
+func (e *Engine) checkSet(ctx context.Context, tx pgx.Tx, tgt *Target, plan *Plan) error {
 	if plan == nil || plan.Set == "" || plan.Skip {
 		return nil
 	}
@@ -431,21 +436,25 @@ func (e *Engine) checkSet(ctx context.Context, tgt *Target, plan *Plan) error {
 	if plan.Where != "" {
 		where += " AND (" + plan.Where + ")"
 	}
-	tx, err := e.pool.Begin(ctx)
-	if err != nil {
+	if _, err := tx.Exec(ctx, `SAVEPOINT ferry_check_set`); err != nil {
 		return err
 	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '5s'`); err != nil {
-		return err
+	_, err := tx.Exec(ctx, `SET LOCAL lock_timeout = `+strconv.FormatInt(e.health.LockTimeout.Milliseconds(), 10))
+	if err == nil {
+		_, err = tx.Exec(ctx, `EXPLAIN UPDATE `+tgt.Ident()+` AS t SET `+plan.Set+` WHERE `+where)
 	}
-	_, err = tx.Exec(ctx, `EXPLAIN UPDATE `+tgt.Ident()+` AS t SET `+plan.Set+` WHERE `+where)
+	if _, rerr := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT ferry_check_set`); rerr != nil {
+		return rerr
+	}
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && strings.HasPrefix(pe.Code, "42") { // syntax error or access rule violation
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &pe) && pe.Code == "42501", isLockTimeout(err):
+		e.log.Warn("could not check the migration's statement before queueing; its batches will", zap.String("table", tgt.Ident()), zap.Error(err))
+		return nil
+	case errors.As(err, &pe) && strings.HasPrefix(pe.Code, "42"): // syntax error or access rule violation
 		return fmt.Errorf("%w: every batch would fail: %w", ErrInvalidArgs, pgerr.WithDetails(err))
 	}
-	if err != nil {
-		return fmt.Errorf("bbm: check the migration's statement on %s: %w", tgt.Ident(), err)
-	}
-	return nil
+	return fmt.Errorf("bbm: check the migration's statement on %s: %w", tgt.Ident(), err)
 }

@@ -168,16 +168,18 @@ type cluster struct {
 	Settings
 	workers bool   // an engine session is alive
 	db      string // Config.Database: named in the commands printed
-	// busy are the migrations with a running batch, by id: the ones a
-	// migration without one waits for (claim's max-running and one per
-	// table).
-	busy []busyMigration
+	// active are the active migrations, by id, and picked those the
+	// scheduler gives batches to now (candidatesSQL): what a migration
+	// without a running batch waits for.
+	active []activeMigration
+	picked []int64
 }
 
-type busyMigration struct {
+type activeMigration struct {
 	id        int64
 	table     string
 	sameTable bool // allow_same_table
+	running   bool // has a running batch
 }
 
 // ref is migration id as the printed commands take it: ci_3 when the
@@ -333,47 +335,76 @@ func (e *Engine) cluster(ctx context.Context) (cluster, error) {
 		return c, err
 	}
 	c.db = e.database
-	rows, err := e.pool.Query(ctx, `SELECT o.id, o.table_name, o.allow_same_table FROM batched_background_migrations o
-		WHERE EXISTS (SELECT 1 FROM batched_background_migration_jobs j WHERE j.batched_background_migration_id = o.id AND j.status = 1)
-		ORDER BY o.id`)
+	rows, err := e.pool.Query(ctx, `SELECT o.id, o.table_name, o.allow_same_table,
+		EXISTS (SELECT 1 FROM batched_background_migration_jobs j WHERE j.batched_background_migration_id = o.id AND j.status = 1)
+		FROM batched_background_migrations o WHERE o.status = 1 ORDER BY o.id`)
 	if err != nil {
 		return c, err
 	}
-	c.busy, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (busyMigration, error) {
-		var b busyMigration
-		return b, r.Scan(&b.id, &b.table, &b.sameTable)
-	})
+	if c.active, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (activeMigration, error) {
+		var a activeMigration
+		return a, r.Scan(&a.id, &a.table, &a.sameTable, &a.running)
+	}); err != nil {
+		return c, err
+	}
+	rows, err = e.pool.Query(ctx, `SELECT id FROM (`+candidatesSQL+`) c(id, parallel, slow, running)`)
+	if err != nil {
+		return c, err
+	}
+	c.picked, err = pgx.CollectRows(rows, pgx.RowTo[int64])
 	return c, err
 }
 
-// waitingFor says why m, active with no running batch, cannot start one
-// now, as claim decides it; "" when it can.
+// waitingFor says why m, active with no running batch, gets none now, as
+// the scheduler (candidatesSQL) and claim decide it; "" when it gets one
+// or when no worker runs (state says that instead).
 func (c cluster) waitingFor(m *Migration) string {
-	var others []string
-	for _, b := range c.busy {
-		if b.id == m.ID {
-			continue
-		}
-		if b.table == m.Table && !(m.AllowSameTable && b.sameTable) {
-			return fmt.Sprintf("waiting for migration %s, which runs on the same table (one migration per table; queue with --allow-same-table to run both)", c.ref(b.id))
-		}
-		others = append(others, c.ref(b.id))
+	if !c.workers {
+		return ""
 	}
 	if c.MaxRunning <= 0 {
 		return fmt.Sprintf("max-running is 0: no migration starts (`ferry bbm set max-running 1%s` lets one run)", c.flag())
 	}
-	if len(others) >= c.MaxRunning {
-		limit, running := fmt.Sprintf("%d migrations run", c.MaxRunning), "are"
-		if c.MaxRunning == 1 {
-			limit = "1 migration runs"
+	var running []string
+	for _, o := range c.active {
+		if o.id == m.ID {
+			continue
 		}
-		if len(others) == 1 {
-			running = "is"
+		// The scheduler: an older active migration on the table goes first.
+		// Claim: a running one on the table blocks unless both allow it.
+		older := o.id < m.ID && !o.sameTable && !m.AllowSameTable
+		if o.table == m.Table && (older || (o.running && !(o.sameTable && m.AllowSameTable))) {
+			return fmt.Sprintf("waiting for migration %s on the same table (one migration per table): it starts when %s finishes, "+
+				"or when it is paused (`ferry bbm pause %s`)", c.ref(o.id), c.ref(o.id), c.ref(o.id))
 		}
-		return fmt.Sprintf("waiting for a turn: at most %s at once and %s %s running (`ferry bbm set max-running %d%s` runs more)",
-			limit, strings.Join(others, ", "), running, len(others)+1, c.flag())
+		if o.running {
+			running = append(running, c.ref(o.id))
+		}
 	}
-	return ""
+	first := running
+	if !slices.Contains(c.picked, m.ID) {
+		if len(c.picked) < c.MaxRunning {
+			return "" // read between two picks: no claim to make
+		}
+		first = nil
+		for _, id := range c.picked {
+			first = append(first, c.ref(id))
+		}
+	} else if len(running) < c.MaxRunning {
+		return ""
+	}
+	if len(first) == 0 {
+		return ""
+	}
+	limit, verb := fmt.Sprintf("%d migrations run", c.MaxRunning), "come"
+	if c.MaxRunning == 1 {
+		limit = "1 migration runs"
+	}
+	if len(first) == 1 {
+		verb = "comes"
+	}
+	return fmt.Sprintf("waiting for a turn: at most %s at once and %s %s first (`ferry bbm set max-running %d%s` runs more)",
+		limit, strings.Join(first, ", "), verb, c.MaxRunning+1, c.flag())
 }
 
 // list reads the migrations matching where (a condition on
@@ -622,8 +653,10 @@ func state(v *MigrationInfo, c cluster, now time.Time) (State, string) {
 		if !c.workers {
 			return StateStalled, fmt.Sprintf("no worker has run a batch for %s: is `ferry worker` running?", humanMinutes(idle))
 		}
-		return StateStalled, fmt.Sprintf("no batch for %s although ferry workers are running: at most %d migrations run at once "+
-			"(`ferry bbm set max-running N%s`), one per table", humanMinutes(idle), c.MaxRunning, c.flag())
+		// Not its turn would have been "waiting": the workers are not
+		// taking its batches.
+		return StateStalled, fmt.Sprintf("no batch for %s although ferry workers are running and it is its turn: "+
+			"are they reading queue %s? Their logs say why batches fail to start", humanMinutes(idle), Queue)
 	}
 	switch {
 	case m.SlowUntil != nil && m.SlowUntil.After(now):

@@ -86,7 +86,7 @@ func TestBBMReadModelEstimate(t *testing.T) {
 			"2 failed batch(es): `ferry bbm show 7` lists the errors, `ferry bbm retry 7` runs them again"},
 		{"stalled without workers", func(_ *MigrationInfo, c *cluster) { c.workers = false }, now.Add(time.Hour), StateStalled,
 			"no worker has run a batch for 60 minutes: is `ferry worker` running?"},
-		{"stalled with workers", func(*MigrationInfo, *cluster) {}, now.Add(10 * time.Minute), StateStalled, "`ferry bbm set max-running N`"},
+		{"stalled with workers", func(*MigrationInfo, *cluster) {}, now.Add(10 * time.Minute), StateStalled, "are they reading queue background_migration?"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v, c := activeView(now), idle
@@ -146,39 +146,75 @@ func TestBBMStateUnregisteredClassWayOut(t *testing.T) {
 	}
 }
 
-// An active migration with no running batch, whose turn claim would refuse,
-// says what it waits for (the same rules as claim) and no rate or ETA.
+// An active migration with no running batch that the scheduler or claim
+// would not give one says what it waits for, and has no rate or ETA.
 func TestBBMStateWaitingForATurn(t *testing.T) {
 	t.Parallel()
 	now := time.Now()
-	v := activeView(now)
+	v := activeView(now) // id 7, no running batch
 	v.Table = "events"
-	full := cluster{Settings: Settings{MaxRunning: 2}, workers: true, db: "ci",
-		busy: []busyMigration{{id: 3, table: "notes"}, {id: 5, table: "users"}}}
-	p := summarize(v, full, now)
-	want := "waiting for a turn: at most 2 migrations run at once and ci_3, ci_5 are running (`ferry bbm set max-running 3 --db ci` runs more)"
-	if p.State != StateWaiting || p.Reason != want || p.ETA != nil {
-		t.Fatalf("max-running reached: %s: %q %v", p.State, p.Reason, p.ETA)
+	state := func(c cluster) Progress {
+		t.Helper()
+		p := summarize(v, c, now)
+		if (p.State == StateWaiting) != (p.ETA == nil && p.RowsPerSec == 0 && p.Reason != "") {
+			t.Fatalf("%s with rate %v, ETA %v, reason %q", p.State, p.RowsPerSec, p.ETA, p.Reason)
+		}
+		return p
 	}
-	one := cluster{Settings: Settings{MaxRunning: 1}, workers: true, busy: []busyMigration{{id: 3, table: "notes"}}}
-	if p := summarize(v, one, now); p.Reason != "waiting for a turn: at most 1 migration runs at once and 3 is running (`ferry bbm set max-running 2` runs more)" {
+	busy := []activeMigration{{id: 3, table: "notes", running: true}, {id: 5, table: "users", running: true}, {id: 7, table: "events"}}
+	// Max-running reached by two running migrations; the scheduler picked them.
+	full := cluster{Settings: Settings{MaxRunning: 2}, workers: true, db: "ci", active: busy, picked: []int64{3, 5}}
+	want := "waiting for a turn: at most 2 migrations run at once and ci_3, ci_5 come first (`ferry bbm set max-running 3 --db ci` runs more)"
+	if p := state(full); p.State != StateWaiting || p.Reason != want {
+		t.Fatalf("max-running reached: %s: %q", p.State, p.Reason)
+	}
+	// Picked by the scheduler, but claim finds the limit taken by running ones.
+	full.picked = []int64{3, 7}
+	if p := state(full); p.State != StateWaiting || !strings.Contains(p.Reason, "ci_3, ci_5 come first") {
+		t.Fatalf("picked, limit taken: %s: %q", p.State, p.Reason)
+	}
+	// Picked with a free slot: not waiting.
+	full.MaxRunning, full.picked = 3, []int64{3, 5, 7}
+	if p := state(full); p.State != StateRunning {
+		t.Fatalf("its turn: %s: %q", p.State, p.Reason)
+	}
+	one := cluster{Settings: Settings{MaxRunning: 1}, workers: true, active: busy[:1], picked: []int64{3}}
+	if p := state(one); p.Reason != "waiting for a turn: at most 1 migration runs at once and 3 comes first (`ferry bbm set max-running 2` runs more)" {
 		t.Fatalf("max-running 1: %q", p.Reason)
 	}
 	// Its own running batch is not a reason to wait.
 	v.agg.running = 1
-	if p := summarize(v, full, now); p.State == StateWaiting {
+	self := cluster{Settings: Settings{MaxRunning: 1}, workers: true, active: []activeMigration{{id: 7, table: "events", running: true}}, picked: []int64{7}}
+	if p := summarize(v, self, now); p.State == StateWaiting {
 		t.Fatalf("with its own batch running: %s: %s", p.State, p.Reason)
 	}
 	v.agg.running = 0
-	sameTable := cluster{Settings: Settings{MaxRunning: 5}, workers: true, busy: []busyMigration{{id: 4, table: "events", sameTable: true}}}
-	if p := summarize(v, sameTable, now); p.State != StateWaiting || !strings.HasPrefix(p.Reason, "waiting for migration 4, which runs on the same table") {
-		t.Fatalf("same table: %s: %q", p.State, p.Reason)
+	// One per table: an older active one goes first even between its
+	// batches, a running one blocks unless both allow the same table.
+	older := cluster{Settings: Settings{MaxRunning: 5}, workers: true, active: []activeMigration{{id: 4, table: "events"}}, picked: []int64{4}}
+	if p := state(older); p.State != StateWaiting || !strings.HasPrefix(p.Reason, "waiting for migration 4 on the same table") ||
+		!strings.Contains(p.Reason, "`ferry bbm pause 4`") {
+		t.Fatalf("older on the table: %s: %q", p.State, p.Reason)
+	}
+	newer := cluster{Settings: Settings{MaxRunning: 5}, workers: true, active: []activeMigration{{id: 9, table: "events", running: true, sameTable: true}}, picked: []int64{9, 7}}
+	if p := state(newer); p.State != StateWaiting {
+		t.Fatalf("a running one on the table, only it allows: %s: %q", p.State, p.Reason)
 	}
 	v.AllowSameTable = true
-	if p := summarize(v, sameTable, now); p.State != StateRunning {
-		t.Fatalf("same table, both allowed: %s: %q", p.State, p.Reason)
+	if p := state(newer); p.State != StateRunning {
+		t.Fatalf("a running one on the table, both allow: %s: %q", p.State, p.Reason)
 	}
-	if p := summarize(v, cluster{workers: true}, now); p.State != StateWaiting || !strings.HasPrefix(p.Reason, "max-running is 0") {
+	if p := state(older); p.State != StateRunning {
+		// The scheduler lets a migration that allows it past an older one
+		// between batches (candidatesSQL), and claim only minds running ones.
+		t.Fatalf("an older one between batches, this one allows the same table: %s: %q", p.State, p.Reason)
+	}
+	v.AllowSameTable = false
+	if p := state(cluster{workers: true}); p.State != StateWaiting || !strings.HasPrefix(p.Reason, "max-running is 0") {
 		t.Fatalf("max-running 0: %s: %q", p.State, p.Reason)
+	}
+	// No worker: not "waiting" (state says no worker runs instead).
+	if p := state(cluster{Settings: Settings{MaxRunning: 2}, active: busy, picked: []int64{3, 5}}); p.State == StateWaiting {
+		t.Fatalf("no worker: %s: %q", p.State, p.Reason)
 	}
 }

@@ -213,15 +213,11 @@ func (s *Service) Tick(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (s *Service) tick(ctx context.Context, d *serviceDB) error {
-	e := d.engine
-	// Only a settled engine judges other sessions gone (session.go).
-	if e.settled() {
-		if _, err := e.ReviveFinalizing(ctx, 0); err != nil {
-			d.log.Warn("could not revive migrations whose finalizer died", zap.Error(err))
-		}
-	}
-	rows, err := e.pool.Query(ctx, `
+// candidatesSQL picks the migrations the scheduler gives batches to:
+// active, not on hold, no older active migration on the same table (unless
+// allowed), running ones first, then the oldest, at most max_running. The
+// read model (cluster) reads the same picks to say who waits.
+const candidatesSQL = `
 		WITH settings AS (SELECT max_running, paused_all FROM ferry_bbm_settings WHERE id = 1),
 		running AS (SELECT DISTINCT batched_background_migration_id AS id FROM batched_background_migration_jobs WHERE status = 1)
 		SELECT m.id, m.max_parallel_batches, (m.slow_until > now()) IS TRUE, m.id IN (SELECT id FROM running)
@@ -232,7 +228,17 @@ func (s *Service) tick(ctx context.Context, d *serviceDB) error {
 		        SELECT 1 FROM batched_background_migrations o
 		        WHERE o.table_name = m.table_name AND o.status = 1 AND o.id < m.id AND NOT o.allow_same_table))
 		ORDER BY (m.id IN (SELECT id FROM running)) DESC, m.id
-		LIMIT (SELECT max_running FROM settings)`)
+		LIMIT (SELECT max_running FROM settings)`
+
+func (s *Service) tick(ctx context.Context, d *serviceDB) error {
+	e := d.engine
+	// Only a settled engine judges other sessions gone (session.go).
+	if e.settled() {
+		if _, err := e.ReviveFinalizing(ctx, 0); err != nil {
+			d.log.Warn("could not revive migrations whose finalizer died", zap.Error(err))
+		}
+	}
+	rows, err := e.pool.Query(ctx, candidatesSQL)
 	if err != nil {
 		return err
 	}
