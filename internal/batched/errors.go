@@ -3,6 +3,7 @@ package batched
 import (
 	"errors"
 	"fmt"
+	"strconv"
 )
 
 // Sentinel errors. Errors returned by the engine wrap them with %w; match
@@ -47,7 +48,9 @@ func (e *ArgCountError) Is(target error) bool { return target == ErrInvalidArgs 
 
 // StateError reports an operation not allowed in the migration's status.
 type StateError struct {
-	ID     int64
+	ID int64
+	// Ref is the id as the commands take it (ci_3); "" prints ID.
+	Ref    string
 	Status Status
 	Op     string
 	Msg    string
@@ -57,7 +60,11 @@ func (e *StateError) Error() string {
 	if e.Msg != "" {
 		return e.Msg
 	}
-	return fmt.Sprintf("migration %d is %s; cannot %s", e.ID, e.Status, e.Op)
+	ref := e.Ref
+	if ref == "" {
+		ref = strconv.FormatInt(e.ID, 10)
+	}
+	return fmt.Sprintf("migration %s is %s; cannot %s", ref, e.Status, e.Op)
 }
 
 // Is makes StateError match ErrInvalidState.

@@ -102,7 +102,7 @@ func (e *Engine) transition(ctx context.Context, id int64, op string, to Status,
 		ok = ok || m.Status == s
 	}
 	if !ok {
-		return nil, &StateError{ID: id, Status: m.Status, Op: op, Msg: msg}
+		return nil, &StateError{ID: id, Ref: Ref(e.database, id), Status: m.Status, Op: op, Msg: msg}
 	}
 	if _, err := tx.Exec(ctx, `UPDATE batched_background_migrations SET status = $2, updated_at = now()`+extra+` WHERE id = $1`, id, to); err != nil {
 		return nil, err
@@ -184,7 +184,7 @@ func (e *Engine) MarkFinished(ctx context.Context, id int64, who string) (*Migra
 	if f, err := liveFinalizer(ctx, tx, id, 0); err != nil {
 		return nil, err
 	} else if f != "" {
-		return nil, fmt.Errorf("%w: migration %d is being finalized by %s; stop that finalize first, or let it finish", ErrInvalidState, id, f)
+		return nil, fmt.Errorf("%w: migration %s is being finalized by %s; stop that finalize first, or let it finish", ErrInvalidState, Ref(e.database, id), f)
 	}
 	msg := fmt.Sprintf("marked finished by %s at %s (ferry bbm mark-finished)", who, time.Now().UTC().Format(time.RFC3339))
 	if _, err := tx.Exec(ctx, `
@@ -254,8 +254,8 @@ func (e *Engine) Finalize(ctx context.Context, m *Migration) error {
 	if who, err := liveFinalizer(ctx, tx, m.ID, e.Session()); err != nil {
 		return err
 	} else if who != "" {
-		return fmt.Errorf("%w: migration %d is being finalized by %s; wait for it (`ferry bbm wait`), or stop that finalize first",
-			ErrInvalidState, m.ID, who)
+		return fmt.Errorf("%w: migration %s is being finalized by %s; wait for it (`ferry bbm wait`), or stop that finalize first",
+			ErrInvalidState, Ref(e.database, m.ID), who)
 	}
 	if _, err := tx.Exec(ctx, `UPDATE batched_background_migration_jobs SET attempts = 0 WHERE batched_background_migration_id = $1 AND attempts >= $2 AND status = 2`, m.ID, MaxAttempts); err != nil {
 		return err

@@ -822,7 +822,7 @@ func (e *Engine) Job(ctx context.Context, id, jobID int64) (*Job, error) {
 		return nil, err
 	}
 	if len(jobs) == 0 {
-		return nil, fmt.Errorf("%w: migration %d has no job %d", ErrNotFound, id, jobID)
+		return nil, fmt.Errorf("%w: migration %s has no job %d", ErrNotFound, Ref(e.database, id), jobID)
 	}
 	return &jobs[0], nil
 }

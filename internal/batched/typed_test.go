@@ -96,3 +96,14 @@ func TestTargetNameShapes(t *testing.T) {
 		}
 	}
 }
+
+// A state error names the migration as the commands take it (ci_3) when
+// its engine's database is named, else by its bare id.
+func TestStateErrorNamesTheRef(t *testing.T) {
+	for ref, want := range map[string]string{"ci_3": "migration ci_3 is active; cannot resume", "": "migration 3 is active; cannot resume"} {
+		err := &batched.StateError{ID: 3, Ref: ref, Status: batched.Active, Op: "resume"}
+		if err.Error() != want || !errors.Is(err, batched.ErrInvalidState) {
+			t.Errorf("Ref %q: %q", ref, err.Error())
+		}
+	}
+}
