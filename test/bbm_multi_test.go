@@ -383,6 +383,8 @@ func TestDBMigrateWayOutNamesTheDatabase(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	m := newMultiDB(t, "")
+	// ferry db needs a real session; the tests may run through PgBouncer.
+	m.env = append(m.env, "DATABASE_DIRECT_URL_CI="+testenv.DirectURL(t, m.ciURL))
 	m.want(0, nil, "setup")
 	if _, err := m.ci.Exec(m.ctx, `INSERT INTO batched_background_migrations
 		(job_class_name, table_name, column_name, job_arguments, status, batch_size, sub_batch_size)
