@@ -72,6 +72,15 @@ type Plan struct {
 	Operation string
 }
 
+// andWhere is p's Where as a condition to append to the sub-batch's range
+// (" AND (<Where>)"), "" when it has none.
+func (p *Plan) andWhere() string {
+	if p.Where == "" {
+		return ""
+	}
+	return " AND (" + p.Where + ")"
+}
+
 // Quote quotes one identifier for SQL.
 func Quote(name string) string { return pgx.Identifier{name}.Sanitize() }
 

@@ -328,10 +328,7 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 // write, and a retry never redoes committed sub-batches.
 func (e *Engine) setStatement(cl *claim) string {
 	col, tbl := Quote(cl.mig.Column), cl.tgt.Ident()
-	where := ""
-	if cl.plan.Where != "" {
-		where = " AND (" + cl.plan.Where + ")"
-	}
+	where := cl.plan.andWhere()
 	return `WITH s AS (
   SELECT max(k)::bigint AS hi, count(*) AS n FROM (
     SELECT ` + col + ` AS k FROM ` + tbl + ` WHERE ` + col + ` >= $1 AND ` + col + ` <= $2 ORDER BY ` + col + ` LIMIT $3) x),

@@ -432,16 +432,12 @@ func (e *Engine) checkSet(ctx context.Context, tx pgx.Tx, tgt *Target, plan *Pla
 	if plan == nil || plan.Set == "" || plan.Skip {
 		return nil
 	}
-	where := "false"
-	if plan.Where != "" {
-		where += " AND (" + plan.Where + ")"
-	}
 	if _, err := tx.Exec(ctx, `SAVEPOINT ferry_check_set`); err != nil {
 		return err
 	}
 	_, err := tx.Exec(ctx, `SET LOCAL lock_timeout = `+strconv.FormatInt(e.health.LockTimeout.Milliseconds(), 10))
 	if err == nil {
-		_, err = tx.Exec(ctx, `EXPLAIN UPDATE `+tgt.Ident()+` AS t SET `+plan.Set+` WHERE `+where)
+		_, err = tx.Exec(ctx, `EXPLAIN UPDATE `+tgt.Ident()+` AS t SET `+plan.Set+` WHERE false`+plan.andWhere())
 	}
 	if _, rerr := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT ferry_check_set`); rerr != nil {
 		return rerr

@@ -335,23 +335,37 @@ func (e *Engine) cluster(ctx context.Context) (cluster, error) {
 		return c, err
 	}
 	c.db = e.database
+	// The scheduler only picks active migrations: one query reads both.
 	rows, err := e.pool.Query(ctx, `SELECT o.id, o.table_name, o.allow_same_table,
-		EXISTS (SELECT 1 FROM batched_background_migration_jobs j WHERE j.batched_background_migration_id = o.id AND j.status = 1)
+		EXISTS (SELECT 1 FROM batched_background_migration_jobs j WHERE j.batched_background_migration_id = o.id AND j.status = 1),
+		o.id IN (SELECT id FROM (`+candidatesSQL+`) c(id, parallel, slow, running))
 		FROM batched_background_migrations o WHERE o.status = 1 ORDER BY o.id`)
 	if err != nil {
 		return c, err
 	}
-	if c.active, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (activeMigration, error) {
+	var picked []activeMigration
+	c.active, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (activeMigration, error) {
 		var a activeMigration
-		return a, r.Scan(&a.id, &a.table, &a.sameTable, &a.running)
-	}); err != nil {
-		return c, err
+		var isPicked bool
+		err := r.Scan(&a.id, &a.table, &a.sameTable, &a.running, &isPicked)
+		if isPicked {
+			picked = append(picked, a)
+		}
+		return a, err
+	})
+	// In the scheduler's order: running ones first, then by id.
+	slices.SortStableFunc(picked, func(x, y activeMigration) int {
+		switch {
+		case x.running == y.running:
+			return 0
+		case x.running:
+			return -1
+		}
+		return 1
+	})
+	for _, a := range picked {
+		c.picked = append(c.picked, a.id)
 	}
-	rows, err = e.pool.Query(ctx, `SELECT id FROM (`+candidatesSQL+`) c(id, parallel, slow, running)`)
-	if err != nil {
-		return c, err
-	}
-	c.picked, err = pgx.CollectRows(rows, pgx.RowTo[int64])
 	return c, err
 }
 
