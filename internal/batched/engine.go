@@ -283,10 +283,11 @@ func (e *Engine) claim(ctx context.Context, id int64, md mode) (*claim, Outcome,
 		var tableBusy bool
 		if err := tx.QueryRow(ctx, `
 			SELECT count(DISTINCT j.batched_background_migration_id),
-			       coalesce(bool_or(o.table_name = $2 AND NOT ($3 AND o.allow_same_table)), false)
+			       coalesce(bool_or(`+tableKey("o")+` = `+tableKey("m")+` AND NOT (m.allow_same_table AND o.allow_same_table)), false)
 			FROM batched_background_migration_jobs j
 			JOIN batched_background_migrations o ON o.id = j.batched_background_migration_id
-			WHERE j.status = 1 AND j.batched_background_migration_id <> $1`, id, m.Table, m.AllowSameTable).Scan(&others, &tableBusy); err != nil {
+			JOIN batched_background_migrations m ON m.id = $1
+			WHERE j.status = 1 AND j.batched_background_migration_id <> $1`, id).Scan(&others, &tableBusy); err != nil {
 			return nil, NotExecutable, err
 		}
 		if others >= maxRunning || tableBusy {

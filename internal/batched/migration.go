@@ -111,6 +111,19 @@ type Migration struct {
 	SlowUntil      *time.Time      `json:"slow_until"`
 }
 
+// tableKey is the SQL for the table alias's migration names, one value
+// per table: "events" and "public.events" (and a GitLab row naming it either
+// way) are one table to the one-migration-per-table rule. The name is the
+// relation's oid when it resolves as ResolveTarget would (search_path for
+// an unqualified name; each part quoted, so no name makes to_regclass fail
+// on syntax), else the text as stored (a dropped table).
+func tableKey(alias string) string {
+	t := alias + ".table_name"
+	return `coalesce('oid:' || to_regclass(CASE WHEN ` + t + ` ~ '^[^.]+[.][^.]+$'
+		THEN quote_ident(split_part(` + t + `, '.', 1)) || '.' || quote_ident(split_part(` + t + `, '.', 2))
+		WHEN strpos(` + t + `, '.') = 0 THEN quote_ident(` + t + `) END)::oid::text, ` + t + `)`
+}
+
 const migrationCols = `id, job_class_name, table_name, column_name, job_arguments, status,
 	coalesce(min_value, 1), coalesce(max_value, coalesce(min_value, 1)), batch_size, sub_batch_size, max_batch_size, pause_ms,
 	total_tuple_count, max_parallel_batches, allow_same_table, target_batch_ms, statement_timeout_ms,

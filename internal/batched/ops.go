@@ -430,7 +430,7 @@ func (e *Engine) Executable(ctx context.Context) ([]int64, error) {
 		  AND NOT (SELECT paused_all FROM ferry_bbm_settings WHERE id = 1)
 		  AND (allow_same_table OR NOT EXISTS (
 		        SELECT 1 FROM batched_background_migrations o
-		        WHERE o.table_name = m.table_name AND o.status = 1 AND o.id < m.id AND NOT o.allow_same_table))
+		        WHERE `+tableKey("o")+` = `+tableKey("m")+` AND o.status = 1 AND o.id < m.id AND NOT o.allow_same_table))
 		ORDER BY id`)
 	if err != nil {
 		return nil, err

@@ -177,9 +177,9 @@ type cluster struct {
 
 type activeMigration struct {
 	id        int64
-	table     string
-	sameTable bool // allow_same_table
-	running   bool // has a running batch
+	table     string // tableKey: one value per table, however it is spelled
+	sameTable bool   // allow_same_table
+	running   bool   // has a running batch
 }
 
 // ref is migration id as the printed commands take it: ci_3 when the
@@ -336,7 +336,7 @@ func (e *Engine) cluster(ctx context.Context) (cluster, error) {
 	}
 	c.db = e.database
 	// The scheduler only picks active migrations: one query reads both.
-	rows, err := e.pool.Query(ctx, `SELECT o.id, o.table_name, o.allow_same_table,
+	rows, err := e.pool.Query(ctx, `SELECT o.id, `+tableKey("o")+`, o.allow_same_table,
 		EXISTS (SELECT 1 FROM batched_background_migration_jobs j WHERE j.batched_background_migration_id = o.id AND j.status = 1),
 		o.id IN (SELECT id FROM (`+candidatesSQL+`) c(id, parallel, slow, running))
 		FROM batched_background_migrations o WHERE o.status = 1 ORDER BY o.id`)
@@ -379,6 +379,12 @@ func (c cluster) waitingFor(m *Migration) string {
 	if c.MaxRunning <= 0 {
 		return fmt.Sprintf("max-running is 0: no migration starts (`ferry bbm set max-running 1%s` lets one run)", c.flag())
 	}
+	key := m.Table
+	for _, o := range c.active {
+		if o.id == m.ID {
+			key = o.table
+		}
+	}
 	var running []string
 	for _, o := range c.active {
 		if o.id == m.ID {
@@ -387,7 +393,7 @@ func (c cluster) waitingFor(m *Migration) string {
 		// The scheduler: an older active migration on the table goes first.
 		// Claim: a running one on the table blocks unless both allow it.
 		older := o.id < m.ID && !o.sameTable && !m.AllowSameTable
-		if o.table == m.Table && (older || (o.running && !(o.sameTable && m.AllowSameTable))) {
+		if o.table == key && (older || (o.running && !(o.sameTable && m.AllowSameTable))) {
 			return fmt.Sprintf("waiting for migration %s on the same table (one migration per table): it starts when %s finishes, "+
 				"or when it is paused (`ferry bbm pause %s`)", c.ref(o.id), c.ref(o.id), c.ref(o.id))
 		}

@@ -217,7 +217,7 @@ func (s *Service) Tick(ctx context.Context) error {
 // active, not on hold, no older active migration on the same table (unless
 // allowed), running ones first, then the oldest, at most max_running. The
 // read model (cluster) reads the same picks to say who waits.
-const candidatesSQL = `
+var candidatesSQL = `
 		WITH settings AS (SELECT max_running, paused_all FROM ferry_bbm_settings WHERE id = 1),
 		running AS (SELECT DISTINCT batched_background_migration_id AS id FROM batched_background_migration_jobs WHERE status = 1)
 		SELECT m.id, m.max_parallel_batches, (m.slow_until > now()) IS TRUE, m.id IN (SELECT id FROM running)
@@ -226,7 +226,7 @@ const candidatesSQL = `
 		  AND NOT (SELECT paused_all FROM settings)
 		  AND (m.allow_same_table OR NOT EXISTS (
 		        SELECT 1 FROM batched_background_migrations o
-		        WHERE o.table_name = m.table_name AND o.status = 1 AND o.id < m.id AND NOT o.allow_same_table))
+		        WHERE ` + tableKey("o") + ` = ` + tableKey("m") + ` AND o.status = 1 AND o.id < m.id AND NOT o.allow_same_table))
 		ORDER BY (m.id IN (SELECT id FROM running)) DESC, m.id
 		LIMIT (SELECT max_running FROM settings)`
 

@@ -433,7 +433,7 @@ func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 	}
 	j, err := v.store.Job(ctx, id, jid)
 	if errors.Is(err, ErrNotFound) {
-		s.notFound(w, r, fmt.Sprintf("migration %d has no job %d", id, jid))
+		s.notFound(w, r, fmt.Sprintf("migration %s has no job %d", s.ref(v, id), jid))
 		return
 	}
 	if err != nil {
@@ -491,10 +491,9 @@ func (s *Server) handleAction(w http.ResponseWriter, r *http.Request) {
 		s.notFound(w, r, fmt.Sprintf("no background migration with id %d%s", id, s.inDB(v)))
 		return
 	}
-	target := fmt.Sprintf("migration %d", id)
+	target := "migration " + s.ref(v, id)
 	var q template.URL
 	if len(s.dbs) > 1 {
-		target = "migration " + batched.Ref(v.name, id)
 		q = dbQuery("&", v.name)
 	}
 	if action == "finalize" && err == nil {
@@ -749,6 +748,15 @@ func (s *Server) inDB(v *dbView) string {
 		return " in database " + v.name
 	}
 	return ""
+}
+
+// ref names migration id as the commands take it: ci_3 when several
+// databases are shown, 3 otherwise.
+func (s *Server) ref(v *dbView, id int64) string {
+	if len(s.dbs) > 1 {
+		return batched.Ref(v.name, id)
+	}
+	return batched.Ref("", id)
 }
 
 // dbErr names the database of a failed read when several are shown.

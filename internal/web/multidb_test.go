@@ -94,6 +94,11 @@ func TestMultiDatabaseUI(t *testing.T) {
 	if code, _ := b.get(t, fmt.Sprintf("/background_migrations/xy_%d", active)); code != 404 {
 		t.Fatalf("xy_%d: %d, want 404", active, code)
 	}
+	// A missing job names the migration as the commands take it.
+	if code, body := b.get(t, fmt.Sprintf("/background_migrations/%d/jobs/987654?database=ci", active)); code != 404 ||
+		!strings.Contains(body, fmt.Sprintf("migration ci_%d has no job 987654", active)) {
+		t.Errorf("missing job on ci: %d %s", code, grepLines(body, "no job"))
+	}
 	_, body = b.get(t, fmt.Sprintf("/background_migrations/%d?confirm=finalize&database=ci", active))
 	contains(t, body, "ferry bbm finalize --db ci", fmt.Sprintf(`action="/background_migrations/%d/finalize?database=ci"`, active))
 
