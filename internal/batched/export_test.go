@@ -3,6 +3,8 @@ package batched
 import (
 	"context"
 	"errors"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // SimulateCrash makes e behave like a killed process: it records nothing more.
@@ -82,3 +84,13 @@ func RecordSuccess(ctx context.Context, e *Engine, cl *Claim, cursor int64, rows
 
 // ErrCommitsLost is what recording a batch gets when its last commits are gone.
 var ErrCommitsLost = errCommitsLost
+
+// SchedulerPicks returns the ids the scheduler gives batches to now
+// (candidatesSQL), in its order.
+func SchedulerPicks(ctx context.Context, e *Engine) ([]int64, error) {
+	rows, err := e.pool.Query(ctx, `SELECT id FROM (`+candidatesSQL+`) c(id, parallel, slow, running)`)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[int64])
+}

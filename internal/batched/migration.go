@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ferrymigrate/ferry/internal/ferryschema"
+	"github.com/ferrymigrate/ferry/internal/pgcatalog"
 	"github.com/ferrymigrate/ferry/internal/pgerr"
 )
 
@@ -113,15 +114,16 @@ type Migration struct {
 
 // tableKey is the SQL for the table alias's migration names, one value
 // per table: "events" and "public.events" (and a GitLab row naming it either
-// way) are one table to the one-migration-per-table rule. The name is the
-// relation's oid when it resolves as ResolveTarget would (search_path for
-// an unqualified name; each part quoted, so no name makes to_regclass fail
-// on syntax), else the text as stored (a dropped table).
+// way) are one table to the one-migration-per-table rule. It is the oid of
+// the table ResolveTarget would find for the name (pgcatalog.TableOIDSQL:
+// catalog reads only, so no stored name makes it fail), else the text as
+// stored (a dropped table, a name with two dots).
 func tableKey(alias string) string {
 	t := alias + ".table_name"
-	return `coalesce('oid:' || to_regclass(CASE WHEN ` + t + ` ~ '^[^.]+[.][^.]+$'
-		THEN quote_ident(split_part(` + t + `, '.', 1)) || '.' || quote_ident(split_part(` + t + `, '.', 2))
-		WHEN strpos(` + t + `, '.') = 0 THEN quote_ident(` + t + `) END)::oid::text, ` + t + `)`
+	schema := `CASE WHEN strpos(` + t + `, '.') = 0 THEN '' ELSE split_part(` + t + `, '.', 1) END`
+	table := `CASE WHEN strpos(` + t + `, '.') = 0 THEN ` + t + `
+		WHEN ` + t + ` ~ '^[^.]+[.][^.]+$' THEN split_part(` + t + `, '.', 2) END`
+	return `coalesce('oid:' || ` + pgcatalog.TableOIDSQL(schema, table) + `::text, ` + t + `)`
 }
 
 const migrationCols = `id, job_class_name, table_name, column_name, job_arguments, status,

@@ -379,7 +379,9 @@ func (c cluster) waitingFor(m *Migration) string {
 	if c.MaxRunning <= 0 {
 		return fmt.Sprintf("max-running is 0: no migration starts (`ferry bbm set max-running 1%s` lets one run)", c.flag())
 	}
-	key := m.Table
+	// Its own key, read with the others' (tableKey); "" when it became
+	// active after they were read: no same-table reason this time.
+	key := ""
 	for _, o := range c.active {
 		if o.id == m.ID {
 			key = o.table
@@ -393,7 +395,7 @@ func (c cluster) waitingFor(m *Migration) string {
 		// The scheduler: an older active migration on the table goes first.
 		// Claim: a running one on the table blocks unless both allow it.
 		older := o.id < m.ID && !o.sameTable && !m.AllowSameTable
-		if o.table == key && (older || (o.running && !(o.sameTable && m.AllowSameTable))) {
+		if key != "" && o.table == key && (older || (o.running && !(o.sameTable && m.AllowSameTable))) {
 			return fmt.Sprintf("waiting for migration %s on the same table (one migration per table): it starts when %s finishes, "+
 				"or when it is paused (`ferry bbm pause %s`)", c.ref(o.id), c.ref(o.id), c.ref(o.id))
 		}

@@ -191,12 +191,21 @@ func TestBBMStateWaitingForATurn(t *testing.T) {
 	v.agg.running = 0
 	// One per table: an older active one goes first even between its
 	// batches, a running one blocks unless both allow the same table.
-	older := cluster{Settings: Settings{MaxRunning: 5}, workers: true, active: []activeMigration{{id: 4, table: "events"}}, picked: []int64{4}}
+	// (The cluster's active list holds this one too: its table key.)
+	me := activeMigration{id: 7, table: "events"}
+	older := cluster{Settings: Settings{MaxRunning: 5}, workers: true, active: []activeMigration{{id: 4, table: "events"}, me}, picked: []int64{4}}
 	if p := state(older); p.State != StateWaiting || !strings.HasPrefix(p.Reason, "waiting for migration 4 on the same table") ||
 		!strings.Contains(p.Reason, "`ferry bbm pause 4`") {
 		t.Fatalf("older on the table: %s: %q", p.State, p.Reason)
 	}
-	newer := cluster{Settings: Settings{MaxRunning: 5}, workers: true, active: []activeMigration{{id: 9, table: "events", running: true, sameTable: true}}, picked: []int64{9, 7}}
+	// Active only since the cluster was read: its key is unknown, so no
+	// same-table reason this time.
+	late := older
+	late.active = older.active[:1]
+	if p := state(late); strings.Contains(p.Reason, "same table") {
+		t.Fatalf("not in the cluster's read: %s: %q", p.State, p.Reason)
+	}
+	newer := cluster{Settings: Settings{MaxRunning: 5}, workers: true, active: []activeMigration{{id: 9, table: "events", running: true, sameTable: true}, me}, picked: []int64{9, 7}}
 	if p := state(newer); p.State != StateWaiting {
 		t.Fatalf("a running one on the table, only it allows: %s: %q", p.State, p.Reason)
 	}

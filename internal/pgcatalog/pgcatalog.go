@@ -83,18 +83,31 @@ type Table struct {
 // Quoted is the schema-qualified, quoted name for SQL.
 func (t Table) Quoted() string { return pgx.Identifier{t.Schema, t.Name}.Sanitize() }
 
+// tableSearch is the FROM ... LIMIT 1 that finds an ordinary or
+// partitioned table by exact name, given as SQL text expressions: in
+// schema unless that is the empty string, else first on the search path. It reads only
+// pg_catalog, so no name (or schema without USAGE) makes it fail.
+func tableSearch(schema, table string) string {
+	return `FROM pg_catalog.pg_class cls JOIN pg_catalog.pg_namespace nsp ON nsp.oid = cls.relnamespace
+		WHERE cls.relname = ` + table + ` AND cls.relkind IN ('r', 'p')
+		  AND ( (` + schema + ` <> '' AND nsp.nspname = ` + schema + `)
+		     OR (` + schema + ` = '' AND nsp.nspname = ANY (pg_catalog.current_schemas(false))) )
+		ORDER BY array_position(pg_catalog.current_schemas(false), nsp.nspname::text) NULLS LAST
+		LIMIT 1`
+}
+
+// TableOIDSQL is a scalar SQL expression: the oid of the table FindTable
+// finds for the schema and table SQL text expressions, NULL when none.
+func TableOIDSQL(schema, table string) string {
+	return `(SELECT cls.oid ` + tableSearch(schema, table) + `)`
+}
+
 // FindTable finds an ordinary or partitioned table by exact name: in schema
 // when it is not "", else first on the search path. ErrNoTable when none.
 func FindTable(ctx context.Context, q Queryer, schema, table string) (Table, error) {
 	t := Table{}
-	err := q.QueryRow(ctx, `
-		SELECT c.oid, n.nspname, c.relname, pg_catalog.pg_table_is_visible(c.oid)
-		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.relname = $1 AND c.relkind IN ('r', 'p')
-		  AND ( ($2 <> '' AND n.nspname = $2)
-		     OR ($2 = '' AND n.nspname = ANY (pg_catalog.current_schemas(false))) )
-		ORDER BY array_position(pg_catalog.current_schemas(false), n.nspname::text) NULLS LAST
-		LIMIT 1`, table, schema).Scan(&t.OID, &t.Schema, &t.Name, &t.Visible)
+	err := q.QueryRow(ctx, `SELECT cls.oid, nsp.nspname, cls.relname, pg_catalog.pg_table_is_visible(cls.oid) `+
+		tableSearch("$2::text", "$1::text"), table, schema).Scan(&t.OID, &t.Schema, &t.Name, &t.Visible)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Table{}, ErrNoTable
 	}
