@@ -516,6 +516,16 @@ func (a *App) statusMigrator(ctx context.Context, f *dbFlags, t dbTarget) (m *db
 	return m, err, nil
 }
 
+// command is a `ferry db` command line on t's database (--db when several
+// are configured).
+func (t dbTarget) command(verb string, args ...string) string {
+	db := ""
+	if t.named {
+		db = t.Name
+	}
+	return dbmigrate.Command(db, verb, args...)
+}
+
 // printStatus prints one database's status table to t.out.
 func printStatus(t dbTarget, st *dbmigrate.Status) {
 	out := t.out
@@ -525,8 +535,8 @@ func printStatus(t dbTarget, st *dbmigrate.Status) {
 		if d.Died {
 			what = "was interrupted: its migrator died (started " + d.StartedAt.UTC().Format(time.RFC3339) + ")"
 		}
-		fmt.Fprintf(out, "DIRTY: migration %s_%s (%s) %s; it ran outside a transaction, so the database may be half-migrated and `ferry db migrate` refuses to run. Ways out: %s; or %s.\n\n",
-			d.Version, d.Name, d.Direction, what, d.WaysOut[0], d.WaysOut[1])
+		fmt.Fprintf(out, "DIRTY: migration %s_%s (%s) %s; it ran outside a transaction, so the database may be half-migrated and `%s` refuses to run. Ways out: %s; or %s.\n\n",
+			d.Version, d.Name, d.Direction, what, t.command("migrate"), d.WaysOut[0], d.WaysOut[1])
 	}
 	fmt.Fprintf(out, "%-16s %-12s %-22s %s\n", "VERSION", "STATE", "WHEN", "NAME")
 	for _, ms := range st.Migrations {
@@ -813,11 +823,7 @@ re-runs it; if you completed it by hand, also run "ferry db mark-complete".`,
 				if err != nil {
 					return dbErr(err)
 				}
-				sel := ""
-				if t.named {
-					sel = " --db " + t.Name
-				}
-				state := "pending: the next `ferry db migrate" + sel + "` runs it again (or `ferry db mark-complete " + string(d.Version) + sel + "` if you applied it by hand)"
+				state := "pending: the next `" + t.command("migrate") + "` runs it again (or `" + t.command("mark-complete", string(d.Version)) + "` if you applied it by hand)"
 				if d.Applied {
 					state = "applied"
 				}

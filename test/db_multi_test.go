@@ -355,3 +355,47 @@ func TestDBMultiFromEnvironment(t *testing.T) {
 	out = run(0, "db", "status", "-db=ci")
 	wantContains(t, out, "ci: Current version: 5; 0 pending.")
 }
+
+// With several databases, every command a dirty database's error or
+// status prints names it (--db ci), and each works when pasted: without
+// --db, repair and downto are refused and mark-complete records the
+// version on every database.
+func TestDBMultiDirtyWaysOutNameTheDatabase(t *testing.T) {
+	e := newMultiEnv(t, "main", "ci")
+	onlyConfigFile(t)
+	e.write("main", "1_a.up.sql", "CREATE TABLE a (id int);\n")
+	e.write("ci", "10_b.up.sql", "CREATE TABLE b (id int);\n")
+	e.write("ci", "10_b.down.sql", "DROP TABLE b;\n")
+	e.write("ci", "11_idx.up.sql", "-- ferry:no-transaction\nCREATE TABLE c (id int);\nSELECT no_such_column FROM b;\n")
+	e.write("ci", "11_idx.down.sql", "DROP TABLE IF EXISTS c;\n")
+	_, errs := e.want(1, "db", "migrate")
+	wantContains(t, errs, "(see `ferry db status --db ci`)")
+	_, errs = e.want(1, "db", "migrate", "--db", "ci")
+	ways := []string{"`ferry db repair --db ci`", "`ferry db mark-complete 11 --db ci`", "`ferry db downto 10 --db ci`"}
+	wantContains(t, errs, ways...)
+	out, _ := e.want(1, "db", "status", "--db", "ci")
+	wantContains(t, out, append(ways, "`ferry db migrate --db ci` refuses")...)
+	if strings.Contains(out+errs, "`ferry db repair`") || strings.Contains(out+errs, "`ferry db downto 10`") {
+		t.Fatalf("a way out without --db:\n%s\n%s", out, errs)
+	}
+	// Pasted as printed: downto undoes it on ci only.
+	out, _ = e.want(0, "db", "downto", "10", "--db", "ci")
+	wantContains(t, out, "Reverted")
+	if got := strings.Join(e.applied("ci"), " "); got != "10" {
+		t.Fatalf("ci applied %q after downto", got)
+	}
+	if got := strings.Join(e.applied("main"), " "); got != "1" {
+		t.Fatalf("main applied %q: downto --db ci touched it", got)
+	}
+
+	// A failed CREATE of an object that exists: the documented way out
+	// names ci too.
+	e.write("ci", "12_again.up.sql", "CREATE TABLE b (id int);\n")
+	e.write("ci", "11_idx.up.sql", "CREATE TABLE c (id int);\n")
+	_, errs = e.want(1, "db", "migrate", "--db", "ci")
+	wantContains(t, errs, "`ferry db mark-complete 12 --db ci`")
+	e.want(0, "db", "mark-complete", "12", "--db", "ci")
+	if got := strings.Join(e.applied("ci"), " "); got != "10 11 12" {
+		t.Fatalf("ci applied %q", got)
+	}
+}

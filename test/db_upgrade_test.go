@@ -1,10 +1,12 @@
 package test
 
 import (
+	"encoding/json"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The failed-upgrade story: v1 is live and backed up; the upgrade commits a
@@ -131,8 +133,32 @@ func TestDBMarkComplete(t *testing.T) {
 
 	out := e.mustFerry("mark-complete", "2")
 	wantContains(t, out, "Successfully marked '2' as complete on database")
+	appliedAt := func() string {
+		t.Helper()
+		var st struct {
+			Migrations []struct {
+				Version   string     `json:"version"`
+				AppliedAt *time.Time `json:"applied_at"`
+			} `json:"migrations"`
+		}
+		_, js, _ := e.ferry("status", "--json")
+		if err := json.Unmarshal([]byte(js), &st); err != nil {
+			t.Fatalf("status --json: %v\n%s", err, js)
+		}
+		for _, m := range st.Migrations {
+			if m.Version == "2" && m.AppliedAt != nil {
+				return m.AppliedAt.Format(time.RFC3339Nano)
+			}
+		}
+		t.Fatalf("no applied time for 2:\n%s", js)
+		return ""
+	}
+	marked := appliedAt()
 	out = e.mustFerry("mark-complete", "2")
 	wantContains(t, out, "Migration version '2' is already marked complete on database")
+	if again := appliedAt(); again != marked {
+		t.Fatalf("a mark-complete that found 2 recorded moved its applied time from %s to %s", marked, again)
+	}
 	_, errs := e.wantExit(2, "mark-complete", "0")
 	wantContains(t, errs, "non-zero integer")
 

@@ -111,6 +111,8 @@ type DirtyError struct {
 	// not among them (an older release's folder, a deleted file): downto
 	// cannot run it until the files are back.
 	MissingUp string
+	// Database is Options.Database: the commands given select it.
+	Database string
 }
 
 func (e *DirtyError) Error() string {
@@ -131,9 +133,9 @@ func (e *DirtyError) Error() string {
 		down = "write its down file first: " + e.MissingDown + " does not exist; it must tolerate a partial state"
 	}
 	return fmt.Sprintf("database is dirty: %s\nIt ran outside a transaction, so it may be partly applied.\n"+
-		"Either fix the database by hand and run `ferry db repair` (then `ferry db mark-complete %s` if you completed it by hand),\n"+
-		"or undo it with `ferry db downto %s` (%s).",
-		what, a.Version, e.Previous, down)
+		"Either fix the database by hand and run `%s` (then `%s` if you completed it by hand),\n"+
+		"or undo it with `%s` (%s).",
+		what, Command(e.Database, "repair"), Command(e.Database, "mark-complete", string(a.Version)), Command(e.Database, "downto", string(e.Previous)), down)
 }
 func (e *DirtyError) Is(target error) bool { return target == ErrDirty }
 
@@ -149,23 +151,26 @@ type MigrationError struct {
 	// PostgreSQL holds as INVALID: a failed CREATE INDEX CONCURRENTLY
 	// leaves its index so. They must be dropped, never recorded as done.
 	InvalidIndexes []string
+	// Database is Options.Database: the commands given select it.
+	Database string
 }
 
 func (e *MigrationError) Error() string {
 	how := "it ran in a transaction and was rolled back; fix it and run again"
 	if e.Dirty {
-		how = "it ran outside a transaction, so the database is now dirty (see `ferry db status`)"
+		how = fmt.Sprintf("it ran outside a transaction, so the database is now dirty (see `%s`)", Command(e.Database, "status"))
 	}
 	switch {
 	case len(e.InvalidIndexes) > 0:
-		how += "\n" + invalidAdvice(e.InvalidIndexes, e.Dirty)
+		how += "\n" + invalidAdvice(e.InvalidIndexes, e.Dirty, e.Database)
 	case e.Direction == "up" && duplicateObject(e.Err):
 		// The documented way out: the schema change is there already.
 		how += fmt.Sprintf(". If it exists because this migration was applied already (by hand, or kept by a restore), "+
-			"record it without running it: `ferry db mark-complete %s`", e.Version)
+			"record it without running it: `%s`", Command(e.Database, "mark-complete", string(e.Version)))
 		if e.Dirty {
 			how = fmt.Sprintf("it ran outside a transaction, so the database is now dirty. If the object exists because this migration "+
-				"was applied already, record it: `ferry db repair` then `ferry db mark-complete %s` (see `ferry db status`)", e.Version)
+				"was applied already, record it: `%s` then `%s` (see `%s`)", Command(e.Database, "repair"),
+				Command(e.Database, "mark-complete", string(e.Version)), Command(e.Database, "status"))
 		}
 	}
 	return fmt.Sprintf("migration %s_%s (%s) failed with: %v\n%s", e.Version, e.Name, e.Direction, e.Err, how)
@@ -175,20 +180,31 @@ func (e *MigrationError) Unwrap() error { return e.Err }
 // invalidAdvice says how to get rid of INVALID indexes before running the
 // migration again; recording it complete would keep them (a unique index
 // that enforces nothing).
-func invalidAdvice(names []string, dirty bool) string {
+func invalidAdvice(names []string, dirty bool, db string) string {
 	drops := make([]string, len(names))
 	for i, n := range names {
 		drops[i] = "DROP INDEX CONCURRENTLY " + n + ";"
 	}
-	then := "`ferry db migrate`"
+	then := "`" + Command(db, "migrate") + "`"
 	if dirty {
-		then = "`ferry db repair` and `ferry db migrate`"
+		then = "`" + Command(db, "repair") + "` and `" + Command(db, "migrate") + "`"
 	}
 	return fmt.Sprintf("PostgreSQL holds index %s as INVALID (left by a failed CREATE INDEX CONCURRENTLY; it is not used and enforces nothing). "+
 		"Fix what made it fail, drop it (`%s`), then run %s again; do not mark the migration complete.",
 		strings.Join(names, ", "), strings.Join(drops, " "), then)
 }
 func (e *MigrationError) Is(target error) bool { return target == ErrMigrationFailed }
+
+// Command is the `ferry db` command line for verb and its arguments on
+// database db: with --db when several databases are configured (db is
+// Options.Database), where the command without it is refused.
+func Command(db, verb string, args ...string) string {
+	parts := append([]string{"ferry db", verb}, args...)
+	if db != "" {
+		parts = append(parts, "--db", db)
+	}
+	return strings.Join(parts, " ")
+}
 
 func fmtTime(t time.Time) string {
 	if t.IsZero() {

@@ -281,7 +281,7 @@ func (m *Migrator) run(ctx context.Context, c *lockedConn, mg *Migration, dir st
 		// Debug, not Error: the caller gets the error and reports it (the
 		// CLI's first stderr line is that error, not this log line).
 		m.log.Debug("migration failed", zap.String("version", string(mg.Version)), zap.String("direction", dir), zap.Bool("dirty", dirty), zap.Error(err))
-		me := &MigrationError{Version: mg.Version, Name: mg.Name, Direction: dir, Dirty: dirty, Err: err}
+		me := &MigrationError{Version: mg.Version, Name: mg.Name, Direction: dir, Dirty: dirty, Err: err, Database: m.o.Database}
 		if dir == "up" && (dirty || duplicateObject(err)) {
 			ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			me.InvalidIndexes = invalidIndexes(ictx, c, sc.SQL)
@@ -385,6 +385,10 @@ func (m *Migrator) ensureFinished(ctx context.Context, mg *Migration, b BBM) err
 	return ge
 }
 
+// alreadyMarked is the log note of a mark-complete that found the version
+// recorded: an audit line, not when it was applied.
+const alreadyMarked = "already marked complete"
+
 // MarkComplete records version as applied without running it (GitLab's
 // mark_migration_complete). It reports whether it already was. It also
 // clears a dirty mark on that version: the human completed it by hand.
@@ -404,7 +408,7 @@ func (m *Migrator) MarkComplete(ctx context.Context, v Version) (already bool, e
 	}
 	if _, err := c.Exec(ctx, `INSERT INTO ferry_migration_log (version, name, direction, finished_at, success, os_pid, host, error)
 		VALUES ($1, $2, 'mark', clock_timestamp(), true, $3, $4, $5)`, string(v), name, os.Getpid(), hostname(),
-		map[bool]string{true: "already marked complete", false: "marked complete"}[tag.RowsAffected() == 0]); err != nil {
+		map[bool]string{true: alreadyMarked, false: "marked complete"}[tag.RowsAffected() == 0]); err != nil {
 		return false, fmt.Errorf("record mark-complete: %w", err)
 	}
 	return tag.RowsAffected() == 0, nil
@@ -484,7 +488,7 @@ type DirtyInfo struct {
 
 // dirtyError is the error for dirty attempt d.
 func (m *Migrator) dirtyError(st *state, d *Attempt) *DirtyError {
-	e := &DirtyError{Attempt: *d, Previous: m.previous(st, d.Version)}
+	e := &DirtyError{Attempt: *d, Previous: m.previous(st, d.Version), Database: m.o.Database}
 	// Without files (status outside the app's folder) nothing is known
 	// to be missing.
 	if mg := m.byV[d.Version]; len(m.migs) > 0 && (mg == nil || mg.DownFile == "") {
@@ -503,7 +507,7 @@ func (m *Migrator) downFile(d *Attempt) string {
 
 func (m *Migrator) dirtyInfo(st *state, d *Attempt) *DirtyInfo {
 	e := m.dirtyError(st, d)
-	down := fmt.Sprintf("`ferry db downto %s`: undo it (runs %s, which must tolerate a partial state)", e.Previous, m.downFile(d))
+	down := fmt.Sprintf("`%s`: undo it (runs %s, which must tolerate a partial state)", Command(e.Database, "downto", string(e.Previous)), m.downFile(d))
 	switch {
 	case e.MissingUp != "":
 		down += fmt.Sprintf("; its files are not in the migrations directory: put %s and its down file back first", e.MissingUp)
@@ -511,7 +515,8 @@ func (m *Migrator) dirtyInfo(st *state, d *Attempt) *DirtyInfo {
 		down += "; that file does not exist yet, write it first"
 	}
 	return &DirtyInfo{Attempt: *d, Downto: e.Previous, Message: e.Error(), WaysOut: []string{
-		fmt.Sprintf("`ferry db repair`: after you fixed the database by hand (then `ferry db mark-complete %s` if you completed the migration by hand)", d.Version),
+		fmt.Sprintf("`%s`: after you fixed the database by hand (then `%s` if you completed the migration by hand)",
+			Command(e.Database, "repair"), Command(e.Database, "mark-complete", string(d.Version))),
 		down,
 	}}
 }

@@ -117,7 +117,8 @@ func loadState(ctx context.Context, q queryer, weHoldLock bool) (*state, error) 
 	rows, err := q.Query(ctx, `SELECT DISTINCT ON (version) id, version, name, direction, no_transaction, started_at, finished_at,
 			success, dirty, coalesce(error, ''), backend_pid, coalesce(os_pid, 0), coalesce(host, ''),
 			(SELECT max(coalesce(l2.finished_at, l2.started_at)) FROM ferry_migration_log l2
-			  WHERE l2.version = l.version AND l2.direction IN ('up', 'mark') AND l2.success)
+			  WHERE l2.version = l.version AND l2.direction IN ('up', 'mark') AND l2.success
+			    AND NOT (l2.direction = 'mark' AND l2.error IS NOT DISTINCT FROM '`+alreadyMarked+`'))
 		FROM ferry_migration_log l ORDER BY version, id DESC`)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", LogTable, err)
