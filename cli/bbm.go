@@ -131,7 +131,7 @@ nothing (with a warning). An empty table is queued as finished.`,
 			if err := batched.CheckConfig(o.Class, o.Table, o.Column, o.Args); err != nil {
 				return bbmErr(err)
 			}
-			db, err := a.bbmWriteDB("", "queue")
+			db, err := a.bbmWriteDB("", "queue", "add --db NAME")
 			if err != nil {
 				return err
 			}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -106,8 +107,9 @@ func (a *App) bbmReadDBs() ([]string, error) {
 
 // bbmWriteDB is the one database a write acts on: the one its reference
 // names (refDB, from ci_10 or finalize:ci[...]), --db's, or the only one
-// configured. what is the command as typed, for the refusal.
-func (a *App) bbmWriteDB(refDB, what string) (string, error) {
+// configured. what is the command as typed and ways how to name one, for
+// the refusal.
+func (a *App) bbmWriteDB(refDB, what, ways string) (string, error) {
 	known := a.Cfg.DatabaseNames()
 	flag := a.bbmDB
 	if flag == "all" {
@@ -133,7 +135,7 @@ func (a *App) bbmWriteDB(refDB, what string) (string, error) {
 	case len(known) == 0:
 		return config.DefaultDatabase, nil // DB reports what is missing
 	}
-	return "", Usage(ambiguous(what, known))
+	return "", Usage(ambiguous(what, known, ways))
 }
 
 // bbmWriteDBs are the databases a cluster-wide write (pause-all,
@@ -142,16 +144,41 @@ func (a *App) bbmWriteDB(refDB, what string) (string, error) {
 func (a *App) bbmWriteDBs(what string) ([]string, error) {
 	known := a.Cfg.DatabaseNames()
 	if a.bbmDB == "" && len(known) > 1 {
-		return nil, Usage(ambiguous(what, known))
+		return nil, Usage(ambiguous(what, known, "add --db NAME, or --db all for every one"))
 	}
 	return a.bbmReadDBs()
 }
 
 // ambiguous is GitLab's refusal of a task that names no database on a
 // multi-database install, with the ways to name one.
-func ambiguous(what string, known []string) error {
-	return fmt.Errorf("%w: %s would act on one of several databases (%s); add --db NAME (--db all for pause-all, resume-all and set), "+
-		"or write the id as %s_ID or the task as TASK:%s[...]", ErrAmbiguousDatabase, what, strings.Join(known, ", "), known[0], known[0])
+func ambiguous(what string, known []string, ways string) error {
+	return fmt.Errorf("%w: %s would act on one of several databases (%s); %s", ErrAmbiguousDatabase, what, strings.Join(known, ", "), ways)
+}
+
+// refWays says how to name the database of a command cmd on ref: --db,
+// or the id as GitLab writes it (main_3), or the rake task with the
+// database (finalize:ci[...]).
+func refWays(ref bbmRef, cmd string, known []string) string {
+	switch task := strings.ReplaceAll(cmd, "-", "_"); {
+	case ref.cfg == nil && ref.id > 0:
+		refs := make([]string, len(known))
+		for i, k := range known {
+			refs[i] = batched.Ref(k, ref.id)
+		}
+		return fmt.Sprintf("add --db NAME, or write the id as %s", strings.Join(refs, " or "))
+	case rakeCommands["bbm"][task] != "":
+		return fmt.Sprintf("add --db NAME, or write the task as %s:%s[...]", task, known[0])
+	}
+	return "add --db NAME"
+}
+
+// refWhat is the command on ref as the operator typed it, for messages:
+// a rake form stands alone (finalize[...], not "finalize finalize[...]").
+func refWhat(ref bbmRef, cmd string) string {
+	if _, ok := parseRake(ref.raw); ok || ref.raw == "" {
+		return cmp.Or(ref.raw, cmd)
+	}
+	return cmd + " " + ref.raw
 }
 
 // checkDBName refuses a database name that is not configured; with only
@@ -241,11 +268,7 @@ func (a *App) writeLine(db string, m *batched.Migration) string {
 
 // bbmWriteEngine is the engine of the one database a write on ref acts on.
 func (a *App) bbmWriteEngine(ctx context.Context, ref bbmRef, cmd string) (*batched.Engine, string, error) {
-	what := cmd
-	if ref.raw != "" {
-		what += " " + ref.raw
-	}
-	db, err := a.bbmWriteDB(ref.db, what)
+	db, err := a.bbmWriteDB(ref.db, refWhat(ref, cmd), refWays(ref, cmd, a.Cfg.DatabaseNames()))
 	if err != nil {
 		return nil, "", err
 	}
@@ -257,9 +280,9 @@ func (a *App) bbmWriteEngine(ctx context.Context, ref bbmRef, cmd string) (*batc
 // one ref or --db names, the only one configured, or else the one database
 // that has it (a bare id may exist in several: then it is ambiguous).
 func (a *App) bbmFind(ctx context.Context, ref bbmRef, cmd string) (string, error) {
-	what := cmd + " " + ref.raw
+	what := refWhat(ref, cmd)
 	if ref.db != "" || a.bbmDB != "" || !a.multiDB() {
-		return a.bbmWriteDB(ref.db, what)
+		return a.bbmWriteDB(ref.db, what, refWays(ref, cmd, a.Cfg.DatabaseNames()))
 	}
 	var found []string
 	var failed []error

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -129,15 +130,47 @@ func pasteHint(args string) string {
 
 // idRef reads an id, also as GitLab prints it for several databases
 // (main_85, ci_10).
+// A single argument with commas is the configuration as `ferry bbm
+// status` prints it (CLASS,TABLE,COLUMN,ARGS_JSON), which GitLab's docs
+// tell the operator to plug into finalize.
 func idRef(s string, known []string) (bbmRef, error) {
-	db, rest, prefixed := batched.SplitRef(s)
-	if prefixed {
-		if err := checkDBName(db, s, known); err != nil {
-			return bbmRef{}, err
+	if strings.Contains(s, ",") {
+		parts := splitRakeArgs(s)
+		if len(parts) != 4 {
+			return bbmRef{}, Usagef("%q has %d comma-separated parts; a configuration has 4, as `ferry bbm status` prints it "+
+				"(CLASS,TABLE,COLUMN,ARGS_JSON); or give %s", s, len(parts), refUsage)
 		}
+		ref, err := configRef(parts[0], parts[1], parts[2], parts[3])
+		ref.raw = s
+		return ref, err
+	}
+	db, rest, prefixed := batched.SplitRef(s)
+	if !prefixed || !isDigits(rest) {
+		if !isDigits(strings.TrimPrefix(s, "-")) {
+			return bbmRef{}, Usagef("migration id must be a positive integer, got %q; a migration is named by %s", s, refUsage)
+		}
+		id, err := parseID(s)
+		return bbmRef{id: id}, err
+	}
+	if err := checkRefDB(db, s, rest, known); err != nil {
+		return bbmRef{}, err
 	}
 	id, err := parseID(rest)
 	return bbmRef{id: id, db: db}, err
+}
+
+// checkRefDB refuses the database of an id written db_ID (ci_10) that is
+// not configured, saying how to write the id instead.
+func checkRefDB(db, s, id string, known []string) error {
+	if len(known) <= 1 && !slices.Contains(known, db) {
+		return Usagef("%w: %s names database %q, but ferry has one database, %s (DATABASE_URL); write the id as %s or %s_%s",
+			ErrOtherDatabase, s, db, mainDatabase, id, mainDatabase, id)
+	}
+	return checkDBName(db, s, known)
+}
+
+func isDigits(s string) bool {
+	return s != "" && strings.Trim(s, "0123456789") == ""
 }
 
 // resolve returns the id of the migration ref names.

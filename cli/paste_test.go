@@ -78,15 +78,28 @@ func TestParseRefForms(t *testing.T) {
 		{"show[" + pasteCfg + "]"},
 		{"mark-finished[" + pasteCfg + "]"},
 		{`{"job_class_name":"CopyColumnUsingBackgroundMigrationJob","table_name":"events","column_name":"id","job_arguments":[["id"],["id_convert_to_bigint"]]}`},
+		// As `ferry bbm status` prints it, and rake's form without the brackets.
+		{`CopyColumnUsingBackgroundMigrationJob,events,id,[["id"],["id_convert_to_bigint"]]`},
+		{pasteCfg},
 	} {
 		ref, err := parseRef(args)
 		if err != nil || ref.cfg == nil || ref.cfg.Table != "events" || strings.ReplaceAll(string(ref.cfg.Args), " ", "") != `[["id"],["id_convert_to_bigint"]]` {
 			t.Errorf("%q: %+v %v", args, ref.cfg, err)
 		}
 	}
-	for _, bad := range []string{"ci_7", "show[1,2]", "show:ci[7]", "0", "{}"} {
+	for _, bad := range []string{"ci_7", "show[1,2]", "show:ci[7]", "0", "{}", "Foo_bar", "Copy,events,id"} {
 		if _, err := parseRef([]string{bad}); err == nil {
 			t.Errorf("%q accepted", bad)
+		}
+	}
+	// What each refusal says leads somewhere: never a ":ci" nobody typed.
+	for bad, want := range map[string]string{
+		"ci_7":           `ci_7 names database "ci", but ferry has one database, main (DATABASE_URL); write the id as 7 or main_7`,
+		"Foo_bar":        `migration id must be a positive integer, got "Foo_bar"; a migration is named by ID, CLASS TABLE COLUMN ARGS_JSON`,
+		"Copy,events,id": `"Copy,events,id" has 3 comma-separated parts; a configuration has 4, as ` + "`ferry bbm status`" + ` prints it`,
+	} {
+		if _, err := parseRef([]string{bad}); err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "drop the :") {
+			t.Errorf("%q: %v; want %q", bad, err, want)
 		}
 	}
 }
@@ -100,7 +113,8 @@ func TestBBMPasteForms(t *testing.T) {
 	if code, _, errs := c.run(append([]string{"bbm", "queue"}, cfg...)...); code != 0 {
 		t.Fatal(errs)
 	}
-	for _, show := range [][]string{cfg, {"finalize[" + pasteCfg + "]"}, {"show[main_1]"}, {"main_1"}} {
+	statusLine := strings.Join(cfg, ",") // as `ferry bbm status` prints it
+	for _, show := range [][]string{cfg, {"finalize[" + pasteCfg + "]"}, {"show[main_1]"}, {"main_1"}, {statusLine}, {pasteCfg}} {
 		code, out, errs := c.run(append([]string{"bbm", "show"}, show...)...)
 		if code != 0 || !strings.Contains(out, "Id  ") || !strings.Contains(out, "Finalize with") {
 			t.Fatalf("show %q: %d %s %s", show, code, out, errs)

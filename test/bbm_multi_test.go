@@ -257,13 +257,25 @@ func TestBBMMultiDatabaseForms(t *testing.T) {
 	pasted := `CopyColumnUsingBackgroundMigrationJob,events,id,[["v"]\, ["v_big"]]`
 
 	// Ambiguous changes: a bare id, a bare finalize, the cluster switches.
-	for _, args := range [][]string{
-		{"bbm", "pause", "1"}, {"bbm", "pause[1]"}, {"bbm", "finalize[" + pasted + "]"},
-		{"bbm", "gitlab:background_migrations:finalize[" + pasted + "]"},
-		{"bbm", "finalize", "CopyColumnUsingBackgroundMigrationJob", "events", "id", multiArgs},
-		{"bbm", "set", "max-running", "3"}, {"bbm", "pause-all"}, {"bbm", "mark-finished", "1", "--yes"},
+	// Each refusal says the ways that work for that command.
+	for _, tc := range []struct {
+		args []string
+		ways string
+	}{
+		{[]string{"bbm", "pause", "1"}, "add --db NAME, or write the id as main_1 or ci_1"},
+		{[]string{"bbm", "pause[1]"}, "write the id as main_1 or ci_1"},
+		{[]string{"bbm", "finalize[" + pasted + "]"}, ": finalize[" + pasted + "] would act on one of several databases (main, ci); add --db NAME, or write the task as finalize:main[...]"},
+		{[]string{"bbm", "gitlab:background_migrations:finalize[" + pasted + "]"}, "write the task as finalize:main[...]"},
+		{[]string{"bbm", "finalize", "CopyColumnUsingBackgroundMigrationJob", "events", "id", multiArgs}, "write the task as finalize:main[...]"},
+		{[]string{"bbm", "set", "max-running", "3"}, "add --db NAME, or --db all for every one"},
+		{[]string{"bbm", "pause-all"}, "add --db NAME, or --db all for every one"},
+		{[]string{"bbm", "mark-finished", "1", "--yes"}, "write the id as main_1 or ci_1"},
+		{[]string{"bbm", "queue", "CopyColumnUsingBackgroundMigrationJob", "events", "id", multiArgs}, "main, ci); add --db NAME\n"},
 	} {
-		m.want(2, []string{"Please specify the database", "main, ci"}, args...)
+		_, errs := m.want(2, []string{"Please specify the database", "main, ci"}, tc.args...)
+		if !strings.Contains(errs+"\n", tc.ways) {
+			t.Errorf("ferry %q: want %q in\n%s", tc.args, tc.ways, errs)
+		}
 	}
 	// A bare id in show is in both databases: ambiguous too, naming both.
 	m.want(2, []string{"Please specify the database", "main_1 or ci_1"}, "bbm", "show", "1")
