@@ -1112,6 +1112,11 @@ func (r *Runtime) pollLoop(ctx context.Context) {
 		case ctx.Err() == nil:
 			r.loopFailed(loopPoll, "scheduled poll failed", err)
 		}
+		if n, err := r.broker.PruneProcesses(ctx); err != nil && ctx.Err() == nil {
+			r.log.Debug("could not prune dead processes", zap.Error(err))
+		} else if n > 0 {
+			r.log.Info("removed dead processes from the processes set", zap.Int("count", n))
+		}
 		wait = sidekiq.PollInterval(r.broker.ProcessCount(ctx), r.cfg.PollInterval, rng)
 	}
 }

@@ -14,6 +14,10 @@ const (
 	keyRetry      = "retry"     // ZSET, score = next retry time
 	keyDead       = "dead"      // ZSET, score = time of death
 	keyProcesses  = "processes" // SET of process identities
+	// keyProcessCleanup throttles the pruning of processes to once per
+	// processCleanupEvery across every Sidekiq and ferry process (7.x's
+	// ProcessSet.cleanup).
+	keyProcessCleanup = "process_cleanup"
 	keyStatProc   = "stat:processed"
 	keyStatFailed = "stat:failed"
 
@@ -35,6 +39,9 @@ const (
 	// may already have taken.
 	keyPushedPrefix = "ferry:pushed:"
 )
+
+// processCleanupEvery is Sidekiq's throttle of process pruning.
+const processCleanupEvery = time.Minute
 
 // pushedTTL outlives any failover a push waits through.
 const pushedTTL = 10 * time.Minute

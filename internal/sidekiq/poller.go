@@ -2,9 +2,12 @@ package sidekiq
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // EnqueueDue moves every retry, then schedule, entry whose time has come to
@@ -71,6 +74,43 @@ func (b *Broker) pushStagedFenced(ctx context.Context, owner, staging string, ra
 		return fmt.Errorf("enqueue scheduled %s: %w", j.JID(), err)
 	}
 	return nil
+}
+
+// PruneProcesses removes from the processes set the identities whose
+// process hash has expired (killed without a clean stop), as Sidekiq 7's
+// scheduled poller does at most once a minute across the cluster: they
+// inflate the poll interval (processes x 5 s) and the Web UI's process
+// count. It returns how many it removed; 0 when another process pruned
+// within the minute.
+func (b *Broker) PruneProcesses(ctx context.Context) (int, error) {
+	ok, err := b.rdb.SetNX(ctx, keyProcessCleanup, "1", processCleanupEvery).Result()
+	if err != nil || !ok {
+		return 0, err
+	}
+	ids, err := b.rdb.SMembers(ctx, keyProcesses).Result()
+	if err != nil {
+		return 0, err
+	}
+	infos := make([]*redis.StringCmd, len(ids))
+	if _, err := b.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			infos[i] = p.HGet(ctx, id, "info")
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return 0, err
+	}
+	var gone []any
+	for i, c := range infos {
+		if errors.Is(c.Err(), redis.Nil) {
+			gone = append(gone, ids[i])
+		}
+	}
+	if len(gone) == 0 {
+		return 0, nil
+	}
+	n, err := b.rdb.SRem(ctx, keyProcesses, gone...).Result()
+	return int(n), err
 }
 
 // ProcessCount is SCARD processes, at least 1.

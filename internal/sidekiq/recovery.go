@@ -152,6 +152,11 @@ func (b *Broker) recoverProcess(ctx context.Context, id string, queues []string,
 	if _, err := b.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.HDel(ctx, keyFetchers, id)
 		p.HDel(ctx, keyMissingSince, id)
+		// Off the Busy page too: its jobs are back in their queues, and
+		// its work hashes would list them twice until they expire. (A
+		// process that was only cut off re-adds itself at its next beat.)
+		p.SRem(ctx, keyProcesses, id)
+		p.Unlink(ctx, id, workKey(id), workersKey(id))
 		return nil
 	}); err != nil {
 		return fmt.Errorf("recovery: %w", err)

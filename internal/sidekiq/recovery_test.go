@@ -25,6 +25,14 @@ func TestRecoverOrphans(t *testing.T) {
 	rdb.RPush(ctx, stagingKey("stager:5:eeeeeeeeeeee"), `{"class":"A","args":[6],"queue":"s"}`)
 	// Our own list is never touched by our recovery.
 	rdb.LPush(ctx, inflightKey(tb.broker.Identity(), "q"), `{"class":"A","args":[7]}`)
+	// Both on the Busy page, with a job each (the dead one's hashes
+	// have not expired yet).
+	for _, id := range []string{dead, live} {
+		rdb.SAdd(ctx, keyProcesses, id)
+		rdb.HSet(ctx, id, "info", `{}`)
+		rdb.HSet(ctx, workKey(id), "t1", `{}`)
+		rdb.HSet(ctx, workersKey(id), "t1", `{}`)
+	}
 	missingLongAgo(t, tb, dead, unreg, "stager:5:eeeeeeeeeeee", live, tb.broker.Identity())
 
 	res, err := tb.broker.RecoverOrphans(ctx)
@@ -51,6 +59,13 @@ func TestRecoverOrphans(t *testing.T) {
 		if rdb.Exists(ctx, key).Val() != 0 {
 			t.Errorf("%s still exists", key)
 		}
+	}
+	// The dead process is off the Busy page (its jobs are back in their
+	// queues); the live one stays.
+	if rdb.SIsMember(ctx, keyProcesses, dead).Val() || rdb.Exists(ctx, dead, workKey(dead), workersKey(dead)).Val() != 0 ||
+		!rdb.SIsMember(ctx, keyProcesses, live).Val() || rdb.Exists(ctx, live, workKey(live)).Val() != 2 {
+		t.Errorf("processes %v; dead's hashes %d, live's %d", rdb.SMembers(ctx, keyProcesses).Val(),
+			rdb.Exists(ctx, dead, workKey(dead), workersKey(dead)).Val(), rdb.Exists(ctx, live, workKey(live)).Val())
 	}
 	if rdb.HExists(ctx, keyFetchers, dead).Val() || !rdb.HExists(ctx, keyFetchers, live).Val() {
 		t.Error("registry: dead process not removed or live one removed")
@@ -241,5 +256,35 @@ func fetchAs(t *testing.T, tb *testBundle, id string) {
 	}
 	if b.LastAliveRefresh().IsZero() {
 		t.Error("LastAliveRefresh not set by a fetch")
+	}
+}
+
+// Identities whose process hash expired (killed without a clean stop)
+// leave the processes set, at most once a minute across the cluster, as
+// Sidekiq 7's poller prunes them: they stretch every poll interval.
+func TestPruneProcesses(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, BrokerOptions{Identity: "me:1:aaaaaaaaaaaa"})
+	ctx, rdb := tb.ctx, tb.rdb
+	rdb.SAdd(ctx, keyProcesses, "gone:2:bbbbbbbbbbbb", "gone:3:cccccccccccc", "live:4:dddddddddddd")
+	rdb.HSet(ctx, "live:4:dddddddddddd", "info", `{"hostname":"live"}`)
+	if n := tb.broker.ProcessCount(ctx); n != 3 {
+		t.Fatalf("ProcessCount before = %d", n)
+	}
+	n, err := tb.broker.PruneProcesses(ctx)
+	if err != nil || n != 2 {
+		t.Fatalf("PruneProcesses = %d, %v; want 2", n, err)
+	}
+	if got := rdb.SMembers(ctx, keyProcesses).Val(); len(got) != 1 || got[0] != "live:4:dddddddddddd" {
+		t.Fatalf("processes = %v", got)
+	}
+	if ttl := rdb.TTL(ctx, keyProcessCleanup).Val(); ttl <= 0 || ttl > processCleanupEvery {
+		t.Fatalf("%s TTL %v", keyProcessCleanup, ttl)
+	}
+	// Within the minute nobody prunes again (Sidekiq's own processes
+	// included: they read the same key).
+	rdb.SAdd(ctx, keyProcesses, "gone:5:eeeeeeeeeeee")
+	if n, err := tb.broker.PruneProcesses(ctx); err != nil || n != 0 || rdb.SCard(ctx, keyProcesses).Val() != 2 {
+		t.Fatalf("second prune within the minute: %d, %v", n, err)
 	}
 }
