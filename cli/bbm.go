@@ -337,9 +337,12 @@ func bbmShowCmd(a *App) *cobra.Command {
 			if settings.PausedAll {
 				fmt.Fprintf(w, "Cluster\tall migrations paused (ferry bbm resume-all%s)\n", a.dbFlag(db))
 			}
-			if a.runnable(m.Migration) {
+			switch {
+			case m.Status == batched.Finished || m.Status == batched.Finalized:
+				// Nothing left to finish.
+			case a.runnable(m.Migration):
 				fmt.Fprintf(w, "Finalize with\t%s\n", a.finalizeCommand(db, m.Migration))
-			} else {
+			default:
 				fmt.Fprintf(w, "Finish with\t%s (class %s is not in this binary, so finalize cannot run it; remaining rows are NOT migrated)\n",
 					a.markFinishedCommand(db, m.Migration), m.Class)
 			}

@@ -191,9 +191,17 @@ also shows the retry and dead sets (not included in "remaining").`,
 				return err
 			}
 			co := &legacy.Coordinator{Redis: rdb, Logger: a.Log, Queues: qs}
-			counts, err := co.Remaining(ctx, retryDead)
+			// The retry and dead sets are read either way: they are not
+			// "remaining" (as in GitLab), but an upgrade must not pass them.
+			counts, err := co.Remaining(ctx, true)
 			if err != nil {
 				return err
+			}
+			failed := map[string]int{}
+			for class, c := range counts {
+				if c.Retry+c.Dead > 0 {
+					failed[class] = c.Retry + c.Dead
+				}
 			}
 			running, err := sidekiq.BMRunning(ctx, rdb)
 			if err != nil {
@@ -217,6 +225,9 @@ also shows the retry and dead sets (not included in "remaining").`,
 				return a.PrintJSON(map[string]any{"queues": qs, "remaining": total, "classes": rows, "paused": paused, "throttled": throttled})
 			}
 			a.printBMState(paused, throttled)
+			if !retryDead {
+				a.printFailedBM(failed)
+			}
 			if len(rows) == 0 {
 				fmt.Fprintf(a.Out, "no legacy background migration jobs are queued or scheduled (queues: %s)\n", strings.Join(qs, ", "))
 				return nil
@@ -228,6 +239,16 @@ also shows the retry and dead sets (not included in "remaining").`,
 	cmd.Flags().BoolVar(&retryDead, "retry-dead", false, "also count the retry and dead sets")
 	bmQueuesFlag(cmd, &queues)
 	return cmd
+}
+
+// printFailedBM says on stderr which classes have jobs in the retry and
+// dead sets, which remaining does not count, and how to run them.
+func (a *App) printFailedBM(failed map[string]int) {
+	classes := slices.Sorted(maps.Keys(failed))
+	for _, class := range classes {
+		fmt.Fprintf(a.Err, "%s: %d job(s) in the retry and dead sets, not counted as remaining: "+
+			"`ferry bm remaining --retry-dead` lists them, `ferry bm steal %s --retry-dead` runs them\n", class, failed[class], class)
+	}
 }
 
 // printBMState says on stderr why workers hold legacy jobs back, if they do.

@@ -88,7 +88,8 @@ spelling works as written: "up -db=all", "upto -db=X -target=V",
 	pf.StringVar(&f.db, "database", "", "same as --db")
 	pf.DurationVar(&f.lockTimeout, "lock-timeout", 0, "wait this long for another migrator (0 = fail at once)")
 	cmd.AddCommand(dbMigrateCmd(a, f), dbStatusCmd(a, f), dbDowntoCmd(a, f), dbMarkCompleteCmd(a, f),
-		dbRepairCmd(a, f), dbBackupCmd(a, f), dbRestoreCmd(a, f), dbLeavesCmd(a, f))
+		dbRepairCmd(a, f), dbBackupCmd(a, f), dbRestoreCmd(a, f), dbLeavesCmd(a, f), dbAddLogCmd(a, f))
+	cmd.AddCommand(dbSourcegraphOnlyCmds()...)
 	return cmd
 }
 
@@ -626,8 +627,12 @@ several databases, --db NAME or --db all is required.`,
 			if cmd.Flags().Changed("target") || cmd.Flags().Changed("to-release") {
 				n = 0
 			}
-			if n == 0 && len(args) > 0 {
+			switch {
+			case n == 0 && len(args) > 0:
 				return Usagef("downto takes no VERSION argument with -target or --to-release, got %q", args)
+			case n == 1 && len(args) == 0:
+				return Usagef("downto needs the version to go back to: downto VERSION (or -target=VERSION), or --to-release DIR " +
+					"for what an older release's migrations directory does not know; `ferry db status` lists the versions")
 			}
 			return cobra.ExactArgs(n)(cmd, args)
 		},
@@ -710,47 +715,53 @@ mark_migration_complete:ci[VERSION] (or --db ci) records it on ci only.`,
   ferry db mark_migration_complete:ci[20151103134857]`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			v, rakeDB, err := markCompleteVersion(args[0])
-			if err != nil {
-				return err
-			}
-			if rakeDB != "" {
-				if names := a.Cfg.DatabaseNames(); len(names) == 1 && names[0] == config.DefaultDatabase && rakeDB != names[0] {
-					rc, _ := parseRake(args[0])
-					return rc.checkDB() // ferry's one-database message
-				}
-				if f.db != "" && f.db != rakeDB {
-					return Usagef("%s names database %s, but --db says %s", args[0], rakeDB, f.db)
-				}
-				f.db = rakeDB
-			}
-			ts, err := a.dbTargets(cmd, f, selAll)
-			if err != nil {
-				return err
-			}
-			return a.eachDB(ts, func(t dbTarget) error {
-				m, err := a.recordMigrator(ctx, f, t)
-				if err != nil {
-					return err
-				}
-				a.warnNoFile(m, t, v)
-				already, err := m.MarkComplete(ctx, v)
-				if err != nil {
-					return dbErr(err)
-				}
-				// GitLab's lines, naming the database by its configured
-				// name (main, ci), as GitLab's each_database does.
-				db := t.Name
-				if already {
-					fmt.Fprintf(a.Out, "Migration version '%s' is already marked complete on database %s\n", v, db)
-				} else {
-					fmt.Fprintf(a.Out, "Successfully marked '%s' as complete on database %s\n", v, db)
-				}
-				return nil
-			})
+			return a.markComplete(cmd, f, args[0])
 		},
 	}
+}
+
+// markComplete records the version arg (or GitLab's rake form of it) on
+// the databases --db selects, every one without it.
+func (a *App) markComplete(cmd *cobra.Command, f *dbFlags, arg string) error {
+	ctx := cmd.Context()
+	v, rakeDB, err := markCompleteVersion(arg)
+	if err != nil {
+		return err
+	}
+	if rakeDB != "" {
+		if names := a.Cfg.DatabaseNames(); len(names) == 1 && names[0] == config.DefaultDatabase && rakeDB != names[0] {
+			rc, _ := parseRake(arg)
+			return rc.checkDB() // ferry's one-database message
+		}
+		if f.db != "" && f.db != rakeDB {
+			return Usagef("%s names database %s, but --db says %s", arg, rakeDB, f.db)
+		}
+		f.db = rakeDB
+	}
+	ts, err := a.dbTargets(cmd, f, selAll)
+	if err != nil {
+		return err
+	}
+	return a.eachDB(ts, func(t dbTarget) error {
+		m, err := a.recordMigrator(ctx, f, t)
+		if err != nil {
+			return err
+		}
+		a.warnNoFile(m, t, v)
+		already, err := m.MarkComplete(ctx, v)
+		if err != nil {
+			return dbErr(err)
+		}
+		// GitLab's lines, naming the database by its configured
+		// name (main, ci), as GitLab's each_database does.
+		db := t.Name
+		if already {
+			fmt.Fprintf(a.Out, "Migration version '%s' is already marked complete on database %s\n", v, db)
+		} else {
+			fmt.Fprintf(a.Out, "Successfully marked '%s' as complete on database %s\n", v, db)
+		}
+		return nil
+	})
 }
 
 // markCompleteVersion reads VERSION, also in GitLab's rake form

@@ -110,7 +110,8 @@ func (rc rakeCall) checkDB() error {
 // rakeCommands maps GitLab's task names to ferry's subcommands, per group.
 var rakeCommands = map[string]map[string]string{
 	"bbm": {"finalize": "finalize", "show": "show", "pause": "pause", "resume": "resume",
-		"status": "status", "list": "list", "wait": "wait", "mark_finished": "mark-finished", "retry": "retry"},
+		"status": "status", "list": "list", "wait": "wait", "mark_finished": "mark-finished", "retry": "retry",
+		"check": "check"}, // not GitLab's, but check:ci reads like its siblings
 	"db": {"mark_migration_complete": "mark-complete"},
 }
 

@@ -137,6 +137,10 @@ func TestBBMPasteForms(t *testing.T) {
 	if code, _, errs := c.run("bbm", "finalize["+pasteCfg+"]", "--no-progress"); code != 0 || !strings.Contains(errs, "already finished") {
 		t.Fatalf("finalize[...]: %d %s", code, errs)
 	}
+	// Finished: show offers no finalize.
+	if code, out, errs := c.run("bbm", "show", "1"); code != 0 || strings.Contains(out, "Finalize with") || strings.Contains(out, "Finish with") {
+		t.Fatalf("show of a finished migration: %d %s %s", code, out, errs)
+	}
 
 	// mark-finished by configuration, in the rake form.
 	if _, err := c.pool.Exec(context.Background(), `ALTER TABLE events ADD COLUMN other bigint`); err != nil {

@@ -277,6 +277,10 @@ func TestBBMMultiDatabaseForms(t *testing.T) {
 			t.Errorf("ferry %q: want %q in\n%s", tc.args, tc.ways, errs)
 		}
 	}
+	// check reads the database suffix like its rake siblings.
+	if code, _, errs := m.run("bbm", "check:ci"); code == 2 || strings.Contains(errs, "unknown command") {
+		t.Fatalf("check:ci: exit %d\n%s", code, errs)
+	}
 	// A bare id in show is in both databases: ambiguous too, naming both.
 	m.want(2, []string{"Please specify the database", "main_1 or ci_1"}, "bbm", "show", "1")
 	// Unknown databases are named with the configured ones.

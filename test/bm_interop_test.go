@@ -124,6 +124,21 @@ puts JSON.generate(counts)
 	if code != 0 || !strings.Contains(out, "57") || strings.Contains(out, "58") {
 		t.Fatalf("--queue background_migration (exit %d):\n%s", code, out)
 	}
+	// Jobs that failed are not remaining (GitLab's count), but the
+	// operator is told they are there and how to run them.
+	b.ruby(t, `
+job = {'class' => 'BackgroundMigrationWorker', 'queue' => 'background_migration', 'args' => ['FailedOne', [1]],
+  'jid' => SecureRandom.hex(12), 'created_at' => Time.now.to_f, 'retry_count' => 0, 'error_message' => 'boom'}
+Sidekiq.redis { |r| r.zadd('retry', Time.now.to_f + 60, JSON.generate(job)) }
+`)
+	code, out, stderr = b.ferry(t, cli.Options{}, "bm", "remaining")
+	if code != 0 || strings.Contains(out, "FailedOne") ||
+		!strings.Contains(stderr, "FailedOne: 1 job(s) in the retry and dead sets, not counted as remaining: `ferry bm remaining --retry-dead` lists them, `ferry bm steal FailedOne --retry-dead` runs them") {
+		t.Fatalf("with a job in the retry set (exit %d):\n%s\n%s", code, out, stderr)
+	}
+	if _, _, stderr = b.ferry(t, cli.Options{}, "bm", "remaining", "--retry-dead"); strings.Contains(stderr, "not counted") {
+		t.Fatalf("--retry-dead lists them; no note needed:\n%s", stderr)
+	}
 }
 
 // `ferry bm steal` drains Ruby-enqueued jobs of one class and leaves the rest.

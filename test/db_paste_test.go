@@ -125,3 +125,35 @@ func TestDBStatusExitCodes(t *testing.T) {
 		t.Fatalf("status --json without a migrations directory: exit %d\n%s\n%s", code, out, errs)
 	}
 }
+
+// Sourcegraph's dirty-database runbook as written: after finishing the
+// migration by hand, `migrator add-log -db=frontend -version=V` records it
+// and the database is clean. Its commands ferry has no counterpart of say
+// what to run instead, and a downto without a version says what it needs.
+func TestDBSourcegraphRunbookForms(t *testing.T) {
+	e := newDBEnv(t)
+	e.write("1_a.up.sql", "CREATE TABLE a (id int);\n")
+	e.write("2_b.up.sql", "-- ferry:no-transaction\nCREATE TABLE b (id int);\nSELECT no_such_column FROM a;\n")
+	e.wantExit(1, "migrate")
+	e.wantExit(1, "status")
+	// Finished by hand; then the runbook's step.
+	out := e.mustFerry("add-log", "-db=main", "-version=2")
+	wantContains(t, out, "Successfully marked '2' as complete on database main")
+	out = e.mustFerry("status")
+	wantContains(t, out, "Current version: 2; 0 pending.")
+	if strings.Contains(out, "DIRTY") {
+		t.Fatalf("still dirty after add-log:\n%s", out)
+	}
+	for args, want := range map[string]string{
+		"add-log -up=false -version=2":         "ferry reverts a migration only by running its down file",
+		"add-log -db=main":                     "add-log needs -version=VERSION",
+		"drift -db=frontend -version=v3.36.0":  "drift is Sourcegraph's migrator command, not ferry's: ferry does not compare",
+		"upgrade --from=v3.36.0 --to=v3.38.0":  "`ferry db migrate`",
+		"validate -db=all":                     "`ferry db status` exits 1",
+		"downto":                               "downto needs the version to go back to: downto VERSION (or -target=VERSION), or --to-release DIR",
+		"run-out-of-band-migrations -db=front": "`ferry bbm status`, `ferry bbm wait`",
+	} {
+		_, errs := e.wantExit(2, strings.Fields(args)...)
+		wantContains(t, firstLine(errs), want)
+	}
+}
