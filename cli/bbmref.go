@@ -130,6 +130,7 @@ func pasteHint(args string) string {
 
 // idRef reads an id, also as GitLab prints it for several databases
 // (main_85, ci_10).
+//
 // A single argument with commas is the configuration as `ferry bbm
 // status` prints it (CLASS,TABLE,COLUMN,ARGS_JSON), which GitLab's docs
 // tell the operator to plug into finalize.

@@ -61,7 +61,7 @@ func TestDBExitCodes(t *testing.T) {
 		}
 	}
 	cases = append(cases,
-		c5("downto without VERSION", good, []string{"downto"}, 2, []string{"accepts 1 arg"}),
+		c5("downto without VERSION", good, []string{"downto"}, 2, []string{"downto needs the version to go back to"}),
 		c5("mark-complete 0", good, []string{"mark-complete", "0"}, 2, []string{"non-zero integer"}),
 		c5("migrate --to unknown", good, []string{"migrate", "--to", "7"}, 2, []string{"7 has no migration file"}),
 		c5("downto unknown", good, []string{"downto", "7"}, 2, []string{"7 is neither a migration"}),

@@ -9,17 +9,17 @@ import (
 // Sidekiq wire layout can be checked in one place (sidekiq-protocol.md §2.1).
 
 const (
-	keyQueues     = "queues"    // SET of queue names
-	keySchedule   = "schedule"  // ZSET, score = run time
-	keyRetry      = "retry"     // ZSET, score = next retry time
-	keyDead       = "dead"      // ZSET, score = time of death
-	keyProcesses  = "processes" // SET of process identities
+	keyQueues    = "queues"    // SET of queue names
+	keySchedule  = "schedule"  // ZSET, score = run time
+	keyRetry     = "retry"     // ZSET, score = next retry time
+	keyDead      = "dead"      // ZSET, score = time of death
+	keyProcesses = "processes" // SET of process identities
 	// keyProcessCleanup throttles the pruning of processes to once per
 	// processCleanupEvery across every Sidekiq and ferry process (7.x's
 	// ProcessSet.cleanup).
 	keyProcessCleanup = "process_cleanup"
-	keyStatProc   = "stat:processed"
-	keyStatFailed = "stat:failed"
+	keyStatProc       = "stat:processed"
+	keyStatFailed     = "stat:failed"
 
 	// ferry's own keys. They are prefixed so that Sidekiq tools never
 	// mistake them for queues or processes.
