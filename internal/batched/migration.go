@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -168,8 +169,20 @@ func (m *Migration) Config() MigrationConfig {
 }
 
 // StatusLine is GitLab's rake status line: "<status> | <class>,<table>,<column>,<args json>".
+// It is one line whatever the names hold: control characters in them are
+// written as Go escapes (\n), as the JSON arguments already are.
 func (m *Migration) StatusLine() string {
-	return fmt.Sprintf("%s | %s,%s,%s,%s", m.Status, m.Class, m.Table, m.Column, m.Args)
+	return fmt.Sprintf("%s | %s,%s,%s,%s", m.Status, oneLine(m.Class), oneLine(m.Table), oneLine(m.Column), m.Args)
+}
+
+// oneLine escapes the control characters of s (strconv.Quote's escapes,
+// without its quotes); s unchanged when it has none.
+func oneLine(s string) string {
+	if !strings.ContainsFunc(s, unicode.IsControl) {
+		return s
+	}
+	q := strconv.Quote(s)
+	return q[1 : len(q)-1]
 }
 
 // FinalizeCommand is the ferry command that finalizes this migration, quoted

@@ -880,13 +880,18 @@ type ChartPoint struct {
 	At         time.Time `json:"at"`
 	BatchSize  int64     `json:"batch_size"`
 	Duration   float64   `json:"duration_s"`
-	RowsPerSec float64   `json:"rows_per_second"` // rows done / duration
+	RowsPerSec float64   `json:"rows_per_second"` // the last attempt's rows / duration
 }
 
-// Chart returns up to limit succeeded batches of migration id, oldest first.
+// Chart returns up to limit succeeded batches of migration id, oldest
+// first. A batch's rate is its last attempt's: started_at is that
+// attempt's, and rows_done also counts the rows of attempts before it (a
+// retried batch drew 2.7M rows/s), so the rows are the attempt's own
+// (metrics.rows) where ferry recorded them.
 func (e *Engine) Chart(ctx context.Context, id int64, limit int) ([]ChartPoint, error) {
-	rows, err := e.pool.Query(ctx, `SELECT finished_at, batch_size::bigint, extract(epoch FROM finished_at - started_at)::float8, rows_done
-		FROM (SELECT id, finished_at, started_at, batch_size, rows_done FROM batched_background_migration_jobs
+	rows, err := e.pool.Query(ctx, `SELECT finished_at, batch_size::bigint, extract(epoch FROM finished_at - started_at)::float8,
+			coalesce((metrics->>'rows')::bigint, rows_done)
+		FROM (SELECT id, finished_at, started_at, batch_size, rows_done, metrics FROM batched_background_migration_jobs
 			WHERE batched_background_migration_id = $1 AND status = 3 AND started_at IS NOT NULL AND finished_at IS NOT NULL
 			ORDER BY id DESC LIMIT $2) r ORDER BY finished_at`, id, limit)
 	if err != nil {

@@ -738,8 +738,26 @@ func (s *Server) handleActions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := s.data(r, "actions", "Operator actions")
-	d.Body = acts
+	d.Body = &actionsBody{Actions: acts, Databases: s.dbNames(), Database: v.name, DBQuery: s.dbQueryOf(v, "?")}
 	s.render(w, r, http.StatusOK, "actions", d)
+}
+
+// actionsBody is the audit page of one database; with several, tabs
+// select it and its links to migrations carry it.
+type actionsBody struct {
+	Actions   []Action
+	Databases []string
+	Database  string
+	DBQuery   template.URL
+}
+
+// dbQueryOf is "?database=NAME" (sep first) when several databases are
+// shown, for links to v's pages; "" with one.
+func (s *Server) dbQueryOf(v *dbView, sep string) template.URL {
+	if len(s.dbs) < 2 {
+		return ""
+	}
+	return dbQuery(sep, v.name)
 }
 
 // inDB is " in database NAME" when several databases are shown.

@@ -98,7 +98,11 @@ func newCollector(stores []*store, rdb redis.UniversalClient, log *zap.Logger) *
 	c.setSize = g("ferry_set_size", "Entries of the schedule, retry and dead sets.", "set")
 	c.inflight = g("ferry_jobs_inflight", "Jobs fetched by ferry processes and not yet acknowledged.")
 	c.recoveries = g("ferry_fetch_recoveries_total", "Jobs pushed back to their queue after their worker died.")
-	c.up = g("ferry_scrape_source_up", "1 if the source could be read at this scrape.", "source")
+	upLabels := []string{"source"}
+	if c.multi { // one postgres series per database (redis: db_config_name "")
+		upLabels = append(upLabels, "db_config_name")
+	}
+	c.up = g("ferry_scrape_source_up", "1 if the source could be read at this scrape.", upLabels...)
 	return c
 }
 
@@ -116,16 +120,14 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
-	if len(c.stores) > 0 {
+	for _, st := range c.stores {
 		up := 1.0
-		for _, st := range c.stores {
-			// One database that cannot be read leaves the others' series.
-			if err := c.collectMigrations(ctx, ch, st); err != nil {
-				c.log.Warn("metrics: read migrations", zap.String("database", st.db), zap.Error(err))
-				up = 0
-			}
+		// One database that cannot be read leaves the others' series.
+		if err := c.collectMigrations(ctx, ch, st); err != nil {
+			c.log.Warn("metrics: read migrations", zap.String("database", st.db), zap.Error(err))
+			up = 0
 		}
-		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, "postgres")
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, c.upLabels("postgres", st.db)...)
 	}
 	if c.rdb != nil {
 		up := 1.0
@@ -133,7 +135,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			c.log.Warn("metrics: read redis", zap.Error(err))
 			up = 0
 		}
-		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, "redis")
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, c.upLabels("redis", "")...)
 	}
 }
 
@@ -175,6 +177,15 @@ func (c *Collector) collectMigrations(ctx context.Context, ch chan<- prometheus.
 		ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, 1, append(l, m.Progress.Class)...)
 	}
 	return c.collectQueryDurations(ctx, ch, st, idents)
+}
+
+// upLabels are ferry_scrape_source_up's labels for source (and database
+// db of several).
+func (c *Collector) upLabels(source, db string) []string {
+	if c.multi {
+		return []string{source, db}
+	}
+	return []string{source}
 }
 
 // labels are a migration series' labels, with db_config_name when there

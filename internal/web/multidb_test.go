@@ -125,11 +125,20 @@ func TestMultiDatabaseUI(t *testing.T) {
 		t.Errorf("ci's audit log: %d %v", audited, err)
 	}
 
+	// The audit page of ci: its tabs, and links that stay in ci.
+	if code, body := b.get(t, "/actions?database=ci"); code != 200 ||
+		!strings.Contains(body, fmt.Sprintf(`<a href="/background_migrations/%d?database=ci">migration ci_%d</a>`, active, active)) ||
+		!strings.Contains(body, `data-database="main">Database: main</a>`) {
+		t.Errorf("audit page of ci: %d\n%s", code, grepLines(body, "background_migrations/"))
+	}
 	code, body = b.get(t, "/metrics")
 	if code != 200 {
 		t.Fatalf("metrics: %d", code)
 	}
 	for _, db := range []string{"main", "ci"} {
+		if up := fmt.Sprintf(`ferry_scrape_source_up{db_config_name="%s",source="postgres"} 1`, db); !strings.Contains(body, up) {
+			t.Errorf("no %s:\n%s", up, grepLines(body, "ferry_scrape_source_up"))
+		}
 		re := regexp.MustCompile(fmt.Sprintf(`(?m)^ferry_batched_migration_status\{db_config_name="%s",migration_id="%d",[^}]*\} `, db, seeds[db].Active))
 		if !re.MatchString(body) {
 			t.Errorf("no status series for %s:\n%s", db, grepLines(body, "ferry_batched_migration_status"))
