@@ -19,9 +19,11 @@
 // Engines claim batches under row locks: a migration's row lock for
 // anything that changes its number of running batches, and the settings
 // row for a migration going from idle to running, so max-running holds for
-// any number of processes. Each engine holds a session advisory lock;
-// when its process dies PostgreSQL drops the lock and other engines re-run
-// its batches at once. In `ferry worker`, a [Service] ticks every second
+// any number of processes. Each engine heartbeats a session row (it works
+// through a transaction pooler, where a session lock would not); once a
+// heartbeat is older than a few seconds, live engines the database also
+// sees alive take its batches over from their last committed sub-batch.
+// In `ferry worker`, a [Service] ticks every second
 // (package scheduler) and chains Sidekiq jobs in the background_migration
 // queue, one batch each; [Engine.RunLocal] runs batches in-process.
 //

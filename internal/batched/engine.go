@@ -457,7 +457,12 @@ func (e *Engine) failMigration(ctx context.Context, tx pgx.Tx, m *Migration, rea
 // own jobs that none of its goroutines runs any more (an outcome that could
 // not be recorded). A worker death counts as an attempt, so a batch that
 // kills its worker (e.g. out of memory) cannot loop forever. Other engines
-// are judged only once this one is settled (session.go). Call it holding
+// are judged only once this one is settled (session.go), and only while
+// the database sees this one alive too (its own heartbeat, in the same
+// statement): behind a pooler whose connections were all busy for seconds,
+// this statement and every engine's heartbeat waited alike, and the others'
+// stale heartbeats said nothing about them (a live worker's batch was taken
+// over, using one of its attempts). Call it holding
 // the migration's row lock: claims of the migration, which register their
 // token before they commit, are then not half done.
 func (e *Engine) rescue(ctx context.Context, tx pgx.Tx, id int64) (int, error) {
@@ -467,7 +472,7 @@ func (e *Engine) rescue(ctx context.Context, tx pgx.Tx, id int64) (int, error) {
 				-- an outcome lost with the connection is nobody's fault: no attempt used
 				attempts = CASE WHEN j.worker_session = $3 THEN greatest(j.attempts - 1, 0) ELSE j.attempts END
 			WHERE j.batched_background_migration_id = $1 AND j.status = 1
-			  AND (($2 AND j.worker_session IS DISTINCT FROM $3
+			  AND (($2 AND j.worker_session IS DISTINCT FROM $3 AND `+sessionAlive("$3")+`
 			        AND ((j.worker_session IS NOT NULL AND NOT `+sessionAlive("j.worker_session")+`)
 			          OR (j.worker_session IS NULL AND j.updated_at < now() - interval '1 hour')))
 			    OR (j.worker_session = $3 AND NOT coalesce(j.claim_token = ANY($4::bigint[]), false)))

@@ -1,0 +1,71 @@
+package batched
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ferrymigrate/ferry/internal/ferryschema"
+	"github.com/ferrymigrate/ferry/internal/testenv"
+)
+
+// An engine whose own heartbeat the database has not seen for the grace
+// judges no other engine dead: behind a pooler whose connections were all
+// busy, its rescue and every heartbeat waited alike. Once its own heartbeat
+// is fresh, a batch whose engine is gone is taken over.
+func TestRescueNeedsTheRescuerAlive(t *testing.T) {
+	t.Parallel()
+	ctx := testenv.Context(t)
+	pool, err := pgxpool.New(ctx, testenv.DatabaseURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := ferryschema.Apply(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	var mig int64
+	if err := pool.QueryRow(ctx, `
+		WITH s AS (INSERT INTO ferry_bbm_sessions (id, identity, heartbeat_at) VALUES
+			(101, 'rescuer', now() - interval '1 minute'), (102, 'stalled', now() - interval '1 minute'))
+		INSERT INTO batched_background_migrations (job_class_name, table_name, column_name, batch_size, sub_batch_size, status, max_value)
+		VALUES ('CountAndCopy', 'rescued', 'id', 10, 10, 1, 100) RETURNING id`).Scan(&mig); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO batched_background_migration_jobs
+		(batched_background_migration_id, min_value, max_value, batch_size, sub_batch_size, status, started_at, worker_session, worker_identity, attempts)
+		VALUES ($1, 1, 10, 10, 10, 1, now(), 102, 'stalled', 1)`, mig); err != nil {
+		t.Fatal(err)
+	}
+	e := NewEngine(pool, Config{Registry: NewRegistry(), Health: HealthConfig{Disabled: true}})
+	t.Cleanup(e.Close)
+	// Settled long ago as far as this process knows, session 101.
+	e.session, e.settledFrom = 101, time.Now().Add(-time.Hour)
+	rescue := func() int {
+		t.Helper()
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = tx.Rollback(context.Background()) }()
+		n, err := e.rescue(ctx, tx, mig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := rescue(); n != 0 {
+		t.Fatalf("a rescuer the database has not seen for a minute took over %d batch(es)", n)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE ferry_bbm_sessions SET heartbeat_at = now() WHERE id = 101`); err != nil {
+		t.Fatal(err)
+	}
+	if n := rescue(); n != 1 {
+		t.Fatalf("a live rescuer took over %d batch(es) of a gone engine, want 1", n)
+	}
+}
