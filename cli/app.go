@@ -456,11 +456,15 @@ func (a *App) Redis(ctx context.Context) (*redis.Client, error) {
 	if err != nil {
 		return nil, Usage(err)
 	}
+	// Sentinels first, each with a short timeout: through them, a master
+	// nobody names took the failover client over half a minute to give up
+	// on, with the same "unreachable" for every cause.
+	if why := a.Cfg.SentinelProblem(ctx); why != "" {
+		_ = rdb.Close()
+		return nil, fmt.Errorf("cannot reach Redis at %s: %s", a.Cfg.RedactRedis(), why)
+	}
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		_ = rdb.Close()
-		if why := a.Cfg.SentinelMismatch(ctx); why != "" {
-			return nil, fmt.Errorf("cannot reach Redis at %s: %s", a.Cfg.RedactRedis(), why)
-		}
 		return nil, fmt.Errorf("cannot reach Redis at %s: %w", a.Cfg.RedactRedis(), err)
 	}
 	a.rdb = rdb

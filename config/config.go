@@ -542,23 +542,21 @@ func (c *Config) NewRedis(poolSize int) (*redis.Client, error) {
 	if err != nil || master == "" {
 		return nil, &FieldError{Field: c.FieldName(KeyRedisURL, EnvRedisURL), Msg: "with redis.sentinels, the URL's host is the master's name (redis://:password@mymaster/0)"}
 	}
-	addrs := make([]string, len(c.Redis.Sentinels))
-	for i, a := range c.Redis.Sentinels {
-		addrs[i] = string(a)
-	}
 	return redis.NewFailoverClient(&redis.FailoverOptions{
-		MasterName: master, SentinelAddrs: addrs,
+		MasterName: master, SentinelAddrs: c.sentinelAddrs(),
 		SentinelUsername: c.Redis.SentinelUsername, SentinelPassword: c.Redis.SentinelPassword,
 		Username: o.Username, Password: o.Password, DB: o.DB, TLSConfig: o.TLSConfig, PoolSize: o.PoolSize,
 		DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout,
 	}), nil
 }
 
-// SentinelMismatch explains why a failover client found no master when
-// the sentinels answer but know no master by the URL's name (go-redis then
-// says "all sentinels specified in configuration are unreachable"). It is
-// empty without sentinels, when none answers, or when one knows the name.
-func (c *Config) SentinelMismatch(ctx context.Context) string {
+// SentinelProblem asks each sentinel, with a short timeout, for the
+// master the URL names, and says what is wrong when none names it: none
+// answers (go-redis's failover client took over half a minute to fail
+// then), they refuse the sentinel password, or they know no master by that
+// name (go-redis says "unreachable" for all three). "" without sentinels
+// or when one names the master.
+func (c *Config) SentinelProblem(ctx context.Context) string {
 	if len(c.Redis.Sentinels) == 0 {
 		return ""
 	}
@@ -567,10 +565,11 @@ func (c *Config) SentinelMismatch(ctx context.Context) string {
 		return ""
 	}
 	master, _, _ := net.SplitHostPort(o.Addr)
-	var answered []string
+	var answered, refused []string
+	var lastErr error
 	for _, a := range c.Redis.Sentinels {
 		sc := redis.NewSentinelClient(&redis.Options{Addr: string(a), Username: c.Redis.SentinelUsername, Password: c.Redis.SentinelPassword,
-			TLSConfig: o.TLSConfig, DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
+			TLSConfig: o.TLSConfig, DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second, MaxRetries: -1})
 		_, err := sc.GetMasterAddrByName(ctx, master).Result()
 		_ = sc.Close()
 		switch {
@@ -578,13 +577,39 @@ func (c *Config) SentinelMismatch(ctx context.Context) string {
 			return ""
 		case errors.Is(err, redis.Nil):
 			answered = append(answered, string(a))
+		case isAuthError(err):
+			refused, lastErr = append(refused, string(a)), err
+		default:
+			lastErr = err
 		}
 	}
-	if len(answered) == 0 {
-		return ""
+	sentinels := c.FieldName(keySentinels, keySentinels)
+	switch {
+	case len(answered) > 0:
+		return fmt.Sprintf("the sentinels at %s answer, but know no master named %q: with redis.sentinels, the host of REDIS_URL is the master's name as given to `sentinel monitor` (redis://:password@mymaster/0)",
+			strings.Join(answered, ", "), master)
+	case len(refused) > 0:
+		return fmt.Sprintf("the sentinels at %s refuse the sentinel password (%v): set the sentinels' own password (their requirepass) "+
+			"in redis.sentinel_password or %s; the password in the URL is the master's", strings.Join(refused, ", "), lastErr, EnvRedisSentinelPassword)
 	}
-	return fmt.Sprintf("the sentinels at %s answer, but know no master named %q: with redis.sentinels, the host of REDIS_URL is the master's name as given to `sentinel monitor` (redis://:password@mymaster/0)",
-		strings.Join(answered, ", "), master)
+	return fmt.Sprintf("none of the sentinels in %s answered (%s): %v", sentinels, strings.Join(c.sentinelAddrs(), ", "), lastErr)
+}
+
+func (c *Config) sentinelAddrs() []string {
+	out := make([]string, len(c.Redis.Sentinels))
+	for i, a := range c.Redis.Sentinels {
+		out[i] = string(a)
+	}
+	return out
+}
+
+// isAuthError: the server refused the credentials (Redis 6+ WRONGPASS,
+// NOAUTH when one is required and none was sent, and older servers'
+// "invalid password").
+func isAuthError(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "WRONGPASS") || strings.Contains(msg, "NOAUTH") || strings.Contains(msg, "invalid password") ||
+		strings.Contains(msg, "without any password configured")
 }
 
 // RedactRedis describes where the client connects, without passwords.

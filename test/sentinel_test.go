@@ -144,6 +144,13 @@ func TestRedisSentinelFailoverAndProvider(t *testing.T) {
 		t.Fatalf("ferry enqueue naming a master the sentinels do not know: exit %d\n%s", code, wrong.out.String())
 	}
 
+	// No sentinel answers: said so at once, naming the setting.
+	none := startProc(t, "ferry enqueue", childEnv("REDIS_URL=redis://mymaster/0", fmt.Sprintf("REDIS_SENTINELS=127.0.0.1:%d", freePort(t))), ferryBin,
+		"enqueue", "Ferry::Noop", "[]")
+	if code := none.waitExit(t, 60*time.Second); code != 1 || !strings.Contains(none.out.String(), "none of the sentinels in REDIS_SENTINELS answered") {
+		t.Fatalf("ferry enqueue with no sentinel listening: exit %d\n%s", code, none.out.String())
+	}
+
 	// REDIS_PROVIDER: the variable it names wins over REDIS_URL.
 	prov := startProc(t, "ferry enqueue", childEnv("REDIS_URL=redis://127.0.0.1:1/0", "REDIS_PROVIDER=MY_REDIS",
 		fmt.Sprintf("MY_REDIS=redis://127.0.0.1:%d/2", replica.port)), ferryBin, "enqueue", "Ferry::Noop", "[]", "--queue", "prov_q")
@@ -207,4 +214,36 @@ func infoField(info, name string) string {
 		}
 	}
 	return ""
+}
+
+// Sentinels with a password (requirepass): a wrong or missing
+// REDIS_SENTINEL_PASSWORD is named as the setting to fix, not reported as
+// "all sentinels unreachable".
+func TestRedisSentinelPasswordRefused(t *testing.T) {
+	t.Parallel()
+	port, dir := freePort(t), t.TempDir()
+	conf := filepath.Join(dir, "sentinel.conf")
+	// The master need not run: the sentinel names it from its config.
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nrequirepass s3cret\nsentinel monitor mymaster 127.0.0.1 %d 1\n",
+		port, dir, freePort(t))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, "redis-sentinel", childEnv(), "redis-server", conf, "--sentinel")
+	c := redis.NewSentinelClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), Password: "s3cret", MaxRetries: -1})
+	defer c.Close()
+	testenv.Eventually(t, 20*time.Second, "the sentinel to answer", func() bool {
+		if p.exited() {
+			t.Fatalf("sentinel exited: %s\n%s", p.state(), p.out.String())
+		}
+		return c.Ping(context.Background()).Err() == nil
+	})
+	sentinels := fmt.Sprintf("REDIS_SENTINELS=127.0.0.1:%d", port)
+	for _, env := range [][]string{{"REDIS_SENTINEL_PASSWORD=wrong"}, nil} {
+		e := startProc(t, "ferry enqueue", childEnv(append([]string{"REDIS_URL=redis://mymaster/0", sentinels}, env...)...), ferryBin,
+			"enqueue", "Ferry::Noop", "[]")
+		if code := e.waitExit(t, 60*time.Second); code != 1 || !strings.Contains(e.out.String(), "refuse the sentinel password") ||
+			!strings.Contains(e.out.String(), "REDIS_SENTINEL_PASSWORD") {
+			t.Fatalf("sentinel password %v: exit %d\n%s", env, code, e.out.String())
+		}
+	}
 }
