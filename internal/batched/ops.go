@@ -401,10 +401,13 @@ var finalizerGone = `status = 5 AND finalizer_session IS NOT NULL AND NOT ` + se
 // ReviveFinalizing makes migrations whose finalizer died active again, so
 // the workers finish them (a finalize killed by SIGKILL or a dropped SSH
 // session would otherwise leave them finalizing, worked on by no one). id
-// 0 means all; it returns the ids revived.
+// 0 means all, as the scheduler asks: then only while the database sees
+// this engine's own heartbeat fresh, as rescue judges (behind a starved
+// pooler every heartbeat ages alike). An operator's resume of one id
+// needs no session. It returns the ids revived.
 func (e *Engine) ReviveFinalizing(ctx context.Context, id int64) ([]int64, error) {
 	rows, err := e.pool.Query(ctx, `UPDATE batched_background_migrations SET status = 1, finalizer_session = NULL, updated_at = now()
-		WHERE `+finalizerGone+` AND ($1::bigint = 0 OR id = $1::bigint) RETURNING id`, id)
+		WHERE `+finalizerGone+` AND (id = $1::bigint OR ($1::bigint = 0 AND `+sessionAlive("$2::bigint")+`)) RETURNING id`, id, e.Session())
 	if err != nil {
 		return nil, err
 	}

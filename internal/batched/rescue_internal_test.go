@@ -69,3 +69,44 @@ func TestRescueNeedsTheRescuerAlive(t *testing.T) {
 		t.Fatalf("a live rescuer took over %d batch(es) of a gone engine, want 1", n)
 	}
 }
+
+// The scheduler's revival of migrations whose finalizer is gone follows
+// the same rule; an operator's resume of one does not need a session.
+func TestReviveFinalizingNeedsTheReviverAlive(t *testing.T) {
+	t.Parallel()
+	ctx := testenv.Context(t)
+	pool, err := pgxpool.New(ctx, testenv.DatabaseURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := ferryschema.Apply(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `
+		INSERT INTO ferry_bbm_sessions (id, identity, heartbeat_at) VALUES
+			(201, 'reviver', now() - interval '1 minute'), (202, 'finalizer', now() - interval '1 minute');
+		INSERT INTO batched_background_migrations (job_class_name, table_name, column_name, batch_size, sub_batch_size, status, max_value, finalizer_session)
+		VALUES ('CountAndCopy', 'revived_a', 'id', 10, 10, 5, 100, 202), ('CountAndCopy', 'revived_b', 'id', 10, 10, 5, 100, 202)`); err != nil {
+		t.Fatal(err)
+	}
+	var a, b int64
+	if err := pool.QueryRow(ctx, `SELECT min(id), max(id) FROM batched_background_migrations`).Scan(&a, &b); err != nil {
+		t.Fatal(err)
+	}
+	e := NewEngine(pool, Config{Registry: NewRegistry(), Health: HealthConfig{Disabled: true}})
+	t.Cleanup(e.Close)
+	e.session, e.settledFrom = 201, time.Now().Add(-time.Hour)
+	if ids, err := e.ReviveFinalizing(ctx, 0); err != nil || len(ids) != 0 {
+		t.Fatalf("a reviver the database has not seen for a minute revived %v (%v)", ids, err)
+	}
+	if ids, err := e.ReviveFinalizing(ctx, a); err != nil || len(ids) != 1 {
+		t.Fatalf("an operator's resume of %d revived %v (%v)", a, ids, err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE ferry_bbm_sessions SET heartbeat_at = now() WHERE id = 201`); err != nil {
+		t.Fatal(err)
+	}
+	if ids, err := e.ReviveFinalizing(ctx, 0); err != nil || len(ids) != 1 || ids[0] == a {
+		t.Fatalf("a live reviver revived %v (%v); want [%d]", ids, err, b)
+	}
+}
