@@ -18,14 +18,7 @@ import (
 func TestRescueNeedsTheRescuerAlive(t *testing.T) {
 	t.Parallel()
 	ctx := testenv.Context(t)
-	pool, err := pgxpool.New(ctx, testenv.DatabaseURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := ferryschema.Apply(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
+	pool := schemaPool(t)
 	var mig int64
 	if err := pool.QueryRow(ctx, `
 		WITH s AS (INSERT INTO ferry_bbm_sessions (id, identity, heartbeat_at) VALUES
@@ -39,10 +32,8 @@ func TestRescueNeedsTheRescuerAlive(t *testing.T) {
 		VALUES ($1, 1, 10, 10, 10, 1, now(), 102, 'stalled', 1)`, mig); err != nil {
 		t.Fatal(err)
 	}
-	e := NewEngine(pool, Config{Registry: NewRegistry(), Health: HealthConfig{Disabled: true}})
-	t.Cleanup(e.Close)
 	// Settled long ago as far as this process knows, session 101.
-	e.session, e.settledFrom = 101, time.Now().Add(-time.Hour)
+	e := settledEngine(t, pool, 101)
 	rescue := func() int {
 		t.Helper()
 		tx, err := pool.Begin(ctx)
@@ -75,14 +66,7 @@ func TestRescueNeedsTheRescuerAlive(t *testing.T) {
 func TestReviveFinalizingNeedsTheReviverAlive(t *testing.T) {
 	t.Parallel()
 	ctx := testenv.Context(t)
-	pool, err := pgxpool.New(ctx, testenv.DatabaseURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := ferryschema.Apply(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
+	pool := schemaPool(t)
 	if _, err := pool.Exec(ctx, `
 		INSERT INTO ferry_bbm_sessions (id, identity, heartbeat_at) VALUES
 			(201, 'reviver', now() - interval '1 minute'), (202, 'finalizer', now() - interval '1 minute');
@@ -94,9 +78,7 @@ func TestReviveFinalizingNeedsTheReviverAlive(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT min(id), max(id) FROM batched_background_migrations`).Scan(&a, &b); err != nil {
 		t.Fatal(err)
 	}
-	e := NewEngine(pool, Config{Registry: NewRegistry(), Health: HealthConfig{Disabled: true}})
-	t.Cleanup(e.Close)
-	e.session, e.settledFrom = 201, time.Now().Add(-time.Hour)
+	e := settledEngine(t, pool, 201)
 	if ids, err := e.ReviveFinalizing(ctx, 0); err != nil || len(ids) != 0 {
 		t.Fatalf("a reviver the database has not seen for a minute revived %v (%v)", ids, err)
 	}
@@ -109,4 +91,28 @@ func TestReviveFinalizingNeedsTheReviverAlive(t *testing.T) {
 	if ids, err := e.ReviveFinalizing(ctx, 0); err != nil || len(ids) != 1 || ids[0] == a {
 		t.Fatalf("a live reviver revived %v (%v); want [%d]", ids, err, b)
 	}
+}
+
+// schemaPool is a pool on a new database with ferry's tables.
+func schemaPool(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(testenv.Context(t), testenv.DatabaseURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := ferryschema.Apply(testenv.Context(t), pool); err != nil {
+		t.Fatal(err)
+	}
+	return pool
+}
+
+// settledEngine is an engine that believes itself settled long ago under
+// session, whose row (and heartbeat) the test writes itself.
+func settledEngine(t *testing.T, pool *pgxpool.Pool, session int64) *Engine {
+	t.Helper()
+	e := NewEngine(pool, Config{Registry: NewRegistry(), Health: HealthConfig{Disabled: true}})
+	t.Cleanup(e.Close)
+	e.session, e.settledFrom = session, time.Now().Add(-time.Hour)
+	return e
 }
