@@ -134,10 +134,8 @@ func (a *App) openMigrator(ctx context.Context, f *dbFlags, t dbTarget, finalize
 	}
 	o := dbmigrate.Options{
 		Logger: a.Log, Dir: t.dir, Out: t.out, Finalize: finalize, LockTimeout: f.lockTimeout,
-		Gate: &engineGate{a: a, pool: pool, table: dbmigrate.TableGate{DB: pool}, db: t.Name, named: t.named},
-	}
-	if t.named {
-		o.Database = t.Name
+		Gate:     &engineGate{a: a, pool: pool, table: dbmigrate.TableGate{DB: pool}, db: t.selector()},
+		Database: t.selector(),
 	}
 	return dbmigrate.New(pool, migs, o), nil
 }
@@ -171,23 +169,18 @@ type engineGate struct {
 	a     *App
 	pool  *pgxpool.Pool
 	table dbmigrate.TableGate
-	// db is the database's name; named when several are configured, so
-	// the commands printed name it (ci_3, --db ci).
-	db    string
-	named bool
-	once  sync.Mutex
-	e     *batched.Engine
+	// db is the database's name when several are configured
+	// (dbTarget.selector), so the commands printed name it (ci_3, --db ci).
+	db   string
+	once sync.Mutex
+	e    *batched.Engine
 }
 
 func (g *engineGate) engine(ctx context.Context) (*batched.Engine, error) {
 	g.once.Lock()
 	defer g.once.Unlock()
 	if g.e == nil {
-		name := ""
-		if g.named {
-			name = g.db
-		}
-		e, err := g.a.bbmEngineOn(ctx, g.pool, name)
+		e, err := g.a.bbmEngineOn(ctx, g.pool, g.db)
 		if err != nil {
 			return nil, err
 		}
@@ -517,14 +510,19 @@ func (a *App) statusMigrator(ctx context.Context, f *dbFlags, t dbTarget) (m *db
 	return m, err, nil
 }
 
+// selector is t's name when commands must name it (--db NAME, ci_3): with
+// several databases configured; "" otherwise.
+func (t dbTarget) selector() string {
+	if t.named {
+		return t.Name
+	}
+	return ""
+}
+
 // command is a `ferry db` command line on t's database (--db when several
 // are configured).
 func (t dbTarget) command(verb string, args ...string) string {
-	db := ""
-	if t.named {
-		db = t.Name
-	}
-	return dbmigrate.Command(db, verb, args...)
+	return dbmigrate.Command(t.selector(), verb, args...)
 }
 
 // printStatus prints one database's status table to t.out.
