@@ -428,13 +428,7 @@ func (e *Engine) Unfinished(ctx context.Context) ([]*MigrationInfo, error) {
 // first, at most one per table unless allowed (GitLab's DISTINCT ON).
 func (e *Engine) Executable(ctx context.Context) ([]int64, error) {
 	rows, err := e.pool.Query(ctx, `
-		SELECT id FROM batched_background_migrations m
-		WHERE status = 1 AND (on_hold_until IS NULL OR on_hold_until < now())
-		  AND NOT (SELECT paused_all FROM ferry_bbm_settings WHERE id = 1)
-		  AND (allow_same_table OR NOT EXISTS (
-		        SELECT 1 FROM batched_background_migrations o
-		        WHERE `+tableKey("o")+` = `+tableKey("m")+` AND o.status = 1 AND o.id < m.id AND NOT o.allow_same_table))
-		ORDER BY id`)
+		SELECT id FROM batched_background_migrations m WHERE `+executableSQL+` ORDER BY id`)
 	if err != nil {
 		return nil, err
 	}

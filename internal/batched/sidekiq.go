@@ -213,22 +213,28 @@ func (s *Service) Tick(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// candidatesSQL picks the migrations the scheduler gives batches to:
-// active, not on hold, no older active migration on the same table (unless
-// allowed), running ones first, then the oldest, at most max_running. The
-// read model (cluster) reads the same picks to say who waits.
-var candidatesSQL = `
-		WITH settings AS (SELECT max_running, paused_all FROM ferry_bbm_settings WHERE id = 1),
-		running AS (SELECT DISTINCT batched_background_migration_id AS id FROM batched_background_migration_jobs WHERE status = 1)
-		SELECT m.id, m.max_parallel_batches, (m.slow_until > now()) IS TRUE, m.id IN (SELECT id FROM running)
-		FROM batched_background_migrations m
-		WHERE m.status = 1 AND (m.on_hold_until IS NULL OR m.on_hold_until < now())
-		  AND NOT (SELECT paused_all FROM settings)
+// executableSQL is the condition on batched_background_migrations m of a
+// migration that may get batches: active, not on hold, not under
+// pause-all, and no older active migration on its table (unless allowed;
+// GitLab's DISTINCT ON). Executable lists them; the scheduler picks from
+// them (candidatesSQL).
+var executableSQL = `m.status = 1 AND (m.on_hold_until IS NULL OR m.on_hold_until < now())
+		  AND NOT (SELECT paused_all FROM ferry_bbm_settings WHERE id = 1)
 		  AND (m.allow_same_table OR NOT EXISTS (
 		        SELECT 1 FROM batched_background_migrations o
-		        WHERE ` + tableKey("o") + ` = ` + tableKey("m") + ` AND o.status = 1 AND o.id < m.id AND NOT o.allow_same_table))
+		        WHERE ` + tableKey("o") + ` = ` + tableKey("m") + ` AND o.status = 1 AND o.id < m.id AND NOT o.allow_same_table))`
+
+// candidatesSQL picks the migrations the scheduler gives batches to: the
+// executable ones, running ones first, then the oldest, at most
+// max_running. The read model (cluster) reads the same picks to say who
+// waits.
+var candidatesSQL = `
+		WITH running AS (SELECT DISTINCT batched_background_migration_id AS id FROM batched_background_migration_jobs WHERE status = 1)
+		SELECT m.id, m.max_parallel_batches, (m.slow_until > now()) IS TRUE, m.id IN (SELECT id FROM running)
+		FROM batched_background_migrations m
+		WHERE ` + executableSQL + `
 		ORDER BY (m.id IN (SELECT id FROM running)) DESC, m.id
-		LIMIT (SELECT max_running FROM settings)`
+		LIMIT (SELECT max_running FROM ferry_bbm_settings WHERE id = 1)`
 
 func (s *Service) tick(ctx context.Context, d *serviceDB) error {
 	e := d.engine
