@@ -259,9 +259,7 @@ func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	b := &indexBody{Tab: tab, Tabs: Tabs, Counts: counts, Page: page, Databases: s.dbNames(), Database: v.name}
-	if b.Databases != nil {
-		b.DBAmp = dbQuery("&", v.name)
-	}
+	b.DBAmp = dbQuery("&", s.param(v))
 	if len(ms) > perPage {
 		ms, b.HasNext = ms[:perPage], true
 	}
@@ -492,10 +490,7 @@ func (s *Server) handleAction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	target := "migration " + s.ref(v, id)
-	var q template.URL
-	if len(s.dbs) > 1 {
-		q = dbQuery("&", v.name)
-	}
+	q := dbQuery("&", s.param(v))
 	if action == "finalize" && err == nil {
 		// It runs on after the response: the row records the start, and
 		// the migration's page (and this server's log) how it ended.
@@ -738,7 +733,7 @@ func (s *Server) handleActions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := s.data(r, "actions", "Operator actions")
-	d.Body = &actionsBody{Actions: acts, Databases: s.dbNames(), Database: v.name, DBQuery: s.dbQueryOf(v, "?")}
+	d.Body = &actionsBody{Actions: acts, Databases: s.dbNames(), Database: v.name, DBQuery: dbQuery("?", s.param(v))}
 	s.render(w, r, http.StatusOK, "actions", d)
 }
 
@@ -751,13 +746,13 @@ type actionsBody struct {
 	DBQuery   template.URL
 }
 
-// dbQueryOf is "?database=NAME" (sep first) when several databases are
-// shown, for links to v's pages; "" with one.
-func (s *Server) dbQueryOf(v *dbView, sep string) template.URL {
-	if len(s.dbs) < 2 {
-		return ""
+// param is v's name where links and commands must name it (?database=,
+// ci_3): when several databases are shown; "" with one.
+func (s *Server) param(v *dbView) string {
+	if len(s.dbs) > 1 {
+		return v.name
 	}
-	return dbQuery(sep, v.name)
+	return ""
 }
 
 // inDB is " in database NAME" when several databases are shown.
@@ -771,10 +766,7 @@ func (s *Server) inDB(v *dbView) string {
 // ref names migration id as the commands take it: ci_3 when several
 // databases are shown, 3 otherwise.
 func (s *Server) ref(v *dbView, id int64) string {
-	if len(s.dbs) > 1 {
-		return batched.Ref(v.name, id)
-	}
-	return batched.Ref("", id)
+	return batched.Ref(s.param(v), id)
 }
 
 // dbErr names the database of a failed read when several are shown.
