@@ -185,6 +185,19 @@ func TestBBMUnregisteredClassHints(t *testing.T) {
 	if code != 2 || !strings.Contains(errs, "ferry bbm mark-finished 1 --yes") || !strings.Contains(errs, "NOT migrated") {
 		t.Fatalf("finalize: %d %s", code, errs)
 	}
+	// No estimate of a run this binary cannot make, paused or active; once
+	// active, stalled with the way out instead of an ETA.
+	if _, out, _ := c.run("bbm", "status"); strings.Contains(out, "estimate") || !strings.Contains(out, "paused") {
+		t.Fatalf("status, paused:\n%s", out)
+	}
+	if code, _, errs := c.run("bbm", "resume", "1"); code != 0 {
+		t.Fatal(errs)
+	}
+	_, out, _ = c.run("bbm", "status")
+	if strings.Contains(out, "estimate") || strings.Contains(out, "ETA") ||
+		!strings.Contains(out, "class Gone::Backfill is not registered in this ferry binary") || !strings.Contains(out, "`ferry bbm mark-finished 1 --yes`") {
+		t.Fatalf("status, active:\n%s", out)
+	}
 }
 
 // Job arguments mangled by pasting get a hint that says how to paste them.

@@ -143,7 +143,8 @@ type agg struct {
 	doneIDs               int64      // ids of succeeded jobs
 	touched               *time.Time // latest job update
 	finalizerGone         bool
-	orphaned              int // running jobs whose worker is gone
+	orphaned              int  // running jobs whose worker is gone
+	unregistered          bool // this binary lacks its class (from the registry, not SQL)
 }
 
 // window summarises the most recent succeeded batches of the current run
@@ -457,6 +458,8 @@ func (e *Engine) query(ctx context.Context, whereOrder string, args ...any) ([]*
 			r := fmt.Sprintf("its finalize process is gone: workers make it active again, or run `ferry bbm resume %s` (or finalize again)", c.ref(v.ID))
 			v.HoldReason = &r
 		}
+		_, known := e.reg.Lookup(v.Class)
+		v.agg.unregistered = !known
 		v.Progress = summarize(v, c, now)
 		out = append(out, v)
 	}
@@ -468,8 +471,9 @@ func (e *Engine) query(ctx context.Context, whereOrder string, args ...any) ([]*
 }
 
 // queued reports a migration that will run but has not run a batch yet.
+// One whose class this binary lacks will not run here: no estimate.
 func queued(v *MigrationInfo) bool {
-	return (v.Status == Active || v.Status == Paused) && v.agg.jobs == 0
+	return (v.Status == Active || v.Status == Paused) && v.agg.jobs == 0 && !v.agg.unregistered
 }
 
 // estimateQueued fills in the estimate of the queued migrations in vs.
@@ -644,6 +648,13 @@ func state(v *MigrationInfo, c cluster, now time.Time) (State, string) {
 	}
 	if c.PausedAll {
 		return StatePausedAll, PausedAllReasonIn(c.db)
+	}
+	if a.unregistered {
+		// A worker of this binary fails it at its next claim: no rate, no
+		// ETA, and the way out that works here.
+		return StateStalled, fmt.Sprintf("class %s%s, so its batches cannot run: a worker of this binary fails it; "+
+			"a binary that registers it runs it. If its rows were migrated another way, `ferry bbm mark-finished %s --yes` "+
+			"(its remaining rows are NOT migrated)", m.Class, notRegistered, c.ref(m.ID))
 	}
 	if m.OnHoldUntil != nil && m.OnHoldUntil.After(now) {
 		if reason == "" {
