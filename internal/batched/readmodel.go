@@ -649,19 +649,19 @@ func state(v *MigrationInfo, c cluster, now time.Time) (State, string) {
 	if c.PausedAll {
 		return StatePausedAll, PausedAllReasonIn(c.db)
 	}
-	if a.unregistered {
-		// A worker of this binary fails it at its next claim: no rate, no
-		// ETA, and the way out that works here.
-		return StateStalled, fmt.Sprintf("class %s%s, so its batches cannot run: a worker of this binary fails it; "+
-			"a binary that registers it runs it. If its rows were migrated another way, `ferry bbm mark-finished %s --yes` "+
-			"(its remaining rows are NOT migrated)", m.Class, notRegistered, c.ref(m.ID))
-	}
 	if m.OnHoldUntil != nil && m.OnHoldUntil.After(now) {
 		if reason == "" {
 			reason = "a health check (no reason recorded)"
 		}
 		return StateOnHold, fmt.Sprintf("on hold until %s: %s; it goes on by itself then",
 			m.OnHoldUntil.UTC().Format("15:04:05 MST"), trimIndicator(reason))
+	}
+	if a.unregistered {
+		// A worker of this binary fails it at its next claim: no rate, no
+		// ETA, and the way out that works here.
+		return StateStalled, fmt.Sprintf("class %s%s, so its batches cannot run: a worker of this binary fails it; "+
+			"a binary that registers it runs it. If its rows were migrated another way, `ferry bbm mark-finished %s --yes` "+
+			"(its remaining rows are NOT migrated)", m.Class, notRegistered, c.ref(m.ID))
 	}
 	last := m.CreatedAt
 	for _, t := range []*time.Time{m.StartedAt, a.touched} {

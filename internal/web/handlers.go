@@ -146,6 +146,45 @@ func (s *Server) redirectPrefixedID(w http.ResponseWriter, r *http.Request) bool
 	return true
 }
 
+// migrationOf resolves the {id} of an action: 2 with ?database= (the
+// pages' forms), or ci_2 (as the CLI and GitLab write it; a POST cannot be
+// redirected to the plain form without the client's help).
+func (s *Server) migrationOf(w http.ResponseWriter, r *http.Request) (*dbView, int64, bool) {
+	raw := r.PathValue("id")
+	name, rawID, prefixed := batched.SplitRef(raw)
+	if !prefixed || len(s.dbs) == 0 {
+		v, ok := s.needDB(w, r)
+		if !ok {
+			return nil, 0, false
+		}
+		id, ok := pathID(r, "id")
+		if !ok {
+			s.notFound(w, r, "no such migration")
+		}
+		return v, id, ok
+	}
+	if q := r.URL.Query().Get("database"); q != "" && q != name {
+		s.fail(w, r, http.StatusBadRequest, fmt.Sprintf("migration %s is on database %s, but ?database=%s names another", raw, name, q))
+		return nil, 0, false
+	}
+	i := slices.IndexFunc(s.dbs, func(v *dbView) bool { return v.name == name })
+	id, err := strconv.ParseInt(rawID, 10, 64)
+	if i < 0 || err != nil || id <= 0 {
+		s.notFound(w, r, fmt.Sprintf("no such migration %q: write its id as 2, or as %s_2 with the database's name (%s)",
+			raw, s.dbs[0].name, strings.Join(dbViewNames(s.dbs), ", ")))
+		return nil, 0, false
+	}
+	return s.dbs[i], id, true
+}
+
+func dbViewNames(dbs []*dbView) []string {
+	out := make([]string, len(dbs))
+	for i, v := range dbs {
+		out[i] = v.name
+	}
+	return out
+}
+
 // pageParam parses ?page=, 400 on garbage.
 func pageParam(r *http.Request) (int, error) {
 	v := r.URL.Query().Get("page")
@@ -170,14 +209,12 @@ func (s *Server) needDB(w http.ResponseWriter, r *http.Request) (*dbView, bool) 
 	if name == "" {
 		return s.dbs[0], true
 	}
-	names := make([]string, 0, len(s.dbs))
 	for _, v := range s.dbs {
 		if v.name == name {
 			return v, true
 		}
-		names = append(names, v.name)
 	}
-	s.notFound(w, r, fmt.Sprintf("no database %q: configured databases are %s", name, strings.Join(names, ", ")))
+	s.notFound(w, r, fmt.Sprintf("no database %q: configured databases are %s", name, strings.Join(dbViewNames(s.dbs), ", ")))
 	return nil, false
 }
 
@@ -453,13 +490,8 @@ func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleAction(w http.ResponseWriter, r *http.Request) {
-	v, ok := s.needDB(w, r)
+	v, id, ok := s.migrationOf(w, r)
 	if !ok {
-		return
-	}
-	id, ok := pathID(r, "id")
-	if !ok {
-		s.notFound(w, r, "no such migration")
 		return
 	}
 	action := r.PathValue("action")

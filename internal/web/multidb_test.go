@@ -120,6 +120,20 @@ func TestMultiDatabaseUI(t *testing.T) {
 	if st := status(b.db, seeds["main"].Active); st != web.StatusActive {
 		t.Errorf("main's migration is %d after ci's pause", st)
 	}
+	// The id as the CLI writes it works for an action too (a POST is not
+	// redirected), and disagreeing with ?database= is refused.
+	if code, _, _ := b.do(t, req{method: "POST", path: fmt.Sprintf("/background_migrations/ci_%d/resume?database=main", active), form: url.Values{}, bearer: true}); code != http.StatusBadRequest {
+		t.Errorf("ci_%d with ?database=main: %d, want 400", active, code)
+	}
+	if code, _, hdr := b.do(t, req{method: "POST", path: fmt.Sprintf("/background_migrations/ci_%d/resume", active), form: url.Values{}, bearer: true}); code != http.StatusSeeOther || !strings.Contains(hdr.Get("Location"), "database=ci") {
+		t.Errorf("resume ci_%d: %d %q", active, code, hdr.Get("Location"))
+	}
+	if st := status(ci, active); st != web.StatusActive {
+		t.Errorf("ci's migration is %d after resume ci_%d", st, active)
+	}
+	if code, _, _ := b.do(t, req{method: "POST", path: fmt.Sprintf("/background_migrations/xy_%d/pause", active), form: url.Values{}, bearer: true}); code != http.StatusNotFound {
+		t.Errorf("pause xy_%d: %d, want 404", active, code)
+	}
 	var audited int
 	if err := ci.QueryRow(b.ctx, `SELECT count(*) FROM ferry_web_actions WHERE action = 'pause' AND target = $1`, fmt.Sprintf("migration ci_%d", active)).Scan(&audited); err != nil || audited != 1 {
 		t.Errorf("ci's audit log: %d %v", audited, err)
