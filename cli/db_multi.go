@@ -122,7 +122,10 @@ func (a *App) eachDB(ts []dbTarget, fn func(t dbTarget) error) error {
 			c = 2
 		}
 		if msg := err.Error(); msg != "" {
-			fmt.Fprintf(a.Err, "ferry: %s: %s\n", t.Name, msg)
+			// Every line names its database: the errors of several
+			// databases follow each other on stderr.
+			pw := &prefixWriter{w: a.Err, prefix: "ferry: " + t.Name + ": ", bol: true}
+			fmt.Fprintln(pw, msg)
 		}
 		code = max(code, c)
 	}

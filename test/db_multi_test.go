@@ -370,6 +370,12 @@ func TestDBMultiDirtyWaysOutNameTheDatabase(t *testing.T) {
 	e.write("ci", "11_idx.down.sql", "DROP TABLE IF EXISTS c;\n")
 	_, errs := e.want(1, "db", "migrate")
 	wantContains(t, errs, "(see `ferry db status --db ci`)")
+	// A multi-line error names its database on every line.
+	for _, line := range strings.Split(strings.TrimSpace(errs), "\n") {
+		if !strings.HasPrefix(line, "ferry: ci: ") {
+			t.Fatalf("a line of ci's error without its database: %q in\n%s", line, errs)
+		}
+	}
 	_, errs = e.want(1, "db", "migrate", "--db", "ci")
 	ways := []string{"`ferry db repair --db ci`", "`ferry db mark-complete 11 --db ci`", "`ferry db downto 10 --db ci`"}
 	wantContains(t, errs, ways...)
