@@ -427,7 +427,7 @@ func (e *Engine) Unfinished(ctx context.Context) ([]*MigrationInfo, error) {
 // Executable returns the ids of active migrations not on hold, oldest
 // first, at most one per table unless allowed (GitLab's DISTINCT ON).
 func (e *Engine) Executable(ctx context.Context) ([]int64, error) {
-	rows, err := e.pool.Query(ctx, `
+	rows, err := e.pool.Query(ctx, `WITH `+executableCTEs+`
 		SELECT id FROM batched_background_migrations m WHERE `+executableSQL+` ORDER BY id`)
 	if err != nil {
 		return nil, err

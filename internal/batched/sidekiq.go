@@ -216,20 +216,28 @@ func (s *Service) Tick(ctx context.Context) error {
 // executableSQL is the condition on batched_background_migrations m of a
 // migration that may get batches: active, not on hold, not under
 // pause-all, and no older active migration on its table (unless allowed;
-// GitLab's DISTINCT ON). Executable lists them; the scheduler picks from
-// them (candidatesSQL).
+// GitLab's DISTINCT ON). It needs executableCTEs in the statement's WITH.
+// Executable lists them; the scheduler picks from them (candidatesSQL).
 var executableSQL = `m.status = 1 AND (m.on_hold_until IS NULL OR m.on_hold_until < now())
 		  AND NOT (SELECT paused_all FROM ferry_bbm_settings WHERE id = 1)
-		  AND (m.allow_same_table OR NOT EXISTS (
-		        SELECT 1 FROM batched_background_migrations o
-		        WHERE ` + tableKey("o") + ` = ` + tableKey("m") + ` AND o.status = 1 AND o.id < m.id AND NOT o.allow_same_table))`
+		  AND m.id NOT IN (SELECT id FROM same_table_behind)`
+
+// executableCTEs compute each active migration's table key once per
+// statement: a key is a catalog lookup, and comparing every pair (a GitLab
+// upgrade queues dozens at once) took 38 ms a tick with 100 of them.
+var executableCTEs = `keyed AS MATERIALIZED (
+		  SELECT b.id, b.allow_same_table, ` + tableKey("b") + ` AS k FROM batched_background_migrations b WHERE b.status = 1),
+		same_table_behind AS (
+		  SELECT m.id FROM keyed m JOIN keyed o ON o.k = m.k AND o.id < m.id AND NOT o.allow_same_table
+		  WHERE NOT m.allow_same_table)`
 
 // candidatesSQL picks the migrations the scheduler gives batches to: the
 // executable ones, running ones first, then the oldest, at most
 // max_running. The read model (cluster) reads the same picks to say who
 // waits.
 var candidatesSQL = `
-		WITH running AS (SELECT DISTINCT batched_background_migration_id AS id FROM batched_background_migration_jobs WHERE status = 1)
+		WITH running AS (SELECT DISTINCT batched_background_migration_id AS id FROM batched_background_migration_jobs WHERE status = 1),
+		` + executableCTEs + `
 		SELECT m.id, m.max_parallel_batches, (m.slow_until > now()) IS TRUE, m.id IN (SELECT id FROM running)
 		FROM batched_background_migrations m
 		WHERE ` + executableSQL + `
