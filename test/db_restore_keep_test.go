@@ -71,6 +71,49 @@ func TestDBRestoreKeepsTheRecord(t *testing.T) {
 	e.mustFerry("migrate")
 }
 
+// A no-transaction migration that failed halfway leaves the database
+// dirty; restoring the backup taken before it undoes what it did, so the
+// database is clean again and migrate runs (the log says the restore
+// cleared it). A backup taken while dirty restores a dirty database.
+func TestDBRestoreOfAnEarlierBackupIsNotDirty(t *testing.T) {
+	e := newDBEnv(t)
+	e.write("1_v1.up.sql", "CREATE TABLE users (id bigserial PRIMARY KEY);\n")
+	e.mustFerry("migrate")
+	clean := filepath.Join(t.TempDir(), "clean.dump")
+	e.mustFerry("backup", clean)
+
+	e.write("2_half.up.sql", "-- ferry:no-transaction\nCREATE TABLE half (id int);\nSELECT 1/0;\n")
+	e.wantExit(1, "migrate")
+	out, _ := e.wantExit(1, "status")
+	wantContains(t, out, "DIRTY")
+	dirty := filepath.Join(t.TempDir(), "dirty.dump")
+	e.mustFerry("backup", dirty)
+
+	e.mustFerry("restore", clean, "--yes")
+	if e.exists("half") {
+		t.Fatal("the restore left the half-made table")
+	}
+	out, _ = e.wantExit(1, "status") // 2 is pending again
+	if strings.Contains(out, "DIRTY") || !strings.Contains(out, "pending") {
+		t.Fatalf("dirty after restoring a backup taken before the failure:\n%s", out)
+	}
+	if got := e.rows(`SELECT direction || ': ' || error FROM ferry_migration_log WHERE version = '2' ORDER BY id`); len(got) != 2 ||
+		!strings.HasPrefix(got[1], "repair: cleared by the restore of a backup taken before up attempt #") {
+		t.Fatalf("log of version 2 after the restore: %q", got)
+	}
+
+	// The backup taken while dirty brings the dirty state back with it.
+	e.mustFerry("restore", dirty, "--yes")
+	out, _ = e.wantExit(1, "status")
+	wantContains(t, out, "DIRTY")
+	e.mustFerry("restore", clean, "--yes")
+	e.write("2_half.up.sql", "-- ferry:no-transaction\nCREATE TABLE half (id int);\n")
+	e.mustFerry("migrate")
+	if !e.exists("half") {
+		t.Fatal("migrate after the restore did not run 2_half")
+	}
+}
+
 func (e *dbEnv) rows(q string) []string {
 	e.t.Helper()
 	rows, err := e.pool.Query(e.ctx, q)

@@ -60,11 +60,17 @@ func (s *savedRecords) sql() string {
 		}
 		inner := freeDollarTag(js, "ferry_rows")
 		outer := freeDollarTag(js+inner, "ferry_keep")
+		after := ""
+		if t == LogTable {
+			after = restoreStatesDirtySQL
+		}
 		fmt.Fprintf(&b, `DO %[4]s
 DECLARE
 	saved json := %[1]s%[2]s%[1]s;
 	cols text;
+	backup_max bigint;
 BEGIN
+	SELECT max(id) INTO backup_max FROM public.%[3]s;
 	SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
 	FROM pg_attribute a
 	WHERE a.attrelid = 'public.%[3]s'::regclass AND a.attnum > 0 AND NOT a.attisdropped
@@ -72,14 +78,36 @@ BEGIN
 	EXECUTE format('INSERT INTO public.%[3]s (%%s) SELECT %%s FROM json_populate_recordset(NULL::public.%[3]s, $1) ON CONFLICT (id) DO NOTHING', cols, cols)
 		USING saved;
 	PERFORM setval(pg_get_serial_sequence('public.%[3]s', 'id'), (SELECT max(id) FROM public.%[3]s));
+%[5]s
 EXCEPTION WHEN others THEN
 	RAISE WARNING 'ferry: could not keep the rows of %[3]s: %%', SQLERRM;
 END
 %[4]s;
-`, inner, js, t, outer)
+`, inner, js, t, outer, after)
 	}
 	return b.String()
 }
+
+// restoreStatesDirtySQL makes, in the restore's transaction, each
+// version's dirty state the backup's: the rows put back (ids past the
+// backup's) record a history the restore replaced. An attempt left dirty
+// after the backup was taken is cleared (the restore undid it, a repair
+// row says so); a dirty state the backup holds but a later repair
+// cleared is recorded again (the restore brought the half-done work
+// back).
+const restoreStatesDirtySQL = `	WITH l AS (
+	  SELECT version, id, name, direction, id > coalesce(backup_max, 0) AS later,
+	         direction IN ('up', 'down') AND ((finished_at IS NULL AND no_transaction) OR (success IS FALSE AND dirty)) AS dirty
+	  FROM public.ferry_migration_log),
+	last_all AS (SELECT DISTINCT ON (version) * FROM l ORDER BY version, id DESC),
+	last_backup AS (SELECT DISTINCT ON (version) * FROM l WHERE NOT later ORDER BY version, id DESC)
+	INSERT INTO public.ferry_migration_log (version, name, direction, no_transaction, finished_at, success, dirty, error)
+	SELECT a.version, a.name,
+	       CASE WHEN a.dirty THEN 'repair' ELSE b.direction END, NOT a.dirty, clock_timestamp(), a.dirty, NOT a.dirty,
+	       CASE WHEN a.dirty THEN 'cleared by the restore of a backup taken before ' || a.direction || ' attempt #' || a.id
+	            ELSE 'dirty again: the restored backup was taken while ' || b.direction || ' attempt #' || b.id || ' had left it half done' END
+	FROM last_all a LEFT JOIN last_backup b ON b.version = a.version
+	WHERE a.later AND a.dirty IS DISTINCT FROM coalesce(b.dirty, false);`
 
 // freeDollarTag is a dollar-quote tag, made of name, that does not occur in s.
 func freeDollarTag(s, name string) string {
