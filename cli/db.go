@@ -872,7 +872,11 @@ databases configured, --db NAME says which one.`,
 				fmt.Fprintf(t.out, "Backed up database %s (%d tables/views/sequences, %d bytes) to %s; metadata in %s\n",
 					meta.Database, meta.Relations, meta.Size, args[0], dbmigrate.MetaPath(args[0]))
 				if meta.Previous != "" {
-					fmt.Fprintf(t.out, "The backup that was at %s before is kept as %s (one previous copy is kept; the one before it was removed).\n", args[0], meta.Previous)
+					removed := ""
+					if meta.PreviousRemoved {
+						removed = "; the one before it was removed"
+					}
+					fmt.Fprintf(t.out, "The backup that was at %s before is kept as %s (one previous copy is kept%s).\n", args[0], meta.Previous, removed)
 				}
 				return nil
 			})
@@ -884,12 +888,12 @@ databases configured, --db NAME says which one.`,
 
 // warnConnected warns that ferry processes use the database a restore
 // replaces: their tables change under them.
-func (a *App) warnConnected(res *dbmigrate.RestoreResult) {
+func (a *App) warnConnected(res *dbmigrate.RestoreResult, db string) {
 	names := make([]string, len(res.Connected))
 	for i, s := range res.Connected {
 		names[i] = s.String()
 	}
-	then := "the restore replaces their tables under them; stop those workers (or run `ferry bbm pause-all`) first, or re-run with --yes to restore anyway"
+	then := "the restore replaces their tables under them; stop those workers (or run `ferry bbm pause-all" + a.dbFlag(db) + "`) first, or re-run with --yes to restore anyway"
 	if res.Restored {
 		then = "the restore replaced their tables under them (--yes)"
 	}
@@ -964,7 +968,7 @@ func (a *App) restoreOne(ctx context.Context, f *dbFlags, t dbTarget, file strin
 	// The checks passed: restored, or a plan without --yes.
 	checked := res != nil && (err == nil || errors.Is(err, dbmigrate.ErrNotConfirmed))
 	if checked && len(res.Connected) > 0 {
-		a.warnConnected(res)
+		a.warnConnected(res, t.Name)
 	}
 	if checked && res.Meta == nil {
 		fmt.Fprintf(a.Err, "warning: %s not found: the backup's size and SHA-256 were not checked (pg_restore read it to the end, and its header names the database).\n",

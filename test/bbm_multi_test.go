@@ -346,6 +346,16 @@ func TestBBMMultiDatabaseForms(t *testing.T) {
 	}
 	m.want(0, []string{"ci: Batched background migrations resumed."}, "bbm", "resume-all", "-db=ci")
 
+	// A finalize that cannot complete names the migration as commands take it.
+	if _, err := m.ci.Exec(m.ctx, `ALTER TABLE events ADD CONSTRAINT small CHECK (v_big <= 2500)`); err != nil {
+		t.Fatal(err)
+	}
+	m.want(1, []string{"could not be completed", "see `ferry bbm show ci_1`"}, "bbm", "finalize:ci["+pasted+"]", "--no-progress")
+	if _, err := m.ci.Exec(m.ctx, `ALTER TABLE events DROP CONSTRAINT small`); err != nil {
+		t.Fatal(err)
+	}
+	m.want(0, nil, "bbm", "retry", "ci_1")
+
 	// finalize:ci[...] finishes ci's migration and leaves main's alone.
 	m.want(0, []string{"Done."}, "bbm", "finalize:ci["+pasted+"]", "--no-progress")
 	copiedOnce(m.ctx, t, m.ci, "events")

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ferrymigrate/ferry/cli"
@@ -177,7 +178,8 @@ func TestDBMultiGitLabMainAndCI(t *testing.T) {
 	everyLineNamed(t, out, "main", "ci")
 	wantContains(t, out, "main: == 2 gate: migrated", "main: -- required batched background migration", "never queued in this database",
 		"ci: -- queued batched background migration CopyColumnUsingBackgroundMigrationJob ci_builds id")
-	wantContains(t, errs, "ferry: ci: "+gateText+"'active':", `ferry bbm finalize --db ci CopyColumnUsingBackgroundMigrationJob ci_builds id`)
+	wantContains(t, errs, "ferry: ci: "+gateText+"'active':", `ferry bbm finalize --db ci CopyColumnUsingBackgroundMigrationJob ci_builds id`,
+		"finalize it inline with `ferry db migrate --finalize --db ci`")
 	if got := strings.Join(e.applied("main"), " "); got != "1 2" {
 		t.Fatalf("main applied %q", got)
 	}
@@ -256,6 +258,16 @@ func TestDBMultiGitLabMainAndCI(t *testing.T) {
 	if _, err := e.pools["ci"].Exec(e.ctx, `CREATE TABLE ci_junk (id int)`); err != nil {
 		t.Fatal(err)
 	}
+	// A worker on ci: the warning's pause-all names ci, as it must to work.
+	cc := e.pools["ci"].Config().ConnConfig.Copy()
+	cc.RuntimeParams["application_name"] = "ferry"
+	worker, err := pgx.ConnectConfig(e.ctx, cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, errs = e.want(2, "db", "restore", file, "--db", "ci")
+	wantContains(t, errs, "1 other ferry session(s) are connected to database", "or run `ferry bbm pause-all --db ci`) first")
+	worker.Close(e.ctx)
 	out, _ = e.want(0, "db", "restore", file, "--db", "ci", "--yes")
 	wantContains(t, out, "ci: Dropped table public.ci_junk (not in the backup)", "ci: Restored ")
 }

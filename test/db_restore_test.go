@@ -430,8 +430,8 @@ func TestDBBackupKeepsThePreviousOne(t *testing.T) {
 	}
 	out := e.mustFerry("backup", dump)
 	kept := dump + ".previous"
-	if !strings.Contains(out, "is kept as "+kept) {
-		t.Fatalf("second backup:\n%s", out)
+	if !strings.Contains(out, "is kept as "+kept+" (one previous copy is kept).") {
+		t.Fatalf("second backup (none removed):\n%s", out)
 	}
 	if again, _ := os.ReadFile(kept); !bytes.Equal(again, first) {
 		t.Fatal("the kept backup is not the first one")
@@ -442,7 +442,9 @@ func TestDBBackupKeepsThePreviousOne(t *testing.T) {
 	}
 	// One previous copy only: a third backup keeps the second.
 	second, _ := os.ReadFile(dump)
-	e.mustFerry("backup", dump)
+	if out := e.mustFerry("backup", dump); !strings.Contains(out, "(one previous copy is kept; the one before it was removed).") {
+		t.Fatalf("third backup:\n%s", out)
+	}
 	if again, _ := os.ReadFile(kept); !bytes.Equal(again, second) {
 		t.Fatal("the third backup did not keep the second one")
 	}

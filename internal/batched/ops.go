@@ -315,8 +315,8 @@ func (e *Engine) Finalize(ctx context.Context, m *Migration) error {
 		return err
 	}
 	if !got.Status.Done() {
-		return fmt.Errorf("%w: Batched migration %s could not be completed and a manual action is required. It is %s; see `ferry bbm show %d`",
-			ErrFailedToFinalize, m.Class, got.Status, m.ID)
+		return fmt.Errorf("%w: Batched migration %s could not be completed and a manual action is required. It is %s; see `ferry bbm show %s`",
+			ErrFailedToFinalize, m.Class, got.Status, Ref(e.database, m.ID))
 	}
 	return nil
 }

@@ -64,6 +64,8 @@ type BackupMeta struct {
 	// ([PreviousPath], with its sidecar if it had one); "" when there was
 	// none.
 	Previous string `json:"-"`
+	// PreviousRemoved: a copy kept from the backup before was removed.
+	PreviousRemoved bool `json:"-"`
 }
 
 // MetaPath is where the sidecar of a dump lives.
@@ -161,11 +163,14 @@ func Backup(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOption
 	defer os.Remove(tmp)
 	// Room for the new dump: the copy before the one at file goes (file
 	// itself stays until the new one is complete).
+	removed := false
 	if _, err := os.Stat(file); err == nil {
 		for _, p := range []string{PreviousPath(file), MetaPath(PreviousPath(file))} {
-			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			err := os.Remove(p)
+			if err != nil && !errors.Is(err, os.ErrNotExist) {
 				return nil, err
 			}
+			removed = removed || err == nil
 		}
 	}
 	if err := dumpWithProgress(ctx, pool, in, pgDump, tmp, o.Progress); err != nil {
@@ -188,6 +193,7 @@ func Backup(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOption
 	if meta.Previous, err = keepPrevious(file); err != nil {
 		return nil, err
 	}
+	meta.PreviousRemoved = removed
 	if err := os.Rename(tmp, file); err != nil {
 		return nil, err
 	}

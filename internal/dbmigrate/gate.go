@@ -82,8 +82,14 @@ func (e *GateError) Error() string {
 	if e.WayOut != "" {
 		return head + e.WayOut + fmt.Sprintf("\n\n(Required by migration %s.)", e.RequiredBy)
 	}
-	return head + batched.FinalizeAdvice(e.BBM.FinalizeCommandIn(e.Database)) + fmt.Sprintf("\n\n"+
-		"or let the migration finalize it inline with `ferry db migrate --finalize`. (Required by migration %s.)", e.RequiredBy)
+	inline := Command(e.Database, "migrate", "--finalize")
+	tail := fmt.Sprintf("or let the migration finalize it inline with `%s`.", inline)
+	if e.FinalizeErr != nil {
+		// Both ways run its failed batches again: useful once their cause is fixed.
+		tail = fmt.Sprintf("once what failed its batches is fixed, or run `%s` again then.", inline)
+	}
+	return head + batched.FinalizeAdvice(e.BBM.FinalizeCommandIn(e.Database)) + "\n\n" + tail +
+		fmt.Sprintf(" (Required by migration %s.)", e.RequiredBy)
 }
 func (e *GateError) Is(target error) bool { return target == ErrGate }
 

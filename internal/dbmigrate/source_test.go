@@ -102,6 +102,19 @@ func TestGateErrorText(t *testing.T) {
 	if got := e.Error(); len(got) < len(want) || got[:len(want)] != want {
 		t.Fatalf("got\n%s\nwant prefix\n%s", got, want)
 	}
+	// On ci, after --finalize failed: every command names ci, and the
+	// inline way is offered as "again once fixed", not as something new.
+	e.Database, e.FinalizeErr = "ci", errors.New("it is failed; see `ferry bbm show ci_5`")
+	got := e.Error()
+	for _, w := range []string{"--finalize could not finish it: it is failed; see `ferry bbm show ci_5`",
+		"\tferry bbm finalize --db ci CopyColumnUsingBackgroundMigrationJob", "once what failed its batches is fixed, or run `ferry db migrate --finalize --db ci` again then. (Required by migration 1_x.)"} {
+		if !strings.Contains(got, w) {
+			t.Errorf("no %q in\n%s", w, got)
+		}
+	}
+	if strings.Contains(got, "let the migration finalize it inline") {
+		t.Errorf("offers the inline finalize that just failed:\n%s", got)
+	}
 }
 
 // A directory with no migration files but subdirectories is not "no
