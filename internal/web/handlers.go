@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
@@ -107,6 +108,13 @@ func (s *Server) serverError(w http.ResponseWriter, r *http.Request, err error) 
 	}
 	if errors.Is(err, ErrNotFound) {
 		s.notFound(w, r, "not found")
+		return
+	}
+	var down *pgconn.ConnectError
+	if errors.As(err, &down) {
+		// Not ferry's fault, and it may pass: a proxy or a probe retries.
+		s.log.Warn("database unavailable", zap.String("path", r.URL.Path), zap.Error(err))
+		s.fail(w, r, http.StatusServiceUnavailable, "database unavailable: "+err.Error())
 		return
 	}
 	s.log.Error("request failed", zap.String("path", r.URL.Path), zap.Error(err))
@@ -761,7 +769,7 @@ func (s *Server) handleActions(w http.ResponseWriter, r *http.Request) {
 	}
 	acts, err := listActions(r.Context(), v.pool, nil, 200)
 	if err != nil {
-		s.serverError(w, r, err)
+		s.serverError(w, r, s.dbErr(v, err))
 		return
 	}
 	d := s.data(r, "actions", "Operator actions")

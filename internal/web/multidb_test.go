@@ -2,6 +2,7 @@ package web_test
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -91,6 +92,10 @@ func TestMultiDatabaseUI(t *testing.T) {
 		hdr.Get("Location") != fmt.Sprintf("/background_migrations/%d?database=ci", active) {
 		t.Fatalf("ci_%d: %d %q", active, code, hdr.Get("Location"))
 	}
+	// The root keeps the database asked for.
+	if code, _, hdr := b.do(t, req{path: "/?database=ci", basic: true}); code != http.StatusFound || hdr.Get("Location") != "/background_migrations?database=ci" {
+		t.Fatalf("/?database=ci: %d %q", code, hdr.Get("Location"))
+	}
 	if code, _ := b.get(t, fmt.Sprintf("/background_migrations/xy_%d", active)); code != 404 {
 		t.Fatalf("xy_%d: %d, want 404", active, code)
 	}
@@ -168,4 +173,46 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// A database that is down: its pages say 503 and name it; the other's
+// pages work.
+func TestMultiDatabaseUIOneDown(t *testing.T) {
+	t.Parallel()
+	b := &bundle{ctx: testenv.Context(t), db: testenv.Postgres(t), rdb: testenv.Redis(t)}
+	if err := ferryschema.Apply(b.ctx, b.db); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	down, err := pgxpool.New(b.ctx, "postgres://ferry@"+closed+"/ci?sslmode=disable&connect_timeout=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(down.Close)
+	log := zaptest.NewLogger(t)
+	var dbs []web.Database
+	for i, pool := range []*pgxpool.Pool{b.db, down} {
+		em := web.NewEngineMigrations(b.ctx, batched.NewEngine(pool, batched.Config{Logger: log}), log)
+		t.Cleanup(func() { em.Wait(); em.Close() })
+		dbs = append(dbs, web.Database{Name: []string{"main", "ci"}[i], DB: pool, Migrations: em})
+	}
+	b.srv, err = web.New(web.Config{Databases: dbs, Redis: b.rdb, Auth: web.Auth{Token: token, Username: user, Password: pass}, Logger: log, Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.ts = httptest.NewServer(b.srv.Handler())
+	t.Cleanup(b.ts.Close)
+	for _, path := range []string{"/background_migrations?database=ci", "/actions?database=ci"} {
+		if code, body := b.get(t, path); code != http.StatusServiceUnavailable || !strings.Contains(body, "database ci:") {
+			t.Errorf("%s: %d\n%s", path, code, grepLines(body, "database"))
+		}
+	}
+	if code, _ := b.get(t, "/background_migrations?database=main"); code != 200 {
+		t.Errorf("main's page with ci down: %d", code)
+	}
 }

@@ -275,7 +275,11 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(s.log), Timeout: 30 * time.Second}))
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		http.Redirect(w, r, "/background_migrations", http.StatusFound)
+		to := "/background_migrations"
+		if r.URL.RawQuery != "" { // ?database=ci stays
+			to += "?" + r.URL.RawQuery
+		}
+		http.Redirect(w, r, to, http.StatusFound)
 	})
 	mux.HandleFunc("GET /background_migrations", s.handleIndex)
 	mux.HandleFunc("GET /background_migrations/{id}", s.handleShow)
