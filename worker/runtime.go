@@ -538,7 +538,7 @@ func (r *Runtime) fetchLoop(fetchCtx context.Context) {
 		if fetchCtx.Err() != nil && len(ds) > 0 {
 			// Fetched after quiet: push back, as Sidekiq does.
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, _ = r.broker.Requeue(ctx, ds...)
+			_ = r.pushBack(ctx, ds)
 			cancel()
 			ds = nil
 		}
@@ -672,12 +672,19 @@ func (r *Runtime) returnReady() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	// Oldest last: each goes to the front, so the oldest ends up first.
-	slices.Reverse(ds)
-	if _, err := r.broker.Requeue(ctx, ds...); err != nil {
+	if err := r.pushBack(ctx, ds); err != nil {
 		r.log.Warn("could not push jobs fetched ahead back; they stay in this process's private list and are pushed back at exit or recovered by another process",
 			zap.Error(err))
 	}
+}
+
+// pushBack puts jobs fetched but not started back at the front of their
+// queues in the order they were fetched: each goes to the front, so the
+// oldest goes last.
+func (r *Runtime) pushBack(ctx context.Context, ds []*sidekiq.Delivery) error {
+	slices.Reverse(ds)
+	_, err := r.broker.Requeue(ctx, ds...)
+	return err
 }
 
 // startReady starts jobs fetched ahead on the free slots ids, and returns

@@ -33,6 +33,18 @@ var ErrInvalidJob = errors.New("invalid job payload")
 // ParseJob decodes a payload and remembers its exact bytes. The job keeps
 // references into data, so data must not be modified afterwards.
 func ParseJob(data []byte) (*Job, error) {
+	j, err := scanJob(data)
+	if err != nil {
+		return nil, err
+	}
+	if err := j.validate(); err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+// scanJob reads the fields of a JSON object, whether or not they make a job.
+func scanJob(data []byte) (*Job, error) {
 	if !json.Valid(data) {
 		var v any
 		err := json.Unmarshal(data, &v)
@@ -68,9 +80,6 @@ func ParseJob(data []byte) (*Job, error) {
 			j.rawKeys[before] = data[i0:kend:kend]
 		}
 		i = skipSpace(data, vend)
-	}
-	if err := j.validate(); err != nil {
-		return nil, err
 	}
 	return j, nil
 }

@@ -262,6 +262,27 @@ func DecodeBacktrace(s string) ([]string, error) {
 	return lines, err
 }
 
+// buryableObject is a JSON object that is no job (no class, args not an
+// array) as it was, plus the error fields the Morgue shows as its reason
+// and a jid, without which the Morgue cannot open or retry the entry.
+func (b *Broker) buryableObject(raw []byte, now float64) []byte {
+	j, err := scanJob(raw)
+	if err != nil {
+		return raw
+	}
+	why := j.validate()
+	if why == nil || j.Get("error_class") != nil {
+		return raw // a job after all, or one that already says why
+	}
+	if j.JID() == "" {
+		j.SetString("jid", NewJID())
+	}
+	j.SetTime("failed_at", now)
+	j.SetString("error_class", "Ferry::InvalidPayload")
+	j.SetString("error_message", strings.TrimPrefix(why.Error(), ErrInvalidJob.Error()+": "))
+	return j.Encode()
+}
+
 // Kill adds a payload straight to the dead set (with both trims), e.g. a
 // job that is not valid JSON or a poison pill.
 func (b *Broker) Kill(ctx context.Context, payload []byte) error {
@@ -289,10 +310,13 @@ func validUTF8(entry []byte) []byte {
 // shows.
 func (b *Broker) buryable(raw []byte, queue string) []byte {
 	raw = validUTF8(raw)
-	if !json.Valid(raw) || raw[skipSpace(raw, 0)] == '{' {
+	now := epoch(b.opts.Now())
+	if !json.Valid(raw) {
 		return raw
 	}
-	now := epoch(b.opts.Now())
+	if raw[skipSpace(raw, 0)] == '{' {
+		return b.buryableObject(raw, now)
+	}
 	e := &Job{}
 	e.SetString("class", "Ferry::InvalidPayload")
 	args, _ := json.Marshal([]string{string(raw)})

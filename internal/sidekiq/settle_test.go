@@ -318,6 +318,31 @@ func TestFailedEntriesTheWebUICanRead(t *testing.T) {
 			t.Errorf("%s in the dead set as %s", raw, e.Raw())
 		}
 	}
+	// An object that is no job (no class, args not an array) keeps its
+	// fields and gets the reason and a jid, so the Morgue can show, retry
+	// or delete it.
+	for raw, why := range map[string]string{
+		`{"args":[1],"queue":"q"}`: `"class" must be a non-empty string`,
+		`{"class":"Probe","args":"notarray","jid":"aaaaaaaaaaaaaaaaaaaaaaaa"}`: `"args" must be an array`,
+	} {
+		tb.rdb.Del(tb.ctx, "dead")
+		if out, _ := failOnce(t, tb, raw, Failure{}); out != OutcomeDead {
+			t.Fatalf("%s: outcome %s", raw, out)
+		}
+		dead := tb.rdb.ZRange(tb.ctx, "dead", 0, -1).Val()
+		if len(dead) != 1 {
+			t.Fatalf("dead set %q", dead)
+		}
+		e, err := scanJob([]byte(dead[0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		orig, _ := scanJob([]byte(raw))
+		if e.str("error_class") != "Ferry::InvalidPayload" || e.str("error_message") != why || !e.Has("failed_at") || e.JID() == "" ||
+			(orig.JID() != "" && e.JID() != orig.JID()) || string(e.Get("args")) != string(orig.Get("args")) {
+			t.Errorf("%s in the dead set as %s", raw, e.Raw())
+		}
+	}
 	// The same when Kill buries it (no queue known).
 	tb.rdb.Del(tb.ctx, "dead")
 	if err := tb.broker.Kill(tb.ctx, []byte("null")); err != nil {
