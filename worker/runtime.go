@@ -791,7 +791,9 @@ func (r *Runtime) process(ctx context.Context, d *sidekiq.Delivery) {
 		// Hard shutdown: the job was already pushed back. Lost liveness:
 		// it stays in our private list, to be pushed back by the fetch
 		// loop once we are live again, or recovered by another process.
-		// Either way record nothing: it runs again.
+		// Either way record nothing but the counts (Sidekiq counts its
+		// Shutdown as a failure): it runs again.
+		r.failed.Add(1)
 		if errors.Is(context.Cause(ctx), ErrLivenessLost) {
 			r.stranded.Store(true)
 		}
