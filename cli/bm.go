@@ -88,6 +88,12 @@ func (a *App) bmCoordinatorIn(ctx context.Context, needDB bool, queues []string)
 			return nil, err
 		}
 		runner.DB = pool
+		if a.multiDB() {
+			// Not silent: an operator with rows in ci's tracking table
+			// would read "none pending" as "none anywhere".
+			fmt.Fprintf(a.Err, "note: ferry bm works on database %s only (configured: %s); GitLab's legacy migrations on ci (BackgroundMigration::CiDatabaseWorker) are not run by ferry\n",
+				config.DefaultDatabase, strings.Join(a.Cfg.DatabaseNames(), ", "))
+		}
 	}
 	return &legacy.Coordinator{Redis: rdb, Runner: runner, Logger: a.Log, Queues: queues}, nil
 }

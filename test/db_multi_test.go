@@ -270,6 +270,11 @@ func TestDBMultiGitLabMainAndCI(t *testing.T) {
 	worker.Close(e.ctx)
 	out, _ = e.want(0, "db", "restore", file, "--db", "ci", "--yes")
 	wantContains(t, out, "ci: Dropped table public.ci_junk (not in the backup)", "ci: Restored ")
+
+	// Legacy migrations run on main only, and say so (this main has no
+	// tracking table: exit 1).
+	_, errs = e.want(1, "bm", "pending")
+	wantContains(t, errs, "note: ferry bm works on database main only (configured: main, ci)")
 }
 
 // One database down: the others keep working, the error names it, exit 1.
