@@ -159,17 +159,21 @@ func ambiguous(what string, known []string, ways string) error {
 // or the id as GitLab writes it (main_3), or the rake task with the
 // database (finalize:ci[...]).
 func refWays(ref bbmRef, cmd string, known []string) string {
+	flag := "add --db NAME"
+	if len(known) == 1 {
+		flag = "add --db " + known[0]
+	}
 	switch task := strings.ReplaceAll(cmd, "-", "_"); {
 	case ref.cfg == nil && ref.id > 0:
 		refs := make([]string, len(known))
 		for i, k := range known {
 			refs[i] = batched.Ref(k, ref.id)
 		}
-		return fmt.Sprintf("add --db NAME, or write the id as %s", strings.Join(refs, " or "))
+		return fmt.Sprintf("%s, or write the id as %s", flag, strings.Join(refs, " or "))
 	case rakeCommands["bbm"][task] != "":
-		return fmt.Sprintf("add --db NAME, or write the task as %s:%s[...]", task, known[0])
+		return fmt.Sprintf("%s, or write the task as %s:%s[...]", flag, task, known[0])
 	}
-	return "add --db NAME"
+	return flag
 }
 
 // refWhat is the command on ref as the operator typed it, for messages:
@@ -269,6 +273,14 @@ func (a *App) writeLine(db string, m *batched.Migration) string {
 // bbmWriteEngine is the engine of the one database a write on ref acts on.
 func (a *App) bbmWriteEngine(ctx context.Context, ref bbmRef, cmd string) (*batched.Engine, string, error) {
 	db, err := a.bbmWriteDB(ref.db, refWhat(ref, cmd), refWays(ref, cmd, a.Cfg.DatabaseNames()))
+	if errors.Is(err, ErrAmbiguousDatabase) && ref.cfg != nil {
+		// Still refused, as GitLab does; but when only one database has
+		// this configuration, the ways name that one.
+		if in, ferr := a.bbmFind(ctx, ref, cmd); ferr == nil {
+			err = Usage(ambiguous(refWhat(ref, cmd), a.Cfg.DatabaseNames(),
+				"only "+in+" has this migration: "+refWays(ref, cmd, []string{in})))
+		}
+	}
 	if err != nil {
 		return nil, "", err
 	}

@@ -346,6 +346,17 @@ func TestBBMMultiDatabaseForms(t *testing.T) {
 	}
 	m.want(0, []string{"ci: Batched background migrations resumed."}, "bbm", "resume-all", "-db=ci")
 
+	// A configuration only ci has: still refused without a database, but
+	// the ways name ci.
+	if _, err := m.ci.Exec(m.ctx, `ALTER TABLE events ADD COLUMN v_only_ci bigint`); err != nil {
+		t.Fatal(err)
+	}
+	m.want(0, nil, "bbm", "queue", "--db", "ci", "--paused", "CopyColumnUsingBackgroundMigrationJob", "events", "id", `[["v"],["v_only_ci"]]`)
+	onlyCI := `CopyColumnUsingBackgroundMigrationJob,events,id,[["v"]\, ["v_only_ci"]]`
+	m.want(2, []string{"finalize[" + onlyCI + "] would act on one of several databases (main, ci); only ci has this migration: add --db ci, or write the task as finalize:ci[...]"},
+		"bbm", "finalize["+onlyCI+"]")
+	m.want(0, nil, "bbm", "mark-finished", "ci_2", "--yes")
+
 	// A finalize that cannot complete names the migration as commands take it.
 	if _, err := m.ci.Exec(m.ctx, `ALTER TABLE events ADD CONSTRAINT small CHECK (v_big <= 2500)`); err != nil {
 		t.Fatal(err)
