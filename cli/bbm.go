@@ -738,6 +738,9 @@ With several databases it checks all of them (or --db's) and names them.`,
 					// A database that cannot be read is not known to be
 					// finished: the answer is no, naming it.
 					failed = append(failed, err)
+					if asJSON { // as db status --json says it
+						out = append(out, map[string]any{"database": db, "error": err.Error()})
+					}
 					continue
 				}
 				read = append(read, db)

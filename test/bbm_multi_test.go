@@ -409,6 +409,13 @@ func TestBBMMultiDatabaseOneDown(t *testing.T) {
 	}
 	m.want(1, []string{"database ci: cannot reach PostgreSQL", "All batched background migrations of main are finished."}, "bbm", "check")
 	m.want(0, []string{"All batched background migrations are finished."}, "bbm", "check", "--db", "main")
+	// In JSON too, the database that could not be checked is in the answer.
+	out, _ = m.want(1, nil, "bbm", "check", "--json")
+	var checked []map[string]any
+	if err := json.Unmarshal([]byte(out), &checked); err != nil || len(checked) != 1 || checked[0]["database"] != "ci" ||
+		!strings.Contains(fmt.Sprint(checked[0]["error"]), "cannot reach PostgreSQL") {
+		t.Fatalf("check --json with ci down: %v\n%s", err, out)
+	}
 	m.want(1, []string{"database ci: cannot reach PostgreSQL"}, "bbm", "pause", "ci_1")
 }
 
