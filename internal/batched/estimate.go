@@ -342,6 +342,15 @@ func (x *Estimator) estimate(ctx context.Context, rows int64, from, class string
 // Text says the estimate in a line: "about 40 min (25 min-1h10m) for
 // 2,000,000 rows, from 3 finished migrations of the same class on this
 // database at 180k rows/s; ...".
+// span is " (LOW-HIGH)", or "" when both round to the same figure.
+func (e *Estimate) span() string {
+	lo, hi := approx(e.Low), approx(e.High)
+	if lo == hi {
+		return ""
+	}
+	return " (" + lo + "-" + hi + ")"
+}
+
 func (e *Estimate) Text() string {
 	if e.Note != "" {
 		return e.Note
@@ -359,14 +368,15 @@ func (e *Estimate) Text() string {
 		} else {
 			what += " (other classes)"
 		}
-		fmt.Fprintf(&b, "about %s (%s-%s) for %s, from %d %s on this database at %s rows/s",
-			approx(e.Seconds), approx(e.Low), approx(e.High), rows, e.Runs, what, short(e.RowsPerSec))
+		fmt.Fprintf(&b, "about %s%s for %s, from %d %s on this database at %s rows/s",
+			approx(e.Seconds), e.span(), rows, e.Runs, what, short(e.RowsPerSec))
 	case e.Probe != nil:
-		fmt.Fprintf(&b, "no rate measured yet on this database: guessed from a read of %s rows in %s (a copy is usually %.0f-%.0fx slower than that read), about %s (%s-%s) for %s",
+		fmt.Fprintf(&b, "no rate measured yet on this database: guessed from a read of %s rows in %s (a copy is usually %.0f-%.0fx slower than that read), about %s%s for %s",
 			thousands(e.Probe.Rows), time.Duration(e.Probe.Seconds*float64(time.Second)).Round(100*time.Microsecond),
-			copyVsRead[0], copyVsRead[2], approx(e.Seconds), approx(e.Low), approx(e.High), rows)
+			copyVsRead[0], copyVsRead[2], approx(e.Seconds), e.span(), rows)
 	default:
-		fmt.Fprintf(&b, "no rate measured yet on this database (no batched migration has finished here): %s", rows)
+		fmt.Fprintf(&b, "no rate measured yet on this database (no finished batched migration here ran %s rows and %.0f s, enough to measure): %s",
+			thousands(minRunRows), minRunSeconds, rows)
 		return b.String()
 	}
 	if e.MaxDuty > 0 && e.MaxDuty < 1 {

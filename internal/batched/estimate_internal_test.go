@@ -213,9 +213,15 @@ func TestBBMEstimateFromHistory(t *testing.T) {
 			t.Fatalf("%q", got)
 		}
 	})
+	t.Run("a range that rounds to one figure is not printed", func(t *testing.T) {
+		e := &Estimate{Rows: 3_000, RowsFrom: "x", Seconds: 1, Low: 0.8, High: 1.2, RowsPerSec: 3_000, Runs: 2, SameClass: true}
+		if got := e.Text(); strings.Contains(got, "(1 s-1 s)") || !strings.Contains(got, "about 1 s for ") {
+			t.Fatalf("%q", got)
+		}
+	})
 	t.Run("nothing at all", func(t *testing.T) {
 		e := &Estimate{Rows: 5, RowsFrom: "the ids left in its range"}
-		if got := e.Text(); got != "no rate measured yet on this database (no batched migration has finished here): 5 rows to go (the ids left in its range)" {
+		if got := e.Text(); got != "no rate measured yet on this database (no finished batched migration here ran 10,000 rows and 1 s, enough to measure): 5 rows to go (the ids left in its range)" {
 			t.Fatalf("%q", got)
 		}
 	})
