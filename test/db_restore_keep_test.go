@@ -30,7 +30,7 @@ func TestDBRestoreKeepsTheRecord(t *testing.T) {
 
 	e.write("2_broken.up.sql", "UPDATE users SET nope = 1;\n")
 	e.wantExit(1, "migrate")
-	if _, err := e.pool.Exec(e.ctx, `INSERT INTO ferry_web_actions (actor, action) VALUES ('bob', 'finalize')`); err != nil {
+	if _, err := e.pool.Exec(e.ctx, `INSERT INTO ferry_web_actions (actor, action, migration_id) VALUES ('bob', 'finalize', 4)`); err != nil {
 		t.Fatal(err)
 	}
 	before := e.rows(`SELECT version || ':' || direction || ':' || coalesce(success::text, '') FROM ferry_migration_log ORDER BY id`)
@@ -59,6 +59,16 @@ func TestDBRestoreKeepsTheRecord(t *testing.T) {
 	}
 	if got := strings.Join(e.rows(`SELECT actor FROM ferry_web_actions ORDER BY id`), " "); got != "alice bob" {
 		t.Fatalf("web actions after the restore: %s", got)
+	}
+	// A migration queued after the restore does not take the id of one the
+	// kept audit rows name (its page would show their actions as its own).
+	if _, err := e.pool.Exec(e.ctx, `INSERT INTO batched_background_migrations (job_class_name, table_name, column_name, job_arguments, batch_size, sub_batch_size)
+		VALUES ('X', 'users', 'id', '[]', 1000, 100)`); err != nil {
+		t.Fatal(err)
+	}
+	var newID int64
+	if err := e.pool.QueryRow(e.ctx, `SELECT max(id) FROM batched_background_migrations`).Scan(&newID); err != nil || newID <= 4 {
+		t.Fatalf("a migration queued after the restore got id %d (%v); the kept audit rows name 4", newID, err)
 	}
 	// The failed attempt is still there to read, and new rows go after it.
 	if _, err := e.pool.Exec(e.ctx, `INSERT INTO ferry_web_actions (actor, action) VALUES ('carol', 'resume')`); err != nil {

@@ -85,8 +85,39 @@ END
 %[4]s;
 `, inner, js, t, outer, after)
 	}
+	if s.count["ferry_web_actions"] > 0 {
+		b.WriteString(noReusedMigrationIDsSQL)
+	}
 	return b.String()
 }
+
+// noReusedMigrationIDsSQL moves the batched migrations' id sequence past
+// the ids the kept audit rows name: a migration queued after the restore
+// must not take the id of one the backup lacks, or its page would show
+// that one's actions as its own. Its own block: a failure here must not
+// undo the rows put back.
+const noReusedMigrationIDsSQL = `DO $ferry_ids$
+DECLARE
+	seq text;
+	used bigint;
+	last bigint;
+BEGIN
+	IF to_regclass('public.batched_background_migrations') IS NULL THEN
+		RETURN;
+	END IF;
+	seq := pg_get_serial_sequence('public.batched_background_migrations', 'id');
+	used := (SELECT max(migration_id) FROM public.ferry_web_actions);
+	IF seq IS NOT NULL AND used IS NOT NULL THEN
+		EXECUTE format('SELECT last_value FROM %s', seq) INTO last;
+		IF used > last THEN -- only ever forward
+			PERFORM setval(seq, used);
+		END IF;
+	END IF;
+EXCEPTION WHEN others THEN
+	RAISE WARNING 'ferry: could not move the batched migrations'' ids past the kept audit rows: %', SQLERRM;
+END
+$ferry_ids$;
+`
 
 // restoreStatesDirtySQL makes, in the restore's transaction, each
 // version's dirty state the backup's: the rows put back (ids past the
