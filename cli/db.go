@@ -289,9 +289,11 @@ func printPlan(ctx context.Context, w io.Writer, mr *dbmigrate.Migrator, p *dbmi
 		}
 		fmt.Fprintf(w, "\n== %s %s (%s, %s) ==\n", m.Version, m.Name, file, how)
 		for _, b := range sc.Require {
-			fmt.Fprintf(w, "-- requires finished batched background migration: %s %s %s %s (%s)\n", b.Class, b.Table, b.Column, b.Args,
-				gateNote(ctx, mr, b, queuedBy(queued, b)))
-			fmt.Fprint(w, est.line(ctx, b))
+			note, skipped := gateNote(ctx, mr, b, queuedBy(queued, b))
+			fmt.Fprintf(w, "-- requires finished batched background migration: %s %s %s %s (%s)\n", b.Class, b.Table, b.Column, b.Args, note)
+			if !skipped { // a gate that is passed over has nothing to run
+				fmt.Fprint(w, est.line(ctx, b))
+			}
 		}
 		if sc.NoTransaction {
 			for i, s := range sc.Statements() {
@@ -327,21 +329,22 @@ func queuedBy(queued []planQueued, b dbmigrate.BBM) string {
 	return ""
 }
 
-// gateNote says what a require-bbm gate would do now; queuedBy is the
-// earlier file of the run that queues b, if one does.
-func gateNote(ctx context.Context, m *dbmigrate.Migrator, b dbmigrate.BBM, queuedBy string) string {
+// gateNote says what a require-bbm gate would do now, and whether migrate
+// passes it over (never queued); queuedBy is the earlier file of the run
+// that queues b, if one does.
+func gateNote(ctx context.Context, m *dbmigrate.Migrator, b dbmigrate.BBM, queuedBy string) (string, bool) {
 	status, found, err := m.GateStatus(ctx, b)
 	switch {
 	case err != nil:
-		return "status unknown: " + err.Error()
+		return "status unknown: " + err.Error(), false
 	case !found && queuedBy != "":
-		return "queued by " + queuedBy + " earlier in this run: migrate would stop here until it is finished; finalize it then, or use --finalize"
+		return "queued by " + queuedBy + " earlier in this run: migrate would stop here until it is finished; finalize it then, or use --finalize", false
 	case !found:
-		return "never queued in this database: migrate warns and continues"
+		return "never queued in this database: migrate warns and continues", true
 	case status == "finished" || status == "finalized":
-		return "it is '" + status + "'"
+		return "it is '" + status + "'", false
 	}
-	return "it is '" + status + "': migrate would stop here; finalize it first or use --finalize"
+	return "it is '" + status + "': migrate would stop here; finalize it first or use --finalize", false
 }
 
 func dbMigrateCmd(a *App, f *dbFlags) *cobra.Command {
