@@ -247,9 +247,10 @@ func (x *Estimator) ForConfig(ctx context.Context, class, table, column string, 
 	t, err := ResolveTarget(ctx, x.db, table, column)
 	if err != nil {
 		if errors.Is(err, ErrTableNotFound) || errors.Is(err, ErrColumnNotFound) {
-			// Created by an earlier migration of the same upgrade: empty
-			// when its batched migration is queued.
-			return &Estimate{Note: fmt.Sprintf("%s.%s does not exist yet, so there is nothing to estimate (a new table starts empty)", table, column), MaxDuty: x.maxDuty}, nil
+			// Created by an earlier migration of the same upgrade: its
+			// rows are not known before that one runs (usually none).
+			return &Estimate{Note: fmt.Sprintf("%s.%s does not exist yet (an earlier migration of this run may create it), so its size is not known before the run: "+
+				"usually it starts empty; `ferry bbm status` estimates it once queued", table, column), MaxDuty: x.maxDuty}, nil
 		}
 		return nil, err
 	}
