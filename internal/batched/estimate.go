@@ -340,9 +340,6 @@ func (x *Estimator) estimate(ctx context.Context, rows int64, from, class string
 	return est, nil
 }
 
-// Text says the estimate in a line: "about 40 min (25 min-1h10m) for
-// 2,000,000 rows, from 3 finished migrations of the same class on this
-// database at 180k rows/s; ...".
 // span is " (LOW-HIGH)", or "" when both round to the same figure.
 func (e *Estimate) span() string {
 	lo, hi := approx(e.Low), approx(e.High)
@@ -352,6 +349,9 @@ func (e *Estimate) span() string {
 	return " (" + lo + "-" + hi + ")"
 }
 
+// Text says the estimate in a line: "about 40 min (25 min-1h10m) for
+// 2,000,000 rows, from 3 finished migrations of the same class on this
+// database at 180k rows/s; ...".
 func (e *Estimate) Text() string {
 	if e.Note != "" {
 		return e.Note
