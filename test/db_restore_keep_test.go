@@ -87,6 +87,12 @@ func TestDBRestoreKeepsTheRecord(t *testing.T) {
 // cleared it). A backup taken while dirty restores a dirty database.
 func TestDBRestoreOfAnEarlierBackupIsNotDirty(t *testing.T) {
 	e := newDBEnv(t)
+	// Before ferry ever ran here: the backup has no migration log at all.
+	if _, err := e.pool.Exec(e.ctx, `CREATE TABLE app (id int)`); err != nil {
+		t.Fatal(err)
+	}
+	first := filepath.Join(t.TempDir(), "first.dump")
+	e.mustFerry("backup", first)
 	e.write("1_v1.up.sql", "CREATE TABLE users (id bigserial PRIMARY KEY);\n")
 	e.mustFerry("migrate")
 	clean := filepath.Join(t.TempDir(), "clean.dump")
@@ -121,6 +127,16 @@ func TestDBRestoreOfAnEarlierBackupIsNotDirty(t *testing.T) {
 	e.mustFerry("migrate")
 	if !e.exists("half") {
 		t.Fatal("migrate after the restore did not run 2_half")
+	}
+
+	// The first upgrade under ferry fails halfway; the backup from before
+	// it has no log, and restoring it leaves a clean database too.
+	e.write("3_half.up.sql", "-- ferry:no-transaction\nCREATE TABLE half3 (id int);\nSELECT 1/0;\n")
+	e.wantExit(1, "migrate")
+	e.mustFerry("restore", first, "--yes")
+	out, _ = e.wantExit(1, "status")
+	if strings.Contains(out, "DIRTY") || e.exists("half3") {
+		t.Fatalf("dirty after restoring a backup taken before ferry ran:\n%s", out)
 	}
 }
 

@@ -567,6 +567,10 @@ func Restore(ctx context.Context, pool *pgxpool.Pool, file string, o BackupOptio
 	if err != nil {
 		return res, err
 	}
+	saved.notInBackup = map[string]bool{}
+	for _, rt := range RecordTables {
+		saved.notInBackup[rt] = !t.relations[[2]string{"public", rt}]
+	}
 	var progress func(int64)
 	if o.Progress != nil {
 		progress = func(done int64) { o.Progress(done, t.data) }

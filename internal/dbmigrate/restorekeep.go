@@ -25,6 +25,9 @@ var RecordTables = []string{LogTable, "ferry_web_actions"}
 type savedRecords struct {
 	rows  map[string]string
 	count map[string]int
+	// notInBackup: record tables the backup lacks. The restore leaves them
+	// in place, so all their rows come from after the backup was taken.
+	notInBackup map[string]bool
 }
 
 func saveRecords(ctx context.Context, pool *pgxpool.Pool) (*savedRecords, error) {
@@ -64,13 +67,17 @@ func (s *savedRecords) sql() string {
 		if t == LogTable {
 			after = restoreStatesDirtySQL
 		}
+		backupMax := "SELECT max(id) INTO backup_max FROM public." + t
+		if s.notInBackup[t] {
+			backupMax = "backup_max := 0"
+		}
 		fmt.Fprintf(&b, `DO %[4]s
 DECLARE
 	saved json := %[1]s%[2]s%[1]s;
 	cols text;
 	backup_max bigint;
 BEGIN
-	SELECT max(id) INTO backup_max FROM public.%[3]s;
+	%[6]s;
 	SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
 	FROM pg_attribute a
 	WHERE a.attrelid = 'public.%[3]s'::regclass AND a.attnum > 0 AND NOT a.attisdropped
@@ -83,7 +90,7 @@ EXCEPTION WHEN others THEN
 	RAISE WARNING 'ferry: could not keep the rows of %[3]s: %%', SQLERRM;
 END
 %[4]s;
-`, inner, js, t, outer, after)
+`, inner, js, t, outer, after, backupMax)
 	}
 	if s.count["ferry_web_actions"] > 0 {
 		b.WriteString(noReusedMigrationIDsSQL)
