@@ -206,6 +206,16 @@ func (g *engineGate) Queue(ctx context.Context, b dbmigrate.BBM, v dbmigrate.Ver
 	return err
 }
 
+// Unqueue implements [dbmigrate.Unqueuer].
+func (g *engineGate) Unqueue(ctx context.Context, b dbmigrate.BBM, v dbmigrate.Version) (bool, error) {
+	e, err := g.engine(ctx)
+	if err != nil {
+		return false, err
+	}
+	m, err := e.DeleteQueued(ctx, b.Class, b.Table, b.Column, b.Args, string(v))
+	return m != nil, err
+}
+
 func (g *engineGate) Finalize(ctx context.Context, b dbmigrate.BBM) error {
 	if _, ok := g.a.Reg.BBM.Lookup(b.Class); !ok {
 		// Finalizing would only fail the migration; the gate's error

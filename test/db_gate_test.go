@@ -134,3 +134,42 @@ func TestDBGateMatchesEverySpellingOfTheTable(t *testing.T) {
 	}
 	wantContains(t, out, "CopyColumnUsingBackgroundMigrationJob,events,other,[[\"v\"],[\"v_big\"]] was never queued in this database")
 }
+
+// Reverting the migration that queued a backfill deletes it, as GitLab's
+// down does: migrating up again queues it afresh, so the gate after it
+// waits for a copy of the re-added column instead of passing on the old
+// finished migration while the column is empty.
+func TestDBDowntoDeletesWhatItsUpQueued(t *testing.T) {
+	e := newDBEnv(t)
+	e.write("1_events.up.sql", "CREATE TABLE events (id bigserial PRIMARY KEY, payload text);\nINSERT INTO events (payload) SELECT 'p' || g FROM generate_series(1, 300) g;\n")
+	e.write("2_add_big.up.sql", "-- ferry:queue-bbm CopyColumnUsingBackgroundMigrationJob events id [[\"id\"], [\"id_big\"]]\nALTER TABLE events ADD COLUMN id_big bigint;\n")
+	e.write("2_add_big.down.sql", "ALTER TABLE events DROP COLUMN id_big;\n")
+	e.write("3_require.up.sql", "-- ferry:require-bbm CopyColumnUsingBackgroundMigrationJob events id [[\"id\"],[\"id_big\"]]\nSELECT 1;\n")
+	e.write("3_require.down.sql", "SELECT 1;\n")
+	e.mustFerry("migrate", "--finalize")
+	// Another version's migration of the same configuration is not its to delete.
+	if _, err := e.pool.Exec(e.ctx, `UPDATE batched_background_migrations SET queued_migration_version = '9'`); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.mustFerry("downto", "2"); strings.Contains(out, "deleted batched background migration") {
+		t.Fatalf("downto 2 deleted a migration 3 did not queue:\n%s", out)
+	}
+	if _, err := e.pool.Exec(e.ctx, `UPDATE batched_background_migrations SET queued_migration_version = '2'`); err != nil {
+		t.Fatal(err)
+	}
+	out := e.mustFerry("downto", "1")
+	wantContains(t, out, "-- deleted batched background migration CopyColumnUsingBackgroundMigrationJob events id")
+	var n int
+	if err := e.pool.QueryRow(e.ctx, `SELECT count(*) FROM batched_background_migrations`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d migrations after reverting the one that queued it (%v)", n, err)
+	}
+	// Up again: queued afresh, and the gate waits for it.
+	out, errs := e.wantExit(1, "migrate")
+	wantContains(t, out, "queued batched background migration", "2 add_big: migrated")
+	wantContains(t, errs, gateText+"'active':")
+	e.mustFerry("migrate", "--finalize")
+	var missing int
+	if err := e.pool.QueryRow(e.ctx, `SELECT count(*) FROM events WHERE id_big IS DISTINCT FROM id`).Scan(&missing); err != nil || missing != 0 {
+		t.Fatalf("backfill after going down and up again: %d rows missing, %v", missing, err)
+	}
+}

@@ -52,6 +52,28 @@ func FindConfig(ctx context.Context, db Queryer, class, table, column string, ar
 	return m, err
 }
 
+// DeleteQueued deletes the migration of a configuration that schema
+// migration version queued (or that records no version), with its jobs:
+// GitLab's delete_batched_background_migration in a migration's down,
+// so that migrating up again queues it afresh instead of finding the old
+// one finished while the column it filled was dropped. It returns the
+// deleted migration, nil when there is none or another version queued it.
+func (e *Engine) DeleteQueued(ctx context.Context, class, table, column string, args []byte, version string) (*Migration, error) {
+	m, err := e.FindByConfig(ctx, class, table, column, args)
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	tag, err := e.pool.Exec(ctx, `DELETE FROM batched_background_migrations
+		WHERE id = $1 AND (queued_migration_version IS NULL OR queued_migration_version = $2)`, m.ID, version)
+	if err != nil || tag.RowsAffected() == 0 {
+		return nil, err
+	}
+	return m, nil
+}
+
 // SameConfig reports whether a and b name the same migration as
 // FindConfig matches them, as far as that is known without a database
 // (a dry run's plan): class and column equal, arguments equal as JSON,

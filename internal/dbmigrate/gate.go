@@ -67,6 +67,13 @@ type GateError struct {
 	Database string
 }
 
+// Unqueuer is an optional part of a [BBMGate]: reverting the schema
+// migration version that queued b deletes b (GitLab's down), and reports
+// whether there was one to delete.
+type Unqueuer interface {
+	Unqueue(ctx context.Context, b BBM, version Version) (bool, error)
+}
+
 // WayOuter is an optional part of a [BBMGate]: the way out of an
 // unfinished migration when finalize is not one ("" when it is), e.g.
 // because this binary lacks its class.

@@ -336,6 +336,19 @@ func (m *Migrator) run(ctx context.Context, c *lockedConn, mg *Migration, dir st
 			fmt.Fprintf(m.o.Out, "-- queued batched background migration %s %s %s %s\n", b.Class, b.Table, b.Column, b.Args)
 		}
 	}
+	if u, ok := m.o.Gate.(Unqueuer); ok && dir == "down" {
+		// What its up queued goes with it, as GitLab's down deletes it.
+		for _, b := range mg.Up.Queue {
+			deleted, err := u.Unqueue(ctx, b, mg.Version)
+			if err != nil {
+				return failed(fmt.Errorf("reverted, but deleting batched background migration %s %s %s %s (queued by its up) failed: %w",
+					b.Class, b.Table, b.Column, b.Args, err), true)
+			}
+			if deleted {
+				fmt.Fprintf(m.o.Out, "-- deleted batched background migration %s %s %s %s (queued by its up)\n", b.Class, b.Table, b.Column, b.Args)
+			}
+		}
+	}
 	fmt.Fprintf(m.o.Out, "== %s %s: %sed (%.4fs) ==\n", mg.Version, mg.Name, verb, time.Since(start).Seconds())
 	return nil
 }
