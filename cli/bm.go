@@ -12,16 +12,15 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
-	"golang.org/x/term"
 
 	"github.com/ferrymigrate/ferry/config"
 	"github.com/ferrymigrate/ferry/internal/ferryschema"
@@ -307,62 +306,41 @@ func (a *App) printRemaining(rows []bmRemainingRow, total int, qs []string, retr
 	return nil
 }
 
-// stealProgress shows a progress bar with rate and ETA when stderr is a
-// terminal, and otherwise logs a line (done, rate, ETA) every few seconds,
-// so CI logs stay readable. finish(ok) ends the last bar: at 100% only
+// stealProgress shows each source's progress as the other long commands
+// do (--progress: a bar with rate and ETA on a terminal, else a plain
+// line every few seconds). finish(ok) ends the last one: complete only
 // when ok, so a failed steal does not look complete.
 func (a *App) stealProgress(class string) (func(sidekiq.StealProgress), func(ok bool)) {
-	var bar *progressbar.ProgressBar
-	tty := false
-	if f, ok := a.Err.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		tty = true
+	var mu sync.Mutex // jobs are performed concurrently
+	var p progress
+	var done int64
+	end := func(ok bool) {
+		if p != nil {
+			p.end(done, ok, time.Now())
+			p = nil
+		}
 	}
-	var start, last time.Time
 	finish := func(ok bool) {
-		if bar != nil {
-			if ok {
-				_ = bar.Finish()
-			} else {
-				_ = bar.Exit()
-			}
-			fmt.Fprintln(a.Err)
-			bar = nil
-		}
+		mu.Lock()
+		defer mu.Unlock()
+		end(ok)
 	}
-	return func(p sidekiq.StealProgress) {
-		if p.Done == 0 {
-			finish(true) // a new source starts: the previous one is done
-			if tty {
-				bar = progressbar.NewOptions(p.Total, progressbar.OptionSetWriter(a.Err),
-					progressbar.OptionSetDescription(fmt.Sprintf("%s from %s", class, p.Source)),
-					progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("jobs"),
-					progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(100*time.Millisecond))
+	return func(sp sidekiq.StealProgress) {
+		mu.Lock()
+		defer mu.Unlock()
+		if sp.Done == 0 {
+			end(true) // a new source starts: the previous one is done
+			done = 0
+			if sp.Total > 0 {
+				p = a.newQuietProgress(fmt.Sprintf("%s from %s", class, sp.Source), "jobs", int64(sp.Total), 0, time.Now())
 			}
-			start, last = time.Now(), time.Now()
 			return
 		}
-		if bar != nil {
-			_ = bar.Set(p.Done)
-			return
-		}
-		if time.Since(last) >= 5*time.Second || p.Done == p.Total {
-			last = time.Now()
-			rate, eta := progressRate(p.Done, p.Total, time.Since(start))
-			a.Log.Info("steal progress", zap.String("class", class), zap.String("source", string(p.Source)),
-				zap.Int("done", p.Done), zap.Int("total", p.Total), zap.Int("failed", p.Failed),
-				zap.String("rate", fmt.Sprintf("%.0f jobs/s", rate)), zap.Duration("eta", eta))
+		done = int64(sp.Done)
+		if p != nil {
+			p.update(done, time.Now())
 		}
 	}, finish
-}
-
-// progressRate is done per second so far and the time the rest takes at
-// that rate.
-func progressRate(done, total int, elapsed time.Duration) (float64, time.Duration) {
-	if done <= 0 || elapsed <= 0 {
-		return 0, 0
-	}
-	rate := float64(done) / elapsed.Seconds()
-	return rate, (time.Duration(float64(total-done)/rate*1e3) * time.Millisecond).Round(time.Second)
 }
 
 // defaultStealConcurrency performs a few jobs at once: enough to overlap
@@ -605,10 +583,20 @@ func jobsCount(n int, noun string) string {
 }
 
 func (a *App) performPending(ctx context.Context, co *legacy.Coordinator, class string) error {
-	n, err := co.PerformPending(ctx, class, func(j legacy.TrackedJob) {
+	var p progress
+	n, err := co.PerformPending(ctx, class, func(j legacy.TrackedJob, done, total int) {
 		a.Log.Info("performed pending migration", zap.Int64("id", j.ID), zap.String("class", j.Class),
 			zap.String("arguments", string(j.Arguments)))
+		if p == nil && done == 1 {
+			p = a.newQuietProgress("pending background migration jobs", "jobs", int64(total), 0, time.Now())
+		}
+		if p != nil {
+			p.update(int64(done), time.Now())
+		}
 	})
+	if p != nil {
+		p.end(int64(n), err == nil, time.Now())
+	}
 	fmt.Fprintf(a.Out, "performed %s\n", jobsCount(n, "pending job"))
 	var unknown *legacy.UnknownClassesError
 	if errors.As(err, &unknown) {

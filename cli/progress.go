@@ -46,6 +46,17 @@ func (a *App) checkProgressFlag() error {
 // unit ("rows", "tables"): total (0: unknown), rows0 of them done before.
 // It returns nil with --progress none.
 func (a *App) newProgress(desc, unit string, total, rows0 int64, now time.Time) progress {
+	return a.startProgress(desc, unit, total, rows0, now, false)
+}
+
+// newQuietProgress is newProgress whose plain lines start only after
+// plainEvery: short work prints nothing, and an early error stays the
+// first line of stderr, where scripts read it.
+func (a *App) newQuietProgress(desc, unit string, total, rows0 int64, now time.Time) progress {
+	return a.startProgress(desc, unit, total, rows0, now, true)
+}
+
+func (a *App) startProgress(desc, unit string, total, rows0 int64, now time.Time, quiet bool) progress {
 	mode := a.progressMode
 	if mode == progressAuto || mode == "" {
 		mode = progressLines
@@ -60,6 +71,10 @@ func (a *App) newProgress(desc, unit string, total, rows0 int64, now time.Time) 
 		a.errOut.show(b)
 		return &guardedBar{g: a.errOut, b: b}
 	case progressLines:
+		if quiet {
+			return &plainProgress{w: a.errOut, desc: desc, unit: unit, total: total, start: rateSample{now, rows0},
+				meter: rateMeter{window: finalizeRateWindow}, last: now, silent: true}
+		}
 		return newPlainProgress(a.errOut, desc, unit, total, rows0, now)
 	}
 	return nil
@@ -126,6 +141,9 @@ type plainProgress struct {
 	start rateSample
 	meter rateMeter
 	last  time.Time
+	// silent: nothing printed yet (newQuietProgress); the end is printed
+	// only when a line was.
+	silent bool
 }
 
 func newPlainProgress(w io.Writer, desc, unit string, total, rows0 int64, now time.Time) *plainProgress {
@@ -147,11 +165,14 @@ func (p *plainProgress) update(rows int64, now time.Time) {
 	if now.Sub(p.last) < plainEvery {
 		return
 	}
-	p.last = now
+	p.last, p.silent = now, false
 	fmt.Fprintf(p.w, "%s: %s%s\n", p.desc, p.count(rows), rateETA(&p.meter, p.unit, p.total, rows))
 }
 
 func (p *plainProgress) end(rows int64, finished bool, now time.Time) {
+	if p.silent {
+		return
+	}
 	if rows < 0 {
 		rows = p.start.rows
 		if n := len(p.meter.samples); n > 0 {

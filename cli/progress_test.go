@@ -58,3 +58,28 @@ func TestLogLinesDoNotBreakTheBar(t *testing.T) {
 		t.Fatalf("after the bar ended: %q", w.String())
 	}
 }
+
+// Quiet progress (bm steal, bm pending --perform): nothing for short work,
+// so an early error stays the first line of stderr; lines once it lasts.
+func TestQuietProgressLines(t *testing.T) {
+	t.Parallel()
+	var w bytes.Buffer
+	a := &App{Err: &w, errOut: &stderrGuard{w: &w}, progressMode: progressLines}
+	t0 := time.Now()
+	p := a.newQuietProgress("CopyColumn from queue", "jobs", 100, 0, t0)
+	p.update(40, t0.Add(2*time.Second))
+	p.end(100, true, t0.Add(4*time.Second))
+	if w.Len() != 0 {
+		t.Fatalf("short work printed %q", w.String())
+	}
+	p = a.newQuietProgress("CopyColumn from queue", "jobs", 1000, 0, t0)
+	for i := 1; i <= 12; i++ {
+		p.update(int64(i)*50, t0.Add(time.Duration(i)*time.Second))
+	}
+	p.end(1000, true, t0.Add(20*time.Second))
+	lines := strings.Split(strings.TrimSpace(w.String()), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "CopyColumn from queue: 250/1000 jobs (25.0%), 50 jobs/s") ||
+		!strings.HasPrefix(lines[2], "CopyColumn from queue: done, 1000 jobs in 20s") || strings.Contains(w.String(), "\r") {
+		t.Fatalf("%q", w.String())
+	}
+}

@@ -94,3 +94,33 @@ bm_push(['PopulateThings', [101, 200]], at: Time.now.to_f + 3600)
 		t.Fatalf("steal CopyColumn: exit %d, %d copied\n%s %s", code, b.copied(t), out, stderr)
 	}
 }
+
+// Long legacy work shows its progress as the other long commands do:
+// --progress bar draws a bar with the count (on a terminal that is the
+// default; a pipe gets a plain line every few seconds once it lasts).
+func TestContractBMShowsProgress(t *testing.T) {
+	t.Parallel()
+	b := bmSetup(t)
+	if err := legacy.Track(b.ctx, b.db, "CopyColumn",
+		json.RawMessage(`["users","legacy_id","id_big",1,50]`),
+		json.RawMessage(`["users","legacy_id","id_big",51,100]`)); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code := b.bmBin(t, "bm", "pending", "--perform", "--progress", "bar")
+	if code != 0 || !strings.Contains(stderr, "pending background migration jobs") || !strings.Contains(stderr, "(2/2") {
+		t.Fatalf("pending --perform --progress bar: exit %d\n%q", code, stderr)
+	}
+	b.ruby(t, `
+bm_push(['CopyColumn', ['users', 'legacy_id', 'id_big', 101, 150]])
+bm_push(['CopyColumn', ['users', 'legacy_id', 'id_big', 151, 200]])
+`)
+	_, stderr, code = b.bmBin(t, "bm", "steal", "CopyColumn", "--progress", "bar")
+	if code != 0 || !strings.Contains(stderr, "CopyColumn from queue") || !strings.Contains(stderr, "(2/2") {
+		t.Fatalf("steal --progress bar: exit %d\n%q", code, stderr)
+	}
+	// Short work in a pipe prints no progress line at all.
+	_, stderr, code = b.bmBin(t, "bm", "steal", "CopyColumn")
+	if code != 0 || stderr != "" {
+		t.Fatalf("steal with nothing to do: exit %d\n%q", code, stderr)
+	}
+}

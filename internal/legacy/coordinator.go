@@ -159,7 +159,7 @@ func (s *stealRunners) forSource(ctx context.Context, src sidekiq.StealSource) (
 // mark it itself). It returns how many it performed. With class "", rows
 // of classes the registry does not have are left alone and reported at
 // the end with an *UnknownClassesError.
-func (c *Coordinator) PerformPending(ctx context.Context, class string, each func(TrackedJob)) (int, error) {
+func (c *Coordinator) PerformPending(ctx context.Context, class string, each func(j TrackedJob, done, total int)) (int, error) {
 	if c.Runner.DB == nil {
 		return 0, ErrNoDatabase
 	}
@@ -180,7 +180,7 @@ func (c *Coordinator) PerformPending(ctx context.Context, class string, each fun
 			return i, &TrackedJobError{Job: j, Err: err}
 		}
 		if each != nil {
-			each(j)
+			each(j, i+1, len(jobs))
 		}
 	}
 	if len(unknown) > 0 {
