@@ -52,6 +52,14 @@ func TestEstimateBeforeTheUpgrade(t *testing.T) {
 	if err := ferryschema.Apply(e.ctx, e.pool); err != nil {
 		t.Fatal(err)
 	}
+	// Queued with nothing finished here yet: bbm status guesses from the
+	// same timed read, with a duration and its range.
+	e.bbm("queue", "CopyColumnUsingBackgroundMigrationJob", "events", "id", `[["v"],["v_big"]]`)
+	wantContains(t, e.bbm("status"), "not started, estimate: no rate measured yet on this database: guessed from a read of 20,000 rows in ",
+		"for 30,000 rows to go (its row estimate (total_tuple_count) minus the rows done)")
+	if _, err := e.pool.Exec(e.ctx, `DELETE FROM batched_background_migrations`); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := e.pool.Exec(e.ctx, `
 		INSERT INTO batched_background_migrations (id, job_class_name, table_name, column_name, job_arguments, status, batch_size, sub_batch_size, finished_at)
 		VALUES (101, 'CopyColumnUsingBackgroundMigrationJob', 'old1', 'id', '[["a"],["b"]]', 3, 1000, 100, now() - interval '3 days'),

@@ -69,6 +69,9 @@ type Engine struct {
 	trace    Tracer  // Config.Trace
 	cat      catalog // statistics views the health indicators read
 
+	// probes: read probes of the tables of queued migrations, for their
+	// estimate when no migration finished here yet (estimate.go).
+	probes probeCache
 	// crashed simulates a process death in tests: nothing more is recorded.
 	crashed atomic.Bool
 	// probeState: whether sub-batches can probe the sessions they block

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -201,6 +202,52 @@ func probeRead(ctx context.Context, db pgx.Tx, t *Target) (ReadProbe, error) {
 		return ReadProbe{}, err
 	}
 	return ReadProbe{Rows: n, Seconds: time.Since(t0).Seconds()}, nil
+}
+
+// probeTTL is how long a table's read probe stands for a queued
+// migration's estimate: `bbm status`, the web page and /metrics read the
+// estimate often, and the table's speed changes slowly.
+const probeTTL = 10 * time.Minute
+
+// probeCache holds the read probes of tables, by table and column.
+type probeCache struct {
+	mu sync.Mutex
+	m  map[[2]string]cachedProbe
+}
+
+type cachedProbe struct {
+	at time.Time
+	p  ReadProbe
+	ok bool
+}
+
+// get times a read of table's first rows at most once per probeTTL.
+func (c *probeCache) get(ctx context.Context, db Beginner, table, column string) (ReadProbe, bool) {
+	key := [2]string{table, column}
+	c.mu.Lock()
+	got, hit := c.m[key]
+	c.mu.Unlock()
+	if hit && time.Since(got.at) < probeTTL {
+		return got.p, got.ok
+	}
+	got = cachedProbe{at: time.Now()}
+	if t, err := ResolveTarget(ctx, db, table, column); err == nil {
+		if tx, err := db.Begin(ctx); err == nil {
+			p, perr := probeRead(ctx, tx, t)
+			_ = tx.Rollback(ctx)
+			got.p, got.ok = p, perr == nil
+		}
+	}
+	if ctx.Err() != nil {
+		return got.p, got.ok // not a result to keep
+	}
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[[2]string]cachedProbe{}
+	}
+	c.m[key] = got
+	c.mu.Unlock()
+	return got.p, got.ok
 }
 
 // Estimator estimates migrations on one database, reading its finished

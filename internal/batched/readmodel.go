@@ -488,9 +488,20 @@ func (e *Engine) estimateQueued(ctx context.Context, vs []*MigrationInfo) {
 		return
 	}
 	for _, v := range vs {
-		if queued(v) {
-			v.Progress.Estimate = estimateQueued(v, runs, e.health.MaxDutyUnderLoad)
+		if !queued(v) {
+			continue
 		}
+		est := estimateQueued(v, runs, e.health.MaxDutyUnderLoad)
+		if est != nil && est.RowsPerSec == 0 {
+			// Nothing finished here to take a rate from: guess from a
+			// timed read of its table, as db migrate --dry-run does.
+			if p, ok := e.probes.get(ctx, e.pool, v.Table, v.Column); ok {
+				guess := estimateFromProbe(est.Rows, p)
+				guess.RowsFrom, guess.MaxDuty = est.RowsFrom, est.MaxDuty
+				est = guess
+			}
+		}
+		v.Progress.Estimate = est
 	}
 }
 
