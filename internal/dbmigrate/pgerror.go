@@ -36,8 +36,11 @@ func (e *SQLError) Error() string {
 		fmt.Fprintf(&b, "\n  %s: %s", f[0], f[1])
 	}
 	stmt := ""
-	if e.Statement > 0 {
+	switch {
+	case e.Statement > 1:
 		stmt = fmt.Sprintf(" (statement %d of %d; the ones before it ran)", e.Statement, e.Statements)
+	case e.Statement == 1:
+		stmt = fmt.Sprintf(" (statement 1 of %d)", e.Statements)
 	}
 	switch {
 	case e.Line > 0 && e.Column > 0:
@@ -67,12 +70,27 @@ func sqlError(err error, file, script, stmt string, n, of int) error {
 	case n > 0:
 		// No position (a run-time error such as a division by zero): the
 		// statement's first line, where it starts.
-		first := strings.TrimLeft(stmt, " \t\r\n")
+		first := skipComments(stmt)
 		start := base + len(stmt) - len(first)
 		e.Line = strings.Count(script[:start], "\n") + 1
 		e.Text, _, _ = strings.Cut(first, "\n")
 	}
 	return e
+}
+
+// skipComments is stmt from its first line that is neither blank nor a
+// -- comment (a directive such as -- ferry:no-transaction is one): where
+// the statement a reader looks for starts.
+func skipComments(stmt string) string {
+	rest := strings.TrimLeft(stmt, " \t\r\n")
+	for strings.HasPrefix(rest, "--") {
+		_, after, ok := strings.Cut(rest, "\n")
+		if !ok {
+			return strings.TrimLeft(stmt, " \t\r\n") // only comments: keep them
+		}
+		rest = strings.TrimLeft(after, " \t\r\n")
+	}
+	return rest
 }
 
 // position turns PostgreSQL's 1-based character position in the

@@ -29,6 +29,14 @@ func TestSQLErrorKeepsDetailHintAndPosition(t *testing.T) {
 	if want := "\n  in the statement at db/migrate/3_d.up.sql line 3 (statement 2 of 2; the ones before it ran): INSERT INTO t"; !strings.Contains(got, want) {
 		t.Errorf("missing %q in\n%s", want, got)
 	}
+	// The first statement carries the file's directive comment: the
+	// location is the statement's own first line, and nothing ran before it.
+	idx := "-- ferry:no-transaction\nCREATE INDEX CONCURRENTLY fin_v ON fin (v);\n"
+	pe42 := &pgconn.PgError{Severity: "ERROR", Code: "42P07", Message: `relation "fin_v" already exists`}
+	got = sqlError(pe42, "db/migrate/4_i.up.sql", idx, "-- ferry:no-transaction\nCREATE INDEX CONCURRENTLY fin_v ON fin (v)", 1, 1).Error()
+	if want := "\n  in the statement at db/migrate/4_i.up.sql line 2 (statement 1 of 1): CREATE INDEX CONCURRENTLY fin_v ON fin (v)"; !strings.Contains(got, want) {
+		t.Errorf("missing %q in\n%s", want, got)
+	}
 	if !duplicateObject(&pgconn.PgError{Code: "42P07"}) || duplicateObject(pe) {
 		t.Error("duplicateObject")
 	}
