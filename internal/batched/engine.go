@@ -269,6 +269,17 @@ func (e *Engine) claim(ctx context.Context, id int64, md mode) (*claim, Outcome,
 	if running >= parallel {
 		return nil, NoCapacity, nil
 	}
+	if running > 0 && md == modeBackground {
+		// Pause-all stops new batches of running migrations too (one with
+		// parallel batches always has one running); those running finish.
+		var pausedAll bool
+		if err := tx.QueryRow(ctx, `SELECT paused_all FROM ferry_bbm_settings WHERE id = 1`).Scan(&pausedAll); err != nil {
+			return nil, NotExecutable, err
+		}
+		if pausedAll {
+			return nil, NotExecutable, nil
+		}
+	}
 	if running == 0 && md == modeBackground {
 		// Going from idle to running changes the number of running
 		// migrations: serialise that cluster-wide on the settings row. Every

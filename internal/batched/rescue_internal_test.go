@@ -116,3 +116,50 @@ func settledEngine(t *testing.T, pool *pgxpool.Pool, session int64) *Engine {
 	e.session, e.settledFrom = session, time.Now().Add(-time.Hour)
 	return e
 }
+
+// Pause-all stops new batches of a migration that has batches running
+// too: one with parallel batches always has one, so checking only when
+// none ran let it go on under "all migrations paused".
+func TestPauseAllStopsParallelBatches(t *testing.T) {
+	t.Parallel()
+	ctx := testenv.Context(t)
+	pool := schemaPool(t)
+	var mig int64
+	if _, err := pool.Exec(ctx, `CREATE TABLE paused_all_t (id int PRIMARY KEY, v int, v_big bigint);
+		INSERT INTO paused_all_t SELECT g, g FROM generate_series(1, 100) g`); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, `
+		WITH s AS (INSERT INTO ferry_bbm_sessions (id, identity, heartbeat_at) VALUES (301, 'me', now()), (302, 'other', now()))
+		INSERT INTO batched_background_migrations (job_class_name, table_name, column_name, batch_size, sub_batch_size, status, max_value, max_parallel_batches)
+		VALUES ('CopyColumnUsingBackgroundMigrationJob', 'paused_all_t', 'id', 10, 10, 1, 100, 3) RETURNING id`).Scan(&mig); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE batched_background_migrations SET job_arguments = '[["v"],["v_big"]]'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO batched_background_migration_jobs
+		(batched_background_migration_id, min_value, max_value, batch_size, sub_batch_size, status, started_at, worker_session, worker_identity, attempts)
+		VALUES ($1, 1, 10, 10, 10, 1, now(), 302, 'other', 1)`, mig); err != nil {
+		t.Fatal(err)
+	}
+	e := settledEngine(t, pool, 301)
+	if err := e.SetPausedAll(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	cl, out, err := e.claim(ctx, mig, modeBackground)
+	if cl != nil || out != NotExecutable || err != nil {
+		t.Fatalf("claim under pause-all with a batch running: %v, %s, %v; want none", cl, out, err)
+	}
+	var running int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM batched_background_migration_jobs WHERE status = 1`).Scan(&running); err != nil || running != 1 {
+		t.Fatalf("%d batches running (%v), want the one that was", running, err)
+	}
+	// Resumed: a second batch beside the running one.
+	if err := e.SetPausedAll(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if cl, out, err := e.claim(ctx, mig, modeBackground); cl == nil || err != nil {
+		t.Fatalf("claim after resume-all: %v, %s, %v; want a batch", cl, out, err)
+	}
+}
