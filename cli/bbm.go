@@ -611,12 +611,16 @@ With several databases it waits on all of them (or --db's).`,
 				db string
 				m  *batched.MigrationInfo
 			}
+			polled := false   // a poll succeeded: the settings are right
+			var lost time.Time // since when the database cannot be reached
+			var lostSaid time.Time
 			for {
 				var failed, waiting []dbm
+				var err error
 				for _, db := range dbs {
-					ms, err := a.bbmUnfinished(ctx, db)
-					if err != nil {
-						return err
+					var ms []*batched.MigrationInfo
+					if ms, err = a.bbmUnfinished(ctx, db); err != nil {
+						break
 					}
 					for _, m := range ms {
 						if k := (key{db, m.ID}); !seen[k] {
@@ -630,6 +634,31 @@ With several databases it waits on all of them (or --db's).`,
 						}
 					}
 				}
+				switch {
+				case err != nil && (!polled || !batched.IsConnLoss(err)):
+					// A first poll that fails is a setting to fix, not a
+					// restart to wait out.
+					return err
+				case err != nil:
+					// A restart or failover: the workers wait it out, and
+					// so does wait (said when it starts and every minute).
+					now := time.Now()
+					if lost.IsZero() {
+						lost = now
+					}
+					if now.Sub(lostSaid) >= time.Minute {
+						lostSaid = now
+						fmt.Fprintf(a.Err, "ferry: still waiting: %v (for %s; trying again every %s)\n", err, now.Sub(lost).Round(time.Second), interval)
+					}
+					if !sleepCtx(ctx, interval) {
+						return ctx.Err()
+					}
+					continue
+				case !lost.IsZero():
+					fmt.Fprintf(a.Err, "ferry: the database answers again after %s\n", time.Since(lost).Round(time.Second))
+					lost, lostSaid = time.Time{}, time.Time{}
+				}
+				polled = true
 				if len(failed) > 0 {
 					fmt.Fprintln(msgs, "Some batched background migrations are in a failed state and must be finalized manually:")
 					for _, f := range failed {
@@ -648,10 +677,8 @@ With several databases it waits on all of them (or --db's).`,
 				for _, w := range waiting {
 					fmt.Fprintf(msgs, "\t%s%s | %s\n", a.dbLabel(w.db), w.m.StatusLine(), fmtProgress(w.m.Progress))
 				}
-				select {
-				case <-ctx.Done():
+				if !sleepCtx(ctx, interval) {
 					return ctx.Err()
-				case <-time.After(interval):
 				}
 			}
 		},
@@ -659,6 +686,18 @@ With several databases it waits on all of them (or --db's).`,
 	cmd.Flags().DurationVar(&interval, "interval", 30*time.Second, "time between checks")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the final state of the migrations waited on as JSON (messages go to stderr)")
 	return cmd
+}
+
+// sleepCtx waits d, false when ctx ends first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // CheckMessage is the upgrade-blocking text for one unfinished migration.

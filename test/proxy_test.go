@@ -27,6 +27,7 @@ type tcpProxy struct {
 	conns   map[net.Conn]struct{}
 	swallow bool          // drop server-to-client bytes
 	open    chan struct{} // closed while forwarding
+	refuse  bool          // close new connections at once: the server is down
 }
 
 func startProxy(t *testing.T, upstream string) *tcpProxy {
@@ -56,6 +57,13 @@ func (p *tcpProxy) serve() {
 		c, err := p.ln.Accept()
 		if err != nil {
 			return
+		}
+		p.mu.Lock()
+		refuse := p.refuse
+		p.mu.Unlock()
+		if refuse {
+			_ = c.Close()
+			continue
 		}
 		u, err := net.Dial("tcp", p.upstream)
 		if err != nil {
@@ -140,4 +148,19 @@ func (p *tcpProxy) heal() {
 	default:
 		close(p.open)
 	}
+}
+
+// down plays a server that went away: every connection is cut and new
+// ones are closed at once, until up.
+func (p *tcpProxy) down() {
+	p.mu.Lock()
+	p.refuse = true
+	p.mu.Unlock()
+	p.cutAll()
+}
+
+func (p *tcpProxy) up() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.refuse = false
 }

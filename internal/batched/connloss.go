@@ -19,6 +19,11 @@ const (
 	reconnectMax = 2 * time.Second
 )
 
+// IsConnLoss reports whether err means the database could not be reached
+// or the connection was lost (a restart, a failover), not that a
+// statement failed: waiting and trying again is the answer.
+func IsConnLoss(err error) bool { return isConnLoss(err) }
+
 // isConnLoss reports whether err means the connection, not the statement,
 // failed: the server restarted, failed over, terminated the backend or
 // cannot be reached. Such an error is nobody's fault: it uses no attempt
