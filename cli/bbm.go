@@ -611,7 +611,7 @@ With several databases it waits on all of them (or --db's).`,
 				db string
 				m  *batched.MigrationInfo
 			}
-			polled := false   // a poll succeeded: the settings are right
+			polled := false    // a poll succeeded: the settings are right
 			var lost time.Time // since when the database cannot be reached
 			var lostSaid time.Time
 			for {
