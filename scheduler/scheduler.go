@@ -9,6 +9,8 @@ import (
 
 	"github.com/robfig/cron/v3"
 	"go.uber.org/zap"
+
+	"github.com/ferrymigrate/ferry/internal/logrepeat"
 )
 
 // Schedule tells when a job runs next; cron schedules satisfy it.
@@ -92,13 +94,28 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	defer func() { s.mu.Lock(); s.running = false; s.mu.Unlock() }()
 
 	c := cron.New(cron.WithChain(cron.Recover(cronLogger{s.log}), cron.SkipIfStillRunning(cronLogger{s.log})))
+	// A run that fails every second (the database restarting) is logged
+	// when it starts failing, every minute while it does, and when it
+	// works again: not once a run.
+	var failing logrepeat.Log[string]
 	for _, e := range entries {
 		c.Schedule(e.sched, cron.FuncJob(func() {
 			if ctx.Err() != nil {
 				return
 			}
-			if err := e.fn(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("scheduled run failed", zap.String("name", e.name), zap.Error(err))
+			err := e.fn(ctx)
+			switch {
+			case ctx.Err() != nil:
+			case err != nil:
+				if since, n, ok := failing.On(e.name, time.Now()); ok {
+					s.log.Warn("scheduled run failed", zap.String("name", e.name), zap.Error(err),
+						zap.Time("failing_since", since), zap.Int("failed_runs", n))
+				}
+			default:
+				if since, n, ok := failing.Off(e.name); ok {
+					s.log.Info("scheduled run works again", zap.String("name", e.name),
+						zap.Duration("failed_for", time.Since(since).Round(time.Second)), zap.Int("failed_runs", n))
+				}
 			}
 		}))
 	}

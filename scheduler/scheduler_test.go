@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/ferrymigrate/ferry/scheduler"
 )
 
@@ -55,4 +58,37 @@ func Example() {
 	})
 	_ = s.Run(ctx)
 	// Output: tick
+}
+
+type every10ms struct{}
+
+func (every10ms) Next(t time.Time) time.Time { return t.Add(10 * time.Millisecond) }
+
+// A run that keeps failing (the database restarting) is logged when it
+// starts failing and when it works again, not once a run.
+func TestFailingRunsLoggedOnce(t *testing.T) {
+	t.Parallel()
+	core, logs := observer.New(zap.InfoLevel)
+	s := scheduler.New(zap.New(core))
+	var n atomic.Int32
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.AddSchedule("tick", every10ms{}, func(context.Context) error {
+		switch k := n.Add(1); {
+		case k <= 5:
+			return fmt.Errorf("down %d", k)
+		case k == 7:
+			cancel()
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	failed, again := logs.FilterMessage("scheduled run failed").Len(), logs.FilterMessage("scheduled run works again").All()
+	if failed != 1 || len(again) != 1 || again[0].ContextMap()["failed_runs"] != int64(5) {
+		t.Fatalf("%d failure lines, %d recovery lines (%v); want one each, after 5 failed runs", failed, len(again), logs.All())
+	}
 }
