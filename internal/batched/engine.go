@@ -350,7 +350,10 @@ func (e *Engine) claim(ctx context.Context, id int64, md mode) (*claim, Outcome,
 		cl.tries++
 		if _, err := tx.Exec(ctx, `
 			UPDATE batched_background_migration_jobs SET status = 1, attempts = attempts + 1, started_at = now(),
-				finished_at = NULL, updated_at = now(), worker_identity = $2, worker_session = $3, claim_token = $4
+				finished_at = NULL, updated_at = now(), worker_identity = $2, worker_session = $3, claim_token = $4,
+				-- where this try starts: a try that moved past it before its
+				-- worker died made progress and uses no attempt (rescue)
+				metrics = coalesce(metrics, '{}') || jsonb_build_object('attempt_from', cursor_value)
 			WHERE id = $1`, cl.jobID, e.identity, e.Session(), cl.token); err != nil {
 			return nil, NotExecutable, err
 		}
@@ -483,20 +486,23 @@ func (e *Engine) rescue(ctx context.Context, tx pgx.Tx, id int64) (int, error) {
 	rows, err := tx.Query(ctx, `
 		WITH dead AS (
 			UPDATE batched_background_migration_jobs j SET status = 2, finished_at = now(), updated_at = now(),
-				-- an outcome lost with the connection is nobody's fault: no attempt used
-				attempts = CASE WHEN j.worker_session = $3 THEN greatest(j.attempts - 1, 0) ELSE j.attempts END
+				-- an outcome lost with the connection is nobody's fault, and a
+				-- try that committed sub-batches before its worker died is no
+				-- poison batch: neither uses an attempt
+				attempts = CASE WHEN j.worker_session = $3 OR `+triedForward+` THEN greatest(j.attempts - 1, 0) ELSE j.attempts END
 			WHERE j.batched_background_migration_id = $1 AND j.status = 1
 			  AND (($2 AND j.worker_session IS DISTINCT FROM $3 AND `+sessionAlive("$3")+`
 			        AND ((j.worker_session IS NOT NULL AND NOT `+sessionAlive("j.worker_session")+`)
 			          OR (j.worker_session IS NULL AND j.updated_at < now() - interval '1 hour')))
 			    OR (j.worker_session = $3 AND NOT coalesce(j.claim_token = ANY($4::bigint[]), false)))
-			RETURNING j.id, j.worker_identity, j.worker_session = $3 AS own, j.attempts)
+			RETURNING j.id, j.worker_identity, j.worker_session = $3 AS own, j.attempts, `+triedForward+` AS forward)
 		INSERT INTO batched_background_migration_job_transition_logs
 			(batched_background_migration_job_id, previous_status, next_status, exception_class, exception_message)
 		SELECT id, 1, 2, CASE WHEN own THEN 'Ferry::LostOutcome' ELSE 'Ferry::WorkerDied' END,
 			left(CASE WHEN own THEN 'the outcome of this batch could not be recorded (the database was unreachable)'
 				ELSE 'worker ' || coalesce(worker_identity, '?') || ' stopped while running this batch' END ||
-				CASE WHEN own OR attempts < $5 THEN '; it resumes after the last committed sub-batch'
+				CASE WHEN forward AND NOT own THEN '; it resumes after the last committed sub-batch (this try moved it forward, so it used no attempt)'
+					WHEN own OR attempts < $5 THEN '; it resumes after the last committed sub-batch'
 					ELSE '; that was its last attempt (' || attempts || ' tries ended this way or failed), so the migration fails: '
 						|| 'once you know why workers stop on it (out of memory? killed?), ferry bbm retry resumes it after the last committed sub-batch' END, 1000)
 		FROM dead RETURNING batched_background_migration_job_id`, id, e.settled(), e.Session(), e.runningTokens(), MaxAttempts)
@@ -518,6 +524,11 @@ func (e *Engine) rescue(ctx context.Context, tx pgx.Tx, id int64) (int, error) {
 	}
 	return n, rows.Err()
 }
+
+// triedForward is true for a running job whose current try committed a
+// sub-batch: its cursor moved past where the try started (claim records
+// that in metrics.attempt_from; a first try starts at no cursor).
+const triedForward = `(j.cursor_value IS DISTINCT FROM (j.metrics->>'attempt_from')::bigint)`
 
 // newClaimToken returns a claim token: random, so no two claims of any
 // engines share one (63 bits), and never 0.

@@ -2,9 +2,11 @@ package batched
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ferrymigrate/ferry/internal/ferryschema"
@@ -161,5 +163,59 @@ func TestPauseAllStopsParallelBatches(t *testing.T) {
 	}
 	if cl, out, err := e.claim(ctx, mig, modeBackground); cl == nil || err != nil {
 		t.Fatalf("claim after resume-all: %v, %s, %v; want a batch", cl, out, err)
+	}
+}
+
+// A worker killed while its batch moved forward (it committed sub-batches
+// in this try) used no attempt: killing workers again and again never
+// fails a batch that progresses. A try that committed nothing is charged.
+func TestRescueChargesOnlyTriesThatMadeNoProgress(t *testing.T) {
+	t.Parallel()
+	ctx := testenv.Context(t)
+	pool := schemaPool(t)
+	var mig int64
+	if err := pool.QueryRow(ctx, `
+		WITH s AS (INSERT INTO ferry_bbm_sessions (id, identity, heartbeat_at) VALUES
+			(401, 'rescuer', now()), (402, 'killed', now() - interval '1 hour'))
+		INSERT INTO batched_background_migrations (job_class_name, table_name, column_name, batch_size, sub_batch_size, status, max_value)
+		VALUES ('CountAndCopy', 'forward_t', 'id', 10, 10, 1, 100) RETURNING id`).Scan(&mig); err != nil {
+		t.Fatal(err)
+	}
+	// Both on their last attempt; the first moved from 20 to 40 in it.
+	if _, err := pool.Exec(ctx, `INSERT INTO batched_background_migration_jobs
+		(batched_background_migration_id, min_value, max_value, batch_size, sub_batch_size, status, started_at, worker_session, worker_identity, attempts, cursor_value, metrics)
+		VALUES ($1, 1, 50, 50, 10, 1, now(), 402, 'killed', 3, 40, '{"attempt_from": 20}'),
+		       ($1, 51, 100, 50, 10, 1, now(), 402, 'killed', 3, 70, '{"attempt_from": 70}')`, mig); err != nil {
+		t.Fatal(err)
+	}
+	e := settledEngine(t, pool, 401)
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.rescue(ctx, tx, mig); err != nil || n != 2 {
+		t.Fatalf("rescued %d (%v), want 2", n, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := pool.Query(ctx, `SELECT j.attempts, l.exception_message FROM batched_background_migration_jobs j
+		JOIN batched_background_migration_job_transition_logs l ON l.batched_background_migration_job_id = j.id ORDER BY j.id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type got struct {
+		Attempts int
+		Msg      string
+	}
+	gs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[got])
+	if err != nil || len(gs) != 2 {
+		t.Fatalf("%v %v", gs, err)
+	}
+	if gs[0].Attempts != 2 || !strings.Contains(gs[0].Msg, "this try moved it forward, so it used no attempt") {
+		t.Errorf("the batch that moved forward: %+v; want 2 attempts used and said why", gs[0])
+	}
+	if gs[1].Attempts != 3 || !strings.Contains(gs[1].Msg, "that was its last attempt") {
+		t.Errorf("the batch that did not: %+v; want its last attempt used", gs[1])
 	}
 }
