@@ -513,7 +513,9 @@ func (a *App) openDB(ctx context.Context, name string, lazy bool) (*pgxpool.Pool
 		if name != config.DefaultDatabase || len(a.Cfg.DatabaseList()) > 1 {
 			where = "database " + name + ": " + where
 		}
-		if !lazy || ctx.Err() != nil {
+		if !lazy || ctx.Err() != nil || !batched.IsConnLoss(err) {
+			// A refused password or a missing database is a setting to
+			// fix, not an outage to wait out.
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		pc, perr := config.PoolConfig(d.URL, size)

@@ -196,10 +196,11 @@ func (a *App) processOptions(ctx context.Context) (process.Options, error) {
 		return o, err
 	}
 	// Every configured database's batched migrations run here, one engine
-	// each. The default one must answer at start, as it always had to;
-	// another that does not is waited for while the others run.
+	// each. One that cannot be reached at start (workers and databases
+	// start together after a reboot) is waited for while the rest runs;
+	// one that refuses us (password, no such database) stops the start.
 	for _, d := range a.Cfg.DatabaseList() {
-		pool, err := a.openDB(ctx, d.Name, d.Name != config.DefaultDatabase)
+		pool, err := a.openDB(ctx, d.Name, true)
 		if err != nil {
 			return o, err
 		}

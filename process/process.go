@@ -109,11 +109,12 @@ func New(ctx context.Context, o Options) (*Process, error) {
 		err := ferryschema.Ensure(ctx, d.Pool, o.Logger)
 		switch {
 		case err == nil:
-		case d.Pool == o.DB:
-			return nil, err
+		case d.Pool == o.DB && !batched.IsConnLoss(err):
+			return nil, err // refused, not away: a setting to fix
 		default:
-			// Another database being away must not stop the others' work:
-			// its migrations set up its tables once it answers (Service).
+			// A database being away (it starts with us after a reboot)
+			// must not stop the rest: its migrations set up its tables
+			// once it answers (Service).
 			o.Logger.Warn("cannot set up ferry's tables in a database; its batched migrations wait for it",
 				zap.String("database", d.Name), zap.Error(err))
 		}

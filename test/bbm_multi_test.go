@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/exec"
 	"regexp"
@@ -443,4 +444,37 @@ func TestDBMigrateWayOutNamesTheDatabase(t *testing.T) {
 	if strings.Contains(errs, "mark-finished 1 ") {
 		t.Fatalf("a bare id:\n%s", errs)
 	}
+}
+
+// A worker started while its main database is down (they start together
+// after a reboot) waits for it instead of exiting, and runs main's
+// migrations once it answers.
+func TestWorkerStartsBeforeItsDatabase(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs a worker process")
+	}
+	m := newMultiDB(t, "")
+	countingTable(m.ctx, t, m.main, "events", 3000)
+	var px *tcpProxy
+	for i, kv := range m.env {
+		if v, ok := strings.CutPrefix(kv, "DATABASE_URL="); ok {
+			u, err := url.Parse(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			px = startProxy(t, u.Host)
+			u.Host = px.addr()
+			m.env[i] = "DATABASE_URL=" + u.String()
+		}
+	}
+	px.down()
+	w := m.worker()
+	testenv.Eventually(t, 30*time.Second, "the worker waiting for main", func() bool {
+		return strings.Contains(w.String(), "cannot reach PostgreSQL") && strings.Contains(w.String(), `"database":"main"`)
+	})
+	px.up()
+	m.want(0, []string{"Queued batched background migration main_1"},
+		"bbm", "queue", "--db", "main", "CopyColumnUsingBackgroundMigrationJob", "events", "id", multiArgs)
+	m.want(0, []string{"All batched background migrations have finished."}, "bbm", "wait", "--db", "main", "--interval", "1s")
+	copiedOnce(m.ctx, t, m.main, "events")
 }
