@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymigrate/ferry/internal/batched"
+	"github.com/ferrymigrate/ferry/internal/sleep"
 )
 
 // bbmErr maps engine errors to exit codes: bad input 2, the rest 1.
@@ -650,7 +651,7 @@ With several databases it waits on all of them (or --db's).`,
 						lostSaid = now
 						fmt.Fprintf(a.Err, "ferry: still waiting: %v (for %s; trying again every %s)\n", err, now.Sub(lost).Round(time.Second), interval)
 					}
-					if !sleepCtx(ctx, interval) {
+					if !sleep.For(ctx, interval) {
 						return ctx.Err()
 					}
 					continue
@@ -677,7 +678,7 @@ With several databases it waits on all of them (or --db's).`,
 				for _, w := range waiting {
 					fmt.Fprintf(msgs, "\t%s%s | %s\n", a.dbLabel(w.db), w.m.StatusLine(), fmtProgress(w.m.Progress))
 				}
-				if !sleepCtx(ctx, interval) {
+				if !sleep.For(ctx, interval) {
 					return ctx.Err()
 				}
 			}
@@ -686,18 +687,6 @@ With several databases it waits on all of them (or --db's).`,
 	cmd.Flags().DurationVar(&interval, "interval", 30*time.Second, "time between checks")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the final state of the migrations waited on as JSON (messages go to stderr)")
 	return cmd
-}
-
-// sleepCtx waits d, false when ctx ends first.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // CheckMessage is the upgrade-blocking text for one unfinished migration.
