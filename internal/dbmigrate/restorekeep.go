@@ -63,10 +63,6 @@ func (s *savedRecords) sql() string {
 		}
 		inner := freeDollarTag(js, "ferry_rows")
 		outer := freeDollarTag(js+inner, "ferry_keep")
-		after := ""
-		if t == LogTable {
-			after = restoreStatesDirtySQL
-		}
 		backupMax := "SELECT max(id) INTO backup_max FROM public." + t
 		if s.notInBackup[t] {
 			backupMax = "backup_max := 0"
@@ -77,7 +73,7 @@ DECLARE
 	cols text;
 	backup_max bigint;
 BEGIN
-	%[6]s;
+	%[5]s;
 	SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
 	FROM pg_attribute a
 	WHERE a.attrelid = 'public.%[3]s'::regclass AND a.attnum > 0 AND NOT a.attisdropped
@@ -85,12 +81,17 @@ BEGIN
 	EXECUTE format('INSERT INTO public.%[3]s (%%s) SELECT %%s FROM json_populate_recordset(NULL::public.%[3]s, $1) ON CONFLICT (id) DO NOTHING', cols, cols)
 		USING saved;
 	PERFORM setval(pg_get_serial_sequence('public.%[3]s', 'id'), (SELECT max(id) FROM public.%[3]s));
-%[5]s
+	-- for the blocks after this one, in this transaction
+	PERFORM set_config('ferry.backup_max_%[3]s', coalesce(backup_max, 0)::text, true);
 EXCEPTION WHEN others THEN
 	RAISE WARNING 'ferry: could not keep the rows of %[3]s: %%', SQLERRM;
 END
 %[4]s;
-`, inner, js, t, outer, after, backupMax)
+`, inner, js, t, outer, backupMax)
+	}
+	// Each in its own block: a failure there must not undo the rows put back.
+	if s.count[LogTable] > 0 {
+		b.WriteString(restoreStatesDirtySQL)
 	}
 	if s.count["ferry_web_actions"] > 0 {
 		b.WriteString(noReusedMigrationIDsSQL)
@@ -133,8 +134,15 @@ $ferry_ids$;
 // row says so); a dirty state the backup holds but a later repair
 // cleared is recorded again (the restore brought the half-done work
 // back).
-const restoreStatesDirtySQL = `	WITH l AS (
-	  SELECT version, id, name, direction, id > coalesce(backup_max, 0) AS later,
+const restoreStatesDirtySQL = `DO $ferry_dirty$
+DECLARE
+	backup_max bigint := current_setting('ferry.backup_max_ferry_migration_log', true)::bigint;
+BEGIN
+	IF backup_max IS NULL THEN
+		RETURN; -- the rows were not put back: nothing to restate
+	END IF;
+	WITH l AS (
+	  SELECT version, id, name, direction, id > backup_max AS later,
 	         direction IN ('up', 'down') AND ((finished_at IS NULL AND no_transaction) OR (success IS FALSE AND dirty)) AS dirty
 	  FROM public.ferry_migration_log),
 	last_all AS (SELECT DISTINCT ON (version) * FROM l ORDER BY version, id DESC),
@@ -145,7 +153,12 @@ const restoreStatesDirtySQL = `	WITH l AS (
 	       CASE WHEN a.dirty THEN 'cleared by the restore of a backup taken before ' || a.direction || ' attempt #' || a.id
 	            ELSE 'dirty again: the restored backup was taken while ' || b.direction || ' attempt #' || b.id || ' had left it half done' END
 	FROM last_all a LEFT JOIN last_backup b ON b.version = a.version
-	WHERE a.later AND a.dirty IS DISTINCT FROM coalesce(b.dirty, false);`
+	WHERE a.later AND a.dirty IS DISTINCT FROM coalesce(b.dirty, false);
+EXCEPTION WHEN others THEN
+	RAISE WARNING 'ferry: could not restate the dirty state of the restored migrations: %', SQLERRM;
+END
+$ferry_dirty$;
+`
 
 // freeDollarTag is a dollar-quote tag, made of name, that does not occur in s.
 func freeDollarTag(s, name string) string {
