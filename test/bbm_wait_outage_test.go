@@ -16,6 +16,7 @@ import (
 // cannot connect; a database it never reached is a setting to fix: exit
 // at once.
 func TestBBMWaitThroughADatabaseRestart(t *testing.T) {
+	t.Parallel()
 	e := newDBEnv(t)
 	if err := ferryschema.Apply(e.ctx, e.pool); err != nil {
 		t.Fatal(err)
