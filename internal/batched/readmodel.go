@@ -650,7 +650,12 @@ func state(v *MigrationInfo, c cluster, now time.Time) (State, string) {
 		}
 		return StateFailed, fmt.Sprintf("%s: `ferry bbm show %s` lists the errors, `ferry bbm retry %s` runs them again", reason, c.ref(m.ID), c.ref(m.ID))
 	case Paused:
-		return StatePaused, fmt.Sprintf("paused; `ferry bbm resume %s` resumes", c.ref(m.ID))
+		finishing := ""
+		if a.running > 0 {
+			// Pause starts no new batch; those running commit their rows.
+			finishing = fmt.Sprintf(" (%d running batch(es) finishing)", a.running)
+		}
+		return StatePaused, fmt.Sprintf("paused%s; `ferry bbm resume %s` resumes", finishing, c.ref(m.ID))
 	case Finalizing:
 		if a.finalizerGone {
 			return StateStalled, reason

@@ -146,6 +146,22 @@ func TestBBMStateUnregisteredClassWayOut(t *testing.T) {
 	}
 }
 
+// Right after pause, batches still running say so: rows keep moving for a
+// few seconds under "paused".
+func TestBBMStatePausedWithBatchesFinishing(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	v := activeView(now)
+	v.Status = Paused
+	if _, why := state(v, cluster{}, now); why != "paused; `ferry bbm resume 7` resumes" {
+		t.Fatalf("no batch running: %q", why)
+	}
+	v.agg.running = 3
+	if st, why := state(v, cluster{}, now); st != StatePaused || why != "paused (3 running batch(es) finishing); `ferry bbm resume 7` resumes" {
+		t.Fatalf("3 running: %s %q", st, why)
+	}
+}
+
 // An active migration with no running batch that the scheduler or claim
 // would not give one says what it waits for, and has no rate or ETA.
 func TestBBMStateWaitingForATurn(t *testing.T) {
