@@ -132,23 +132,35 @@ func pathID(r *http.Request, name string) (int64, bool) {
 	return id, true
 }
 
-// redirectPrefixedID sends a migration id written as GitLab and the CLI
-// write it for several databases (/background_migrations/ci_2) to the
-// page's own form (/background_migrations/2?database=ci), and reports
-// whether it did.
+// prefixedID reads a migration id written as GitLab and the CLI write it
+// for several databases (ci_2): the database's view and the id, ok only
+// when the name is configured and the id positive.
+func (s *Server) prefixedID(raw string) (*dbView, int64, bool) {
+	name, rawID, prefixed := batched.SplitRef(raw)
+	if !prefixed {
+		return nil, 0, false
+	}
+	i := slices.IndexFunc(s.dbs, func(v *dbView) bool { return v.name == name })
+	id, err := strconv.ParseInt(rawID, 10, 64)
+	if i < 0 || err != nil || id <= 0 {
+		return nil, 0, false
+	}
+	return s.dbs[i], id, true
+}
+
+// redirectPrefixedID sends a migration id written as ci_2 to the page's
+// own form (/background_migrations/2?database=ci), and reports whether it
+// did.
 func (s *Server) redirectPrefixedID(w http.ResponseWriter, r *http.Request) bool {
 	raw := r.PathValue("id")
-	name, id, prefixed := batched.SplitRef(raw)
-	if !prefixed || name == "" {
-		return false
-	}
-	if n, err := strconv.ParseInt(id, 10, 64); err != nil || n <= 0 || !slices.ContainsFunc(s.dbs, func(v *dbView) bool { return v.name == name }) {
+	v, id, ok := s.prefixedID(raw)
+	if !ok {
 		return false
 	}
 	u := *r.URL
-	u.Path = strings.Replace(u.Path, "/background_migrations/"+raw, "/background_migrations/"+id, 1)
+	u.Path = strings.Replace(u.Path, "/background_migrations/"+raw, "/background_migrations/"+strconv.FormatInt(id, 10), 1)
 	q := u.Query()
-	q.Set("database", name)
+	q.Set("database", v.name)
 	u.RawQuery = q.Encode()
 	http.Redirect(w, r, u.RequestURI(), http.StatusFound)
 	return true
@@ -159,7 +171,7 @@ func (s *Server) redirectPrefixedID(w http.ResponseWriter, r *http.Request) bool
 // redirected to the plain form without the client's help).
 func (s *Server) migrationOf(w http.ResponseWriter, r *http.Request) (*dbView, int64, bool) {
 	raw := r.PathValue("id")
-	name, rawID, prefixed := batched.SplitRef(raw)
+	name, _, prefixed := batched.SplitRef(raw)
 	if !prefixed || len(s.dbs) == 0 {
 		v, ok := s.needDB(w, r)
 		if !ok {
@@ -175,14 +187,12 @@ func (s *Server) migrationOf(w http.ResponseWriter, r *http.Request) (*dbView, i
 		s.fail(w, r, http.StatusBadRequest, fmt.Sprintf("migration %s is on database %s, but ?database=%s names another", raw, name, q))
 		return nil, 0, false
 	}
-	i := slices.IndexFunc(s.dbs, func(v *dbView) bool { return v.name == name })
-	id, err := strconv.ParseInt(rawID, 10, 64)
-	if i < 0 || err != nil || id <= 0 {
+	v, id, ok := s.prefixedID(raw)
+	if !ok {
 		s.notFound(w, r, fmt.Sprintf("no such migration %q: write its id as 2, or as %s_2 with the database's name (%s)",
 			raw, s.dbs[0].name, strings.Join(dbViewNames(s.dbs), ", ")))
-		return nil, 0, false
 	}
-	return s.dbs[i], id, true
+	return v, id, ok
 }
 
 func dbViewNames(dbs []*dbView) []string {
@@ -231,11 +241,7 @@ func (s *Server) dbNames() []string {
 	if len(s.dbs) < 2 {
 		return nil
 	}
-	out := make([]string, 0, len(s.dbs))
-	for _, v := range s.dbs {
-		out = append(out, v.name)
-	}
-	return out
+	return dbViewNames(s.dbs)
 }
 
 func (s *Server) needRedis(w http.ResponseWriter, r *http.Request) bool {
