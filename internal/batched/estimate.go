@@ -186,6 +186,23 @@ func estimateFromProbe(rows int64, p ReadProbe) *Estimate {
 // milliseconds on an ordinary table.
 const probeRows = 20_000
 
+// probeBeginError: the probe's transaction could not start (the database
+// is away), as opposed to the read failing on the table.
+type probeBeginError struct{ err error }
+
+func (e probeBeginError) Error() string { return e.err.Error() }
+func (e probeBeginError) Unwrap() error { return e.err }
+
+// probeTable runs probeRead in a transaction of its own, rolled back.
+func probeTable(ctx context.Context, db Beginner, t *Target) (ReadProbe, error) {
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return ReadProbe{}, probeBeginError{err}
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	return probeRead(ctx, tx, t)
+}
+
 // probeRead times reading the table's first probeRows rows in batching
 // order (every column, as a copy reads them), read-only, within 2 s.
 func probeRead(ctx context.Context, db pgx.Tx, t *Target) (ReadProbe, error) {
@@ -232,11 +249,8 @@ func (c *probeCache) get(ctx context.Context, db Beginner, table, column string)
 	}
 	got = cachedProbe{at: time.Now()}
 	if t, err := ResolveTarget(ctx, db, table, column); err == nil {
-		if tx, err := db.Begin(ctx); err == nil {
-			p, perr := probeRead(ctx, tx, t)
-			_ = tx.Rollback(ctx)
-			got.p, got.ok = p, perr == nil
-		}
+		p, perr := probeTable(ctx, db, t)
+		got.p, got.ok = p, perr == nil
 	}
 	if ctx.Err() != nil {
 		return got.p, got.ok // not a result to keep
@@ -370,12 +384,10 @@ func (x *Estimator) estimate(ctx context.Context, rows int64, from, class string
 	}
 	est := estimateFrom(rows, class, runs)
 	if est == nil && t != nil {
-		tx, err := x.db.Begin(ctx)
-		if err != nil {
-			return nil, err
+		p, perr := probeTable(ctx, x.db, t)
+		if be := (probeBeginError{}); errors.As(perr, &be) {
+			return nil, be.err
 		}
-		p, perr := probeRead(ctx, tx, t)
-		_ = tx.Rollback(ctx)
 		if perr == nil {
 			est = estimateFromProbe(rows, p)
 		}
