@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymigrate/ferry/internal/batched"
+	"github.com/ferrymigrate/ferry/internal/logrepeat"
 	"github.com/ferrymigrate/ferry/internal/sleep"
 )
 
@@ -612,9 +613,8 @@ With several databases it waits on all of them (or --db's).`,
 				db string
 				m  *batched.MigrationInfo
 			}
-			polled := false    // a poll succeeded: the settings are right
-			var lost time.Time // since when the database cannot be reached
-			var lostSaid time.Time
+			polled := false // a poll succeeded: the settings are right
+			var lost logrepeat.Log[struct{}]
 			for {
 				var failed, waiting []dbm
 				var err error
@@ -644,20 +644,16 @@ With several databases it waits on all of them (or --db's).`,
 					// A restart or failover: the workers wait it out, and
 					// so does wait (said when it starts and every minute).
 					now := time.Now()
-					if lost.IsZero() {
-						lost = now
-					}
-					if now.Sub(lostSaid) >= time.Minute {
-						lostSaid = now
-						fmt.Fprintf(a.Err, "ferry: still waiting: %v (for %s; trying again every %s)\n", err, now.Sub(lost).Round(time.Second), interval)
+					if since, _, say := lost.On(struct{}{}, now); say {
+						fmt.Fprintf(a.Err, "ferry: still waiting: %v (for %s; trying again every %s)\n", err, now.Sub(since).Round(time.Second), interval)
 					}
 					if !sleep.For(ctx, interval) {
 						return ctx.Err()
 					}
 					continue
-				case !lost.IsZero():
-					fmt.Fprintf(a.Err, "ferry: the database answers again after %s\n", time.Since(lost).Round(time.Second))
-					lost, lostSaid = time.Time{}, time.Time{}
+				}
+				if since, _, was := lost.Off(struct{}{}); was {
+					fmt.Fprintf(a.Err, "ferry: the database answers again after %s\n", time.Since(since).Round(time.Second))
 				}
 				polled = true
 				if len(failed) > 0 {
