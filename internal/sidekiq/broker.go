@@ -43,8 +43,13 @@ type BrokerOptions struct {
 	DeadMaxJobs int
 	DeadTimeout time.Duration
 	// MaxRecoveries is how many times a job may be rescued from a dead
-	// process before it is treated as a poison pill and sent to the dead set.
+	// process within RecoveryWindow before it is treated as a poison pill
+	// and sent to the dead set (default 3).
 	MaxRecoveries int
+	// RecoveryWindow is how long a rescue counts towards MaxRecoveries
+	// (default 72 h, as Sidekiq Pro's super_fetch), so a job caught in
+	// unrelated crashes weeks apart is not taken for a poison pill.
+	RecoveryWindow time.Duration
 	// AliveTTL is how long a process counts as alive after its last
 	// refresh (heartbeat or fetch) of its alive key (default 20 s).
 	AliveTTL time.Duration
@@ -88,6 +93,12 @@ func NewBroker(rdb redis.UniversalClient, opts BrokerOptions) (*Broker, error) {
 	}
 	if opts.MaxRecoveries == 0 {
 		opts.MaxRecoveries = 3
+	}
+	if opts.RecoveryWindow == 0 {
+		opts.RecoveryWindow = 72 * time.Hour
+	}
+	if opts.RecoveryWindow < 0 {
+		return nil, fmt.Errorf("queue: RecoveryWindow must not be negative, got %s", opts.RecoveryWindow)
 	}
 	if opts.AliveTTL == 0 {
 		opts.AliveTTL = 20 * time.Second

@@ -57,8 +57,10 @@
 // owning its jobs. [Broker.RecoverOrphans], run periodically under a
 // cluster lock, pushes back the private lists of processes whose alive key
 // has been missing for RecoveryGrace (10 s) without a break, and sends a
-// job rescued more than MaxRecoveries times to the dead set as a poison
-// pill.
+// job rescued more than MaxRecoveries (3) times within RecoveryWindow
+// (72 h) to the dead set as a poison pill, as Sidekiq Pro does; the payload
+// keeps the count in "ferry_recovered" and the rescue times in
+// "ferry_recovered_at".
 //
 // The worker package builds a complete process runtime on top of this.
 package sidekiq

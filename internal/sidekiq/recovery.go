@@ -14,8 +14,13 @@ import (
 )
 
 // recoveredKey counts, inside the payload, how often a job was rescued from
-// a dead process. Sidekiq keeps unknown keys, so the count survives Ruby.
-const recoveredKey = "ferry_recovered"
+// a dead process within the last RecoveryWindow; recoveredAtKey holds the
+// times of those rescues (an array of epoch seconds, oldest first), so older
+// ones can be forgotten. Sidekiq keeps unknown keys, so both survive Ruby.
+const (
+	recoveredKey   = "ferry_recovered"
+	recoveredAtKey = "ferry_recovered_at"
+)
 
 // RecoveryResult counts what one recovery pass did.
 type RecoveryResult struct {
@@ -214,15 +219,15 @@ func (b *Broker) recoverList(ctx context.Context, owner, key, queue string, res 
 			continue
 		}
 		n := j.Clone()
-		count, _ := j.Int(recoveredKey)
-		count++
-		n.SetInt(recoveredKey, count)
-		if int(count) > b.opts.MaxRecoveries {
+		times := b.recentRecoveries(j)
+		n.SetInt(recoveredKey, int64(len(times)))
+		n.Set(recoveredAtKey, encodeTimes(times))
+		if len(times) > b.opts.MaxRecoveries {
 			entry := n.Clone()
 			entry.SetString("error_class", "Ferry::PoisonPill")
 			entry.SetString("error_message", fmt.Sprintf(
-				"job was in flight on %d worker processes that died (last: %s); it may be what kills them, so it was moved to the dead set instead of being run again",
-				count, strings.SplitN(key, "|", 3)[1]))
+				"job was in flight on %d worker processes that died within %s (last: %s); it may be what kills them, so it was moved to the dead set instead of being run again",
+				len(times), formatWindow(b.opts.RecoveryWindow), strings.SplitN(key, "|", 3)[1]))
 			if !entry.Has("failed_at") {
 				entry.SetTime("failed_at", epoch(b.opts.Now()))
 			}
@@ -251,6 +256,61 @@ func (b *Broker) recoverList(ctx context.Context, owner, key, queue string, res 
 		}
 	}
 	return nil
+}
+
+// recentRecoveries returns the times (epoch seconds, oldest first) of j's
+// rescues within the last RecoveryWindow, this one (now) included. We
+// always write as many times as the count, so a rescue counted in
+// recoveredKey but missing from recoveredAtKey was made by an older ferry,
+// which keeps no times (and only bumps the count of a payload that has
+// some): its time is unknown, so it counts as now, which keeps it for a
+// whole window.
+func (b *Broker) recentRecoveries(j *Job) []float64 {
+	now := epoch(b.opts.Now())
+	cutoff := now - b.opts.RecoveryWindow.Seconds()
+	var stored []float64
+	if err := json.Unmarshal(j.Get(recoveredAtKey), &stored); err != nil {
+		stored = nil // missing or unreadable: only the count is known
+	}
+	times := make([]float64, 0, len(stored)+2)
+	for _, t := range stored {
+		if t > cutoff { // a time ahead of our clock counts too
+			times = append(times, t)
+		}
+	}
+	count, _ := j.Int(recoveredKey)
+	// Past MaxRecoveries+1 the job is killed anyway; the cap keeps a
+	// garbage count from allocating.
+	unknown := min(count-int64(len(stored)), int64(b.opts.MaxRecoveries)+1)
+	for ; unknown > 0; unknown-- {
+		times = append(times, now)
+	}
+	return append(times, now)
+}
+
+// encodeTimes writes epoch seconds as a JSON array of floats.
+func encodeTimes(times []float64) json.RawMessage {
+	var sb strings.Builder
+	sb.WriteByte('[')
+	for i, t := range times {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteString(formatFloatTime(t))
+	}
+	sb.WriteByte(']')
+	return json.RawMessage(sb.String())
+}
+
+// formatWindow prints a recovery window the short way ("72h", "90m").
+func formatWindow(d time.Duration) string {
+	switch {
+	case d%time.Hour == 0:
+		return fmt.Sprintf("%dh", d/time.Hour)
+	case d%time.Minute == 0:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	}
+	return d.String()
 }
 
 // RecoveredTotal is how many jobs have ever been rescued from dead

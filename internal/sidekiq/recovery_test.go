@@ -46,8 +46,10 @@ func TestRecoverOrphans(t *testing.T) {
 	if len(q) != 2 {
 		t.Fatalf("queue:q = %v", q)
 	}
-	// Pushed back to the right end (next to run), with the rescue counted.
-	if want := `{"class":"A","args":[1],"jid":"j1","queue":"q","ferry_recovered":1}`; q[0] != want && q[1] != want {
+	// Pushed back to the right end (next to run), with the rescue counted
+	// and its time kept.
+	if want := `{"class":"A","args":[1],"jid":"j1","queue":"q","ferry_recovered":1,"ferry_recovered_at":[` +
+		formatFloatTime(epoch(fixedNow)) + `]}`; q[0] != want && q[1] != want {
 		t.Errorf("queue:q = %v, want it to hold %s", q, want)
 	}
 	for key, n := range map[string]int64{"queue:u": 1, "queue:s": 2, inflightKey(live, "q"): 1, inflightKey(tb.broker.Identity(), "q"): 1} {
@@ -122,13 +124,118 @@ func TestRecoverPoisonPill(t *testing.T) {
 	}
 	for _, m := range zs {
 		e := mustParse(t, m)
-		if e.str("error_class") != "Ferry::PoisonPill" || !strings.Contains(e.str("error_message"), "3 worker processes that died") ||
+		if e.str("error_class") != "Ferry::PoisonPill" || !strings.Contains(e.str("error_message"), "3 worker processes that died within 72h") ||
 			!e.Has("failed_at") {
 			t.Errorf("poison entry = %s", m)
 		}
 		if e.JID() == "p2" && !e.Has("retried_at") {
 			t.Errorf("poison entry with retry_count lacks retried_at: %s", m)
 		}
+	}
+}
+
+// TestRecoverPoisonPillWindow: only rescues within RecoveryWindow (72 h by
+// default) count towards MaxRecoveries (3), as in Sidekiq Pro; rescues
+// counted by an older ferry, which kept no times, count as recent.
+func TestRecoverPoisonPillWindow(t *testing.T) {
+	t.Parallel()
+	now := fixedNow
+	tb := setup(t, BrokerOptions{Now: func() time.Time { return now }})
+	ctx, rdb := tb.ctx, tb.rdb
+	ago := func(h float64) string { return formatFloatTime(epoch(now) - h*3600) }
+	at := func(hours ...float64) string {
+		s := make([]string, len(hours))
+		for i, h := range hours {
+			s[i] = ago(h)
+		}
+		return "[" + strings.Join(s, ",") + "]"
+	}
+	cases := []struct {
+		job, want string // want: where it ends up, "requeued" or "dead"
+		wantCount int64
+		wantAt    string // ferry_recovered_at afterwards
+	}{
+		// Three rescues long ago: outside the window, so run again and
+		// counted as the first recent one.
+		{`{"class":"A","args":[],"jid":"old","ferry_recovered":3,"ferry_recovered_at":` + at(24*30, 100, 72.01) + `}`,
+			"requeued", 1, at(0)},
+		// Three rescues within the window plus this one: a poison pill.
+		{`{"class":"A","args":[],"jid":"recent","ferry_recovered":3,"ferry_recovered_at":` + at(71.99, 10, 1) + `}`,
+			"dead", 4, at(71.99, 10, 1, 0)},
+		// Two of three still recent: run again.
+		{`{"class":"A","args":[],"jid":"mixed","ferry_recovered":3,"ferry_recovered_at":` + at(100, 71, 1) + `}`,
+			"requeued", 3, at(71, 1, 0)},
+		// Written by an older ferry: its rescues count as now.
+		{`{"class":"A","args":[],"jid":"legacy","ferry_recovered":3}`, "dead", 4, at(0, 0, 0, 0)},
+		{`{"class":"A","args":[],"jid":"legacy2","ferry_recovered":2}`, "requeued", 3, at(0, 0, 0)},
+		// One time kept, then an older ferry rescued it again (count 2):
+		// that rescue's time is unknown, so it counts as now.
+		{`{"class":"A","args":[],"jid":"rolling","ferry_recovered":2,"ferry_recovered_at":` + at(200) + `}`,
+			"requeued", 2, at(0, 0)},
+	}
+	for i, tc := range cases {
+		rdb.LPush(ctx, inflightKey("w:1:"+itoa(i), "q"), tc.job)
+		missingLongAgo(t, tb, "w:1:"+itoa(i))
+	}
+	res, err := tb.broker.RecoverOrphans(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Killed != 2 || res.Requeued != 4 {
+		t.Errorf("result = %+v, want 2 killed, 4 requeued", res)
+	}
+	found := map[string]*Job{}
+	where := map[string]string{}
+	for place, list := range map[string][]string{
+		"requeued": rdb.LRange(ctx, "queue:q", 0, -1).Val(),
+		"dead":     rdb.ZRange(ctx, "dead", 0, -1).Val(),
+	} {
+		for _, m := range list {
+			j := mustParse(t, m)
+			found[j.JID()], where[j.JID()] = j, place
+		}
+	}
+	for _, tc := range cases {
+		jid := mustParse(t, tc.job).JID()
+		got := found[jid]
+		if got == nil || where[jid] != tc.want {
+			t.Errorf("%s: found %q, want %s", jid, where[jid], tc.want)
+			continue
+		}
+		if n, _ := got.Int(recoveredKey); n != tc.wantCount || string(got.Get(recoveredAtKey)) != tc.wantAt {
+			t.Errorf("%s: ferry_recovered %d, ferry_recovered_at %s; want %d, %s",
+				jid, n, got.Get(recoveredAtKey), tc.wantCount, tc.wantAt)
+		}
+		if tc.want == "dead" && !strings.Contains(got.str("error_message"),
+			itoa(int(tc.wantCount))+" worker processes that died within 72h") {
+			t.Errorf("%s: error_message %q", jid, got.str("error_message"))
+		}
+	}
+}
+
+func TestRecoveryWindowOption(t *testing.T) {
+	t.Parallel()
+	if _, err := NewBroker(dummyRedis(t), BrokerOptions{RecoveryWindow: -time.Hour}); err == nil ||
+		!strings.Contains(err.Error(), "RecoveryWindow") {
+		t.Errorf("NewBroker(RecoveryWindow -1h) = %v, want an error", err)
+	}
+	tb := setup(t, BrokerOptions{MaxRecoveries: 1, RecoveryWindow: 90 * time.Minute})
+	ctx, rdb := tb.ctx, tb.rdb
+	t0 := epoch(fixedNow)
+	rdb.LPush(ctx, inflightKey("w:1:a", "q"),
+		`{"class":"A","args":[],"jid":"out","ferry_recovered":1,"ferry_recovered_at":[`+formatFloatTime(t0-2*3600)+`]}`)
+	rdb.LPush(ctx, inflightKey("w:1:b", "q"),
+		`{"class":"A","args":[],"jid":"in","ferry_recovered":1,"ferry_recovered_at":[`+formatFloatTime(t0-3600)+`]}`)
+	missingLongAgo(t, tb, "w:1:a", "w:1:b")
+	if res, err := tb.broker.RecoverOrphans(ctx); err != nil || res.Killed != 1 || res.Requeued != 1 {
+		t.Fatalf("result = %+v, %v; want 1 killed, 1 requeued", res, err)
+	}
+	if q := rdb.LRange(ctx, "queue:q", 0, -1).Val(); len(q) != 1 || mustParse(t, q[0]).JID() != "out" {
+		t.Errorf("queue:q = %v, want only the job rescued 2h ago", q)
+	}
+	d := rdb.ZRange(ctx, "dead", 0, -1).Val()
+	if len(d) != 1 || !strings.Contains(mustParse(t, d[0]).str("error_message"), "2 worker processes that died within 90m") {
+		t.Errorf("dead = %v", d)
 	}
 }
 
