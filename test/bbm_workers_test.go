@@ -93,9 +93,10 @@ type bbmProc struct {
 	out bytes.Buffer
 }
 
-func bbmStartWorker(t *testing.T, bin, redisURL, dbURL string) *bbmProc {
+func bbmStartWorker(t *testing.T, bin, redisURL, dbURL string, flags ...string) *bbmProc {
 	t.Helper()
-	p := &bbmProc{cmd: exec.Command(bin, "worker", "--concurrency", "4", "--timeout", "5s", "--log-level", "warn")}
+	// Later flags win: flags may override the defaults here.
+	p := &bbmProc{cmd: exec.Command(bin, append([]string{"worker", "--concurrency", "4", "--timeout", "5s", "--log-level", "warn"}, flags...)...)}
 	p.cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL, "DATABASE_URL="+dbURL)
 	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
 	if err := p.cmd.Start(); err != nil {
@@ -406,6 +407,71 @@ func TestBBMWorkerTermKeepsItsSession(t *testing.T) {
 	var died int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM batched_background_migration_job_transition_logs WHERE exception_class = 'Ferry::WorkerDied'`).Scan(&died); err != nil || died != 0 {
 		t.Fatalf("%d batches of a worker stopped with TERM were taken for a dead worker's (%v)", died, err)
+	}
+}
+
+// TERM ends a running batch at its next sub-batch boundary, long before the
+// shutdown timeout: the part done is recorded as done, the rest is left for
+// later, no attempt is used and the batch size stays (a stop is not the
+// table's fault). Before, the batch ran on until the hard stop at --timeout.
+func TestBBMWorkerTermYieldsAtSubBatch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs worker processes")
+	}
+	bin, redisURL, dbURL, ctx, pool := bbmProcessEnv(t)
+	countingTable(ctx, t, pool, "yielded", 100000)
+	// 5 ms every 50 rows, and a second's pause after each sub-batch (they
+	// grow to about a second): one batch of every row runs for about 25 s.
+	if _, err := pool.Exec(ctx, `CREATE FUNCTION yielded_slow() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF NEW.id % 50 = 0 THEN PERFORM pg_sleep(0.005); END IF; RETURN NEW; END $$;
+		CREATE TRIGGER yielded_slow BEFORE UPDATE ON yielded FOR EACH ROW EXECUTE FUNCTION yielded_slow()`); err != nil {
+		t.Fatal(err)
+	}
+	_, ferry := bbmCLI(t, bin, redisURL, dbURL)
+	_, id := queueCountingCopy(ctx, t, ferry, pool, "yielded", "--batch-size", "100000", "--sub-batch-size", "100",
+		"--pause-ms", "1000", "--target-batch-duration", "10m")
+	w := bbmStartWorker(t, bin, redisURL, dbURL, "--timeout", "10m")
+	var jobID, maxValue int64
+	testenv.Eventually(t, 60*time.Second, "a batch under way", func() bool {
+		return pool.QueryRow(ctx, `SELECT id, max_value FROM batched_background_migration_jobs
+			WHERE batched_background_migration_id = $1 AND status = 1 AND cursor_value IS NOT NULL`, id).Scan(&jobID, &maxValue) == nil
+	})
+	_ = w.cmd.Process.Signal(syscall.SIGTERM)
+	exited := make(chan error, 1)
+	go func() { exited <- w.cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("worker exited with %v\n%s", err, w.out.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("a worker stopped with TERM and a 10m timeout is still running a minute later: the batch did not yield\n%s", w.out.String())
+	}
+	if strings.Contains(w.out.String(), "jobs back to Redis") {
+		t.Errorf("the batch was pushed back by a hard stop instead of yielding:\n%s", w.out.String())
+	}
+	var status, attempts int
+	var newMax int64
+	var batchSize int
+	if err := pool.QueryRow(ctx, `SELECT j.status, j.attempts, j.max_value, m.batch_size FROM batched_background_migration_jobs j
+		JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id WHERE j.id = $1`, jobID).Scan(&status, &attempts, &newMax, &batchSize); err != nil {
+		t.Fatal(err)
+	}
+	if status != 3 || newMax >= maxValue || batchSize != 100000 {
+		t.Errorf("after TERM the batch has status %d, max_value %d (was %d), migration batch_size %d; want succeeded (3) up to where it stopped, size 100000 kept",
+			status, newMax, maxValue, batchSize)
+	}
+	if attempts > 1 {
+		t.Errorf("the yielded batch used %d attempts", attempts)
+	}
+	// Exactly the rows up to where it stopped are copied, each once.
+	var copied, beyond, twice int64
+	if err := pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE v_big = v AND id <= $1), count(*) FILTER (WHERE v_big IS NOT NULL AND id > $1),
+		count(*) FILTER (WHERE copies > 1) FROM yielded`, newMax).Scan(&copied, &beyond, &twice); err != nil {
+		t.Fatal(err)
+	}
+	if copied != newMax || beyond != 0 || twice != 0 {
+		t.Errorf("rows 1..%d: %d copied; %d copied beyond; %d copied twice", newMax, copied, beyond, twice)
 	}
 }
 

@@ -42,9 +42,9 @@
 //	}
 //	return rt.Run(ctx) // ctx from signal.NotifyContext in main
 //
-// On stop the runtime stops fetching, waits up to Config.Timeout for
-// running jobs, then cancels their context and pushes them back to their
-// queues unchanged. Delivery is at least once: a job may run again after a
+// On stop the runtime stops fetching, waits for running jobs, then pushes
+// them back to their queues unchanged and cancels their context, returning
+// within Config.Timeout. Delivery is at least once: a job may run again after a
 // crash or a hard stop, so jobs should be idempotent.
 //
 // # Failures

@@ -35,8 +35,9 @@ type Config struct {
 	// switch to Sidekiq's weighted random order.
 	Queues      []sidekiq.WeightedQueue
 	Concurrency int // default 10
-	// Timeout is the shutdown grace before running jobs are cancelled and
-	// pushed back. nil takes [DefaultTimeout]; it must be positive.
+	// Timeout is the shutdown grace: Run returns within it of a stop,
+	// running jobs pushed back and cancelled a little before its end.
+	// nil takes [DefaultTimeout]; it must be positive.
 	Timeout *time.Duration
 	// PollInterval is Sidekiq's average_scheduled_poll_interval (default 5 s).
 	PollInterval time.Duration
@@ -297,9 +298,10 @@ func (r *Runtime) Stop() { r.stopOnce.Do(func() { close(r.stopCh) }) }
 func (r *Runtime) Stopped() <-chan struct{} { return r.stopCh }
 
 // Run works jobs until ctx is cancelled or Stop is called, then stops
-// fetching, waits up to Config.Timeout for running jobs, cancels those still
-// running and pushes them back to their queues unchanged. It returns nil
-// after a clean stop.
+// fetching, waits for running jobs, pushes those still running back to
+// their queues unchanged and cancels them, all within Config.Timeout of the
+// stop (a tenth of it, at most 1 s, is kept for the hard stop); a job that
+// ignores cancellation is left behind. It returns nil after a clean stop.
 func (r *Runtime) Run(ctx context.Context) error {
 	if !r.started.CompareAndSwap(false, true) {
 		return ErrStopped
@@ -364,21 +366,26 @@ func (r *Runtime) Run(ctx context.Context) error {
 
 	select {
 	case <-ctx.Done():
+		r.Stop() // jobs watching Stopping see a stop by ctx too
 	case <-r.stopCh:
 	}
+	// The whole stop, the fetch in progress and the hard stop included,
+	// fits in Timeout: orchestrators kill at their own grace period, which
+	// operators set from it.
+	deadline := time.Now().Add(*r.cfg.Timeout)
 	r.Quiet()
 	cancelFetch()
 	<-fetchDone
 
-	// Wait for running jobs up to the timeout.
+	// Running jobs get the time left but what a hard stop needs.
 	done := make(chan struct{})
 	go func() { r.wg.Wait(); close(done) }()
-	timer := time.NewTimer(*r.cfg.Timeout)
+	timer := time.NewTimer(time.Until(deadline.Add(-hardStopReserve(*r.cfg.Timeout))))
 	defer timer.Stop()
 	select {
 	case <-done:
 	case <-timer.C:
-		r.hardStop(cancelWork, done)
+		r.hardStop(cancelWork, done, deadline)
 	}
 	// The ack loop drains what is left before the heartbeat stops; bounded,
 	// so a Redis outage at exit cannot hang the process. Unacked jobs stay
@@ -416,7 +423,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 // Pushing back first means a job is never in limbo; a job that finishes in
 // between just fails to ack (its entry is already gone), and runs again,
 // which Sidekiq's at-least-once contract allows.
-func (r *Runtime) hardStop(cancelWork context.CancelFunc, done <-chan struct{}) {
+func (r *Runtime) hardStop(cancelWork context.CancelFunc, done <-chan struct{}, deadline time.Time) {
 	r.mu.Lock()
 	ds := make([]*sidekiq.Delivery, 0, len(r.inflight))
 	for _, run := range r.inflight {
@@ -434,11 +441,24 @@ func (r *Runtime) hardStop(cancelWork context.CancelFunc, done <-chan struct{}) 
 	}
 	r.log.Warn(fmt.Sprintf("Pushed %d jobs back to Redis", n), zap.Int("in_flight", len(ds)))
 	cancelWork()
+	wait := time.NewTimer(max(time.Until(deadline), minCancelWait))
+	defer wait.Stop()
 	select {
 	case <-done:
-	case <-time.After(3 * time.Second):
+	case <-wait.C:
 		r.log.Warn("some jobs ignored cancellation; exiting without them")
 	}
+}
+
+// minCancelWait is how long cancelled jobs get to return even when pushing
+// them back took the reserve: a job that honours its context returns
+// within it.
+const minCancelWait = 50 * time.Millisecond
+
+// hardStopReserve is the part of Timeout kept for the hard stop: pushing
+// the jobs back and letting cancelled jobs return. A tenth, at most 1 s.
+func hardStopReserve(timeout time.Duration) time.Duration {
+	return min(timeout/10, time.Second)
 }
 
 func (r *Runtime) fetchLoop(fetchCtx context.Context) {
@@ -771,6 +791,7 @@ func (r *Runtime) next(slot int) (slotJob, bool) {
 }
 
 func (r *Runtime) process(ctx context.Context, d *sidekiq.Delivery) {
+	ctx = context.WithValue(ctx, stoppingKey{}, r.stopCh)
 	d.Parse()
 	if d.Job == nil {
 		// Unparseable payloads go straight to the dead set, as in Sidekiq.

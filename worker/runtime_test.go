@@ -522,6 +522,55 @@ func TestRuntimeHardStop(t *testing.T) {
 	}
 }
 
+// A job that ignores cancellation does not hold the stop past Timeout: the
+// runtime pushes it back, waits out the rest of the deadline, and returns
+// while the job still runs.
+func TestRuntimeHardStopJobIgnoresCancellation(t *testing.T) {
+	t.Parallel()
+	started, release := make(chan struct{}), make(chan struct{})
+	returned := make(chan struct{})
+	reg := registry(t, func(r *Registry) {
+		AddWorker(r, WorkFunc[echoArgs](func(context.Context, *Job[echoArgs]) error {
+			defer close(returned)
+			close(started)
+			<-release
+			return nil
+		}))
+	})
+	core, logs := observer.New(zap.InfoLevel)
+	b := startRuntime(t, nil, Config{Registry: reg, Timeout: new(300 * time.Millisecond), Logger: zap.New(core)})
+	t.Cleanup(func() { close(release); <-returned }) // after b.stop: cleanups run last-in first-out
+	b.push(t, "Echo", `[1]`, sidekiq.PushOptions{})
+	<-started
+	if err := b.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-returned:
+		t.Fatal("the job returned before Run did; the test did not exercise a job that ignores cancellation")
+	default:
+	}
+	if got := b.rdb.LLen(b.ctx, "queue:q").Val(); got != 1 {
+		t.Errorf("queue:q holds %d jobs after the hard stop, want the running one pushed back", got)
+	}
+	if logs.FilterMessage("some jobs ignored cancellation; exiting without them").Len() != 1 {
+		t.Errorf("no warning that a job ignored cancellation; logs: %v", logs.All())
+	}
+}
+
+func TestHardStopReserve(t *testing.T) {
+	for _, c := range []struct{ timeout, want time.Duration }{
+		{300 * time.Millisecond, 30 * time.Millisecond},
+		{5 * time.Second, 500 * time.Millisecond},
+		{25 * time.Second, time.Second},
+		{time.Hour, time.Second},
+	} {
+		if got := hardStopReserve(c.timeout); got != c.want {
+			t.Errorf("hardStopReserve(%s) = %s, want %s", c.timeout, got, c.want)
+		}
+	}
+}
+
 func TestRuntimeRecoversDeadProcess(t *testing.T) {
 	t.Parallel()
 	rdb := testenv.Redis(t)

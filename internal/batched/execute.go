@@ -15,6 +15,7 @@ import (
 
 	"github.com/ferrymigrate/ferry/internal/pgerr"
 	"github.com/ferrymigrate/ferry/internal/sleep"
+	"github.com/ferrymigrate/ferry/worker"
 )
 
 // Limits of the failure handling (GitLab's constants).
@@ -49,6 +50,7 @@ type result struct {
 	cursor  *int64
 	err     error
 	yield   bool // stopped early on purpose; the rest becomes a new job
+	stopped bool // the yield is the worker's stop (not an overrun)
 	pace    *pacing
 }
 
@@ -64,7 +66,7 @@ func (e *Engine) execute(ctx context.Context, cl *claim) {
 	err := e.retryConnLoss(ctx, "recording a batch's outcome", func(rec context.Context) error {
 		switch {
 		case res.err == nil && res.yield:
-			return e.yieldJob(rec, cl, res, errClassShutdown, true)
+			return e.yieldJob(rec, cl, res, errClassShutdown, !res.stopped)
 		case lockWait:
 			// Another session holds a lock we need: not the batch's fault,
 			// so no attempt is used and the size stays.
@@ -175,9 +177,12 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 	}
 	t0 := time.Now()
 	lastWork := pc.budget(budget)
+	stopping := worker.Stopping(ctx)
 	for start <= cl.hi {
-		if ctx.Err() != nil {
-			res.yield = true
+		if ctx.Err() != nil || worker.IsStopping(ctx) {
+			// The worker is stopping: end at this sub-batch boundary
+			// rather than run the batch on into the shutdown timeout.
+			res.yield, res.stopped = true, true
 			break
 		}
 		if time.Since(t0)-queued > overrunFactor*target && res.rows > 0 {
@@ -310,6 +315,7 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		if pause > 0 {
 			select {
 			case <-ctx.Done():
+			case <-stopping:
 			case <-time.After(pause):
 			}
 		}
