@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -64,4 +65,22 @@ func Example_retryDelay() {
 	// retry_count 1: 16s..34s
 	// retry_count 2: 31s..58s
 	// retry_count 24: 92h9m51s..92h13m36s
+}
+
+// A job made of steps checks Stopping between them: on TERM it saves where
+// it is and returns, instead of running on until the shutdown timeout
+// cancels it. Outside a worker the channel never closes.
+func ExampleStopping() {
+	work := func(ctx context.Context, steps []string) (done int) {
+		for _, s := range steps {
+			if worker.IsStopping(ctx) {
+				break // record `done`; the rest runs later
+			}
+			_ = s // one step's work
+			done++
+		}
+		return done
+	}
+	fmt.Println(work(context.Background(), []string{"a", "b", "c"}))
+	// Output: 3
 }
