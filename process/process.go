@@ -71,6 +71,11 @@ type Process struct {
 	rt       *worker.Runtime
 	services []func(context.Context) error
 	closers  []func()
+	// work is the context of work the process starts on request (a
+	// finalize from the admin UI): cancelled when the runtime has stopped,
+	// however it was stopped, so it never holds the exit.
+	work       context.Context
+	cancelWork context.CancelFunc
 }
 
 // New builds a process: the runtime, ferry's tables when there is a
@@ -105,6 +110,8 @@ func New(ctx context.Context, o Options) (*Process, error) {
 		o.DB = o.Databases[0].Pool
 	}
 	p := &Process{o: o, rt: rt}
+	p.work, p.cancelWork = context.WithCancel(context.WithoutCancel(ctx))
+	p.closers = append(p.closers, p.cancelWork)
 	for _, d := range o.Databases {
 		err := ferryschema.Ensure(ctx, d.Pool, o.Logger)
 		switch {
@@ -149,6 +156,7 @@ func (p *Process) Run(ctx context.Context) error {
 		}()
 	}
 	err := p.rt.Run(ctx)
+	p.cancelWork()
 	cancel()
 	wg.Wait()
 	if err != nil {
@@ -280,7 +288,7 @@ func (p *Process) addWeb(ctx context.Context) error {
 		}
 		e := batched.NewEngine(d.Pool, bc)
 		p.closers = append(p.closers, e.Close)
-		fin := web.NewEngineMigrations(ctx, e, p.o.Logger)
+		fin := web.NewEngineMigrations(p.work, e, p.o.Logger)
 		fins = append(fins, fin)
 		cfg.Databases = append(cfg.Databases, web.Database{Name: d.Name, DB: d.Pool, Migrations: fin})
 	}

@@ -300,7 +300,7 @@ func (r *Runtime) Stopped() <-chan struct{} { return r.stopCh }
 // Run works jobs until ctx is cancelled or Stop is called, then stops
 // fetching, waits for running jobs, pushes those still running back to
 // their queues unchanged and cancels them, all within Config.Timeout of the
-// stop (a tenth of it, at most 1 s, is kept for the hard stop); a job that
+// stop (a quarter of it, at most 3 s, is kept for the hard stop); a job that
 // ignores cancellation is left behind. It returns nil after a clean stop.
 func (r *Runtime) Run(ctx context.Context) error {
 	if !r.started.CompareAndSwap(false, true) {
@@ -451,14 +451,16 @@ func (r *Runtime) hardStop(cancelWork context.CancelFunc, done <-chan struct{}, 
 }
 
 // minCancelWait is how long cancelled jobs get to return even when pushing
-// them back took the reserve: a job that honours its context returns
-// within it.
-const minCancelWait = 50 * time.Millisecond
+// them back took the reserve.
+const minCancelWait = 100 * time.Millisecond
 
 // hardStopReserve is the part of Timeout kept for the hard stop: pushing
-// the jobs back and letting cancelled jobs return. A tenth, at most 1 s.
+// the jobs back, then letting cancelled jobs return, which for a batch
+// means recording how far it got (a transaction that waits for its
+// migration's row lock). A quarter, at most 3 s (what Sidekiq gives its
+// threads after a hard stop).
 func hardStopReserve(timeout time.Duration) time.Duration {
-	return min(timeout/10, time.Second)
+	return min(timeout/4, 3*time.Second)
 }
 
 func (r *Runtime) fetchLoop(fetchCtx context.Context) {
@@ -766,7 +768,9 @@ func (r *Runtime) next(slot int) (slotJob, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.inflight[slot] = running{}
-	for len(r.ready) > 0 {
+	// After a stop, jobs fetched ahead do not start: the fetch loop pushes
+	// them back as it ends.
+	for len(r.ready) > 0 && !closed(r.stopCh) {
 		j := r.ready[0]
 		r.ready[0] = slotJob{}
 		r.ready = r.ready[1:]

@@ -160,7 +160,7 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 	conn, err := e.openBatch(ctx, cl, stmt, &res, &queued, false)
 	if err != nil {
 		if ctx.Err() != nil && !errors.Is(err, errLostOwnership) {
-			res.yield = true // shutdown: not the batch's fault
+			res.yield, res.stopped = true, true // shutdown: not the batch's fault
 		} else {
 			res.err = err
 		}
@@ -229,7 +229,7 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		}
 		if err != nil {
 			if ctx.Err() != nil && !errors.Is(err, errLostOwnership) {
-				res.yield = true // shutdown: not the batch's fault
+				res.yield, res.stopped = true, true // shutdown: not the batch's fault
 				break
 			}
 			res.err = pgerr.WithDetails(err)

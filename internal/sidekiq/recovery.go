@@ -258,6 +258,10 @@ func (b *Broker) recoverList(ctx context.Context, owner, key, queue string, res 
 	return nil
 }
 
+// recoveryClockSkew is how far ahead of ours a rescue time may be and
+// still be taken as written; beyond, it counts as now.
+const recoveryClockSkew = time.Hour
+
 // recentRecoveries returns the times (epoch seconds, oldest first) of j's
 // rescues within the last RecoveryWindow, this one (now) included. We
 // always write as many times as the count, so a rescue counted in
@@ -274,16 +278,23 @@ func (b *Broker) recentRecoveries(j *Job) []float64 {
 	}
 	times := make([]float64, 0, len(stored)+2)
 	for _, t := range stored {
-		if t > cutoff { // a time ahead of our clock counts too
+		switch {
+		case t <= cutoff:
+		case t > now+recoveryClockSkew.Seconds():
+			// Another host's clock may be a little ahead of ours; a time
+			// far ahead (milliseconds, garbage) would count forever.
+			times = append(times, now)
+		default:
 			times = append(times, t)
 		}
 	}
 	count, _ := j.Int(recoveredKey)
-	// Past MaxRecoveries+1 the job is killed anyway; the cap keeps a
-	// garbage count from allocating.
-	unknown := min(count-int64(len(stored)), int64(b.opts.MaxRecoveries)+1)
-	for ; unknown > 0; unknown-- {
-		times = append(times, now)
+	if count > int64(len(stored)) {
+		// Past MaxRecoveries+1 the job is killed anyway; the cap keeps a
+		// garbage count from allocating.
+		for unknown := min(count-int64(len(stored)), int64(b.opts.MaxRecoveries)+1); unknown > 0; unknown-- {
+			times = append(times, now)
+		}
 	}
 	return append(times, now)
 }

@@ -172,6 +172,13 @@ func TestRecoverPoisonPillWindow(t *testing.T) {
 		// that rescue's time is unknown, so it counts as now.
 		{`{"class":"A","args":[],"jid":"rolling","ferry_recovered":2,"ferry_recovered_at":` + at(200) + `}`,
 			"requeued", 2, at(0, 0)},
+		// A time far ahead (milliseconds, garbage) counts as now, so it
+		// ages out with the window instead of counting forever.
+		{`{"class":"A","args":[],"jid":"future","ferry_recovered":1,"ferry_recovered_at":[1.7e12]}`,
+			"requeued", 2, at(0, 0)},
+		// A garbage negative count adds no rescues.
+		{`{"class":"A","args":[],"jid":"negative","ferry_recovered":-9223372036854775808,"ferry_recovered_at":` + at(1) + `}`,
+			"requeued", 2, at(1, 0)},
 	}
 	for i, tc := range cases {
 		rdb.LPush(ctx, inflightKey("w:1:"+itoa(i), "q"), tc.job)
@@ -181,8 +188,8 @@ func TestRecoverPoisonPillWindow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Killed != 2 || res.Requeued != 4 {
-		t.Errorf("result = %+v, want 2 killed, 4 requeued", res)
+	if res.Killed != 2 || res.Requeued != 6 {
+		t.Errorf("result = %+v, want 2 killed, 6 requeued", res)
 	}
 	found := map[string]*Job{}
 	where := map[string]string{}
