@@ -310,7 +310,7 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		if cn != nil && pause > 0 && pc.paced() {
 			// Several requests arriving between sub-batches for each one
 			// arriving during one: the idle p99 needs more of them.
-			cn.fire(time.Now(), pause, idleShots(pause))
+			cn.fire(time.Now(), pause, idleShots(pause, pc.ctl.decided))
 		}
 		if pause > 0 {
 			select {
@@ -319,6 +319,12 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 			case <-time.After(pause):
 			}
 		}
+	}
+	if cn != nil {
+		// The canaries of the pause after the last burst: a batch is
+		// often one burst and its pause, and they would be lost with it.
+		n, _ := cn.collect(&pc.ctl, &statements, e.trace)
+		canaries += n
 	}
 	res.elapsed = time.Since(t0) - queued
 	if res.yield && res.cursor != nil && *res.cursor >= cl.hi {

@@ -300,7 +300,7 @@ func startCanary(ctx context.Context, pool *pgxpool.Pool) (*canary, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	c := &canary{conn: conn, req: make(chan time.Time, 2*maxIdleCanaries), res: make(chan canaryShot, 64), failed: make(chan error, 1),
+	c := &canary{conn: conn, req: make(chan time.Time, 4*maxIdleCanaries), res: make(chan canaryShot, 64), failed: make(chan error, 1),
 		cancel: cancel, done: make(chan struct{})}
 	go c.run(ctx)
 	return c, nil
@@ -352,8 +352,14 @@ func (c *canary) fire(from time.Time, span time.Duration, n int) {
 	}
 }
 
-// idleShots is how many idle canaries a pause gets.
-func idleShots(pause time.Duration) int {
+// idleShots is how many idle canaries a pause gets: twice as many until
+// the first decision, which needs minIdleCanaries of them; at the floor's
+// two-second pauses that comes a pause sooner, and the duty stops
+// sitting at the floor for the first seconds of every migration.
+func idleShots(pause time.Duration, decided bool) int {
+	if !decided {
+		return min(max(int(2*pause/idleCanaryEvery), idleCanaries), 2*maxIdleCanaries)
+	}
 	return min(max(int(pause/idleCanaryEvery), idleCanaries), maxIdleCanaries)
 }
 

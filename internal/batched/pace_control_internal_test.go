@@ -276,8 +276,17 @@ func TestIdleShots(t *testing.T) {
 		pause time.Duration
 		want  int
 	}{{0, idleCanaries}, {200 * time.Millisecond, idleCanaries}, {time.Second, 10}, {2 * time.Second, maxIdleCanaries}, {time.Minute, maxIdleCanaries}} {
-		if got := idleShots(c.pause); got != c.want {
+		if got := idleShots(c.pause, true); got != c.want {
 			t.Fatalf("pause %s: %d idle canaries, want %d", c.pause, got, c.want)
+		}
+	}
+	// Before the first decision, twice as many: the idle p99 comes sooner.
+	for _, c := range []struct {
+		pause time.Duration
+		want  int
+	}{{0, idleCanaries}, {time.Second, 20}, {2 * time.Second, 2 * maxIdleCanaries}, {time.Minute, 2 * maxIdleCanaries}} {
+		if got := idleShots(c.pause, false); got != c.want {
+			t.Fatalf("before deciding, pause %s: %d idle canaries, want %d", c.pause, got, c.want)
 		}
 	}
 }
