@@ -134,7 +134,7 @@ type BBM struct {
 	// statements while other sessions use the database (1: never paced).
 	// With MaxLatencyImpact above 0 it is where the closed loop starts,
 	// what it keeps while it cannot measure, and the least it runs (up to
-	// the closed loop's 6%: a larger value is only where it starts).
+	// the closed loop's 7%: a larger value is only where it starts).
 	MaxDutyUnderLoad float64 `yaml:"max_duty_under_load"`
 	// MaxLatencyImpact is how much a migration may raise other sessions'
 	// p99 latency (0.2: by a fifth); paced batches measure it and run as

@@ -47,7 +47,7 @@ type HealthConfig struct {
 	// statements while other sessions are busy in the database (the
 	// contention signal, see contention.go); it sleeps the rest. The
 	// closed loop (MaxLatencyImpact) starts from it, may raise it up to
-	// 6% and never goes below it (nor above 6%: a larger value is only
+	// 7% and never goes below it (nor above 7%: a larger value is only
 	// where it starts).
 	// It applies to about one busy session and falls in proportion to
 	// their number. It is shared: all paced batches of the database, in
@@ -63,7 +63,7 @@ type HealthConfig struct {
 	// batches measure it with canaries (pace_control.go) and set the duty
 	// cycle to the largest share that stays within it, starting from
 	// MaxDutyUnderLoad, between the open loop's duty (MaxDutyUnderLoad
-	// over the busy sessions, at least MinDutyUnderLoad) and 6%. Default 0.2;
+	// over the busy sessions, at least MinDutyUnderLoad) and 7%. Default 0.2;
 	// negative: no closed loop, the fixed duty cycle MaxDutyUnderLoad
 	// (the pacing before the closed loop). MaxDutyUnderLoad >= 1 turns all contention
 	// pacing off, whatever this is.

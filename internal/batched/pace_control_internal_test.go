@@ -2,6 +2,7 @@ package batched
 
 import (
 	"cmp"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -115,7 +116,7 @@ func TestLatencyControlRaisesWhileHarmless(t *testing.T) {
 	}
 	s := p.signal()
 	if s == nil || !s.Paced || s.Duty != closedLoopMaxDuty ||
-		!strings.Contains(s.Reason, "running 6% of the time") || !strings.Contains(s.Reason, "others' p99 +") ||
+		!strings.Contains(s.Reason, fmt.Sprintf("running %.0f%% of the time", 100*closedLoopMaxDuty)) || !strings.Contains(s.Reason, "others' p99 +") ||
 		!strings.Contains(s.Reason, "budget +20%, `bbm.max_latency_impact`") {
 		t.Fatalf("signal %+v", s)
 	}
