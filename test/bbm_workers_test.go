@@ -76,6 +76,18 @@ func countingTable(ctx context.Context, t *testing.T, pool *pgxpool.Pool, name s
 	}
 }
 
+// slowCountingTable is a countingTable whose updates also sleep 5 ms
+// every 50 rows: about 1 s per 10,000 rows copied.
+func slowCountingTable(ctx context.Context, t *testing.T, pool *pgxpool.Pool, name string, rows int) {
+	t.Helper()
+	countingTable(ctx, t, pool, name, rows)
+	if _, err := pool.Exec(ctx, fmt.Sprintf(`CREATE FUNCTION %[1]s_slow() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF NEW.id %% 50 = 0 THEN PERFORM pg_sleep(0.005); END IF; RETURN NEW; END $$;
+		CREATE TRIGGER %[1]s_slow BEFORE UPDATE ON %[1]s FOR EACH ROW EXECUTE FUNCTION %[1]s_slow()`, name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // copiedOnce fails the test unless every row of a countingTable was copied
 // exactly once.
 func copiedOnce(ctx context.Context, t *testing.T, pool *pgxpool.Pool, name string) {
@@ -370,13 +382,8 @@ func TestBBMWorkerTermKeepsItsSession(t *testing.T) {
 		t.Skip("runs worker processes")
 	}
 	bin, redisURL, dbURL, ctx, pool := bbmProcessEnv(t)
-	countingTable(ctx, t, pool, "termed", 60000)
 	// Slow enough that a batch still runs for seconds after TERM.
-	if _, err := pool.Exec(ctx, `CREATE FUNCTION termed_slow() RETURNS trigger LANGUAGE plpgsql AS $$
-		BEGIN IF NEW.id % 50 = 0 THEN PERFORM pg_sleep(0.005); END IF; RETURN NEW; END $$;
-		CREATE TRIGGER termed_slow BEFORE UPDATE ON termed FOR EACH ROW EXECUTE FUNCTION termed_slow()`); err != nil {
-		t.Fatal(err)
-	}
+	slowCountingTable(ctx, t, pool, "termed", 60000)
 	w1 := bbmStartWorker(t, bin, redisURL, dbURL)
 	bbmStartWorker(t, bin, redisURL, dbURL)
 	// Both settled: a worker judges others only after 5 s of its own
@@ -420,14 +427,9 @@ func TestBBMWorkerTermYieldsAtSubBatch(t *testing.T) {
 		t.Skip("runs worker processes")
 	}
 	bin, redisURL, dbURL, ctx, pool := bbmProcessEnv(t)
-	countingTable(ctx, t, pool, "yielded", 100000)
-	// 5 ms every 50 rows, and a second's pause after each sub-batch (they
-	// grow to about a second): one batch of every row runs for about 25 s.
-	if _, err := pool.Exec(ctx, `CREATE FUNCTION yielded_slow() RETURNS trigger LANGUAGE plpgsql AS $$
-		BEGIN IF NEW.id % 50 = 0 THEN PERFORM pg_sleep(0.005); END IF; RETURN NEW; END $$;
-		CREATE TRIGGER yielded_slow BEFORE UPDATE ON yielded FOR EACH ROW EXECUTE FUNCTION yielded_slow()`); err != nil {
-		t.Fatal(err)
-	}
+	// With a second's pause after each sub-batch (they grow to about a
+	// second), one batch of every row runs for about 25 s.
+	slowCountingTable(ctx, t, pool, "yielded", 100000)
 	_, ferry := bbmCLI(t, bin, redisURL, dbURL)
 	_, id := queueCountingCopy(ctx, t, ferry, pool, "yielded", "--batch-size", "100000", "--sub-batch-size", "100",
 		"--pause-ms", "1000", "--target-batch-duration", "10m")
