@@ -72,8 +72,8 @@ type Process struct {
 	services []func(context.Context) error
 	closers  []func()
 	// work is the context of work the process starts on request (a
-	// finalize from the admin UI): cancelled when the runtime has stopped,
-	// however it was stopped, so it never holds the exit.
+	// finalize from the admin UI): cancelled when the runtime is asked to
+	// stop, however it was asked, so it never holds the exit.
 	work       context.Context
 	cancelWork context.CancelFunc
 }
@@ -155,6 +155,15 @@ func (p *Process) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	go func() {
+		// A stop, however requested, ends work started on request at once:
+		// it is not a job and has no drain.
+		select {
+		case <-p.rt.Stopped():
+		case <-svcCtx.Done():
+		}
+		p.cancelWork()
+	}()
 	err := p.rt.Run(ctx)
 	p.cancelWork()
 	cancel()
