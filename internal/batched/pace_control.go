@@ -59,7 +59,7 @@ const (
 	// them see but the comparison with them does not. 7% from session 15
 	// (a faster 2-core machine): at 6% the closed loop copied 2.0-2.7x
 	// what the fixed 2% did, under 3x; at 8% and 10% pgbench's p99 went
-	// over 1.5x in 3 of 6 runs; at 7% it stayed at or under 1.4x.
+	// over 1.5x in 2 of 6 runs; at 7% it stayed at or under 1.46x in 9.
 	closedLoopMaxDuty = 0.07
 	// canaryRing is how many canaries of each kind the prediction uses:
 	// a 99th percentile of the idle ones is their fifth slowest.
