@@ -157,7 +157,8 @@ func (p *Process) Run(ctx context.Context) error {
 	}
 	go func() {
 		// A stop, however requested, ends work started on request at once:
-		// it is not a job and has no drain.
+		// it is not a job and has no drain. svcCtx ends when Run returns
+		// without a stop (it failed to start).
 		select {
 		case <-p.rt.Stopped():
 		case <-svcCtx.Done():
@@ -165,7 +166,6 @@ func (p *Process) Run(ctx context.Context) error {
 		p.cancelWork()
 	}()
 	err := p.rt.Run(ctx)
-	p.cancelWork()
 	cancel()
 	wg.Wait()
 	if err != nil {

@@ -36,7 +36,7 @@ func (r *Runtime) Health() Health {
 // HeartbeatInterval is how often the heartbeat loop goes round.
 func (r *Runtime) HeartbeatInterval() time.Duration { return r.cfg.HeartbeatInterval }
 
-func closed(ch chan struct{}) bool {
+func closed(ch <-chan struct{}) bool {
 	select {
 	case <-ch:
 		return true

@@ -16,11 +16,4 @@ func Stopping(ctx context.Context) <-chan struct{} {
 }
 
 // IsStopping reports whether [Stopping] is closed.
-func IsStopping(ctx context.Context) bool {
-	select {
-	case <-Stopping(ctx):
-		return true
-	default:
-		return false
-	}
-}
+func IsStopping(ctx context.Context) bool { return closed(Stopping(ctx)) }
