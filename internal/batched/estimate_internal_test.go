@@ -137,6 +137,80 @@ func TestBBMETARate(t *testing.T) {
 			t.Fatalf("ETA after a slow block / after a fast one: %.2f paced (want <= 1.25), %.2f unpaced (want well above)", p, u)
 		}
 	})
+	t.Run("paced: the closed loop's climb fades once the batches after it cover time", func(t *testing.T) {
+		// Batches of 4 s: two at the floor (2%, 5k ids/s), one rising to
+		// 3.3%, then k at the ceiling (7%, 25k ids/s).
+		build := func(k int, duties bool) window {
+			var w window
+			add := func(ids int64, low, end, high float64) {
+				w.ids, w.rows, w.cover = append(w.ids, ids), append(w.rows, ids), append(w.cover, 4)
+				w.paced = append(w.paced, true)
+				w.lowDuty, w.endDuty, w.highDuty = append(w.lowDuty, low), append(w.endDuty, end), append(w.highDuty, high)
+			}
+			add(20_000, 0.02, 0.02, 0.02)
+			add(20_000, 0.02, 0.02, 0.02)
+			add(30_000, 0.02, 0.033, 0.033)
+			for range k {
+				add(100_000, 0.07, 0.07, 0.07)
+			}
+			for i := range w.ids {
+				w.age = append(w.age, float64(len(w.ids)-1-i)*4)
+			}
+			if !duties {
+				w.lowDuty, w.endDuty, w.highDuty = nil, nil, nil
+			}
+			return w
+		}
+		if c := climbEnd(build(1, true), 0); c != 3 {
+			t.Fatalf("climbEnd %d, want 3 (the first batch at the ceiling)", c)
+		}
+		prev := 0.0
+		for k := 1; k <= 6; k++ {
+			ids, _ := rates(build(k, true))
+			if ids < prev {
+				t.Fatalf("after %d batches at the top %.0f ids/s, %.0f before: want it to rise steadily", k, ids, prev)
+			}
+			if prev > 0 && ids > 1.5*prev {
+				t.Fatalf("after %d batches at the top %.0f ids/s, %.0f before: a jump", k, ids, prev)
+			}
+			prev = ids
+		}
+		if prev < 0.98*25_000 {
+			t.Fatalf("after 24 s at the top %.0f ids/s, want about 25000", prev)
+		}
+		if ids, _ := rates(build(6, false)); ids > 0.9*25_000 {
+			t.Fatalf("without the duties the climb cannot be told: %.0f ids/s, want it counted", ids)
+		}
+	})
+	t.Run("paced: what is not a climb counts in full", func(t *testing.T) {
+		w := steadyWindow(12, 20_000, 4, 2) // a fixed 2%: the open loop
+		for range w.ids {
+			w.paced = append(w.paced, true)
+			w.lowDuty, w.endDuty, w.highDuty = append(w.lowDuty, 0.02), append(w.endDuty, 0.02), append(w.highDuty, 0.02)
+		}
+		if c := climbEnd(w, 0); c != -1 {
+			t.Fatalf("climbEnd %d for a duty that never moved, want -1", c)
+		}
+		// Up to 4.5%, then cut: from the cut on it is regulation.
+		w.endDuty[3], w.highDuty[3] = 0.045, 0.045
+		for i := 4; i < 12; i++ {
+			w.lowDuty[i], w.endDuty[i], w.highDuty[i] = 0.045, 0.045, 0.045
+		}
+		w.lowDuty[6], w.endDuty[6] = 0.0225, 0.0225
+		if c := climbEnd(w, 0); c != 6 {
+			t.Fatalf("climbEnd %d, want 6 (the cut)", c)
+		}
+		w.lowDuty[6], w.endDuty[6] = 0.045, 0.03 // cut inside the batch
+		if c := climbEnd(w, 0); c != 6 {
+			t.Fatalf("climbEnd %d, want 6 (cut inside it)", c)
+		}
+		// 40 s of rising slowly is the rate the loop holds, not a climb.
+		w.lowDuty[6], w.endDuty[6] = 0.045, 0.045
+		w.endDuty[11], w.highDuty[11] = 0.07, 0.07
+		if c := climbEnd(w, 0); c != -1 {
+			t.Fatalf("climbEnd %d after 44 s below the ceiling, want -1", c)
+		}
+	})
 	t.Run("sparse ids: the rate is in ids, the rows rate in rows", func(t *testing.T) {
 		w := steadyWindow(20, 5_000, 10, 2)
 		for i := range w.rows {

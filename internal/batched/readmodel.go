@@ -107,11 +107,22 @@ const stalledAfter = 5 * time.Minute
 // averaging it with the idle one. Their tau is pacedRateTau: the
 // closed-loop controller moves the rate up and down several-fold within a
 // minute (BENCHMARKS.md section 2), and only a longer memory averages its
-// swings instead of following each.
+// swings instead of following each. The loop's climb from its floor at
+// the start of pacing is not one of them: it fades as the batches after
+// it cover time (climbEnd).
 const (
 	rateWindow   = 100 // batches read
 	rateTau      = 30 * time.Second
 	pacedRateTau = 2 * time.Minute
+	// The closed loop's climb (climbEnd) counts less and less as the
+	// batches after it cover time: a share exp(-t/climbFade) after t.
+	// Fading rather than dropping it keeps the ETA from jumping when the
+	// climb ends. climbMax is the longest climb that is one.
+	climbFade = 4 * time.Second
+	climbMax  = 30 * time.Second
+	// cutRatio: a duty below this share of an earlier one was cut, and
+	// one at this share of the ceiling reached it.
+	cutRatio = 0.95
 )
 
 // BatchSample is a migration's latest succeeded batch (for /metrics).
@@ -157,6 +168,10 @@ type window struct {
 	cover []float64 // seconds of wall clock the batch accounts for (see viewSQL)
 	age   []float64 // seconds from its finish to now
 	paced []bool    // it slept for others (contention pacing)
+	// The duty cycle while paced: the lowest during the batch, the one it
+	// ended at, and the highest it reached; nil where pacing did not
+	// record them. They tell the closed loop's climb (climbEnd).
+	lowDuty, endDuty, highDuty []float64
 	// The open cycle: since the last batch finished (or the running
 	// batches started, after a long gap), running batches did openIDs ids
 	// and openRows rows in openSecs.
@@ -235,7 +250,7 @@ var viewSQL = `SELECT ` + migrationCols + `, "interval", updated_at, (` + finali
 	coalesce(a.a_rows, 0), coalesce(a.a_running, 0), coalesce(a.a_failed, 0), coalesce(a.a_n, 0),
 	a.a_cursor, coalesce(a.a_left, 0), coalesce(a.a_done, 0), a.a_touched,
 	coalesce(a.a_open_ids, 0), coalesce(a.a_open_rows, 0), a.a_open_start, coalesce(a.a_orphaned, 0),
-	w.w_ids, w.w_rows, w.w_cover, w.w_age, w.w_paced, w.w_last,
+	w.w_ids, w.w_rows, w.w_cover, w.w_age, w.w_paced, w.w_low, w.w_end, w.w_high, w.w_last,
 	l.l_size, l.l_dur, l.l_at, now()
 FROM batched_background_migrations m
 LEFT JOIN LATERAL (
@@ -262,6 +277,9 @@ LEFT JOIN LATERAL (
 				THEN extract(epoch FROM r.started_at - r.prev_end) ELSE 0 END)::float8 ORDER BY r.started_at, r.id) AS w_cover,
 		array_agg(extract(epoch FROM now() - r.finished_at)::float8 ORDER BY r.started_at, r.id) AS w_age,
 		array_agg(coalesce((r.metrics->'pacing'->>'min_duty_cycle')::float8 < 1, false) ORDER BY r.started_at, r.id) AS w_paced,
+		array_agg(coalesce((r.metrics->'pacing'->>'min_duty_cycle')::float8, 1) ORDER BY r.started_at, r.id) AS w_low,
+		array_agg(coalesce((r.metrics->'pacing'->>'duty_cycle')::float8, 1) ORDER BY r.started_at, r.id) AS w_end,
+		array_agg(greatest((r.metrics->'pacing'->>'duty_cycle')::float8, (r.metrics->'pacing'->>'max_duty_cycle')::float8, 0) ORDER BY r.started_at, r.id) AS w_high,
 		max(r.finished_at) AS w_last
 	FROM (SELECT s.*, max(s.finished_at) OVER (ORDER BY s.started_at, s.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end
 		FROM (SELECT j.id, j.started_at, j.finished_at, j.rows_done, j.min_value, j.max_value, j.metrics
@@ -295,7 +313,7 @@ func scanView(row pgx.Row) (*MigrationInfo, time.Time, error) {
 		&v.Interval, &v.UpdatedAt, &a.finalizerGone,
 		&a.rowsDone, &a.running, &a.failed, &a.jobs, &a.cursor, &a.leftIDs, &a.doneIDs, &a.touched,
 		&w.openIDs, &w.openRows, &openStart, &a.orphaned,
-		&w.ids, &w.rows, &w.cover, &w.age, &w.paced, &last,
+		&w.ids, &w.rows, &w.cover, &w.age, &w.paced, &w.lowDuty, &w.endDuty, &w.highDuty, &last,
 		&lastSize, &lastDur, &lastAt, &now)
 	if err != nil {
 		return nil, now, err
@@ -743,8 +761,17 @@ func rates(w window) (ids, rows float64) {
 	}
 	from := rampEnd(w.cover)
 	tau := rateTau.Seconds()
+	climb, fade := -1, 1.0
 	if p := pacedSince(w.paced); p >= 0 {
 		from, tau = max(from, p), pacedRateTau.Seconds()
+		if c := climbEnd(w, from); c > from {
+			climb = c
+			after := w.openSecs
+			for _, s := range w.cover[c:] {
+				after += s
+			}
+			fade = math.Exp(-after / climbFade.Seconds())
+		}
 	}
 	if k := min(n-from, 5); k > 0 {
 		var recent float64
@@ -756,6 +783,9 @@ func rates(w window) (ids, rows float64) {
 	wIDs, wRows, wSecs := float64(w.openIDs), float64(w.openRows), w.openSecs
 	for i := from; i < n; i++ {
 		weight := math.Exp(-max(w.age[i], 0) / tau)
+		if i < climb {
+			weight *= fade
+		}
 		wIDs += weight * float64(w.ids[i])
 		wRows += weight * float64(w.rows[i])
 		wSecs += weight * w.cover[i]
@@ -778,6 +808,33 @@ func pacedSince(paced []bool) int {
 		i--
 	}
 	return i
+}
+
+// climbEnd is the index of the batch, from p on, that ends the closed
+// loop's climb from its floor: the first that reached its ceiling or saw
+// the duty cut. The batches before it ran below the duty the loop went on
+// to hold, a few seconds at the start of pacing that a rate over the whole
+// run carried for minutes (at 10% of a two-minute copy under load the ETA
+// was 17-48% too long, BENCHMARKS.md); from the first cut on, the ups and
+// downs are the loop's regulation and all count. Returns p when batch p
+// already ended it, and -1 when the duty has only risen so far (still
+// climbing, or an open loop's fixed duty), or rose for longer than
+// climbMax: then it is the rate the loop holds, not a transient.
+func climbEnd(w window, p int) int {
+	n := len(w.cover)
+	if len(w.lowDuty) != n || len(w.endDuty) != n || len(w.highDuty) != n {
+		return -1
+	}
+	secs := 0.0
+	for i := p; i < n && secs <= climbMax.Seconds(); i++ {
+		cutBefore := i > p && w.lowDuty[i] < cutRatio*w.endDuty[i-1]
+		cutIn := w.endDuty[i] < cutRatio*w.highDuty[i]
+		if cutBefore || cutIn || w.highDuty[i] >= cutRatio*closedLoopMaxDuty {
+			return i
+		}
+		secs += w.cover[i]
+	}
+	return -1
 }
 
 // rampEnd is the index of the first batch after the start-up ramp: a run
