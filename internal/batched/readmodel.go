@@ -765,9 +765,10 @@ func rates(w window) (ids, rows float64) {
 	if p := pacedSince(w.paced); p >= 0 {
 		from, tau = max(from, p), pacedRateTau.Seconds()
 		if c := climbEnd(w, from); c > from {
+			// The fade starts when batch c ends, so the ETA glides.
 			climb = c
 			after := w.openSecs
-			for _, s := range w.cover[c:] {
+			for _, s := range w.cover[c+1:] {
 				after += s
 			}
 			fade = math.Exp(-after / climbFade.Seconds())
