@@ -432,7 +432,7 @@ func migrate(ctx context.Context, e *batched.Engine, table string, parallel, wor
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE v_big IS DISTINCT FROM v`).Scan(&bad); err != nil {
 		return 0, migrated{}, err
 	}
-	var jobs, paced, blocked, canaries int
+	var jobs, paced, blocked, canaries, vacuumed int
 	var minDuty, maxDuty, pausedS, minCap float64
 	var impacts string
 	_ = pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE (metrics->'pacing'->>'min_duty_cycle')::float8 < 1
@@ -440,13 +440,14 @@ func migrate(ctx context.Context, e *batched.Engine, table string, parallel, wor
 			coalesce(min((metrics->'pacing'->>'min_duty_cycle')::float8), 1), coalesce(sum((metrics->'pacing'->>'paused_s')::float8), 0),
 			coalesce(sum((metrics->'pacing'->>'blocked_sessions')::int), 0), coalesce(min((metrics->'pacing'->>'min_stmt_cap_ms')::float8), 0),
 			coalesce(max((metrics->'pacing'->>'max_duty_cycle')::float8), 0), coalesce(sum((metrics->'pacing'->>'canaries')::int), 0),
-			coalesce(string_agg(round(100 * (metrics->'pacing'->>'others_p99_impact')::numeric)::text || '%', ' ' ORDER BY id), '')
-		FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, m.ID).Scan(&jobs, &paced, &minDuty, &pausedS, &blocked, &minCap, &maxDuty, &canaries, &impacts)
+			coalesce(string_agg(round(100 * (metrics->'pacing'->>'others_p99_impact')::numeric)::text || '%', ' ' ORDER BY id), ''),
+			count(*) FILTER (WHERE (metrics->'pacing'->>'vacuum')::bool)
+		FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, m.ID).Scan(&jobs, &paced, &minDuty, &pausedS, &blocked, &minCap, &maxDuty, &canaries, &impacts, &vacuumed)
 	if m.Status != batched.Finished || bad != 0 {
 		return 0, migrated{}, fmt.Errorf("migration of %s ended %s with %d rows not copied", table, m.Status, bad)
 	}
-	return took, migrated{m, fmt.Sprintf("%d batches, final batch %d, sub-batch %d, rows not copied %d; paced batches %d, duty cycle %.3f-%.3f, paused %.1fs, sessions blocked %d, shortest statement cap %.1fms; canaries %d, predicted p99 impact per batch: %s",
-		jobs, m.BatchSize, m.SubBatchSize, bad, paced, minDuty, maxDuty, pausedS, blocked, minCap, canaries, impacts)}, nil
+	return took, migrated{m, fmt.Sprintf("%d batches, final batch %d, sub-batch %d, rows not copied %d; paced batches %d, duty cycle %.3f-%.3f, paused %.1fs, sessions blocked %d, shortest statement cap %.1fms; batches that saw a VACUUM on the table %d; canaries %d, predicted p99 impact per batch: %s",
+		jobs, m.BatchSize, m.SubBatchSize, bad, paced, minDuty, maxDuty, pausedS, blocked, minCap, vacuumed, canaries, impacts)}, nil
 }
 
 // load is the write load: pgbench, PostgreSQL's own benchmark client, in

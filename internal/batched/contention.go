@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 )
 
@@ -163,21 +164,30 @@ const ownAppNamePrefix = "ferry"
 // holds: a row lock (they wait on its transaction id) or a lock on the
 // table ($1, its oid: DDL queued behind us, and everyone queued behind the
 // DDL). pg_locks needs no privilege, so sessions of other users count too.
+// Last, whether a VACUUM works on the table (pg_stat_progress_vacuum shows
+// autovacuum's table only to superusers and pg_read_all_stats members;
+// to others it is never there).
 func (c contentionIndicator) probeSQL() string {
 	return `SELECT a.*, (SELECT count(*)::int FROM ` + c.cat.locks + `
 		WHERE NOT granted AND pid <> pg_backend_pid()
 		  AND ((locktype = 'transactionid' AND transactionid = pg_current_xact_id_if_assigned()::xid)
-		    OR (locktype = 'relation' AND relation = $1::oid))) FROM (` + c.sql() + `) a`
+		    OR (locktype = 'relation' AND relation = $1::oid))),
+		EXISTS (SELECT FROM ` + c.cat.progressVacuum + ` WHERE relid = $1::oid) FROM (` + c.sql() + `) a`
 }
 
 // probe is what a sub-batch saw of the others just before it committed:
 // sessions running a statement (busy), those that ran one in the last
 // 100 ms too (recent: an application's connections between requests),
-// and those waiting on the sub-batch's locks (blocked).
+// those waiting on the sub-batch's locks (blocked), and whether a VACUUM
+// was working on the table.
 type probe struct {
 	ok                    bool // the probe ran
 	busy, recent, blocked int
+	vacuum                bool
 }
+
+// scan reads a probeSQL row.
+func (pr *probe) scan(r pgx.Row) error { return r.Scan(&pr.busy, &pr.recent, &pr.blocked, &pr.vacuum) }
 
 // sample reads the other sessions' activity (no blocked count).
 func (c contentionIndicator) sample(ctx context.Context, db Queryer) (probe, error) {
@@ -207,6 +217,8 @@ type pacer struct {
 	// ctl is the closed loop (pace_control.go): once it has measured
 	// what others feel, it sets the duty instead of the session count.
 	ctl latencyControl
+	// vacuum: the last probe saw a VACUUM working on the table.
+	vacuum bool
 }
 
 func newPacer(h HealthConfig) pacer {
@@ -278,13 +290,21 @@ func (p *pacer) observeBlocked(blocked int, work, normal time.Duration) {
 
 // duty is the share of time sub-batch statements may take: 1 while the
 // database is idle; while it serves others the closed loop's duty once it
-// has decided, else the open loop's.
+// has decided, else the open loop's. While a VACUUM works on the table the
+// closed loop's duty is capped at vacuumMaxDuty: the canaries compare
+// latencies under the migration with latencies between its statements,
+// and a VACUUM of the table slows both, so they do not see what the two
+// together do to others.
 func (p *pacer) duty() float64 {
 	if !p.enabled() || !p.engaged {
 		return 1
 	}
 	if p.closedLoop() {
-		return math.Max(p.ctl.duty, p.ctl.floor)
+		d := math.Max(p.ctl.duty, p.ctl.floor)
+		if p.vacuum {
+			d = math.Min(d, math.Max(vacuumMaxDuty, p.ctl.floor))
+		}
+		return d
 	}
 	return p.openDuty()
 }
@@ -352,6 +372,9 @@ func (p *pacer) signal() *Signal {
 	}
 	switch {
 	case d >= 1:
+	case p.closedLoop() && p.vacuum && d < p.ctl.duty:
+		why = append(why, fmt.Sprintf("other sessions are using the database and a VACUUM works on the table: running %s%% of the time (duty cycle) until it ends",
+			pct(d)))
 	case p.closedLoop():
 		floor := ""
 		if p.ctl.impact > p.ctl.budget && d <= p.ctl.floor+1e-9 {
@@ -416,6 +439,7 @@ type pacing struct {
 	Canaries int      `json:"canaries,omitempty"`
 	Impact   *float64 `json:"others_p99_impact,omitempty"`
 	MaxD     float64  `json:"max_duty_cycle,omitempty"` // highest duty while paced
+	Vacuum   bool     `json:"vacuum,omitempty"`         // a VACUUM worked on the table meanwhile
 }
 
 // pacerFor returns the migration's pacer as the last batch left it, so a

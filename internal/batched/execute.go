@@ -137,7 +137,7 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 	// counts as overlapping one or not.
 	var cn *canary
 	var statements spans
-	canaryOff, canaries, maxDuty := false, 0, 0.0
+	canaryOff, canaries, maxDuty, vacuumed := false, 0, 0.0, false
 	defer func() {
 		if cn != nil {
 			cn.stop()
@@ -147,7 +147,7 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		defer func() {
 			e.storePacer(cl.mig, pc)
 			res.pace = &pacing{Duty: pc.duty(), Busy: pc.load, Paused: paused.Seconds(), MinD: minDuty,
-				Blocked: pc.blocked - blocked0, MinCap: float64(minCap.Microseconds()) / 1000, Canaries: canaries, MaxD: maxDuty}
+				Blocked: pc.blocked - blocked0, MinCap: float64(minCap.Microseconds()) / 1000, Canaries: canaries, MaxD: maxDuty, Vacuum: vacuumed}
 			if pc.closedLoop() {
 				res.pace.Impact = &pc.ctl.impact
 			}
@@ -278,6 +278,8 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		if sampling && pr.ok {
 			pc.observe(pr.busy, pr.recent, time.Now())
 			pc.observeBlocked(pr.blocked, work, budget)
+			pc.vacuum = pr.vacuum
+			vacuumed = vacuumed || pr.vacuum
 			minDuty = min(minDuty, pc.duty())
 			if pc.paced() {
 				maxDuty = max(maxDuty, pc.duty())
@@ -493,7 +495,7 @@ func (e *Engine) subBatchSet(ctx context.Context, conn *pgxpool.Conn, cl *claim,
 		return r.Scan(&hi, &n, &owned)
 	})
 	if withProbe {
-		b.Queue(e.probeQuery(), cl.tgt.OID).QueryRow(func(r pgx.Row) error { return r.Scan(&pr.busy, &pr.recent, &pr.blocked) })
+		b.Queue(e.probeQuery(), cl.tgt.OID).QueryRow(pr.scan)
 	}
 	b.Queue("COMMIT")
 	err := conn.SendBatch(ctx, b).Close()
@@ -543,7 +545,7 @@ func (e *Engine) subBatchDo(ctx context.Context, conn *pgxpool.Conn, cl *claim, 
 	}
 	var pr probe
 	if withProbe {
-		if err := tx.QueryRow(ctx, e.probeQuery(), cl.tgt.OID).Scan(&pr.busy, &pr.recent, &pr.blocked); err != nil {
+		if err := pr.scan(tx.QueryRow(ctx, e.probeQuery(), cl.tgt.OID)); err != nil {
 			return nil, 0, probe{}, err
 		}
 		pr.ok = true
@@ -574,7 +576,7 @@ func (e *Engine) probeWorks(ctx context.Context, conn *pgxpool.Conn, cl *claim) 
 		return false
 	}
 	var pr probe
-	if err := conn.QueryRow(ctx, e.probeQuery(), cl.tgt.OID).Scan(&pr.busy, &pr.recent, &pr.blocked); err != nil {
+	if err := pr.scan(conn.QueryRow(ctx, e.probeQuery(), cl.tgt.OID)); err != nil {
 		var pe *pgconn.PgError
 		if ctx.Err() == nil && errors.As(err, &pe) { // a lost connection says nothing about the views
 			e.probeState.Store(probeBroken)

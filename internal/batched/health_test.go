@@ -2,6 +2,7 @@ package batched_test
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -336,10 +337,23 @@ func TestAutovacuumSlowsMigration(t *testing.T) {
 	if m.SlowUntil == nil || m.OnHoldUntil != nil && m.OnHoldUntil.After(time.Now()) || !strings.Contains(deref(m.HoldReason), "autovacuum is running on vac") {
 		t.Fatalf("not slowed (or held): %+v reason %s", m.Migration, deref(m.HoldReason))
 	}
+	// The sub-batches' probe saw it too (pacing holds the closed loop's
+	// duty at the floor while it lasts); once it is gone, they do not.
+	if _, err := b.pool.Exec(ctx, `TRUNCATE fake_activity, fake_progress_vacuum`); err != nil {
+		t.Fatal(err)
+	}
 	if err := e.RunLocal(ctx, 2, true); err != nil {
 		t.Fatal(err)
 	}
 	b.checkExactlyOnce(t, "vac")
+	var saw []bool
+	if err := b.pool.QueryRow(ctx, `SELECT array_agg(coalesce((metrics->'pacing'->>'vacuum')::bool, false) ORDER BY id)
+		FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1`, res.Migration.ID).Scan(&saw); err != nil {
+		t.Fatal(err)
+	}
+	if len(saw) < 2 || !saw[0] || slices.Contains(saw[1:], true) {
+		t.Fatalf("batches that saw the VACUUM: %v, want the first only", saw)
+	}
 }
 
 func TestReplicationLagIndicator(t *testing.T) {

@@ -127,6 +127,35 @@ func TestLatencyControlRaisesWhileHarmless(t *testing.T) {
 	}
 }
 
+// While a VACUUM works on the table the closed loop's duty is at most
+// vacuumMaxDuty, and the reason says why; after it, the closed loop's
+// again. A duty below the cap is left alone.
+func TestLatencyControlCappedWhileVacuum(t *testing.T) {
+	p := engagedPacer(HealthConfig{})
+	newFeed(0, 1).feed(&p.ctl, 200)
+	if p.duty() != closedLoopMaxDuty {
+		t.Fatalf("duty %v after harmless canaries, want the ceiling", p.duty())
+	}
+	p.vacuum = true
+	if p.duty() != vacuumMaxDuty {
+		t.Fatalf("duty %v while a VACUUM works on the table, want %v", p.duty(), vacuumMaxDuty)
+	}
+	if s := p.signal(); s == nil || !strings.Contains(s.Reason, "a VACUUM works on the table: running 5% of the time") {
+		t.Fatalf("signal %+v", s)
+	}
+	p.vacuum = false
+	if p.duty() != closedLoopMaxDuty {
+		t.Fatalf("duty %v after the VACUUM, want the ceiling again", p.duty())
+	}
+	p.ctl.duty, p.vacuum = 0.03, true
+	if p.duty() != 0.03 {
+		t.Fatalf("duty %v under the cap during a VACUUM, want 0.03 kept", p.duty())
+	}
+	if s := p.signal(); s == nil || strings.Contains(s.Reason, "VACUUM") {
+		t.Fatalf("signal %+v: the VACUUM did not change the duty", s)
+	}
+}
+
 // Sub-batches that slow every request during them by 10x: from the
 // ceiling the duty halves (or more) at every decision while the predicted
 // p99 is over budget, down to about 1% (as many slowed requests as a p99
