@@ -167,10 +167,11 @@ type window struct {
 	rows  []int64   // rows_done
 	cover []float64 // seconds of wall clock the batch accounts for (see viewSQL)
 	age   []float64 // seconds from its finish to now
-	paced []bool    // it slept for others (contention pacing)
-	// The duty cycle while paced: the lowest during the batch, the one it
-	// ended at, and the highest it reached; nil where pacing did not
-	// record them. They tell the closed loop's climb (climbEnd).
+	paced []bool    // it slept for others (contention pacing): lowDuty < 1
+	// The duty cycle while paced: the lowest during the batch (1 when not
+	// paced), the one it ended at, and the highest it reached; nil where
+	// pacing did not record them. They tell the closed loop's climb
+	// (climbEnd).
 	lowDuty, endDuty, highDuty []float64
 	// The open cycle: since the last batch finished (or the running
 	// batches started, after a long gap), running batches did openIDs ids
@@ -250,7 +251,7 @@ var viewSQL = `SELECT ` + migrationCols + `, "interval", updated_at, (` + finali
 	coalesce(a.a_rows, 0), coalesce(a.a_running, 0), coalesce(a.a_failed, 0), coalesce(a.a_n, 0),
 	a.a_cursor, coalesce(a.a_left, 0), coalesce(a.a_done, 0), a.a_touched,
 	coalesce(a.a_open_ids, 0), coalesce(a.a_open_rows, 0), a.a_open_start, coalesce(a.a_orphaned, 0),
-	w.w_ids, w.w_rows, w.w_cover, w.w_age, w.w_paced, w.w_low, w.w_end, w.w_high, w.w_last,
+	w.w_ids, w.w_rows, w.w_cover, w.w_age, w.w_low, w.w_end, w.w_high, w.w_last,
 	l.l_size, l.l_dur, l.l_at, now()
 FROM batched_background_migrations m
 LEFT JOIN LATERAL (
@@ -276,7 +277,6 @@ LEFT JOIN LATERAL (
 			+ CASE WHEN r.prev_end < r.started_at AND extract(epoch FROM r.started_at - r.prev_end) < ` + gapSecs + `
 				THEN extract(epoch FROM r.started_at - r.prev_end) ELSE 0 END)::float8 ORDER BY r.started_at, r.id) AS w_cover,
 		array_agg(extract(epoch FROM now() - r.finished_at)::float8 ORDER BY r.started_at, r.id) AS w_age,
-		array_agg(coalesce((r.metrics->'pacing'->>'min_duty_cycle')::float8 < 1, false) ORDER BY r.started_at, r.id) AS w_paced,
 		array_agg(coalesce((r.metrics->'pacing'->>'min_duty_cycle')::float8, 1) ORDER BY r.started_at, r.id) AS w_low,
 		array_agg(coalesce((r.metrics->'pacing'->>'duty_cycle')::float8, 1) ORDER BY r.started_at, r.id) AS w_end,
 		array_agg(greatest((r.metrics->'pacing'->>'duty_cycle')::float8, (r.metrics->'pacing'->>'max_duty_cycle')::float8, 0) ORDER BY r.started_at, r.id) AS w_high,
@@ -313,12 +313,15 @@ func scanView(row pgx.Row) (*MigrationInfo, time.Time, error) {
 		&v.Interval, &v.UpdatedAt, &a.finalizerGone,
 		&a.rowsDone, &a.running, &a.failed, &a.jobs, &a.cursor, &a.leftIDs, &a.doneIDs, &a.touched,
 		&w.openIDs, &w.openRows, &openStart, &a.orphaned,
-		&w.ids, &w.rows, &w.cover, &w.age, &w.paced, &w.lowDuty, &w.endDuty, &w.highDuty, &last,
+		&w.ids, &w.rows, &w.cover, &w.age, &w.lowDuty, &w.endDuty, &w.highDuty, &last,
 		&lastSize, &lastDur, &lastAt, &now)
 	if err != nil {
 		return nil, now, err
 	}
 	m.Args = compactJSON(args)
+	for _, d := range w.lowDuty {
+		w.paced = append(w.paced, d < 1)
+	}
 	w.openSecs = openSince(last, openStart, v.Interval, now)
 	if lastSize != nil && lastDur != nil && lastAt != nil {
 		v.LastBatch = &BatchSample{BatchSize: *lastSize, Duration: *lastDur, FinishedAt: *lastAt}
