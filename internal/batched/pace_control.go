@@ -60,8 +60,8 @@ const (
 	// (a faster 2-core machine): at 6% the closed loop copied 2.0-2.7x
 	// what the fixed 2% did, under 3x; at 8% and 10% pgbench's p99 went
 	// over 1.5x in 2 of 6 runs; at 7% it stayed at or under 1.46x in 9.
-	// In session 16 10% (with vacuumMaxDuty) kept the p99 within 1.5x in
-	// 11 undisturbed runs and copied 2.8-4.4x, but the loop cut and
+	// In session 16 10% (with the open loop's 2% while a VACUUM worked on
+	// the table) kept the p99 within 1.5x in 11 undisturbed runs and copied 2.8-4.4x, but the loop cut and
 	// climbed back so often under a steady load that the rate of a
 	// two-minute copy changed by up to 80% between its first and its last
 	// part, and no ETA can follow that.
