@@ -22,9 +22,10 @@ import (
 // of them. So while paced, ferry measures what an application would feel:
 // a canary, a tiny transaction that commits (it takes a transaction id, so
 // its COMMIT waits for the WAL flush like an application's write does),
-// run on a connection of its own, once at a random moment inside each
-// sub-batch statement (an "overlapping" request) and once per 100 ms of
-// the pause after it (3-20 times, an "idle" request). Requests
+// run on a connection of its own, at a random moment inside each
+// sub-batch statement (an "overlapping" request; three times in each of
+// the first statements, busyShots) and once per 100 ms of the pause after
+// it (3-20 times, an "idle" request). Requests
 // arrive at random, so a share d (the duty) of the application's requests
 // look like the overlapping canaries and the rest like the idle ones, and
 // the application's p99 during the migration is the 99th percentile of
@@ -107,6 +108,16 @@ const (
 	idleCanaries    = 3
 	maxIdleCanaries = 20
 	idleCanaryEvery = 100 * time.Millisecond
+	// climbShots overlapping canaries go with each statement until
+	// climbCanaries of them are in (busyShots), one after that. With one
+	// per statement the canaries vouched for the ceiling only after about
+	// ten seconds (a statement per 100 ms at 2%, 21 of them needed), a
+	// good part of a short migration at a third of its speed. A
+	// statement's several canaries tell less than as many statements'
+	// would, so it is only for the climb: in steady state denser canaries
+	// were not better (BENCHMARKS.md section 2, session 14).
+	climbShots    = 3
+	climbCanaries = int(tailCanaries * closedLoopMaxDuty * 100)
 	// raiseStep and cutStep bound one decision: up to double, down by
 	// at least half when over the budget.
 	raiseStep = 2
@@ -368,15 +379,25 @@ func (c *canary) fire(from time.Time, span time.Duration, n int) {
 	}
 }
 
-// idleShots is how many idle canaries a pause gets: twice as many until
-// the first decision, which needs minIdleCanaries of them; at the floor's
-// two-second pauses that comes a pause sooner, and the duty stops
-// sitting at the floor for the first seconds of every migration.
+// idleShots is how many idle canaries a pause gets: until the first
+// decision, which needs minIdleCanaries of them, three times as many, up
+// to all of those: at the floor's two-second pauses the first decision
+// then comes after the first pause, and the duty stops sitting at the
+// floor for the first seconds of every migration.
 func idleShots(pause time.Duration, decided bool) int {
 	if !decided {
-		return min(max(int(2*pause/idleCanaryEvery), idleCanaries), 2*maxIdleCanaries)
+		return min(max(int(3*pause/idleCanaryEvery), idleCanaries), minIdleCanaries)
 	}
 	return min(max(int(pause/idleCanaryEvery), idleCanaries), maxIdleCanaries)
+}
+
+// busyShots is how many overlapping canaries the next statement gets:
+// climbShots until the controller holds climbCanaries of them.
+func (c *latencyControl) busyShots() int {
+	if c.busy.n < climbCanaries {
+		return climbShots
+	}
+	return 1
 }
 
 // collect hands the canaries measured so far to the controller (and to

@@ -310,14 +310,39 @@ func TestIdleShots(t *testing.T) {
 			t.Fatalf("pause %s: %d idle canaries, want %d", c.pause, got, c.want)
 		}
 	}
-	// Before the first decision, twice as many: the idle p99 comes sooner.
+	// Before the first decision, three times as many, up to all it
+	// needs: the first decision comes after the first pause.
 	for _, c := range []struct {
 		pause time.Duration
 		want  int
-	}{{0, idleCanaries}, {time.Second, 20}, {2 * time.Second, 2 * maxIdleCanaries}, {time.Minute, 2 * maxIdleCanaries}} {
+	}{{0, idleCanaries}, {time.Second, 30}, {2 * time.Second, minIdleCanaries}, {time.Minute, minIdleCanaries}} {
 		if got := idleShots(c.pause, false); got != c.want {
 			t.Fatalf("before deciding, pause %s: %d idle canaries, want %d", c.pause, got, c.want)
 		}
+	}
+}
+
+// Each statement gets climbShots overlapping canaries until the
+// controller holds enough of them to vouch for the ceiling, one after.
+func TestBusyShotsDenseOnlyForTheClimb(t *testing.T) {
+	c := newLatencyControl(HealthConfig{}.withDefaults())
+	if got := c.busyShots(); got != climbShots {
+		t.Fatalf("before any canary: %d per statement, want %d", got, climbShots)
+	}
+	if supportedDuty(climbCanaries) < closedLoopMaxDuty-1e-9 || supportedDuty(climbCanaries-1) >= closedLoopMaxDuty {
+		t.Fatalf("climbCanaries %d: not the fewest that vouch for the ceiling %v", climbCanaries, closedLoopMaxDuty)
+	}
+	at := time.Unix(1000, 0)
+	for i := range climbCanaries - 1 {
+		c.observe(at.Add(time.Duration(i)*time.Millisecond), time.Millisecond, true)
+		c.observe(at.Add(time.Duration(i)*time.Millisecond), time.Millisecond, false)
+	}
+	if got := c.busyShots(); got != climbShots {
+		t.Fatalf("%d overlapping canaries in: %d per statement, want %d", climbCanaries-1, got, climbShots)
+	}
+	c.observe(at.Add(time.Second), time.Millisecond, true)
+	if got := c.busyShots(); got != 1 {
+		t.Fatalf("%d overlapping canaries in: %d per statement, want 1", climbCanaries, got)
 	}
 }
 
