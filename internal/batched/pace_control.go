@@ -111,11 +111,11 @@ const (
 	// climbShots overlapping canaries go with each statement until
 	// climbCanaries of them are in (busyShots), one after that. With one
 	// per statement the canaries vouched for the ceiling only after about
-	// ten seconds (a statement per 100 ms at 2%, 21 of them needed), a
+	// ten seconds (two statements a second at 2%, 21 canaries needed), a
 	// good part of a short migration at a third of its speed. A
 	// statement's several canaries tell less than as many statements'
 	// would, so it is only for the climb: in steady state denser canaries
-	// were not better (BENCHMARKS.md section 2, session 14).
+	// were not better (BENCHMARKS.md section 2, sessions 11 and 12).
 	climbShots    = 3
 	climbCanaries = int(tailCanaries * closedLoopMaxDuty * 100)
 	// raiseStep and cutStep bound one decision: up to double, down by
