@@ -57,6 +57,30 @@ func during(stmts []span, t time.Time) bool {
 	return i > 0 && t.Before(stmts[i-1].to)
 }
 
+// afterBuckets split the time since the last statement ended.
+var afterBuckets = []struct {
+	name     string
+	from, to time.Duration
+}{
+	{"  of them up to 20 ms after one:", 0, 20 * time.Millisecond},
+	{"  20-200 ms after one:", 20 * time.Millisecond, 200 * time.Millisecond},
+	{"  over 200 ms after one:", 200 * time.Millisecond, time.Hour},
+}
+
+// after is how long after the end of the last statement that started
+// at or before t it is, and false while that statement runs (or when
+// none started before t).
+func after(stmts []span, t time.Time) (time.Duration, bool) {
+	i, _ := slices.BinarySearchFunc(stmts, t, func(s span, t time.Time) int { return s.from.Compare(t) })
+	if i < len(stmts) && stmts[i].from.Equal(t) {
+		return 0, false
+	}
+	if i == 0 || t.Before(stmts[i-1].to) {
+		return 0, false
+	}
+	return t.Sub(stmts[i-1].to), true
+}
+
 // report prints, for the load's transactions due while the migration ran,
 // those due during a statement against the rest, the canaries likewise,
 // and at a few duties the p99 rise each predicts when mixed as the
@@ -85,6 +109,17 @@ func (t *trace) report(txns []txn) {
 	canBusy, canIdle := split(t.canaries, func(c shot) (time.Duration, bool, bool) { return c.lat, c.overlap, true })
 	row("load, due during a statement:", loadBusy)
 	row("load, due between statements:", loadIdle)
+	// The requests between statements by how long after the last one
+	// ended they were due: what the migration leaves behind (WAL to
+	// flush, pages to prune, dead index entries) shows right after a
+	// statement or a burst; what the machine does anyway is spread out.
+	for _, b := range afterBuckets {
+		_, in := split(txns, func(x txn) (time.Duration, bool, bool) {
+			a, ok := after(stmts, x.due)
+			return x.d, false, !x.due.Before(from) && !x.due.After(to) && ok && a >= b.from && a < b.to
+		})
+		row(b.name, in)
+	}
 	row("canaries during a statement:", canBusy)
 	row("canaries between statements:", canIdle)
 	// Above the p99 of those between statements, which the migration
