@@ -197,7 +197,7 @@ func (e *Engine) runSubBatches(ctx context.Context, cl *claim) (res result) {
 		}
 		s0 := time.Now()
 		if cn != nil && pc.paced() {
-			cn.fire(s0, lastWork, pc.ctl.busyShots())
+			cn.fire(s0, lastWork, pc.ctl.busyShots(s0))
 		}
 		limit := res.sub
 		var hi *int64

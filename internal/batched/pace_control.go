@@ -391,10 +391,17 @@ func idleShots(pause time.Duration, decided bool) int {
 	return min(max(int(pause/idleCanaryEvery), idleCanaries), maxIdleCanaries)
 }
 
-// busyShots is how many overlapping canaries the next statement gets:
-// climbShots until the controller holds climbCanaries of them.
-func (c *latencyControl) busyShots() int {
-	if c.busy.n < climbCanaries {
+// busyShots is how many overlapping canaries a statement starting at now
+// gets: climbShots until the controller holds climbCanaries of them
+// younger than canaryMaxAge (after a long pause the loop climbs again).
+func (c *latencyControl) busyShots(now time.Time) int {
+	from, n := now.Add(-canaryMaxAge).UnixNano(), 0
+	for _, at := range c.busy.at[:c.busy.n] {
+		if at >= from {
+			n++
+		}
+	}
+	if n < climbCanaries {
 		return climbShots
 	}
 	return 1

@@ -323,26 +323,31 @@ func TestIdleShots(t *testing.T) {
 }
 
 // Each statement gets climbShots overlapping canaries until the
-// controller holds enough of them to vouch for the ceiling, one after.
+// controller holds enough of them to vouch for the ceiling, one after;
+// after a long pause, dense again.
 func TestBusyShotsDenseOnlyForTheClimb(t *testing.T) {
 	c := newLatencyControl(HealthConfig{}.withDefaults())
-	if got := c.busyShots(); got != climbShots {
+	at := time.Unix(1000, 0)
+	if got := c.busyShots(at); got != climbShots {
 		t.Fatalf("before any canary: %d per statement, want %d", got, climbShots)
 	}
 	if supportedDuty(climbCanaries) < closedLoopMaxDuty-1e-9 || supportedDuty(climbCanaries-1) >= closedLoopMaxDuty {
 		t.Fatalf("climbCanaries %d: not the fewest that vouch for the ceiling %v", climbCanaries, closedLoopMaxDuty)
 	}
-	at := time.Unix(1000, 0)
 	for i := range climbCanaries - 1 {
 		c.observe(at.Add(time.Duration(i)*time.Millisecond), time.Millisecond, true)
 		c.observe(at.Add(time.Duration(i)*time.Millisecond), time.Millisecond, false)
 	}
-	if got := c.busyShots(); got != climbShots {
+	now := at.Add(time.Second)
+	if got := c.busyShots(now); got != climbShots {
 		t.Fatalf("%d overlapping canaries in: %d per statement, want %d", climbCanaries-1, got, climbShots)
 	}
-	c.observe(at.Add(time.Second), time.Millisecond, true)
-	if got := c.busyShots(); got != 1 {
+	c.observe(now, time.Millisecond, true)
+	if got := c.busyShots(now); got != 1 {
 		t.Fatalf("%d overlapping canaries in: %d per statement, want 1", climbCanaries, got)
+	}
+	if got := c.busyShots(now.Add(canaryMaxAge + time.Second)); got != climbShots {
+		t.Fatalf("after a pause of canaryMaxAge: %d per statement, want %d", got, climbShots)
 	}
 }
 
