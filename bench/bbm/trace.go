@@ -122,6 +122,13 @@ func (t *trace) report(txns []txn) {
 	}
 	row("canaries during a statement:", canBusy)
 	row("canaries between statements:", canIdle)
+	for _, b := range afterBuckets {
+		_, in := split(t.canaries, func(c shot) (time.Duration, bool, bool) {
+			a, ok := after(stmts, c.at)
+			return c.lat, false, !c.overlap && ok && a >= b.from && a < b.to
+		})
+		row(b.name, in)
+	}
 	// Above the p99 of those between statements, which the migration
 	// may have raised too (its WAL, dirty pages and dead rows).
 	fmt.Printf("trace: p99 rise mixed at duty d over the p99 between statements, the load's own:%s\n", mixes(loadIdle, loadBusy))
