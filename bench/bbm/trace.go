@@ -47,14 +47,26 @@ func (t *trace) reset() {
 	t.stmts, t.canaries = nil, nil
 }
 
+// last is the statement that started last at or before t (stmts sorted
+// by start), and false when none did.
+func last(stmts []span, t time.Time) (span, bool) {
+	i, found := slices.BinarySearchFunc(stmts, t, func(s span, t time.Time) int { return s.from.Compare(t) })
+	switch {
+	case found:
+		return stmts[i], true
+	case i == 0:
+		return span{}, false
+	}
+	return stmts[i-1], true
+}
+
+// holds reports whether t, not before s started, fell inside s.
+func (s span) holds(t time.Time) bool { return s.from.Equal(t) || t.Before(s.to) }
+
 // during reports whether t fell inside a statement (stmts sorted by start).
 func during(stmts []span, t time.Time) bool {
-	i, _ := slices.BinarySearchFunc(stmts, t, func(s span, t time.Time) int { return s.from.Compare(t) })
-	// The statement starting at or before t is the only one that can hold it.
-	if i < len(stmts) && stmts[i].from.Equal(t) {
-		return true
-	}
-	return i > 0 && t.Before(stmts[i-1].to)
+	s, ok := last(stmts, t)
+	return ok && s.holds(t)
 }
 
 // afterBuckets split the time since the last statement ended.
@@ -67,18 +79,27 @@ var afterBuckets = []struct {
 	{"  over 200 ms after one:", 200 * time.Millisecond, time.Hour},
 }
 
-// after is how long after the end of the last statement that started
-// at or before t it is, and false while that statement runs (or when
-// none started before t).
+// after is how long after the end of the last statement t is, and false
+// while a statement runs (or before the first).
 func after(stmts []span, t time.Time) (time.Duration, bool) {
-	i, _ := slices.BinarySearchFunc(stmts, t, func(s span, t time.Time) int { return s.from.Compare(t) })
-	if i < len(stmts) && stmts[i].from.Equal(t) {
+	s, ok := last(stmts, t)
+	if !ok || s.holds(t) {
 		return 0, false
 	}
-	if i == 0 || t.Before(stmts[i-1].to) {
-		return 0, false
+	return t.Sub(s.to), true
+}
+
+// rowsAfter prints a row per afterBuckets of the items of v that of
+// keeps, by how long after the last statement each was (at).
+func rowsAfter[T any](stmts []span, v []T, of func(T) (at time.Time, lat time.Duration, keep bool)) {
+	for _, b := range afterBuckets {
+		_, in := split(v, func(x T) (time.Duration, bool, bool) {
+			at, lat, keep := of(x)
+			a, ok := after(stmts, at)
+			return lat, false, keep && ok && a >= b.from && a < b.to
+		})
+		row(b.name, in)
 	}
-	return t.Sub(stmts[i-1].to), true
 }
 
 // report prints, for the load's transactions due while the migration ran,
@@ -113,22 +134,12 @@ func (t *trace) report(txns []txn) {
 	// ended they were due: what the migration leaves behind (WAL to
 	// flush, pages to prune, dead index entries) shows right after a
 	// statement or a burst; what the machine does anyway is spread out.
-	for _, b := range afterBuckets {
-		_, in := split(txns, func(x txn) (time.Duration, bool, bool) {
-			a, ok := after(stmts, x.due)
-			return x.d, false, !x.due.Before(from) && !x.due.After(to) && ok && a >= b.from && a < b.to
-		})
-		row(b.name, in)
-	}
+	rowsAfter(stmts, txns, func(x txn) (time.Time, time.Duration, bool) {
+		return x.due, x.d, !x.due.Before(from) && !x.due.After(to)
+	})
 	row("canaries during a statement:", canBusy)
 	row("canaries between statements:", canIdle)
-	for _, b := range afterBuckets {
-		_, in := split(t.canaries, func(c shot) (time.Duration, bool, bool) {
-			a, ok := after(stmts, c.at)
-			return c.lat, false, !c.overlap && ok && a >= b.from && a < b.to
-		})
-		row(b.name, in)
-	}
+	rowsAfter(stmts, t.canaries, func(c shot) (time.Time, time.Duration, bool) { return c.at, c.lat, !c.overlap })
 	// Above the p99 of those between statements, which the migration
 	// may have raised too (its WAL, dirty pages and dead rows).
 	fmt.Printf("trace: p99 rise mixed at duty d over the p99 between statements, the load's own:%s\n", mixes(loadIdle, loadBusy))
