@@ -138,6 +138,17 @@ func (r *latRing) add(us float32, at time.Time) {
 	r.n = min(r.n+1, canaryRing)
 }
 
+// count is how many canaries were sent at or after since.
+func (r *latRing) count(since time.Time) int {
+	from, n := since.UnixNano(), 0
+	for _, at := range r.at[:r.n] {
+		if at >= from {
+			n++
+		}
+	}
+	return n
+}
+
 // sorted returns the latencies of the canaries sent at or after since, or
 // of the newest atLeast when fewer were, down to oldest.
 func (r *latRing) sorted(since, oldest time.Time, atLeast int) []float64 {
@@ -395,13 +406,7 @@ func idleShots(pause time.Duration, decided bool) int {
 // gets: climbShots until the controller holds climbCanaries of them
 // younger than canaryMaxAge (after a long pause the loop climbs again).
 func (c *latencyControl) busyShots(now time.Time) int {
-	from, n := now.Add(-canaryMaxAge).UnixNano(), 0
-	for _, at := range c.busy.at[:c.busy.n] {
-		if at >= from {
-			n++
-		}
-	}
-	if n < climbCanaries {
+	if c.busy.count(now.Add(-canaryMaxAge)) < climbCanaries {
 		return climbShots
 	}
 	return 1
