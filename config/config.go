@@ -547,6 +547,7 @@ func (c *Config) NewRedis(poolSize int) (*redis.Client, error) {
 		SentinelUsername: c.Redis.SentinelUsername, SentinelPassword: c.Redis.SentinelPassword,
 		Username: o.Username, Password: o.Password, DB: o.DB, TLSConfig: o.TLSConfig, PoolSize: o.PoolSize,
 		DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout,
+		ContextTimeoutEnabled: o.ContextTimeoutEnabled,
 	}), nil
 }
 
@@ -621,7 +622,9 @@ func (c *Config) RedactRedis() string {
 	return u
 }
 
-// RedisOptions parses RedisURL.
+// RedisOptions parses RedisURL. Context deadlines bound socket reads and
+// writes (ContextTimeoutEnabled): go-redis ignores them otherwise, and a
+// worker's stop bounds its Redis calls by its --timeout.
 func (c *Config) RedisOptions() (*redis.Options, error) {
 	field := c.FieldName(KeyRedisURL, EnvRedisURL)
 	if c.RedisURL == "" {
@@ -631,6 +634,7 @@ func (c *Config) RedisOptions() (*redis.Options, error) {
 	if err != nil {
 		return nil, &FieldError{Field: field, Msg: fmt.Sprintf("not a valid redis:// URL (%v)", err)}
 	}
+	o.ContextTimeoutEnabled = true
 	return o, nil
 }
 

@@ -301,3 +301,27 @@ func TestLoadFileMissingColonHint(t *testing.T) {
 		}
 	}
 }
+
+// A worker's stop bounds its Redis calls by context deadlines, which
+// go-redis applies to socket reads and writes only with
+// ContextTimeoutEnabled: both kinds of client have it.
+func TestNewRedisHonoursContextDeadlines(t *testing.T) {
+	c := Defaults()
+	c.RedisURL = "redis://127.0.0.1:1/0"
+	plain, err := c.NewRedis(5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	c.RedisURL = "redis://mymaster/0"
+	c.Redis.Sentinels = []SentinelAddr{"127.0.0.1:1"}
+	failover, err := c.NewRedis(5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer failover.Close()
+	if !plain.Options().ContextTimeoutEnabled || !failover.Options().ContextTimeoutEnabled {
+		t.Errorf("ContextTimeoutEnabled: plain client %v, failover client %v; want both",
+			plain.Options().ContextTimeoutEnabled, failover.Options().ContextTimeoutEnabled)
+	}
+}

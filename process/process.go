@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
@@ -167,12 +168,26 @@ func (p *Process) Run(ctx context.Context) error {
 	}()
 	err := p.rt.Run(ctx)
 	cancel()
-	wg.Wait()
+	// A service waiting on Redis or the database when cancelled returns
+	// only at its client's read timeout (go-redis does not abandon a read
+	// on cancellation), which would take the process past the runtime's
+	// Timeout; it ends on its own, or with the process.
+	servicesDone := make(chan struct{})
+	go func() { wg.Wait(); close(servicesDone) }()
+	select {
+	case <-servicesDone:
+	case <-time.After(serviceGrace):
+		p.o.Logger.Warn("a background service is still waiting on Redis or the database; stopping without it")
+	}
 	if err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
 	return nil
 }
+
+// serviceGrace is how long Run waits for the services once the runtime
+// returned: they only need to see the cancellation.
+const serviceGrace = 500 * time.Millisecond
 
 func (p *Process) close() {
 	for i := len(p.closers) - 1; i >= 0; i-- {

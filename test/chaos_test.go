@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -446,4 +447,26 @@ func TestChaosLostFetchReply(t *testing.T) {
 	})
 	stopWorker(t, w, 30*time.Second)
 	assertEveryFailingJobRanOnce(ctx, t, rdb, failing, w)
+}
+
+// Redis frozen (SIGSTOP: its connections stay open, nothing answers) when
+// TERM comes: the worker, its batched-migration service included, still
+// exits cleanly within --timeout plus the runtime's final allowance (1 s)
+// and the processes' grace (0.5 s); before, calls waiting on Redis held
+// it for their read timeouts, 20 s and more.
+func TestChaosTermWithRedisFrozen(t *testing.T) {
+	t.Parallel()
+	srv := startRedisServer(t)
+	ctx := testenv.Context(t)
+	rdb := redisFor(t, srv.url())
+	w := startProc(t, "ferry worker", childEnv("REDIS_URL="+srv.url(), "DATABASE_URL="+testenv.DatabaseURL(t)),
+		ferryBin, "worker", "--queues", chaosQueue, "--timeout", "4s")
+	t.Cleanup(func() { assertJSONLogs(t, w, false) })
+	waitIdentity(ctx, t, rdb, w)
+	srv.proc.signal(t, syscall.SIGSTOP)
+	t.Cleanup(func() { _ = srv.proc.cmd.Process.Signal(syscall.SIGCONT) })
+	stopWorker(t, w, 4*time.Second+3*time.Second)
+	if !strings.Contains(w.out.String(), "worker stopped") {
+		t.Fatalf("the worker exited without its stop log:\n%s", w.out.String())
+	}
 }

@@ -29,14 +29,18 @@ type Middleware func(ctx context.Context, job *sidekiq.Job, next func(ctx contex
 
 // Config configures a [Runtime]. Zero values take Sidekiq's defaults.
 type Config struct {
-	Redis    redis.UniversalClient // required
-	Registry *Registry             // required
+	// Redis is required. Give it ContextTimeoutEnabled (config.NewRedis
+	// does): go-redis applies context deadlines to socket reads and writes
+	// only then, and a stop bounds its Redis calls by its deadline.
+	Redis    redis.UniversalClient
+	Registry *Registry // required
 	// Queues to fetch from; default "background_migration". Weights > 0
 	// switch to Sidekiq's weighted random order.
 	Queues      []sidekiq.WeightedQueue
 	Concurrency int // default 10
 	// Timeout is the shutdown grace: Run returns within it of a stop,
-	// running jobs pushed back and cancelled a little before its end.
+	// running jobs pushed back and cancelled a little before its end, even
+	// when Redis does not answer (see [Runtime.Run] for the one exception).
 	// nil takes [DefaultTimeout]; it must be positive.
 	Timeout *time.Duration
 	// PollInterval is Sidekiq's average_scheduled_poll_interval (default 5 s).
@@ -175,6 +179,9 @@ type Runtime struct {
 	prefetchHook func() int
 
 	live *liveness // set by Run
+	// stopBy is when Redis calls made while stopping must end (unix
+	// nanos, see callBy); 0 until a stop.
+	stopBy atomic.Int64
 	// stranded is set when a job ended because liveness was lost: it is
 	// still in our private list, and the fetch loop pushes it back.
 	stranded atomic.Bool
@@ -301,7 +308,14 @@ func (r *Runtime) Stopped() <-chan struct{} { return r.stopCh }
 // fetching, waits for running jobs, pushes those still running back to
 // their queues unchanged and cancels them, all within Config.Timeout of the
 // stop (a quarter of it, at most 3 s, is kept for the hard stop); a job that
-// ignores cancellation is left behind. It returns nil after a clean stop.
+// ignores cancellation is left behind. Every Redis call after the stop ends
+// by that deadline, so Redis not answering does not hold the stop either:
+// jobs it could not push back stay in the private list, for another process
+// to recover. What follows a hard stop (the last acks, the final
+// bookkeeping) gets at least exitAllowance (1 s), so Run may return up to
+// that much after Timeout when the hard stop ends late: a job ignores
+// cancellation, or Redis does not answer and Timeout is under 8 s. It
+// returns nil after a clean stop.
 func (r *Runtime) Run(ctx context.Context) error {
 	if !r.started.CompareAndSwap(false, true) {
 		return ErrStopped
@@ -354,14 +368,23 @@ func (r *Runtime) Run(ctx context.Context) error {
 	for i := range r.slotWork {
 		go r.slotLoop(i)
 	}
-	// Slot goroutines end when their channel closes; one still running a
-	// job that ignored cancellation ends when that job returns.
-	defer func() {
-		for _, ch := range r.slotWork {
-			close(ch)
-		}
-	}()
 	fetchDone := make(chan struct{})
+	// Slot goroutines end when their channel closes; one still running a
+	// job that ignored cancellation ends when that job returns. The fetch
+	// loop hands jobs to them, so the channels close only after it ended
+	// (later than Run, if Redis stopped answering its fetch).
+	defer func() {
+		closeSlots := func() {
+			for _, ch := range r.slotWork {
+				close(ch)
+			}
+		}
+		if closed(fetchDone) {
+			closeSlots()
+			return
+		}
+		go func() { <-fetchDone; closeSlots() }()
+	}()
 	go func() { defer close(fetchDone); r.fetchLoop(fetchCtx) }()
 
 	select {
@@ -373,31 +396,40 @@ func (r *Runtime) Run(ctx context.Context) error {
 	// fits in Timeout: orchestrators kill at their own grace period, which
 	// operators set from it.
 	deadline := time.Now().Add(*r.cfg.Timeout)
+	r.stopBy.Store(deadline.UnixNano())
 	r.Quiet()
 	cancelFetch()
-	<-fetchDone
+	// A fetch ends within its block time (1 s) with Redis up; one Redis
+	// does not answer ends only at its read timeout. The running jobs need
+	// no fetch loop: wait for it no longer than for them.
+	jobsBy := deadline.Add(-hardStopReserve(*r.cfg.Timeout))
+	waitUntil(fetchDone, jobsBy)
 
 	// Running jobs get the time left but what a hard stop needs.
 	done := make(chan struct{})
 	go func() { r.wg.Wait(); close(done) }()
-	timer := time.NewTimer(time.Until(deadline.Add(-hardStopReserve(*r.cfg.Timeout))))
-	defer timer.Stop()
-	select {
-	case <-done:
-	case <-timer.C:
+	if !waitUntil(done, jobsBy) {
 		r.hardStop(cancelWork, done, deadline)
 	}
-	// The ack loop drains what is left before the heartbeat stops; bounded,
-	// so a Redis outage at exit cannot hang the process. Unacked jobs stay
-	// in the private list and run again after recovery (at-least-once).
+	// What is left has until the deadline, or exitAllowance if the hard
+	// stop used it all. Loops blocked on a Redis that does not answer are
+	// not waited for past it: their calls end at their own timeouts.
+	end := later(deadline, time.Now().Add(exitAllowance))
+	r.stopBy.Store(end.UnixNano())
+	loopsBy := end.Add(-minStopOp) // the final bookkeeping gets a round trip
+	// The ack loop drains what is left before the heartbeat stops. Unacked
+	// jobs stay in the private list and run again after recovery
+	// (at-least-once).
 	close(ackDone)
-	stopAck := time.AfterFunc(10*time.Second, cancelAck)
-	<-ackExited
-	stopAck.Stop()
+	stopAck := time.AfterFunc(time.Until(loopsBy), cancelAck)
+	defer stopAck.Stop()
+	waitUntil(ackExited, loopsBy)
 	cancelBg()
-	bg.Wait()
+	bgDone := make(chan struct{})
+	go func() { bg.Wait(); close(bgDone) }()
+	settled := waitUntil(bgDone, loopsBy) && waitUntil(fetchDone, loopsBy)
 
-	final, cancelFinal := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	final, cancelFinal := stopCtx(context.WithoutCancel(ctx), end)
 	defer cancelFinal()
 	// Anything still in our private lists is not running (e.g. taken by a
 	// fetch whose reply was lost): push it back, as Sidekiq Pro does.
@@ -412,11 +444,66 @@ func (r *Runtime) Run(ctx context.Context) error {
 	if err := r.broker.FlushMetrics(final, r.metrics); err != nil { // as Sidekiq 8 does on :exit
 		r.log.Warn("could not flush job metrics at exit", zap.Error(err))
 	}
-	if err := r.broker.Unregister(final, r.info.Queues); err != nil {
+	if !settled {
+		// A fetch still waiting for Redis may yet move a job into our
+		// private list, and a heartbeat re-add us: stay registered, so
+		// that recovery looks at the list; our entries expire.
+		r.log.Warn("Redis did not answer in time; not unregistering, so that another process recovers whatever is left in this one's private lists")
+	} else if err := r.broker.Unregister(final, r.info.Queues); err != nil {
 		r.log.Warn("could not unregister", zap.Error(err))
 	}
 	r.log.Info("worker stopped", zap.String("identity", r.cfg.Identity))
 	return nil
+}
+
+// exitAllowance is the least the acks, the background loops and the final
+// bookkeeping get after a hard stop: with a healthy Redis they take
+// milliseconds, but a hard stop may end at Timeout or just before.
+const exitAllowance = time.Second
+
+// minStopOp is the least a Redis call made while stopping gets, so that one
+// made at or past its deadline still has a round trip.
+const minStopOp = 100 * time.Millisecond
+
+// stopCtx returns the context of a Redis call made while stopping: it ends
+// at by, but no sooner than minStopOp from now. go-redis applies the
+// deadline to socket reads and writes only with ContextTimeoutEnabled (see
+// Config.Redis); without it a call Redis does not answer ends at the
+// client's read timeout.
+func stopCtx(parent context.Context, by time.Time) (context.Context, context.CancelFunc) {
+	return context.WithDeadline(parent, later(by, time.Now().Add(minStopOp)))
+}
+
+// callBy is when a Redis call of at most limit must end: limit from now,
+// or the stop's deadline (stopBy) once a stop began, if sooner.
+func (r *Runtime) callBy(limit time.Duration) time.Time {
+	by := time.Now().Add(limit)
+	if s := r.stopBy.Load(); s != 0 && s < by.UnixNano() {
+		return time.Unix(0, s)
+	}
+	return by
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// waitUntil waits for ch to be closed until t, and reports whether it was.
+func waitUntil(ch <-chan struct{}, t time.Time) bool {
+	if closed(ch) {
+		return true
+	}
+	timer := time.NewTimer(time.Until(t))
+	defer timer.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-timer.C:
+		return false
+	}
 }
 
 // hardStop pushes every in-flight job back to its queue, then cancels them.
@@ -432,14 +519,18 @@ func (r *Runtime) hardStop(cancelWork context.CancelFunc, done <-chan struct{}, 
 		}
 	}
 	r.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// Half the reserve at most, so that cancelled jobs keep the other half
+	// to return even when Redis does not answer.
+	ctx, cancel := stopCtx(context.Background(), deadline.Add(-hardStopReserve(*r.cfg.Timeout)/2))
 	defer cancel()
-	n, err := r.broker.Requeue(ctx, ds...)
-	if err != nil {
-		r.log.Error("could not push jobs back; they stay in this process's private list and will be recovered by another process",
-			zap.Error(err))
+	if len(ds) > 0 { // the jobs may all have ended as the reserve began
+		n, err := r.broker.Requeue(ctx, ds...)
+		if err != nil {
+			r.log.Error("could not push jobs back; they stay in this process's private list and will be recovered by another process",
+				zap.Error(err))
+		}
+		r.log.Warn(fmt.Sprintf("Pushed %d jobs back to Redis", n), zap.Int("in_flight", len(ds)))
 	}
-	r.log.Warn(fmt.Sprintf("Pushed %d jobs back to Redis", n), zap.Int("in_flight", len(ds)))
 	cancelWork()
 	wait := time.NewTimer(max(time.Until(deadline), minCancelWait))
 	defer wait.Stop()
@@ -559,7 +650,7 @@ func (r *Runtime) fetchLoop(fetchCtx context.Context) {
 		pf.deep = len(ds) == len(ids)+ahead
 		if fetchCtx.Err() != nil && len(ds) > 0 {
 			// Fetched after quiet: push back, as Sidekiq does.
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			ctx, cancel := stopCtx(context.Background(), r.callBy(5*time.Second))
 			_ = r.pushBack(ctx, ds)
 			cancel()
 			ds = nil
@@ -692,7 +783,7 @@ func (r *Runtime) returnReady() {
 	for i, j := range ready {
 		ds[i] = j.d
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := stopCtx(context.Background(), r.callBy(5*time.Second))
 	defer cancel()
 	if err := r.pushBack(ctx, ds); err != nil {
 		r.log.Warn("could not push jobs fetched ahead back; they stay in this process's private list and are pushed back at exit or recovered by another process",
@@ -714,7 +805,8 @@ func (r *Runtime) pushBack(ctx context.Context, ds []*sidekiq.Delivery) error {
 func (r *Runtime) startReady(ids []int) []int {
 	var started []slotJob
 	r.mu.Lock()
-	for len(ids) > len(started) && len(r.ready) > 0 {
+	// After a stop, as in next.
+	for len(ids) > len(started) && len(r.ready) > 0 && !closed(r.stopCh) {
 		j := r.ready[0]
 		r.ready[0] = slotJob{}
 		r.ready = r.ready[1:]
@@ -967,7 +1059,7 @@ func (r *Runtime) flushAcks(ctx context.Context) {
 			return
 		}
 		for {
-			fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			fctx, cancel := stopCtx(ctx, r.callBy(5*time.Second))
 			err := r.broker.Ack(fctx, batch...)
 			cancel()
 			if err == nil {
