@@ -472,8 +472,10 @@ func (e *Engine) RunLocal(ctx context.Context, n int, untilIdle bool) error {
 	if err := e.startWaiting(ctx); err != nil {
 		return err
 	}
-	var mu sync.Mutex
-	idle := 0
+	// Closed by the first worker that finds nothing active: the others may
+	// be in a poll wait of up to localPollMax, which would hold the return.
+	idle := make(chan struct{})
+	var idleOnce sync.Once
 	g, gctx := errgroup.WithContext(ctx)
 	for range max(n, 1) {
 		g.Go(func() error {
@@ -506,14 +508,14 @@ func (e *Engine) RunLocal(ctx context.Context, n int, untilIdle bool) error {
 				if untilIdle {
 					var active int
 					if err := e.pool.QueryRow(gctx, `SELECT count(*) FROM batched_background_migrations WHERE status IN (1, 5)`).Scan(&active); err == nil && active == 0 {
-						mu.Lock()
-						idle++
-						mu.Unlock()
+						idleOnce.Do(func() { close(idle) })
 						return nil
 					}
 				}
 				select {
 				case <-gctx.Done():
+				case <-idle:
+					return nil
 				case <-time.After(wait):
 				}
 				wait = min(2*wait, localPollMax)
