@@ -30,7 +30,8 @@
 // -trace splits the load's transactions during the migration into those
 // due while a sub-batch statement ran and the rest, sets the pacing
 // canaries beside them, and prints the p99 rise each predicts at a few
-// duties: how well the canaries stand for the load.
+// duties: how well the canaries stand for the load; -trace-dump FILE also
+// writes them as CSV.
 package main
 
 import (
@@ -62,8 +63,9 @@ type options struct {
 	maxDuty, minDuty, rate, impact   float64
 	target, ab, burst                time.Duration
 	// tr, with -trace, records the statements and canaries of the run
-	// under load.
-	tr *trace
+	// under load; dump, with -trace-dump, is where they go as CSV.
+	tr   *trace
+	dump string
 }
 
 // tracer is o.tr as the engine's Config.Trace (nil without -trace).
@@ -97,7 +99,12 @@ func main() {
 	flag.DurationVar(&o.ab, "ab", 0, "with -load: run the migration in slices of this long, alternately with the pacing issue 18 started from (fixed 2% duty, a pause after every sub-batch) and with -max-impact and -burst, and compare the two under the same load and machine")
 	flag.DurationVar(&o.baseline, "baseline", 15*time.Second, "with -load: how long to measure the load alone")
 	traced := flag.Bool("trace", false, "with -load: set the load's transactions due during sub-batch statements beside the rest, and beside the pacing canaries")
+	flag.StringVar(&o.dump, "trace-dump", "", "with -trace: also write the statements, the canaries and the load's transactions of the migration to this file as CSV")
 	flag.Parse()
+	if o.dump != "" && !*traced {
+		fmt.Fprintln(os.Stderr, "bench: -trace-dump needs -trace")
+		os.Exit(2)
+	}
 	if *traced {
 		// The trace needs the load, and one batch at a time: the slices
 		// of -ab's other pacing would count as time between statements,
@@ -286,6 +293,11 @@ func underLoad(ctx context.Context, o options, url string, e *batched.Engine, pr
 		during.p99.Seconds()/base.p99.Seconds(), during.p99.Seconds()/both.p99.Seconds())
 	if o.tr != nil {
 		o.tr.report(txns[2])
+		if o.dump != "" {
+			if err := o.tr.dump(o.dump, txns[2]); err != nil {
+				return err
+			}
+		}
 	}
 	if o.ab > 0 {
 		// The two pacings took turns on the same migration, table, load

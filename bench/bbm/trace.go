@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"math"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -38,6 +40,40 @@ func (t *trace) Canary(at time.Time, lat time.Duration, overlap bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.canaries = append(t.canaries, shot{at, lat, overlap})
+}
+
+// dump writes the statements, the canaries and the load's transactions
+// as CSV, times in microseconds from the first statement's start, for
+// looking at single decisions (which canaries a cut rested on) outside
+// the bench: "statement,start,duration", "canary,sent,latency,overlap",
+// "load,due,latency".
+func (t *trace) dump(path string, txns []txn) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.stmts) == 0 {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	t0 := slices.MinFunc(t.stmts, func(a, b span) int { return a.from.Compare(b.from) }).from
+	us := func(at time.Time) int64 { return at.Sub(t0).Microseconds() }
+	for _, s := range t.stmts {
+		fmt.Fprintf(w, "statement,%d,%d\n", us(s.from), s.to.Sub(s.from).Microseconds())
+	}
+	for _, c := range t.canaries {
+		fmt.Fprintf(w, "canary,%d,%d,%t\n", us(c.at), c.lat.Microseconds(), c.overlap)
+	}
+	for _, x := range txns {
+		fmt.Fprintf(w, "load,%d,%d\n", us(x.due), x.d.Microseconds())
+	}
+	if err := w.Flush(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // reset forgets what was recorded.
