@@ -492,16 +492,23 @@ func TestRuntimeGracefulStop(t *testing.T) {
 	}
 }
 
-func TestRuntimeHardStop(t *testing.T) {
-	t.Parallel()
+// untilCancelled is a registry whose echoArgs job closes started and then
+// runs until its context is cancelled.
+func untilCancelled(t *testing.T) (*Registry, <-chan struct{}) {
+	t.Helper()
 	started := make(chan struct{})
-	reg := registry(t, func(r *Registry) {
+	return registry(t, func(r *Registry) {
 		AddWorker(r, WorkFunc[echoArgs](func(ctx context.Context, _ *Job[echoArgs]) error {
 			close(started)
 			<-ctx.Done()
 			return ctx.Err()
 		}))
-	})
+	}), started
+}
+
+func TestRuntimeHardStop(t *testing.T) {
+	t.Parallel()
+	reg, started := untilCancelled(t)
 	b := startRuntime(t, nil, Config{Registry: reg, Timeout: new(300 * time.Millisecond)})
 	b.push(t, "Echo", `[1,"<&>"]`, sidekiq.PushOptions{})
 	<-started

@@ -80,14 +80,7 @@ func TestRuntimeStopWithinTimeoutRedisFrozen(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = rdb.Close() })
 
-	started := make(chan struct{})
-	reg := registry(t, func(r *Registry) {
-		AddWorker(r, WorkFunc[echoArgs](func(ctx context.Context, _ *Job[echoArgs]) error {
-			close(started)
-			<-ctx.Done()
-			return ctx.Err()
-		}))
-	})
+	reg, started := untilCancelled(t)
 	const timeout = 2 * time.Second
 	// Concurrency 2: the free slot keeps the fetch loop in a blocking
 	// fetch, which a frozen Redis never answers.
