@@ -241,7 +241,7 @@ func mixQuantile(idle, busy []float64, d, q float64) float64 {
 // like busy and the rest like idle (latencies, sorted) is above idle's
 // own p99 (0.2: +20%), from the samples as they are. bench/bbm -trace
 // applies it to a load's own latencies, thousands of them; the controller
-// predicts from a few hundred canaries with predictedRise.
+// predicts from a few hundred canaries with idleTail.rise.
 func MixedP99Rise(idle, busy []float64, d float64) float64 {
 	base := quantile(idle, 0.99)
 	if base <= 0 {
@@ -250,7 +250,7 @@ func MixedP99Rise(idle, busy []float64, d float64) float64 {
 	return mixQuantile(idle, busy, d, 0.99)/base - 1
 }
 
-// tailFrom is where predictedRise's fitted tail of the idle canaries
+// tailFrom is where idleTail's fitted tail of the idle canaries
 // begins: their slowest tenth, a few dozen of a window's few hundred.
 const tailFrom = 0.9
 
@@ -298,11 +298,10 @@ func (t idleTail) quantile(q float64) float64 {
 	return t.u + t.sigma*math.Log((1-t.fu)/(1-q))
 }
 
-// predictedRise is the controller's prediction: MixedP99Rise with the
-// idle canaries' tail fitted (idleTail), the mixture's p99 found by
-// bisection.
-func predictedRise(idle, busy []float64, d float64) float64 {
-	t := fitIdleTail(idle)
+// rise is the controller's prediction: MixedP99Rise with the idle
+// canaries' tail fitted, the mixture's p99 found by bisection. A decision
+// fits the tail once and asks for the rise at many duties.
+func (t idleTail) rise(busy []float64, d float64) float64 {
 	base := max(t.quantile(0.99), 1)
 	mix := func(x float64) float64 { return (1-d)*t.cdf(x) + d*cdf(busy, x) }
 	lo, hi := 0.0, max(base, busy[len(busy)-1])
@@ -331,18 +330,19 @@ func (c *latencyControl) decide() bool {
 		return false
 	}
 	c.fresh = 0
+	tail := fitIdleTail(idle)
 	// The largest duty within the budget that the overlapping canaries
 	// can vouch for, by bisection on a log scale: the predicted impact
 	// grows with the duty.
 	best, ceiling := c.floor, min(closedLoopMaxDuty, supportedDuty(len(busy)))
-	if ceiling > c.floor && predictedRise(idle, busy, c.floor) <= c.budget {
+	if ceiling > c.floor && tail.rise(busy, c.floor) <= c.budget {
 		lo, hi := math.Log(c.floor), math.Log(ceiling)
-		if predictedRise(idle, busy, ceiling) <= c.budget {
+		if tail.rise(busy, ceiling) <= c.budget {
 			lo = hi
 		} else {
 			for range 24 {
 				mid := (lo + hi) / 2
-				if predictedRise(idle, busy, math.Exp(mid)) <= c.budget {
+				if tail.rise(busy, math.Exp(mid)) <= c.budget {
 					lo = mid
 				} else {
 					hi = mid
@@ -352,13 +352,13 @@ func (c *latencyControl) decide() bool {
 		best = math.Exp(lo)
 	}
 	cur := c.duty
-	if predictedRise(idle, busy, cur) > c.budget {
+	if tail.rise(busy, cur) > c.budget {
 		c.duty = min(best, cur/cutStep) // back off fast
 	} else {
 		c.duty = min(best, cur*raiseStep)
 	}
 	c.duty = math.Max(c.floor, math.Min(c.duty, closedLoopMaxDuty))
-	c.impact = predictedRise(idle, busy, c.duty)
+	c.impact = tail.rise(busy, c.duty)
 	c.decided = true
 	c.decisions++
 	return true

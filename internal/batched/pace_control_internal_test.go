@@ -178,7 +178,7 @@ func TestLatencyControlBacksOffFast(t *testing.T) {
 		f.hit, f.slow = 1, 10
 		for range 12 {
 			prev := p.duty()
-			over := predictedRise(p.ctl.idle.sorted(time.Time{}, time.Time{}, 0), p.ctl.busy.sorted(time.Time{}, time.Time{}, 0), prev) > p.ctl.budget
+			over := fitIdleTail(p.ctl.idle.sorted(time.Time{}, time.Time{}, 0)).rise(p.ctl.busy.sorted(time.Time{}, time.Time{}, 0), prev) > p.ctl.budget
 			f.feed(&p.ctl, decideEvery)
 			if d := p.duty(); over && d > max(prev/cutStep, c.floor)+1e-9 {
 				t.Fatalf("%d busy: duty %v after %v while over budget, want at most half", c.busy, d, prev)
@@ -227,10 +227,10 @@ func TestLatencyControlSettlesAtBudget(t *testing.T) {
 	if c.duty <= defaultMinDutyUnderLoad || c.duty >= closedLoopMaxDuty {
 		t.Fatalf("duty %v, want between the floor and the ceiling", c.duty)
 	}
-	if got := predictedRise(idle, busy, c.duty); got > c.budget {
+	if got := fitIdleTail(idle).rise(busy, c.duty); got > c.budget {
 		t.Fatalf("predicted impact %v at duty %v over the budget", got, c.duty)
 	}
-	if got := predictedRise(idle, busy, c.duty*1.5); got <= c.budget {
+	if got := fitIdleTail(idle).rise(busy, c.duty*1.5); got <= c.budget {
 		t.Fatalf("predicted impact %v at 1.5x the duty %v still within the budget: it stopped short", got, c.duty)
 	}
 	if wide := settle(1); wide.duty <= c.duty {
@@ -491,7 +491,7 @@ func TestPredictedRiseSteadyAgainstOneSlowIdleCanary(t *testing.T) {
 	slices.Sort(more)
 	const d = 0.07
 	raw := math.Abs(MixedP99Rise(more, busy, d) - MixedP99Rise(idle, busy, d))
-	fitted := math.Abs(predictedRise(more, busy, d) - predictedRise(idle, busy, d))
+	fitted := math.Abs(fitIdleTail(more).rise(busy, d) - fitIdleTail(idle).rise(busy, d))
 	if fitted > 0.05 {
 		t.Fatalf("one slow idle canary moved the prediction at 7%% by %.0f points, want at most 5", 100*fitted)
 	}
