@@ -532,11 +532,7 @@ func (r *Runtime) hardStop(cancelWork context.CancelFunc, done <-chan struct{}, 
 		r.log.Warn(fmt.Sprintf("Pushed %d jobs back to Redis", n), zap.Int("in_flight", len(ds)))
 	}
 	cancelWork()
-	wait := time.NewTimer(max(time.Until(deadline), minCancelWait))
-	defer wait.Stop()
-	select {
-	case <-done:
-	case <-wait.C:
+	if !waitUntil(done, later(deadline, time.Now().Add(minCancelWait))) {
 		r.log.Warn("some jobs ignored cancellation; exiting without them")
 	}
 }
